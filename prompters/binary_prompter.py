@@ -1,0 +1,169 @@
+"""Render a user's history and K candidates into binary Yes/No judge prompts.
+
+Every prompt is `prefix_ids + suffix_ids[k]`: the prefix (chat template start,
+instructions, the user's history) is identical for all K candidates of a user;
+the suffix holds one candidate, the question, the assistant turn start and
+(direct mode) the answer prefix. The naive path scores the concatenations, the
+shared path reuses the prefix; both see the same token ids by construction.
+"""
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from prompters import prompts
+from trainers.errors import UserInputError
+
+_SENTINEL = "\u2063CANDIDATE\u2063"  # invisible separator: never occurs in item text
+
+
+@dataclass
+class UserPrompt:
+    """Token ids of one user's K judge prompts, sharing one prefix."""
+
+    prefix_ids: list[int]
+    suffix_ids: list[list[int]]
+    candidates: list[int] = field(default_factory=list)
+    # reasoning mode: per candidate, (start, end) of generated reasoning tokens inside suffix_ids[k]
+    reasoning_spans: list[tuple[int, int]] | None = None
+
+    @property
+    def K(self) -> int:
+        return len(self.suffix_ids)
+
+    def full_ids(self, k: int) -> list[int]:
+        return self.prefix_ids + self.suffix_ids[k]
+
+
+def load_template(dataset_type: str, template_file: str | None = None) -> str:
+    """The binary template for --dataset_type, or the text of --prompt_template FILE (validated)."""
+    if template_file:
+        p = Path(template_file)
+        if not p.is_file():
+            raise UserInputError(f"--prompt_template {template_file}: file not found")
+        tmpl = p.read_text(encoding="utf-8")
+        source = f"--prompt_template {template_file}"
+    else:
+        if dataset_type not in ("movies", "other"):
+            raise UserInputError(f"--dataset_type {dataset_type!r}: must be movies|other")
+        tmpl = prompts.BINARY_PROMPT_TMPL_MOVIES if dataset_type == "movies" else prompts.BINARY_PROMPT_TMPL_OTHER
+        source = f"--dataset_type {dataset_type}"
+    try:
+        names = {f[1] for f in string.Formatter().parse(tmpl) if f[1] is not None}
+    except ValueError as e:
+        raise UserInputError(f"{source}: invalid template ({e}); escape literal braces as {{{{ }}}}")
+    missing = {"history", "candidate"} - names
+    if missing:
+        raise UserInputError(f"{source}: template lacks placeholder(s) {sorted('{' + m + '}' for m in missing)}")
+    unknown = names - {"history", "candidate", "answer_instruction"}
+    if unknown:
+        raise UserInputError(f"{source}: unknown placeholder(s) {sorted(unknown)}; allowed: history, candidate, answer_instruction")
+    if tmpl.index("{history}") > tmpl.index("{candidate}"):
+        raise UserInputError(f"{source}: {{history}} must come before {{candidate}} (the history is the shared prefix)")
+    return tmpl
+
+
+class BinaryPrompter:
+    """Builds UserPrompt token ids for (example, candidates) through the tokenizer's chat template."""
+
+    def __init__(
+        self,
+        tokenizer,
+        item_rows: Sequence[dict],
+        dataset_type: str = "other",
+        max_len_per_item: int = 64,
+        user_window_size: int = 10,
+        template_file: str | None = None,
+        reasoning: bool = False,
+    ) -> None:
+        if max_len_per_item < 1:
+            raise UserInputError(f"--max_len_per_item {max_len_per_item}: must be >= 1")
+        if user_window_size < 1:
+            raise UserInputError(f"--user_window_size {user_window_size}: must be >= 1")
+        self.tokenizer = tokenizer
+        self.item_rows = item_rows
+        self.max_len_per_item = max_len_per_item
+        self.user_window_size = user_window_size
+        self.reasoning = reasoning
+        self.template = load_template(dataset_type, template_file)
+        instruction = prompts.REASONING_ANSWER_INSTRUCTION if reasoning else prompts.DIRECT_ANSWER_INSTRUCTION
+        user_msg = self.template.format(history="{history}", candidate=_SENTINEL, answer_instruction=instruction)
+        # Render once with placeholders, then split: chat framing is identical for all users.
+        chat = self._apply_chat(user_msg)
+        before, after = chat.split(_SENTINEL)
+        head, tail = before.split("{history}")
+        self._head, self._mid = head, tail
+        self._after = after + ("" if reasoning else prompts.ANSWER_PREFIX)
+        self._item_text_cache: dict[int, str] = {}
+        self._suffix_cache: dict[int, list[int]] = {}
+
+    def _apply_chat(self, user_msg: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": user_msg}], tokenize=False, add_generation_prompt=True
+            )
+        return user_msg + "\n"
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def item_text(self, item_id: int) -> str:
+        """Description/features of an item truncated to max_len_per_item tokens ('' if none)."""
+        if item_id not in self._item_text_cache:
+            row = self.item_rows[item_id]
+            parts = list(row.get("description") or []) + list(row.get("features") or [])
+            text = " ".join(str(p) for p in parts if p).strip()
+            if text:
+                ids = self.encode(" " + text)[: self.max_len_per_item]
+                text = " - " + self.tokenizer.decode(ids).strip()
+            self._item_text_cache[item_id] = text
+        return self._item_text_cache[item_id]
+
+    def history_text(self, history_item_ids: Sequence[int], history_ratings: Sequence[float]) -> str:
+        ids = list(history_item_ids)[-self.user_window_size:]
+        ratings = list(history_ratings)[-self.user_window_size:]
+        lines = []
+        for n, (iid, r) in enumerate(zip(ids, ratings), 1):
+            title = self.item_rows[int(iid)]["title"]
+            lines.append(prompts.HISTORY_ITEM_TMPL.format(index=n, title=title, rating=_fmt_rating(r), text=self.item_text(int(iid))))
+        return "\n".join(lines) if lines else "(no earlier purchases)"
+
+    def prefix_ids(self, example: dict) -> list[int]:
+        text = self._head + self.history_text(example["history_item_id"], example["history_rating"]) + self._mid
+        return self.encode(text)
+
+    def suffix_ids(self, item_id: int) -> list[int]:
+        if item_id not in self._suffix_cache:
+            title = self.item_rows[int(item_id)]["title"]
+            cand = prompts.CANDIDATE_ITEM_TMPL.format(title=title, text=self.item_text(int(item_id)))
+            self._suffix_cache[item_id] = self.encode(cand + self._after)
+        return self._suffix_cache[item_id]
+
+    def build(self, example: dict, candidates: Sequence[int]) -> UserPrompt:
+        return UserPrompt(
+            prefix_ids=self.prefix_ids(example),
+            suffix_ids=[list(self.suffix_ids(int(c))) for c in candidates],
+            candidates=[int(c) for c in candidates],
+        )
+
+    def render_text(self, example: dict, item_id: int) -> str:
+        """The full prompt text for one (user, candidate): what SFT data and API calls use."""
+        return self.tokenizer.decode(self.prefix_ids(example) + self.suffix_ids(int(item_id)))
+
+    def user_message(self, example: dict, item_id: int) -> str:
+        """The user turn only (no chat framing), for APIs that apply their own template."""
+        instruction = prompts.REASONING_ANSWER_INSTRUCTION if self.reasoning else prompts.DIRECT_ANSWER_INSTRUCTION
+        title = self.item_rows[int(item_id)]["title"]
+        cand = prompts.CANDIDATE_ITEM_TMPL.format(title=title, text=self.item_text(int(item_id)))
+        hist = self.history_text(example["history_item_id"], example["history_rating"])
+        return self.template.format(history=hist, candidate=cand, answer_instruction=instruction)
+
+
+def _fmt_rating(r) -> str:
+    try:
+        f = float(r)
+    except (TypeError, ValueError):
+        return str(r)
+    return str(int(f)) if f.is_integer() else f"{f:.1f}"

@@ -1,0 +1,89 @@
+"""Loading a processed dataset directory (the DatasetDict preprocess.py writes)."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from trainers.errors import UserInputError
+
+SPLITS = ("train", "valid", "test")
+DATASET_TYPES = ("movies", "other")
+
+
+@dataclass
+class ProcessedDataset:
+    """Splits as `datasets.Dataset`s plus the item table indexed by item id (row i = item id i)."""
+
+    path: str
+    splits: dict
+    item_info: object
+
+    @property
+    def n_items(self) -> int:
+        """Number of real items (ids 1..n_items); row 0 is the pad item."""
+        return len(self.item_info) - 1
+
+    @cached_property
+    def item_rows(self) -> list[dict]:
+        return self.item_info.to_list()
+
+    @cached_property
+    def titles(self) -> list[str]:
+        return list(self.item_info["title"])
+
+    @cached_property
+    def popularity(self) -> np.ndarray:
+        """Train-split interaction counts per item id (targets and histories of train examples)."""
+        counts: Counter = Counter()
+        tr = self.splits["train"]
+        counts.update(int(i) for i in tr["item_id"])
+        # Histories overlap heavily between examples; count each user's distinct (item, ts) once.
+        seen = set()
+        for uid, hist, ts in zip(tr["user_id"], tr["history_item_id"], tr["history_timestamp"]):
+            for i, t in zip(hist, ts):
+                key = (uid, int(i), int(t))
+                if key not in seen:
+                    seen.add(key)
+                    counts[int(i)] += 1
+        pop = np.zeros(len(self.item_info), dtype=np.float64)
+        for i, c in counts.items():
+            if 0 <= i < len(pop):
+                pop[i] = c
+        return pop
+
+    def split(self, name: str):
+        if name not in self.splits:
+            raise UserInputError(f"--split {name!r} not in dataset {self.path} (has {sorted(self.splits)})")
+        return self.splits[name]
+
+
+def load_processed_dataset(path: str | os.PathLike, flag: str = "--dataset_path") -> ProcessedDataset:
+    """Load a DatasetDict saved by preprocess.py, with one-line errors naming the flag."""
+    from datasets import DatasetDict, load_from_disk
+
+    p = Path(path)
+    if not p.exists():
+        raise UserInputError(f"{flag} {path}: directory does not exist; run preprocess.py first")
+    if not (p / "dataset_dict.json").exists():
+        raise UserInputError(f"{flag} {path}: not a saved DatasetDict (no dataset_dict.json); point it at preprocess.py's output")
+    dd = load_from_disk(str(p))
+    if not isinstance(dd, DatasetDict):
+        raise UserInputError(f"{flag} {path}: expected a DatasetDict with train/valid/test/item_info")
+    missing = [s for s in (*SPLITS, "item_info") if s not in dd]
+    if missing:
+        raise UserInputError(f"{flag} {path}: missing split(s) {missing}; expected train, valid, test, item_info")
+    info = dd["item_info"]
+    if len(info) == 0 or int(info[0]["item_id"]) != 0:
+        raise UserInputError(f"{flag} {path}: item_info row 0 must be the pad item with item_id 0")
+    return ProcessedDataset(path=str(p), splits={s: dd[s] for s in SPLITS}, item_info=info)
+
+
+def check_dataset_type(value: str) -> str:
+    if value not in DATASET_TYPES:
+        raise UserInputError(f"--dataset_type {value!r}: must be one of {'|'.join(DATASET_TYPES)}")
+    return value

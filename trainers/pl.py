@@ -1,0 +1,41 @@
+"""Plackett-Luce ranking policy over candidate scores (DESIGN.md section 5)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def gumbel_topk_sample(scores: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample full rankings from PL(scores/temperature) by sorting scores/τ + Gumbel noise.
+
+    scores: [..., K]. Returns indices [..., K], best first.
+    """
+    u = torch.rand(scores.shape, generator=generator, dtype=torch.float64, device="cpu").to(scores.device)
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    return torch.argsort(scores.detach().double() / temperature + gumbel, dim=-1, descending=True)
+
+
+def greedy_ranking(scores: torch.Tensor) -> torch.Tensor:
+    """argsort(scores) descending."""
+    return torch.argsort(scores, dim=-1, descending=True, stable=True)
+
+
+def pl_log_prob(scores: torch.Tensor, ranking: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log PL(σ|s) = Σ_j [s_σj/τ - logsumexp_{l≥j} s_σl/τ]. scores, ranking: [..., K] -> [...]."""
+    s = torch.gather(scores / temperature, -1, ranking)
+    # logsumexp over the suffix l >= j, computed as a reversed cumulative logsumexp.
+    suffix_lse = torch.logcumsumexp(s.flip(-1), dim=-1).flip(-1)
+    return (s - suffix_lse).sum(-1)
+
+
+def ndcg_reward(ranking: torch.Tensor, target_index: torch.Tensor, k: int) -> torch.Tensor:
+    """NDCG@k of the single relevant candidate target_index under each ranking. ranking [B, K], target [B]."""
+    pos = (ranking == target_index.unsqueeze(-1)).float().argmax(-1)  # 0-based position
+    rank = pos + 1
+    gain = 1.0 / torch.log2(rank.double() + 1.0)
+    return torch.where(rank <= k, gain, torch.zeros_like(gain)).to(torch.float32)
+
+
+def log_num_permutations(K: int) -> float:
+    return math.lgamma(K + 1)
