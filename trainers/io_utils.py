@@ -1,0 +1,88 @@
+"""Crash-safe file IO shared by every script: atomic replace, durable JSONL appends, strict JSONL reads."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from trainers.errors import UserInputError
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temp file in the same directory, fsync, then os.replace: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent))
+
+
+def repair_jsonl_tail(path: str | os.PathLike) -> None:
+    """Drop a trailing partial line left by a kill mid-write so appends start on a clean line."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        cut = data.rfind(b"\n") + 1
+        f.truncate(cut)
+
+
+def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    """Append whole records, one line each, flushed and fsynced (a kill loses at most the line being written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def iter_jsonl(path: str | os.PathLike, flag: str = "--input_file", skip_bad_lines: bool = False,
+               tolerate_partial_tail: bool = True) -> Iterator[dict]:
+    """Yield JSON objects from a JSONL file. A malformed line is an error naming file and line number,
+    unless skip_bad_lines (then it is reported on stderr and skipped). An unterminated last line (a
+    killed writer) is ignored when tolerate_partial_tail."""
+    import sys
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{flag} {path}: file not found")
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if tolerate_partial_tail and n == len(lines) and not line.endswith("\n"):
+                continue
+            if skip_bad_lines:
+                print(f"warning: {path}:{n}: skipping malformed JSONL line ({e})", file=sys.stderr)
+                continue
+            raise UserInputError(f"{flag} {path}:{n}: malformed JSONL line ({e}); fix it or pass --skip_bad_lines")
+        yield obj
+
+
+def read_jsonl(path: str | os.PathLike, **kw) -> list[dict]:
+    return list(iter_jsonl(path, **kw))

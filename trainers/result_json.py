@@ -1,0 +1,111 @@
+"""The result JSON of DESIGN.md section 3, written incrementally and resumable.
+
+While a run is in progress, finished samples are appended to `{path}.partial.jsonl`
+(one durable line each); the JSON itself is rewritten atomically every
+`flush_every` samples and at the end. A rerun on the same path reloads both, so
+a killed run resumes without duplicating or losing samples.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from trainers.errors import UserInputError
+from trainers.io_utils import append_jsonl, atomic_write_json, iter_jsonl, repair_jsonl_tail
+from trainers.metrics import metrics_from_ranks
+
+SAMPLE_KEYS = ("interaction_id", "user_id", "target_item_id", "candidates", "scores", "ranking", "target_rank")
+
+
+def git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except Exception:
+        return None
+
+
+def load_result_json(path: str | os.PathLike, flag: str = "--reference_json") -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError(f"{flag} {path}: file not found")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UserInputError(f"{flag} {path}: not valid JSON ({e})")
+    if not isinstance(data, dict) or "samples" not in data:
+        raise UserInputError(f"{flag} {path}: not a result JSON (no 'samples' list)")
+    for i, s in enumerate(data["samples"]):
+        missing = [k for k in ("interaction_id", "target_item_id", "candidates") if k not in s]
+        if missing:
+            raise UserInputError(f"{flag} {path}: sample {i} lacks {missing}")
+    return data
+
+
+def reference_candidates(result: dict) -> dict[int, list[int]]:
+    """interaction_id -> candidate list, in the file's order."""
+    return {int(s["interaction_id"]): [int(c) for c in s["candidates"]] for s in result["samples"]}
+
+
+class ResultWriter:
+    """Collects samples for one result JSON; resumes from what an earlier run on the same path left."""
+
+    def __init__(self, path: str | os.PathLike, meta: dict[str, Any], resume: bool = True, flush_every: int = 50) -> None:
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial.jsonl")
+        self.meta = dict(meta)
+        self.meta.setdefault("git_commit", git_commit())
+        self.flush_every = flush_every
+        self.samples: dict[int, dict] = {}
+        if resume:
+            if self.path.is_file():
+                for s in load_result_json(self.path, flag="output").get("samples", []):
+                    self.samples[int(s["interaction_id"])] = s
+            if self.partial.is_file():
+                repair_jsonl_tail(self.partial)
+                for s in iter_jsonl(self.partial, flag="partial results"):
+                    self.samples[int(s["interaction_id"])] = s
+        else:
+            for p in (self.path, self.partial):
+                if p.exists():
+                    p.unlink()
+        self._since_flush = 0
+
+    @property
+    def done_ids(self) -> set[int]:
+        return set(self.samples)
+
+    def add(self, sample: dict) -> None:
+        iid = int(sample["interaction_id"])
+        if iid in self.samples:
+            return
+        self.samples[iid] = sample
+        append_jsonl(self.partial, [sample])
+        self._since_flush += 1
+        if self._since_flush >= self.flush_every:
+            self.write()
+
+    def ordered_samples(self, order: list[int] | None = None) -> list[dict]:
+        if order is None:
+            return sorted(self.samples.values(), key=lambda s: int(s["interaction_id"]))
+        return [self.samples[i] for i in order if i in self.samples]
+
+    def write(self, metrics: dict | None = None, extra: dict | None = None, order: list[int] | None = None) -> dict:
+        samples = self.ordered_samples(order)
+        if metrics is None:
+            metrics = metrics_from_ranks([s["target_rank"] for s in samples if s.get("target_rank")])
+        data = {"meta": self.meta, "metrics": metrics, **(extra or {}), "samples": samples}
+        atomic_write_json(self.path, data)
+        self._since_flush = 0
+        return data
+
+    def finalize(self, metrics: dict | None = None, extra: dict | None = None, order: list[int] | None = None) -> dict:
+        """Write the complete JSON and drop the partial log (its samples are all in the JSON now)."""
+        data = self.write(metrics, extra, order)
+        if self.partial.exists():
+            self.partial.unlink()
+        return data
