@@ -540,8 +540,6 @@ def validate_config(cfg: PreprocessConfig) -> None:
 
 def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     """The whole pipeline; returns (output dir, stats). Raises UserInputError on bad input."""
-    from datasets import Dataset, DatasetDict
-
     validate_config(cfg)
     if cfg.raw_dir is not None:
         if not Path(cfg.raw_dir).is_dir():
@@ -551,10 +549,10 @@ def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
         files = locate_raw_files(Path(cfg.data_root_dir) / "raw", cfg.category, allow_download=True)
     print(f"raw files: interactions={files.interactions} meta={files.meta}")
 
+    raw = load_interactions(files)  # first: a bad rating file fails before the long metadata read
     items, item_counts = load_items(files.meta, cfg.keep_items_without_price)
     print(f"items: {item_counts['meta_rows']} in metadata, {item_counts['kept']} kept "
           f"({item_counts['bad_title']} bad title, {item_counts['bad_price']} no valid price)")
-    raw = load_interactions(files)
     n_raw = len(raw)
     raw = dedupe(raw)
     n_dedup = len(raw)
@@ -574,6 +572,8 @@ def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     if n == 0:
         raise UserInputError("no examples: every user has a single interaction; lower --K or widen the window")
     n_train, n_valid, n_test = split_sizes(n)
+    from datasets import Dataset, DatasetDict
+
     ex_feat, info_feat = _features()
     full = Dataset.from_dict(cols, features=ex_feat)
     info_rows = [pad_item()] + [{**items[a], "item_id": item_ids[a]} for a in kept_asins]

@@ -1,0 +1,121 @@
+"""tools/ scripts on a processed synthetic dataset, and the resumable downloader on localhost."""
+from __future__ import annotations
+
+import http.server
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.amazon_synth import write_amazon_raw
+from trainers.amazon_data import PreprocessConfig, download, run_preprocess
+
+REPO = Path(__file__).resolve().parents[1]
+CAT = "Video_Games"
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory) -> Path:
+    raw = tmp_path_factory.mktemp("raw")
+    write_amazon_raw(raw, CAT, n_users=120, n_items=80, n_subcats=3)
+    out, _ = run_preprocess(PreprocessConfig(category=CAT, K=5, st_year=2021, st_month=1, ed_year=2023,
+                                             ed_month=12, raw_dir=str(raw), min_items=10,
+                                             data_root_dir=str(tmp_path_factory.mktemp("data"))))
+    return out
+
+
+def _tool(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, f"tools/{name}", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_analyze(dataset_dir):
+    sys.path.insert(0, str(REPO / "tools"))
+    from analyze_processed_dataset import analyze
+
+    r = analyze(str(dataset_dir))
+    st = r["stats_json"]
+    assert (r["users"], r["items"], r["interactions"]) == (st["users"], st["items"], st["interactions"])
+    assert {s: v["examples"] for s, v in r["splits"].items()} == st["splits"]
+    assert min(r["history_length_counts"]) == 1 and max(r["history_length_counts"]) == 10
+    p = _tool("analyze_processed_dataset.py", "--dataset_dir", str(dataset_dir))
+    assert p.returncode == 0, p.stderr
+    assert f"users {st['users']}" in p.stdout and "history length counts" in p.stdout and "test" in p.stdout
+
+
+def test_analyze_with_tokenizer(dataset_dir, tmp_path):
+    tiny = pytest.importorskip("tests.fixtures.tiny_model")
+    tok_dir = tmp_path / "tok"
+    tiny.build_tiny_tokenizer(tok_dir)
+    p = _tool("analyze_processed_dataset.py", "--dataset_dir", str(dataset_dir), "--tokenizer", str(tok_dir))
+    assert p.returncode == 0, p.stderr
+    assert "title tokens" in p.stdout and "item text tokens" in p.stdout
+
+
+def test_check_common_user(dataset_dir):
+    sys.path.insert(0, str(REPO / "tools"))
+    from check_common_user import common_users
+
+    r = common_users(str(dataset_dir), str(dataset_dir))
+    assert r["pairs"]["train&test"] <= r["splits"]["test"]
+    assert r["other"]["shared"] == r["other"]["users"]
+    p = _tool("check_common_user.py", "--dataset_dir", str(dataset_dir))
+    assert p.returncode == 0, p.stderr
+    assert "shared train&test" in p.stdout
+
+
+def test_find_user_history(dataset_dir):
+    from datasets import load_from_disk
+
+    ex = load_from_disk(str(dataset_dir))["test"][0]
+    p = _tool("find_user_history.py", "--dataset_dir", str(dataset_dir), "--user_id", ex["user_id"])
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert ex["user_id"] in lines[0]
+    assert any(ex["item_title"] in line and "test" in line for line in lines[1:])
+    assert all(t in p.stdout for t in ex["history_item_title"])
+    dates = [line.split()[0] for line in lines[1:]]
+    assert dates == sorted(dates)
+    p = _tool("find_user_history.py", "--dataset_dir", str(dataset_dir), "--user_id", "NOPE")
+    assert p.returncode == 2 and "error:" in p.stderr and "NOPE" in p.stderr
+    p = _tool("check_common_user.py", "--dataset_dir", str(dataset_dir / "missing"))
+    assert p.returncode == 2 and "--dataset_dir" in p.stderr
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    payload = bytes(range(256)) * 400
+
+    def do_GET(self):  # noqa: N802
+        start = 0
+        rng = self.headers.get("Range")
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+        body = self.payload[start:]
+        self.send_response(206 if rng else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_download_resumes(tmp_path, monkeypatch):
+    for k in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(k, raising=False)
+    srv = http.server.HTTPServer(("127.0.0.1", 0), _RangeHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_port}/f.csv.gz"
+        dest = tmp_path / "f.csv.gz"
+        (tmp_path / "f.csv.gz.part").write_bytes(_RangeHandler.payload[:1000])
+        assert download(url, dest, chunk=4096) == dest
+        assert dest.read_bytes() == _RangeHandler.payload
+        assert not (tmp_path / "f.csv.gz.part").exists()
+        dest.write_bytes(b"kept")  # present -> skipped
+        download(url, dest)
+        assert dest.read_bytes() == b"kept"
+    finally:
+        srv.shutdown()

@@ -1,0 +1,94 @@
+"""One metrics table for several result JSONs that ranked the same candidates.
+
+python tools/compare_results.py outputs/test/results.json outputs/deepseek/results.json --names ours deepseek
+
+Refuses (exit 2) unless every file has the same interaction ids with the same candidate sets as the first
+(so the numbers are comparable). Metrics are recomputed from each sample's target_rank with
+trainers/metrics.py; the random / popularity rows come from the first file's sanity_rows, if present.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from trainers.errors import UserInputError, die  # noqa: E402
+from trainers.metrics import eval_ks, format_metrics_table, metrics_from_ranks, rank_from_ranking  # noqa: E402
+from trainers.result_json import load_result_json  # noqa: E402
+
+
+def candidate_sets(data: dict) -> dict[int, frozenset]:
+    return {int(s["interaction_id"]): frozenset(int(c) for c in s["candidates"]) for s in data["samples"]}
+
+
+def sample_rank(s: dict) -> int:
+    """target_rank, or (older/partial files) the target's position in the ranking."""
+    if s.get("target_rank"):
+        return int(s["target_rank"])
+    if s.get("ranking"):
+        return rank_from_ranking(s["ranking"], s["target_item_id"])
+    raise UserInputError(f"sample {s.get('interaction_id')} has neither target_rank nor ranking")
+
+
+def check_same_candidates(paths: list[str], datas: list[dict]) -> None:
+    ref = candidate_sets(datas[0])
+    for path, data in zip(paths[1:], datas[1:]):
+        other = candidate_sets(data)
+        only_ref, only_other = ref.keys() - other.keys(), other.keys() - ref.keys()
+        differ = [i for i in ref.keys() & other.keys() if ref[i] != other[i]]
+        if only_ref or only_other or differ:
+            raise UserInputError(
+                f"{path} does not rank the same candidates as {paths[0]}: {len(only_ref)} interaction(s) only in the "
+                f"first, {len(only_other)} only in this one, {len(differ)} with other candidates; rerun it with "
+                f"--reference_json {paths[0]}")
+
+
+def markdown_table(rows: dict[str, dict], ks) -> str:
+    cols = [f"NDCG@{k}" for k in ks] + [f"HR@{k}" for k in ks] + ["MRR", "n"]
+    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, m in rows.items():
+        cells = [str(int(m.get(c, 0))) if c == "n" else f"{m.get(c, float('nan')):.4f}" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare(paths: list[str], names: list[str] | None = None, K_eval: int | None = None,
+            markdown: bool = False) -> str:
+    """The comparison table as text (raises UserInputError on mismatching files)."""
+    if names and len(names) != len(paths):
+        raise UserInputError(f"--names: got {len(names)} names for {len(paths)} files")
+    datas = [load_result_json(p, flag="result file") for p in paths]
+    for p, d in zip(paths, datas):
+        if not d["samples"]:
+            raise UserInputError(f"{p}: no samples")
+    check_same_candidates(paths, datas)
+    ks = sorted(eval_ks(K_eval))
+    rows: dict[str, dict] = {}
+    for i, (p, d) in enumerate(zip(paths, datas)):
+        name = names[i] if names else p
+        if name in rows:
+            name = f"{name} [{i + 1}]"
+        rows[name] = metrics_from_ranks([sample_rank(s) for s in d["samples"]], ks)
+    # Sanity rows were computed on the first file's candidates, which all files share.
+    for k, m in (datas[0].get("sanity_rows") or {}).items():
+        rows[k] = m
+    return markdown_table(rows, ks) if markdown else format_metrics_table(rows, ks)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Compare result JSONs on identical candidate sets.")
+    p.add_argument("paths", nargs="+", help="result JSON files (test.py, compare_model/*.py)")
+    p.add_argument("--names", nargs="+", default=None, help="row names, one per file (default: the paths)")
+    p.add_argument("--K_eval", type=int, default=None, help="extra cut-off besides 1, 5, 10")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    a = p.parse_args(argv)
+    try:
+        print(compare(a.paths, a.names, a.K_eval, a.markdown))
+    except UserInputError as e:
+        die(str(e))
+
+
+if __name__ == "__main__":
+    main()

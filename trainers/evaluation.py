@@ -1,0 +1,227 @@
+"""The one evaluation path (DESIGN.md sections 3-5): used by test.py and by train.py's periodic validation.
+
+build_eval_items  -> which examples and which K candidates (seeded, or copied from a reference result JSON)
+rank_examples     -> score them with the judge and rank greedily or by a seeded Plackett-Luce sample
+sanity_rows       -> random and popularity rankings of the same candidates
+evaluate_split    -> the three above in one call, returning (samples, metrics)
+
+Each sample is a dict of the result JSON schema (trainers/result_json.py).
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from trainers.candidates import sample_candidates
+from trainers.errors import UserInputError
+from trainers.metrics import (DEFAULT_KS, eval_ks, metrics_from_ranks, rank_from_ranking, ranking_from_scores,
+                              target_rank)
+
+MODES = ("greedy", "rollout")
+GEN_MODES = ("top1", "random", "all")
+
+Item = tuple[dict, list[int]]
+
+
+def _subseed(seed: int, interaction_id: int, stream: int) -> int:
+    """A 63-bit seed derived from (seed, interaction id, stream): per-sample randomness that does not
+    depend on batch composition or on which samples were already done (so resume is deterministic)."""
+    return int(np.random.SeedSequence([int(seed), int(interaction_id), int(stream)]).generate_state(1, np.uint64)[0]
+               >> np.uint64(1))
+
+
+def build_eval_items(dataset, split: str, num_samples: int | None, K: int, seed: int,
+                     reference: dict | None = None) -> list[Item]:
+    """(example, candidates) pairs to evaluate.
+
+    Without a reference: the split is shuffled with np.random.default_rng(seed) (so a subset is
+    representative, not the earliest users) and the first num_samples examples (None or <= 0 = all) get
+    K candidates from sample_candidates. With a reference result JSON: exactly its interaction ids and
+    candidate lists, in its order (num_samples, if > 0, keeps the first num_samples of them).
+    """
+    ds = dataset.split(split)
+    if K < 2:
+        raise UserInputError(f"--K {K}: must be >= 2 (the target plus at least one negative)")
+    if reference is not None:
+        return _items_from_reference(ds, split, num_samples, K, reference)
+    order = np.random.default_rng(int(seed)).permutation(len(ds))
+    if num_samples is not None and num_samples > 0:
+        order = order[:num_samples]
+    rows = ds.select([int(i) for i in order]).to_list() if len(order) else []
+    items: list[Item] = []
+    for ex in rows:
+        cands = sample_candidates(int(ex["item_id"]), ex["history_item_id"], dataset.n_items, K, seed,
+                                  int(ex["interaction_id"]))
+        items.append((ex, cands))
+    return items
+
+
+def _items_from_reference(ds, split: str, num_samples: int | None, K: int, reference: dict) -> list[Item]:
+    samples = reference["samples"]
+    if num_samples is not None and num_samples > 0:
+        samples = samples[:num_samples]
+    iid_to_row = {int(i): n for n, i in enumerate(ds["interaction_id"])}
+    rows_idx = []
+    for s in samples:
+        iid = int(s["interaction_id"])
+        if iid not in iid_to_row:
+            raise UserInputError(f"--reference_json: interaction_id {iid} is not in split {split!r} of this dataset; "
+                                 "use the dataset and --split the reference was made with")
+        if len(s["candidates"]) != K:
+            raise UserInputError(f"--reference_json: interaction_id {iid} has {len(s['candidates'])} candidates but "
+                                 f"--K is {K}; pass --K {len(s['candidates'])}")
+        rows_idx.append(iid_to_row[iid])
+    rows = ds.select(rows_idx).to_list() if rows_idx else []
+    items: list[Item] = []
+    for s, ex in zip(samples, rows):
+        cands = [int(c) for c in s["candidates"]]
+        if int(s["target_item_id"]) != int(ex["item_id"]) or int(ex["item_id"]) not in cands:
+            raise UserInputError(f"--reference_json: interaction_id {s['interaction_id']} has target "
+                                 f"{s['target_item_id']} but the dataset says {ex['item_id']}; different dataset?")
+        items.append((ex, cands))
+    return items
+
+
+def _chunks(xs: Sequence, n: int) -> Iterable[Sequence]:
+    for i in range(0, len(xs), n):
+        yield xs[i:i + n]
+
+
+def _reasoning_outputs(prompt, scores: Sequence[float], ranking_idx: Sequence[int], tokenizer, gen_mode: str,
+                       seed: int, iid: int) -> dict:
+    """The generated reasoning texts to keep for one user: top-ranked candidate, a random one, or all."""
+    if not prompt.reasoning_spans:
+        return {}
+    K = len(prompt.candidates)
+    if gen_mode == "top1":
+        keep = [int(ranking_idx[0])]
+    elif gen_mode == "random":
+        keep = [random.Random(_subseed(seed, iid, 3)).randrange(K)]
+    else:
+        keep = list(range(K))
+    out = []
+    for k in keep:
+        a, b = prompt.reasoning_spans[k]
+        ids = prompt.suffix_ids[k][a:b]
+        out.append({"item_id": int(prompt.candidates[k]), "score": float(scores[k]), "n_tokens": int(b - a),
+                    "text": tokenizer.decode(ids)})
+    return {"reasoning": out, "reasoning_tokens": [int(b - a) for a, b in prompt.reasoning_spans]}
+
+
+def format_example(sample: dict, ex: dict, titles: Sequence[str], top: int = 5) -> str:
+    """A human-readable view of one ranked sample (history tail, top of the ranking, target, reasoning)."""
+    hist = [titles[int(i)] for i in ex["history_item_id"]][-3:]
+    lines = [f"--- interaction {sample['interaction_id']} (user {sample['user_id']})",
+             f"  history (last {len(hist)}): " + " | ".join(hist),
+             f"  target: {titles[int(sample['target_item_id'])]}  -> rank {sample['target_rank']}/{len(sample['candidates'])}"]
+    score_of = dict(zip(sample["candidates"], sample["scores"]))
+    for n, c in enumerate(sample["ranking"][:top], 1):
+        mark = " *" if c == sample["target_item_id"] else ""
+        lines.append(f"  {n}. [{score_of[c]:+.3f}] {titles[int(c)]}{mark}")
+    for r in sample.get("outputs", {}).get("reasoning", []):
+        lines.append(f"  reasoning for {titles[int(r['item_id'])]!r}: {r['text']!r}")
+    return "\n".join(lines)
+
+
+def rank_examples(judge, prompter, items: Sequence[Item], mode: str = "greedy", scoring: str = "naive",
+                  batch_size: int = 8, max_new_tokens: int = 0, temperature: float = 1.0, seed: int = 0,
+                  K_eval: int | None = None, on_sample: Callable[[dict], Any] | None = None, progress: bool = True,
+                  gen_mode: str = "top1", print_every_text: int = 0) -> list[dict]:
+    """Score and rank the candidates of each item; return result-JSON samples in the items' order.
+
+    greedy: candidates by descending score, ties against the target. rollout: one Gumbel-top-K sample from
+    PL(scores / temperature), seeded per interaction id. In reasoning mode (max_new_tokens > 0) the judge first
+    generates a reasoning text per candidate (greedy decoding in greedy mode, sampled in rollout mode).
+    K_eval is accepted for symmetry with the metrics (samples hold full rankings, so it is not needed here).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from trainers.pl import gumbel_topk_sample
+
+    if mode not in MODES:
+        raise UserInputError(f"--mode {mode!r}: must be one of {'|'.join(MODES)}")
+    if gen_mode not in GEN_MODES:
+        raise UserInputError(f"--gen_mode {gen_mode!r}: must be one of {'|'.join(GEN_MODES)}")
+    if batch_size < 1:
+        raise UserInputError(f"--batch_size {batch_size}: must be >= 1")
+    if temperature <= 0:
+        raise UserInputError(f"--temperature {temperature}: must be > 0")
+    if bool(getattr(prompter, "reasoning", max_new_tokens > 0)) != (max_new_tokens > 0):
+        # The prompt's instruction (answer directly vs think first) must match how we score it.
+        raise ValueError("prompter.reasoning must be True exactly when max_new_tokens > 0")
+
+    titles = getattr(prompter, "item_rows", None)
+    titles = [r["title"] for r in titles] if titles is not None else None
+    was_training = getattr(judge, "training", False)
+    if hasattr(judge, "eval"):
+        judge.eval()
+    samples: list[dict] = []
+    bar = tqdm(total=len(items), desc=f"eval ({mode})", unit="user", disable=not progress, dynamic_ncols=True)
+    try:
+        for batch in _chunks(list(items), batch_size):
+            prompts = [prompter.build(ex, cands) for ex, cands in batch]
+            with torch.no_grad():
+                if max_new_tokens > 0:
+                    # Generation randomness is seeded per batch from its first interaction so reruns repeat.
+                    torch.manual_seed(_subseed(seed, int(batch[0][0]["interaction_id"]), 2))
+                    prompts = judge.generate_reasoning(prompts, max_new_tokens, do_sample=(mode == "rollout"),
+                                                       scoring=scoring)
+                scores = judge.score_candidates(prompts, scoring=scoring).scores.float().cpu()
+            for (ex, cands), p, s in zip(batch, prompts, scores):
+                iid, target = int(ex["interaction_id"]), int(ex["item_id"])
+                s_list = [float(x) for x in s.tolist()]
+                t_idx = cands.index(target)
+                if mode == "greedy":
+                    ranking = ranking_from_scores(cands, s_list, target)
+                    rank = target_rank(s_list, t_idx)
+                else:
+                    g = torch.Generator().manual_seed(_subseed(seed, iid, 1))
+                    order = gumbel_topk_sample(s.double(), temperature=temperature, generator=g).tolist()
+                    ranking = [int(cands[i]) for i in order]
+                    rank = rank_from_ranking(ranking, target)
+                ranking_idx = [cands.index(c) for c in ranking]
+                sample = {
+                    "interaction_id": iid, "user_id": ex["user_id"], "target_item_id": target,
+                    "candidates": [int(c) for c in cands], "scores": s_list, "ranking": ranking,
+                    "target_rank": int(rank),
+                    "outputs": _reasoning_outputs(p, s_list, ranking_idx, prompter.tokenizer, gen_mode, seed, iid),
+                }
+                samples.append(sample)
+                if on_sample is not None:
+                    on_sample(sample)
+                if print_every_text and titles is not None and len(samples) % print_every_text == 1 % print_every_text:
+                    bar.write(format_example(sample, ex, titles))
+                bar.update(1)
+            ranks = [x["target_rank"] for x in samples]
+            bar.set_postfix(NDCG10=f"{metrics_from_ranks(ranks, (10,))['NDCG@10']:.3f}")
+    finally:
+        bar.close()
+        if was_training and hasattr(judge, "train"):
+            judge.train()
+    return samples
+
+
+def sanity_rows(samples: Sequence[dict], dataset, seed: int, ks: Iterable[int] = DEFAULT_KS) -> dict[str, dict]:
+    """Metrics of a random order and of train-split popularity on the same candidates (ties against the target)."""
+    pop = dataset.popularity
+    rand_ranks, pop_ranks = [], []
+    for s in samples:
+        cands = [int(c) for c in s["candidates"]]
+        t_idx = cands.index(int(s["target_item_id"]))
+        rng = np.random.default_rng(_subseed(seed, int(s["interaction_id"]), 4))
+        rand_ranks.append(target_rank(rng.random(len(cands)), t_idx))
+        pop_ranks.append(target_rank([pop[c] if c < len(pop) else 0.0 for c in cands], t_idx))
+    return {"random": metrics_from_ranks(rand_ranks, ks), "popularity": metrics_from_ranks(pop_ranks, ks)}
+
+
+def evaluate_split(judge, prompter, dataset, split: str, num_samples: int | None, K: int, K_eval: int | None,
+                   seed: int, **rank_kwargs) -> tuple[list[dict], dict]:
+    """Evaluate num_samples examples of a split; metrics are NDCG/HR@{1,5,10,K_eval} and MRR of the model."""
+    items = build_eval_items(dataset, split, num_samples, K, seed)
+    rank_kwargs.setdefault("seed", seed)
+    rank_kwargs.setdefault("K_eval", K_eval)
+    samples = rank_examples(judge, prompter, items, **rank_kwargs)
+    return samples, metrics_from_ranks([s["target_rank"] for s in samples], eval_ks(K_eval))
