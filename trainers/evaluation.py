@@ -218,9 +218,13 @@ def sanity_rows(samples: Sequence[dict], dataset, seed: int, ks: Iterable[int] =
 
 
 def evaluate_split(judge, prompter, dataset, split: str, num_samples: int | None, K: int, K_eval: int | None,
-                   seed: int, **rank_kwargs) -> tuple[list[dict], dict]:
-    """Evaluate num_samples examples of a split; metrics are NDCG/HR@{1,5,10,K_eval} and MRR of the model."""
-    items = build_eval_items(dataset, split, num_samples, K, seed)
+                   seed: int, *, rank: int = 0, world_size: int = 1, **rank_kwargs) -> tuple[list[dict], dict]:
+    """Evaluate num_samples examples of a split; metrics are NDCG/HR@{1,5,10,K_eval} and MRR of the model.
+
+    With world_size > 1 (DDP validation) this process takes items[rank::world_size] of the same seeded list and
+    the metrics are over its shard only: gather the samples' target_rank (or weight by metrics["n"]) to combine.
+    """
+    items = build_eval_items(dataset, split, num_samples, K, seed)[rank::world_size]
     rank_kwargs.setdefault("seed", seed)
     rank_kwargs.setdefault("K_eval", K_eval)
     samples = rank_examples(judge, prompter, items, **rank_kwargs)

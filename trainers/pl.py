@@ -12,7 +12,8 @@ def gumbel_topk_sample(scores: torch.Tensor, temperature: float = 1.0, generator
     scores: [..., K]. Returns indices [..., K], best first.
     """
     u = torch.rand(scores.shape, generator=generator, dtype=torch.float64, device="cpu").to(scores.device)
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    # Parenthesised: -log(u) must be clamped, not log(u) (a clamped negative gave NaN noise -> identity order).
+    gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
     return torch.argsort(scores.detach().double() / temperature + gumbel, dim=-1, descending=True)
 
 
