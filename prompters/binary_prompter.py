@@ -112,9 +112,7 @@ class BinaryPrompter:
     def item_text(self, item_id: int) -> str:
         """Description/features of an item truncated to max_len_per_item tokens ('' if none)."""
         if item_id not in self._item_text_cache:
-            row = self.item_rows[item_id]
-            parts = list(row.get("description") or []) + list(row.get("features") or [])
-            text = " ".join(str(p) for p in parts if p).strip()
+            text = item_raw_text(self.item_rows[item_id])
             if text:
                 ids = self.encode(" " + text)[: self.max_len_per_item]
                 text = " - " + self.tokenizer.decode(ids).strip()
@@ -159,6 +157,12 @@ class BinaryPrompter:
         cand = prompts.CANDIDATE_ITEM_TMPL.format(title=title, text=self.item_text(int(item_id)))
         hist = self.history_text(example["history_item_id"], example["history_rating"])
         return self.template.format(history=hist, candidate=cand, answer_instruction=instruction)
+
+
+def item_raw_text(row: dict) -> str:
+    """An item's description then features as one string ('' if none), before any truncation."""
+    parts = list(row.get("description") or []) + list(row.get("features") or [])
+    return " ".join(str(p) for p in parts if p).strip()
 
 
 def _fmt_rating(r) -> str:

@@ -65,3 +65,11 @@ API_RANKING_PROMPT_TMPL = (
     "purchase:\n{candidates}\n\n"
     "Reply with the candidate numbers only, best first, as a comma-separated list, e.g. 3, 1, 2."
 )
+API_RANKING_PROMPT_TMPL_MOVIES = (
+    "A user watched and rated these movies and TV shows, oldest first (ratings out of 5):\n{history}\n\n"
+    "Rank ALL of the following {n} candidates from most to least likely to be what the user watches "
+    "next:\n{candidates}\n\n"
+    "Reply with the candidate numbers only, best first, as a comma-separated list, e.g. 3, 1, 2."
+)
+# One candidate line of the API ranking prompt; {index} is the 1-based number the model answers with.
+API_CANDIDATE_ITEM_TMPL = "{index}. {title}{text}"

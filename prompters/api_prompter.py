@@ -1,0 +1,93 @@
+"""Render the listwise ranking prompt an API model answers (compare_model/deepseek.py).
+
+The prompt shows the user's last `user_window_size` history items (title and rating, oldest first) and the K
+candidates numbered 1..K; the model answers with candidate numbers, best first (trainers/api_ranking.py parses
+it). API models tokenize with their own vocabularies, so `max_len_per_item` counts whitespace words here (not
+tokens); 0 shows titles only.
+"""
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Sequence
+
+from prompters import prompts
+from prompters.binary_prompter import _fmt_rating, item_raw_text
+from trainers.errors import UserInputError
+
+PLACEHOLDERS = {"history", "candidates", "n"}
+
+
+def load_api_template(dataset_type: str = "other", template_file: str | None = None) -> str:
+    """API_RANKING_PROMPT_TMPL(_MOVIES) for --dataset_type, or the text of --prompt_template FILE (validated)."""
+    if template_file:
+        p = Path(template_file)
+        if not p.is_file():
+            raise UserInputError(f"--prompt_template {template_file}: file not found")
+        tmpl, source = p.read_text(encoding="utf-8"), f"--prompt_template {template_file}"
+    else:
+        if dataset_type not in ("movies", "other"):
+            raise UserInputError(f"--dataset_type {dataset_type!r}: must be movies|other")
+        tmpl = prompts.API_RANKING_PROMPT_TMPL_MOVIES if dataset_type == "movies" else prompts.API_RANKING_PROMPT_TMPL
+        source = f"--dataset_type {dataset_type}"
+    try:
+        names = {f[1] for f in string.Formatter().parse(tmpl) if f[1] is not None}
+    except ValueError as e:
+        raise UserInputError(f"{source}: invalid template ({e}); escape literal braces as {{{{ }}}}")
+    if not {"history", "candidates"} <= names or names - PLACEHOLDERS:
+        raise UserInputError(f"{source}: template must use {{history}} and {{candidates}} (optionally {{n}}) "
+                             f"and nothing else; found {sorted(names)}")
+    return tmpl
+
+
+class ApiRankingPrompter:
+    """(example, candidates) -> chat messages asking for a ranking of the numbered candidates."""
+
+    def __init__(self, item_rows: Sequence[dict], user_window_size: int = 10, max_len_per_item: int = 0,
+                 dataset_type: str = "other", template_file: str | None = None,
+                 system_prompt: str | None = None) -> None:
+        if user_window_size < 1:
+            raise UserInputError(f"--user_window_size {user_window_size}: must be >= 1")
+        if max_len_per_item < 0:
+            raise UserInputError(f"--max_len_per_item {max_len_per_item}: must be >= 0 (0 = titles only)")
+        self.item_rows = item_rows
+        self.user_window_size = user_window_size
+        self.max_len_per_item = max_len_per_item
+        self.template = load_api_template(dataset_type, template_file)
+        self.system_prompt = system_prompt
+
+    def title(self, item_id: int) -> str:
+        return str(self.item_rows[int(item_id)]["title"])
+
+    def item_text(self, item_id: int) -> str:
+        """' - ' + description/features cut to max_len_per_item words, or '' (titles only / no text)."""
+        if self.max_len_per_item == 0:
+            return ""
+        words = item_raw_text(self.item_rows[int(item_id)]).split()
+        return " - " + " ".join(words[: self.max_len_per_item]) if words else ""
+
+    def history_text(self, example: dict) -> str:
+        ids = list(example["history_item_id"])[-self.user_window_size:]
+        ratings = list(example["history_rating"])[-self.user_window_size:]
+        lines = [prompts.HISTORY_ITEM_TMPL.format(index=n, title=self.title(i), rating=_fmt_rating(r),
+                                                  text=self.item_text(int(i)))
+                 for n, (i, r) in enumerate(zip(ids, ratings), 1)]
+        return "\n".join(lines) if lines else "(no earlier purchases)"
+
+    def candidates_text(self, candidates: Sequence[int]) -> str:
+        return "\n".join(prompts.API_CANDIDATE_ITEM_TMPL.format(index=n, title=self.title(c), text=self.item_text(int(c)))
+                         for n, c in enumerate(candidates, 1))
+
+    def render(self, example: dict, candidates: Sequence[int]) -> str:
+        return self.template.format(history=self.history_text(example), candidates=self.candidates_text(candidates),
+                                    n=len(candidates))
+
+    def messages(self, example: dict, candidates: Sequence[int]) -> list[dict[str, str]]:
+        msgs = [{"role": "user", "content": self.render(example, candidates)}]
+        if self.system_prompt:
+            msgs.insert(0, {"role": "system", "content": self.system_prompt})
+        return msgs
+
+    def candidate_titles(self, candidates: Sequence[int]) -> list[str]:
+        """Titles in candidate order: what the answer parser matches when the model names items."""
+        return [self.title(c) for c in candidates]

@@ -1,0 +1,356 @@
+"""compare_model/deepseek.py end to end against a real loopback OpenAI-compatible server, plus the answer parser."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.fixtures import loopback_api as lb  # noqa: E402
+from trainers.api_ranking import fallback_ranking, parse_ranking, sample_from_row, strip_think  # noqa: E402
+
+KEY = "sk-test-SECRET123"
+K = 6
+STYLES = ("good", "garbage", "titles", "fenced", "partial")
+
+# ------------------------------------------------------------------------------------------------ the parser
+
+TITLES = ["Turbo Racing Quest", "Puzzle World", "Super Mario 64", "Puzzle World Deluxe", "3 Kings"]
+
+
+@pytest.mark.parametrize("text,expected,status", [
+    ("3, 1, 2, 5, 4", [2, 0, 1, 4, 3], "ok"),
+    ("3 > 1 > 2 > 5 > 4", [2, 0, 1, 4, 3], "ok"),
+    ("3\n1\n2\n5\n4", [2, 0, 1, 4, 3], "ok"),
+    ("[3,1,2,5,4]", [2, 0, 1, 4, 3], "ok"),
+    ("My ranking: [3, 1, 2, 5, 4] because ...", [2, 0, 1, 4, 3], "ok"),
+    ('{"ranking": [5, 4, 3, 2, 1]}', [4, 3, 2, 1, 0], "ok"),
+    ('```json\n{"ranking": [2, 1, 3, 4, 5]}\n```', [1, 0, 2, 3, 4], "ok"),
+    ("```\n4, 3, 2, 1, 5\n```", [3, 2, 1, 0, 4], "ok"),
+    ("1. Candidate 3: Super Mario 64\n2. Candidate 1\n3. [5] 3 Kings\n4. 2\n5. 4", [2, 0, 4, 1, 3], "ok"),
+    ("1. Puzzle World Deluxe\n2. Puzzle World\n3. Super Mario 64\n4. 3 Kings\n5. Turbo Racing Quest",
+     [3, 1, 2, 4, 0], "ok"),
+    ("1. **Super Mario 64** (candidate 3)\n2. **3 Kings**", [2, 4, 0, 1, 3], "partial"),
+    ('["Super Mario 64", "Puzzle World", "Turbo Racing Quest", "3 Kings", "Puzzle World Deluxe"]',
+     [2, 1, 0, 4, 3], "ok"),
+    ("<think>maybe 1, 2, 3, 4, 5</think>\nRanking: 5 > 4 > 3 > 2 > 1", [4, 3, 2, 1, 0], "ok"),
+    ("The user rated 10 items, mostly 4.5 stars.\nFinal ranking: 4, 2, 1, 3, 5.", [3, 1, 0, 2, 4], "ok"),
+    ("5.\n3.\n1.\n2.\n4.", [4, 2, 0, 1, 3], "ok"),
+    ("2, 2, 1, 2", [1, 0, 2, 3, 4], "partial"),            # repeats keep the first
+    ("7, 3, 0, 1, 9", [2, 0, 1, 3, 4], "partial"),         # out of range ignored
+    ("I think Puzzle World is best, then Turbo Racing Quest.", [1, 0, 2, 3, 4], "partial"),
+])
+def test_parser_cases(text, expected, status):
+    assert parse_ranking(text, TITLES) == (expected, status)
+
+
+@pytest.mark.parametrize("text", ["no idea", "", None, "9, 8, 7", "<think>3, 1, 2</think>", "<think>1, 2, 3, 4"])
+def test_unparseable_ranks_target_last(text):
+    assert parse_ranking(text, TITLES, target_index=1) == ([0, 2, 3, 4, 1], "unparseable")
+    assert parse_ranking(text, TITLES) == ([0, 1, 2, 3, 4], "unparseable")
+
+
+def test_partial_appends_missing_in_order_target_last():
+    assert parse_ranking("4, 2", TITLES) == ([3, 1, 0, 2, 4], "partial")
+    assert parse_ranking("4, 2", TITLES, target_index=0) == ([3, 1, 2, 4, 0], "partial")
+    assert parse_ranking("4, 2", TITLES, target_index=3) == ([3, 1, 0, 2, 4], "partial")
+
+
+def test_duplicate_titles_map_to_distinct_candidates():
+    titles = ["Same Game", "Other", "Same Game"]
+    assert parse_ranking('["Same Game", "Same Game", "Other"]', titles) == ([0, 2, 1], "ok")
+
+
+def test_strip_think_and_fallback():
+    assert strip_think("a<think>x</think>b").replace(" ", "") == "ab"
+    assert strip_think("reasoning...</think>3, 1") == "3, 1"
+    assert fallback_ranking(4, 0) == [1, 2, 3, 0]
+
+
+def test_sample_from_row_scores_encode_ranking():
+    ex = {"interaction_id": 5, "user_id": "u", "item_id": 30}
+    cands = [10, 20, 30, 40]
+    s = sample_from_row(ex, cands, {"content": "3, 1"}, ["a", "b", "c", "d"])
+    assert s["ranking"] == [30, 10, 20, 40] and s["target_rank"] == 1 and s["outputs"]["parse_status"] == "partial"
+    s = sample_from_row(ex, cands, {"content": None, "error": "boom"}, ["a", "b", "c", "d"])
+    assert s["ranking"][-1] == 30 and s["target_rank"] == 4 and s["outputs"]["parse_status"] == "api_error"
+
+
+# ------------------------------------------------------------------------------------ a small processed dataset
+
+SUBS = ["Racing", "Puzzle", "Horror", "Farming"]
+ADJ = ["Turbo", "Silent", "Golden", "Iron", "Neon", "Royal", "Wild", "Lost", "Grand", "Epic"]
+
+
+def _titles() -> list[str]:
+    return [f"{a} {s} Saga" for s in SUBS for a in ADJ]  # 40 unique titles
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A DatasetDict in preprocess.py's layout (DESIGN.md section 2): 40 items, 8 valid and 10 test examples."""
+    import random
+
+    from datasets import Dataset, DatasetDict
+
+    rng = random.Random(0)
+    titles = _titles()
+    info = [{"parent_asin": "pad_asin", "item_id": 0, "title": "pad_title", "main_category": "", "average_rating": 0.0,
+             "rating_number": 0, "features": [], "description": [], "price": 0.0, "store": "", "categories": [],
+             "details": "{}"}]
+    for i, t in enumerate(titles, 1):
+        info.append({"parent_asin": f"A{i:04d}", "item_id": i, "title": t, "main_category": "Video Games",
+                     "average_rating": 4.0, "rating_number": i, "features": [f"{t.split()[1]} fun"],
+                     "description": [f"A {t.split()[1].lower()} game with many levels"], "price": 9.99,
+                     "store": "S", "categories": ["Video Games"], "details": "{}"})
+    split_rows = {}
+    iid = 0
+    for split, n in (("train", 30), ("valid", 8), ("test", 10)):
+        rows = []
+        for _ in range(n):
+            hist = rng.sample(range(1, len(titles) + 1), 6)
+            target = rng.choice([x for x in range(1, len(titles) + 1) if x not in hist])
+            ts = sorted(rng.sample(range(10_000, 90_000), 7))
+            rows.append({"user_id": f"U{iid:03d}", "item_asins": [f"A{h:04d}" for h in hist],
+                         "item_asin": f"A{target:04d}", "history_item_id": hist, "item_id": target,
+                         "history_item_title": [titles[h - 1] for h in hist], "item_title": titles[target - 1],
+                         "history_rating": [float(rng.choice([3, 4, 5])) for _ in hist], "rating": 5.0,
+                         "history_timestamp": ts[:-1], "timestamp": ts[-1], "interaction_id": iid})
+            iid += 1
+        split_rows[split] = Dataset.from_list(rows)
+    dd = DatasetDict({**split_rows, "item_info": Dataset.from_list(info)})
+    path = tmp_path_factory.mktemp("ds") / "Video_Games_5_2021-1-2023-12"
+    dd.save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def oracle(data_dir):
+    """history text -> (target title, answer style): the server's knowledge of the truth."""
+    from prompters.api_prompter import ApiRankingPrompter
+    from trainers.data import load_processed_dataset
+
+    ds = load_processed_dataset(data_dir)
+    pr = ApiRankingPrompter(ds.item_rows)
+    table = {}
+    for split in ("valid", "test"):
+        for n, ex in enumerate(ds.split(split).to_list()):
+            table[pr.history_text(ex)] = (ex["item_title"], STYLES[n % len(STYLES)], int(ex["interaction_id"]))
+    return table
+
+
+def make_responder(oracle: dict, delay: float = 0.0):
+    def responder(req, n):
+        prompt = lb.prompt_text(req)
+        target, style, _ = next(v for k, v in oracle.items() if k in prompt)
+        titles = lb.parse_prompt_candidates(prompt)
+        assert len(titles) == K, prompt
+        order = lb.order_target_first(titles, target)
+        content = {"good": lambda: lb.good_answer(order), "garbage": lambda: lb.garbage_answer(order),
+                   "titles": lambda: lb.titles_answer(order, titles), "fenced": lambda: lb.fenced_answer(order),
+                   "partial": lambda: lb.partial_answer(order, 2)}[style]()
+        return {"content": content, "reasoning_content": "thinking...", "delay": delay}
+
+    return responder
+
+
+def run_script(args, env_key: str | None = KEY, **kw) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "DEEPSEEK_API_KEY"}
+    env.update({"PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "NO_PROXY": "127.0.0.1,localhost"})
+    if env_key:
+        env["DEEPSEEK_API_KEY"] = env_key
+    return subprocess.run([sys.executable, "compare_model/deepseek.py", *args], cwd=REPO, capture_output=True,
+                          text=True, env=env, timeout=240, **kw)
+
+
+def base_args(api, data_dir, out, *extra):
+    return ["--dataset_dir", str(data_dir), "--api_base", api.url, "--output_dir", str(out), "--K", str(K),
+            "--K_eval", "3", "--test_samples", "0", "--concurrency", "3", "--backoff_base", "0.01",
+            "--backoff_max", "0.05", "--timeout", "10", "--seed", "7", *extra]
+
+
+def assert_no_key(out_dir: Path, *texts: str) -> None:
+    for p in out_dir.rglob("*"):
+        if p.is_file():
+            assert KEY not in p.read_text(errors="replace"), p
+    for t in texts:
+        assert KEY not in t
+
+
+def expected_rank(style: str) -> tuple[int, str]:
+    return {"good": (1, "ok"), "titles": (1, "ok"), "fenced": (1, "ok"), "partial": (1, "partial"),
+            "garbage": (K, "unparseable")}[style]
+
+
+@pytest.fixture(scope="session")
+def full_run(data_dir, oracle, tmp_path_factory):
+    """One uninterrupted run (valid + test passes) with 429s at the start."""
+    out = tmp_path_factory.mktemp("full") / "out"
+    with lb.LoopbackAPI(make_responder(oracle)).fail_first(3, 429) as api:
+        r = run_script(base_args(api, data_dir, out))
+        assert r.returncode == 0, r.stderr[-3000:]
+        return out, r, list(api.auth_headers), api.calls
+
+
+def test_full_run_every_sample_recorded_and_counted(full_run, oracle):
+    out, r, auth, calls = full_run
+    assert calls == 8 + 10 + 3  # every example asked once, plus the three 429s retried
+    assert set(auth) == {f"Bearer {KEY}"}
+    for name, n in (("", 10), ("_valid", 8)):
+        data = json.loads((out / f"results{name}.json").read_text())
+        resp = [json.loads(x) for x in (out / f"responses{name}.jsonl").read_text().splitlines()]
+        assert len(data["samples"]) == n and len({s["interaction_id"] for s in data["samples"]}) == n
+        assert sorted(x["id"] for x in resp) == sorted(s["interaction_id"] for s in data["samples"])
+        assert all(x["reasoning_content"] == "thinking..." and not x.get("error") for x in resp)
+        by_iid = {v[2]: v[1] for v in oracle.values()}
+        counts = {"ok": 0, "partial": 0, "unparseable": 0}
+        for s in data["samples"]:
+            rank, status = expected_rank(by_iid[s["interaction_id"]])
+            assert (s["target_rank"], s["outputs"]["parse_status"]) == (rank, status)
+            assert len(s["candidates"]) == K and sorted(s["ranking"]) == sorted(s["candidates"])
+            assert s["target_item_id"] in s["candidates"]
+            counts[status] += 1
+        m = data["metrics"]
+        assert (m["parse_ok"], m["parse_partial"], m["parse_unparseable"], m["api_errors"]) == (
+            counts["ok"], counts["partial"], counts["unparseable"], 0)
+        assert m["parse_unparseable"] > 0 and m["parse_partial"] > 0 and m["n"] == n
+        assert m["HR@1"] == pytest.approx((n - counts["unparseable"]) / n)
+        assert set(data["sanity_rows"]) == {"random", "popularity"}
+        assert data["meta"]["split"] == ("test" if name == "" else "valid") and data["meta"]["K"] == K
+        assert "api_key" not in data["meta"]
+    assert_no_key(out, r.stdout, r.stderr)
+    assert "unparseable" in r.stdout
+
+
+def _comparable(data: dict) -> dict:
+    meta = {k: v for k, v in data["meta"].items() if k not in ("output_dir", "test_only", "api_base")}
+    return {"meta": meta, "metrics": data["metrics"], "sanity_rows": data["sanity_rows"], "samples": data["samples"]}
+
+
+def test_killed_run_resumes_to_the_same_result(full_run, data_dir, oracle, tmp_path):
+    """SIGKILL after a few answers, rerun: no duplicate or missing sample, same result JSON as uninterrupted."""
+    out = tmp_path / "out"
+    with lb.LoopbackAPI(make_responder(oracle, delay=0.25)) as api:
+        proc = subprocess.Popen([sys.executable, "compare_model/deepseek.py",
+                                 *base_args(api, data_dir, out, "--test_only", "--concurrency", "2")],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1",
+                                     "NO_PROXY": "127.0.0.1,localhost", "DEEPSEEK_API_KEY": KEY})
+        resp = out / "responses.jsonl"
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if resp.exists() and len(resp.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        n_before = len(resp.read_text().splitlines())
+        assert 3 <= n_before < 10
+        calls_before = api.calls
+        r = run_script(base_args(api, data_dir, out, "--test_only"))
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert api.calls - calls_before <= 10 - n_before + 2  # only the missing ones (+ the ones in flight)
+    resp_rows = [json.loads(x) for x in resp.read_text().splitlines()]
+    assert sorted(x["id"] for x in resp_rows) == sorted({x["id"] for x in resp_rows}) and len(resp_rows) == 10
+    resumed = json.loads((out / "results.json").read_text())
+    full = json.loads((full_run[0] / "results.json").read_text())
+    a, b = _comparable(resumed), _comparable(full)
+    assert a["meta"] == b["meta"], {k: (a["meta"].get(k), b["meta"].get(k)) for k in set(a["meta"]) | set(b["meta"])
+                                    if a["meta"].get(k) != b["meta"].get(k)}
+    assert a == b
+    assert not (out / "results.json.partial.jsonl").exists()
+    assert_no_key(out, r.stdout, r.stderr)
+
+
+def test_json_mode_uses_reference_candidates(full_run, data_dir, oracle, tmp_path):
+    ref_path = full_run[0] / "results.json"
+    ref = json.loads(ref_path.read_text())
+    # Reorder the reference: the baseline must follow the file, item for item and in its order.
+    ref["samples"] = ref["samples"][::-1]
+    ref_file = tmp_path / "ref.json"
+    ref_file.write_text(json.dumps(ref))
+    out = tmp_path / "out"
+    with lb.LoopbackAPI(make_responder(oracle)) as api:
+        args = base_args(api, data_dir, out, "--candidate_mode", "json", "--candidate_json_path", str(ref_file))
+        # No --K and --test_samples: json mode takes K from the reference and ranks all of its samples.
+        drop = {"--K", "--test_samples"}
+        r = run_script([a for i, a in enumerate(args) if not (a in drop or (i > 0 and args[i - 1] in drop))])
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert api.calls == len(ref["samples"])
+    data = json.loads((out / "results.json").read_text())
+    assert [s["interaction_id"] for s in data["samples"]] == [s["interaction_id"] for s in ref["samples"]]
+    assert [s["candidates"] for s in data["samples"]] == [s["candidates"] for s in ref["samples"]]
+    assert data["meta"]["K"] == K and not (out / "results_valid.json").exists()
+
+
+def test_api_errors_are_recorded_then_retried_on_rerun(data_dir, oracle, tmp_path):
+    out = tmp_path / "out"
+    good = make_responder(oracle)
+    state = {"down": True}
+
+    def responder(req, n):
+        return {"status": 503, "content": f"down {KEY}"} if state["down"] else good(req, n)
+
+    with lb.LoopbackAPI(responder) as api:
+        args = base_args(api, data_dir, out, "--test_only", "--max_retries", "1")
+        r = run_script(args)
+        assert r.returncode == 0, r.stderr[-3000:]
+        data = json.loads((out / "results.json").read_text())
+        assert data["metrics"]["api_errors"] == 10 and data["metrics"]["HR@1"] == 0.0
+        assert all(s["target_rank"] == K for s in data["samples"])
+        assert_no_key(out, r.stdout, r.stderr)
+        state["down"] = False
+        r = run_script(args)
+        assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    assert data["metrics"]["api_errors"] == 0 and len(data["samples"]) == 10
+    assert len((out / "responses.jsonl").read_text().splitlines()) == 10
+
+
+def test_missing_key_and_bad_flags_exit_2(data_dir, tmp_path):
+    r = run_script(["--dataset_dir", str(data_dir), "--output_dir", str(tmp_path / "o"), "--api_base",
+                    "http://127.0.0.1:9/v1"], env_key=None)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "DEEPSEEK_API_KEY" in r.stderr
+    r = run_script(["--dataset_dir", str(data_dir), "--candidate_mode", "json"])
+    assert r.returncode == 2 and "--candidate_json_path" in r.stderr
+    r = run_script(["--dataset_dir", str(tmp_path / "nope"), "--api_key", KEY])
+    assert r.returncode == 2 and "--dataset_dir" in r.stderr and KEY not in r.stderr + r.stdout
+    r = subprocess.run([sys.executable, "compare_model/deepseek.py", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "--candidate_mode" in r.stdout and "--test_only" in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------- the prompter
+
+def test_api_prompter_renders_window_candidates_and_text(tmp_path):
+    from prompters.api_prompter import ApiRankingPrompter
+    from trainers.errors import UserInputError
+
+    rows = [{"title": "pad"}] + [{"title": f"Game {i}", "description": [f"desc {i} one two three"], "features": []}
+                                 for i in range(1, 8)]
+    ex = {"history_item_id": [1, 2, 3, 4], "history_rating": [5.0, 4.0, 3.5, 2.0]}
+    p = ApiRankingPrompter(rows, user_window_size=2)
+    text = p.render(ex, [7, 5, 6])
+    assert "Game 1" not in text and "Game 2" not in text  # only the last 2 history items
+    assert "1. Game 3 (rating: 3.5)\n2. Game 4 (rating: 2)" in text
+    assert "1. Game 7\n2. Game 5\n3. Game 6" in text and "following 3 candidate" in text and "desc" not in text
+    assert p.candidate_titles([7, 5]) == ["Game 7", "Game 5"]
+    p = ApiRankingPrompter(rows, user_window_size=2, max_len_per_item=2, dataset_type="movies", system_prompt="S")
+    msgs = p.messages(ex, [7])
+    assert msgs[0] == {"role": "system", "content": "S"} and "watched" in msgs[1]["content"]
+    assert "1. Game 7 - desc 7\n" in msgs[1]["content"]
+    bad = tmp_path / "t.txt"
+    bad.write_text("{history} only")
+    with pytest.raises(UserInputError, match="candidates"):
+        ApiRankingPrompter(rows, template_file=str(bad))
+    good = tmp_path / "g.txt"
+    good.write_text("H:{history}\nC:{candidates}")
+    assert ApiRankingPrompter(rows, template_file=str(good)).render(ex, [5]).startswith("H:1. Game 1")

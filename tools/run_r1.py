@@ -1,0 +1,54 @@
+"""Batch-run prompts through a reasoning model behind an OpenAI-compatible API, keeping its reasoning.
+
+    DEEPSEEK_API_KEY=sk-... python tools/run_r1.py --input_file prompts.jsonl --output_file r1_out.jsonl \
+        --model_name deepseek-reasoner --concurrency 8
+
+Input rows: {"prompt": str} or {"messages": [...]}, optional "id" (default: the row's index), other fields kept.
+Output rows: {id, ..., content, reasoning_content, model, finish_reason, usage, attempts, error?}, appended as
+answers arrive; a rerun resumes (answered ids skipped, failed ones asked again unless --no_retry_errors).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from trainers.errors import UserInputError, die, redact  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from models.api_client import add_client_args
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input_file", required=True, help="prompt JSONL")
+    p.add_argument("--output_file", required=True, help="answer JSONL (appended, resumable)")
+    p.add_argument("--system_prompt", default=None, help="optional system message")
+    p.add_argument("--skip_bad_lines", action="store_true", help="skip malformed input lines instead of failing")
+    p.add_argument("--no_progress", action="store_true", help="no tqdm bar")
+    add_client_args(p, model_default="deepseek-reasoner", model_flag="--model_name", concurrency=8)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    key = None
+    try:
+        from models.api_client import client_from_args, prompt_jobs_from_jsonl, resolve_api_key, run_jobs
+
+        key = resolve_api_key(args.api_key)
+        jobs = prompt_jobs_from_jsonl(args.input_file, skip_bad_lines=args.skip_bad_lines,
+                                      system_prompt=args.system_prompt)
+        client = client_from_args(args, args.model_name)
+        rows = run_jobs(client, jobs, args.output_file, concurrency=args.concurrency,
+                        retry_errors=not args.no_retry_errors, desc=args.model_name, progress=not args.no_progress)
+        client.close()
+    except UserInputError as e:
+        die(redact(str(e), key, args.api_key))
+    n_err = sum(1 for r in rows.values() if r.get("error"))
+    print(f"{len(rows) - n_err} answered, {n_err} failed -> {args.output_file}")
+
+
+if __name__ == "__main__":
+    main()

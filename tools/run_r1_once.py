@@ -1,0 +1,67 @@
+"""Ask a reasoning model one prompt through an OpenAI-compatible API and print its reasoning and answer.
+
+    DEEPSEEK_API_KEY=sk-... python tools/run_r1_once.py --prompt "Which is larger, 9.11 or 9.9?"
+    python tools/run_r1_once.py --prompt_file my_prompt.txt --model_name deepseek-reasoner
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from trainers.errors import UserInputError, die, redact  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from models.api_client import add_client_args
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the prompt text")
+    src.add_argument("--prompt_file", help="a file holding the prompt text")
+    p.add_argument("--system_prompt", default=None, help="optional system message")
+    add_client_args(p, model_default="deepseek-reasoner", model_flag="--model_name", concurrency=1)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    key = None
+    try:
+        from models.api_client import client_from_args, resolve_api_key
+
+        key = resolve_api_key(args.api_key)
+        if args.prompt_file:
+            if not os.path.isfile(args.prompt_file):
+                raise UserInputError(f"--prompt_file {args.prompt_file}: file not found")
+            with open(args.prompt_file, encoding="utf-8") as f:
+                prompt = f.read()
+        else:
+            prompt = args.prompt
+        if not prompt.strip():
+            raise UserInputError("the prompt is empty")
+        messages = [{"role": "user", "content": prompt}]
+        if args.system_prompt:
+            messages.insert(0, {"role": "system", "content": args.system_prompt})
+        client = client_from_args(args, args.model_name)
+        res = client.chat(messages)
+        client.close()
+    except UserInputError as e:
+        die(redact(str(e), key, args.api_key))
+    if res.error:
+        print(f"{os.path.basename(sys.argv[0])}: error: request failed after {res.attempts} attempt(s): {res.error}",
+              file=sys.stderr)
+        raise SystemExit(1)
+    print("=== reasoning ===")
+    print(res.reasoning_content if res.reasoning_content else "(the model returned no reasoning_content)")
+    print("=== answer ===")
+    print(res.content or "")
+    if res.usage:
+        print(f"=== usage: {res.usage.get('prompt_tokens')} prompt + {res.usage.get('completion_tokens')} "
+              f"completion tokens ===")
+
+
+if __name__ == "__main__":
+    main()
