@@ -1,0 +1,55 @@
+"""An offline stand-in for an OpenAI-compatible LLM API, so the demo can run compare_model/deepseek.py
+without network or key.
+
+    python tools/loopback_llm_server.py --port 8765 &
+    python compare_model/deepseek.py --api_base http://127.0.0.1:8765/v1 --api_key local ...
+
+It is a real HTTP server speaking the chat-completions protocol. Its "model" is a transparent heuristic,
+not an LLM: it ranks the numbered candidates of the ranking prompt by word overlap with the user's history
+block (ties in prompt order). Use it to check plumbing, never to report a DeepSeek number.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.fixtures.loopback_api import LoopbackAPI, good_answer, history_block, parse_prompt_candidates, prompt_text  # noqa: E402
+
+_WORD = re.compile(r"[A-Za-z]{3,}")
+
+
+def word_overlap_answer(req: dict, call_number: int) -> str:
+    prompt = prompt_text(req)
+    titles = parse_prompt_candidates(prompt)
+    hist = {w.lower() for w in _WORD.findall(history_block(prompt))}
+    overlap = [len({w.lower() for w in _WORD.findall(t)} & hist) for t in titles]
+    order = sorted(range(1, len(titles) + 1), key=lambda i: (-overlap[i - 1], i))
+    return good_answer(order)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--model", default="word-overlap-stand-in")
+    ap.add_argument("--port_file", default=None, help="write the bound port here once listening (for scripts)")
+    args = ap.parse_args()
+    api = LoopbackAPI(responder=word_overlap_answer, model=args.model)
+    api.start(port=args.port)
+    url = api.url
+    print(f"serving an OpenAI-compatible stand-in at {url} (Ctrl-C to stop)", flush=True)
+    if args.port_file:
+        Path(args.port_file).write_text(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        api.stop()
+
+
+if __name__ == "__main__":
+    main()
