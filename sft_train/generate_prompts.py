@@ -1,0 +1,78 @@
+"""Sample (user, candidate, Yes/No label) judge prompts for SFT into a JSONL file (DESIGN.md section 7).
+
+Each row: {id (0..n-1), interaction_id, user_id, item_id, target_item_id, label ("Yes"/"No"),
+prompt (the user message), messages ([{"role": "user", "content": prompt}]), text (the chat-formatted
+prompt exactly as the judge sees it; without --reasoning it ends in the answer prefix "Answer:")}. Prompts are rendered by the same BinaryPrompter train.py uses.
+A row is a positive (the true next item) with probability --match_ratio, else a negative picked from the
+candidates trainers.candidates.sample_candidates draws for that interaction (--K, --seed).
+
+--model_type names the model whose tokenizer and chat template render the prompts (it truncates item
+texts to --max_len_per_item tokens and formats `text`); it is resolved to a local directory by paths.py
+(e.g. Qwen2.5-3B-Instruct -> $OURREC_MODEL_ROOT/Qwen2.5-3B-Instruct). --tokenizer DIR overrides it.
+
+python sft_train/generate_prompts.py --dataset_dir data/Video_Games_5_2021-1-2023-12 --num_samples 2000 \
+    --match_ratio 0.5 --model_type Qwen2.5-3B-Instruct --output_file sft_train/prompts.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from trainers.errors import UserInputError, die  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset_dir", required=True, help="processed dataset directory (preprocess.py output)")
+    p.add_argument("--num_samples", type=int, default=1000)
+    p.add_argument("--match_ratio", type=float, default=0.5, help="probability that a row is a positive (label Yes)")
+    p.add_argument("--model_type", default="Qwen2.5-3B-Instruct",
+                   help="model whose tokenizer/chat template renders prompts; a name known to paths.py or a dir")
+    p.add_argument("--tokenizer", default=None, help="model/tokenizer directory overriding --model_type")
+    p.add_argument("--output_file", default="sft_train/prompts.jsonl")
+    p.add_argument("--split", default="train", choices=["train", "valid", "test"])
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--K", type=int, default=20, help="candidate set size the negative is drawn from")
+    p.add_argument("--prompt_template", default=None, help="template file overriding --dataset_type's")
+    p.add_argument("--dataset_type", default="other", choices=["movies", "other"])
+    p.add_argument("--max_len_per_item", type=int, default=64)
+    p.add_argument("--user_window_size", type=int, default=10)
+    p.add_argument("--reasoning", action="store_true",
+                   help='ask for brief reasoning ending in "Answer: Yes/No" instead of a bare Yes/No')
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        from models.abstract_models import load_tokenizer
+        from paths import resolve_model_path
+        from prompters.binary_prompter import BinaryPrompter
+        from trainers.data import load_processed_dataset
+        from trainers.io_utils import atomic_write_text
+        from trainers.sft_data import sample_sft_prompts
+        import json
+
+        ds = load_processed_dataset(args.dataset_dir, flag="--dataset_dir")
+        flag = "--tokenizer" if args.tokenizer else "--model_type"
+        tok_dir = resolve_model_path(args.tokenizer or args.model_type, flag=flag)
+        tok = load_tokenizer(tok_dir)
+        prompter = BinaryPrompter(tok, ds.item_rows, dataset_type=args.dataset_type,
+                                  max_len_per_item=args.max_len_per_item, user_window_size=args.user_window_size,
+                                  template_file=args.prompt_template, reasoning=args.reasoning)
+        rows = sample_sft_prompts(ds, prompter, args.split, args.num_samples, args.match_ratio, args.seed, args.K)
+        # Whole file at once (atomic): a prompt file is an input to resumable steps and must never be half-written.
+        atomic_write_text(args.output_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    except UserInputError as e:
+        die(str(e))
+    c = Counter(r["label"] for r in rows)
+    print(f"wrote {len(rows)} prompts to {args.output_file} (Yes {c['Yes']}, No {c['No']}; "
+          f"match_ratio {args.match_ratio}, split {args.split}, tokenizer {tok_dir})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,365 @@
+"""The SFT chain (DESIGN.md section 7) on the synthetic dataset and the tiny model, offline on CPU:
+
+generate_prompts -> get_response_by_deepseek (real HTTP against tests/fixtures/loopback_api.py, answering
+correctly / wrongly / unparseably / with an API error by prompt id) -> process_sft_data -> train_sft ->
+train.py starting from the SFT model. Plus unit checks: match_ratio within a binomial 4-sigma bound, the
+Yes/No parser, drop counts, LLaMA-Factory file consistency and the prompt loss mask.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from trainers.errors import UserInputError  # noqa: E402
+from trainers.sft_data import (ALPACA_COLUMNS, IGNORE_INDEX, SHAREGPT_COLUMNS, SHAREGPT_TAGS, SFTCollator,  # noqa: E402
+                               accuracy_report, encode_sft_example, filter_sft_rows, parse_yes_no)
+
+CAT = "Video_Games"
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "DEEPSEEK_API_KEY": "sk-test-SFT-SECRET"}
+
+
+def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=ENV)
+    assert p.returncode == 0, f"{args[0]} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from tests.fixtures.tiny_model import build_tiny_qwen
+
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny") / "tiny-qwen")
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory) -> Path:
+    from tests.fixtures.amazon_synth import write_amazon_raw
+    from trainers.amazon_data import PreprocessConfig, run_preprocess
+
+    raw = tmp_path_factory.mktemp("raw")
+    write_amazon_raw(raw, CAT, n_users=120, n_items=80, n_subcats=3)
+    out, _ = run_preprocess(PreprocessConfig(category=CAT, K=5, st_year=2021, st_month=1, ed_year=2023, ed_month=12,
+                                             raw_dir=str(raw), min_items=10,
+                                             data_root_dir=str(tmp_path_factory.mktemp("data"))))
+    return Path(out)
+
+
+@pytest.fixture(scope="module")
+def prompter(tiny, dataset_dir):
+    from models.abstract_models import load_tokenizer
+    from prompters.binary_prompter import BinaryPrompter
+    from trainers.data import load_processed_dataset
+
+    ds = load_processed_dataset(dataset_dir)
+    return ds, BinaryPrompter(load_tokenizer(tiny), ds.item_rows, max_len_per_item=16, user_window_size=4)
+
+
+# ---------------------------------------------------------------------------------------------- unit checks
+@pytest.mark.parametrize("text,expected", [
+    ("Answer: Yes", "Yes"), ("answer:no", "No"), ("**Answer:** Yes.", "Yes"), ("No", "No"), ("yes!", "Yes"),
+    ("The user might say yes, but overall... Answer: No", "No"),
+    ("Yes, they like racing. No doubt.\nAnswer: Yes", "Yes"),
+    ("<think>Answer: No? no...</think>\nAnswer: Yes", "Yes"), ("<think>yes yes yes", None),
+    ("reasoning</think> No", "No"), ("I cannot tell.", None), ("", None), (None, None),
+    ("Yesterday's nonsense; nobody knows", None), ("yes... actually no", "No"),
+])
+def test_parse_yes_no(text, expected):
+    assert parse_yes_no(text) == expected
+
+
+def test_match_ratio_and_negatives(prompter):
+    from trainers.sft_data import sample_sft_prompts
+
+    ds, pr = prompter
+    n, p = 600, 0.3
+    rows = sample_sft_prompts(ds, pr, "train", n, p, seed=7, K=10)
+    yes = sum(r["label"] == "Yes" for r in rows)
+    assert abs(yes - n * p) <= 4 * math.sqrt(n * p * (1 - p)), yes  # binomial 4-sigma bound
+    assert [r["id"] for r in rows] == list(range(n))
+    train = {int(e["interaction_id"]): e for e in ds.split("train").to_list()}
+    for r in rows:
+        ex = train[r["interaction_id"]]
+        assert r["target_item_id"] == ex["item_id"] and r["user_id"] == ex["user_id"]
+        if r["label"] == "Yes":
+            assert r["item_id"] == ex["item_id"]
+        else:
+            assert r["item_id"] != ex["item_id"] and r["item_id"] not in ex["history_item_id"] and r["item_id"] > 0
+        assert r["messages"] == [{"role": "user", "content": r["prompt"]}]
+        assert r["prompt"] == pr.user_message(ex, r["item_id"])
+    # seeded: same call, same rows; extreme ratios are exact
+    assert sample_sft_prompts(ds, pr, "train", 20, p, seed=7, K=10) == rows[:20]
+    assert {r["label"] for r in sample_sft_prompts(ds, pr, "train", 30, 1.0, seed=1)} == {"Yes"}
+    assert {r["label"] for r in sample_sft_prompts(ds, pr, "train", 30, 0.0, seed=1)} == {"No"}
+    with pytest.raises(UserInputError):
+        sample_sft_prompts(ds, pr, "train", 5, 1.5)
+
+
+def test_prompt_text_is_judge_chat_text(prompter):
+    """The stored chat text is the judge's prompt: chat template of the user message (+ answer prefix)."""
+    from prompters.prompts import ANSWER_PREFIX
+    from trainers.sft_data import sample_sft_prompts
+
+    ds, pr = prompter
+    r = sample_sft_prompts(ds, pr, "train", 3, 0.5, seed=3)[0]
+    chat = pr.tokenizer.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True)
+    assert r["text"] == chat + ANSWER_PREFIX
+
+
+def test_filter_counts_and_formats():
+    rows = [
+        {"id": 0, "prompt": "p0", "label": "Yes", "response": "Because X.\nAnswer: Yes", "reasoning_content": "hmm"},
+        {"id": 1, "prompt": "p1", "label": "No", "response": "Answer: Yes"},  # wrong
+        {"id": 2, "prompt": "p2", "label": "No", "response": "<think>yes</think>No"},
+        {"id": 3, "prompt": "p3", "label": "Yes", "response": "I cannot tell."},  # unparseable
+        {"id": 4, "prompt": "p4", "label": "Yes", "response": None, "error": "APIStatusError 400"},  # api error
+        {"id": 5, "prompt": "p5", "label": "No", "response": "   "},  # empty
+        {"id": 6, "prompt": "p6", "label": "no", "response": "no"},
+    ]
+    rows = [{"id": 6, "prompt": "p6", "label": "no", "response": None, "error": "timeout"}] + rows[3:] + rows[:3]
+    # concurrent writers append out of order, a rerun appends a newer answer for the same id: the last wins
+    recs, c = filter_sft_rows(rows, "alpaca")
+    assert dict(c) == {"kept": 3, "wrong": 1, "unparseable": 1, "api_error": 1, "empty": 1}
+    assert [r["instruction"] for r in recs] == ["p0", "p2", "p6"]
+    assert recs[1]["output"] == "No" and recs[1]["input"] == ""
+    recs, _ = filter_sft_rows(rows, "alpaca", keep_reasoning=True, canonical=True, system="sys")
+    assert recs[0]["output"] == "<think>\nhmm\n</think>\n\nBecause X.\nAnswer: Yes"
+    assert recs[1]["output"] == "<think>\nyes\n</think>\n\nAnswer: No" and recs[2]["output"] == "Answer: No"
+    assert recs[0]["system"] == "sys"
+    recs, _ = filter_sft_rows(rows, "sharegpt")
+    assert recs[0] == {"conversations": [{"from": "human", "value": "p0"},
+                                         {"from": "gpt", "value": "Because X.\nAnswer: Yes"}]}
+    with pytest.raises(UserInputError):
+        filter_sft_rows(rows, "openai")
+    with pytest.raises(UserInputError):
+        filter_sft_rows([{"id": 9, "label": "maybe", "response": "Yes"}])
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        import yaml
+
+        return yaml.safe_load(path.read_text())
+    except ImportError:  # flat key: value file; enough for the fields checked here
+        out = {}
+        for line in path.read_text().splitlines():
+            if line.strip() and not line.lstrip().startswith("#") and ":" in line:
+                k, v = line.split(":", 1)
+                out[k.strip()] = v.split("#")[0].strip()
+        return out
+
+
+def test_llamafactory_files_consistent(tmp_path):
+    """dataset_info.json maps LLaMA-Factory's columns to exactly the fields process_sft_data writes, and
+    sft.yaml trains on a registered dataset whose default file is process_sft_data's default output."""
+    info = json.loads((REPO / "sft_train/dataset_info.json").read_text())
+    cfg = _load_yaml(REPO / "sft_train/sft.yaml")
+    assert cfg["dataset"] in info and cfg["stage"] == "sft" and cfg["dataset_dir"] == "sft_train"
+    assert cfg["finetuning_type"] in ("full", "lora") and cfg["template"] == "qwen"
+    for key in ("model_name_or_path", "cutoff_len", "output_dir", "bf16", "do_train"):
+        assert key in cfg
+    rows = [{"id": 0, "prompt": "p", "label": "Yes", "response": "Answer: Yes"}]
+    for fmt in ("alpaca", "sharegpt"):
+        name = f"ourrec_sft_{fmt}"
+        entry = info[name]
+        assert entry["formatting"] == fmt
+        out = tmp_path / f"{fmt}.json"
+        _run("sft_train/process_sft_data.py", "--input_file", str(_write_jsonl(tmp_path / "r.jsonl", rows)),
+             "--output_file", str(out), "--format", fmt, "--system", "be brief")
+        rec = json.loads(out.read_text())[0]
+        assert set(rec) == set(entry["columns"].values())
+        if fmt == "alpaca":
+            assert entry["columns"] == ALPACA_COLUMNS
+        else:
+            assert entry["columns"] == SHAREGPT_COLUMNS and entry["tags"] == SHAREGPT_TAGS
+            turn_keys = {k for t in rec[entry["columns"]["messages"]] for k in t}
+            assert turn_keys == {entry["tags"]["role_tag"], entry["tags"]["content_tag"]}
+            assert [t["from"] for t in rec["conversations"]] == [entry["tags"]["user_tag"], entry["tags"]["assistant_tag"]]
+    # process_sft_data's default output file is the one dataset_info.json registers
+    sys.path.insert(0, str(REPO / "sft_train"))
+    import process_sft_data
+
+    for fmt in ("alpaca", "sharegpt"):
+        assert process_sft_data.default_output(fmt) == os.path.join(cfg["dataset_dir"], info[f"ourrec_sft_{fmt}"]["file_name"])
+
+
+def test_loss_mask_exactly_on_prompt(prompter):
+    from prompters.prompts import ANSWER_PREFIX
+    from trainers.sft_data import sample_sft_prompts
+
+    ds, pr = prompter
+    tok = pr.tokenizer
+    r = sample_sft_prompts(ds, pr, "train", 2, 0.5, seed=5)[0]
+    for rec in ({"instruction": r["prompt"], "input": "", "output": "Likes it.\nAnswer: Yes"},
+                {"conversations": [{"from": "human", "value": r["prompt"]}, {"from": "gpt", "value": "Likes it.\nAnswer: Yes"}]}):
+        ex = encode_sft_example(tok, rec, max_length=4096)
+        n = ex["prompt_len"]
+        prompt_ids = tok(tok.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True),
+                         add_special_tokens=False)["input_ids"]
+        assert ex["input_ids"][:n] == prompt_ids
+        # what the judge sees before its answer prefix, token for token in text
+        assert tok.decode(ex["input_ids"][:n]) + ANSWER_PREFIX == r["text"]
+        assert ex["labels"][:n] == [IGNORE_INDEX] * n
+        assert ex["labels"][n:] == ex["input_ids"][n:] and all(l != IGNORE_INDEX for l in ex["labels"][n:])
+        assert ex["input_ids"][-1] == tok.eos_token_id
+        assert tok.decode(ex["input_ids"][n:-1]) == "Likes it.\nAnswer: Yes"
+    # truncation keeps the whole response and cuts the prompt from the left
+    short = encode_sft_example(tok, rec, max_length=20)
+    assert len(short["input_ids"]) == 20 and short["labels"][-1] == tok.eos_token_id
+    # collator: right padding, labels -100 and mask 0 on padding
+    a, b = encode_sft_example(tok, rec, 4096), short
+    batch = SFTCollator(tok.pad_token_id)([a, b])
+    L = len(a["input_ids"])
+    assert batch["input_ids"].shape == (2, L) and batch["attention_mask"][1].sum().item() == 20
+    assert (batch["labels"][1, 20:] == IGNORE_INDEX).all() and (batch["input_ids"][1, 20:] == tok.pad_token_id).all()
+
+
+def test_accuracy_report_counts():
+    rows = [{"label": "Yes", "response": "Answer: Yes"}, {"label": "No", "response": "Answer: Yes"},
+            {"label": "No", "response": "no"}, {"label": "Yes", "response": "??"}]
+    r = accuracy_report(rows)
+    assert (r["n"], r["parsed"], r["unparseable"]) == (4, 3, 1)
+    assert r["accuracy"] == 0.5 and r["precision_yes"] == 0.5 and r["recall_yes"] == 0.5
+
+
+# ---------------------------------------------------------------------------------------------- the chain
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _kind(i: int) -> str:
+    """What the loopback API answers for prompt id i."""
+    return ("right", "right_think", "right", "wrong", "unparseable", "api_error")[i % 6]
+
+
+def _api_answers(prompts: list[dict]):
+    """A responder for LoopbackAPI keyed by the user message (each prompt text maps to one label/id)."""
+    by_prompt = {r["prompt"]: r for r in prompts}
+
+    def responder(req: dict, n: int):
+        user = [m["content"] for m in req["messages"] if m["role"] == "user"][-1]
+        r = by_prompt[user]
+        lab, other = r["label"], "No" if r["label"] == "Yes" else "Yes"
+        k = _kind(r["id"])
+        if k == "right":
+            return f"The history suggests the user's taste.\nAnswer: {lab}"
+        if k == "right_think":
+            return {"content": f"Answer: {lab}", "reasoning_content": f"Maybe {other.lower()}, but overall {lab}."}
+        if k == "wrong":
+            return f"Answer: {other}"
+        if k == "unparseable":
+            return "I cannot decide from this history."
+        return {"status": 400, "content": "invalid request"}  # a client error: recorded, not retried
+
+    return responder
+
+
+def _get_responses(prompts_file: Path, out: Path, prompts: list[dict]) -> None:
+    from tests.fixtures.loopback_api import LoopbackAPI
+
+    script = REPO / "sft_train/get_response_by_deepseek.py"
+    if not script.exists():
+        # Only this step is replaced: the same loopback server answered through the openai client directly,
+        # written in get_response_by_deepseek.py's row format, so the rest of the chain still runs.
+        import warnings
+
+        import openai
+
+        warnings.warn("sft_train/get_response_by_deepseek.py is missing: the API step of the chain used the "
+                      "openai client directly instead of the script")
+        rows = []
+        with LoopbackAPI(_api_answers(prompts)) as api:
+            client = openai.OpenAI(base_url=api.url, api_key="sk-test", max_retries=0)
+            for r in prompts:
+                row = {"id": r["id"], "prompt": r["prompt"], "label": r["label"], "model": "loopback-model"}
+                try:
+                    msg = client.chat.completions.create(model="loopback-model", messages=r["messages"]).choices[0].message
+                    row.update(response=msg.content, reasoning_content=getattr(msg, "reasoning_content", None))
+                except openai.APIStatusError as e:
+                    row.update(response=None, reasoning_content=None, error=f"{type(e).__name__} {e.status_code}")
+                rows.append(row)
+        _write_jsonl(out, rows)
+        return
+    with LoopbackAPI(_api_answers(prompts)) as api:
+        help_text = _run(str(script.relative_to(REPO)), "--help").stdout
+        args = [str(script.relative_to(REPO)), "--input_file", str(prompts_file), "--output_file", str(out),
+                "--api_base", api.url]
+        for flag, val in (("--model", "loopback-model"), ("--max_retries", "1"), ("--concurrency", "2"),
+                          ("--timeout", "20"), ("--backoff_base", "0.01"), ("--no_progress", None)):
+            if flag + " " in help_text or flag + "\n" in help_text:
+                args += [flag] + ([val] if val else [])
+        _run(*args)
+        assert all(r["headers"].get("authorization") == "Bearer sk-test-SFT-SECRET" for r in api.requests)
+    assert "sk-test-SFT-SECRET" not in out.read_text()
+
+
+def _script(name: str):
+    """Import sft_train/<name>.py (its main(argv) runs in-process: saves a second interpreter's import time)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"sft_{name}", REPO / "sft_train" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_full_chain(tiny, dataset_dir, tmp_path, capsys):
+    from trainers.io_utils import read_jsonl
+
+    prompts_file, resp, sft_json = tmp_path / "prompts.jsonl", tmp_path / "resp.jsonl", tmp_path / "sft.json"
+    _script("generate_prompts").main(["--dataset_dir", str(dataset_dir), "--num_samples", "24",
+         "--match_ratio", "0.5", "--tokenizer", str(tiny), "--output_file", str(prompts_file), "--reasoning",
+         "--max_len_per_item", "12", "--user_window_size", "3", "--K", "8"])
+    prompts = read_jsonl(prompts_file)
+    assert len(prompts) == 24 and all("Answer: Yes" in r["prompt"] for r in prompts)  # reasoning instruction
+
+    _get_responses(prompts_file, resp, prompts)
+    responses = {int(r["id"]): r for r in read_jsonl(resp)}
+    assert sorted(responses) == list(range(24))
+    for i, r in responses.items():
+        assert r["label"] == prompts[i]["label"]
+        assert bool(r.get("error")) == (_kind(i) == "api_error")
+
+    capsys.readouterr()
+    _script("process_sft_data").main(["--input_file", str(resp), "--output_file", str(sft_json),
+                                      "--format", "alpaca", "--keep_reasoning"])
+    counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    kinds = [_kind(i) for i in range(24)]
+    assert counts == {"kept": kinds.count("right") + kinds.count("right_think"), "wrong": kinds.count("wrong"),
+                      "unparseable": kinds.count("unparseable"), "api_error": kinds.count("api_error"), "empty": 0}
+    recs = json.loads(sft_json.read_text())
+    kept_ids = [i for i in range(24) if _kind(i).startswith("right")]
+    assert [r["instruction"] for r in recs] == [prompts[i]["prompt"] for i in kept_ids]
+    assert all(parse_yes_no(r["output"]) == prompts[i]["label"] for r, i in zip(recs, kept_ids))
+    assert all(r["output"].startswith("<think>\nMaybe") for r, i in zip(recs, kept_ids) if _kind(i) == "right_think")
+
+    sft_out = tmp_path / "sft_model"
+    _script("train_sft").main(["--model_name_or_path", str(tiny), "--data_file", str(sft_json),
+                               "--output_dir", str(sft_out), "--max_steps", "2", "--per_device_train_batch_size", "2",
+                               "--gradient_accumulation_steps", "1", "--learning_rate", "1e-3", "--max_length", "256",
+                               "--save_steps", "1", "--logging_steps", "1", "--device", "cpu"])
+    logs = read_jsonl(sft_out / "metrics.jsonl")
+    assert [l["step"] for l in logs if "loss" in l] == [1, 2] and all(math.isfinite(l["loss"]) for l in logs if "loss" in l)
+    assert (sft_out / "checkpoint-2").is_dir() and (sft_out / "config.json").is_file()
+    from safetensors.torch import load_file
+
+    before, after = load_file(str(tiny / "model.safetensors")), load_file(str(sft_out / "model.safetensors"))
+    assert any(not (before[k] == after[k]).all() for k in before)  # the SFT really updated the weights
+
+    # the SFT'd model is a valid --model_name_or_path for train.py
+    rl = tmp_path / "rl"
+    _run("train.py", "--model_name_or_path", str(sft_out), "--dataset_path", str(dataset_dir), "--K", "4",
+         "--K_eval", "4", "--batch_size", "2", "--max_steps", "1", "--ppo_epochs", "1", "--output_dir", str(rl),
+         "--num_valid_samples", "4", "--no_plot", "--max_len_per_item", "12", "--user_window_size", "3",
+         "--print_every", "0", "--device", "cpu")
+    rows = read_jsonl(rl / "metrics.jsonl")
+    assert rows and rows[0]["step"] == 1

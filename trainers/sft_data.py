@@ -1,0 +1,327 @@
+"""Shared logic of the SFT pipeline (DESIGN.md section 7).
+
+prompt sampling      sample_sft_prompts: (user, candidate, Yes/No label) rows rendered by BinaryPrompter
+answer parsing       parse_yes_no: the final Yes/No of a model/API response (one parser for every tool)
+LLaMA-Factory data   filter_sft_rows + to_alpaca / to_sharegpt (field names shared with dataset_info.json)
+SFT training data    encode_sft_example / SFTDataset / SFTCollator: chat-template prompt, loss on response only
+accuracy             accuracy_report: accuracy, precision/recall of Yes, confusion matrix of a response file
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from trainers.candidates import sample_candidates
+from trainers.errors import UserInputError
+
+LABELS = ("Yes", "No")
+FORMATS = ("alpaca", "sharegpt")
+IGNORE_INDEX = -100
+
+# Column names written by process_sft_data.py; sft_train/dataset_info.json maps LLaMA-Factory's names to these.
+ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}
+SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system"}
+SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}
+
+# Drop reasons reported by process_sft_data.py.
+DROP_REASONS = ("api_error", "empty", "unparseable", "wrong")
+
+_THINK_RE = re.compile(r"<think>.*?(</think>|$)", re.S | re.I)
+_ANSWER_RE = re.compile(r"answer\s*[:：]?\s*\**\s*(yes|no)\b", re.I)
+_WORD_RE = re.compile(r"\b(yes|no)\b", re.I)
+
+
+# ---- answer parsing ----------------------------------------------------------------------------
+def strip_think(text: str) -> str:
+    """Remove <think>...</think> blocks (and an unterminated trailing <think> block): reasoning is not the answer."""
+    text = _THINK_RE.sub(" ", text or "")
+    # A response may also carry only the closing tag (the template opened <think> in the prompt).
+    if "</think>" in text.lower():
+        text = text[text.lower().rindex("</think>") + len("</think>"):]
+    return text
+
+
+def parse_yes_no(text: str | None) -> str | None:
+    """The final answer of a response: the last "Answer: Yes|No" tag, else the last standalone Yes/No word,
+    ignoring <think> blocks. Returns "Yes", "No" or None (unparseable)."""
+    if not text:
+        return None
+    body = strip_think(text)
+    tags = _ANSWER_RE.findall(body)
+    if tags:
+        return tags[-1].capitalize()
+    words = _WORD_RE.findall(body)
+    return words[-1].capitalize() if words else None
+
+
+def canonical_output(response: str, label: str) -> str:
+    """The response with <think> blocks removed and, if it lacks an "Answer:" tag, "Answer: {label}" appended,
+    so the SFT'd model ends in the tag the judge reads its score after (prompters.prompts.ANSWER_PREFIX)."""
+    from prompters.prompts import ANSWER_PREFIX
+
+    body = strip_think(response).strip()
+    if _ANSWER_RE.search(body):
+        return body
+    return f"{body}\n{ANSWER_PREFIX} {label}".strip() if body.rstrip(".!").lower() not in ("yes", "no") \
+        else f"{ANSWER_PREFIX} {label}"
+
+
+# ---- prompt sampling ---------------------------------------------------------------------------
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), *[int(s) for s in stream]])
+
+
+def sample_sft_prompts(dataset, prompter, split: str, num_samples: int, match_ratio: float, seed: int = 42,
+                       K: int = 20) -> list[dict]:
+    """num_samples (user, candidate, label) prompt rows from one split.
+
+    Examples are drawn without replacement in a seeded order (cycling through fresh permutations when
+    num_samples exceeds the split). Each row is a positive (the true next item, label "Yes") with probability
+    match_ratio, else a negative (label "No"): one non-target item of the K candidates that
+    trainers.candidates.sample_candidates draws for this interaction, picked by a generator seeded by
+    (seed, interaction id), so the negatives look like the evaluation's negatives.
+    """
+    if num_samples < 1:
+        raise UserInputError(f"--num_samples {num_samples}: must be >= 1")
+    if not 0.0 <= match_ratio <= 1.0:
+        raise UserInputError(f"--match_ratio {match_ratio}: must be in [0, 1]")
+    if K < 2:
+        raise UserInputError(f"--K {K}: must be >= 2")
+    ds = dataset.split(split)
+    if len(ds) == 0:
+        raise UserInputError(f"--split {split}: the split is empty")
+    rng = np.random.default_rng(int(seed))
+    order: list[int] = []
+    while len(order) < num_samples:
+        order.extend(int(i) for i in rng.permutation(len(ds)))
+    order = order[:num_samples]
+    positive = rng.random(num_samples) < match_ratio
+    uniq = sorted(set(order))
+    rows_by_idx = dict(zip(uniq, ds.select(uniq).to_list()))
+    out: list[dict] = []
+    for n, (idx, pos) in enumerate(zip(order, positive)):
+        ex = rows_by_idx[idx]
+        iid, target = int(ex["interaction_id"]), int(ex["item_id"])
+        if pos:
+            item = target
+        else:
+            cands = sample_candidates(target, ex["history_item_id"], dataset.n_items, K, seed, iid)
+            negs = [c for c in cands if c != target]
+            item = negs[int(_rng(seed, iid, n).integers(len(negs)))]
+        user_msg = prompter.user_message(ex, item)
+        out.append({
+            "id": n, "interaction_id": iid, "user_id": ex["user_id"], "item_id": item, "target_item_id": target,
+            "label": LABELS[0] if pos else LABELS[1], "prompt": user_msg,
+            "messages": [{"role": "user", "content": user_msg}],
+            "text": prompter.render_text(ex, item),
+        })
+    return out
+
+
+# ---- filtering and LLaMA-Factory formatting ----------------------------------------------------
+def classify_response(row: dict) -> tuple[str, str | None]:
+    """('kept', answer) or (drop reason, answer) for one API response row."""
+    if row.get("error"):
+        return "api_error", None
+    resp = row.get("response")
+    if not isinstance(resp, str) or not resp.strip():
+        return "empty", None
+    ans = parse_yes_no(resp)
+    if ans is None:
+        return "unparseable", None
+    label = str(row.get("label", "")).strip().capitalize()
+    if label not in LABELS:
+        raise UserInputError(f"row id {row.get('id')}: label {row.get('label')!r} is not Yes/No")
+    return ("kept" if ans == label else "wrong"), ans
+
+
+def response_output(row: dict, keep_reasoning: bool = False, canonical: bool = False) -> str:
+    """The assistant text to train on: the response (think blocks removed), optionally preceded by the
+    API's reasoning_content in <think></think> (DeepSeek-R1 style), optionally ending in "Answer: {label}"."""
+    label = str(row["label"]).strip().capitalize()
+    text = canonical_output(row["response"], label) if canonical else strip_think(row["response"]).strip()
+    if keep_reasoning:
+        reasoning = (row.get("reasoning_content") or "").strip()
+        if not reasoning:  # reasoning inline in the response
+            m = re.search(r"<think>(.*?)</think>", row["response"], re.S | re.I)
+            reasoning = m.group(1).strip() if m else ""
+        if reasoning:
+            text = f"<think>\n{reasoning}\n</think>\n\n{text}"
+    return text
+
+
+def to_alpaca(prompt: str, output: str, system: str | None = None) -> dict:
+    rec = {ALPACA_COLUMNS["prompt"]: prompt, ALPACA_COLUMNS["query"]: "", ALPACA_COLUMNS["response"]: output}
+    if system:
+        rec[ALPACA_COLUMNS["system"]] = system
+    return rec
+
+
+def to_sharegpt(prompt: str, output: str, system: str | None = None) -> dict:
+    r, c = SHAREGPT_TAGS["role_tag"], SHAREGPT_TAGS["content_tag"]
+    rec: dict[str, Any] = {SHAREGPT_COLUMNS["messages"]: [
+        {r: SHAREGPT_TAGS["user_tag"], c: prompt}, {r: SHAREGPT_TAGS["assistant_tag"], c: output}]}
+    if system:
+        rec[SHAREGPT_COLUMNS["system"]] = system
+    return rec
+
+
+def latest_by_id(rows: Iterable[dict]) -> list[dict]:
+    """One row per id (the last one written wins: a rerun that re-asked a failed prompt appends the newer
+    answer), sorted by id; concurrent API workers append rows in completion order. Rows without an id follow."""
+    by_id: dict[int, dict] = {}
+    no_id: list[dict] = []
+    for r in rows:
+        if "id" in r:
+            by_id[int(r["id"])] = r
+        else:
+            no_id.append(r)
+    return [by_id[i] for i in sorted(by_id)] + no_id
+
+
+def filter_sft_rows(rows: Iterable[dict], fmt: str = "alpaca", keep_reasoning: bool = False,
+                    canonical: bool = False, system: str | None = None) -> tuple[list[dict], Counter]:
+    """Keep rows whose final Yes/No equals the label; return (LLaMA-Factory records in id order, counts by
+    outcome). Duplicate ids count once (the last row)."""
+    if fmt not in FORMATS:
+        raise UserInputError(f"--format {fmt!r}: must be {'|'.join(FORMATS)}")
+    conv = to_alpaca if fmt == "alpaca" else to_sharegpt
+    counts: Counter = Counter({k: 0 for k in ("kept", *DROP_REASONS)})
+    out = []
+    for row in latest_by_id(rows):
+        outcome, _ = classify_response(row)
+        counts[outcome] += 1
+        if outcome == "kept":
+            prompt = row.get("prompt")
+            if not prompt and row.get("messages"):
+                prompt = next(m["content"] for m in row["messages"] if m.get("role") == "user")
+            out.append(conv(prompt, response_output(row, keep_reasoning, canonical), system))
+    return out, counts
+
+
+# ---- SFT training data -------------------------------------------------------------------------
+def record_to_messages(rec: dict) -> tuple[list[dict], str]:
+    """(chat messages up to the user turn, assistant output) from an alpaca or sharegpt record."""
+    if ALPACA_COLUMNS["prompt"] in rec:
+        user = rec[ALPACA_COLUMNS["prompt"]]
+        if rec.get(ALPACA_COLUMNS["query"]):  # LLaMA-Factory joins instruction and input with a newline
+            user = user + "\n" + rec[ALPACA_COLUMNS["query"]]
+        msgs = [{"role": "user", "content": user}]
+        output = rec[ALPACA_COLUMNS["response"]]
+    elif SHAREGPT_COLUMNS["messages"] in rec:
+        r, c = SHAREGPT_TAGS["role_tag"], SHAREGPT_TAGS["content_tag"]
+        conv = rec[SHAREGPT_COLUMNS["messages"]]
+        if not conv or conv[-1].get(r) != SHAREGPT_TAGS["assistant_tag"]:
+            raise UserInputError("sharegpt record must end with a gpt turn")
+        role = {SHAREGPT_TAGS["user_tag"]: "user", SHAREGPT_TAGS["assistant_tag"]: "assistant"}
+        msgs = [{"role": role.get(t[r], t[r]), "content": t[c]} for t in conv[:-1]]
+        output = conv[-1][c]
+    else:
+        raise UserInputError(f"record has neither alpaca ({ALPACA_COLUMNS['prompt']}) nor sharegpt "
+                             f"({SHAREGPT_COLUMNS['messages']}) fields: {sorted(rec)}")
+    if rec.get("system"):
+        msgs = [{"role": "system", "content": rec["system"]}] + msgs
+    return msgs, output
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Prompt token ids exactly as the judge builds them: chat template text with the generation prompt,
+    encoded without extra special tokens (prompters.binary_prompter.BinaryPrompter does the same)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = "\n".join(m["content"] for m in messages) + "\n"
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_sft_example(tokenizer, rec: dict, max_length: int) -> dict:
+    """input_ids = prompt + response + eos; labels = -100 on the prompt, the token ids on the response.
+
+    Over max_length, the prompt is cut from the left (its end, the candidate and the assistant start, and the
+    response carry the signal); a response alone longer than max_length is cut on the right.
+    """
+    msgs, output = record_to_messages(rec)
+    p = chat_prompt_ids(tokenizer, msgs)
+    r = tokenizer(output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if len(p) + len(r) > max_length:
+        keep_p = max(0, max_length - len(r))
+        p = p[len(p) - keep_p:] if keep_p else []
+        r = r[: max_length - len(p)]
+    return {"input_ids": p + r, "labels": [IGNORE_INDEX] * len(p) + list(r), "prompt_len": len(p)}
+
+
+class SFTDataset:
+    """Tokenised SFT records (a list-backed map-style dataset for transformers' Trainer)."""
+
+    def __init__(self, tokenizer, records: Sequence[dict], max_length: int = 2048) -> None:
+        if max_length < 2:
+            raise UserInputError(f"--max_length {max_length}: must be >= 2")
+        self.items = [encode_sft_example(tokenizer, r, max_length) for r in records]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+@dataclass
+class SFTCollator:
+    """Right-pads input_ids (pad id), labels (-100) and builds the attention mask."""
+
+    pad_token_id: int
+
+    def __call__(self, feats: list[dict]) -> dict:
+        import torch
+
+        L = max(len(f["input_ids"]) for f in feats)
+        ids = torch.full((len(feats), L), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(feats), L), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(feats), L), dtype=torch.long)
+        for i, f in enumerate(feats):
+            n = len(f["input_ids"])
+            ids[i, :n] = torch.tensor(f["input_ids"])
+            labels[i, :n] = torch.tensor(f["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+# ---- accuracy of a response file ---------------------------------------------------------------
+def accuracy_report(rows: Iterable[dict]) -> dict:
+    """Accuracy of parsed answers vs labels. Unparseable answers count as wrong in `accuracy` and are excluded
+    from `accuracy_parsed`; precision/recall treat "Yes" as the positive class. The confusion matrix is
+    confusion[label][prediction] with prediction in Yes/No/unparseable. A repeated id counts once (last row)."""
+    conf = {l: {"Yes": 0, "No": 0, "unparseable": 0} for l in LABELS}
+    n = 0
+    for row in latest_by_id(rows):
+        label = str(row.get("label", "")).strip().capitalize()
+        if label not in LABELS:
+            raise UserInputError(f"row id {row.get('id')}: label {row.get('label')!r} is not Yes/No")
+        pred = None if row.get("error") else parse_yes_no(row.get("response"))
+        conf[label][pred or "unparseable"] += 1
+        n += 1
+    tp, fn = conf["Yes"]["Yes"], conf["Yes"]["No"] + conf["Yes"]["unparseable"]
+    fp, tn = conf["No"]["Yes"], conf["No"]["No"]
+    unp = conf["Yes"]["unparseable"] + conf["No"]["unparseable"]
+    parsed = n - unp
+    div = lambda a, b: a / b if b else float("nan")  # noqa: E731
+    return {"n": n, "parsed": parsed, "unparseable": unp, "accuracy": div(tp + tn, n),
+            "accuracy_parsed": div(tp + tn, parsed), "precision_yes": div(tp, tp + fp),
+            "recall_yes": div(tp, tp + fn), "yes_rate": div(tp + fp, parsed), "confusion": conf}
+
+
+def format_accuracy_report(r: dict) -> str:
+    c = r["confusion"]
+    lines = [f"rows {r['n']}  parsed {r['parsed']}  unparseable {r['unparseable']}",
+             f"accuracy {r['accuracy']:.4f} (unparseable = wrong)  accuracy_parsed {r['accuracy_parsed']:.4f}",
+             f"precision(Yes) {r['precision_yes']:.4f}  recall(Yes) {r['recall_yes']:.4f}  "
+             f"predicted Yes rate {r['yes_rate']:.4f}",
+             "confusion (rows = label, columns = prediction):",
+             f"{'':>10s} {'Yes':>8s} {'No':>8s} {'unparse':>8s}"]
+    for l in LABELS:
+        lines.append(f"{l:>10s} {c[l]['Yes']:8d} {c[l]['No']:8d} {c[l]['unparseable']:8d}")
+    return "\n".join(lines)
