@@ -33,15 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="move the start back 3 months while fewer items remain after K-core")
     p.add_argument("--keep_items_without_price", action="store_true",
                    help="keep items whose price is missing/invalid (upstream drops them)")
+    p.add_argument("--overwrite_output_dir", action="store_true",
+                   help="replace an existing output directory (otherwise it is refused)")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from trainers.amazon_data import PreprocessConfig, format_summary, run_preprocess
+    from trainers.amazon_data import PreprocessConfig, format_summary, output_dir, run_preprocess
 
+    overwrite = args.__dict__.pop("overwrite_output_dir")
     cfg = PreprocessConfig(**vars(args))
     try:
+        out = output_dir(cfg)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise UserInputError(f"output directory {out} (from --data_root_dir and the window flags) already exists; "
+                                 "pass --overwrite_output_dir to replace it")
         out, stats = run_preprocess(cfg)
     except UserInputError as e:
         die(str(e))

@@ -103,8 +103,10 @@ def check_args(a: argparse.Namespace) -> None:
         raise UserInputError(f"--temperature {a.temperature}: must be > 0")
     if a.print_every_text < 0:
         raise UserInputError(f"--print_every_text {a.print_every_text}: must be >= 0")
-    if a.prompt_template and not Path(a.prompt_template).is_file():
-        raise UserInputError(f"--prompt_template {a.prompt_template}: file not found")
+    if a.prompt_template:
+        from prompters.binary_prompter import load_template
+
+        load_template(a.dataset_type, a.prompt_template)  # missing/unknown placeholders fail here, before loading
 
 
 def checkpoint_problem(d: Path) -> str | None:
@@ -119,6 +121,8 @@ def checkpoint_problem(d: Path) -> str | None:
         return "no tokenizer files"
     if not (d / HEADS_FILE).is_file():
         return f"no {HEADS_FILE} (interrupted save?)"
+    if (d / "trainer_state.json").is_file() and not (d / "COMPLETE").is_file():
+        return "no COMPLETE marker (interrupted save?)"  # train.py writes the marker last
     return None
 
 
@@ -194,6 +198,11 @@ def run(args: argparse.Namespace) -> dict:
 
     if checkpoint:
         check_model_dir(checkpoint, flag="--resume_from")
+        if args.model_name_or_path and Path(args.model_name_or_path).is_dir():
+            from trainers.checkpointing import check_same_model_shape
+
+            # A checkpoint of another architecture would silently evaluate a different model than asked for.
+            check_same_model_shape(check_model_dir(args.model_name_or_path), Path(checkpoint))
     else:
         check_model_dir(args.model_name_or_path)
 

@@ -73,6 +73,25 @@ class QwenBinaryJudge(AbstractRecModel):
         if gradient_checkpointing:
             self.enable_gradient_checkpointing()
 
+    @classmethod
+    def from_model(cls, lm, tokenizer, device: str | torch.device | None = None, micro_batch_size: int = 32,
+                   yes_id: int | None = None, no_id: int | None = None) -> "QwenBinaryJudge":
+        """A judge around a causal LM already in memory (benchmarks, tests); the tokenizer gives pad/eos and,
+        unless yes_id/no_id are given, the Yes/No token ids."""
+        self = cls.__new__(cls)
+        AbstractRecModel.__init__(self)
+        self.path = None
+        self.device_ = torch.device(device) if device is not None else next(lm.parameters()).device
+        self.lm = lm.to(self.device_)
+        self.dtype_ = lm.dtype
+        self.attn_implementation = getattr(lm.config, "_attn_implementation", None) or "sdpa"
+        self.tokenizer = tokenizer
+        self.yes_id = yes_id if yes_id is not None else single_token_id(tokenizer, prompts.YES_TOKEN_TEXT)
+        self.no_id = no_id if no_id is not None else single_token_id(tokenizer, prompts.NO_TOKEN_TEXT)
+        self.value_head = ValueHead(lm.config.hidden_size).to(self.device_)
+        self.micro_batch_size = micro_batch_size
+        return self
+
     @property
     def device(self) -> torch.device:
         return self.device_

@@ -267,36 +267,10 @@ def _get_responses(prompts_file: Path, out: Path, prompts: list[dict]) -> None:
     from tests.fixtures.loopback_api import LoopbackAPI
 
     script = REPO / "sft_train/get_response_by_deepseek.py"
-    if not script.exists():
-        # Only this step is replaced: the same loopback server answered through the openai client directly,
-        # written in get_response_by_deepseek.py's row format, so the rest of the chain still runs.
-        import warnings
-
-        import openai
-
-        warnings.warn("sft_train/get_response_by_deepseek.py is missing: the API step of the chain used the "
-                      "openai client directly instead of the script")
-        rows = []
-        with LoopbackAPI(_api_answers(prompts)) as api:
-            client = openai.OpenAI(base_url=api.url, api_key="sk-test", max_retries=0)
-            for r in prompts:
-                row = {"id": r["id"], "prompt": r["prompt"], "label": r["label"], "model": "loopback-model"}
-                try:
-                    msg = client.chat.completions.create(model="loopback-model", messages=r["messages"]).choices[0].message
-                    row.update(response=msg.content, reasoning_content=getattr(msg, "reasoning_content", None))
-                except openai.APIStatusError as e:
-                    row.update(response=None, reasoning_content=None, error=f"{type(e).__name__} {e.status_code}")
-                rows.append(row)
-        _write_jsonl(out, rows)
-        return
     with LoopbackAPI(_api_answers(prompts)) as api:
-        help_text = _run(str(script.relative_to(REPO)), "--help").stdout
         args = [str(script.relative_to(REPO)), "--input_file", str(prompts_file), "--output_file", str(out),
-                "--api_base", api.url]
-        for flag, val in (("--model", "loopback-model"), ("--max_retries", "1"), ("--concurrency", "2"),
-                          ("--timeout", "20"), ("--backoff_base", "0.01"), ("--no_progress", None)):
-            if flag + " " in help_text or flag + "\n" in help_text:
-                args += [flag] + ([val] if val else [])
+                "--api_base", api.url, "--model", "loopback-model", "--max_retries", "1", "--concurrency", "2",
+                "--timeout", "20", "--backoff_base", "0.01", "--no_progress"]
         _run(*args)
         assert all(r["headers"].get("authorization") == "Bearer sk-test-SFT-SECRET" for r in api.requests)
     assert "sk-test-SFT-SECRET" not in out.read_text()

@@ -20,6 +20,7 @@ import gzip
 import html
 import json
 import math
+import os
 import re
 import shutil
 import urllib.error
@@ -586,10 +587,13 @@ def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     })
 
     out = output_dir(cfg)
-    if out.exists():
-        shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    dd.save_to_disk(str(out))
+    # Assemble in a hidden sibling dir and rename into place: a kill mid-save never leaves a half dataset
+    # under the real name (and never destroys the previous one before the new one is complete).
+    tmp = out.parent / f".tmp-{out.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    dd.save_to_disk(str(tmp))
 
     ts = df["timestamp"].to_numpy()
     ex_ts = np.asarray(cols["timestamp"], dtype=np.int64)
@@ -617,8 +621,17 @@ def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
         "raw_files": {"interactions": str(files.interactions), "meta": str(files.meta)},
         "raw_reviews": n_raw, "duplicates_removed": n_raw - n_dedup, "item_filter": item_counts,
     }
-    with open(out / "stats.json", "w", encoding="utf-8") as f:
+    with open(tmp / "stats.json", "w", encoding="utf-8") as f:
         json.dump(stats, f, indent=2)
+    if out.exists():
+        old = out.parent / f".old-{out.name}"
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, out)
     return out, stats
 
 
