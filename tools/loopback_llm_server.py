@@ -5,8 +5,10 @@ without network or key.
     python compare_model/deepseek.py --api_base http://127.0.0.1:8765/v1 --api_key local ...
 
 It is a real HTTP server speaking the chat-completions protocol. Its "model" is a transparent heuristic,
-not an LLM: it ranks the numbered candidates of the ranking prompt by word overlap with the user's history
-block (ties in prompt order). Use it to check plumbing, never to report a DeepSeek number.
+not an LLM: for a ranking prompt (compare_model/deepseek.py) it ranks the numbered candidates by word overlap
+with the user's history block (ties in prompt order); for a binary judge prompt (sft_train/) it answers
+"Answer: Yes" when the candidate's title shares a word with the history, else "Answer: No". Use it to check
+plumbing, never to report a DeepSeek number.
 """
 from __future__ import annotations
 
@@ -23,8 +25,18 @@ from tests.fixtures.loopback_api import LoopbackAPI, good_answer, history_block,
 _WORD = re.compile(r"[A-Za-z]{3,}")
 
 
+def _words(text: str) -> set[str]:
+    return {w.lower() for w in _WORD.findall(text)}
+
+
 def word_overlap_answer(req: dict, call_number: int) -> str:
     prompt = prompt_text(req)
+    judge = re.search(r"\nCandidate [a-z]+:\n(.*?)(?:\n\n|$)", prompt, flags=re.S)
+    if judge:  # binary Yes/No prompt: history comes before the candidate block
+        title = judge.group(1).split(" - ")[0]
+        history = prompt[: judge.start()]
+        liked = bool(_words(title) & _words(re.sub(r"\(rating: [^)]*\)", "", history)) - {"the", "and", "edition"})
+        return f"The candidate shares themes with the history.\nAnswer: {'Yes' if liked else 'No'}"
     titles = parse_prompt_candidates(prompt)
     hist = {w.lower() for w in _WORD.findall(history_block(prompt))}
     overlap = [len({w.lower() for w in _WORD.findall(t)} & hist) for t in titles]
