@@ -40,11 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from trainers.amazon_data import PreprocessConfig, format_summary, output_dir, run_preprocess
+    from trainers.amazon_data import PreprocessConfig, format_summary, output_dir, run_preprocess, validate_config
 
     overwrite = args.__dict__.pop("overwrite_output_dir")
     cfg = PreprocessConfig(**vars(args))
     try:
+        validate_config(cfg)  # flag errors first, then the output check, then the (long) work
+        if cfg.raw_dir is not None and not os.path.isdir(cfg.raw_dir):
+            raise UserInputError(f"--raw_dir {cfg.raw_dir}: not a directory")
         out = output_dir(cfg)
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise UserInputError(f"output directory {out} (from --data_root_dir and the window flags) already exists; "

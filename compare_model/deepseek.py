@@ -38,6 +38,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from trainers.errors import UserInputError, die  # noqa: E402
 
 
+# Settings that change the candidates or the answers: a rerun on the same --output_dir must match them.
+RESUME_KEYS = ("dataset", "split", "K", "seed", "reference_json", "candidate_mode", "model", "dataset_type",
+               "user_window_size", "max_len_per_item", "prompt_template", "system_prompt", "temperature", "max_tokens")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from models.api_client import add_client_args
 
@@ -56,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--candidate_json_path", default=None, help="result JSON whose candidates to rank (json mode)")
     g.add_argument("--K", type=int, default=None,
                    help="candidates per example (default: 20; json mode: the reference's candidate count)")
-    g.add_argument("--K_eval", type=int, default=10, help="extra NDCG/HR cut-off besides 1, 5, 10 (default: %(default)s)")
+    g.add_argument("--K_eval", type=int, default=None, help="extra NDCG/HR cut-off besides 1, 5, 10 (default: min(10, K))")
     g.add_argument("--seed", type=int, default=42, help="sample order and candidates (default: %(default)s)")
     g = p.add_argument_group("prompt")
     g.add_argument("--user_window_size", type=int, default=10, help="history items shown (default: %(default)s)")
@@ -91,7 +96,7 @@ def run_split(args, client, dataset, split: str, items, prompter, reference_path
     from trainers.api_ranking import api_metrics, evaluate_with_api
     from trainers.evaluation import sanity_rows
     from trainers.metrics import eval_ks, format_metrics_table
-    from trainers.result_json import ResultWriter
+    from trainers.result_json import ResultWriter, check_resume_settings
 
     suffix = "" if split == "test" else f"_{split}"
     out = Path(args.output_dir)
@@ -102,8 +107,11 @@ def run_split(args, client, dataset, split: str, items, prompter, reference_path
             "dataset": os.path.basename(os.path.normpath(args.dataset_dir)), "model": args.model_name,
             "reference_json": reference_path}
     meta.pop("no_progress", None)
+    if not args.overwrite_output_dir:
+        check_resume_settings(results, meta, RESUME_KEYS)
     writer = ResultWriter(results, meta, resume=not args.overwrite_output_dir, flush_every=20)
     order = [int(ex["interaction_id"]) for ex, _ in items]
+    writer.write(order=order)  # meta on disk before the first answer, so a resumed run can be checked against it
     samples = evaluate_with_api(client, prompter, items, responses, writer, concurrency=args.concurrency,
                                 retry_errors=not args.no_retry_errors, progress=not args.no_progress,
                                 desc=f"{args.model_name} ({split})")
@@ -146,6 +154,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             args.K = 20 if args.K is None else args.K
             args.test_samples = 100 if args.test_samples is None else args.test_samples
+        if args.K_eval is None:
+            args.K_eval = min(10, args.K)
+        if not 1 <= args.K_eval <= args.K:
+            raise UserInputError(f"--K_eval {args.K_eval}: must be between 1 and --K {args.K}")
         client = client_from_args(args, args.model_name)
         prompter = ApiRankingPrompter(dataset.item_rows, user_window_size=args.user_window_size,
                                       max_len_per_item=args.max_len_per_item, dataset_type=args.dataset_type,

@@ -23,6 +23,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from trainers.errors import UserInputError, die  # noqa: E402
 
 
+# Settings that change candidates or scores: a rerun on the same result JSON must match them.
+RESUME_KEYS = ("model", "dataset", "split", "seed", "K", "candidate_source", "user_window_size", "max_new_tokens",
+               "category", "model_type")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint_path", default="output/rrec",
@@ -42,14 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference_json", default=None, help="rank exactly this result JSON's candidates")
     p.add_argument("--user_window_size", type=int, default=10, help="history items in the user prompt")
     p.add_argument("--K", type=int, default=20, help="candidates per example (must match --reference_json)")
-    p.add_argument("--K_eval", type=int, default=10, help="extra metric cut-off")
+    p.add_argument("--K_eval", type=int, default=None, help="extra metric cut-off (default: min(10, --K))")
     p.add_argument("--output_dir", default="output/rrec_eval", help="where the result JSON goes")
     p.add_argument("--output_file", default=None, help="result JSON path (default {output_dir}/rrec_{split}.json)")
     p.add_argument("--max_new_tokens", type=int, default=128, help="greedy reasoning length limit (0: none)")
     p.add_argument("--batch_size", type=int, default=8, help="users per generation/forward batch")
     p.add_argument("--item_batch_size", type=int, default=32, help="items per forward for the item table")
     p.add_argument("--full_ranking", action="store_true", help="also rank the whole catalogue (paper's protocol)")
-    p.add_argument("--no_resume", action="store_true", help="start the result JSON afresh")
+    p.add_argument("--no_resume", "--overwrite_output_dir", dest="no_resume", action="store_true",
+                   help="start the result JSON afresh (otherwise a rerun resumes, and must use the same settings)")
     p.add_argument("--no_progress", action="store_true", help="hide progress bars")
     return p
 
@@ -69,12 +75,20 @@ def run(args: argparse.Namespace) -> dict:
     from trainers.evaluation import build_eval_items, sanity_rows
     from trainers.GRecTrainer import compute_item_table, latest_checkpoint, rank_with_rrec, rrec_metrics
     from trainers.metrics import eval_ks, format_metrics_table
-    from trainers.result_json import ResultWriter, load_result_json
+    from trainers.result_json import ResultWriter, check_resume_settings, load_result_json
 
     if args.batch_size < 1:
         raise UserInputError(f"--batch_size {args.batch_size}: must be >= 1")
     if args.max_new_tokens < 0:
         raise UserInputError(f"--max_new_tokens {args.max_new_tokens}: must be >= 0")
+    if args.user_window_size < 1:
+        raise UserInputError(f"--user_window_size {args.user_window_size}: must be >= 1")
+    if args.K < 2:
+        raise UserInputError(f"--K {args.K}: must be >= 2")
+    if args.K_eval is None:
+        args.K_eval = min(10, args.K)
+    if not 1 <= args.K_eval <= args.K:
+        raise UserInputError(f"--K_eval {args.K_eval}: must be between 1 and --K {args.K}")
     dataset = load_processed_dataset(args.dataset_dir, flag="--dataset_dir")
     reference = load_result_json(args.reference_json) if args.reference_json else None
     items = build_eval_items(dataset, args.split, args.num_samples, args.K, args.seed, reference=reference)
@@ -89,7 +103,10 @@ def run(args: argparse.Namespace) -> dict:
     meta = {"args": vars(args), "method": "rrec", "model": str(ckpt), "dataset": args.dataset_dir,
             "split": args.split, "seed": args.seed, "K": args.K, "K_eval": args.K_eval,
             "rrec_config": vars(model.rrec_config).copy(), "candidate_source": args.reference_json or "sampled"}
+    if not args.no_resume:
+        check_resume_settings(out, meta, RESUME_KEYS)
     writer = ResultWriter(out, meta, resume=not args.no_resume)
+    writer.write(order=[int(ex["interaction_id"]) for ex, _ in items])  # meta on disk before the first sample
     todo = [it for it in items if int(it[0]["interaction_id"]) not in writer.done_ids]
     if len(todo) < len(items):
         print(f"resuming {out}: {len(items) - len(todo)} of {len(items)} samples already done")

@@ -62,9 +62,13 @@ def check_model_dir(path: str | Path, flag: str = "--model_name_or_path") -> Pat
     return p
 
 
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False, flag: str = "--model_name_or_path"):
     from transformers import AutoTokenizer
 
+    p = Path(path)
+    if p.is_dir() and not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise UserInputError(f"{flag} {path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {p}; "
+                             "copy the base model's tokenizer into it")
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         ds = load_processed_dataset(args.dataset_dir, flag="--dataset_dir")
         flag = "--tokenizer" if args.tokenizer else "--model_type"
         tok_dir = resolve_model_path(args.tokenizer or args.model_type, flag=flag)
-        tok = load_tokenizer(tok_dir)
+        tok = load_tokenizer(tok_dir, flag=flag)
         prompter = BinaryPrompter(tok, ds.item_rows, dataset_type=args.dataset_type,
                                   max_len_per_item=args.max_len_per_item, user_window_size=args.user_window_size,
                                   template_file=args.prompt_template, reasoning=args.reasoning)

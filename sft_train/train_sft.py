@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto|cpu|cuda[:N] (multi-GPU: launch with torchrun/accelerate)")
     p.add_argument("--attn_implementation", default="auto")
     p.add_argument("--trust_remote_code", action="store_true")
+    p.add_argument("--overwrite_output_dir", action="store_true",
+                   help="train into a non-empty --output_dir without --resume_from_checkpoint anyway")
     return p
 
 
@@ -83,6 +85,10 @@ def train(args: argparse.Namespace) -> str:
     from trainers.sft_data import SFTCollator, SFTDataset
 
     path = check_model_dir(args.model_name_or_path)
+    if (os.path.isdir(args.output_dir) and os.listdir(args.output_dir) and not args.resume_from_checkpoint
+            and not args.overwrite_output_dir):
+        raise UserInputError(f"--output_dir {args.output_dir}: exists and is not empty; pass "
+                             "--resume_from_checkpoint last to continue, or --overwrite_output_dir to start afresh")
     records = load_records(args.data_file)
     device = resolve_device(args.device)
     if args.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():

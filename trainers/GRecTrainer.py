@@ -182,6 +182,7 @@ class RRecTrainingArguments:
             (self.similarity_temperature > 0, f"--similarity_temperature {self.similarity_temperature}: must be > 0"),
             (self.item_refresh_steps >= 1, f"--item_refresh_steps {self.item_refresh_steps}: must be >= 1"),
             (self.K >= 2, f"--K {self.K}: must be >= 2"),
+            (self.user_window_size >= 1, f"--user_window_size {self.user_window_size}: must be >= 1"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -228,6 +229,9 @@ class GRecTrainer:
                                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         acc = self.accelerator
         self.dataset = load_processed_dataset(args.dataset_dir, flag="--dataset_dir")
+        if args.K > self.dataset.n_items:
+            raise UserInputError(f"--K {args.K}: the item catalogue of {args.dataset_dir} has only "
+                                 f"{self.dataset.n_items} items; lower --K")
         self.out_dir = Path(args.output_dir)
         self.resume_ckpt = None
         if args.resume_from:
@@ -353,17 +357,17 @@ class GRecTrainer:
         return final
 
     def _load_state(self, ckpt: Path) -> None:
-        from trainers.checkpointing import read_trainer_state, restore_rng_state
+        from trainers.checkpointing import load_torch_state, read_trainer_state, restore_rng_state
 
         state = read_trainer_state(ckpt)
         self.step = int(state["step"])
         if (ckpt / "optimizer.pt").is_file():
-            self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False))
+            self.optimizer.load_state_dict(load_torch_state(ckpt / "optimizer.pt"))
         if (ckpt / "scheduler.pt").is_file():
-            self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", map_location="cpu", weights_only=False))
+            self.scheduler.load_state_dict(load_torch_state(ckpt / "scheduler.pt"))
         rng = ckpt / f"rng_state_rank{self.accelerator.process_index}.pt"
         if rng.is_file():
-            restore_rng_state(torch.load(rng, map_location="cpu", weights_only=False))
+            restore_rng_state(load_torch_state(rng))
 
     # ---- the loop ----------------------------------------------------------------------------
     def training_step(self, examples: list[dict]) -> dict[str, float]:  # pragma: no cover - abstract

@@ -64,7 +64,12 @@ def resolve_resume_path(resume_from: str, output_dir: str | os.PathLike) -> Path
 
 
 def capture_rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as plain Python values and tensors only, so the file loads with torch.load(weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"bit_generator": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -72,10 +77,23 @@ def capture_rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np_state = state["numpy"]
+    if isinstance(np_state, dict):  # the weights_only-safe form written by capture_rng_state
+        np_state = (np_state["bit_generator"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                    np_state["has_gauss"], np_state["cached_gaussian"])
+    np.random.set_state(np_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_torch_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load restricted to tensors and plain containers (weights_only=True): a checkpoint file can't run code."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
+        raise UserInputError(f"--resume_from: cannot load {path} safely ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); the checkpoint is damaged or not ours")
 
 
 def tmp_checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:

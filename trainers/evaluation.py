@@ -46,6 +46,8 @@ def build_eval_items(dataset, split: str, num_samples: int | None, K: int, seed:
         raise UserInputError(f"--K {K}: must be >= 2 (the target plus at least one negative)")
     if reference is not None:
         return _items_from_reference(ds, split, num_samples, K, reference)
+    if K > dataset.n_items:
+        raise UserInputError(f"--K {K}: the item catalogue of this dataset has only {dataset.n_items} items; lower --K")
     order = np.random.default_rng(int(seed)).permutation(len(ds))
     if num_samples is not None and num_samples > 0:
         order = order[:num_samples]

@@ -46,6 +46,24 @@ def load_result_json(path: str | os.PathLike, flag: str = "--reference_json") ->
     return data
 
 
+def check_resume_settings(path: str | os.PathLike, meta: dict, keys: tuple[str, ...],
+                          flag: str = "--output_dir") -> None:
+    """Refuse to resume into an existing result JSON made with other settings (one line naming the keys).
+
+    Only keys present in the old meta are compared; a nested meta["args"] dict counts as well."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    old = load_result_json(p, flag=flag).get("meta", {}) or {}
+    flat_old = {**(old.get("args") or {}), **old}
+    flat_new = {**(meta.get("args") or {}), **meta}
+    diff = [k for k in keys if k in flat_old and flat_old[k] != flat_new.get(k)]
+    if diff:
+        shown = ", ".join(f"{k}: {flat_old[k]!r} -> {flat_new.get(k)!r}" for k in diff)
+        raise UserInputError(f"{flag} {p.parent}: existing {p.name} was made with other settings ({shown}); "
+                             "pass --overwrite_output_dir or another output directory")
+
+
 def reference_candidates(result: dict) -> dict[int, list[int]]:
     """interaction_id -> candidate list, in the file's order."""
     return {int(s["interaction_id"]): [int(c) for c in s["candidates"]] for s in result["samples"]}
