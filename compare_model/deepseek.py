@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainers.errors import UserInputError, die  # noqa: E402
+from trainers.errors import UserInputError  # noqa: E402
 
 
 # Settings that change the candidates or the answers: a rerun on the same --output_dir must match them.
@@ -129,12 +129,11 @@ def run_split(args, client, dataset, split: str, items, prompter, reference_path
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    key = None
-    try:
-        from models.api_client import client_from_args, resolve_api_key
+    from models.api_client import api_script_errors, client_from_args, resolve_api_key
 
+    with api_script_errors(args):
         check_args(args)
-        key = resolve_api_key(args.api_key)
+        resolve_api_key(args.api_key)
         from prompters.api_prompter import ApiRankingPrompter
         from trainers.data import load_processed_dataset
         from trainers.evaluation import build_eval_items
@@ -168,10 +167,6 @@ def main(argv: list[str] | None = None) -> None:
                 raise UserInputError(f"split {split!r} of {args.dataset_dir} has no examples")
             run_split(args, client, dataset, split, items, prompter, args.candidate_json_path)
         client.close()
-    except UserInputError as e:
-        from trainers.errors import redact
-
-        die(redact(str(e), key, args.api_key))
 
 
 if __name__ == "__main__":

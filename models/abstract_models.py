@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -83,6 +84,29 @@ def load_causal_lm(path: str | Path, device: torch.device, dtype: torch.dtype, a
         str(path), dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
     )
     return model.to(device)
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask: real tokens keep positions 0..len-1 (for forward passes)."""
+    L = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask [N, L] (L = longest sequence): what `generate` needs, so that new
+    tokens start at column L for every row."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, L - len(s):] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, L - len(s):] = 1
+    return ids, mask
 
 
 class AbstractRecModel(torch.nn.Module):

@@ -19,12 +19,13 @@ import random
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from trainers.errors import UserInputError, redact
+from trainers.errors import UserInputError, die, redact
 from trainers.io_utils import append_jsonl, atomic_write_text, iter_jsonl, repair_jsonl_tail
 
 DEFAULT_API_BASE = "https://api.deepseek.com"
@@ -367,6 +368,34 @@ def add_client_args(parser, model_default: str = "deepseek-chat", model_flag: st
     g.add_argument("--max_tokens", type=int, default=None, help="answer token limit (default: the API's)")
     g.add_argument("--no_retry_errors", action="store_true",
                    help="on a rerun, keep rows that failed earlier instead of asking again")
+
+
+def add_prompt_file_args(parser) -> None:
+    """The flags of the scripts that answer a prompt JSONL (tools/run_r1.py, sft_train/get_response_by_deepseek.py)."""
+    parser.add_argument("--system_prompt", default=None, help="optional system message put before each prompt")
+    parser.add_argument("--skip_bad_lines", action="store_true", help="skip malformed input lines instead of failing")
+    parser.add_argument("--no_progress", action="store_true", help="no tqdm bar")
+
+
+@contextmanager
+def api_script_errors(args) -> Iterator[None]:
+    """An API script's main body: a UserInputError ends it through die() (one line, exit 2) with the API key
+    (from --api_key or the environment) redacted from the message."""
+    try:
+        yield
+    except UserInputError as e:
+        key = (args.api_key or "").strip() or os.environ.get(DEFAULT_KEY_ENV, "").strip() or None
+        die(redact(str(e), key, args.api_key))
+
+
+def answer_jobs(args, jobs: Sequence[ApiJob], model: str, content_key: str = "content") -> dict[str, dict]:
+    """run_jobs with a client built from the add_client_args/add_prompt_file_args flags (then closed)."""
+    client = client_from_args(args, model)
+    try:
+        return run_jobs(client, jobs, args.output_file, concurrency=args.concurrency, content_key=content_key,
+                        retry_errors=not args.no_retry_errors, desc=model, progress=not args.no_progress)
+    finally:
+        client.close()
 
 
 def client_from_args(args, model: str) -> ChatClient:

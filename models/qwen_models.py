@@ -13,8 +13,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from models.abstract_models import (AbstractRecModel, check_model_dir, load_causal_lm, load_tokenizer,
-                                    resolve_attn_implementation, resolve_device, resolve_dtype)
+from models.abstract_models import (AbstractRecModel, check_model_dir, load_causal_lm, load_tokenizer, pad_left,
+                                    pad_right, resolve_attn_implementation, resolve_device, resolve_dtype)
 from prompters import prompts
 from prompters.binary_prompter import UserPrompt
 from trainers.errors import UserInputError
@@ -141,13 +141,7 @@ class QwenBinaryJudge(AbstractRecModel):
         body = self.backbone()
         for start in range(0, len(seqs), self.micro_batch_size):
             chunk = seqs[start:start + self.micro_batch_size]
-            L = max(len(s) for s in chunk)
-            pad = self.tokenizer.pad_token_id
-            ids = torch.full((len(chunk), L), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), L), dtype=torch.long)
-            for i, s in enumerate(chunk):
-                ids[i, :len(s)] = torch.tensor(s)
-                mask[i, :len(s)] = 1
+            ids, mask = pad_right(chunk, self.tokenizer.pad_token_id)
             ids, mask = ids.to(self.device), mask.to(self.device)
             h = body(input_ids=ids, attention_mask=mask).last_hidden_state  # right padding: positions 0..len-1
             last = torch.tensor([len(s) - 1 for s in chunk], device=self.device)
@@ -192,13 +186,8 @@ class QwenBinaryJudge(AbstractRecModel):
         pad = self.tokenizer.pad_token_id
         outs: list[list[int]] = []
         for start in range(0, len(seqs), self.micro_batch_size):
-            chunk = seqs[start:start + self.micro_batch_size]
-            L = max(len(s) for s in chunk)
-            ids = torch.full((len(chunk), L), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), L), dtype=torch.long)
-            for i, s in enumerate(chunk):  # left padding for generation
-                ids[i, L - len(s):] = torch.tensor(s)
-                mask[i, L - len(s):] = 1
+            ids, mask = pad_left(seqs[start:start + self.micro_batch_size], pad)
+            L = ids.shape[1]
             gen = self.lm.generate(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new_tokens,
                 do_sample=do_sample, temperature=temperature if do_sample else None, top_k=top_k if do_sample else None,

@@ -18,8 +18,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from models.abstract_models import (AbstractRecModel, check_model_dir, load_causal_lm, load_tokenizer,
-                                    resolve_attn_implementation, resolve_device, resolve_dtype)
+from models.abstract_models import (AbstractRecModel, check_model_dir, load_causal_lm, load_tokenizer,  # noqa: F401
+                                    pad_left, pad_right, resolve_attn_implementation, resolve_device,
+                                    resolve_dtype)
 from prompters.rrec_prompter import RRecPrompter, check_model_type
 from trainers.errors import UserInputError
 
@@ -52,17 +53,6 @@ class Rollouts:
 
     prompt_ids: list[list[int]]
     reasoning_ids: list[list[int]]  # generated tokens up to and including the first stop token
-
-
-def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and attention mask: real tokens keep positions 0..len-1."""
-    L = max(1, max(len(s) for s in seqs))
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids, mask
 
 
 class RRecModel(AbstractRecModel):
@@ -191,13 +181,8 @@ class RRecModel(AbstractRecModel):
         gens: list[list[int]] = []
         try:
             for i in range(0, len(prompts_rep), bs):
-                chunk = prompts_rep[i:i + bs]
-                L = max(len(s) for s in chunk)
-                ids = torch.full((len(chunk), L), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), L), dtype=torch.long)
-                for j, s in enumerate(chunk):  # left padding for generation
-                    ids[j, L - len(s):] = torch.tensor(s)
-                    mask[j, L - len(s):] = 1
+                ids, mask = pad_left(prompts_rep[i:i + bs], pad)
+                L = ids.shape[1]
                 out = self.lm.generate(
                     input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                     max_new_tokens=int(max_new_tokens), do_sample=do_sample,

@@ -7,12 +7,10 @@ tokens); 0 shows titles only.
 """
 from __future__ import annotations
 
-import string
-from pathlib import Path
 from typing import Sequence
 
 from prompters import prompts
-from prompters.binary_prompter import _fmt_rating, item_raw_text
+from prompters.binary_prompter import _fmt_rating, item_raw_text, read_template
 from trainers.errors import UserInputError
 
 PLACEHOLDERS = {"history", "candidates", "n"}
@@ -20,20 +18,8 @@ PLACEHOLDERS = {"history", "candidates", "n"}
 
 def load_api_template(dataset_type: str = "other", template_file: str | None = None) -> str:
     """API_RANKING_PROMPT_TMPL(_MOVIES) for --dataset_type, or the text of --prompt_template FILE (validated)."""
-    if template_file:
-        p = Path(template_file)
-        if not p.is_file():
-            raise UserInputError(f"--prompt_template {template_file}: file not found")
-        tmpl, source = p.read_text(encoding="utf-8"), f"--prompt_template {template_file}"
-    else:
-        if dataset_type not in ("movies", "other"):
-            raise UserInputError(f"--dataset_type {dataset_type!r}: must be movies|other")
-        tmpl = prompts.API_RANKING_PROMPT_TMPL_MOVIES if dataset_type == "movies" else prompts.API_RANKING_PROMPT_TMPL
-        source = f"--dataset_type {dataset_type}"
-    try:
-        names = {f[1] for f in string.Formatter().parse(tmpl) if f[1] is not None}
-    except ValueError as e:
-        raise UserInputError(f"{source}: invalid template ({e}); escape literal braces as {{{{ }}}}")
+    tmpl, source, names = read_template(dataset_type, template_file, prompts.API_RANKING_PROMPT_TMPL_MOVIES,
+                                        prompts.API_RANKING_PROMPT_TMPL)
     if not {"history", "candidates"} <= names or names - PLACEHOLDERS:
         raise UserInputError(f"{source}: template must use {{history}} and {{candidates}} (optionally {{n}}) "
                              f"and nothing else; found {sorted(names)}")

@@ -37,8 +37,11 @@ class UserPrompt:
         return self.prefix_ids + self.suffix_ids[k]
 
 
-def load_template(dataset_type: str, template_file: str | None = None) -> str:
-    """The binary template for --dataset_type, or the text of --prompt_template FILE (validated)."""
+def read_template(dataset_type: str, template_file: str | None, movies_tmpl: str,
+                  other_tmpl: str) -> tuple[str, str, set[str]]:
+    """(template, source flag for messages, its placeholder names): the text of --prompt_template FILE, else
+    movies_tmpl/other_tmpl by --dataset_type. Shared by every prompter that takes these two flags; each
+    checks the placeholders it needs itself."""
     if template_file:
         p = Path(template_file)
         if not p.is_file():
@@ -48,12 +51,19 @@ def load_template(dataset_type: str, template_file: str | None = None) -> str:
     else:
         if dataset_type not in ("movies", "other"):
             raise UserInputError(f"--dataset_type {dataset_type!r}: must be movies|other")
-        tmpl = prompts.BINARY_PROMPT_TMPL_MOVIES if dataset_type == "movies" else prompts.BINARY_PROMPT_TMPL_OTHER
+        tmpl = movies_tmpl if dataset_type == "movies" else other_tmpl
         source = f"--dataset_type {dataset_type}"
     try:
         names = {f[1] for f in string.Formatter().parse(tmpl) if f[1] is not None}
     except ValueError as e:
         raise UserInputError(f"{source}: invalid template ({e}); escape literal braces as {{{{ }}}}")
+    return tmpl, source, names
+
+
+def load_template(dataset_type: str, template_file: str | None = None) -> str:
+    """The binary template for --dataset_type, or the text of --prompt_template FILE (validated)."""
+    tmpl, source, names = read_template(dataset_type, template_file, prompts.BINARY_PROMPT_TMPL_MOVIES,
+                                        prompts.BINARY_PROMPT_TMPL_OTHER)
     missing = {"history", "candidate"} - names
     if missing:
         raise UserInputError(f"{source}: template lacks placeholder(s) {sorted('{' + m + '}' for m in missing)}")

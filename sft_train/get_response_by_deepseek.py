@@ -21,31 +21,28 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainers.errors import UserInputError, die, redact  # noqa: E402
+from trainers.errors import UserInputError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from models.api_client import add_client_args
+    from models.api_client import add_client_args, add_prompt_file_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_file", default="sft_train/prompts.jsonl", help="prompt JSONL (default: %(default)s)")
     p.add_argument("--output_file", default="sft_train/responses.jsonl", help="response JSONL (default: %(default)s)")
     p.add_argument("--prompt_id_min", type=int, default=None, help="first prompt id to ask (inclusive)")
     p.add_argument("--prompt_id_max", type=int, default=None, help="last prompt id to ask (inclusive)")
-    p.add_argument("--system_prompt", default=None, help="optional system message put before each prompt")
-    p.add_argument("--skip_bad_lines", action="store_true", help="skip malformed input lines instead of failing")
-    p.add_argument("--no_progress", action="store_true", help="no tqdm bar")
+    add_prompt_file_args(p)
     add_client_args(p, model_default="deepseek-reasoner", model_flag="--model", concurrency=8)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    key = None
-    try:
-        from models.api_client import client_from_args, prompt_jobs_from_jsonl, resolve_api_key, run_jobs
+    from models.api_client import answer_jobs, api_script_errors, prompt_jobs_from_jsonl, resolve_api_key
 
-        key = resolve_api_key(args.api_key)
+    args = build_parser().parse_args(argv)
+    with api_script_errors(args):
+        resolve_api_key(args.api_key)
         if args.prompt_id_min is not None and args.prompt_id_max is not None and args.prompt_id_min > args.prompt_id_max:
             raise UserInputError(f"--prompt_id_min {args.prompt_id_min} > --prompt_id_max {args.prompt_id_max}")
         if os.path.abspath(args.input_file) == os.path.abspath(args.output_file):
@@ -59,12 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         for j in jobs:
             # The row keeps the prompt as text when the input had one, else the messages.
             j.extra.setdefault("prompt", j.messages[-1]["content"])
-        client = client_from_args(args, args.model)
-        rows = run_jobs(client, jobs, args.output_file, concurrency=args.concurrency, content_key="response",
-                        retry_errors=not args.no_retry_errors, desc=args.model, progress=not args.no_progress)
-        client.close()
-    except UserInputError as e:
-        die(redact(str(e), key, args.api_key))
+        rows = answer_jobs(args, jobs, args.model, content_key="response")
     wanted = {str(j.id) for j in jobs}
     n_err = sum(1 for k, r in rows.items() if k in wanted and r.get("error"))
     print(f"{len(wanted) - n_err} of {len(wanted)} prompts answered ({n_err} failed; rerun to retry them) "

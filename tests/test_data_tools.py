@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.amazon_synth import write_amazon_raw
-from trainers.amazon_data import PreprocessConfig, download, run_preprocess
+from tests.fixtures.amazon_synth import build_processed_dataset
+from trainers.amazon_data import download
 
 REPO = Path(__file__).resolve().parents[1]
 CAT = "Video_Games"
@@ -18,12 +18,8 @@ CAT = "Video_Games"
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    raw = tmp_path_factory.mktemp("raw")
-    write_amazon_raw(raw, CAT, n_users=120, n_items=80, n_subcats=3)
-    out, _ = run_preprocess(PreprocessConfig(category=CAT, K=5, st_year=2021, st_month=1, ed_year=2023,
-                                             ed_month=12, raw_dir=str(raw), min_items=10,
-                                             data_root_dir=str(tmp_path_factory.mktemp("data"))))
-    return out
+    return build_processed_dataset(tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("data"), CAT,
+                                   n_users=120, n_items=80, n_subcats=3, min_items=10)
 
 
 def _tool(name: str, *args: str) -> subprocess.CompletedProcess:

@@ -28,15 +28,10 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    from tests.fixtures.amazon_synth import write_amazon_raw
-    from trainers.amazon_data import PreprocessConfig, run_preprocess
+    from tests.fixtures.amazon_synth import build_processed_dataset
 
-    raw = tmp_path_factory.mktemp("rrec_raw")
-    write_amazon_raw(raw, CAT, n_users=120, n_items=60, n_subcats=3)
-    cfg = PreprocessConfig(category=CAT, K=5, st_year=2021, st_month=1, ed_year=2023, ed_month=12,
-                           data_root_dir=str(tmp_path_factory.mktemp("rrec_data")), raw_dir=str(raw), min_items=10)
-    out, _ = run_preprocess(cfg)
-    return out
+    return build_processed_dataset(tmp_path_factory.mktemp("rrec_raw"), tmp_path_factory.mktemp("rrec_data"), CAT,
+                                   n_users=120, n_items=60, n_subcats=3, min_items=10)
 
 
 def _args(tiny_model, dataset_dir, out_dir, **kw):

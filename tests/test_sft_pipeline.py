@@ -42,15 +42,10 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    from tests.fixtures.amazon_synth import write_amazon_raw
-    from trainers.amazon_data import PreprocessConfig, run_preprocess
+    from tests.fixtures.amazon_synth import build_processed_dataset
 
-    raw = tmp_path_factory.mktemp("raw")
-    write_amazon_raw(raw, CAT, n_users=120, n_items=80, n_subcats=3)
-    out, _ = run_preprocess(PreprocessConfig(category=CAT, K=5, st_year=2021, st_month=1, ed_year=2023, ed_month=12,
-                                             raw_dir=str(raw), min_items=10,
-                                             data_root_dir=str(tmp_path_factory.mktemp("data"))))
-    return Path(out)
+    return build_processed_dataset(tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("data"), CAT,
+                                   n_users=120, n_items=80, n_subcats=3, min_items=10)
 
 
 @pytest.fixture(scope="module")

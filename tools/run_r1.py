@@ -15,37 +15,27 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainers.errors import UserInputError, die, redact  # noqa: E402
-
 
 def build_parser() -> argparse.ArgumentParser:
-    from models.api_client import add_client_args
+    from models.api_client import add_client_args, add_prompt_file_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_file", required=True, help="prompt JSONL")
     p.add_argument("--output_file", required=True, help="answer JSONL (appended, resumable)")
-    p.add_argument("--system_prompt", default=None, help="optional system message")
-    p.add_argument("--skip_bad_lines", action="store_true", help="skip malformed input lines instead of failing")
-    p.add_argument("--no_progress", action="store_true", help="no tqdm bar")
+    add_prompt_file_args(p)
     add_client_args(p, model_default="deepseek-reasoner", model_flag="--model_name", concurrency=8)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    key = None
-    try:
-        from models.api_client import client_from_args, prompt_jobs_from_jsonl, resolve_api_key, run_jobs
+    from models.api_client import answer_jobs, api_script_errors, prompt_jobs_from_jsonl, resolve_api_key
 
-        key = resolve_api_key(args.api_key)
+    args = build_parser().parse_args(argv)
+    with api_script_errors(args):
+        resolve_api_key(args.api_key)
         jobs = prompt_jobs_from_jsonl(args.input_file, skip_bad_lines=args.skip_bad_lines,
                                       system_prompt=args.system_prompt)
-        client = client_from_args(args, args.model_name)
-        rows = run_jobs(client, jobs, args.output_file, concurrency=args.concurrency,
-                        retry_errors=not args.no_retry_errors, desc=args.model_name, progress=not args.no_progress)
-        client.close()
-    except UserInputError as e:
-        die(redact(str(e), key, args.api_key))
+        rows = answer_jobs(args, jobs, args.model_name)
     n_err = sum(1 for r in rows.values() if r.get("error"))
     print(f"{len(rows) - n_err} answered, {n_err} failed -> {args.output_file}")
 

@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainers.errors import UserInputError, die, redact  # noqa: E402
+from trainers.errors import UserInputError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,12 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    key = None
-    try:
-        from models.api_client import client_from_args, resolve_api_key
+    from models.api_client import api_script_errors, client_from_args, resolve_api_key
 
-        key = resolve_api_key(args.api_key)
+    args = build_parser().parse_args(argv)
+    with api_script_errors(args):
+        resolve_api_key(args.api_key)
         if args.prompt_file:
             if not os.path.isfile(args.prompt_file):
                 raise UserInputError(f"--prompt_file {args.prompt_file}: file not found")
@@ -48,8 +47,6 @@ def main(argv: list[str] | None = None) -> None:
         client = client_from_args(args, args.model_name)
         res = client.chat(messages)
         client.close()
-    except UserInputError as e:
-        die(redact(str(e), key, args.api_key))
     if res.error:
         print(f"{os.path.basename(sys.argv[0])}: error: request failed after {res.attempts} attempt(s): {res.error}",
               file=sys.stderr)

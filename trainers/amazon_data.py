@@ -166,6 +166,23 @@ def _corrupt(path: Path, e: Exception) -> UserInputError:
                           f"delete it and download it again")
 
 
+def _iter_json_lines(path: Path, unit: str):
+    """(0-based line number, parsed value) of every non-blank line of a (gzipped) JSONL, with a tqdm bar.
+    A line that is not JSON, or a corrupt/truncated file, is a UserInputError naming the file."""
+    try:
+        with _open_text(path) as f:
+            for n, line in enumerate(tqdm(f, desc=f"reading {path.name}", unit=unit, mininterval=2)):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserInputError(f"{path}: line {n + 1} is not JSON ({e})") from None
+                yield n, value
+    except _CORRUPT as e:
+        raise _corrupt(path, e) from None
+
+
 # ----------------------------------------------------------------------------- interactions
 
 def _normalise_interactions(df: pd.DataFrame) -> pd.DataFrame:
@@ -210,29 +227,17 @@ def load_reviews_jsonl(path: str | Path) -> pd.DataFrame:
     """Read the raw review JSONL (fields rating, parent_asin, user_id, timestamp, ...)."""
     path = Path(path)
     rows: dict[str, list] = {c: [] for c in RATING_COLUMNS}
-    try:
-        with _open_text(path) as f:
-            for n, line in enumerate(tqdm(f, desc=f"reading {path.name}", unit=" reviews", mininterval=2)):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserInputError(f"{path}: line {n + 1} is not JSON ({e})") from None
-                if n == 0:
-                    missing = [c for c in ("user_id", "rating", "timestamp") if c not in r]
-                    if missing or ("parent_asin" not in r and "asin" not in r):
-                        raise UserInputError(
-                            f"{path}: unknown column layout: found fields {sorted(r)[:10]}, expected "
-                            f"user_id, parent_asin, rating, timestamp")
-                rows["user_id"].append(r.get("user_id"))
-                rows["parent_asin"].append(r.get("parent_asin") or r.get("asin"))
-                rows["rating"].append(r.get("rating"))
-                rows["timestamp"].append(r.get("timestamp"))
-    except UserInputError:
-        raise
-    except _CORRUPT as e:
-        raise _corrupt(path, e) from None
+    for n, r in _iter_json_lines(path, " reviews"):
+        if n == 0:
+            missing = [c for c in ("user_id", "rating", "timestamp") if c not in r]
+            if missing or ("parent_asin" not in r and "asin" not in r):
+                raise UserInputError(
+                    f"{path}: unknown column layout: found fields {sorted(r)[:10]}, expected "
+                    f"user_id, parent_asin, rating, timestamp")
+        rows["user_id"].append(r.get("user_id"))
+        rows["parent_asin"].append(r.get("parent_asin") or r.get("asin"))
+        rows["rating"].append(r.get("rating"))
+        rows["timestamp"].append(r.get("timestamp"))
     return _normalise_interactions(pd.DataFrame(rows))
 
 
@@ -303,50 +308,38 @@ def load_items(path: str | Path, keep_items_without_price: bool = False) -> tupl
     path = Path(path)
     items: dict[str, dict] = {}
     counts = {"meta_rows": 0, "bad_title": 0, "bad_price": 0, "no_asin": 0}
-    try:
-        with _open_text(path) as f:
-            for n, line in enumerate(tqdm(f, desc=f"reading {path.name}", unit=" items", mininterval=2)):
-                if not line.strip():
-                    continue
-                try:
-                    m = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserInputError(f"{path}: line {n + 1} is not JSON ({e})") from None
-                if not isinstance(m, dict) or (n == 0 and "title" not in m):
-                    found = sorted(m)[:10] if isinstance(m, dict) else type(m).__name__
-                    raise UserInputError(f"{path}: unknown metadata layout: found {found}, expected "
-                                         f"parent_asin, title, price, ... (Amazon Reviews 2023 meta)")
-                counts["meta_rows"] += 1
-                asin = m.get("parent_asin") or m.get("asin")
-                if not isinstance(asin, str) or not asin:
-                    counts["no_asin"] += 1
-                    continue
-                title = valid_title(m.get("title"))
-                if title is None:
-                    counts["bad_title"] += 1
-                    continue
-                price = parse_price(m.get("price"))
-                if price is None and not keep_items_without_price:
-                    counts["bad_price"] += 1
-                    continue
-                details = m.get("details")
-                items[asin] = {
-                    "parent_asin": asin,
-                    "title": title,
-                    "main_category": clean_text(m.get("main_category")),
-                    "average_rating": _opt_float(m.get("average_rating")),
-                    "rating_number": _opt_int(m.get("rating_number")),
-                    "features": _str_list(m.get("features")),
-                    "description": _str_list(m.get("description")),
-                    "price": price,
-                    "store": clean_text(m.get("store")),
-                    "categories": _str_list(m.get("categories")),
-                    "details": json.dumps(details if isinstance(details, dict) else {}, ensure_ascii=False),
-                }
-    except UserInputError:
-        raise
-    except _CORRUPT as e:
-        raise _corrupt(path, e) from None
+    for n, m in _iter_json_lines(path, " items"):
+        if not isinstance(m, dict) or (n == 0 and "title" not in m):
+            found = sorted(m)[:10] if isinstance(m, dict) else type(m).__name__
+            raise UserInputError(f"{path}: unknown metadata layout: found {found}, expected "
+                                 f"parent_asin, title, price, ... (Amazon Reviews 2023 meta)")
+        counts["meta_rows"] += 1
+        asin = m.get("parent_asin") or m.get("asin")
+        if not isinstance(asin, str) or not asin:
+            counts["no_asin"] += 1
+            continue
+        title = valid_title(m.get("title"))
+        if title is None:
+            counts["bad_title"] += 1
+            continue
+        price = parse_price(m.get("price"))
+        if price is None and not keep_items_without_price:
+            counts["bad_price"] += 1
+            continue
+        details = m.get("details")
+        items[asin] = {
+            "parent_asin": asin,
+            "title": title,
+            "main_category": clean_text(m.get("main_category")),
+            "average_rating": _opt_float(m.get("average_rating")),
+            "rating_number": _opt_int(m.get("rating_number")),
+            "features": _str_list(m.get("features")),
+            "description": _str_list(m.get("description")),
+            "price": price,
+            "store": clean_text(m.get("store")),
+            "categories": _str_list(m.get("categories")),
+            "details": json.dumps(details if isinstance(details, dict) else {}, ensure_ascii=False),
+        }
     counts["kept"] = len(items)
     return items, counts
 
