@@ -122,5 +122,9 @@ class AbstractRecModel(torch.nn.Module):
         return self.lm.get_output_embeddings().weight
 
     def enable_gradient_checkpointing(self) -> None:
-        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5.x renamed it (the old name warns); 4.x only has gradient_checkpointing_enable.
+        if hasattr(self.lm, "activation_checkpointing_enable"):
+            self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.lm.config.use_cache = False

@@ -138,7 +138,7 @@ def test_ppo_gradients_match(tiny_dir, impl, method, ckpt):
         got = _ppo_grads(judge, batch, "shared", method)
     finally:
         if ckpt:
-            judge.lm.gradient_checkpointing_disable()
+            (getattr(judge.lm, "activation_checkpointing_disable", None) or judge.lm.gradient_checkpointing_disable)()
             judge.lm.config.use_cache = True
             judge.lm.eval()
         judge.zero_grad(set_to_none=True)
