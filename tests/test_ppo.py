@@ -1,0 +1,101 @@
+"""PPO loss functions, advantage normalisation and schedule, checked against hand-computed values."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainers.errors import UserInputError
+from trainers.ppo_trainer import (clipped_value_loss, derived_seed, kl_penalty, lr_lambda_factory, normalize_advantages,
+                                  ppo_policy_loss, sample_step_indices, step_candidate_seed)
+
+
+def test_clipped_surrogate_value_and_gradient_by_hand():
+    # ratios r = [1, 1.5, 0.5, 1.5], advantages A = [1, 1, -1, -1], eps = 0.2
+    #   i=0: min(1*1, 1*1)          = 1     (unclipped, d/dlogp = r*A = 1)
+    #   i=1: min(1.5*1, 1.2*1)      = 1.2   (clipped -> no gradient)
+    #   i=2: min(0.5*-1, 0.8*-1)    = -0.8  (clipped -> no gradient)
+    #   i=3: min(1.5*-1, 1.2*-1)    = -1.5  (unclipped: a bad action made likelier is always penalised)
+    # loss = -(1 + 1.2 - 0.8 - 1.5) / 4 = 0.025; grad = -r*A/4 where unclipped.
+    logp_new = torch.tensor([0.0, math.log(1.5), math.log(0.5), math.log(1.5)], requires_grad=True)
+    logp_old = torch.zeros(4)
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    loss, clipfrac = ppo_policy_loss(logp_new, logp_old, adv, clip_eps=0.2)
+    assert loss.item() == pytest.approx(0.025, abs=1e-6)
+    assert clipfrac.item() == pytest.approx(0.75)
+    loss.backward()
+    assert logp_new.grad.tolist() == pytest.approx([-0.25, 0.0, 0.0, 0.375], abs=1e-6)
+
+
+def test_surrogate_at_ratio_one_is_policy_gradient():
+    # First PPO epoch: new == old, so the loss is -mean(A) and its gradient -A/n (REINFORCE with baseline).
+    logp = torch.tensor([-3.0, -1.0, -2.0], requires_grad=True)
+    adv = torch.tensor([0.5, -2.0, 1.0])
+    loss, clipfrac = ppo_policy_loss(logp, logp.detach().clone(), adv, clip_eps=0.1)
+    assert loss.item() == pytest.approx(-(-0.5) / 3)
+    assert clipfrac.item() == 0.0
+    loss.backward()
+    assert logp.grad.tolist() == pytest.approx([-0.5 / 3, 2.0 / 3, -1.0 / 3])
+
+
+def test_clipped_value_loss_by_hand():
+    # v=[0.5, 0.9], v_old=[0.4, 0.4], R=[1, 0], eps=0.2
+    #   i=0: (0.5-1)^2=0.25 ; clipped v=0.5 -> 0.25            -> 0.25
+    #   i=1: (0.9-0)^2=0.81 ; clipped v=0.6 -> 0.36            -> 0.81 (unclipped is larger)
+    v = torch.tensor([0.5, 0.9], requires_grad=True)
+    loss = clipped_value_loss(v, torch.tensor([0.4, 0.4]), torch.tensor([1.0, 0.0]), clip_eps=0.2)
+    assert loss.item() == pytest.approx(0.5 * (0.25 + 0.81) / 2)
+    loss.backward()
+    # d/dv 0.5*mean((v-R)^2) = (v-R)/n
+    assert v.grad.tolist() == pytest.approx([(0.5 - 1.0) / 2, 0.9 / 2])
+
+
+def test_value_loss_clipping_binds():
+    # v=0.9 moved 0.5 above v_old=0.4 toward R=1: unclipped 0.01, clipped (0.6-1)^2=0.16 is larger,
+    # so the loss is 0.08 and the gradient vanishes (the value cannot move further than eps in one update).
+    v = torch.tensor([0.9], requires_grad=True)
+    loss = clipped_value_loss(v, torch.tensor([0.4]), torch.tensor([1.0]), clip_eps=0.2)
+    assert loss.item() == pytest.approx(0.08)
+    loss.backward()
+    assert v.grad.item() == 0.0
+
+
+def test_advantage_normalisation():
+    adv = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    out = normalize_advantages(adv)
+    std = math.sqrt(1.25)  # population std of 1..4
+    assert out.tolist() == pytest.approx([(x - 2.5) / std for x in (1, 2, 3, 4)], abs=1e-6)
+    assert out.mean().item() == pytest.approx(0.0, abs=1e-7)
+    # constant advantages: centred to 0, no division blow-up
+    assert normalize_advantages(torch.full((3,), 0.7)).abs().max().item() < 1e-6
+
+
+def test_kl_penalty_zero_at_reference_and_positive_elsewhere():
+    lp = torch.tensor([-2.0, -1.0])
+    assert kl_penalty(lp, lp).item() == pytest.approx(0.0)
+    # d = ref - new = [-1, 1]: e^-1 + 1 - 1 = 0.3679 ; e^1 - 1 - 1 = 0.7183
+    assert kl_penalty(lp, lp + torch.tensor([-1.0, 1.0])).item() == pytest.approx(
+        ((math.exp(-1) + 1 - 1) + (math.exp(1) - 1 - 1)) / 2, abs=1e-6)
+
+
+def test_lr_schedule():
+    f = lr_lambda_factory(warmup_steps=2, total_steps=10, kind="cosine")
+    assert [f(0), f(1)] == pytest.approx([0.5, 1.0])
+    assert f(2) == pytest.approx(1.0)
+    assert f(6) == pytest.approx(0.5)
+    assert f(10) == pytest.approx(0.0, abs=1e-12)
+    c = lr_lambda_factory(0, 10, "constant")
+    assert c(0) == c(9) == 1.0
+    with pytest.raises(UserInputError):
+        lr_lambda_factory(0, 10, "linear")
+
+
+def test_step_randomness_is_replayable_and_rank_specific():
+    a = sample_step_indices(1000, 8, seed=1, step=5, rank=0)
+    assert a == sample_step_indices(1000, 8, seed=1, step=5, rank=0)
+    assert a != sample_step_indices(1000, 8, seed=1, step=5, rank=1)
+    assert a != sample_step_indices(1000, 8, seed=1, step=6, rank=0)
+    assert len(set(a)) == 8
+    assert step_candidate_seed(3, 7) != step_candidate_seed(3, 8)
+    assert derived_seed(1, 2, 0, 1) != derived_seed(1, 2, 1, 1)

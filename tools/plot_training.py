@@ -1,0 +1,30 @@
+"""Plot reward and validation NDCG against step from a train.py metrics.jsonl into a PNG."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from trainers.errors import UserInputError, die  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--metrics_file", required=True, help="metrics.jsonl written by train.py")
+    p.add_argument("--output", default=None, help="PNG path (default: training.png next to the metrics file)")
+    p.add_argument("--smooth", type=int, default=20, help="moving-average window of the reward curve")
+    args = p.parse_args(argv)
+    from trainers.plotting import plot_training
+
+    out = args.output or os.path.join(os.path.dirname(os.path.abspath(args.metrics_file)), "training.png")
+    try:
+        path = plot_training(args.metrics_file, out, smooth=args.smooth)
+    except UserInputError as e:
+        die(str(e))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

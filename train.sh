@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# PL-PPO training launcher: one process per visible GPU (torchrun), or the CPU demo when nothing is set.
+# Every variable below can be overridden from the environment, e.g.
+#   CUDA_VISIBLE_DEVICES=0,1 model_name_or_path=Qwen2.5-1.5B-Instruct dataset_path=data/Video_Games_5_2021-1-2023-12 bash train.sh
+# Extra arguments are passed through to train.py (e.g. bash train.sh --resume_from last).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python}
+demo=0
+if [[ -z "${dataset_path:-}" && -z "${model_name_or_path:-}" ]]; then demo=1; fi
+
+# Demo defaults (tiny model, synthetic data, CPU, a few minutes) vs. defaults for real runs. The demo uses
+# the settings of tests/test_learning.py: lr 3e-4 with 4 PPO epochs was the steadiest in a sweep (higher
+# rates peak, then fall back); shared-prefix scoring halves the step time.
+if [[ $demo == 1 ]]; then
+  d_K=10; d_batch=32; d_lr_actor=3e-4; d_lr_critic=1e-3; d_steps=200; d_mlen=1; d_win=3; d_device=cpu
+  set -- --ppo_epochs 4 --scoring shared --micro_batch_size 160 --eval_every 50 --num_valid_samples 100 "$@"
+else
+  d_K=20; d_batch=4; d_lr_actor=1e-5; d_lr_critic=1e-4; d_steps=-1; d_mlen=64; d_win=10; d_device=auto
+fi
+dataset_path=${dataset_path:-demo/data/Video_Games_5_2021-1-2023-12}
+dataset_type=${dataset_type:-other}
+model_name_or_path=${model_name_or_path:-demo/tiny-qwen}
+output_dir=${output_dir:-outputs/ppo_$(basename "$model_name_or_path")_$(basename "$dataset_path")}
+max_len_per_item=${max_len_per_item:-$d_mlen}
+user_window_size=${user_window_size:-$d_win}
+print_every=${print_every:-50}
+save_every=${save_every:-100}
+token_log_path=${token_log_path:-$output_dir/token_lengths.jsonl}
+batch_size=${batch_size:-$d_batch}
+K=${K:-$d_K}
+K_eval=${K_eval:-10}
+lr_actor=${lr_actor:-$d_lr_actor}
+lr_critic=${lr_critic:-$d_lr_critic}
+max_steps=${max_steps:-$d_steps}
+device=${device:-$d_device}
+
+if [[ $demo == 1 ]]; then
+  nproc=1  # the demo runs on the CPU in one process
+  if [[ ! -d $dataset_path || ! -d $model_name_or_path ]]; then
+    echo "train.sh: demo data/model missing ($dataset_path, $model_name_or_path); build them with the demo script first" >&2
+    exit 2
+  fi
+  if [[ -d $output_dir && -n "$(ls -A "$output_dir" 2>/dev/null)" && " $* " != *" --resume_from "* ]]; then
+    set -- --overwrite_output_dir "$@"
+  fi
+else
+  if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+    IFS=',' read -ra gpus <<< "$CUDA_VISIBLE_DEVICES"; nproc=${#gpus[@]}
+  elif command -v nvidia-smi >/dev/null 2>&1; then
+    nproc=$(nvidia-smi -L | wc -l)
+  else
+    nproc=1
+  fi
+  [[ $nproc -lt 1 ]] && nproc=1
+fi
+nproc=${nproc_per_node:-$nproc}
+
+args=(--dataset_path "$dataset_path" --dataset_type "$dataset_type" --model_name_or_path "$model_name_or_path"
+      --output_dir "$output_dir" --max_len_per_item "$max_len_per_item" --user_window_size "$user_window_size"
+      --print_every "$print_every" --save_every "$save_every" --token_log_path "$token_log_path"
+      --batch_size "$batch_size" --K "$K" --K_eval "$K_eval" --lr_actor "$lr_actor" --lr_critic "$lr_critic"
+      --max_steps "$max_steps" --device "$device")
+
+if [[ $nproc -gt 1 ]]; then
+  exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$nproc" train.py "${args[@]}" "$@"
+else
+  exec "$PYTHON" train.py "${args[@]}" "$@"
+fi

@@ -1,0 +1,46 @@
+"""Training curves from metrics.jsonl: rollout reward and validation NDCG against step (matplotlib, Agg)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from trainers.errors import UserInputError
+
+
+def plot_training(metrics_file: str | os.PathLike, output: str | os.PathLike, smooth: int = 20) -> Path:
+    """Draw reward (raw and moving average) and every val_NDCG@k column against step into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from trainers.io_utils import read_jsonl
+
+    recs = [r for r in read_jsonl(metrics_file, flag="--metrics_file", skip_bad_lines=True) if "step" in r]
+    if not recs:
+        raise UserInputError(f"--metrics_file {metrics_file}: no records with a 'step' field")
+    steps = np.array([r["step"] for r in recs])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if any("reward" in r for r in recs):
+        rs = np.array([r.get("reward", np.nan) for r in recs], dtype=float)
+        ax.plot(steps, rs, color="tab:blue", alpha=0.3, lw=1, label="reward (rollout NDCG)")
+        w = max(1, min(smooth, len(rs)))
+        if w > 1:
+            ma = np.convolve(np.nan_to_num(rs), np.ones(w) / w, mode="valid")
+            ax.plot(steps[w - 1:], ma, color="tab:blue", lw=2, label=f"reward, {w}-step mean")
+    val_keys = sorted({k for r in recs for k in r if k.startswith("val_NDCG")})
+    for k, c in zip(val_keys, ("tab:red", "tab:green", "tab:purple")):
+        pts = [(r["step"], r[k]) for r in recs if k in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=c, lw=2, label=f"validation {k[4:]}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("NDCG")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    ax.set_title(f"PL-PPO training ({Path(metrics_file).parent.name})")
+    fig.tight_layout()
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
