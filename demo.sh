@@ -19,14 +19,14 @@ echo "== 2/7 preprocess"
 echo "== 3/7 train (PL-PPO, tiny model, CPU)"
 output_dir=$OUT/train bash train.sh --overwrite_output_dir
 echo "== 4/7 evaluate the untrained and the trained judge on the same candidates"
-EVAL=(--dataset_path "$DATA" --dataset_type other --num_samples "$NUM_SAMPLES" --K 10 --K_eval 10
-      --max_len_per_item 8 --user_window_size 5 --overwrite_output_dir)
+EVAL=(--dataset_path "$DATA" --dataset_type other --num_samples "$NUM_SAMPLES" --K 20 --K_eval 10
+      --max_len_per_item 1 --user_window_size 3 --scoring shared --overwrite_output_dir)
 "$PYTHON" test.py --model_name_or_path demo/tiny-qwen "${EVAL[@]}" --output_dir "$OUT/test_untrained"
 "$PYTHON" test.py --model_name_or_path demo/tiny-qwen --resume_from last --checkpoint_dir "$OUT/train" \
     "${EVAL[@]}" --output_dir "$OUT/test_trained"
 echo "== 5/7 RRec baseline: RecPO training, then ranking the same candidates"
 OUTPUT_DIR=$OUT/rrec EVAL_DIR=$OUT/rrec_eval REFERENCE_JSON=$OUT/test_trained/results.json DEVICE=cpu \
-    K=10 NUM_SAMPLES=$NUM_SAMPLES bash compare_model/rrec.sh
+    K=20 NUM_SAMPLES=$NUM_SAMPLES bash compare_model/rrec.sh
 echo "== 6/7 API baseline against the local stand-in server (word overlap, not an LLM)"
 port_file=$(mktemp)
 "$PYTHON" tools/loopback_llm_server.py --port 0 --port_file "$port_file" > /dev/null &

@@ -7,7 +7,8 @@ method is scored on identical candidates), otherwise freshly sampled with --seed
 uses). --full_ranking adds the paper's full-catalogue NDCG/HR@5/10/20 (written as "full_rank" per
 sample and a second metrics row).
 
-The result JSON ({output_dir}/rrec_{split}.json unless --output_file) is written incrementally; a rerun
+The result JSON ({output_dir}/results.json for the test split, results_{split}.json otherwise, unless
+--output_file; the same name test.py and deepseek.py use) is written incrementally; a rerun
 with the same path resumes. Generated reasoning is kept in each sample's "outputs". Nothing is cached
 anywhere else.
 """
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--K", type=int, default=20, help="candidates per example (must match --reference_json)")
     p.add_argument("--K_eval", type=int, default=None, help="extra metric cut-off (default: min(10, --K))")
     p.add_argument("--output_dir", default="output/rrec_eval", help="where the result JSON goes")
-    p.add_argument("--output_file", default=None, help="result JSON path (default {output_dir}/rrec_{split}.json)")
+    p.add_argument("--output_file", default=None, help="result JSON path (default {output_dir}/results.json; results_{split}.json for other splits)")
     p.add_argument("--max_new_tokens", type=int, default=128, help="greedy reasoning length limit (0: none)")
     p.add_argument("--batch_size", type=int, default=8, help="users per generation/forward batch")
     p.add_argument("--item_batch_size", type=int, default=32, help="items per forward for the item table")
@@ -99,7 +100,8 @@ def run(args: argparse.Namespace) -> dict:
     category = args.category or category_from_dataset_dir(args.dataset_dir)
     prompter = RRecPrompter(model.tokenizer, dataset.item_rows, category, user_window_size=args.user_window_size,
                             model_type=model.rrec_config.model_type)
-    out = Path(args.output_file or Path(args.output_dir) / f"rrec_{args.split}.json")
+    out = Path(args.output_file or Path(args.output_dir) / (
+        "results.json" if args.split == "test" else f"results_{args.split}.json"))
     meta = {"args": vars(args), "method": "rrec", "model": str(ckpt), "dataset": args.dataset_dir,
             "split": args.split, "seed": args.seed, "K": args.K, "K_eval": args.K_eval,
             "rrec_config": vars(model.rrec_config).copy(), "candidate_source": args.reference_json or "sampled"}

@@ -199,7 +199,7 @@ def ctx(tmp_path_factory) -> dict:
     c["full_out"].mkdir()
     (c["full_out"] / "keep.txt").write_text("earlier run")
     other = {"meta": {"seed": 999, "K": 5, "split": "test"}, "metrics": {}, "samples": []}
-    for d, name in (("test_out", "results.json"), ("ds_out", "results.json"), ("rrec_out", "rrec_test.json")):
+    for d, name in (("test_out", "results.json"), ("ds_out", "results.json"), ("rrec_out", "results.json")):
         (root / d).mkdir()
         (root / d / name).write_text(json.dumps(other))
     c["logs"] = tmp_path_factory.mktemp("badinput_logs")

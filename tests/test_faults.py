@@ -123,17 +123,17 @@ def test_rrec_py_sigkill_then_rerun_equals_uninterrupted(assets, tmp_path):
     ref_out, out = tmp_path / "ref", tmp_path / "killed"
     r = _run(argv(ref_out))
     assert r.returncode == 0, r.stderr[-3000:]
-    ref = json.loads((ref_out / "rrec_test.json").read_text())
+    ref = json.loads((ref_out / "results.json").read_text())
 
-    seen = _kill_after(argv(out), out / "rrec_test.json.partial.jsonl", 2)
+    seen = _kill_after(argv(out), out / "results.json.partial.jsonl", 2)
     assert seen < n
     r = _run(argv(out))
     assert r.returncode == 0, r.stderr[-3000:]
-    got = json.loads((out / "rrec_test.json").read_text())
+    got = json.loads((out / "results.json").read_text())
     _assert_same_samples(got["samples"], ref["samples"])
     assert [s.get("outputs") for s in got["samples"]] == [s.get("outputs") for s in ref["samples"]]
     assert got["metrics"] == ref["metrics"]
-    assert not (out / "rrec_test.json.partial.jsonl").exists()
+    assert not (out / "results.json.partial.jsonl").exists()
 
 
 # ------------------------------------------------------------------- checkpoints cut short, 'last', rotation
