@@ -33,6 +33,22 @@ def ref_metrics(scores_list, target_idx_list, ks):
 
 
 @pytest.mark.parametrize("seed", range(5))
+def test_ndcg_matches_sklearn_without_ties(seed):
+    """scikit-learn's ndcg_score as a third-party reference (continuous scores: no ties to disagree on)."""
+    from sklearn.metrics import ndcg_score
+
+    rng = np.random.default_rng(100 + seed)
+    K = int(rng.integers(2, 30))
+    scores = rng.normal(size=(50, K))
+    targets = rng.integers(0, K, size=50)
+    relevance = np.zeros_like(scores)
+    relevance[np.arange(50), targets] = 1.0
+    ranks = [target_rank(s.tolist(), int(t)) for s, t in zip(scores, targets)]
+    for k in (1, 5, 10, K):
+        assert metrics_from_ranks(ranks, (k,))[f"NDCG@{k}"] == pytest.approx(ndcg_score(relevance, scores, k=k), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
 def test_metrics_match_reference_with_ties(seed):
     rng = np.random.default_rng(seed)
     n, K = 40, int(rng.integers(2, 25))
