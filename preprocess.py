@@ -21,10 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--category", default="Video_Games", help="Amazon Reviews 2023 category, e.g. Video_Games")
     p.add_argument("--K", type=int, default=5, help="iterated K-core threshold on users and items (0 = none)")
-    p.add_argument("--st_year", type=int, default=2017)
-    p.add_argument("--st_month", type=int, default=1)
-    p.add_argument("--ed_year", type=int, default=2023)
-    p.add_argument("--ed_month", type=int, default=12)
+    p.add_argument("--st_year", type=int, default=2017,
+                   help="first year of the review time window (moved back if --min_items is not met)")
+    p.add_argument("--st_month", type=int, default=1, help="first month (1-12) of the time window")
+    p.add_argument("--ed_year", type=int, default=2023, help="last year of the time window (inclusive)")
+    p.add_argument("--ed_month", type=int, default=12, help="last month (1-12) of the time window (inclusive)")
     p.add_argument("--window_size", type=int, default=10, help="history length of each example")
     p.add_argument("--data_root_dir", default="data", help="output root (and download dir {root}/raw)")
     p.add_argument("--raw_dir", default=None,

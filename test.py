@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU)|bf16|fp16|fp32")
     g.add_argument("--attn_implementation", default="auto", help="auto|flash_attention_2|sdpa|flex_attention|eager")
-    g.add_argument("--trust_remote_code", action="store_true")
+    g.add_argument("--trust_remote_code", action="store_true",
+                   help="allow custom model/tokenizer code shipped with the checkpoint")
     g = p.add_argument_group("data")
     g.add_argument("--dataset_path", default="demo/data/Video_Games_5_2021-1-2023-12", help="preprocess.py output dir")
     g.add_argument("--dataset_type", default="other", help="movies|other: picks the prompt template")
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_samples", type=int, default=None, help="examples to evaluate (seeded order); <=0 or unset = all")
     g.add_argument("--K", type=int, default=20, help="candidates per example (target + K-1 negatives)")
     g.add_argument("--K_eval", type=int, default=10, help="extra NDCG/HR cut-off reported besides 1, 5, 10")
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--seed", type=int, default=42,
+                   help="seed of the example order, the candidate negatives and rollout sampling")
     g.add_argument("--reference_json", default=None, help="rank exactly the candidates of this result JSON")
     g = p.add_argument_group("prompt and scoring")
     g.add_argument("--max_len_per_item", type=int, default=64, help="tokens of item text per item in the prompt")

@@ -158,15 +158,22 @@ def inference_cli(argv: list[str] | None, description: str, model_path: str, inp
     p.add_argument("--input_file", default=input_file, help="prompt JSONL (generate_prompts.py output)")
     p.add_argument("--output_file", default=output_file, help="response JSONL; appended to and resumed")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda[:N]")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    p.add_argument("--batch_size", type=int, default=batch_size)
-    p.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="weight dtype; auto = bf16 on CUDA (fp16 without bf16 support), fp32 on CPU (default: auto)")
+    p.add_argument("--batch_size", type=int, default=batch_size,
+                   help=f"prompts generated per forward batch (default: {batch_size})")
+    p.add_argument("--max_new_tokens", type=int, default=max_new_tokens,
+                   help=f"response length limit in tokens (default: {max_new_tokens})")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--top_p", type=float, default=1.0,
+                   help="nucleus-sampling mass; only used when --temperature > 0 (default: 1.0)")
     p.add_argument("--prompt_id_min", type=int, default=None, help="first prompt id to answer (inclusive)")
     p.add_argument("--prompt_id_max", type=int, default=None, help="last prompt id to answer (inclusive)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--attn_implementation", default="auto")
+    p.add_argument("--seed", type=int, default=42,
+                   help="sampling seed; each batch is seeded with seed + its first prompt id (default: 42)")
+    p.add_argument("--attn_implementation", default="auto",
+                   help="auto|flash_attention_2|sdpa|flex_attention|eager; auto = flash_attention_2 when usable, "
+                        "else sdpa (default: auto)")
     args = p.parse_args(argv)
     try:
         s = run_prompt_file(args.model_path, args.input_file, args.output_file, args.device, args.dtype,

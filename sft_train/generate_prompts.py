@@ -28,19 +28,27 @@ from trainers.errors import UserInputError, die  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_dir", required=True, help="processed dataset directory (preprocess.py output)")
-    p.add_argument("--num_samples", type=int, default=1000)
+    p.add_argument("--num_samples", type=int, default=1000,
+                   help="prompt rows to write (examples drawn without replacement, cycling if the split is smaller; "
+                        "default: 1000)")
     p.add_argument("--match_ratio", type=float, default=0.5, help="probability that a row is a positive (label Yes)")
     p.add_argument("--model_type", default="Qwen2.5-3B-Instruct",
                    help="model whose tokenizer/chat template renders prompts; a name known to paths.py or a dir")
     p.add_argument("--tokenizer", default=None, help="model/tokenizer directory overriding --model_type")
-    p.add_argument("--output_file", default="sft_train/prompts.jsonl")
-    p.add_argument("--split", default="train", choices=["train", "valid", "test"])
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--output_file", default="sft_train/prompts.jsonl",
+                   help="prompt JSONL to write (replaced atomically; default: sft_train/prompts.jsonl)")
+    p.add_argument("--split", default="train", choices=["train", "valid", "test"],
+                   help="dataset split the examples come from (default: train)")
+    p.add_argument("--seed", type=int, default=42,
+                   help="seed of the example order, the Yes/No draw and the candidates (default: 42)")
     p.add_argument("--K", type=int, default=20, help="candidate set size the negative is drawn from")
     p.add_argument("--prompt_template", default=None, help="template file overriding --dataset_type's")
-    p.add_argument("--dataset_type", default="other", choices=["movies", "other"])
-    p.add_argument("--max_len_per_item", type=int, default=64)
-    p.add_argument("--user_window_size", type=int, default=10)
+    p.add_argument("--dataset_type", default="other", choices=["movies", "other"],
+                   help="which built-in prompt template (prompters/prompts.py) to use (default: other)")
+    p.add_argument("--max_len_per_item", type=int, default=64,
+                   help="tokens each item description is truncated to (default: 64)")
+    p.add_argument("--user_window_size", type=int, default=10,
+                   help="most recent history items shown in the prompt (default: 10)")
     p.add_argument("--reasoning", action="store_true",
                    help='ask for brief reasoning ending in "Answer: Yes/No" instead of a bare Yes/No')
     return p

@@ -30,10 +30,12 @@ def default_output(fmt: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input_file", default="sft_train/responses.jsonl")
+    p.add_argument("--input_file", default="sft_train/responses.jsonl",
+                   help="response JSONL of get_response_by_deepseek.py (default: sft_train/responses.jsonl)")
     p.add_argument("--output_file", default=None,
                    help="default: sft_train/ourrec_sft_{format}.json (the file dataset_info.json registers)")
-    p.add_argument("--format", default="alpaca", choices=["alpaca", "sharegpt"])
+    p.add_argument("--format", default="alpaca", choices=["alpaca", "sharegpt"],
+                   help="LLaMA-Factory record format to write (default: alpaca)")
     p.add_argument("--keep_reasoning", action="store_true",
                    help="prepend the API's reasoning_content as <think>...</think> to the output")
     p.add_argument("--canonical_answer", action="store_true",

@@ -27,26 +27,40 @@ from trainers.errors import UserInputError, die  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_name_or_path", default="Qwen2.5-3B-Instruct", help="model dir or a name known to paths.py")
-    p.add_argument("--data_file", default="sft_train/ourrec_sft_alpaca.json")
-    p.add_argument("--output_dir", default="output/sft")
-    p.add_argument("--num_train_epochs", type=float, default=2.0)
+    p.add_argument("--data_file", default="sft_train/ourrec_sft_alpaca.json",
+                   help="alpaca or sharegpt JSON from process_sft_data.py (default: sft_train/ourrec_sft_alpaca.json)")
+    p.add_argument("--output_dir", default="output/sft",
+                   help="checkpoints, metrics.jsonl and the final model go here (default: output/sft)")
+    p.add_argument("--num_train_epochs", type=float, default=2.0, help="passes over --data_file (default: 2.0)")
     p.add_argument("--max_steps", type=int, default=-1, help="overrides --num_train_epochs when > 0")
-    p.add_argument("--learning_rate", type=float, default=1e-5)
-    p.add_argument("--per_device_train_batch_size", type=int, default=2)
-    p.add_argument("--gradient_accumulation_steps", type=int, default=8)
+    p.add_argument("--learning_rate", type=float, default=1e-5, help="peak AdamW learning rate (default: 1e-5)")
+    p.add_argument("--per_device_train_batch_size", type=int, default=2,
+                   help="examples per forward per process (default: 2)")
+    p.add_argument("--gradient_accumulation_steps", type=int, default=8,
+                   help="forwards accumulated per optimizer step; effective batch = this x per-device batch x "
+                        "processes (default: 8)")
     p.add_argument("--max_length", type=int, default=2048, help="tokens per example (prompt cut from the left)")
-    p.add_argument("--warmup_ratio", type=float, default=0.05)
-    p.add_argument("--lr_scheduler_type", default="cosine")
+    p.add_argument("--warmup_ratio", type=float, default=0.05,
+                   help="fraction of the total optimizer steps used for linear warmup (default: 0.05)")
+    p.add_argument("--lr_scheduler_type", default="cosine",
+                   help="transformers scheduler name, e.g. cosine|linear|constant_with_warmup (default: cosine)")
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
-    p.add_argument("--gradient_checkpointing", action="store_true")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--save_steps", type=int, default=500)
-    p.add_argument("--save_total_limit", type=int, default=None)
-    p.add_argument("--logging_steps", type=int, default=10)
+    p.add_argument("--gradient_checkpointing", action="store_true",
+                   help="recompute activations in backward: less memory, more compute")
+    p.add_argument("--seed", type=int, default=42, help="seed of data order and initialisation (default: 42)")
+    p.add_argument("--save_steps", type=int, default=500,
+                   help="write {output_dir}/checkpoint-{step} every N optimizer steps (default: 500)")
+    p.add_argument("--save_total_limit", type=int, default=None,
+                   help="keep only the newest N checkpoints (default: keep all)")
+    p.add_argument("--logging_steps", type=int, default=10,
+                   help="append a metrics.jsonl row every N optimizer steps (default: 10)")
     p.add_argument("--resume_from_checkpoint", default=None, help="checkpoint dir, or 'last' (newest in output_dir)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda[:N] (multi-GPU: launch with torchrun/accelerate)")
-    p.add_argument("--attn_implementation", default="auto")
-    p.add_argument("--trust_remote_code", action="store_true")
+    p.add_argument("--attn_implementation", default="auto",
+                   help="auto|flash_attention_2|sdpa|flex_attention|eager; auto = flash_attention_2 when usable, "
+                        "else sdpa (default: auto)")
+    p.add_argument("--trust_remote_code", action="store_true",
+                   help="allow custom model/tokenizer code shipped with the checkpoint")
     p.add_argument("--overwrite_output_dir", action="store_true",
                    help="train into a non-empty --output_dir without --resume_from_checkpoint anyway")
     return p

@@ -20,9 +20,10 @@ from trainers.errors import UserInputError, die  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input_file", default="output/sft_responses.jsonl")
+    p.add_argument("--input_file", default="output/sft_responses.jsonl",
+                   help="response JSONL of run_qwen_sft.py / run_qwen_baseline.py (default: output/sft_responses.jsonl)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a table")
-    p.add_argument("--skip_bad_lines", action="store_true")
+    p.add_argument("--skip_bad_lines", action="store_true", help="skip malformed JSONL lines instead of failing")
     args = p.parse_args(argv)
     try:
         from trainers.io_utils import iter_jsonl

@@ -349,22 +349,25 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--shape", default=None, choices=SHAPES,
                     help="model shape (random weights); default: qwen2.5-3b on CUDA, small on CPU")
     ap.add_argument("--Ks", type=int, nargs="+", default=[5, 10, 20, 50], help="candidates per user")
-    ap.add_argument("--mode", default="both", choices=["score", "train", "both"])
+    ap.add_argument("--mode", default="both", choices=["score", "train", "both"],
+                    help="time no_grad scoring, one PL-PPO train step, or both")
     ap.add_argument("--users", type=int, default=4, help="users per scored batch / per train step")
-    ap.add_argument("--history_items", type=int, default=10)
-    ap.add_argument("--tokens_per_item", type=int, default=60)
+    ap.add_argument("--history_items", type=int, default=10, help="history items per synthetic user (shared prefix)")
+    ap.add_argument("--tokens_per_item", type=int, default=60,
+                    help="approximate tokens per item text (drawn from 0.75x to 1.25x this)")
     ap.add_argument("--K_eval", type=int, default=10, help="NDCG cut-off of the PPO reward")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per cell (median), after one warm-up")
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls per cell before timing")
     ap.add_argument("--micro_batch_size", type=int, default=32,
                     help="naive path: prompts per forward; the shared path packs the same token budget")
     ap.add_argument("--quick", action="store_true", help="tiny shape, K 5 10, 1 repeat, no warm-up, short prompts (test suite)")
-    ap.add_argument("--gradient_checkpointing", action="store_true")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--gradient_checkpointing", action="store_true",
+                    help="recompute activations in backward (train mode): less memory, more compute")
+    ap.add_argument("--device", default="auto", help="auto|cpu|cuda[:N] (auto: cuda when available)")
     ap.add_argument("--dtype", default="auto", help="auto|bf16|fp16|fp32 (auto: bf16 on CUDA, fp32 on CPU)")
     ap.add_argument("--attn_implementation", default="auto", help="auto|sdpa|eager|flex_attention|flash_attention_2")
     ap.add_argument("--peak_tflops", type=float, default=None, help="override the GPU's dense bf16 peak for MFU")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random weights and synthetic users")
     ap.add_argument("--json_out", default=None, help="also write the figures as JSON here")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap

@@ -37,7 +37,7 @@ def common_users(dataset_dir: str, other_dataset_dir: str | None = None) -> dict
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset_dir", required=True)
+    p.add_argument("--dataset_dir", required=True, help="processed dataset directory (preprocess.py output)")
     p.add_argument("--other_dataset_dir", default=None, help="second processed dataset to compare users with")
     args = p.parse_args(argv)
     try:

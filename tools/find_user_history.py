@@ -43,8 +43,8 @@ def user_history(dataset_dir: str, user_id: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset_dir", required=True)
-    p.add_argument("--user_id", required=True)
+    p.add_argument("--dataset_dir", required=True, help="processed dataset directory (preprocess.py output)")
+    p.add_argument("--user_id", required=True, help="user id (as in the dataset's user_id column) to list")
     args = p.parse_args(argv)
     try:
         hist = user_history(args.dataset_dir, args.user_id)

@@ -46,8 +46,9 @@ def word_overlap_answer(req: dict, call_number: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--port", type=int, default=8765)
-    ap.add_argument("--model", default="word-overlap-stand-in")
+    ap.add_argument("--port", type=int, default=8765, help="127.0.0.1 port to listen on (0 = any free port; default: 8765)")
+    ap.add_argument("--model", default="word-overlap-stand-in",
+                    help="model name reported in responses (default: word-overlap-stand-in)")
     ap.add_argument("--port_file", default=None, help="write the bound port here once listening (for scripts)")
     args = ap.parse_args()
     api = LoopbackAPI(responder=word_overlap_answer, model=args.model)

@@ -21,15 +21,16 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_dir", default="output/sft", help="base or SFT model dir (or a name known to paths.py)")
     p.add_argument("--resume_from", default=None, help="checkpoint dir (absolute, or relative to --model_dir)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda[:N] (default: auto = cuda when available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="weight dtype; auto = bf16 on CUDA, fp32 on CPU (default: auto)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--prompt", help="the user message")
     g.add_argument("--prompt_file", help="file whose whole text is the user message")
     p.add_argument("--system", default=None, help="optional system message")
-    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--max_new_tokens", type=int, default=256, help="response length limit in tokens (default: 256)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="sampling seed, used when --temperature > 0 (default: 42)")
     args = p.parse_args(argv)
     try:
         from models.local_inference import LocalGenerator

@@ -136,8 +136,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto|cpu|cuda (ranks use cuda:LOCAL_RANK)")
     g.add_argument("--dtype", default="auto", help="auto|bf16|fp16|fp32 (auto: bf16 on GPU, fp32 on CPU)")
     g.add_argument("--attn_implementation", default="auto", help="auto|flash_attention_2|sdpa|flex_attention|eager")
-    g.add_argument("--trust_remote_code", action="store_true")
-    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--trust_remote_code", action="store_true",
+                   help="allow custom model/tokenizer code shipped with the checkpoint")
+    g.add_argument("--gradient_checkpointing", action="store_true",
+                   help="recompute activations in backward: less memory, more compute")
     g.add_argument("--micro_batch_size", type=int, default=32, help="sequences per forward pass in naive scoring")
 
     g = p.add_argument_group("ranking and reward")
@@ -162,18 +164,21 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--vf_coef", type=float, default=1.0, help="weight of the value loss")
     g.add_argument("--lr_actor", type=float, default=1e-5, help="learning rate of the backbone")
     g.add_argument("--lr_critic", type=float, default=1e-4, help="learning rate of the value head")
-    g.add_argument("--weight_decay", type=float, default=0.0)
-    g.add_argument("--warmup_steps", type=int, default=0)
+    g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay (actor and critic)")
+    g.add_argument("--warmup_steps", type=int, default=0,
+                   help="linear learning-rate warmup steps before --lr_scheduler takes over (0 = none)")
     g.add_argument("--lr_scheduler", default="constant", help="constant|cosine (after warmup)")
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="<= 0 disables clipping")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1,
                    help="micro-batches the rollout batch is split into for each update")
     g.add_argument("--normalize_advantage", action=argparse.BooleanOptionalAction, default=True,
                    help="standardise advantages over the global batch")
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--seed", type=int, default=42,
+                   help="seed of model init, batch order, candidates and PL/reasoning sampling")
 
     g = p.add_argument_group("logging, validation and checkpoints")
-    g.add_argument("--output_dir", default="outputs/ppo")
+    g.add_argument("--output_dir", default="outputs/ppo",
+                   help="checkpoint-N directories, metrics.jsonl and the final model go here")
     g.add_argument("--overwrite_output_dir", action="store_true",
                    help="start afresh in a non-empty --output_dir (removes its checkpoints and logs)")
     g.add_argument("--resume_from", default=None, help="'last' (newest complete checkpoint in --output_dir) or PATH")
@@ -185,8 +190,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--token_log_path", default=None,
                    help="JSONL of reasoning output lengths (default {output_dir}/token_lengths.jsonl in reasoning mode)")
     g.add_argument("--no_plot", action="store_true", help="do not write {output_dir}/training.png at the end")
-    # Test hook: every rank writes a checksum of its parameters (DDP weight-sync check).
-    g.add_argument("--write_param_checksums", action="store_true", help=argparse.SUPPRESS)
+    # Test hook (DDP weight-sync check); documented like every flag rather than hidden.
+    g.add_argument("--write_param_checksums", action="store_true",
+                   help="at the end every rank writes {output_dir}/param_checksum_rank{R}.txt, a checksum of its "
+                        "parameters (to check that DDP ranks hold identical weights)")
     return p
 
 
