@@ -4,8 +4,9 @@ One training step, on every rank:
   1. draw --batch_size training examples (deterministic in (seed, step, rank));
   2. K candidates per example (trainers.candidates, per-step seed) -> binary prompts;
   3. rollout under no_grad: optional reasoning generation, scores s, critic values V;
-  4. a ranking ~ Gumbel-top-K of s/τ (seeded generator), old log-prob log PL(σ|s) (+ reasoning
-     token log-probs), reward R = NDCG@K_eval of the target, advantage A = R - V;
+  4. --rankings_per_user rankings ~ Gumbel-top-K of s/τ from the same scores (seeded generator), old
+     log-prob log PL(σ|s) (+ reasoning token log-probs), reward R = NDCG@K_eval of the target,
+     advantage A = R - V (the critic is regressed on the mean reward of the user's rankings);
   5. --ppo_epochs optimiser updates, each recomputing s and V with grad over the whole rollout
      batch (split into --gradient_accumulation_steps micro-batches): clipped PPO surrogate +
      clipped value loss (+ optional KL to the frozen initial model); gradients are averaged
