@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -134,9 +133,10 @@ def resolve_checkpoint(resume_from: str | None, checkpoint_dir: str | None, outp
         return None
     if resume_from == "last":
         root = Path(checkpoint_dir) if checkpoint_dir else Path(output_dir).resolve().parent
-        found = sorted(((int(m.group(1)), d) for d in (root.iterdir() if root.is_dir() else [])
-                        if (m := re.fullmatch(r"checkpoint-(\d+)", d.name))), reverse=True)
-        for _, d in found:
+        from trainers.checkpointing import checkpoint_dirs
+
+        # every checkpoint-N, newest first; completeness is judged by checkpoint_problem (also non-train.py dirs)
+        for _, d in reversed(checkpoint_dirs(root, complete_only=False)):
             problem = checkpoint_problem(d)
             if problem is None:
                 return str(d)

@@ -31,7 +31,7 @@ RESUME_KEYS = ("model", "dataset", "split", "seed", "K", "candidate_source", "us
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint_path", default="output/rrec",
+    p.add_argument("--checkpoint_path", default="outputs/rrec",
                    help="RRec checkpoint dir, or a train_rrec.py output dir (its newest checkpoint is used)")
     p.add_argument("--dataset_dir", default="demo/data/Video_Games_5_2021-1-2023-12", help="processed dataset")
     p.add_argument("--dataset_path", dest="dataset_dir", default=argparse.SUPPRESS, help="alias of --dataset_dir")
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user_window_size", type=int, default=10, help="history items in the user prompt")
     p.add_argument("--K", type=int, default=20, help="candidates per example (must match --reference_json)")
     p.add_argument("--K_eval", type=int, default=None, help="extra metric cut-off (default: min(10, --K))")
-    p.add_argument("--output_dir", default="output/rrec_eval", help="where the result JSON goes")
+    p.add_argument("--output_dir", default="outputs/rrec_eval", help="where the result JSON goes")
     p.add_argument("--output_file", default=None, help="result JSON path (default {output_dir}/results.json; results_{split}.json for other splits)")
     p.add_argument("--max_new_tokens", type=int, default=128, help="greedy reasoning length limit (0: none)")
     p.add_argument("--batch_size", type=int, default=8, help="users per generation/forward batch")

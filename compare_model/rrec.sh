@@ -2,7 +2,7 @@
 # Train the R2ec ("RRec") baseline with RecPO, then evaluate it on our candidate sets.
 # Defaults run the demo on a CPU in minutes; override any path/setting with environment variables:
 #   DATASET_DIR=data/Video_Games_5_2017-1-2023-12 MODEL=Qwen2.5-3B-Instruct DEVICE=cuda MAX_STEPS=-1 \
-#   REFERENCE_JSON=output/test/results.json NPROC=4 bash compare_model/rrec.sh
+#   REFERENCE_JSON=outputs/test/results.json NPROC=4 bash compare_model/rrec.sh
 # Extra flags: TRAIN_ARGS="--learning_rate 1e-6" EVAL_ARGS="--full_ranking" bash compare_model/rrec.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,7 +8,7 @@ are saved with save_pretrained in --output_dir, which train.py/test.py accept as
 Per-step logs are appended to {output_dir}/metrics.jsonl.
 
 python sft_train/train_sft.py --model_name_or_path models_hub/Qwen2.5-3B-Instruct \
-    --data_file sft_train/ourrec_sft_alpaca.json --output_dir output/sft_qwen --num_train_epochs 2 \
+    --data_file sft_train/ourrec_sft_alpaca.json --output_dir outputs/sft_qwen --num_train_epochs 2 \
     --bf16 --gradient_checkpointing
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_name_or_path", default="Qwen2.5-3B-Instruct", help="model dir or a name known to paths.py")
     p.add_argument("--data_file", default="sft_train/ourrec_sft_alpaca.json",
                    help="alpaca or sharegpt JSON from process_sft_data.py (default: sft_train/ourrec_sft_alpaca.json)")
-    p.add_argument("--output_dir", default="output/sft",
-                   help="checkpoints, metrics.jsonl and the final model go here (default: output/sft)")
+    p.add_argument("--output_dir", default="outputs/sft",
+                   help="checkpoints, metrics.jsonl and the final model go here (default: outputs/sft)")
     p.add_argument("--num_train_epochs", type=float, default=2.0, help="passes over --data_file (default: 2.0)")
     p.add_argument("--max_steps", type=int, default=-1, help="overrides --num_train_epochs when > 0")
     p.add_argument("--learning_rate", type=float, default=1e-5, help="peak AdamW learning rate (default: 1e-5)")

@@ -82,6 +82,25 @@ def _assert_same_samples(got: list[dict], ref: list[dict]) -> None:
         np.testing.assert_allclose(g["scores"], r["scores"], rtol=0, atol=1e-5)
 
 
+def _kill_then_rerun(argv, tmp_path, n: int) -> tuple[dict, dict, subprocess.CompletedProcess]:
+    """An uninterrupted run, and a run SIGKILLed after 2 samples then rerun on the same output:
+    returns (reference JSON, resumed JSON, the rerun's process) after checking nothing was lost."""
+    ref_out, out = tmp_path / "ref", tmp_path / "killed"
+    r = _run(argv(ref_out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref = json.loads((ref_out / "results.json").read_text())
+
+    seen = _kill_after(argv(out), out / "results.json.partial.jsonl", 2)
+    assert seen < n
+    r = _run(argv(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads((out / "results.json").read_text())
+    _assert_same_samples(got["samples"], ref["samples"])
+    assert got["metrics"] == ref["metrics"]
+    assert not (out / "results.json.partial.jsonl").exists()
+    return ref, got, r
+
+
 # ------------------------------------------------------------------------------------------- test.py
 def test_test_py_sigkill_then_rerun_equals_uninterrupted(assets, tmp_path):
     model, data = assets
@@ -93,20 +112,9 @@ def test_test_py_sigkill_then_rerun_equals_uninterrupted(assets, tmp_path):
                 "--dtype", "fp32", "--output_dir", str(out), "--no_progress", "--max_len_per_item", "8",
                 "--user_window_size", "3", "--print_every_text", "0"]
 
-    ref_out, out = tmp_path / "ref", tmp_path / "killed"
-    r = _run(argv(ref_out))
-    assert r.returncode == 0, r.stderr[-3000:]
-    ref = json.loads((ref_out / "results.json").read_text())
-
-    seen = _kill_after(argv(out), out / "results.json.partial.jsonl", 2)
-    assert seen < n
-    r = _run(argv(out))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resuming" in r.stdout
-    got = json.loads((out / "results.json").read_text())
-    _assert_same_samples(got["samples"], ref["samples"])
-    assert got["metrics"] == ref["metrics"] and got["sanity_rows"] == ref["sanity_rows"]
-    assert not (out / "results.json.partial.jsonl").exists()
+    ref, got, rerun = _kill_then_rerun(argv, tmp_path, n)
+    assert "resuming" in rerun.stdout
+    assert got["sanity_rows"] == ref["sanity_rows"]
     # (a rerun with other settings is refused: tests/test_bad_input.py, test-existing-other-settings)
 
 
@@ -120,20 +128,8 @@ def test_rrec_py_sigkill_then_rerun_equals_uninterrupted(assets, tmp_path):
                 "--K_eval", "3", "--num_samples", str(n), "--batch_size", "1", "--device", "cpu", "--dtype", "fp32",
                 "--output_dir", str(out), "--no_progress", "--max_new_tokens", "4"]
 
-    ref_out, out = tmp_path / "ref", tmp_path / "killed"
-    r = _run(argv(ref_out))
-    assert r.returncode == 0, r.stderr[-3000:]
-    ref = json.loads((ref_out / "results.json").read_text())
-
-    seen = _kill_after(argv(out), out / "results.json.partial.jsonl", 2)
-    assert seen < n
-    r = _run(argv(out))
-    assert r.returncode == 0, r.stderr[-3000:]
-    got = json.loads((out / "results.json").read_text())
-    _assert_same_samples(got["samples"], ref["samples"])
+    ref, got, _ = _kill_then_rerun(argv, tmp_path, n)
     assert [s.get("outputs") for s in got["samples"]] == [s.get("outputs") for s in ref["samples"]]
-    assert got["metrics"] == ref["metrics"]
-    assert not (out / "results.json.partial.jsonl").exists()
 
 
 # ------------------------------------------------------------------- checkpoints cut short, 'last', rotation

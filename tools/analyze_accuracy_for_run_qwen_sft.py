@@ -4,7 +4,7 @@ Prints accuracy (unparseable = wrong) and accuracy over parsed answers, precisio
 predicted-Yes rate, the confusion matrix (label x prediction Yes/No/unparseable) and the unparseable count.
 Answers are parsed by trainers.sft_data.parse_yes_no (the parser process_sft_data.py uses).
 
-python tools/analyze_accuracy_for_run_qwen_sft.py --input_file output/sft_responses.jsonl
+python tools/analyze_accuracy_for_run_qwen_sft.py --input_file outputs/sft_responses.jsonl
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from trainers.errors import UserInputError, die  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input_file", default="output/sft_responses.jsonl",
-                   help="response JSONL of run_qwen_sft.py / run_qwen_baseline.py (default: output/sft_responses.jsonl)")
+    p.add_argument("--input_file", default="outputs/sft_responses.jsonl",
+                   help="response JSONL of run_qwen_sft.py / run_qwen_baseline.py (default: outputs/sft_responses.jsonl)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a table")
     p.add_argument("--skip_bad_lines", action="store_true", help="skip malformed JSONL lines instead of failing")
     args = p.parse_args(argv)

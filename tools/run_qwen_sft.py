@@ -5,8 +5,8 @@ Resumable: rerunning with the same --output_file skips ids already answered; --p
 select an id range (e.g. to split work across GPUs: one process per range and output file).
 Score the output with tools/analyze_accuracy_for_run_qwen_sft.py.
 
-python tools/run_qwen_sft.py --model_path output/sft --input_file sft_train/prompts_test.jsonl \
-    --output_file output/sft_responses.jsonl --device cuda:0 --batch_size 16 --max_new_tokens 256
+python tools/run_qwen_sft.py --model_path outputs/sft --input_file sft_train/prompts_test.jsonl \
+    --output_file outputs/sft_responses.jsonl --device cuda:0 --batch_size 16 --max_new_tokens 256
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from models.local_inference import inference_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    inference_cli(argv, __doc__, model_path="output/sft", input_file="sft_train/prompts_test.jsonl",
-                  output_file="output/sft_responses.jsonl", max_new_tokens=256)
+    inference_cli(argv, __doc__, model_path="outputs/sft", input_file="sft_train/prompts_test.jsonl",
+                  output_file="outputs/sft_responses.jsonl", max_new_tokens=256)
 
 
 if __name__ == "__main__":

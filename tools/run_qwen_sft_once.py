@@ -3,7 +3,7 @@
 --resume_from loads a checkpoint instead of the base weights: a path, or a subdirectory of --model_dir
 (e.g. checkpoint-500); the tokenizer comes from the checkpoint if it has one, else from --model_dir.
 
-python tools/run_qwen_sft_once.py --model_dir output/sft --resume_from checkpoint-500 \
+python tools/run_qwen_sft_once.py --model_dir outputs/sft --resume_from checkpoint-500 \
     --prompt "Here are the items the user purchased recently ... Answer with \"Yes\" or \"No\"."
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from trainers.errors import UserInputError, die  # noqa: E402
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_dir", default="output/sft", help="base or SFT model dir (or a name known to paths.py)")
+    p.add_argument("--model_dir", default="outputs/sft", help="base or SFT model dir (or a name known to paths.py)")
     p.add_argument("--resume_from", default=None, help="checkpoint dir (absolute, or relative to --model_dir)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda[:N] (default: auto = cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],

@@ -118,7 +118,7 @@ class RRecTrainingArguments:
 
     model_name_or_path: str = _f("demo/tiny-qwen", "base causal LM (HF directory or known name, see paths.py)")
     dataset_dir: str = _f("demo/data/Video_Games_5_2021-1-2023-12", "processed dataset (preprocess.py output)")
-    output_dir: str = _f("output/rrec", "checkpoints and metrics.jsonl go here")
+    output_dir: str = _f("outputs/rrec", "checkpoints and metrics.jsonl go here")
     model_type: str = _f("qwen", "qwen|gemma: chat details (stop token, no system role); see prompters/rrec_prompter.py")
     category: str = _f("", "category for the prompts (default: from the dataset directory name)")
     user_window_size: int = _f(10, "history items in the user prompt")
