@@ -8,6 +8,11 @@ from pathlib import Path
 
 from trainers.errors import UserInputError
 
+# What a saved model directory holds (kept here, torch-free, so scripts can check directories before heavy imports).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+HEADS_FILE = "heads.safetensors"  # our value head, next to the save_pretrained files
+
 MODEL_ROOT_ENV = "OURREC_MODEL_ROOT"
 DEFAULT_MODEL_ROOT = "models_hub"
 

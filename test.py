@@ -26,9 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from trainers.errors import UserInputError, die  # noqa: E402
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
-HEADS_FILE = "heads.safetensors"
+from paths import HEADS_FILE, TOKENIZER_FILES, WEIGHT_FILES  # noqa: E402
 # Settings that change candidates or scores: a resumed run must match the existing file on all of them.
 RESUME_KEYS = ("dataset", "split", "K", "seed", "reference_json", "model", "checkpoint", "mode", "max_new_tokens",
                "temperature", "dataset_type", "prompt_template", "max_len_per_item", "user_window_size")

@@ -9,7 +9,7 @@ import torch
 
 from trainers.errors import UserInputError
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+from paths import HEADS_FILE, TOKENIZER_FILES  # noqa: F401  (re-exported)
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -112,7 +112,7 @@ def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 class AbstractRecModel(torch.nn.Module):
     """Base of our recommenders: a causal LM backbone plus task heads, saved as a HF directory + heads file."""
 
-    HEADS_FILE = "heads.safetensors"
+    HEADS_FILE = HEADS_FILE
 
     def backbone(self):
         """The transformer body returning hidden states (no LM head)."""
