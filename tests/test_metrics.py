@@ -145,3 +145,19 @@ def test_gumbel_sample_is_seeded():
     b = gumbel_topk_sample(s, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
     assert sorted(a[0].tolist()) == list(range(8))
+
+
+def test_ndcg_reward_equals_eval_metric():
+    """The PPO reward (tensor NDCG@k of the target in sampled rankings) equals the evaluation metric."""
+    from trainers.pl import ndcg_reward
+
+    g = torch.Generator().manual_seed(0)
+    K, k = 12, 5
+    rankings = torch.stack([torch.randperm(K, generator=g) for _ in range(64)])
+    targets = torch.randint(0, K, (64,), generator=g)
+    got = ndcg_reward(rankings, targets, k)
+    ranks = [rankings[i].tolist().index(int(targets[i])) + 1 for i in range(64)]
+    want = [metrics_from_ranks([r], (k,))[f"NDCG@{k}"] for r in ranks]
+    assert got.dtype == torch.float32
+    assert got.tolist() == pytest.approx(want, abs=1e-6)
+    assert (got[torch.tensor(ranks) > k] == 0).all()

@@ -44,6 +44,14 @@ def ndcg_at(rank: int, k: int) -> float:
     return 1.0 / math.log2(rank + 1) if rank <= k else 0.0
 
 
+def ndcg_at_tensor(rank, k: int):
+    """NDCG@k for a tensor of 1-based ranks (the PPO reward): same formula as ndcg_at, float32 out."""
+    import torch
+
+    gain = 1.0 / torch.log2(rank.double() + 1.0)
+    return torch.where(rank <= k, gain, torch.zeros_like(gain)).to(torch.float32)
+
+
 def hr_at(rank: int, k: int) -> float:
     return 1.0 if rank <= k else 0.0
 
