@@ -16,7 +16,6 @@ tokenizer plus heads.safetensors). --resume_from last picks the newest complete 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -85,8 +84,6 @@ def check_args(a: argparse.Namespace) -> None:
         raise UserInputError(f"--gen_mode {a.gen_mode!r}: must be one of {'|'.join(GEN_MODES)}")
     if a.scoring not in ("naive", "shared"):
         raise UserInputError(f"--scoring {a.scoring!r}: must be naive|shared")
-    if a.scoring == "shared" and importlib.util.find_spec("models.shared_prefix") is None:
-        raise UserInputError("--scoring shared: models/shared_prefix.py is not available in this checkout; use naive")
     if a.split not in ("train", "valid", "test"):
         raise UserInputError(f"--split {a.split!r}: must be train|valid|test")
     for flag in ("max_len_per_item", "user_window_size", "batch_size", "micro_batch_size"):
