@@ -143,33 +143,16 @@ def flops(judge, tokens: int, pairs: int, train: bool) -> float:
     return f * (3.0 if train else 1.0)
 
 
-# ---- PPO loss (trainers.ppo_trainer when present) ---------------------------------------------------
-def _ppo_losses() -> tuple[Callable, Callable]:
-    try:
-        from trainers.ppo_trainer import clipped_value_loss, ppo_policy_loss
-
-        return ppo_policy_loss, clipped_value_loss
-    except ImportError:  # standalone fallback with the same semantics
-        def ppo_policy_loss(new, old, adv, eps):
-            r = torch.exp(new - old.detach())
-            return -torch.minimum(r * adv, torch.clamp(r, 1 - eps, 1 + eps) * adv).mean(), None
-
-        def clipped_value_loss(v, v_old, ret, eps):
-            vc = v_old + torch.clamp(v - v_old, -eps, eps)
-            return 0.5 * torch.maximum((v - ret) ** 2, (vc - ret) ** 2).mean()
-
-        return ppo_policy_loss, clipped_value_loss
-
-
 class TrainStep:
     """One PL-PPO update on a fixed rollout (same rollout for both paths)."""
 
     def __init__(self, judge, users, K_eval: int, temperature: float, seed: int) -> None:
         from trainers.pl import gumbel_topk_sample, ndcg_reward, pl_log_prob
+        from trainers.ppo_trainer import clipped_value_loss, ppo_policy_loss
 
         self.judge, self.users, self.tau = judge, users, temperature
         self.pl_log_prob = pl_log_prob
-        self.policy_loss, self.value_loss = _ppo_losses()
+        self.policy_loss, self.value_loss = ppo_policy_loss, clipped_value_loss  # the trainer's own losses
         was_training = judge.training
         judge.eval()
         with torch.no_grad():
