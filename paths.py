@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from trainers.errors import UserInputError
+from trainers.foundation.errors import UserInputError
 
 # What a saved model directory holds (kept here, torch-free, so scripts can check directories before heavy imports).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")

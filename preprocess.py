@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from trainers.errors import UserInputError, die  # noqa: E402
+from trainers.foundation.errors import UserInputError, die
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from trainers.amazon_data import PreprocessConfig, format_summary, output_dir, run_preprocess, validate_config
+    from trainers.data.amazon import PreprocessConfig, format_summary, output_dir, run_preprocess, validate_config
 
     overwrite = args.__dict__.pop("overwrite_output_dir")
     cfg = PreprocessConfig(**vars(args))

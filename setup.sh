@@ -22,6 +22,8 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   fi
 fi
 "$PY" -m pip install -q -r requirements.txt
+# The project itself, editable: scripts in subfolders (compare_model/, tools/, sft_train/) import its packages.
+"$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || "$PY" -m pip install -q --no-deps -e .
 export PATH="$(dirname "$PY"):$PATH"
 case "$mode" in
   test)

@@ -21,11 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from trainers.foundation.errors import UserInputError, die
 
-from trainers.errors import UserInputError, die  # noqa: E402
-
-from paths import HEADS_FILE, TOKENIZER_FILES, WEIGHT_FILES  # noqa: E402
+from paths import HEADS_FILE, TOKENIZER_FILES, WEIGHT_FILES
 # Settings that change candidates or scores: a resumed run must match the existing file on all of them.
 RESUME_KEYS = ("dataset", "split", "K", "seed", "reference_json", "model", "checkpoint", "mode", "max_new_tokens",
                "temperature", "dataset_type", "prompt_template", "max_len_per_item", "user_window_size")
@@ -74,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(a: argparse.Namespace) -> None:
     """Cheap checks before anything heavy is imported or loaded."""
-    from trainers.data import check_dataset_type
-    from trainers.evaluation import GEN_MODES, MODES
+    from trainers.data.dataset import check_dataset_type
+    from trainers.evaluation.judge import GEN_MODES, MODES
 
     check_dataset_type(a.dataset_type)
     if a.mode not in MODES:
@@ -128,7 +126,7 @@ def resolve_checkpoint(resume_from: str | None, checkpoint_dir: str | None, outp
         return None
     if resume_from == "last":
         root = Path(checkpoint_dir) if checkpoint_dir else Path(output_dir).resolve().parent
-        from trainers.checkpointing import checkpoint_dirs
+        from trainers.foundation.checkpoints import checkpoint_dirs
 
         # every checkpoint-N, newest first; completeness is judged by checkpoint_problem (also non-train.py dirs)
         for _, d in reversed(checkpoint_dirs(root, complete_only=False)):
@@ -147,8 +145,8 @@ def resolve_checkpoint(resume_from: str | None, checkpoint_dir: str | None, outp
 
 def check_existing(out_path: Path, meta: dict, items_by_iid: dict[int, list[int]]) -> None:
     """Refuse to resume into results made with other settings (meta) or other candidates (partial samples)."""
-    from trainers.io_utils import iter_jsonl
-    from trainers.result_json import load_result_json
+    from trainers.foundation.files import iter_jsonl
+    from trainers.evaluation.results import load_result_json
 
     if out_path.is_file():
         old = load_result_json(out_path, flag="--output_dir").get("meta", {})
@@ -180,14 +178,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     check_args(args)
-    from trainers.data import load_processed_dataset
+    from trainers.data.dataset import load_processed_dataset
 
     dataset = load_processed_dataset(args.dataset_path)
     if args.K > dataset.n_items:
         raise UserInputError(f"--K {args.K}: the catalogue has only {dataset.n_items} items; lower --K")
     reference = None
     if args.reference_json:
-        from trainers.result_json import load_result_json
+        from trainers.evaluation.results import load_result_json
 
         reference = load_result_json(args.reference_json)
     checkpoint = resolve_checkpoint(args.resume_from, args.checkpoint_dir, args.output_dir)
@@ -196,14 +194,14 @@ def run(args: argparse.Namespace) -> dict:
     if checkpoint:
         check_model_dir(checkpoint, flag="--resume_from")
         if args.model_name_or_path and Path(args.model_name_or_path).is_dir():
-            from trainers.checkpointing import check_same_model_shape
+            from trainers.foundation.checkpoints import check_same_model_shape
 
             # A checkpoint of another architecture would silently evaluate a different model than asked for.
             check_same_model_shape(check_model_dir(args.model_name_or_path), Path(checkpoint))
     else:
         check_model_dir(args.model_name_or_path)
 
-    from trainers.evaluation import build_eval_items
+    from trainers.evaluation.protocol import build_eval_items
 
     items = build_eval_items(dataset, args.split, args.num_samples, args.K, args.seed, reference)
     if not items:
@@ -224,9 +222,10 @@ def run(args: argparse.Namespace) -> dict:
 
     from models.qwen_models import load_judge_from_checkpoint
     from prompters.binary_prompter import BinaryPrompter
-    from trainers.evaluation import rank_examples, sanity_rows
-    from trainers.metrics import eval_ks, format_metrics_table, metrics_from_ranks
-    from trainers.result_json import ResultWriter
+    from trainers.evaluation.judge import rank_examples
+    from trainers.evaluation.protocol import sanity_rows
+    from trainers.evaluation.metrics import eval_ks, format_metrics_table, metrics_from_ranks
+    from trainers.evaluation.results import ResultWriter
 
     writer = ResultWriter(out_path, meta, resume=resume, flush_every=max(1, args.batch_size))
     order = [int(ex["interaction_id"]) for ex, _ in items]

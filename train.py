@@ -6,12 +6,8 @@ Resume:           python train.py ... --resume_from last
 """
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from trainers.errors import UserInputError, die  # noqa: E402
+from trainers.foundation.errors import UserInputError, die
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,12 +30,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainers.errors import UserInputError  # noqa: E402
+from trainers.foundation.errors import UserInputError
 
 
 # Settings that change the candidates or the answers: a rerun on the same --output_dir must match them.
@@ -44,7 +41,7 @@ RESUME_KEYS = ("dataset", "split", "K", "seed", "reference_json", "candidate_mod
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from models.api_client import add_client_args
+    from trainers.cli import add_client_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and candidates")
@@ -78,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(a: argparse.Namespace) -> None:
-    from trainers.data import check_dataset_type
+    from trainers.data.dataset import check_dataset_type
 
     check_dataset_type(a.dataset_type)
     if a.candidate_mode == "json" and not a.candidate_json_path:
@@ -92,11 +89,11 @@ def check_args(a: argparse.Namespace) -> None:
 
 
 def run_split(args, client, dataset, split: str, items, prompter, reference_path: str | None) -> dict:
-    from models.api_client import public_args
-    from trainers.api_ranking import api_metrics, evaluate_with_api
-    from trainers.evaluation import sanity_rows
-    from trainers.metrics import eval_ks, format_metrics_table
-    from trainers.result_json import ResultWriter, check_resume_settings
+    from trainers.cli import public_args
+    from trainers.evaluation.api import api_metrics, evaluate_with_api
+    from trainers.evaluation.protocol import sanity_rows
+    from trainers.evaluation.metrics import eval_ks, format_metrics_table
+    from trainers.evaluation.results import ResultWriter, check_resume_settings
 
     suffix = "" if split == "test" else f"_{split}"
     out = Path(args.output_dir)
@@ -129,15 +126,16 @@ def run_split(args, client, dataset, split: str, items, prompter, reference_path
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from models.api_client import api_script_errors, client_from_args, resolve_api_key
+    from trainers.cli import api_script_errors, client_from_args
+    from models.api_client import resolve_api_key
 
     with api_script_errors(args):
         check_args(args)
         resolve_api_key(args.api_key)
         from prompters.api_prompter import ApiRankingPrompter
-        from trainers.data import load_processed_dataset
-        from trainers.evaluation import build_eval_items
-        from trainers.result_json import load_result_json
+        from trainers.data.dataset import load_processed_dataset
+        from trainers.evaluation.protocol import build_eval_items
+        from trainers.evaluation.results import load_result_json
 
         dataset = load_processed_dataset(args.dataset_dir, flag="--dataset_dir")
         reference, splits = None, (["test"] if args.test_only else ["valid", "test"])

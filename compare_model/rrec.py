@@ -15,13 +15,9 @@ anywhere else.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainers.errors import UserInputError, die  # noqa: E402
+from trainers.foundation.errors import UserInputError, die
 
 
 # Settings that change candidates or scores: a rerun on the same result JSON must match them.
@@ -72,11 +68,12 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace) -> dict:
     from models.rrec_models import load_rrec_model
     from prompters.rrec_prompter import RRecPrompter, category_from_dataset_dir
-    from trainers.data import load_processed_dataset
-    from trainers.evaluation import build_eval_items, sanity_rows
-    from trainers.GRecTrainer import compute_item_table, latest_checkpoint, rank_with_rrec, rrec_metrics
-    from trainers.metrics import eval_ks, format_metrics_table
-    from trainers.result_json import ResultWriter, check_resume_settings, load_result_json
+    from trainers.data.dataset import load_processed_dataset
+    from trainers.evaluation.protocol import build_eval_items, sanity_rows
+    from trainers.evaluation.rrec import compute_item_table, rank_with_rrec, rrec_metrics
+    from trainers.GRecTrainer import latest_checkpoint
+    from trainers.evaluation.metrics import eval_ks, format_metrics_table
+    from trainers.evaluation.results import ResultWriter, check_resume_settings, load_result_json
 
     if args.batch_size < 1:
         raise UserInputError(f"--batch_size {args.batch_size}: must be >= 1")

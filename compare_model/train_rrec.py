@@ -8,14 +8,10 @@ and {output_dir}/metrics.jsonl (per-step losses/rewards, periodic validation met
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainers.errors import UserInputError, die  # noqa: E402
-from trainers.GRecTrainer import RRecTrainingArguments, add_dataclass_arguments  # noqa: E402
+from trainers.foundation.errors import UserInputError, die
+from trainers.GRecTrainer import RRecTrainingArguments, add_dataclass_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:

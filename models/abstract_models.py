@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from trainers.errors import UserInputError
+from trainers.foundation.errors import UserInputError
 
 from paths import HEADS_FILE, TOKENIZER_FILES  # noqa: F401  (re-exported)
 

@@ -16,7 +16,7 @@ import torch
 
 from models.abstract_models import (load_causal_lm, load_tokenizer, resolve_attn_implementation, resolve_device,
                                     resolve_dtype)
-from trainers.errors import UserInputError
+from trainers.foundation.errors import UserInputError
 
 
 class LocalGenerator:
@@ -79,7 +79,7 @@ def row_messages(row: dict) -> list[dict]:
 
 def done_ids(output_file: str | Path) -> set[int]:
     """Ids already in the output (after repairing a partial last line left by a kill)."""
-    from trainers.io_utils import iter_jsonl, repair_jsonl_tail
+    from trainers.foundation.files import iter_jsonl, repair_jsonl_tail
 
     p = Path(output_file)
     if not p.exists():
@@ -100,8 +100,8 @@ def run_prompt_file(model_path: str, input_file: str, output_file: str, device: 
     """
     from tqdm import tqdm
 
-    from trainers.io_utils import append_jsonl, read_jsonl
-    from trainers.sft_data import parse_yes_no
+    from trainers.foundation.files import append_jsonl, read_jsonl
+    from prompters.answer_parsing import parse_yes_no
 
     if batch_size < 1:
         raise UserInputError(f"--batch_size {batch_size}: must be >= 1")
@@ -151,7 +151,7 @@ def inference_cli(argv: list[str] | None, description: str, model_path: str, inp
     defaults): parse flags, run run_prompt_file, print a summary; bad input exits with status 2."""
     import argparse
 
-    from trainers.errors import die
+    from trainers.foundation.errors import die
 
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", default=model_path, help="model dir or a name known to paths.py")

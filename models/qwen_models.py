@@ -17,7 +17,7 @@ from models.abstract_models import (AbstractRecModel, check_model_dir, load_caus
                                     pad_right, resolve_attn_implementation, resolve_device, resolve_dtype)
 from prompters import prompts
 from prompters.binary_prompter import UserPrompt
-from trainers.errors import UserInputError
+from trainers.foundation.errors import UserInputError
 
 SCORING_MODES = ("naive", "shared")
 

@@ -22,7 +22,7 @@ from models.abstract_models import (AbstractRecModel, check_model_dir, load_caus
                                     pad_left, pad_right, resolve_attn_implementation, resolve_device,
                                     resolve_dtype)
 from prompters.rrec_prompter import RRecPrompter, check_model_type
-from trainers.errors import UserInputError
+from trainers.foundation.errors import UserInputError
 
 RREC_CONFIG_FILE = "rrec_config.json"
 

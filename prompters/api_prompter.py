@@ -11,7 +11,7 @@ from typing import Sequence
 
 from prompters import prompts
 from prompters.binary_prompter import _fmt_rating, item_raw_text, read_template
-from trainers.errors import UserInputError
+from trainers.foundation.errors import UserInputError
 
 PLACEHOLDERS = {"history", "candidates", "n"}
 

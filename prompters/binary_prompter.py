@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from prompters import prompts
-from trainers.errors import UserInputError
+from trainers.foundation.errors import UserInputError
 
 _SENTINEL = "\u2063CANDIDATE\u2063"  # invisible separator: never occurs in item text
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from prompters import prompts
-from trainers.errors import UserInputError
+from trainers.foundation.errors import UserInputError
 
 MODEL_TYPES = ("qwen", "gemma")
 END_OF_TURN = {"qwen": "<|im_end|>", "gemma": "<end_of_turn>"}

@@ -16,13 +16,9 @@ python sft_train/generate_prompts.py --dataset_dir data/Video_Games_5_2021-1-202
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections import Counter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainers.errors import UserInputError, die  # noqa: E402
+from trainers.foundation.errors import UserInputError, die
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,9 +56,9 @@ def main(argv: list[str] | None = None) -> None:
         from models.abstract_models import load_tokenizer
         from paths import resolve_model_path
         from prompters.binary_prompter import BinaryPrompter
-        from trainers.data import load_processed_dataset
-        from trainers.io_utils import atomic_write_text
-        from trainers.sft_data import sample_sft_prompts
+        from trainers.data.dataset import load_processed_dataset
+        from trainers.foundation.files import atomic_write_text
+        from trainers.data.sft import sample_sft_prompts
         import json
 
         ds = load_processed_dataset(args.dataset_dir, flag="--dataset_dir")

@@ -16,11 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainers.errors import UserInputError, die  # noqa: E402
+from trainers.foundation.errors import UserInputError, die
 
 
 def default_output(fmt: str) -> str:
@@ -49,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     out = args.output_file or default_output(args.format)
     try:
-        from trainers.io_utils import atomic_write_json, iter_jsonl
-        from trainers.sft_data import DROP_REASONS, filter_sft_rows
+        from trainers.foundation.files import atomic_write_json, iter_jsonl
+        from trainers.data.sft import DROP_REASONS, filter_sft_rows
 
         rows = iter_jsonl(args.input_file, flag="--input_file", skip_bad_lines=args.skip_bad_lines)
         records, counts = filter_sft_rows(rows, args.format, args.keep_reasoning, args.canonical_answer,

@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainers.errors import UserInputError, die  # noqa: E402
+from trainers.foundation.errors import UserInputError, die
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_records(path: str) -> list[dict]:
     """The JSON list written by process_sft_data.py (a JSONL file of records is accepted too)."""
-    from trainers.io_utils import read_jsonl
+    from trainers.foundation.files import read_jsonl
 
     if not os.path.isfile(path):
         raise UserInputError(f"--data_file {path}: file not found; run sft_train/process_sft_data.py first")
@@ -95,8 +92,8 @@ def train(args: argparse.Namespace) -> str:
 
     from models.abstract_models import (check_model_dir, load_causal_lm, load_tokenizer, resolve_attn_implementation,
                                         resolve_device)
-    from trainers.io_utils import append_jsonl
-    from trainers.sft_data import SFTCollator, SFTDataset
+    from trainers.foundation.files import append_jsonl
+    from trainers.data.sft import SFTCollator, SFTDataset
 
     path = check_model_dir(args.model_name_or_path)
     if (os.path.isdir(args.output_dir) and os.listdir(args.output_dir) and not args.resume_from_checkpoint

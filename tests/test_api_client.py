@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from models.api_client import ApiJob, ChatClient, load_done, resolve_api_key, run_jobs
+from trainers.cli import public_args
+from tests.fixtures.loopback_api import LoopbackAPI
+from trainers.foundation.errors import UserInputError
 
-from models.api_client import ApiJob, ChatClient, load_done, public_args, resolve_api_key, run_jobs  # noqa: E402
-from tests.fixtures.loopback_api import LoopbackAPI  # noqa: E402
-from trainers.errors import UserInputError  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 KEY = "sk-test-SECRET123"
 MSG = [{"role": "user", "content": "hello"}]

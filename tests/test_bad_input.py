@@ -35,7 +35,6 @@ def _serve() -> None:  # pragma: no cover - runs in the server process
     import time
     import traceback
 
-    sys.path.insert(0, str(REPO))
     os.chdir(REPO)
     # Import the heavy libraries once (no torch op runs here, so forking stays safe for OpenMP).
     import datasets  # noqa: F401
@@ -105,9 +104,7 @@ if __name__ == "__main__" and "--serve" in sys.argv:
     sys.exit(0)
 
 # ============================================================================ the tests
-import pytest  # noqa: E402
-
-sys.path.insert(0, str(REPO))
+import pytest
 
 
 def _env() -> dict:
@@ -152,7 +149,7 @@ def ctx(tmp_path_factory) -> dict:
     """Tiny model, processed data and one of each kind of bad file, all under one root."""
     from tests.fixtures.amazon_synth import write_amazon_raw
     from tests.fixtures.tiny_model import build_tiny_qwen
-    from trainers.amazon_data import PreprocessConfig, run_preprocess
+    from trainers.data.amazon import PreprocessConfig, run_preprocess
 
     root = tmp_path_factory.mktemp("badinput")
     c: dict = {"root": root}

@@ -15,7 +15,6 @@ Two checks, both cheap (each interpreter start that imports torch costs seconds 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import json
 import re
@@ -24,6 +23,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,18 +44,9 @@ class _Captured(Exception):
         self.parser = parser
 
 
-def _load_module(script: str):
-    path = REPO / script
-    name = "_cli_help_" + re.sub(r"\W", "_", script[:-3])
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def get_parser(script: str, monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
     """The script's top-level parser, built without running the script."""
-    mod = _load_module(script)
+    mod = load_script(script)
     for fn in PARSER_FACTORIES:
         if callable(getattr(mod, fn, None)):
             return getattr(mod, fn)()

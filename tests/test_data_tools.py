@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.scripts import load_script
+
 from tests.fixtures.amazon_synth import build_processed_dataset
-from trainers.amazon_data import download
+from trainers.data.amazon import download
 
 REPO = Path(__file__).resolve().parents[1]
 CAT = "Video_Games"
@@ -28,8 +30,7 @@ def _tool(name: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_analyze(dataset_dir):
-    sys.path.insert(0, str(REPO / "tools"))
-    from analyze_processed_dataset import analyze
+    analyze = load_script("tools/analyze_processed_dataset.py").analyze
 
     r = analyze(str(dataset_dir))
     st = r["stats_json"]
@@ -51,8 +52,7 @@ def test_analyze_with_tokenizer(dataset_dir, tmp_path):
 
 
 def test_check_common_user(dataset_dir):
-    sys.path.insert(0, str(REPO / "tools"))
-    from check_common_user import common_users
+    common_users = load_script("tools/check_common_user.py").common_users
 
     r = common_users(str(dataset_dir), str(dataset_dir))
     assert r["pairs"]["train&test"] <= r["splits"]["test"]

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from tests.fixtures import loopback_api as lb
+from prompters.answer_parsing import fallback_ranking, parse_ranking, strip_think
+from trainers.evaluation.api import sample_from_row
 
-from tests.fixtures import loopback_api as lb  # noqa: E402
-from trainers.api_ranking import fallback_ranking, parse_ranking, sample_from_row, strip_think  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 KEY = "sk-test-SECRET123"
 K = 6
@@ -136,7 +136,7 @@ def data_dir(tmp_path_factory) -> Path:
 def oracle(data_dir):
     """history text -> (target title, answer style): the server's knowledge of the truth."""
     from prompters.api_prompter import ApiRankingPrompter
-    from trainers.data import load_processed_dataset
+    from trainers.data.dataset import load_processed_dataset
 
     ds = load_processed_dataset(data_dir)
     pr = ApiRankingPrompter(ds.item_rows)
@@ -332,7 +332,7 @@ def test_missing_key_and_bad_flags_exit_2(data_dir, tmp_path):
 
 def test_api_prompter_renders_window_candidates_and_text(tmp_path):
     from prompters.api_prompter import ApiRankingPrompter
-    from trainers.errors import UserInputError
+    from trainers.foundation.errors import UserInputError
 
     rows = [{"title": "pad"}] + [{"title": f"Game {i}", "description": [f"desc {i} one two three"], "features": []}
                                  for i in range(1, 8)]

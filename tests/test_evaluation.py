@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from trainers.foundation.errors import UserInputError
+from trainers.evaluation.protocol import build_eval_items, sanity_rows
+from trainers.evaluation.judge import evaluate_split, rank_examples
+from trainers.evaluation.metrics import metrics_from_ranks, rank_from_ranking, target_rank
 
-from trainers.errors import UserInputError  # noqa: E402
-from trainers.evaluation import build_eval_items, evaluate_split, rank_examples, sanity_rows  # noqa: E402
-from trainers.metrics import metrics_from_ranks, rank_from_ranking, target_rank  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 K = 5
 
@@ -48,7 +48,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dataset(data_dir):
-    from trainers.data import load_processed_dataset
+    from trainers.data.dataset import load_processed_dataset
 
     return load_processed_dataset(data_dir)
 

@@ -21,8 +21,6 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 K = 5
 
 
@@ -143,7 +141,7 @@ def _save_ckpt(judge, d: Path, complete: bool) -> None:
 def test_last_skips_truncated_checkpoints(assets, tmp_path, capsys):
     import test as test_script
     from models.qwen_models import load_judge_from_checkpoint
-    from trainers.checkpointing import resolve_resume_path, rotate_checkpoints
+    from trainers.foundation.checkpoints import resolve_resume_path, rotate_checkpoints
     from trainers.GRecTrainer import latest_checkpoint
 
     model, data = assets
@@ -171,7 +169,7 @@ def test_last_skips_truncated_checkpoints(assets, tmp_path, capsys):
     assert left == ["checkpoint-10", "checkpoint-4", "checkpoint-6"]  # the incomplete one is never counted
 
     # An explicit incomplete checkpoint is a one-line error for the trainers.
-    from trainers.errors import UserInputError
+    from trainers.foundation.errors import UserInputError
 
     with pytest.raises(UserInputError, match="COMPLETE"):
         resolve_resume_path(str(run / "checkpoint-6"), run)
@@ -179,9 +177,7 @@ def test_last_skips_truncated_checkpoints(assets, tmp_path, capsys):
 
 # ------------------------------------------------------------------- result files under a real SIGKILL
 WRITER = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {repo!r})
-    from trainers.result_json import ResultWriter
+    from trainers.evaluation.results import ResultWriter
     w = ResultWriter({path!r}, {{"seed": 1}}, resume=True, flush_every=3)
     start = len(w.samples)
     for i in range(start, 100000):
@@ -191,8 +187,8 @@ WRITER = textwrap.dedent("""
 
 
 def test_result_writer_survives_sigkill(tmp_path):
-    from trainers.io_utils import iter_jsonl
-    from trainers.result_json import ResultWriter, load_result_json
+    from trainers.foundation.files import iter_jsonl
+    from trainers.evaluation.results import ResultWriter, load_result_json
 
     path = tmp_path / "res.json"
     partial = Path(str(path) + ".partial.jsonl")

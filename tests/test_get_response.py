@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from tests.fixtures.loopback_api import LoopbackAPI, prompt_text
 
-from tests.fixtures.loopback_api import LoopbackAPI, prompt_text  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 KEY = "sk-test-SECRET123"
 FAST = ["--backoff_base", "0.01", "--backoff_max", "0.05", "--timeout", "10"]

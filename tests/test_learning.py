@@ -31,8 +31,8 @@ TRAIN = ["--K", "10", "--K_eval", "10", "--batch_size", "32", "--max_len_per_ite
 def _evaluate(model_dir, data, template, seed):
     from models.qwen_models import QwenBinaryJudge
     from prompters.binary_prompter import BinaryPrompter
-    from trainers.data import load_processed_dataset
-    from trainers.evaluation import evaluate_split
+    from trainers.data.dataset import load_processed_dataset
+    from trainers.evaluation.judge import evaluate_split
 
     ds = load_processed_dataset(data)
     judge = QwenBinaryJudge(str(model_dir), device="cpu")
@@ -45,7 +45,7 @@ def _evaluate(model_dir, data, template, seed):
 
 
 def _per_sample_ndcg10(ranks) -> np.ndarray:
-    from trainers.metrics import ndcg_at
+    from trainers.evaluation.metrics import ndcg_at
 
     return np.array([ndcg_at(int(r), 10) for r in ranks])
 
@@ -57,8 +57,8 @@ def _paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 @pytest.mark.learning
 def test_training_beats_untrained_and_popularity(tmp_path):
-    from trainers.evaluation import sanity_rows
-    from trainers.metrics import format_metrics_table, target_rank
+    from trainers.evaluation.protocol import sanity_rows
+    from trainers.evaluation.metrics import format_metrics_table, target_rank
 
     data = build_dataset(tmp_path)
     model = build_tiny_qwen(tmp_path / "tiny")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from tests.fixtures.scripts import load_script
 
+REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
@@ -38,7 +38,7 @@ def _prompts(path: Path, n: int) -> Path:
 def test_batched_equals_single_greedy(tiny, tmp_path):
     """Left padding must not change greedy outputs: batch of 4 == one prompt at a time (fp32)."""
     from models.local_inference import LocalGenerator, run_prompt_file
-    from trainers.io_utils import read_jsonl
+    from trainers.foundation.files import read_jsonl
 
     gen = LocalGenerator(str(tiny), device="cpu", dtype="fp32")
     inp = _prompts(tmp_path / "p.jsonl", 6)
@@ -69,7 +69,7 @@ def _tool(name: str):
 
 
 def test_baseline_script_in_process(tiny, tmp_path, capsys):
-    from trainers.io_utils import read_jsonl
+    from trainers.foundation.files import read_jsonl
 
     inp, out = _prompts(tmp_path / "p.jsonl", 3), tmp_path / "o.jsonl"
     s = _tool("run_qwen_baseline").main(["--model_path", str(tiny), "--input_file", str(inp), "--output_file",
@@ -152,8 +152,7 @@ def test_analyze_accuracy_numbers(tmp_path, capsys):
     ]
     f = tmp_path / "r.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    sys.path.insert(0, str(REPO / "tools"))
-    import analyze_accuracy_for_run_qwen_sft as tool
+    tool = load_script("tools/analyze_accuracy_for_run_qwen_sft.py")
 
     rep = tool.main(["--input_file", str(f)])
     assert (rep["n"], rep["parsed"], rep["unparseable"]) == (8, 6, 2)

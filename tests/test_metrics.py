@@ -9,9 +9,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from trainers.metrics import (eval_ks, format_metrics_table, metrics_from_ranks, rank_from_ranking,
-                              ranking_from_scores, target_rank)
-from trainers.pl import gumbel_topk_sample, pl_log_prob
+from trainers.evaluation.metrics import (eval_ks, format_metrics_table, metrics_from_ranks, rank_from_ranking, ranking_from_scores, target_rank)
+from trainers.rl.pl import gumbel_topk_sample, pl_log_prob
 
 
 # ---- reference implementation ------------------------------------------------------------------------
@@ -149,7 +148,7 @@ def test_gumbel_sample_is_seeded():
 
 def test_ndcg_reward_equals_eval_metric():
     """The PPO reward (tensor NDCG@k of the target in sampled rankings) equals the evaluation metric."""
-    from trainers.pl import ndcg_reward
+    from trainers.evaluation.metrics import ndcg_reward
 
     g = torch.Generator().manual_seed(0)
     K, k = 12, 5

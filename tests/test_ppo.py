@@ -6,9 +6,12 @@ import math
 import pytest
 import torch
 
-from trainers.errors import UserInputError
-from trainers.ppo_trainer import (clipped_value_loss, derived_seed, kl_penalty, lr_lambda_factory, normalize_advantages,
-                                  ppo_policy_loss, sample_step_indices, step_candidate_seed)
+from trainers.foundation.errors import UserInputError
+from trainers.rl.losses import clipped_value_loss, clipped_surrogate
+from trainers.foundation.seeding import derived_seed
+from trainers.rl.kl import kl_penalty
+from trainers.ppo_trainer import lr_lambda_factory, sample_step_indices, step_candidate_seed
+from trainers.rl.advantages import normalize_advantages
 
 
 def test_clipped_surrogate_value_and_gradient_by_hand():
@@ -21,9 +24,10 @@ def test_clipped_surrogate_value_and_gradient_by_hand():
     logp_new = torch.tensor([0.0, math.log(1.5), math.log(0.5), math.log(1.5)], requires_grad=True)
     logp_old = torch.zeros(4)
     adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
-    loss, clipfrac = ppo_policy_loss(logp_new, logp_old, adv, clip_eps=0.2)
+    loss, clipfrac = clipped_surrogate(logp_new, logp_old, adv, 0.2)
     assert loss.item() == pytest.approx(0.025, abs=1e-6)
-    assert clipfrac.item() == pytest.approx(0.75)
+    # one clip-fraction definition for every trainer: the share whose gradient the clip removes (i=1, i=2)
+    assert clipfrac.item() == pytest.approx(0.5)
     loss.backward()
     assert logp_new.grad.tolist() == pytest.approx([-0.25, 0.0, 0.0, 0.375], abs=1e-6)
 
@@ -32,7 +36,7 @@ def test_surrogate_at_ratio_one_is_policy_gradient():
     # First PPO epoch: new == old, so the loss is -mean(A) and its gradient -A/n (REINFORCE with baseline).
     logp = torch.tensor([-3.0, -1.0, -2.0], requires_grad=True)
     adv = torch.tensor([0.5, -2.0, 1.0])
-    loss, clipfrac = ppo_policy_loss(logp, logp.detach().clone(), adv, clip_eps=0.1)
+    loss, clipfrac = clipped_surrogate(logp, logp.detach().clone(), adv, 0.1)
     assert loss.item() == pytest.approx(-(-0.5) / 3)
     assert clipfrac.item() == 0.0
     loss.backward()

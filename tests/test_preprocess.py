@@ -13,10 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.fixtures.amazon_synth import SUBCATEGORIES, synthetic_corpus, title_subcategory, write_amazon_raw
-from trainers.amazon_data import (
-    EXAMPLE_COLUMNS, ITEM_COLUMNS, PreprocessConfig, clean_text, kcore, parse_price, run_preprocess,
-    valid_title,
-)
+from trainers.data.amazon import (EXAMPLE_COLUMNS, ITEM_COLUMNS, PreprocessConfig, clean_text, kcore, parse_price, run_preprocess, valid_title)
 
 REPO = Path(__file__).resolve().parents[1]
 CAT = "Video_Games"

@@ -3,8 +3,8 @@ import pytest
 
 from prompters.binary_prompter import BinaryPrompter, load_template
 from tests.fixtures.tiny_model import build_tiny_tokenizer
-from trainers.candidates import sample_candidates
-from trainers.errors import UserInputError
+from trainers.data.candidates import sample_candidates
+from trainers.foundation.errors import UserInputError
 
 ITEMS = [{"title": "pad_title", "description": [], "features": []}] + [
     {"title": f"Racing Turbo {i}", "description": ["fast cars " * 40], "features": [f"feature {i}"]}

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainers.RecPOTrainer import (catalogue_ranks, clipped_surrogate_loss, compute_advantages, fused_reward,
-                                   inbatch_rec_loss, select_topk_rollouts)
+from trainers.RecPOTrainer import catalogue_ranks, fused_reward, select_topk_rollouts
+from trainers.rl.losses import clipped_surrogate, inbatch_rec_loss
+from trainers.rl.advantages import group_advantages
 
 REPO = Path(__file__).resolve().parents[1]
 CAT = "Video_Games"
@@ -75,14 +76,14 @@ def test_fused_reward_hand_computed():
 
 def test_advantages_grpo_and_rloo():
     r = torch.tensor([[1.0, 0.0, 0.5], [2.0, 2.0, 2.0]])
-    g = compute_advantages(r, "gaussian", eps=0.0 + 1e-4)
+    g = group_advantages(r, "gaussian", eps=0.0 + 1e-4)
     # mean 0.5, unbiased std 0.5
     assert g[0].tolist() == pytest.approx([0.5 / 0.5001, -0.5 / 0.5001, 0.0], abs=1e-6)
     assert g[1].tolist() == [0.0, 0.0, 0.0]
-    loo = compute_advantages(r, "leave-one-out")
+    loo = group_advantages(r, "leave-one-out")
     assert loo[0].tolist() == pytest.approx([0.75, -0.75, 0.0])
     assert loo[1].tolist() == [0.0, 0.0, 0.0]
-    assert compute_advantages(torch.tensor([[3.0]]), "gaussian").tolist() == [[0.0]]
+    assert group_advantages(torch.tensor([[3.0]]), "gaussian").tolist() == [[0.0]]
     assert select_topk_rollouts(torch.tensor([[0.1, 0.9, -1.0], [2.0, 0.0, 1.0]]), 2).tolist() == [1, 0, 3, 5]
 
 
@@ -90,7 +91,7 @@ def test_clipped_surrogate_hand_computed():
     old = torch.zeros(4)
     new = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5])).requires_grad_()
     adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
-    loss, frac = clipped_surrogate_loss(new, old, adv, eps_low=0.2, eps_high=0.28)
+    loss, frac = clipped_surrogate(new, old, adv, 0.2, 0.28)
     # per token: -min(ρA, clip(ρ)A) = -1.28, 1.5, -0.5, 0.8
     assert loss.item() == pytest.approx((-1.28 + 1.5 - 0.5 + 0.8) / 4, rel=1e-5)
     assert frac.item() == pytest.approx(0.5)
@@ -99,7 +100,7 @@ def test_clipped_surrogate_hand_computed():
     assert new.grad.tolist() == pytest.approx([0.0, 1.5 / 4, -0.5 / 4, 0.0], abs=1e-6)
     # ratio 1 (one update per rollout): the loss is -mean(A) and the gradient is the policy gradient
     lp = torch.zeros(2, requires_grad=True)
-    loss, _ = clipped_surrogate_loss(lp, lp.detach(), torch.tensor([2.0, -1.0]), 0.2, 0.28)
+    loss, _ = clipped_surrogate(lp, lp.detach(), torch.tensor([2.0, -1.0]), 0.2, 0.28)
     loss.backward()
     assert loss.item() == pytest.approx(-0.5)
     assert lp.grad.tolist() == pytest.approx([-1.0, 0.5])
@@ -181,10 +182,10 @@ def test_recpo_resume_continues(trained, tiny_model, dataset_dir):
 
 def test_rrec_eval_sampled_then_reference(trained, dataset_dir, tmp_path):
     from compare_model import rrec
-    from trainers.candidates import sample_candidates
-    from trainers.data import load_processed_dataset
-    from trainers.errors import UserInputError
-    from trainers.result_json import ResultWriter, load_result_json
+    from trainers.data.candidates import sample_candidates
+    from trainers.data.dataset import load_processed_dataset
+    from trainers.foundation.errors import UserInputError
+    from trainers.evaluation.results import ResultWriter, load_result_json
 
     _, _, run_dir = trained
     # 1) the script itself, candidates sampled with --seed, full-catalogue extra mode

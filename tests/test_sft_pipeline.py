@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from tests.fixtures.scripts import load_script
 
-from trainers.errors import UserInputError  # noqa: E402
-from trainers.sft_data import (ALPACA_COLUMNS, IGNORE_INDEX, SHAREGPT_COLUMNS, SHAREGPT_TAGS, SFTCollator,  # noqa: E402
-                               accuracy_report, encode_sft_example, filter_sft_rows, parse_yes_no)
+from trainers.foundation.errors import UserInputError
+from trainers.data.sft import (ALPACA_COLUMNS, IGNORE_INDEX, SHAREGPT_COLUMNS, SHAREGPT_TAGS, SFTCollator,
+                               accuracy_report, encode_sft_example, filter_sft_rows)
+from prompters.answer_parsing import parse_yes_no
+
+REPO = Path(__file__).resolve().parents[1]
 
 CAT = "Video_Games"
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "DEEPSEEK_API_KEY": "sk-test-SFT-SECRET"}
@@ -52,7 +54,7 @@ def dataset_dir(tmp_path_factory) -> Path:
 def prompter(tiny, dataset_dir):
     from models.abstract_models import load_tokenizer
     from prompters.binary_prompter import BinaryPrompter
-    from trainers.data import load_processed_dataset
+    from trainers.data.dataset import load_processed_dataset
 
     ds = load_processed_dataset(dataset_dir)
     return ds, BinaryPrompter(load_tokenizer(tiny), ds.item_rows, max_len_per_item=16, user_window_size=4)
@@ -72,7 +74,7 @@ def test_parse_yes_no(text, expected):
 
 
 def test_match_ratio_and_negatives(prompter):
-    from trainers.sft_data import sample_sft_prompts
+    from trainers.data.sft import sample_sft_prompts
 
     ds, pr = prompter
     n, p = 600, 0.3
@@ -101,7 +103,7 @@ def test_match_ratio_and_negatives(prompter):
 def test_prompt_text_is_judge_chat_text(prompter):
     """The stored chat text is the judge's prompt: chat template of the user message (+ answer prefix)."""
     from prompters.prompts import ANSWER_PREFIX
-    from trainers.sft_data import sample_sft_prompts
+    from trainers.data.sft import sample_sft_prompts
 
     ds, pr = prompter
     r = sample_sft_prompts(ds, pr, "train", 3, 0.5, seed=3)[0]
@@ -179,8 +181,7 @@ def test_llamafactory_files_consistent(tmp_path):
             assert turn_keys == {entry["tags"]["role_tag"], entry["tags"]["content_tag"]}
             assert [t["from"] for t in rec["conversations"]] == [entry["tags"]["user_tag"], entry["tags"]["assistant_tag"]]
     # process_sft_data's default output file is the one dataset_info.json registers
-    sys.path.insert(0, str(REPO / "sft_train"))
-    import process_sft_data
+    process_sft_data = load_script("sft_train/process_sft_data.py")
 
     for fmt in ("alpaca", "sharegpt"):
         assert process_sft_data.default_output(fmt) == os.path.join(cfg["dataset_dir"], info[f"ourrec_sft_{fmt}"]["file_name"])
@@ -188,7 +189,7 @@ def test_llamafactory_files_consistent(tmp_path):
 
 def test_loss_mask_exactly_on_prompt(prompter):
     from prompters.prompts import ANSWER_PREFIX
-    from trainers.sft_data import sample_sft_prompts
+    from trainers.data.sft import sample_sft_prompts
 
     ds, pr = prompter
     tok = pr.tokenizer
@@ -282,7 +283,7 @@ def _script(name: str):
 
 
 def test_full_chain(tiny, dataset_dir, tmp_path, capsys):
-    from trainers.io_utils import read_jsonl
+    from trainers.foundation.files import read_jsonl
 
     prompts_file, resp, sft_json = tmp_path / "prompts.jsonl", tmp_path / "resp.jsonl", tmp_path / "sft.json"
     _script("generate_prompts").main(["--dataset_dir", str(dataset_dir), "--num_samples", "24",

@@ -12,7 +12,7 @@ from models.shared_prefix import (generate_shared_prefix, packed_allowed, resolv
                                   user_chunks)
 from prompters.binary_prompter import UserPrompt
 from tests.fixtures.tiny_model import build_tiny_qwen
-from trainers.pl import gumbel_topk_sample, pl_log_prob
+from trainers.rl.pl import gumbel_topk_sample, pl_log_prob
 
 TOL = 1e-4
 

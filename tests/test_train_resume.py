@@ -13,7 +13,7 @@ import pytest
 from tests.fixtures.ppo_train import ppo_assets  # noqa: F401 (session fixture)
 from tests.fixtures.ppo_train import REPO, load_weights, run_train, train_cmd, train_env
 from tests.fixtures.tiny_model import build_tiny_qwen
-from trainers.errors import UserInputError
+from trainers.foundation.errors import UserInputError
 
 N_STEPS = 8
 FAST = ["--K", "4", "--K_eval", "3", "--batch_size", "2", "--max_len_per_item", "4", "--user_window_size", "3",

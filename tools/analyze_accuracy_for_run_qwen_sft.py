@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainers.errors import UserInputError, die  # noqa: E402
+from trainers.foundation.errors import UserInputError, die
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -26,8 +22,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--skip_bad_lines", action="store_true", help="skip malformed JSONL lines instead of failing")
     args = p.parse_args(argv)
     try:
-        from trainers.io_utils import iter_jsonl
-        from trainers.sft_data import accuracy_report, format_accuracy_report
+        from trainers.foundation.files import iter_jsonl
+        from trainers.data.sft import accuracy_report, format_accuracy_report
 
         rep = accuracy_report(iter_jsonl(args.input_file, skip_bad_lines=args.skip_bad_lines))
         if rep["n"] == 0:

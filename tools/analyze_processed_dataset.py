@@ -7,16 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections import Counter
 from datetime import datetime, timezone
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from trainers.data import SPLITS, load_processed_dataset  # noqa: E402
-from trainers.errors import UserInputError, die  # noqa: E402
+from trainers.data.dataset import SPLITS, load_processed_dataset
+from trainers.foundation.errors import UserInputError, die
 
 
 def _date(ms: int) -> str:

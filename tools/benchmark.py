@@ -26,19 +26,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import argparse
+import gc
+import random
+import statistics
+import tempfile
+import time
+from typing import Any, Callable, Sequence
 
-import argparse  # noqa: E402
-import gc  # noqa: E402
-import random  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Any, Callable, Sequence  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from trainers.errors import UserInputError, die  # noqa: E402
+from trainers.foundation.errors import UserInputError, die
 
 # Dense bf16 peak TFLOP/s by (substring of) torch.cuda.get_device_name(); first match wins.
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0),
@@ -147,12 +145,13 @@ class TrainStep:
     """One PL-PPO update on a fixed rollout (same rollout for both paths)."""
 
     def __init__(self, judge, users, K_eval: int, temperature: float, seed: int) -> None:
-        from trainers.pl import gumbel_topk_sample, ndcg_reward, pl_log_prob
-        from trainers.ppo_trainer import clipped_value_loss, ppo_policy_loss
+        from trainers.rl.pl import gumbel_topk_sample, pl_log_prob
+        from trainers.evaluation.metrics import ndcg_reward
+        from trainers.rl.losses import clipped_surrogate, clipped_value_loss
 
         self.judge, self.users, self.tau = judge, users, temperature
         self.pl_log_prob = pl_log_prob
-        self.policy_loss, self.value_loss = ppo_policy_loss, clipped_value_loss  # the trainer's own losses
+        self.policy_loss, self.value_loss = clipped_surrogate, clipped_value_loss  # the trainer's own losses
         was_training = judge.training
         judge.eval()
         with torch.no_grad():
@@ -380,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         die(str(e))
     print(format_table(result))
     if args.json_out:
-        from trainers.io_utils import atomic_write_json
+        from trainers.foundation.files import atomic_write_json
 
         atomic_write_json(args.json_out, result)
         print(f"wrote {args.json_out}")

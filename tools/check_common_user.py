@@ -5,14 +5,10 @@ python tools/check_common_user.py --dataset_dir DIR [--other_dataset_dir DIR2]
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from itertools import combinations
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainers.data import SPLITS, load_processed_dataset  # noqa: E402
-from trainers.errors import UserInputError, die  # noqa: E402
+from trainers.data.dataset import SPLITS, load_processed_dataset
+from trainers.foundation.errors import UserInputError, die
 
 
 def split_users(dataset_dir: str, flag: str = "--dataset_dir") -> dict[str, set[str]]:

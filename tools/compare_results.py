@@ -9,14 +9,10 @@ trainers/metrics.py; the random / popularity rows come from the first file's san
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainers.errors import UserInputError, die  # noqa: E402
-from trainers.metrics import eval_ks, format_metrics_table, metrics_from_ranks, rank_from_ranking  # noqa: E402
-from trainers.result_json import load_result_json  # noqa: E402
+from trainers.foundation.errors import UserInputError, die
+from trainers.evaluation.metrics import eval_ks, format_metrics_table, metrics_from_ranks, rank_from_ranking
+from trainers.evaluation.results import load_result_json
 
 
 def candidate_sets(data: dict) -> dict[int, frozenset]:

@@ -5,14 +5,10 @@ python tools/find_user_history.py --dataset_dir DIR --user_id AE2...
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from datetime import datetime, timezone
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainers.data import SPLITS, load_processed_dataset  # noqa: E402
-from trainers.errors import UserInputError, die  # noqa: E402
+from trainers.data.dataset import SPLITS, load_processed_dataset
+from trainers.foundation.errors import UserInputError, die
 
 
 def user_history(dataset_dir: str, user_id: str) -> list[dict]:

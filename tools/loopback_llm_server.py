@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.fixtures.loopback_api import LoopbackAPI, good_answer, history_block, parse_prompt_candidates, prompt_text  # noqa: E402
+from tests.fixtures.loopback_api import LoopbackAPI, good_answer, history_block, parse_prompt_candidates, prompt_text
 
 _WORD = re.compile(r"[A-Za-z]{3,}")
 

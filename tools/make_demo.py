@@ -9,13 +9,10 @@ titles), so training has something real to learn. Everything is offline and seed
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.fixtures.amazon_synth import write_amazon_raw  # noqa: E402
-from tests.fixtures.tiny_model import build_tiny_qwen  # noqa: E402
+from tests.fixtures.amazon_synth import write_amazon_raw
+from tests.fixtures.tiny_model import build_tiny_qwen
 
 
 def main() -> None:

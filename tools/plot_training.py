@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainers.errors import UserInputError, die  # noqa: E402
+from trainers.foundation.errors import UserInputError, die
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -16,7 +13,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output", default=None, help="PNG path (default: training.png next to the metrics file)")
     p.add_argument("--smooth", type=int, default=20, help="moving-average window of the reward curve")
     args = p.parse_args(argv)
-    from trainers.plotting import plot_training
+    from trainers.foundation.plotting import plot_training
 
     out = args.output or os.path.join(os.path.dirname(os.path.abspath(args.metrics_file)), "training.png")
     try:

@@ -9,12 +9,8 @@ python tools/run_qwen_baseline.py --model_path models_hub/Qwen2.5-3B-Instruct \
 """
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from models.local_inference import inference_cli  # noqa: E402
+from models.local_inference import inference_cli
 
 
 def main(argv: list[str] | None = None) -> None:

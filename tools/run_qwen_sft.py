@@ -10,12 +10,8 @@ python tools/run_qwen_sft.py --model_path outputs/sft --input_file sft_train/pro
 """
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from models.local_inference import inference_cli  # noqa: E402
+from models.local_inference import inference_cli
 
 
 def main(argv: list[str] | None = None) -> None:

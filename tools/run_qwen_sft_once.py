@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainers.errors import UserInputError, die  # noqa: E402
+from trainers.foundation.errors import UserInputError, die
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from models.local_inference import LocalGenerator
         from paths import resolve_model_path
-        from trainers.sft_data import parse_yes_no
+        from prompters.answer_parsing import parse_yes_no
 
         if args.prompt_file:
             if not os.path.isfile(args.prompt_file):

@@ -10,14 +10,10 @@ answers arrive; a rerun resumes (answered ids skipped, failed ones asked again u
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from models.api_client import add_client_args, add_prompt_file_args
+    from trainers.cli import add_client_args, add_prompt_file_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_file", required=True, help="prompt JSONL")
@@ -28,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from models.api_client import answer_jobs, api_script_errors, prompt_jobs_from_jsonl, resolve_api_key
+    from trainers.cli import answer_jobs, api_script_errors
+    from models.api_client import prompt_jobs_from_jsonl, resolve_api_key
 
     args = build_parser().parse_args(argv)
     with api_script_errors(args):

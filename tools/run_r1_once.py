@@ -9,13 +9,11 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainers.errors import UserInputError  # noqa: E402
+from trainers.foundation.errors import UserInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from models.api_client import add_client_args
+    from trainers.cli import add_client_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -27,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from models.api_client import api_script_errors, client_from_args, resolve_api_key
+    from trainers.cli import api_script_errors, client_from_args
+    from models.api_client import resolve_api_key
 
     args = build_parser().parse_args(argv)
     with api_script_errors(args):

@@ -15,11 +15,12 @@ Per step, for each of the batch's users:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from models.rrec_models import pad_right
 from trainers.GRecTrainer import GRecTrainer
-from trainers.metrics import ndcg_at
+from trainers.evaluation.metrics import ndcg_at
+from trainers.rl.advantages import group_advantages
+from trainers.rl.losses import clipped_surrogate, inbatch_rec_loss
 
 
 # ------------------------------------------------------------------------------------ pure pieces
@@ -42,44 +43,6 @@ def fused_reward(sims: torch.Tensor, targets: torch.Tensor, ndcg_k: int, softmax
     prob = torch.softmax(sims[:, 1:] / temperature, dim=-1).gather(1, (targets - 1).unsqueeze(1)).squeeze(1)
     reward = (1.0 - softmax_weight) * ndcg + softmax_weight * prob
     return reward, {"ndcg": ndcg, "softmax_prob": prob, "rank": ranks.float()}
-
-
-def compute_advantages(rewards: torch.Tensor, advantage_type: str = "gaussian", eps: float = 1e-4) -> torch.Tensor:
-    """Per-group advantages of rewards [B, G].
-    gaussian: (r - mean) / (std + eps) with the unbiased group std (GRPO); 0 for G = 1.
-    leave-one-out: r_i - mean of the other G-1 rewards (RLOO); 0 for G = 1."""
-    B, G = rewards.shape
-    if G == 1:
-        return torch.zeros_like(rewards)
-    if advantage_type == "gaussian":
-        mean = rewards.mean(1, keepdim=True)
-        std = rewards.std(1, keepdim=True)
-        return (rewards - mean) / (std + eps)
-    if advantage_type == "leave-one-out":
-        total = rewards.sum(1, keepdim=True)
-        return rewards - (total - rewards) / (G - 1)
-    raise ValueError(f"unknown advantage_type {advantage_type!r}")
-
-
-def clipped_surrogate_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
-                           eps_low: float, eps_high: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO clipped surrogate per token, averaged over tokens: -min(ρA, clip(ρ, 1-eps_low, 1+eps_high)A),
-    ρ = exp(logp - old_logp). All inputs flat [T]. Returns (loss, fraction of clipped tokens)."""
-    if logps.numel() == 0:
-        return logps.sum() * 0.0, torch.zeros(())
-    ratio = torch.exp(logps - old_logps)
-    unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantages
-    loss = -torch.minimum(unclipped, clipped).mean()
-    frac = (clipped < unclipped).float().mean().detach()
-    return loss, frac
-
-
-def inbatch_rec_loss(h_users: torch.Tensor, h_items: torch.Tensor, labels: torch.Tensor,
-                     temperature: float) -> torch.Tensor:
-    """Cross-entropy of each user over the batch's items: softmax(<h_u, h_v> / tau), label = own target."""
-    logits = h_users.float() @ h_items.float().T / temperature
-    return F.cross_entropy(logits, labels)
 
 
 def select_topk_rollouts(advantages: torch.Tensor, k: int) -> torch.Tensor:
@@ -133,10 +96,10 @@ class RecPOTrainer(GRecTrainer):
                     sims = model.scores(h_u.detach(), table.to(h_u.device))
                     t_rep = torch.tensor(targets, device=sims.device).repeat_interleave(G)
                     rewards, parts = fused_reward(sims, t_rep, a.reward_ndcg_k, a.reward_softmax_weight, model.temperature)
-                    adv = compute_advantages(rewards.view(B, G), a.advantage_type)
+                    adv = group_advantages(rewards.view(B, G), a.advantage_type)
                     sel = select_topk_rollouts(adv, a.relabel_topk)
             tok_adv = adv.reshape(-1).to(logps.device)[tok_owner]
-            tok_loss, clip_frac = clipped_surrogate_loss(logps, old_logps, tok_adv, a.clip_eps_low, a.clip_eps_high)
+            tok_loss, clip_frac = clipped_surrogate(logps, old_logps, tok_adv, a.clip_eps_low, a.clip_eps_high)
             labels = labels_users.repeat_interleave(min(a.relabel_topk, G)).to(h_u.device)
             rec_loss = inbatch_rec_loss(h_u[sel.to(h_u.device)], h_v, labels, model.temperature)
             loss = a.token_loss_weight * tok_loss + a.rec_loss_weight * rec_loss

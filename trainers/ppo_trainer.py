@@ -32,59 +32,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from trainers.errors import UserInputError
+from trainers.foundation.errors import UserInputError
+from trainers.foundation.seeding import derived_seed
+from trainers.rl.advantages import normalize_advantages
+from trainers.rl.kl import kl_penalty
+from trainers.rl.losses import clipped_surrogate, clipped_value_loss
 
 SCHEDULERS = ("constant", "cosine")
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss functions (pure, tested by hand in tests/test_ppo.py)
-# ---------------------------------------------------------------------------------------------
-def ppo_policy_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
-                    clip_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped PPO surrogate: mean over samples of -min(r·A, clip(r, 1-ε, 1+ε)·A), r = exp(new - old).
-
-    Returns (loss, fraction of samples whose ratio was clipped)."""
-    ratio = torch.exp(logp_new - logp_old.detach())
-    adv = advantages.detach()
-    unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
-    loss = -torch.minimum(unclipped, clipped).mean()
-    clipfrac = ((ratio - 1.0).abs() > clip_eps).float().mean()
-    return loss, clipfrac.detach()
-
-
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                       clip_eps: float) -> torch.Tensor:
-    """PPO value loss: 0.5 · mean max((V - R)², (V_old + clip(V - V_old, -ε, ε) - R)²)."""
-    old = old_values.detach()
-    ret = returns.detach()
-    v_clipped = old + torch.clamp(values - old, -clip_eps, clip_eps)
-    return 0.5 * torch.maximum((values - ret) ** 2, (v_clipped - ret) ** 2).mean()
-
-
-def kl_penalty(logp_new: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """Non-negative KL(π_new || π_ref) estimate on the sampled rankings (the 'k3' estimator):
-    exp(ref - new) - (ref - new) - 1, clamped for stability with long PL log-probs."""
-    d = torch.clamp(logp_ref.detach() - logp_new, -20.0, 20.0)
-    return (torch.exp(d) - d - 1.0).mean()
-
-
-def normalize_advantages(adv: torch.Tensor, eps: float = 1e-8, distributed: bool = False) -> torch.Tensor:
-    """(A - mean) / (std + eps) with population mean/std over the whole global batch (all ranks)."""
-    x = adv.double()
-    # Two passes (mean, then squared deviations) so constant advantages give exactly 0, not rounding noise.
-    stats = torch.stack([x.sum(), torch.tensor(float(x.numel()), dtype=torch.float64)])
-    if distributed:
-        import torch.distributed as dist
-
-        dist.all_reduce(stats)
-    mean = stats[0] / stats[1]
-    sq = ((x - mean) ** 2).sum()
-    if distributed:
-        dist.all_reduce(sq)
-    var = sq / stats[1]
-    return ((adv.double() - mean) / (var.sqrt() + eps)).to(adv.dtype)
 
 
 def lr_lambda_factory(warmup_steps: int, total_steps: int, kind: str):
@@ -102,11 +56,6 @@ def lr_lambda_factory(warmup_steps: int, total_steps: int, kind: str):
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return f
-
-
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, step, rank, stream): independent streams, replayable on resume."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def step_candidate_seed(seed: int, step: int) -> int:
@@ -200,7 +149,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def validate_args(args: argparse.Namespace) -> None:
     """Checks that need no data or model; raise UserInputError with a one-line message."""
-    from trainers.data import check_dataset_type
+    from trainers.data.dataset import check_dataset_type
     from models.qwen_models import SCORING_MODES
 
     check_dataset_type(args.dataset_type)
@@ -291,6 +240,14 @@ def setup_distributed(device_arg: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
+
+
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         import torch.distributed as dist
@@ -370,8 +327,8 @@ class PPOTrainer:
         from models.abstract_models import check_model_dir
         from models.qwen_models import QwenBinaryJudge
         from prompters.binary_prompter import BinaryPrompter
-        from trainers.checkpointing import check_same_model_shape, read_trainer_state, resolve_resume_path
-        from trainers.data import load_processed_dataset
+        from trainers.foundation.checkpoints import check_same_model_shape, read_trainer_state, resolve_resume_path
+        from trainers.data.dataset import load_processed_dataset
 
         self.args = args
         self.out = Path(args.output_dir)
@@ -435,7 +392,7 @@ class PPOTrainer:
 
     # ---- resume ------------------------------------------------------------------------------
     def _load_training_state(self, ckpt: Path) -> None:
-        from trainers.checkpointing import load_torch_state, restore_rng_state
+        from trainers.foundation.checkpoints import load_torch_state, restore_rng_state
 
         # weights_only loads (load_torch_state): a checkpoint file cannot run code.
         opt_state = load_torch_state(ckpt / "optimizer.pt", map_location=self.info.device)
@@ -456,7 +413,7 @@ class PPOTrainer:
 
     def _truncate_logs(self) -> None:
         """On resume, drop log records after the resumed step so the files read like one uninterrupted run."""
-        from trainers.io_utils import atomic_write_text, iter_jsonl, repair_jsonl_tail
+        from trainers.foundation.files import atomic_write_text, iter_jsonl, repair_jsonl_tail
 
         for path in (self.out / "metrics.jsonl", self.token_log):
             if path is None or not path.exists():
@@ -475,13 +432,13 @@ class PPOTrainer:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         if self.resume_ckpt is not None:
             self._truncate_logs()
-        from trainers.io_utils import atomic_write_json
+        from trainers.foundation.files import atomic_write_json
 
         atomic_write_json(self.out / "args.json", vars(self.args))
 
     # ---- one step ----------------------------------------------------------------------------
     def _rollout_prompts(self, step: int):
-        from trainers.candidates import sample_candidates
+        from trainers.data.candidates import sample_candidates
 
         a = self.args
         idx = sample_step_indices(len(self.train_split), a.batch_size, a.seed, step, self.info.rank)
@@ -493,7 +450,7 @@ class PPOTrainer:
         return examples, cands, prompts
 
     def _policy_logp(self, out, rankings: torch.Tensor) -> torch.Tensor:
-        from trainers.pl import pl_log_prob
+        from trainers.rl.pl import pl_log_prob
 
         # rankings [B, M, K]: M rankings per user share that user's scores.
         scores = out.scores.float().unsqueeze(1).expand(-1, rankings.shape[1], -1)
@@ -503,8 +460,9 @@ class PPOTrainer:
         return lp
 
     def train_step(self, step: int) -> dict[str, Any]:
-        from trainers.metrics import ndcg_at, target_rank
-        from trainers.pl import gumbel_topk_sample, ndcg_reward
+        from trainers.evaluation.metrics import ndcg_at, target_rank
+        from trainers.rl.pl import gumbel_topk_sample
+        from trainers.evaluation.metrics import ndcg_reward
 
         a, info, judge = self.args, self.info, self.judge
         t0 = time.time()
@@ -536,7 +494,7 @@ class PPOTrainer:
             returns = rewards.mean(1)
             adv = rewards - old_values.unsqueeze(1)
             if a.normalize_advantage:
-                adv = normalize_advantages(adv, distributed=info.distributed)
+                adv = normalize_advantages(adv, all_reduce_sum=_all_reduce_sum if info.distributed else None)
             ref_logp = None
             if self.ref_judge is not None:
                 ref_out = self.ref_judge.score_candidates(prompts, scoring=a.scoring,
@@ -559,7 +517,7 @@ class PPOTrainer:
                 new = judge.score_candidates([prompts[i] for i in ch], scoring=a.scoring, with_values=True,
                                              with_token_logprobs=self.reasoning)
                 new_logp = self._policy_logp(new, rankings[ch_t])
-                pol, clipfrac = ppo_policy_loss(new_logp, old_logp[ch_t], adv[ch_t], a.clip_eps)
+                pol, clipfrac = clipped_surrogate(new_logp, old_logp[ch_t], adv[ch_t], a.clip_eps)
                 vloss = clipped_value_loss(new.values.float(), old_values[ch_t], returns[ch_t], a.clip_eps)
                 loss = pol + a.vf_coef * vloss
                 kl = torch.zeros((), device=dev)
@@ -599,8 +557,8 @@ class PPOTrainer:
     # ---- validation, examples, checkpoints -----------------------------------------------------
     def validate(self) -> dict[str, float] | None:
         """Greedy NDCG on --num_valid_samples validation examples (rank 0 only; others wait)."""
-        from trainers.checkpointing import capture_rng_state, restore_rng_state
-        from trainers.evaluation import evaluate_split
+        from trainers.foundation.checkpoints import capture_rng_state, restore_rng_state
+        from trainers.evaluation.judge import evaluate_split
 
         res = None
         if self.info.is_main:
@@ -631,8 +589,7 @@ class PPOTrainer:
         write("\n".join(lines))
 
     def save_checkpoint(self, step: int) -> None:
-        from trainers.checkpointing import (capture_rng_state, finalize_checkpoint, rotate_checkpoints,
-                                            tmp_checkpoint_dir)
+        from trainers.foundation.checkpoints import (capture_rng_state, finalize_checkpoint, rotate_checkpoints, tmp_checkpoint_dir)
 
         tmp = tmp_checkpoint_dir(self.out, step)
         if self.info.is_main:
@@ -657,7 +614,7 @@ class PPOTrainer:
     def train(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
-        from trainers.io_utils import append_jsonl
+        from trainers.foundation.files import append_jsonl
 
         a, info = self.args, self.info
         self._prepare_output_dir()
@@ -698,7 +655,7 @@ class PPOTrainer:
                     print(f"validation at step {self.max_steps}: NDCG@{a.K_eval} = {m[f'NDCG@{a.K_eval}']:.4f} "
                           f"(n={m['n']})")
         if info.is_main and not a.no_plot and (self.out / "metrics.jsonl").exists():
-            from trainers.plotting import plot_training
+            from trainers.foundation.plotting import plot_training
 
             plot_training(self.out / "metrics.jsonl", self.out / "training.png")
         if a.write_param_checksums:
@@ -707,7 +664,7 @@ class PPOTrainer:
         return {"last": last, "final_validation": final_val, "max_steps": self.max_steps}
 
     def _log_tokens(self, step: int, lengths: list[list[int]] | None) -> None:
-        from trainers.io_utils import append_jsonl
+        from trainers.foundation.files import append_jsonl
 
         gathered = [lengths]
         if self.info.distributed:

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from trainers.errors import UserInputError
+from trainers.foundation.errors import UserInputError
 
 HOST = "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_2023"
 RATING_COLUMNS = ["user_id", "parent_asin", "rating", "timestamp"]

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from trainers.errors import UserInputError
+from trainers.foundation.errors import UserInputError
 
 
 def sample_candidates(

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from trainers.errors import UserInputError
+from trainers.foundation.errors import UserInputError
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -1,4 +1,8 @@
-"""Listwise ranking by an API model (compare_model/deepseek.py): answer parsing and the evaluation loop.
+"""Answer parsing: reading model and API answers back in the formats our prompts ask for (prompters/prompts.py).
+
+strip_think     drop <think>...</think> reasoning blocks (the one implementation every parser uses)
+parse_yes_no    the final Yes/No of a binary-judge answer ("Answer: Yes", else the last Yes/No word)
+parse_ranking   a listwise ranking answer (API baselines): numbers, enumerations, JSON, titles
 
 `parse_ranking(text, titles)` reads a free-text answer into candidate indices. It accepts numbers ("3, 1, 2",
 "3 > 1 > 2", one per line), enumerated lists ("1. Candidate 3 ...", "1. <title>"), JSON (a list, or an object
@@ -7,22 +11,16 @@ blocks. Out-of-range numbers are ignored and repeats keep their first position. 
 appended in their original order ("partial"); with `target_index` given the target goes last among them
 (ties are broken against the target, DESIGN.md section 4). An answer with nothing usable is "unparseable" and
 ranks every candidate in original order with the target last.
-
-`evaluate_with_api` turns (example, candidates) pairs into API jobs, keeps the raw answers in a resumable
-JSONL (models/api_client.run_jobs) and derives result-JSON samples from them (trainers/result_json).
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 from typing import Any, Iterable, Sequence
 
-from trainers.errors import UserInputError
-from trainers.metrics import metrics_from_ranks, target_rank
-
+ANSWER_TAG_RE = re.compile(r"answer\s*[:：]?\s*\**\s*(yes|no)\b", re.I)
+_WORD_RE = re.compile(r"\b(yes|no)\b", re.I)
 STATUSES = ("ok", "partial", "unparseable")
-API_ERROR = "api_error"  # the request failed after all retries (not a parse status of an answer)
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.S | re.I)
 _FENCE = re.compile(r"```[^\n`]*\n?(.*?)```", re.S)
@@ -272,78 +270,15 @@ def parse_ranking(text: str | None, titles: Sequence[str] | None = None, K: int 
     return ranking + missing, "partial"
 
 
-# ---------------------------------------------------------------------------------------------- evaluation loop
-
-def sample_from_row(example: dict, candidates: Sequence[int], row: dict, titles: Sequence[str]) -> dict:
-    """A result-JSON sample from one raw API row (an answer or a failure)."""
-    cands = [int(c) for c in candidates]
-    target = int(example["item_id"])
-    t_idx = cands.index(target)
-    K = len(cands)
-    if row.get("error"):
-        idx, status = fallback_ranking(K, t_idx), API_ERROR
-    else:
-        idx, status = parse_ranking(row.get("content"), titles, K, target_index=t_idx)
-    # Scores encode the ranking (K for the first, 1 for the last) so the shared metrics code reads the rank.
-    scores = [0.0] * K
-    for pos, i in enumerate(idx):
-        scores[i] = float(K - pos)
-    outputs: dict[str, Any] = {"response": row.get("content"), "parse_status": status}
-    if row.get("error"):
-        outputs["error"] = row["error"]
-    return {"interaction_id": int(example["interaction_id"]), "user_id": example["user_id"],
-            "target_item_id": target, "candidates": cands, "scores": scores, "ranking": [cands[i] for i in idx],
-            "target_rank": target_rank(scores, t_idx), "outputs": outputs}
-
-
-def api_metrics(samples: Sequence[dict], ks: Iterable[int]) -> dict:
-    """NDCG/HR/MRR over all samples plus how many answers parsed fully, partly, not at all, or failed."""
-    out: dict[str, Any] = metrics_from_ranks([s["target_rank"] for s in samples], ks)
-    counts = {k: 0 for k in (*STATUSES, API_ERROR)}
-    for s in samples:
-        counts[s["outputs"]["parse_status"]] += 1
-    out.update({"parse_ok": counts["ok"], "parse_partial": counts["partial"],
-                "parse_unparseable": counts["unparseable"], "parse_failures": counts["unparseable"],
-                "api_errors": counts[API_ERROR]})
-    return out
-
-
-def evaluate_with_api(client, prompter, items: Sequence[tuple[dict, list[int]]], responses_path: str | os.PathLike,
-                      writer, concurrency: int = 4, retry_errors: bool = True, progress: bool = True,
-                      desc: str = "API ranking") -> list[dict]:
-    """Ask the API to rank each item's candidates; return the samples in the items' order.
-
-    Raw answers go to responses_path (resumable: answered ids are skipped). The ResultWriter is kept in sync
-    with it: samples whose answer is missing (e.g. a failure being retried) are dropped, answered ones that
-    lack a sample (a kill between the two writes) are added, so the result JSON is a function of the answers.
-    """
-    from models.api_client import ApiJob, load_done, run_jobs
-
-    by_id: dict[str, tuple[dict, list[int]]] = {}
-    jobs = []
-    for ex, cands in items:
-        iid = int(ex["interaction_id"])
-        cands = [int(c) for c in cands]
-        by_id[str(iid)] = (ex, cands)
-        jobs.append(ApiJob(id=iid, messages=prompter.messages(ex, cands),
-                           extra={"user_id": ex["user_id"], "target_item_id": int(ex["item_id"]), "candidates": cands}))
-
-    done = load_done(responses_path, retry_errors=retry_errors)
-    for key, row in done.items():
-        if key in by_id and row.get("candidates") is not None and [int(c) for c in row["candidates"]] != by_id[key][1]:
-            raise UserInputError(f"{responses_path}: interaction {key} was answered for other candidates (different "
-                                 "--K/--seed/--candidate_json_path?); use a new --output_dir")
-
-    def add(row: dict) -> None:
-        ex, cands = by_id[str(row["id"])]
-        writer.add(sample_from_row(ex, cands, row, prompter.candidate_titles(cands)))
-
-    for iid in list(writer.samples):
-        if str(iid) not in done:
-            writer.samples.pop(iid)
-    for key, row in done.items():
-        if key in by_id and int(key) not in writer.samples:
-            add(row)
-    run_jobs(client, jobs, responses_path, concurrency=concurrency, retry_errors=retry_errors, on_row=add,
-             desc=desc, progress=progress)
-    return writer.ordered_samples([int(ex["interaction_id"]) for ex, _ in items])
+# ---- binary judge answers ----------------------------------------------------------------------
+def parse_yes_no(text: str | None) -> str | None:
+    """The final answer of a response: the last "Answer: Yes|No" tag, else the last standalone Yes/No word,
+    ignoring <think> blocks. Returns "Yes", "No" or None (unparseable)."""
+    if not text:
+        return None
+    body = strip_think(text)
+    tags = ANSWER_TAG_RE.findall(body)
+    if tags:
+        return tags[-1].capitalize()
+    words = _WORD_RE.findall(body)
+    return words[-1].capitalize() if words else None

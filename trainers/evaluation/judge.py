@@ -1,89 +1,23 @@
-"""The one evaluation path (DESIGN.md sections 3-5): used by test.py and by train.py's periodic validation.
+"""Evaluating the binary judge (DESIGN.md sections 3-5): used by test.py and by train.py's periodic validation.
 
-build_eval_items  -> which examples and which K candidates (seeded, or copied from a reference result JSON)
-rank_examples     -> score them with the judge and rank greedily or by a seeded Plackett-Luce sample
-sanity_rows       -> random and popularity rankings of the same candidates
-evaluate_split    -> the three above in one call, returning (samples, metrics)
+rank_examples     -> score (example, candidates) items with the judge; rank greedily or by a seeded PL sample
+evaluate_split    -> build_eval_items (trainers/evaluation/protocol.py) + rank_examples + metrics in one call
 
-Each sample is a dict of the result JSON schema (trainers/result_json.py).
+Each sample is a dict of the result JSON schema (trainers/evaluation/results.py).
 """
 from __future__ import annotations
 
 import random
 from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
-
-from trainers.candidates import sample_candidates
-from trainers.errors import UserInputError
-from trainers.metrics import (DEFAULT_KS, eval_ks, metrics_from_ranks, rank_from_ranking, ranking_from_scores,
-                              target_rank)
+from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, rank_from_ranking, ranking_from_scores, target_rank
+from trainers.evaluation.protocol import Item, build_eval_items
+from trainers.foundation.errors import UserInputError
+from trainers.foundation.seeding import derived_seed
+from trainers.rl.pl import gumbel_topk_sample
 
 MODES = ("greedy", "rollout")
 GEN_MODES = ("top1", "random", "all")
-
-Item = tuple[dict, list[int]]
-
-
-def _subseed(seed: int, interaction_id: int, stream: int) -> int:
-    """A 63-bit seed derived from (seed, interaction id, stream): per-sample randomness that does not
-    depend on batch composition or on which samples were already done (so resume is deterministic)."""
-    return int(np.random.SeedSequence([int(seed), int(interaction_id), int(stream)]).generate_state(1, np.uint64)[0]
-               >> np.uint64(1))
-
-
-def build_eval_items(dataset, split: str, num_samples: int | None, K: int, seed: int,
-                     reference: dict | None = None) -> list[Item]:
-    """(example, candidates) pairs to evaluate.
-
-    Without a reference: the split is shuffled with np.random.default_rng(seed) (so a subset is
-    representative, not the earliest users) and the first num_samples examples (None or <= 0 = all) get
-    K candidates from sample_candidates. With a reference result JSON: exactly its interaction ids and
-    candidate lists, in its order (num_samples, if > 0, keeps the first num_samples of them).
-    """
-    ds = dataset.split(split)
-    if K < 2:
-        raise UserInputError(f"--K {K}: must be >= 2 (the target plus at least one negative)")
-    if reference is not None:
-        return _items_from_reference(ds, split, num_samples, K, reference)
-    if K > dataset.n_items:
-        raise UserInputError(f"--K {K}: the item catalogue of this dataset has only {dataset.n_items} items; lower --K")
-    order = np.random.default_rng(int(seed)).permutation(len(ds))
-    if num_samples is not None and num_samples > 0:
-        order = order[:num_samples]
-    rows = ds.select([int(i) for i in order]).to_list() if len(order) else []
-    items: list[Item] = []
-    for ex in rows:
-        cands = sample_candidates(int(ex["item_id"]), ex["history_item_id"], dataset.n_items, K, seed,
-                                  int(ex["interaction_id"]))
-        items.append((ex, cands))
-    return items
-
-
-def _items_from_reference(ds, split: str, num_samples: int | None, K: int, reference: dict) -> list[Item]:
-    samples = reference["samples"]
-    if num_samples is not None and num_samples > 0:
-        samples = samples[:num_samples]
-    iid_to_row = {int(i): n for n, i in enumerate(ds["interaction_id"])}
-    rows_idx = []
-    for s in samples:
-        iid = int(s["interaction_id"])
-        if iid not in iid_to_row:
-            raise UserInputError(f"--reference_json: interaction_id {iid} is not in split {split!r} of this dataset; "
-                                 "use the dataset and --split the reference was made with")
-        if len(s["candidates"]) != K:
-            raise UserInputError(f"--reference_json: interaction_id {iid} has {len(s['candidates'])} candidates but "
-                                 f"--K is {K}; pass --K {len(s['candidates'])}")
-        rows_idx.append(iid_to_row[iid])
-    rows = ds.select(rows_idx).to_list() if rows_idx else []
-    items: list[Item] = []
-    for s, ex in zip(samples, rows):
-        cands = [int(c) for c in s["candidates"]]
-        if int(s["target_item_id"]) != int(ex["item_id"]) or int(ex["item_id"]) not in cands:
-            raise UserInputError(f"--reference_json: interaction_id {s['interaction_id']} has target "
-                                 f"{s['target_item_id']} but the dataset says {ex['item_id']}; different dataset?")
-        items.append((ex, cands))
-    return items
 
 
 def _chunks(xs: Sequence, n: int) -> Iterable[Sequence]:
@@ -100,7 +34,7 @@ def _reasoning_outputs(prompt, scores: Sequence[float], ranking_idx: Sequence[in
     if gen_mode == "top1":
         keep = [int(ranking_idx[0])]
     elif gen_mode == "random":
-        keep = [random.Random(_subseed(seed, iid, 3)).randrange(K)]
+        keep = [random.Random(derived_seed(seed, iid, 3)).randrange(K)]
     else:
         keep = list(range(K))
     out = []
@@ -141,8 +75,6 @@ def rank_examples(judge, prompter, items: Sequence[Item], mode: str = "greedy", 
     import torch
     from tqdm.auto import tqdm
 
-    from trainers.pl import gumbel_topk_sample
-
     if mode not in MODES:
         raise UserInputError(f"--mode {mode!r}: must be one of {'|'.join(MODES)}")
     if gen_mode not in GEN_MODES:
@@ -168,7 +100,7 @@ def rank_examples(judge, prompter, items: Sequence[Item], mode: str = "greedy", 
             with torch.no_grad():
                 if max_new_tokens > 0:
                     # Generation randomness is seeded per batch from its first interaction so reruns repeat.
-                    torch.manual_seed(_subseed(seed, int(batch[0][0]["interaction_id"]), 2))
+                    torch.manual_seed(derived_seed(seed, int(batch[0][0]["interaction_id"]), 2))
                     prompts = judge.generate_reasoning(prompts, max_new_tokens, do_sample=(mode == "rollout"),
                                                        scoring=scoring)
                 scores = judge.score_candidates(prompts, scoring=scoring).scores.float().cpu()
@@ -180,7 +112,7 @@ def rank_examples(judge, prompter, items: Sequence[Item], mode: str = "greedy", 
                     ranking = ranking_from_scores(cands, s_list, target)
                     rank = target_rank(s_list, t_idx)
                 else:
-                    g = torch.Generator().manual_seed(_subseed(seed, iid, 1))
+                    g = torch.Generator().manual_seed(derived_seed(seed, iid, 1))
                     order = gumbel_topk_sample(s.double(), temperature=temperature, generator=g).tolist()
                     ranking = [int(cands[i]) for i in order]
                     rank = rank_from_ranking(ranking, target)
@@ -204,19 +136,6 @@ def rank_examples(judge, prompter, items: Sequence[Item], mode: str = "greedy", 
         if was_training and hasattr(judge, "train"):
             judge.train()
     return samples
-
-
-def sanity_rows(samples: Sequence[dict], dataset, seed: int, ks: Iterable[int] = DEFAULT_KS) -> dict[str, dict]:
-    """Metrics of a random order and of train-split popularity on the same candidates (ties against the target)."""
-    pop = dataset.popularity
-    rand_ranks, pop_ranks = [], []
-    for s in samples:
-        cands = [int(c) for c in s["candidates"]]
-        t_idx = cands.index(int(s["target_item_id"]))
-        rng = np.random.default_rng(_subseed(seed, int(s["interaction_id"]), 4))
-        rand_ranks.append(target_rank(rng.random(len(cands)), t_idx))
-        pop_ranks.append(target_rank([pop[c] if c < len(pop) else 0.0 for c in cands], t_idx))
-    return {"random": metrics_from_ranks(rand_ranks, ks), "popularity": metrics_from_ranks(pop_ranks, ks)}
 
 
 def evaluate_split(judge, prompter, dataset, split: str, num_samples: int | None, K: int, K_eval: int | None,

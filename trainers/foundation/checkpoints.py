@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainers.errors import UserInputError
-from trainers.io_utils import atomic_write_json
+from trainers.foundation.errors import UserInputError
+from trainers.foundation.files import atomic_write_json
 
 COMPLETE_MARKER = "COMPLETE"
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainers.errors import UserInputError
+from trainers.foundation.errors import UserInputError
 
 SPLITS = ("train", "valid", "test")
 DATASET_TYPES = ("movies", "other")

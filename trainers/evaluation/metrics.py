@@ -52,6 +52,13 @@ def ndcg_at_tensor(rank, k: int):
     return torch.where(rank <= k, gain, torch.zeros_like(gain)).to(torch.float32)
 
 
+def ndcg_reward(ranking, target_index, k: int):
+    """NDCG@k of the single relevant candidate under each ranking (the PL-PPO reward, same formula as ndcg_at).
+    ranking [..., K] candidate indices best first, target_index [...] -> float32 [...]."""
+    pos = (ranking == target_index.unsqueeze(-1)).float().argmax(-1)  # 0-based position
+    return ndcg_at_tensor(pos + 1, k)
+
+
 def hr_at(rank: int, k: int) -> float:
     return 1.0 if rank <= k else 0.0
 

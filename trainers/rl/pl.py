@@ -30,13 +30,5 @@ def pl_log_prob(scores: torch.Tensor, ranking: torch.Tensor, temperature: float 
     return (s - suffix_lse).sum(-1)
 
 
-def ndcg_reward(ranking: torch.Tensor, target_index: torch.Tensor, k: int) -> torch.Tensor:
-    """NDCG@k of the single relevant candidate target_index under each ranking. ranking [B, K], target [B]."""
-    from trainers.metrics import ndcg_at_tensor
-
-    pos = (ranking == target_index.unsqueeze(-1)).float().argmax(-1)  # 0-based position
-    return ndcg_at_tensor(pos + 1, k)
-
-
 def log_num_permutations(K: int) -> float:
     return math.lgamma(K + 1)

@@ -15,8 +15,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from trainers.candidates import sample_candidates
-from trainers.errors import UserInputError
+from trainers.data.candidates import sample_candidates
+from prompters.answer_parsing import ANSWER_TAG_RE, parse_yes_no, strip_think
+from trainers.foundation.errors import UserInputError
 
 LABELS = ("Yes", "No")
 FORMATS = ("alpaca", "sharegpt")
@@ -30,32 +31,6 @@ SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human"
 # Drop reasons reported by process_sft_data.py.
 DROP_REASONS = ("api_error", "empty", "unparseable", "wrong")
 
-_THINK_RE = re.compile(r"<think>.*?(</think>|$)", re.S | re.I)
-_ANSWER_RE = re.compile(r"answer\s*[:：]?\s*\**\s*(yes|no)\b", re.I)
-_WORD_RE = re.compile(r"\b(yes|no)\b", re.I)
-
-
-# ---- answer parsing ----------------------------------------------------------------------------
-def strip_think(text: str) -> str:
-    """Remove <think>...</think> blocks (and an unterminated trailing <think> block): reasoning is not the answer."""
-    text = _THINK_RE.sub(" ", text or "")
-    # A response may also carry only the closing tag (the template opened <think> in the prompt).
-    if "</think>" in text.lower():
-        text = text[text.lower().rindex("</think>") + len("</think>"):]
-    return text
-
-
-def parse_yes_no(text: str | None) -> str | None:
-    """The final answer of a response: the last "Answer: Yes|No" tag, else the last standalone Yes/No word,
-    ignoring <think> blocks. Returns "Yes", "No" or None (unparseable)."""
-    if not text:
-        return None
-    body = strip_think(text)
-    tags = _ANSWER_RE.findall(body)
-    if tags:
-        return tags[-1].capitalize()
-    words = _WORD_RE.findall(body)
-    return words[-1].capitalize() if words else None
 
 
 def canonical_output(response: str, label: str) -> str:
@@ -64,7 +39,7 @@ def canonical_output(response: str, label: str) -> str:
     from prompters.prompts import ANSWER_PREFIX
 
     body = strip_think(response).strip()
-    if _ANSWER_RE.search(body):
+    if ANSWER_TAG_RE.search(body):
         return body
     return f"{body}\n{ANSWER_PREFIX} {label}".strip() if body.rstrip(".!").lower() not in ("yes", "no") \
         else f"{ANSWER_PREFIX} {label}"

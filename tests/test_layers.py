@@ -1,0 +1,93 @@
+"""The import rule of the layers (README "Layout"): a module imports only from its own layer or lower ones.
+
+    0 foundation   trainers/foundation/*, paths.py           (imports nothing else of ours)
+    1 prompters    prompters/*
+    2 models       models/*
+    3 data         trainers/data/*
+    4 rl           trainers/rl/*
+    5 evaluation   trainers/evaluation/*
+    6 trainers     trainers/*.py (the trainers and the scripts' shared argparse pieces)
+    7 scripts      train.py, test.py, preprocess.py, compare_model/, sft_train/, tools/
+
+Imports inside functions count as much as top-level ones (a lazy import would otherwise hide a cycle).
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAYERS = [("foundation", ("trainers.foundation", "paths")), ("prompters", ("prompters",)), ("models", ("models",)),
+          ("data", ("trainers.data",)), ("rl", ("trainers.rl",)), ("evaluation", ("trainers.evaluation",)),
+          ("trainers", ("trainers",))]
+OURS = ("trainers", "models", "prompters", "paths")
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of a dotted module name (the longest matching prefix wins); scripts are above all."""
+    best, best_len = len(LAYERS), -1
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > best_len:
+                best, best_len = i, len(p)
+    return best
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import of our packages in a file, nested imports included."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from pkg import sub` may import a submodule: judge by the most specific name that is a module.
+            for a in node.names:
+                full = f"{node.module}.{a.name}"
+                is_module = (REPO / Path(*full.split("."))).with_suffix(".py").is_file() or \
+                    (REPO / Path(*full.split("."))).is_dir()
+                out.append((node.lineno, full if is_module else node.module))
+    return [(ln, m) for ln, m in out if m.split(".")[0] in OURS]
+
+
+def library_files() -> list[Path]:
+    files = [REPO / "paths.py"]
+    for pkg in ("trainers", "models", "prompters"):
+        files += sorted((REPO / pkg).rglob("*.py"))
+    return files
+
+
+def test_layer_table_is_correct():
+    assert layer_of("trainers.foundation.errors") == 0 and layer_of("paths") == 0
+    assert layer_of("prompters.prompts") == 1 and layer_of("models.qwen_models") == 2
+    assert layer_of("trainers.data.dataset") == 3 and layer_of("trainers.rl.pl") == 4
+    assert layer_of("trainers.evaluation.metrics") == 5 and layer_of("trainers.ppo_trainer") == 6
+    assert layer_of("train") == len(LAYERS)
+
+
+@pytest.mark.parametrize("path", library_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_imports_run_one_way(path):
+    me = module_name(path)
+    mine = layer_of(me)
+    bad = [f"line {ln}: {m} ({LAYERS[layer_of(m)][0]})" for ln, m in imported_modules(path)
+           if layer_of(m) > mine]
+    assert not bad, f"{me} (layer {LAYERS[mine][0]}) imports from a higher layer: {bad}"
+
+
+def test_no_sys_path_edits():
+    hits = []
+    for p in REPO.rglob("*.py"):
+        if ".venv" in p.parts or ".git" in p.parts:
+            continue
+        if "sys.path.insert" in p.read_text(encoding="utf-8") and p.name != "test_layers.py":
+            hits.append(str(p.relative_to(REPO)))
+    assert not hits, f"sys.path edits (the project is importable through pip install -e .): {hits}"
