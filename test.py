@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from paths import HEADS_FILE, TOKENIZER_FILES, WEIGHT_FILES
 from trainers.foundation.errors import UserInputError, die
 
-from paths import HEADS_FILE, TOKENIZER_FILES, WEIGHT_FILES
 # Settings that change candidates or scores: a resumed run must match the existing file on all of them.
 RESUME_KEYS = ("dataset", "split", "K", "seed", "reference_json", "model", "checkpoint", "mode", "max_new_tokens",
                "temperature", "dataset_type", "prompt_template", "max_len_per_item", "user_window_size")
@@ -145,8 +145,8 @@ def resolve_checkpoint(resume_from: str | None, checkpoint_dir: str | None, outp
 
 def check_existing(out_path: Path, meta: dict, items_by_iid: dict[int, list[int]]) -> None:
     """Refuse to resume into results made with other settings (meta) or other candidates (partial samples)."""
-    from trainers.foundation.files import iter_jsonl
     from trainers.evaluation.results import load_result_json
+    from trainers.foundation.files import iter_jsonl
 
     if out_path.is_file():
         old = load_result_json(out_path, flag="--output_dir").get("meta", {})
@@ -223,8 +223,8 @@ def run(args: argparse.Namespace) -> dict:
     from models.qwen_models import load_judge_from_checkpoint
     from prompters.binary_prompter import BinaryPrompter
     from trainers.evaluation.judge import rank_examples
-    from trainers.evaluation.protocol import sanity_rows
     from trainers.evaluation.metrics import eval_ks, format_metrics_table, metrics_from_ranks
+    from trainers.evaluation.protocol import sanity_rows
     from trainers.evaluation.results import ResultWriter
 
     writer = ResultWriter(out_path, meta, resume=resume, flush_every=max(1, args.batch_size))

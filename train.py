@@ -6,7 +6,6 @@ Resume:           python train.py ... --resume_from last
 """
 from __future__ import annotations
 
-
 from trainers.foundation.errors import UserInputError, die
 
 

@@ -34,7 +34,6 @@ from pathlib import Path
 
 from trainers.foundation.errors import UserInputError
 
-
 # Settings that change the candidates or the answers: a rerun on the same --output_dir must match them.
 RESUME_KEYS = ("dataset", "split", "K", "seed", "reference_json", "candidate_mode", "model", "dataset_type",
                "user_window_size", "max_len_per_item", "prompt_template", "system_prompt", "temperature", "max_tokens")
@@ -91,8 +90,8 @@ def check_args(a: argparse.Namespace) -> None:
 def run_split(args, client, dataset, split: str, items, prompter, reference_path: str | None) -> dict:
     from trainers.cli import public_args
     from trainers.evaluation.api import api_metrics, evaluate_with_api
-    from trainers.evaluation.protocol import sanity_rows
     from trainers.evaluation.metrics import eval_ks, format_metrics_table
+    from trainers.evaluation.protocol import sanity_rows
     from trainers.evaluation.results import ResultWriter, check_resume_settings
 
     suffix = "" if split == "test" else f"_{split}"
@@ -126,8 +125,8 @@ def run_split(args, client, dataset, split: str, items, prompter, reference_path
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from trainers.cli import api_script_errors, client_from_args
     from models.api_client import resolve_api_key
+    from trainers.cli import api_script_errors, client_from_args
 
     with api_script_errors(args):
         check_args(args)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from trainers.foundation.errors import UserInputError, die
 
-
 # Settings that change candidates or scores: a rerun on the same result JSON must match them.
 RESUME_KEYS = ("model", "dataset", "split", "seed", "K", "candidate_source", "user_window_size", "max_new_tokens",
                "category", "model_type")
@@ -69,11 +68,11 @@ def run(args: argparse.Namespace) -> dict:
     from models.rrec_models import load_rrec_model
     from prompters.rrec_prompter import RRecPrompter, category_from_dataset_dir
     from trainers.data.dataset import load_processed_dataset
+    from trainers.evaluation.metrics import eval_ks, format_metrics_table
     from trainers.evaluation.protocol import build_eval_items, sanity_rows
+    from trainers.evaluation.results import ResultWriter, check_resume_settings, load_result_json
     from trainers.evaluation.rrec import compute_item_table, rank_with_rrec, rrec_metrics
     from trainers.GRecTrainer import latest_checkpoint
-    from trainers.evaluation.metrics import eval_ks, format_metrics_table
-    from trainers.evaluation.results import ResultWriter, check_resume_settings, load_result_json
 
     if args.batch_size < 1:
         raise UserInputError(f"--batch_size {args.batch_size}: must be >= 1")

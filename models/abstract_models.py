@@ -7,9 +7,8 @@ from typing import Sequence
 
 import torch
 
-from trainers.foundation.errors import UserInputError
-
 from paths import HEADS_FILE, TOKENIZER_FILES  # noqa: F401  (re-exported)
+from trainers.foundation.errors import UserInputError
 
 
 def resolve_device(device: str | None = None) -> torch.device:

@@ -14,8 +14,13 @@ from typing import Sequence
 
 import torch
 
-from models.abstract_models import (load_causal_lm, load_tokenizer, resolve_attn_implementation, resolve_device,
-                                    resolve_dtype)
+from models.abstract_models import (
+    load_causal_lm,
+    load_tokenizer,
+    resolve_attn_implementation,
+    resolve_device,
+    resolve_dtype,
+)
 from trainers.foundation.errors import UserInputError
 
 
@@ -100,8 +105,8 @@ def run_prompt_file(model_path: str, input_file: str, output_file: str, device: 
     """
     from tqdm import tqdm
 
-    from trainers.foundation.files import append_jsonl, read_jsonl
     from prompters.answer_parsing import parse_yes_no
+    from trainers.foundation.files import append_jsonl, read_jsonl
 
     if batch_size < 1:
         raise UserInputError(f"--batch_size {batch_size}: must be >= 1")

@@ -13,8 +13,17 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from models.abstract_models import (AbstractRecModel, check_model_dir, load_causal_lm, load_tokenizer, pad_left,
-                                    pad_right, resolve_attn_implementation, resolve_device, resolve_dtype)
+from models.abstract_models import (
+    AbstractRecModel,
+    check_model_dir,
+    load_causal_lm,
+    load_tokenizer,
+    pad_left,
+    pad_right,
+    resolve_attn_implementation,
+    resolve_device,
+    resolve_dtype,
+)
 from prompters import prompts
 from prompters.binary_prompter import UserPrompt
 from trainers.foundation.errors import UserInputError

@@ -18,9 +18,17 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from models.abstract_models import (AbstractRecModel, check_model_dir, load_causal_lm, load_tokenizer,  # noqa: F401
-                                    pad_left, pad_right, resolve_attn_implementation, resolve_device,
-                                    resolve_dtype)
+from models.abstract_models import (  # noqa: F401
+    AbstractRecModel,
+    check_model_dir,
+    load_causal_lm,
+    load_tokenizer,
+    pad_left,
+    pad_right,
+    resolve_attn_implementation,
+    resolve_device,
+    resolve_dtype,
+)
 from prompters.rrec_prompter import RRecPrompter, check_model_type
 from trainers.foundation.errors import UserInputError
 

@@ -53,13 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        import json
+
         from models.abstract_models import load_tokenizer
         from paths import resolve_model_path
         from prompters.binary_prompter import BinaryPrompter
         from trainers.data.dataset import load_processed_dataset
-        from trainers.foundation.files import atomic_write_text
         from trainers.data.sft import sample_sft_prompts
-        import json
+        from trainers.foundation.files import atomic_write_text
 
         ds = load_processed_dataset(args.dataset_dir, flag="--dataset_dir")
         flag = "--tokenizer" if args.tokenizer else "--model_type"

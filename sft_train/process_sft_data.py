@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     out = args.output_file or default_output(args.format)
     try:
-        from trainers.foundation.files import atomic_write_json, iter_jsonl
         from trainers.data.sft import DROP_REASONS, filter_sft_rows
+        from trainers.foundation.files import atomic_write_json, iter_jsonl
 
         rows = iter_jsonl(args.input_file, flag="--input_file", skip_bad_lines=args.skip_bad_lines)
         records, counts = filter_sft_rows(rows, args.format, args.keep_reasoning, args.canonical_answer,

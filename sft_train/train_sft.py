@@ -90,10 +90,15 @@ def train(args: argparse.Namespace) -> str:
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
-    from models.abstract_models import (check_model_dir, load_causal_lm, load_tokenizer, resolve_attn_implementation,
-                                        resolve_device)
-    from trainers.foundation.files import append_jsonl
+    from models.abstract_models import (
+        check_model_dir,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_attn_implementation,
+        resolve_device,
+    )
     from trainers.data.sft import SFTCollator, SFTDataset
+    from trainers.foundation.files import append_jsonl
 
     path = check_model_dir(args.model_name_or_path)
     if (os.path.isdir(args.output_dir) and os.listdir(args.output_dir) and not args.resume_from_checkpoint

@@ -1,4 +1,4 @@
-"""models/api_client.py against a real loopback OpenAI-compatible HTTP server (tests/fixtures/loopback_api.py)."""
+"""models/api_client.py against a real loopback OpenAI-compatible HTTP server (models/loopback_server.py)."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from models.api_client import ApiJob, ChatClient, load_done, resolve_api_key, run_jobs
+from models.loopback_server import LoopbackAPI
 from trainers.cli import public_args
-from tests.fixtures.loopback_api import LoopbackAPI
 from trainers.foundation.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]

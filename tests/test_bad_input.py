@@ -147,9 +147,9 @@ def _tree_hashes(*roots: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory) -> dict:
     """Tiny model, processed data and one of each kind of bad file, all under one root."""
-    from tests.fixtures.amazon_synth import write_amazon_raw
-    from tests.fixtures.tiny_model import build_tiny_qwen
+    from tests.fixtures.assets import build_tiny_qwen
     from trainers.data.amazon import PreprocessConfig, run_preprocess
+    from trainers.data.synthetic import write_amazon_raw
 
     root = tmp_path_factory.mktemp("badinput")
     c: dict = {"root": root}

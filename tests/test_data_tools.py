@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.scripts import load_script
-
-from tests.fixtures.amazon_synth import build_processed_dataset
 from trainers.data.amazon import download
+from trainers.data.synthetic import build_processed_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CAT = "Video_Games"
@@ -43,7 +42,7 @@ def test_analyze(dataset_dir):
 
 
 def test_analyze_with_tokenizer(dataset_dir, tmp_path):
-    tiny = pytest.importorskip("tests.fixtures.tiny_model")
+    tiny = pytest.importorskip("models.tiny")
     tok_dir = tmp_path / "tok"
     tiny.build_tiny_tokenizer(tok_dir)
     p = _tool("analyze_processed_dataset.py", "--dataset_dir", str(dataset_dir), "--tokenizer", str(tok_dir))

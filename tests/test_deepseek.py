@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import loopback_api as lb
+import models.loopback_server as lb
 from prompters.answer_parsing import fallback_ranking, parse_ranking, strip_think
 from trainers.evaluation.api import sample_from_row
 

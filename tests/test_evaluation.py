@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainers.foundation.errors import UserInputError
-from trainers.evaluation.protocol import build_eval_items, sanity_rows
 from trainers.evaluation.judge import evaluate_split, rank_examples
 from trainers.evaluation.metrics import metrics_from_ranks, rank_from_ranking, target_rank
+from trainers.evaluation.protocol import build_eval_items, sanity_rows
+from trainers.foundation.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,14 +28,14 @@ def _run(cmd, env: dict | None = None):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from tests.fixtures.tiny_model import build_tiny_qwen
+    from tests.fixtures.assets import build_tiny_qwen
 
     return build_tiny_qwen(tmp_path_factory.mktemp("tiny") / "tiny-qwen")
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    from tests.fixtures.amazon_synth import write_amazon_raw
+    from trainers.data.synthetic import write_amazon_raw
 
     root = tmp_path_factory.mktemp("amazon")
     write_amazon_raw(root / "raw", category="Video_Games", n_users=120, n_items=80, seed=0)

@@ -57,8 +57,8 @@ def _kill_after(argv: list[str], partial: Path, n_lines: int, timeout: float = 2
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from tests.fixtures.amazon_synth import write_amazon_raw
-    from tests.fixtures.tiny_model import build_tiny_qwen
+    from tests.fixtures.assets import build_tiny_qwen
+    from trainers.data.synthetic import write_amazon_raw
 
     root = tmp_path_factory.mktemp("faults")
     model = build_tiny_qwen(root / "tiny")
@@ -187,8 +187,8 @@ WRITER = textwrap.dedent("""
 
 
 def test_result_writer_survives_sigkill(tmp_path):
-    from trainers.foundation.files import iter_jsonl
     from trainers.evaluation.results import ResultWriter, load_result_json
+    from trainers.foundation.files import iter_jsonl
 
     path = tmp_path / "res.json"
     partial = Path(str(path) + ".partial.jsonl")

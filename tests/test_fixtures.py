@@ -2,7 +2,7 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.fixtures.tiny_model import build_tiny_qwen
+from tests.fixtures.assets import build_tiny_qwen
 
 
 def test_tiny_qwen_loads_through_auto_classes_and_generates(tmp_path):

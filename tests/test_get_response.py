@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.loopback_api import LoopbackAPI, prompt_text
+from models.loopback_server import LoopbackAPI, prompt_text
 
 REPO = Path(__file__).resolve().parents[1]
 

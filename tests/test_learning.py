@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.fixtures.assets import build_tiny_qwen
 from tests.fixtures.ppo_train import build_dataset, run_train, train_cmd
-from tests.fixtures.tiny_model import build_tiny_qwen
 
 N_TEST = 300
 K_TEST = 10
@@ -57,8 +57,8 @@ def _paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 @pytest.mark.learning
 def test_training_beats_untrained_and_popularity(tmp_path):
-    from trainers.evaluation.protocol import sanity_rows
     from trainers.evaluation.metrics import format_metrics_table, target_rank
+    from trainers.evaluation.protocol import sanity_rows
 
     data = build_dataset(tmp_path)
     model = build_tiny_qwen(tmp_path / "tiny")

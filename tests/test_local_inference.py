@@ -21,7 +21,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from tests.fixtures.tiny_model import build_tiny_qwen
+    from tests.fixtures.assets import build_tiny_qwen
 
     return build_tiny_qwen(tmp_path_factory.mktemp("tiny") / "tiny-qwen")
 

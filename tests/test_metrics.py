@@ -9,7 +9,14 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from trainers.evaluation.metrics import (eval_ks, format_metrics_table, metrics_from_ranks, rank_from_ranking, ranking_from_scores, target_rank)
+from trainers.evaluation.metrics import (
+    eval_ks,
+    format_metrics_table,
+    metrics_from_ranks,
+    rank_from_ranking,
+    ranking_from_scores,
+    target_rank,
+)
 from trainers.rl.pl import gumbel_topk_sample, pl_log_prob
 
 

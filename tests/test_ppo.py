@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from trainers.foundation.errors import UserInputError
-from trainers.rl.losses import clipped_value_loss, clipped_surrogate
 from trainers.foundation.seeding import derived_seed
-from trainers.rl.kl import kl_penalty
 from trainers.ppo_trainer import lr_lambda_factory, sample_step_indices, step_candidate_seed
 from trainers.rl.advantages import normalize_advantages
+from trainers.rl.kl import kl_penalty
+from trainers.rl.losses import clipped_surrogate, clipped_value_loss
 
 
 def test_clipped_surrogate_value_and_gradient_by_hand():

@@ -12,8 +12,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.fixtures.amazon_synth import SUBCATEGORIES, synthetic_corpus, title_subcategory, write_amazon_raw
-from trainers.data.amazon import (EXAMPLE_COLUMNS, ITEM_COLUMNS, PreprocessConfig, clean_text, kcore, parse_price, run_preprocess, valid_title)
+from trainers.data.amazon import (
+    EXAMPLE_COLUMNS,
+    ITEM_COLUMNS,
+    PreprocessConfig,
+    clean_text,
+    kcore,
+    parse_price,
+    run_preprocess,
+    valid_title,
+)
+from trainers.data.synthetic import SUBCATEGORIES, synthetic_corpus, title_subcategory, write_amazon_raw
 
 REPO = Path(__file__).resolve().parents[1]
 CAT = "Video_Games"

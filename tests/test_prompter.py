@@ -2,7 +2,7 @@
 import pytest
 
 from prompters.binary_prompter import BinaryPrompter, load_template
-from tests.fixtures.tiny_model import build_tiny_tokenizer
+from tests.fixtures.assets import build_tiny_tokenizer
 from trainers.data.candidates import sample_candidates
 from trainers.foundation.errors import UserInputError
 

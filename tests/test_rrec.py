@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from trainers.RecPOTrainer import catalogue_ranks, fused_reward, select_topk_rollouts
-from trainers.rl.losses import clipped_surrogate, inbatch_rec_loss
 from trainers.rl.advantages import group_advantages
+from trainers.rl.losses import clipped_surrogate, inbatch_rec_loss
 
 REPO = Path(__file__).resolve().parents[1]
 CAT = "Video_Games"
@@ -22,14 +22,14 @@ CAT = "Video_Games"
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from tests.fixtures.tiny_model import build_tiny_qwen
+    from tests.fixtures.assets import build_tiny_qwen
 
     return build_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen"))
 
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    from tests.fixtures.amazon_synth import build_processed_dataset
+    from trainers.data.synthetic import build_processed_dataset
 
     return build_processed_dataset(tmp_path_factory.mktemp("rrec_raw"), tmp_path_factory.mktemp("rrec_data"), CAT,
                                    n_users=120, n_items=60, n_subcats=3, min_items=10)
@@ -184,8 +184,8 @@ def test_rrec_eval_sampled_then_reference(trained, dataset_dir, tmp_path):
     from compare_model import rrec
     from trainers.data.candidates import sample_candidates
     from trainers.data.dataset import load_processed_dataset
-    from trainers.foundation.errors import UserInputError
     from trainers.evaluation.results import ResultWriter, load_result_json
+    from trainers.foundation.errors import UserInputError
 
     _, _, run_dir = trained
     # 1) the script itself, candidates sampled with --seed, full-catalogue extra mode

@@ -1,6 +1,6 @@
 """The SFT chain (DESIGN.md section 7) on the synthetic dataset and the tiny model, offline on CPU:
 
-generate_prompts -> get_response_by_deepseek (real HTTP against tests/fixtures/loopback_api.py, answering
+generate_prompts -> get_response_by_deepseek (real HTTP against models/loopback_server.py, answering
 correctly / wrongly / unparseably / with an API error by prompt id) -> process_sft_data -> train_sft ->
 train.py starting from the SFT model. Plus unit checks: match_ratio within a binomial 4-sigma bound, the
 Yes/No parser, drop counts, LLaMA-Factory file consistency and the prompt loss mask.
@@ -16,12 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.scripts import load_script
-
-from trainers.foundation.errors import UserInputError
-from trainers.data.sft import (ALPACA_COLUMNS, IGNORE_INDEX, SHAREGPT_COLUMNS, SHAREGPT_TAGS, SFTCollator,
-                               accuracy_report, encode_sft_example, filter_sft_rows)
 from prompters.answer_parsing import parse_yes_no
+from tests.fixtures.scripts import load_script
+from trainers.data.sft import (
+    ALPACA_COLUMNS,
+    IGNORE_INDEX,
+    SHAREGPT_COLUMNS,
+    SHAREGPT_TAGS,
+    SFTCollator,
+    accuracy_report,
+    encode_sft_example,
+    filter_sft_rows,
+)
+from trainers.foundation.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,14 +44,14 @@ def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from tests.fixtures.tiny_model import build_tiny_qwen
+    from tests.fixtures.assets import build_tiny_qwen
 
     return build_tiny_qwen(tmp_path_factory.mktemp("tiny") / "tiny-qwen")
 
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    from tests.fixtures.amazon_synth import build_processed_dataset
+    from trainers.data.synthetic import build_processed_dataset
 
     return build_processed_dataset(tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("data"), CAT,
                                    n_users=120, n_items=80, n_subcats=3, min_items=10)
@@ -260,7 +267,7 @@ def _api_answers(prompts: list[dict]):
 
 
 def _get_responses(prompts_file: Path, out: Path, prompts: list[dict]) -> None:
-    from tests.fixtures.loopback_api import LoopbackAPI
+    from models.loopback_server import LoopbackAPI
 
     script = REPO / "sft_train/get_response_by_deepseek.py"
     with LoopbackAPI(_api_answers(prompts)) as api:

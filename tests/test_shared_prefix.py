@@ -8,10 +8,15 @@ import pytest
 import torch
 
 from models.qwen_models import QwenBinaryJudge
-from models.shared_prefix import (generate_shared_prefix, packed_allowed, resolve_method, score_shared_prefix,
-                                  user_chunks)
+from models.shared_prefix import (
+    generate_shared_prefix,
+    packed_allowed,
+    resolve_method,
+    score_shared_prefix,
+    user_chunks,
+)
 from prompters.binary_prompter import UserPrompt
-from tests.fixtures.tiny_model import build_tiny_qwen
+from tests.fixtures.assets import build_tiny_qwen
 from trainers.rl.pl import gumbel_topk_sample, pl_log_prob
 
 TOL = 1e-4

@@ -5,8 +5,12 @@ import json
 
 import pytest
 
-from tests.fixtures.ppo_train import ppo_assets  # noqa: F401 (session fixture)
-from tests.fixtures.ppo_train import load_weights, run_train, train_cmd
+from tests.fixtures.ppo_train import (
+    load_weights,
+    ppo_assets,  # noqa: F401 (session fixture)
+    run_train,
+    train_cmd,
+)
 
 FAST = ["--K", "4", "--K_eval", "3", "--batch_size", "2", "--max_len_per_item", "4", "--user_window_size", "3",
         "--ppo_epochs", "2", "--lr_actor", "1e-3", "--lr_critic", "1e-3", "--num_valid_samples", "6",

@@ -10,9 +10,15 @@ import time
 
 import pytest
 
-from tests.fixtures.ppo_train import ppo_assets  # noqa: F401 (session fixture)
-from tests.fixtures.ppo_train import REPO, load_weights, run_train, train_cmd, train_env
-from tests.fixtures.tiny_model import build_tiny_qwen
+from tests.fixtures.assets import build_tiny_qwen
+from tests.fixtures.ppo_train import (
+    REPO,
+    load_weights,
+    ppo_assets,  # noqa: F401 (session fixture)
+    run_train,
+    train_cmd,
+    train_env,
+)
 from trainers.foundation.errors import UserInputError
 
 N_STEPS = 8

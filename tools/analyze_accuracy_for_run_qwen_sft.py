@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--skip_bad_lines", action="store_true", help="skip malformed JSONL lines instead of failing")
     args = p.parse_args(argv)
     try:
-        from trainers.foundation.files import iter_jsonl
         from trainers.data.sft import accuracy_report, format_accuracy_report
+        from trainers.foundation.files import iter_jsonl
 
         rep = accuracy_report(iter_jsonl(args.input_file, skip_bad_lines=args.skip_bad_lines))
         if rep["n"] == 0:

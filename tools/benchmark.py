@@ -23,15 +23,14 @@ term 4 * layers * hidden * attended (query, key) pairs; x3 for a train step).
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import argparse
 import gc
 import random
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -67,14 +66,15 @@ def build_judge(args: argparse.Namespace, tmp: Path):
     """The judge for --shape: tiny loads the test fixture from disk; others are random Qwen2s built in memory."""
     from models.abstract_models import resolve_attn_implementation, resolve_device, resolve_dtype
     from models.qwen_models import QwenBinaryJudge
-    from tests.fixtures.tiny_model import build_tiny_qwen, build_tiny_tokenizer
+    from models.tiny import build_tiny_qwen, build_tiny_tokenizer
+    from trainers.data.synthetic import synthetic_corpus
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     attn = resolve_attn_implementation(args.attn_implementation, device, dtype)
     torch.manual_seed(args.seed)
     if args.shape == "tiny":
-        path = build_tiny_qwen(tmp / "tiny")
+        path = build_tiny_qwen(tmp / "tiny", corpus=synthetic_corpus())
         judge = QwenBinaryJudge(str(path), device=str(device), dtype=args.dtype, attn_implementation=attn,
                                 micro_batch_size=args.micro_batch_size)
     else:
@@ -145,9 +145,9 @@ class TrainStep:
     """One PL-PPO update on a fixed rollout (same rollout for both paths)."""
 
     def __init__(self, judge, users, K_eval: int, temperature: float, seed: int) -> None:
-        from trainers.rl.pl import gumbel_topk_sample, pl_log_prob
         from trainers.evaluation.metrics import ndcg_reward
         from trainers.rl.losses import clipped_surrogate, clipped_value_loss
+        from trainers.rl.pl import gumbel_topk_sample, pl_log_prob
 
         self.judge, self.users, self.tau = judge, users, temperature
         self.pl_log_prob = pl_log_prob

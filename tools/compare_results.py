@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from trainers.foundation.errors import UserInputError, die
 from trainers.evaluation.metrics import eval_ks, format_metrics_table, metrics_from_ranks, rank_from_ranking
 from trainers.evaluation.results import load_result_json
+from trainers.foundation.errors import UserInputError, die
 
 
 def candidate_sets(data: dict) -> dict[int, frozenset]:

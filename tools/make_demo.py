@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tests.fixtures.amazon_synth import write_amazon_raw
-from tests.fixtures.tiny_model import build_tiny_qwen
+from models.tiny import build_tiny_qwen
+from trainers.data.synthetic import synthetic_corpus, write_amazon_raw
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out_dir)
     files = write_amazon_raw(out / "raw", category=args.category, n_users=args.n_users, n_items=args.n_items, seed=args.seed)
-    model_dir = build_tiny_qwen(out / "tiny-qwen", hidden_size=args.hidden_size,
+    model_dir = build_tiny_qwen(out / "tiny-qwen", corpus=synthetic_corpus(), hidden_size=args.hidden_size,
                                 num_hidden_layers=args.num_hidden_layers, seed=args.seed)
     for f in files.values():
         print(f"raw file: {f}")

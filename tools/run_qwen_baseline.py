@@ -9,7 +9,6 @@ python tools/run_qwen_baseline.py --model_path models_hub/Qwen2.5-3B-Instruct \
 """
 from __future__ import annotations
 
-
 from models.local_inference import inference_cli
 
 

@@ -10,7 +10,6 @@ python tools/run_qwen_sft.py --model_path outputs/sft --input_file sft_train/pro
 """
 from __future__ import annotations
 
-
 from models.local_inference import inference_cli
 
 

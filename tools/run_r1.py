@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from trainers.cli import answer_jobs, api_script_errors
     from models.api_client import prompt_jobs_from_jsonl, resolve_api_key
+    from trainers.cli import answer_jobs, api_script_errors
 
     args = build_parser().parse_args(argv)
     with api_script_errors(args):

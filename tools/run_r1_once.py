@@ -25,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from trainers.cli import api_script_errors, client_from_args
     from models.api_client import resolve_api_key
+    from trainers.cli import api_script_errors, client_from_args
 
     args = build_parser().parse_args(argv)
     with api_script_errors(args):

@@ -26,7 +26,6 @@ from trainers.foundation.errors import UserInputError
 from trainers.foundation.files import append_jsonl
 
 
-
 # ------------------------------------------------------------------------------------ arguments
 def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
@@ -249,7 +248,12 @@ class GRecTrainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
-        from trainers.foundation.checkpoints import (capture_rng_state, finalize_checkpoint, rotate_checkpoints, tmp_checkpoint_dir)
+        from trainers.foundation.checkpoints import (
+            capture_rng_state,
+            finalize_checkpoint,
+            rotate_checkpoints,
+            tmp_checkpoint_dir,
+        )
 
         acc = self.accelerator
         tmp = tmp_checkpoint_dir(self.out_dir, self.step)

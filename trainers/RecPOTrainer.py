@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 
 from models.rrec_models import pad_right
-from trainers.GRecTrainer import GRecTrainer
 from trainers.evaluation.metrics import ndcg_at
+from trainers.GRecTrainer import GRecTrainer
 from trainers.rl.advantages import group_advantages
 from trainers.rl.losses import clipped_surrogate, inbatch_rec_loss
 

@@ -149,8 +149,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def validate_args(args: argparse.Namespace) -> None:
     """Checks that need no data or model; raise UserInputError with a one-line message."""
-    from trainers.data.dataset import check_dataset_type
     from models.qwen_models import SCORING_MODES
+    from trainers.data.dataset import check_dataset_type
 
     check_dataset_type(args.dataset_type)
     if args.K < 2:
@@ -327,8 +327,8 @@ class PPOTrainer:
         from models.abstract_models import check_model_dir
         from models.qwen_models import QwenBinaryJudge
         from prompters.binary_prompter import BinaryPrompter
-        from trainers.foundation.checkpoints import check_same_model_shape, read_trainer_state, resolve_resume_path
         from trainers.data.dataset import load_processed_dataset
+        from trainers.foundation.checkpoints import check_same_model_shape, read_trainer_state, resolve_resume_path
 
         self.args = args
         self.out = Path(args.output_dir)
@@ -460,9 +460,8 @@ class PPOTrainer:
         return lp
 
     def train_step(self, step: int) -> dict[str, Any]:
-        from trainers.evaluation.metrics import ndcg_at, target_rank
+        from trainers.evaluation.metrics import ndcg_at, ndcg_reward, target_rank
         from trainers.rl.pl import gumbel_topk_sample
-        from trainers.evaluation.metrics import ndcg_reward
 
         a, info, judge = self.args, self.info, self.judge
         t0 = time.time()
@@ -557,8 +556,8 @@ class PPOTrainer:
     # ---- validation, examples, checkpoints -----------------------------------------------------
     def validate(self) -> dict[str, float] | None:
         """Greedy NDCG on --num_valid_samples validation examples (rank 0 only; others wait)."""
-        from trainers.foundation.checkpoints import capture_rng_state, restore_rng_state
         from trainers.evaluation.judge import evaluate_split
+        from trainers.foundation.checkpoints import capture_rng_state, restore_rng_state
 
         res = None
         if self.info.is_main:
@@ -589,7 +588,12 @@ class PPOTrainer:
         write("\n".join(lines))
 
     def save_checkpoint(self, step: int) -> None:
-        from trainers.foundation.checkpoints import (capture_rng_state, finalize_checkpoint, rotate_checkpoints, tmp_checkpoint_dir)
+        from trainers.foundation.checkpoints import (
+            capture_rng_state,
+            finalize_checkpoint,
+            rotate_checkpoints,
+            tmp_checkpoint_dir,
+        )
 
         tmp = tmp_checkpoint_dir(self.out, step)
         if self.info.is_main:

@@ -10,8 +10,8 @@ import os
 from typing import Any, Iterable, Sequence
 
 from prompters.answer_parsing import STATUSES, fallback_ranking, parse_ranking
-from trainers.foundation.errors import UserInputError
 from trainers.evaluation.metrics import metrics_from_ranks, target_rank
+from trainers.foundation.errors import UserInputError
 
 API_ERROR = "api_error"  # the request failed after all retries (not a parse status of an answer)
 

@@ -13,9 +13,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from trainers.evaluation.metrics import metrics_from_ranks
 from trainers.foundation.errors import UserInputError
 from trainers.foundation.files import append_jsonl, atomic_write_json, iter_jsonl, repair_jsonl_tail
-from trainers.evaluation.metrics import metrics_from_ranks
 
 SAMPLE_KEYS = ("interaction_id", "user_id", "target_item_id", "candidates", "scores", "ranking", "target_rank")
 
