@@ -12,6 +12,9 @@ from trainers.foundation.errors import UserInputError
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 HEADS_FILE = "heads.safetensors"  # our value head, next to the save_pretrained files
+# A PEFT (LoRA) adapter directory: adapter_config.json names the base model, the weights are the adapter's only.
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 MODEL_ROOT_ENV = "OURREC_MODEL_ROOT"
 DEFAULT_MODEL_ROOT = "models_hub"

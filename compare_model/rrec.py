@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> dict:
     from trainers.evaluation.protocol import build_eval_items, sanity_rows
     from trainers.evaluation.results import ResultWriter, check_resume_settings, load_result_json
     from trainers.evaluation.rrec import compute_item_table, rank_with_rrec, rrec_metrics
-    from trainers.GRecTrainer import latest_checkpoint
+    from trainers.foundation.checkpoints import resolve_checkpoint
 
     if args.batch_size < 1:
         raise UserInputError(f"--batch_size {args.batch_size}: must be >= 1")
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> dict:
     dataset = load_processed_dataset(args.dataset_dir, flag="--dataset_dir")
     reference = load_result_json(args.reference_json) if args.reference_json else None
     items = build_eval_items(dataset, args.split, args.num_samples, args.K, args.seed, reference=reference)
-    ckpt = latest_checkpoint(args.checkpoint_path)
+    ckpt = resolve_checkpoint(args.checkpoint_path, args.checkpoint_path, flag="--checkpoint_path")
     model = load_rrec_model(str(ckpt), device=args.device, dtype=args.dtype,
                             attn_implementation=args.attn_implementation, model_type=args.model_type,
                             micro_batch_size=args.item_batch_size)

@@ -1,14 +1,29 @@
-"""Shared model plumbing: device/dtype/attention choice and safe loading of HF checkpoints."""
+"""Shared model plumbing: device/dtype/attention choice, loading full models and PEFT adapters, LoRA, saving.
+
+Precision (DESIGN.md section 5): training keeps fp32 master weights and computes in bf16 under autocast
+(accelerate's mixed precision); `load_causal_lm(..., dtype=torch.float32)` is what trainers load. Inference
+loads in bf16 on CUDA (`--dtype auto`). Pure bf16 weights in training are an explicit opt-in of each trainer.
+
+Attention (chosen once per run, `resolve_attn_implementation`): FlashAttention-2 takes no arbitrary 4D mask,
+so a run that packs a user's K candidates into one sequence (`--scoring shared`) uses SDPA (or flex_attention)
+for every forward of the run: rollout, update and the recompute of checkpointed layers all see the same kernel.
+"""
 from __future__ import annotations
 
 import importlib.util
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from paths import HEADS_FILE, TOKENIZER_FILES  # noqa: F401  (re-exported)
+from paths import (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, HEADS_FILE, TOKENIZER_FILES,  # noqa: F401 (re-exported)
+                   WEIGHT_FILES, resolve_model_path)
 from trainers.foundation.errors import UserInputError
+
+ATTN_IMPLEMENTATIONS = ("auto", "flash_attention_2", "sdpa", "flex_attention", "eager")
+MASK_CAPABLE_ATTN = ("sdpa", "flex_attention", "eager")  # accept the packed 4D block mask
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -16,7 +31,10 @@ def resolve_device(device: str | None = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise UserInputError(f"--device {device!r}: {e}")
 
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
@@ -33,32 +51,72 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 
 def flash_attn_usable(device: torch.device, dtype: torch.dtype) -> bool:
+    """FA2 needs CUDA, a 16-bit compute dtype (bf16 autocast counts) and the flash-attn package."""
     return (device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
             and importlib.util.find_spec("flash_attn") is not None)
 
 
-def resolve_attn_implementation(requested: str | None, device: torch.device, dtype: torch.dtype) -> str:
-    """auto -> flash_attention_2 when installed and usable, else sdpa. Explicit values are checked."""
+def resolve_attn_implementation(requested: str | None, device: torch.device, dtype: torch.dtype,
+                                packed_mask: bool = False) -> str:
+    """The run's one attention implementation.
+
+    auto: sdpa when the run packs candidates with a 4D block mask (packed_mask, i.e. --scoring shared), else
+    flash_attention_2 when usable, else sdpa. An explicit flash_attention_2 with packed_mask is refused: FA2 would
+    silently drop (or crash on) the block mask."""
     if requested in (None, "", "auto"):
+        if packed_mask:
+            return "sdpa"
         return "flash_attention_2" if flash_attn_usable(device, dtype) else "sdpa"
-    if requested == "flash_attention_2" and not flash_attn_usable(device, dtype):
-        raise UserInputError("--attn_implementation flash_attention_2 needs CUDA, bf16/fp16 and the flash-attn package "
-                             "(pip install -r requirements-gpu.txt); use sdpa")
-    if requested not in ("flash_attention_2", "sdpa", "eager", "flex_attention"):
-        raise UserInputError(f"--attn_implementation {requested!r}: must be auto|flash_attention_2|sdpa|flex_attention|eager")
+    if requested not in ATTN_IMPLEMENTATIONS:
+        raise UserInputError(f"--attn_implementation {requested!r}: must be {'|'.join(ATTN_IMPLEMENTATIONS)}")
+    if requested == "flash_attention_2":
+        if packed_mask:
+            raise UserInputError("--attn_implementation flash_attention_2 cannot run --scoring shared (FA2 takes no "
+                                 "4D block mask); use sdpa or flex_attention, or --scoring naive")
+        if not flash_attn_usable(device, dtype):
+            raise UserInputError("--attn_implementation flash_attention_2 needs CUDA, bf16/fp16 and the flash-attn "
+                                 "package (pip install -r requirements-gpu.txt); use sdpa")
     return requested
 
 
-def check_model_dir(path: str | Path, flag: str = "--model_name_or_path") -> Path:
-    """A local HF checkpoint directory with config and tokenizer files, or a clear error."""
-    from paths import resolve_model_path
+# ---------------------------------------------------------------------------------------------- directories
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG_FILE).is_file()
 
+
+def adapter_base_path(adapter_dir: str | Path, base_model: str | None = None,
+                      flag: str = "--base_model_name_or_path") -> Path:
+    """The base model of a PEFT adapter: base_model if given, else the adapter's recorded
+    base_model_name_or_path (a directory or a name known to paths.py)."""
+    if base_model:
+        return Path(resolve_model_path(base_model, flag=flag))
+    try:
+        recorded = json.loads((Path(adapter_dir) / ADAPTER_CONFIG_FILE).read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"{adapter_dir}: {ADAPTER_CONFIG_FILE} is not valid JSON ({e})")
+    if not recorded:
+        raise UserInputError(f"{adapter_dir}: the adapter records no base model; pass {flag}")
+    try:
+        return Path(resolve_model_path(str(recorded), flag=flag))
+    except UserInputError:
+        raise UserInputError(f"{adapter_dir}: the adapter's base model {recorded!r} does not exist here; pass {flag} "
+                             "with the base model directory")
+
+
+def check_model_dir(path: str | Path, flag: str = "--model_name_or_path", need_tokenizer: bool = True) -> Path:
+    """A local HF checkpoint directory (full model or PEFT adapter) with its tokenizer files, or a clear error."""
     p = Path(resolve_model_path(str(path), flag=flag))
-    if not (p / "config.json").is_file():
-        raise UserInputError(f"{flag} {path}: no config.json in {p}; not a saved transformers model")
-    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+    if not (p / "config.json").is_file() and not is_adapter_dir(p):
+        raise UserInputError(f"{flag} {path}: no config.json (nor {ADAPTER_CONFIG_FILE}) in {p}; "
+                             "not a saved transformers model or PEFT adapter")
+    if need_tokenizer and not any((p / f).is_file() for f in TOKENIZER_FILES):
         raise UserInputError(f"{flag} {path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {p}; "
                              "copy the base model's tokenizer into it")
+    if is_adapter_dir(p):
+        if not any((p / f).is_file() for f in ADAPTER_WEIGHT_FILES):
+            raise UserInputError(f"{flag} {path}: adapter directory without {' or '.join(ADAPTER_WEIGHT_FILES)}")
+    elif not any((p / f).is_file() for f in WEIGHT_FILES):
+        raise UserInputError(f"{flag} {path}: no model weights ({', '.join(WEIGHT_FILES)}) in {p}")
     return p
 
 
@@ -69,20 +127,95 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False, flag: str 
     if p.is_dir() and not any((p / f).is_file() for f in TOKENIZER_FILES):
         raise UserInputError(f"{flag} {path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {p}; "
                              "copy the base model's tokenizer into it")
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"{flag} {path}: cannot load the tokenizer ({type(e).__name__}: {str(e).splitlines()[0]})")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
 def load_causal_lm(path: str | Path, device: torch.device, dtype: torch.dtype, attn_implementation: str,
-                   trust_remote_code: bool = False):
+                   trust_remote_code: bool = False, base_model: str | None = None, adapter_trainable: bool = False,
+                   merge_adapter: bool = False, flag: str = "--model_name_or_path"):
+    """A causal LM from a full model directory or a PEFT adapter directory (its base from `base_model` or the
+    adapter's record). Adapters stay a PeftModel (trainable if adapter_trainable) unless merge_adapter."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
-    )
+    src = adapter_base_path(path, base_model) if is_adapter_dir(path) else Path(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=dtype, attn_implementation=attn_implementation,
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"{flag} {src}: cannot load the model ({type(e).__name__}: {str(e).splitlines()[0]})")
+    if is_adapter_dir(path):
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(path), is_trainable=adapter_trainable)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            raise UserInputError(f"{flag} {path}: adapter does not fit base model {src} "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0]})")
+        if merge_adapter:
+            model = model.merge_and_unload()
     return model.to(device)
+
+
+# ---------------------------------------------------------------------------------------------- LoRA
+@dataclass
+class LoraSettings:
+    """peft LoraConfig fields our flags set (--lora_r, --lora_alpha, --lora_dropout, --lora_target_modules)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                               "gate_proj", "up_proj", "down_proj"])
+
+    @classmethod
+    def from_flags(cls, r: int, alpha: float, dropout: float, target_modules: str) -> "LoraSettings":
+        mods = [m.strip() for m in str(target_modules).split(",") if m.strip()]
+        if r < 1:
+            raise UserInputError(f"--lora_r {r}: must be >= 1")
+        if not 0 <= dropout < 1:
+            raise UserInputError(f"--lora_dropout {dropout}: must be in [0, 1)")
+        if not mods:
+            raise UserInputError("--lora_target_modules: give at least one module name, e.g. q_proj,v_proj")
+        return cls(r=int(r), alpha=float(alpha), dropout=float(dropout), target_modules=mods)
+
+
+def apply_lora(lm, settings: LoraSettings):
+    """Wrap lm in trainable LoRA adapters (base weights frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    present = {n.rsplit(".", 1)[-1] for n, _ in lm.named_modules()}
+    missing = [m for m in settings.target_modules if m not in present]
+    if missing:
+        raise UserInputError(f"--lora_target_modules: {missing} are not module names of this model "
+                             f"(e.g. {sorted(x for x in present if x.endswith('proj'))[:8]})")
+    cfg = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                     target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(lm, cfg)
+
+
+def is_peft_model(lm) -> bool:
+    return hasattr(lm, "peft_config") and hasattr(lm, "disable_adapter")
+
+
+def save_lm(lm, out_dir: str | Path, merge_adapter: bool = False, state_dict: dict | None = None) -> None:
+    """save_pretrained: a full model, or (LoRA) the adapter only unless merge_adapter writes the merged model."""
+    out_dir = Path(out_dir)
+    if is_peft_model(lm) and merge_adapter:
+        import copy
+
+        merged = copy.deepcopy(lm).merge_and_unload()
+        merged.save_pretrained(out_dir)
+        return
+    if state_dict is not None:
+        lm.save_pretrained(out_dir, state_dict=state_dict)
+    else:
+        lm.save_pretrained(out_dir)
 
 
 def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,22 +241,57 @@ def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
+def disable_dropout(module: torch.nn.Module) -> None:
+    """RL compares log-probs of the same model before and after updates: dropout would make the first-epoch
+    ratio differ from 1 (and break bit-exact resume), so every dropout is set to 0."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    cfg = getattr(getattr(module, "lm", None), "config", None)
+    if cfg is not None:
+        for k in ("attention_dropout", "hidden_dropout", "dropout"):
+            if hasattr(cfg, k):
+                setattr(cfg, k, 0.0)
+
+
 class AbstractRecModel(torch.nn.Module):
-    """Base of our recommenders: a causal LM backbone plus task heads, saved as a HF directory + heads file."""
+    """Base of our recommenders: a causal LM backbone (`self.lm`, possibly a PEFT model) plus task heads."""
 
     HEADS_FILE = HEADS_FILE
 
+    def base_lm(self):
+        """The transformers model under any PEFT wrapper."""
+        lm = self.lm
+        if is_peft_model(lm):
+            lm = lm.get_base_model()
+        return lm
+
     def backbone(self):
-        """The transformer body returning hidden states (no LM head)."""
-        return self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm.base_model
+        """The transformer body returning hidden states (no LM head); LoRA layers inside it stay active."""
+        lm = self.base_lm()
+        return lm.get_decoder() if hasattr(lm, "get_decoder") else lm.base_model
+
+    def output_head(self) -> torch.nn.Module:
+        return self.base_lm().get_output_embeddings()
 
     def lm_head_weight(self) -> torch.Tensor:
-        return self.lm.get_output_embeddings().weight
+        return self.output_head().weight
 
     def enable_gradient_checkpointing(self) -> None:
+        lm = self.base_lm()
         # transformers 5.x renamed it (the old name warns); 4.x only has gradient_checkpointing_enable.
-        if hasattr(self.lm, "activation_checkpointing_enable"):
-            self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(lm, "activation_checkpointing_enable"):
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
-            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.lm.config.use_cache = False
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.config.use_cache = False
+        if is_peft_model(self.lm) and hasattr(lm, "enable_input_require_grads"):
+            lm.enable_input_require_grads()  # frozen embeddings + checkpointing: keep a grad path to the adapters
+
+    def lora_settings_dict(self) -> dict | None:
+        if not is_peft_model(self.lm):
+            return None
+        cfg = self.lm.peft_config["default"]
+        return {"r": cfg.r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+                "target_modules": sorted(cfg.target_modules)}
+

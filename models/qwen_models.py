@@ -1,8 +1,16 @@
-"""The binary judge: a Qwen (or any causal LM) whose logit(Yes)-logit(No) scores a candidate, plus a value head.
+"""The binary judge: any causal LM (Qwen instruct by default) whose logit(Yes) - logit(No) scores a candidate,
+plus a value head (the PPO critic).
 
-All candidate scoring goes through `QwenBinaryJudge.score_candidates`, which
-dispatches to the naive path (every prompt `prefix + suffix_k` run in full) or
-the shared-prefix path (models/shared_prefix.py) selected by `scoring`.
+`BinaryJudge` is one nn.Module whose forward returns what the RL loop needs (scores, critic values, reasoning
+token log-probs), so a single accelerator.prepare(judge) puts DDP/FSDP/DeepSpeed around every forward.
+The forward dispatches to the naive path (every prompt `prefix + suffix_k` run in full) or the shared-prefix
+path (models/shared_prefix.py) selected by `scoring`.
+
+A saved judge is a directory: the LM (save_pretrained: a full model, or with LoRA a PEFT adapter whose
+adapter_config.json names the base model), the tokenizer, and `heads.safetensors` with the value head
+(`net.0.weight [H, H]`, `net.0.bias [H]`, `net.2.weight [1, H]`, `net.2.bias [1]`: Linear-Tanh-Linear on the
+hidden state at the end of the shared history prefix). Plain `AutoModelForCausalLM.from_pretrained(dir)` loads
+the LM of a full-model directory; the value head is only needed to continue training.
 """
 from __future__ import annotations
 
@@ -13,22 +21,55 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from models.abstract_models import (
-    AbstractRecModel,
-    check_model_dir,
-    load_causal_lm,
-    load_tokenizer,
-    pad_left,
-    pad_right,
-    resolve_attn_implementation,
-    resolve_device,
-    resolve_dtype,
-)
+from models.abstract_models import (AbstractRecModel, LoraSettings, apply_lora, check_model_dir, is_adapter_dir,
+                                    load_causal_lm, load_tokenizer, pad_left, pad_right, resolve_attn_implementation,
+                                    resolve_device, resolve_dtype, save_lm)
 from prompters import prompts
 from prompters.binary_prompter import UserPrompt
 from trainers.foundation.errors import UserInputError
 
 SCORING_MODES = ("naive", "shared")
+# A token outside the top-k / top-p set gets this logit: probability exactly 0 in fp32, log-prob finite.
+_EXCLUDED_LOGIT = -1e4
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How reasoning tokens are sampled, and therefore under which distribution their log-probs are computed:
+    logits / temperature, then top-k, then top-p (HF's processor order). No repetition penalty or other
+    processor from the model's generation_config is applied: the PPO ratio needs the exact distribution."""
+
+    temperature: float = 1.0
+    top_k: int = 50  # 0 = off
+    top_p: float = 1.0  # 1 = off
+
+    def warp(self, logits: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of the sampling distribution (excluded tokens at a large negative value)."""
+        x = logits.float() / max(float(self.temperature), 1e-6)
+        V = x.shape[-1]
+        if self.top_k and 0 < self.top_k < V:
+            kth = torch.topk(x, self.top_k, dim=-1).values[..., -1:]
+            x = x.masked_fill(x < kth, _EXCLUDED_LOGIT)
+        if self.top_p < 1.0:
+            sorted_x, order = torch.sort(x, dim=-1, descending=False)
+            cum = torch.softmax(sorted_x, -1).cumsum(-1)
+            drop_sorted = cum <= (1.0 - self.top_p)
+            drop_sorted[..., -1] = False  # always keep the most likely token
+            drop = drop_sorted.scatter(-1, order, drop_sorted)
+            x = x.masked_fill(drop, _EXCLUDED_LOGIT)
+        return x
+
+    def sample(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.multinomial(torch.softmax(self.warp(logits), -1), 1, generator=generator).squeeze(-1)
+
+    def validate(self) -> "SamplingSettings":
+        if not self.temperature > 0:
+            raise UserInputError(f"--gen_temperature {self.temperature}: must be > 0")
+        if self.top_k < 0:
+            raise UserInputError(f"--gen_top_k {self.top_k}: must be >= 0 (0 = off)")
+        if not 0 < self.top_p <= 1:
+            raise UserInputError(f"--gen_top_p {self.top_p}: must be in (0, 1]")
+        return self
 
 
 @dataclass
@@ -46,7 +87,8 @@ class ValueHead(nn.Module):
         self.net = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, 1))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h.float().detach()).squeeze(-1)
+        x = h.detach().to(self.net[0].weight.dtype)
+        return self.net(x).squeeze(-1).float()
 
 
 def single_token_id(tokenizer, text: str) -> int:
@@ -56,77 +98,102 @@ def single_token_id(tokenizer, text: str) -> int:
     return ids[0]
 
 
-class QwenBinaryJudge(AbstractRecModel):
-    def __init__(
-        self,
-        model_name_or_path: str,
-        device: str | None = None,
-        dtype: str | None = "auto",
-        attn_implementation: str | None = "auto",
-        gradient_checkpointing: bool = False,
-        trust_remote_code: bool = False,
-        micro_batch_size: int = 32,
-    ) -> None:
-        super().__init__()
-        path = check_model_dir(model_name_or_path)
-        self.path = str(path)
-        self.device_ = resolve_device(device)
-        self.dtype_ = resolve_dtype(dtype, self.device_)
-        self.attn_implementation = resolve_attn_implementation(attn_implementation, self.device_, self.dtype_)
-        self.tokenizer = load_tokenizer(path, trust_remote_code)
-        self.lm = load_causal_lm(path, self.device_, self.dtype_, self.attn_implementation, trust_remote_code)
-        self.yes_id = single_token_id(self.tokenizer, prompts.YES_TOKEN_TEXT)
-        self.no_id = single_token_id(self.tokenizer, prompts.NO_TOKEN_TEXT)
-        self.value_head = ValueHead(self.lm.config.hidden_size).to(self.device_)
-        self.micro_batch_size = micro_batch_size
-        if gradient_checkpointing:
-            self.enable_gradient_checkpointing()
+class BinaryJudge(AbstractRecModel):
+    """Causal LM + value head. Build with `BinaryJudge.load(...)` (from a directory) or `from_model(...)`."""
 
-    @classmethod
-    def from_model(cls, lm, tokenizer, device: str | torch.device | None = None, micro_batch_size: int = 32,
-                   yes_id: int | None = None, no_id: int | None = None) -> "QwenBinaryJudge":
-        """A judge around a causal LM already in memory (benchmarks, tests); the tokenizer gives pad/eos and,
-        unless yes_id/no_id are given, the Yes/No token ids."""
-        self = cls.__new__(cls)
-        AbstractRecModel.__init__(self)
-        self.path = None
-        self.device_ = torch.device(device) if device is not None else next(lm.parameters()).device
-        self.lm = lm.to(self.device_)
-        self.dtype_ = lm.dtype
-        self.attn_implementation = getattr(lm.config, "_attn_implementation", None) or "sdpa"
+    def __init__(self, lm, tokenizer, scoring_chunk_size: int = 32, yes_id: int | None = None,
+                 no_id: int | None = None) -> None:
+        super().__init__()
+        self.lm = lm
         self.tokenizer = tokenizer
+        self.path: str | None = None
         self.yes_id = yes_id if yes_id is not None else single_token_id(tokenizer, prompts.YES_TOKEN_TEXT)
         self.no_id = no_id if no_id is not None else single_token_id(tokenizer, prompts.NO_TOKEN_TEXT)
-        self.value_head = ValueHead(lm.config.hidden_size).to(self.device_)
-        self.micro_batch_size = micro_batch_size
-        return self
+        hidden = self.base_lm().config.hidden_size
+        self.value_head = ValueHead(hidden).to(device=next(lm.parameters()).device)
+        self.scoring_chunk_size = max(1, int(scoring_chunk_size))
+
+    @classmethod
+    def load(cls, model_name_or_path: str, device: str | None = "auto", dtype: str | torch.dtype | None = "auto",
+             attn_implementation: str | None = "auto", packed_mask: bool = False, trust_remote_code: bool = False,
+             base_model: str | None = None, lora: LoraSettings | None = None, trainable: bool = False,
+             gradient_checkpointing: bool = False, scoring_chunk_size: int = 32, load_heads: bool = True,
+             flag: str = "--model_name_or_path") -> "BinaryJudge":
+        """A judge from a full-model or adapter directory (+ its heads.safetensors when present).
+
+        dtype: a torch dtype or auto|bf16|fp16|fp32 (trainers pass torch.float32: fp32 master weights).
+        lora: wrap a full model in new LoRA adapters; an adapter directory is loaded trainable if `trainable`.
+        attn_implementation is resolved once here (packed_mask: the run uses shared-prefix packing)."""
+        path = check_model_dir(model_name_or_path, flag=flag)
+        dev = resolve_device(device)
+        compute = resolve_dtype(None if isinstance(dtype, torch.dtype) else dtype, dev)
+        weights = dtype if isinstance(dtype, torch.dtype) else compute
+        attn = resolve_attn_implementation(attn_implementation, dev, compute if dev.type == "cuda" else weights,
+                                           packed_mask=packed_mask)
+        tok = load_tokenizer(path, trust_remote_code, flag=flag)
+        lm = load_causal_lm(path, dev, weights, attn, trust_remote_code, base_model=base_model,
+                            adapter_trainable=trainable, flag=flag)
+        if lora is not None:
+            if is_adapter_dir(path):
+                raise UserInputError(f"{flag} {model_name_or_path}: already a LoRA adapter; train it further without "
+                                     "--use_lora, or start from its base model")
+            lm = apply_lora(lm, lora)
+        judge = cls(lm, tok, scoring_chunk_size=scoring_chunk_size)
+        judge.path = str(path)
+        judge.attn_implementation = attn
+        judge.value_head.to(dtype=weights if weights != torch.float16 else torch.float32)
+        if gradient_checkpointing:
+            judge.enable_gradient_checkpointing()
+        if load_heads and (path / cls.HEADS_FILE).is_file():
+            judge.load_heads(path)
+        return judge
+
+    @classmethod
+    def from_model(cls, lm, tokenizer, device: str | torch.device | None = None, scoring_chunk_size: int = 32,
+                   yes_id: int | None = None, no_id: int | None = None) -> "BinaryJudge":
+        """A judge around a causal LM already in memory (benchmarks, tests)."""
+        if device is not None:
+            lm = lm.to(device)
+        judge = cls(lm, tokenizer, scoring_chunk_size=scoring_chunk_size, yes_id=yes_id, no_id=no_id)
+        judge.attn_implementation = getattr(lm.config, "_attn_implementation", None) or "sdpa"
+        return judge
 
     @property
     def device(self) -> torch.device:
-        return self.device_
+        return next(self.lm.parameters()).device
 
     # ---- scoring -------------------------------------------------------------------------------
     def yes_minus_no(self, h: torch.Tensor) -> torch.Tensor:
-        """logit(Yes) - logit(No) from final hidden states h [..., H] without the full vocab projection."""
-        w = self.lm_head_weight()
+        """logit(Yes) - logit(No) from final hidden states h [..., H]."""
+        head = self.output_head()
+        w = head.weight
+        if w.numel() == 0:  # parameters partitioned (DeepSpeed ZeRO-3): go through the module so hooks gather them
+            out = []
+            flat = h.reshape(-1, h.shape[-1])
+            for a in range(0, flat.shape[0], 256):
+                logits = head(flat[a:a + 256]).float()
+                out.append(logits[:, self.yes_id] - logits[:, self.no_id])
+            return torch.cat(out).view(h.shape[:-1])
+        # Only two rows of the head matter: h @ (w_yes - w_no) instead of the full vocabulary projection.
         diff = (w[self.yes_id] - w[self.no_id]).to(h.dtype)
         s = h @ diff
-        bias = getattr(self.lm.get_output_embeddings(), "bias", None)
+        bias = getattr(head, "bias", None)
         if bias is not None:
             s = s + (bias[self.yes_id] - bias[self.no_id])
         return s.float()
 
-    def token_logprob(self, h: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
-        """log p(target_ids | h) under the LM head; h [N, H], target_ids [N] -> [N]."""
-        logits = self.lm.get_output_embeddings()(h).float()
+    def token_logprob(self, h: torch.Tensor, target_ids: torch.Tensor,
+                      sampling: SamplingSettings | None = None) -> torch.Tensor:
+        """log p(target_ids | h) under the distribution the tokens were sampled from (SamplingSettings.warp);
+        h [N, H], target_ids [N] -> [N]."""
+        logits = self.output_head()(h)
+        logits = (sampling or SamplingSettings(1.0, 0, 1.0)).warp(logits)
         return torch.log_softmax(logits, -1).gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
 
-    def score_candidates(self, batch: Sequence[UserPrompt], scoring: str = "naive", with_values: bool = False,
-                         with_token_logprobs: bool = False) -> ScoreOutput:
-        """Scores of the K candidates of each user (and optionally critic values and reasoning log-probs).
-
-        Differentiable: call under torch.no_grad() for evaluation, with grad for PPO updates.
-        """
+    def forward(self, batch: Sequence[UserPrompt], scoring: str = "naive", with_values: bool = False,
+                with_token_logprobs: bool = False, sampling: SamplingSettings | None = None) -> ScoreOutput:
+        """Scores of the K candidates of each user (and optionally critic values and reasoning log-probs under
+        `sampling`). Differentiable: call under torch.no_grad() for evaluation, with grad for PPO updates."""
         if scoring not in SCORING_MODES:
             raise UserInputError(f"--scoring {scoring!r}: must be one of {'|'.join(SCORING_MODES)}")
         Ks = {p.K for p in batch}
@@ -135,10 +202,18 @@ class QwenBinaryJudge(AbstractRecModel):
         if scoring == "shared":
             from models.shared_prefix import score_shared_prefix
 
-            return score_shared_prefix(self, batch, with_values=with_values, with_token_logprobs=with_token_logprobs)
-        return self._score_naive(batch, with_values, with_token_logprobs)
+            return score_shared_prefix(self, batch, with_values=with_values, with_token_logprobs=with_token_logprobs,
+                                       sampling=sampling)
+        return self._score_naive(batch, with_values, with_token_logprobs, sampling)
 
-    def _score_naive(self, batch: Sequence[UserPrompt], with_values: bool, with_token_logprobs: bool) -> ScoreOutput:
+    def score_candidates(self, batch: Sequence[UserPrompt], scoring: str = "naive", with_values: bool = False,
+                         with_token_logprobs: bool = False, sampling: SamplingSettings | None = None) -> ScoreOutput:
+        """forward() through __call__ (hooks run); for code holding the plain module (evaluation, tools)."""
+        return self(batch, scoring=scoring, with_values=with_values, with_token_logprobs=with_token_logprobs,
+                    sampling=sampling)
+
+    def _score_naive(self, batch: Sequence[UserPrompt], with_values: bool, with_token_logprobs: bool,
+                     sampling: SamplingSettings | None) -> ScoreOutput:
         B, K = len(batch), batch[0].K
         seqs, prefix_lens, spans = [], [], []
         for p in batch:
@@ -148,110 +223,135 @@ class QwenBinaryJudge(AbstractRecModel):
                 spans.append(p.reasoning_spans[k] if p.reasoning_spans else (0, 0))
         scores, values, tok_lp = [], [], []
         body = self.backbone()
-        for start in range(0, len(seqs), self.micro_batch_size):
-            chunk = seqs[start:start + self.micro_batch_size]
+        dev = self.device
+        for start in range(0, len(seqs), self.scoring_chunk_size):
+            chunk = seqs[start:start + self.scoring_chunk_size]
             ids, mask = pad_right(chunk, self.tokenizer.pad_token_id)
-            ids, mask = ids.to(self.device), mask.to(self.device)
+            ids, mask = ids.to(dev), mask.to(dev)
             h = body(input_ids=ids, attention_mask=mask).last_hidden_state  # right padding: positions 0..len-1
-            last = torch.tensor([len(s) - 1 for s in chunk], device=self.device)
-            rows = torch.arange(len(chunk), device=self.device)
+            last = torch.tensor([len(s) - 1 for s in chunk], device=dev)
+            rows = torch.arange(len(chunk), device=dev)
             scores.append(self.yes_minus_no(h[rows, last]))
             if with_values:
-                pl = torch.tensor(prefix_lens[start:start + len(chunk)], device=self.device) - 1
+                pl = torch.tensor(prefix_lens[start:start + len(chunk)], device=dev) - 1
                 values.append(self.value_head(h[rows, pl]))
             if with_token_logprobs:
                 for i, s in enumerate(chunk):
                     a, b = spans[start + i]
                     if b > a:
                         off = prefix_lens[start + i]
-                        pos = torch.arange(off + a - 1, off + b - 1, device=self.device)
-                        tgt = torch.tensor(s[off + a: off + b], device=self.device)
-                        tok_lp.append(self.token_logprob(h[i, pos], tgt).sum())
+                        pos = torch.arange(off + a - 1, off + b - 1, device=dev)
+                        tgt = torch.tensor(s[off + a: off + b], device=dev)
+                        tok_lp.append(self.token_logprob(h[i, pos], tgt, sampling).sum())
                     else:
-                        tok_lp.append(torch.zeros((), device=self.device))
+                        tok_lp.append(torch.zeros((), device=dev))
         out = ScoreOutput(scores=torch.cat(scores).view(B, K))
         if with_values:
             out.values = torch.cat(values).view(B, K)[:, 0]
         if with_token_logprobs:
-            out.token_logprobs = torch.stack(tok_lp).view(B, K)
+            out.token_logprobs = torch.stack(tok_lp).view(B, K).float()
         return out
 
     # ---- reasoning mode -----------------------------------------------------------------------
     @torch.no_grad()
     def generate_reasoning(self, batch: Sequence[UserPrompt], max_new_tokens: int, do_sample: bool = True,
-                           temperature: float = 1.0, top_k: int = 50, scoring: str = "naive") -> list[UserPrompt]:
-        """Sample a reasoning text for every (user, candidate); return prompts whose suffixes end with it
-        plus the answer prefix, with reasoning_spans marking the generated tokens."""
+                           sampling: SamplingSettings | None = None, scoring: str = "naive") -> list[UserPrompt]:
+        """Sample (or greedily decode) a reasoning text for every (user, candidate); return prompts whose
+        suffixes end with it plus the answer prefix, with reasoning_spans marking exactly the generated tokens."""
+        sampling = sampling or SamplingSettings()
         if scoring == "shared":
             from models.shared_prefix import generate_shared_prefix
 
-            gens = generate_shared_prefix(self, batch, max_new_tokens, do_sample, temperature, top_k)
+            gens = generate_shared_prefix(self, batch, max_new_tokens, do_sample, sampling)
         else:
-            gens = self._generate_naive(batch, max_new_tokens, do_sample, temperature, top_k)
+            gens = self._generate_naive(batch, max_new_tokens, do_sample, sampling)
         return [self.attach_reasoning(p, g) for p, g in zip(batch, gens)]
 
-    def _generate_naive(self, batch, max_new_tokens, do_sample, temperature, top_k) -> list[list[list[int]]]:
+    def _generate_naive(self, batch, max_new_tokens: int, do_sample: bool,
+                        sampling: SamplingSettings) -> list[list[list[int]]]:
         seqs = [p.full_ids(k) for p in batch for k in range(p.K)]
         pad = self.tokenizer.pad_token_id
         outs: list[list[int]] = []
-        for start in range(0, len(seqs), self.micro_batch_size):
-            ids, mask = pad_left(seqs[start:start + self.micro_batch_size], pad)
+        lm = self.base_lm() if not hasattr(self.lm, "generate") else self.lm
+        for start in range(0, len(seqs), self.scoring_chunk_size):
+            ids, mask = pad_left(seqs[start:start + self.scoring_chunk_size], pad)
             L = ids.shape[1]
-            gen = self.lm.generate(
+            # Exactly our sampling distribution: every other processor of generation_config is switched off.
+            gen = lm.generate(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new_tokens,
-                do_sample=do_sample, temperature=temperature if do_sample else None, top_k=top_k if do_sample else None,
-                top_p=None, pad_token_id=pad, stop_strings=[prompts.ANSWER_PREFIX], tokenizer=self.tokenizer,
+                do_sample=do_sample, temperature=sampling.temperature if do_sample else None,
+                top_k=(sampling.top_k or None) if do_sample else None,
+                top_p=sampling.top_p if do_sample and sampling.top_p < 1 else None, repetition_penalty=None,
+                pad_token_id=pad, stop_strings=[prompts.ANSWER_PREFIX], tokenizer=self.tokenizer,
             )
             outs.extend(gen[:, L:].tolist())
         K = batch[0].K
         return [outs[b * K:(b + 1) * K] for b in range(len(batch))]
 
-    def attach_reasoning(self, p: UserPrompt, generated: list[list[int]]) -> UserPrompt:
-        """Cut each generation before the answer tag / end token and append the answer prefix."""
+    def reasoning_token_ids(self, generated: Sequence[int]) -> list[int]:
+        """The sampled tokens that form the reasoning: up to (not including) an end/pad token, and cut at token
+        level before the token where the answer tag begins. Never re-tokenised: the PPO ratio must be computed on
+        the very ids that were sampled."""
         stop_ids = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
+        kept: list[int] = []
+        for t in generated:
+            if t in stop_ids:
+                break
+            kept.append(int(t))
+        text = self.tokenizer.decode(kept)
+        if prompts.ANSWER_PREFIX in text:
+            cut = text.index(prompts.ANSWER_PREFIX)
+            # the shortest token prefix whose text reaches the tag's first character; drop that token and the rest
+            n = 0
+            while n < len(kept) and len(self.tokenizer.decode(kept[:n + 1])) <= cut:
+                n += 1
+            kept = kept[:n]
+        return kept
+
+    def attach_reasoning(self, p: UserPrompt, generated: list[list[int]]) -> UserPrompt:
+        """Append each candidate's reasoning tokens and the canonical answer prefix to its suffix."""
         answer_ids = self.tokenizer("\n" + prompts.ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
         new_suffixes, spans = [], []
         for k, g in enumerate(generated):
-            kept: list[int] = []
-            for t in g:
-                if t in stop_ids:
-                    break
-                kept.append(t)
-            text = self.tokenizer.decode(kept)
-            if prompts.ANSWER_PREFIX in text:  # drop the tag and whatever followed it; re-append canonically
-                text = text[: text.index(prompts.ANSWER_PREFIX)]
-                kept = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            kept = self.reasoning_token_ids(g)
             base = p.suffix_ids[k]
             new_suffixes.append(base + kept + answer_ids)
             spans.append((len(base), len(base) + len(kept)))
         return UserPrompt(prefix_ids=p.prefix_ids, suffix_ids=new_suffixes, candidates=p.candidates, reasoning_spans=spans)
 
     # ---- persistence --------------------------------------------------------------------------
-    def save(self, out_dir: str | Path) -> None:
+    def save(self, out_dir: str | Path, merge_adapter: bool = False, lm_state_dict: dict | None = None,
+             heads_state_dict: dict | None = None) -> None:
+        """LM (full model or adapter; merged with merge_adapter), tokenizer and heads.safetensors into out_dir."""
         from safetensors.torch import save_file
 
         out_dir = Path(out_dir)
-        self.lm.save_pretrained(out_dir)
+        save_lm(self.lm, out_dir, merge_adapter=merge_adapter, state_dict=lm_state_dict)
         self.tokenizer.save_pretrained(out_dir)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
-                  str(out_dir / self.HEADS_FILE))
+        heads = heads_state_dict if heads_state_dict is not None else self.value_head.state_dict()
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in heads.items()}, str(out_dir / self.HEADS_FILE))
 
-    def load_heads(self, ckpt_dir: str | Path) -> None:
+    def load_heads(self, ckpt_dir: str | Path, flag: str = "--resume_from") -> None:
         from safetensors.torch import load_file
 
         f = Path(ckpt_dir) / self.HEADS_FILE
-        if f.is_file():
+        try:
             state = load_file(str(f))
-            try:
-                self.value_head.load_state_dict(state)
-            except RuntimeError as e:
-                raise UserInputError(f"--resume_from {ckpt_dir}: value head does not match this model's shape ({str(e).splitlines()[0]})")
+        except Exception as e:  # noqa: BLE001 - safetensors raises several types for damaged files
+            raise UserInputError(f"{flag} {ckpt_dir}: cannot read {self.HEADS_FILE} ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''})")
+        try:
+            ref = self.value_head.net[0].weight
+            self.value_head.load_state_dict({k: v.to(dtype=ref.dtype) for k, v in state.items()})
+        except RuntimeError as e:
+            raise UserInputError(f"{flag} {ckpt_dir}: value head does not match this model's shape "
+                                 f"({str(e).splitlines()[0]})")
 
 
-def load_judge_from_checkpoint(model_name_or_path: str, resume_from: str | None = None, **kw) -> QwenBinaryJudge:
-    """Base model, or a training checkpoint directory (which holds a full save_pretrained model)."""
-    src = resume_from or model_name_or_path
-    judge = QwenBinaryJudge(src, **kw)
+def load_judge_from_checkpoint(model_name_or_path: str, resume_from: str | None = None, **kw) -> BinaryJudge:
+    """Base model, or a training checkpoint directory (a full model, or a LoRA adapter whose base is
+    model_name_or_path unless its recorded base exists)."""
     if resume_from:
-        judge.load_heads(resume_from)
-    return judge
+        kw.setdefault("base_model", model_name_or_path if is_adapter_dir(resume_from) else None)
+        return BinaryJudge.load(resume_from, flag="--resume_from", **kw)
+    return BinaryJudge.load(model_name_or_path, **kw)

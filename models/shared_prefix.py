@@ -18,9 +18,9 @@ computed once per user. Two equivalent methods:
   - eager: additive float mask (0 / dtype min), because eager *adds* the mask;
   - flex_attention: a ``BlockMask`` from ``create_block_mask`` (sparse blocks
     are skipped, so the K candidate blocks cost ~K*s^2 instead of (K*s)^2);
-  - flash_attention_2 cannot take an arbitrary mask: for a packed forward the
-    attention implementation is switched to sdpa for the duration of the call
-    (sdpa's memory-efficient kernel accepts the boolean mask).
+  - flash_attention_2 cannot take an arbitrary mask: a run with shared scoring never uses FA2 (the attention
+    implementation is chosen once per run, models/abstract_models.resolve_attn_implementation), so rollout,
+    update and checkpoint recompute all run the same mask-capable kernel.
 * ``cache``: the prefix is run once with ``use_cache`` (left-padded across
   users), the DynamicCache is repeated K times along the batch and the K
   suffixes run as one right-padded batch against it with a 2D padding mask
@@ -40,8 +40,8 @@ Memory: never materialises ``[tokens, vocab]`` logits. Scores use
 ``judge.yes_minus_no`` on gathered hidden states; reasoning log-probs call
 ``judge.token_logprob`` only at reasoning positions, in bounded chunks.
 
-Chunking: the naive path puts ``judge.micro_batch_size`` prompts in a forward
-(about ``micro_batch_size * max_prompt_len`` tokens). The shared path packs
+Chunking: the naive path puts ``judge.scoring_chunk_size`` prompts in a forward
+(about ``scoring_chunk_size * max_prompt_len`` tokens). The shared path packs
 users into one forward until the padded token count would exceed that same
 budget (override with the judge attribute ``shared_tokens_per_forward``); one
 user always fits, however long.
@@ -54,9 +54,8 @@ end-of-sequence token or once its text contains ``prompts.ANSWER_PREFIX``.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -64,7 +63,7 @@ from prompters import prompts
 from prompters.binary_prompter import UserPrompt
 
 if TYPE_CHECKING:  # import cycle: qwen_models imports this module lazily
-    from models.qwen_models import QwenBinaryJudge, ScoreOutput
+    from models.qwen_models import BinaryJudge, SamplingSettings, ScoreOutput
 
 METHODS = ("auto", "packed", "cache")
 _LOGPROB_CHUNK = 1024  # reasoning positions per log-softmax over the vocab
@@ -72,11 +71,11 @@ _LOGPROB_CHUNK = 1024  # reasoning positions per log-softmax over the vocab
 
 # ---- helpers ----------------------------------------------------------------------------------
 def _attn_impl(judge) -> str:
-    return getattr(judge.lm.config, "_attn_implementation", None) or "sdpa"
+    return getattr(judge.base_lm().config, "_attn_implementation", None) or "sdpa"
 
 
 def _checkpointing_active(judge) -> bool:
-    lm = judge.lm
+    lm = judge.base_lm()
     on = getattr(lm, "is_activation_checkpointing", None)  # transformers >= 5.x name; older: is_gradient_checkpointing
     if on is None:
         on = getattr(lm, "is_gradient_checkpointing", False)
@@ -84,46 +83,44 @@ def _checkpointing_active(judge) -> bool:
 
 
 def resolve_method(judge, method: str = "auto") -> str:
-    """auto -> cache under flash_attention_2 (unless checkpointing with grad), packed otherwise."""
+    """auto -> packed (the attention implementation of a shared-scoring run always accepts the block mask)."""
     if method not in METHODS:
         raise ValueError(f"shared-prefix method {method!r}: must be one of {METHODS}")
-    if method != "auto":
-        return method
-    if _attn_impl(judge) == "flash_attention_2" and not _checkpointing_active(judge):
-        return "cache"
-    return "packed"
+    return "packed" if method == "auto" else method
 
 
-@contextlib.contextmanager
-def _mask_capable_attention(judge) -> Iterator[str]:
-    """Yield the attention implementation to build the packed mask for (FA2 -> sdpa for the call)."""
-    cfg = judge.lm.config
+def _mask_attention(judge) -> str:
+    """The run's attention implementation, which must take a 4D block mask."""
     impl = _attn_impl(judge)
-    if impl != "flash_attention_2":
-        yield impl
-        return
-    cfg._attn_implementation = "sdpa"
-    try:
-        yield "sdpa"
-    finally:
-        cfg._attn_implementation = impl
+    if impl == "flash_attention_2":
+        raise ValueError("shared-prefix packing needs a mask-capable attention implementation (sdpa, "
+                         "flex_attention, eager); this model was loaded with flash_attention_2")
+    return impl
+
+
+def _compute_dtype(judge) -> torch.dtype:
+    """The dtype attention scores are computed in (the autocast dtype under mixed precision)."""
+    dev = judge.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return judge.base_lm().dtype
 
 
 def _pad_id(judge) -> int:
     tok = getattr(judge, "tokenizer", None)
     pid = getattr(tok, "pad_token_id", None) if tok is not None else None
     if pid is None:
-        pid = getattr(judge.lm.config, "pad_token_id", None)
+        pid = getattr(judge.base_lm().config, "pad_token_id", None)
     return int(pid) if pid is not None else 0
 
 
 def token_budget(judge, batch: Sequence[UserPrompt]) -> int:
-    """Padded tokens per forward: the naive path's micro_batch_size * longest prompt, unless overridden."""
+    """Padded tokens per forward: the naive path's scoring_chunk_size * longest prompt, unless overridden."""
     override = getattr(judge, "shared_tokens_per_forward", None)
     if override:
         return int(override)
     longest = max(len(p.prefix_ids) + max(len(s) for s in p.suffix_ids) for p in batch)
-    return max(1, int(judge.micro_batch_size)) * longest
+    return max(1, int(judge.scoring_chunk_size)) * longest
 
 
 def packed_length(p: UserPrompt) -> int:
@@ -238,9 +235,9 @@ def packed_mask(seg: torch.Tensor, attn_impl: str, dtype: torch.dtype):
 
 def _packed_forward(judge, users: Sequence[UserPrompt], with_token_logprobs: bool):
     ids, pos, seg, g = build_packed(users, _pad_id(judge), judge.device, with_token_logprobs)
-    with _mask_capable_attention(judge) as impl:
-        mask = packed_mask(seg, impl, judge.lm.dtype)
-        h = judge.backbone()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+    impl = _mask_attention(judge)
+    mask = packed_mask(seg, impl, _compute_dtype(judge))
+    h = judge.backbone()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
     return h.reshape(-1, h.shape[-1]), g
 
 
@@ -260,7 +257,7 @@ def _prefix_cache(judge, users: Sequence[UserPrompt]):
         mask[u, P - n:] = 1
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
-    cache = DynamicCache(config=judge.lm.config)
+    cache = DynamicCache(config=judge.base_lm().config)
     out = judge.backbone()(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
     lens = torch.tensor([len(p.prefix_ids) for p in users], dtype=torch.long, device=dev)
     return out.cache if getattr(out, "cache", None) is not None else cache, mask, lens, out.last_hidden_state[:, -1]
@@ -318,8 +315,9 @@ def _cache_forward(judge, users: Sequence[UserPrompt], with_token_logprobs: bool
 
 
 # ---- public: scoring --------------------------------------------------------------------------
-def score_shared_prefix(judge: "QwenBinaryJudge", batch: Sequence[UserPrompt], with_values: bool = False,
-                        with_token_logprobs: bool = False, method: str = "auto") -> "ScoreOutput":
+def score_shared_prefix(judge: "BinaryJudge", batch: Sequence[UserPrompt], with_values: bool = False,
+                        with_token_logprobs: bool = False, method: str = "auto",
+                        sampling: "SamplingSettings | None" = None) -> "ScoreOutput":
     """Same ScoreOutput as QwenBinaryJudge._score_naive, computing each user's prefix once. Differentiable."""
     from models.qwen_models import ScoreOutput
 
@@ -341,7 +339,7 @@ def score_shared_prefix(judge: "QwenBinaryJudge", batch: Sequence[UserPrompt], w
             acc = torch.zeros(len(users) * K, dtype=torch.float32, device=flat.device)
             for a in range(0, g.lp_pos.numel(), _LOGPROB_CHUNK):
                 sl = slice(a, a + _LOGPROB_CHUNK)
-                lp = judge.token_logprob(flat[g.lp_pos[sl]], g.lp_tgt[sl])
+                lp = judge.token_logprob(flat[g.lp_pos[sl]], g.lp_tgt[sl], sampling)
                 acc = acc.index_add(0, g.lp_row[sl], lp.float())
             tok_lp.append(acc.view(len(users), K))
     out = ScoreOutput(scores=torch.cat(scores).view(B, K))
@@ -355,7 +353,7 @@ def score_shared_prefix(judge: "QwenBinaryJudge", batch: Sequence[UserPrompt], w
 # ---- public: generation -----------------------------------------------------------------------
 def _eos_ids(judge) -> set[int]:
     ids: set[int] = set()
-    gc = getattr(judge.lm, "generation_config", None)
+    gc = getattr(judge.base_lm(), "generation_config", None)
     e = getattr(gc, "eos_token_id", None) if gc is not None else None
     if e is None:
         e = getattr(getattr(judge, "tokenizer", None), "eos_token_id", None)
@@ -386,48 +384,33 @@ class _StopString:
         return self.stop in self.tok.decode(generated[-self.window:])
 
 
-def _next_tokens(logits: torch.Tensor, history: torch.Tensor, do_sample: bool, temperature: float, top_k: int,
-                 repetition_penalty: float) -> torch.Tensor:
-    """HF logits-processor order: repetition penalty, temperature, top-k; then sample or argmax."""
-    logits = logits.float()
-    if repetition_penalty and repetition_penalty != 1.0:
-        sc = logits.gather(1, history)
-        sc = torch.where(sc < 0, sc * repetition_penalty, sc / repetition_penalty)
-        logits = logits.scatter(1, history, sc)
-    if not do_sample:
-        return logits.argmax(-1)
-    logits = logits / max(float(temperature), 1e-6)
-    if top_k and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1)
-
-
 @torch.no_grad()
-def generate_shared_prefix(judge: "QwenBinaryJudge", batch: Sequence[UserPrompt], max_new_tokens: int,
-                           do_sample: bool = True, temperature: float = 1.0, top_k: int = 50) -> list[list[list[int]]]:
+def generate_shared_prefix(judge: "BinaryJudge", batch: Sequence[UserPrompt], max_new_tokens: int,
+                           do_sample: bool = True, sampling: "SamplingSettings | None" = None) -> list[list[list[int]]]:
     """Per user, per candidate: the generated token ids (up to and including the stop token).
 
     The prefix KV cache of a user is computed once and shared by its K rows; users are batched so that a decode
-    step holds at most max(K, judge.micro_batch_size) rows (the naive path's sequences per generate call).
+    step holds at most max(K, judge.scoring_chunk_size) rows (the naive path's sequences per generate call).
+    Sampling follows `sampling` exactly (temperature, top-k, top-p; no other logits processor), greedy otherwise.
     """
+    from models.qwen_models import SamplingSettings
+
     if not batch:
         return []
+    sampling = sampling or SamplingSettings()
     K = batch[0].K
     pad = _pad_id(judge)
     eos = _eos_ids(judge)
     stopper = _StopString(getattr(judge, "tokenizer", None))
-    rep = float(getattr(getattr(judge.lm, "generation_config", None), "repetition_penalty", None) or 1.0)
-    users_per_chunk = max(1, int(judge.micro_batch_size) // max(K, 1))
+    users_per_chunk = max(1, int(judge.scoring_chunk_size) // max(K, 1))
     results: list[list[list[int]]] = []
     for c0 in range(0, len(batch), users_per_chunk):
         users = list(batch[c0:c0 + users_per_chunk])
-        results.extend(_generate_chunk(judge, users, max_new_tokens, do_sample, temperature, top_k, pad, eos,
-                                       stopper, rep))
+        results.extend(_generate_chunk(judge, users, max_new_tokens, do_sample, sampling, pad, eos, stopper))
     return results
 
 
-def _generate_chunk(judge, users, max_new_tokens, do_sample, temperature, top_k, pad, eos, stopper, rep):
+def _generate_chunk(judge, users, max_new_tokens, do_sample, sampling, pad, eos, stopper):
     K, dev = users[0].K, judge.device
     R = len(users) * K
     gens: list[list[int]] = [[] for _ in range(R)]
@@ -436,16 +419,12 @@ def _generate_chunk(judge, users, max_new_tokens, do_sample, temperature, top_k,
     cache, mask, rows_plen, slens, _, hs = _run_suffixes(judge, users)
     rows = torch.arange(R, device=dev)
     h_last = hs[rows, slens - 1]
-    history = None
-    if rep != 1.0:  # real prompt tokens per row; padded slots repeat a real token so the penalty is unaffected
-        full = [users[r // K].full_ids(r % K) for r in range(R)]
-        L = max(len(f) for f in full)
-        history = torch.tensor([f + [f[0]] * (L - len(f)) for f in full], dtype=torch.long, device=dev)
-    head = judge.lm.get_output_embeddings()
+    head = judge.output_head()
     done = torch.zeros(R, dtype=torch.bool, device=dev)
     next_pos = rows_plen + slens
     for step in range(max_new_tokens):
-        tok = _next_tokens(head(h_last), history, do_sample, temperature, top_k, rep)
+        logits = head(h_last)
+        tok = sampling.sample(logits) if do_sample else logits.float().argmax(-1)
         tok = torch.where(done, torch.full_like(tok, pad), tok)
         tl = tok.tolist()
         for r in range(R):
@@ -456,8 +435,6 @@ def _generate_chunk(judge, users, max_new_tokens, do_sample, temperature, top_k,
                 done[r] = True
         if bool(done.all()) or step == max_new_tokens - 1:
             break
-        if history is not None:
-            history = torch.cat([history, torch.where(done, history[:, 0], tok)[:, None]], 1)
         mask = torch.cat([mask, torch.ones((R, 1), dtype=mask.dtype, device=dev)], dim=1)
         out = judge.backbone()(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                                cache=cache, use_cache=True)

@@ -141,8 +141,7 @@ def _save_ckpt(judge, d: Path, complete: bool) -> None:
 def test_last_skips_truncated_checkpoints(assets, tmp_path, capsys):
     import test as test_script
     from models.qwen_models import load_judge_from_checkpoint
-    from trainers.foundation.checkpoints import resolve_resume_path, rotate_checkpoints
-    from trainers.GRecTrainer import latest_checkpoint
+    from trainers.foundation.checkpoints import resolve_checkpoint, rotate_checkpoints
 
     model, data = assets
     judge = load_judge_from_checkpoint(str(model), device="cpu", dtype="fp32", attn_implementation="sdpa")
@@ -153,8 +152,8 @@ def test_last_skips_truncated_checkpoints(assets, tmp_path, capsys):
     (run / ".tmp-checkpoint-8").mkdir()  # killed while assembling
     (run / ".tmp-checkpoint-8" / "config.json").write_text("{")
 
-    assert resolve_resume_path("last", run) == run / "checkpoint-4"
-    assert latest_checkpoint(run) == run / "checkpoint-4"
+    assert resolve_checkpoint("last", run) == run / "checkpoint-4"
+    assert resolve_checkpoint(str(run), run) == run / "checkpoint-4"  # a run directory: its newest complete one
     data_out = test_script.main(["--model_name_or_path", str(model), "--dataset_path", str(data), "--K", str(K),
                                  "--K_eval", "3", "--num_samples", "2", "--device", "cpu", "--output_dir",
                                  str(run / "eval"), "--no_progress", "--resume_from", "last",
@@ -172,7 +171,7 @@ def test_last_skips_truncated_checkpoints(assets, tmp_path, capsys):
     from trainers.foundation.errors import UserInputError
 
     with pytest.raises(UserInputError, match="COMPLETE"):
-        resolve_resume_path(str(run / "checkpoint-6"), run)
+        resolve_checkpoint(str(run / "checkpoint-6"), run)
 
 
 # ------------------------------------------------------------------- result files under a real SIGKILL

@@ -24,10 +24,10 @@ def _batch(judge, n_users=3, K=5, seed=0):
 def test_bf16_shared_matches_naive(tmp_path, attn):
     if attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         pytest.skip("flash-attn not installed (pip install -r requirements-gpu.txt)")
-    from models.qwen_models import QwenBinaryJudge
+    from models.qwen_models import BinaryJudge
     from tests.fixtures.assets import build_tiny_qwen
 
-    judge = QwenBinaryJudge(str(build_tiny_qwen(tmp_path / "m")), device="cuda", attn_implementation=attn)
+    judge = BinaryJudge.load(str(build_tiny_qwen(tmp_path / "m")), device="cuda", attn_implementation=attn)
     assert judge.dtype_ == torch.bfloat16 and judge.attn_implementation == attn
     batch = _batch(judge)
     with torch.no_grad():

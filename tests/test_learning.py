@@ -29,14 +29,13 @@ TRAIN = ["--K", "10", "--K_eval", "10", "--batch_size", "32", "--max_len_per_ite
 
 
 def _evaluate(model_dir, data, template, seed):
-    from models.qwen_models import QwenBinaryJudge
+    from models.qwen_models import BinaryJudge
     from prompters.binary_prompter import BinaryPrompter
     from trainers.data.dataset import load_processed_dataset
     from trainers.evaluation.judge import evaluate_split
 
     ds = load_processed_dataset(data)
-    judge = QwenBinaryJudge(str(model_dir), device="cpu")
-    judge.load_heads(model_dir)
+    judge = BinaryJudge.load(str(model_dir), device="cpu")
     prompter = BinaryPrompter(judge.tokenizer, ds.item_rows, "other", max_len_per_item=1, user_window_size=3,
                               template_file=str(template))
     samples, metrics = evaluate_split(judge, prompter, ds, "test", N_TEST, K_TEST, 10, seed, batch_size=16,

@@ -95,11 +95,41 @@ def test_lr_schedule():
         lr_lambda_factory(0, 10, "linear")
 
 
-def test_step_randomness_is_replayable_and_rank_specific():
-    a = sample_step_indices(1000, 8, seed=1, step=5, rank=0)
-    assert a == sample_step_indices(1000, 8, seed=1, step=5, rank=0)
-    assert a != sample_step_indices(1000, 8, seed=1, step=5, rank=1)
-    assert a != sample_step_indices(1000, 8, seed=1, step=6, rank=0)
+def test_step_randomness_is_replayable():
+    a = sample_step_indices(1000, 8, seed=1, step=5)
+    assert a == sample_step_indices(1000, 8, seed=1, step=5) and len(set(a)) == 8
+    assert a != sample_step_indices(1000, 8, seed=1, step=6)
+    assert a != sample_step_indices(1000, 8, seed=2, step=5)
     assert len(set(a)) == 8
     assert step_candidate_seed(3, 7) != step_candidate_seed(3, 8)
     assert derived_seed(1, 2, 0, 1) != derived_seed(1, 2, 1, 1)
+
+
+@pytest.mark.parametrize("log_ratio", [1.0, 25.0, 60.0])
+def test_kl_gradient_survives_large_drift(log_ratio):
+    # k3 = exp(d) - d - 1 with d = ref - new; d/d(new) = 1 - exp(d). A clamp on d used to zero this beyond 20 nats,
+    # exactly when a PL ranking (log K! nats) or a reasoning text had drifted most.
+    new = torch.tensor([log_ratio], requires_grad=True)
+    kl = kl_penalty(new, torch.zeros(1))
+    kl.backward()
+    assert kl.item() == pytest.approx(math.exp(-log_ratio) + log_ratio - 1.0, rel=1e-6)
+    assert new.grad.item() == pytest.approx(1.0 - math.exp(-log_ratio), rel=1e-6)
+    # and the other way round (the policy made the sampled action far less likely): finite, pulling back up
+    below = torch.tensor([-log_ratio], requires_grad=True)
+    kl = kl_penalty(below, torch.zeros(1))
+    kl.backward()
+    assert math.isfinite(kl.item()) and kl.item() > 0
+    assert below.grad.item() < 0 and math.isfinite(below.grad.item())
+    assert below.grad.item() == pytest.approx(1.0 - math.exp(min(log_ratio, 20.0)), rel=1e-5)
+
+
+def test_advantage_normalisation_refuses_a_single_sample():
+    with pytest.raises(ValueError, match="1 sample"):
+        normalize_advantages(torch.tensor([[0.3]]))
+    # the trainer's config refuses the setting before any work
+    from trainers.ppo_trainer import parse_config
+
+    cfg = parse_config(["--batch_size", "1", "--rankings_per_user", "1"])
+    with pytest.raises(UserInputError, match="--normalize_advantage"):
+        cfg.validate()
+    parse_config(["--batch_size", "1", "--rankings_per_user", "1", "--no-normalize_advantage"]).validate()

@@ -75,9 +75,9 @@ def test_kill_and_resume_matches_uninterrupted_run(assets, tmp_path):
 
 
 def _args(data, model, out, *extra):
-    from trainers.ppo_trainer import build_arg_parser
+    from trainers.ppo_trainer import parse_config
 
-    return build_arg_parser().parse_args(["--dataset_path", str(data), "--model_name_or_path", str(model),
+    return parse_config(["--dataset_path", str(data), "--model_name_or_path", str(model),
                                           "--output_dir", str(out), "--device", "cpu", "--no_plot",
                                           "--K", "4", "--K_eval", "3", "--max_steps", "1", *extra])
 

@@ -65,7 +65,7 @@ def shape_config(shape: str, vocab_size_tiny: int):
 def build_judge(args: argparse.Namespace, tmp: Path):
     """The judge for --shape: tiny loads the test fixture from disk; others are random Qwen2s built in memory."""
     from models.abstract_models import resolve_attn_implementation, resolve_device, resolve_dtype
-    from models.qwen_models import QwenBinaryJudge
+    from models.qwen_models import BinaryJudge
     from models.tiny import build_tiny_qwen, build_tiny_tokenizer
     from trainers.data.synthetic import synthetic_corpus
 
@@ -75,8 +75,8 @@ def build_judge(args: argparse.Namespace, tmp: Path):
     torch.manual_seed(args.seed)
     if args.shape == "tiny":
         path = build_tiny_qwen(tmp / "tiny", corpus=synthetic_corpus())
-        judge = QwenBinaryJudge(str(path), device=str(device), dtype=args.dtype, attn_implementation=attn,
-                                micro_batch_size=args.micro_batch_size)
+        judge = BinaryJudge.load(str(path), device=str(device), dtype=args.dtype, attn_implementation=attn,
+                                 scoring_chunk_size=args.micro_batch_size)
     else:
         from transformers import Qwen2ForCausalLM
 
@@ -86,7 +86,7 @@ def build_judge(args: argparse.Namespace, tmp: Path):
         config.eos_token_id = tok.eos_token_id
         with torch.device(device):
             lm = Qwen2ForCausalLM._from_config(config, attn_implementation=attn, dtype=dtype)
-        judge = QwenBinaryJudge.from_model(lm, tok, device=device, micro_batch_size=args.micro_batch_size)
+        judge = BinaryJudge.from_model(lm, tok, device=device, scoring_chunk_size=args.micro_batch_size)
     if args.gradient_checkpointing:
         judge.enable_gradient_checkpointing()
     return judge

@@ -12,7 +12,6 @@ the COMPLETE marker (trainers/checkpointing.py: assembled in a temp dir, renamed
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -154,9 +153,11 @@ class GRecTrainer:
         self.out_dir = Path(args.output_dir)
         self.resume_ckpt = None
         if args.resume_from:
-            from trainers.foundation.checkpoints import check_same_model_shape, resolve_resume_path
+            from trainers.foundation.checkpoints import check_same_model_shape, resolve_checkpoint
 
-            self.resume_ckpt = resolve_resume_path(args.resume_from, self.out_dir)
+            self.resume_ckpt = resolve_checkpoint(args.resume_from, self.out_dir,
+                                                  required=[("trainer_state.json",), ("optimizer.pt",)],
+                                                  where=f"--output_dir {self.out_dir}")
         device = str(acc.device) if (acc.num_processes > 1 or args.device == "auto") else args.device
         src = str(self.resume_ckpt) if self.resume_ckpt else args.model_name_or_path
         if self.resume_ckpt:
@@ -248,36 +249,22 @@ class GRecTrainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
-        from trainers.foundation.checkpoints import (
-            capture_rng_state,
-            finalize_checkpoint,
-            rotate_checkpoints,
-            tmp_checkpoint_dir,
-        )
+        from trainers.foundation.checkpoints import write_checkpoint
 
         acc = self.accelerator
-        tmp = tmp_checkpoint_dir(self.out_dir, self.step)
-        acc.wait_for_everyone()
-        if self.is_main:
-            if tmp.exists():
-                import shutil
 
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-            acc.unwrap_model(self.wrapped).save_pretrained(tmp)
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-        acc.wait_for_everyone()
-        torch.save(capture_rng_state(), tmp / f"rng_state_rank{acc.process_index}.pt")
-        acc.wait_for_everyone()
-        final = None
-        if self.is_main:
-            state = {"step": self.step, "world_size": acc.num_processes, "total_steps": self.total_steps,
-                     "item_table_step": self.item_table_step}
-            final = finalize_checkpoint(self.out_dir, self.step, state, asdict(self.args))
-            rotate_checkpoints(self.out_dir, self.args.save_total_limit)
-        acc.wait_for_everyone()
-        return final
+        def write_files(tmp: Path) -> None:
+            if self.is_main:
+                acc.unwrap_model(self.wrapped).save_pretrained(tmp)
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+
+        state = {"step": self.step, "world_size": acc.num_processes, "total_steps": self.total_steps,
+                 "item_table_step": self.item_table_step}
+        final = write_checkpoint(self.out_dir, self.step, write_files, state, asdict(self.args),
+                                 rank=acc.process_index, barrier=acc.wait_for_everyone,
+                                 save_total_limit=self.args.save_total_limit)
+        return final if self.is_main else None
 
     def _load_state(self, ckpt: Path) -> None:
         from trainers.foundation.checkpoints import load_torch_state, read_trainer_state, restore_rng_state
@@ -340,16 +327,3 @@ class GRecTrainer:
                 rec.update({prefix + k: v for k, v in m.items()})
             self.log(rec)
         self.accelerator.wait_for_everyone()
-
-
-def latest_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint directory as is, or the newest complete checkpoint-* inside a training output dir."""
-    from trainers.foundation.checkpoints import checkpoint_dirs
-
-    p = Path(path)
-    if (p / "config.json").is_file():
-        return p
-    ckpts = checkpoint_dirs(p)
-    if ckpts:
-        return ckpts[-1][1]
-    return p  # let the model loader give its one-line error

@@ -56,6 +56,28 @@ class ProcessedDataset:
                 pop[i] = c
         return pop
 
+    def longest_history(self) -> int:
+        """The longest history_item_id list over all splits (Arrow compute, no Python rows)."""
+        import pyarrow.compute as pc
+
+        longest = 0
+        for ds in self.splits.values():
+            if len(ds):
+                col = ds.data.column("history_item_id")
+                m = pc.max(pc.list_value_length(col)).as_py()
+                longest = max(longest, int(m or 0))
+        return longest
+
+    def check_K(self, K: int, flag: str = "--K") -> None:
+        """K candidates need K-1 negatives outside every user's history and target: compare K with the items
+        left for the user with the longest history (checked up front, not at the step that meets that user)."""
+        if K > self.n_items:
+            raise UserInputError(f"{flag} {K}: larger than the catalogue of {self.path} ({self.n_items} items)")
+        eligible = self.n_items - self.longest_history() - 1
+        if K - 1 > eligible:
+            raise UserInputError(f"{flag} {K} needs {K - 1} negatives but a user with {self.longest_history()} history "
+                                 f"items leaves only {eligible} of the {self.n_items} items eligible; lower {flag}")
+
     def split(self, name: str):
         if name not in self.splits:
             raise UserInputError(f"--split {name!r} not in dataset {self.path} (has {sorted(self.splits)})")

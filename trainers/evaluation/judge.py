@@ -64,13 +64,16 @@ def format_example(sample: dict, ex: dict, titles: Sequence[str], top: int = 5) 
 def rank_examples(judge, prompter, items: Sequence[Item], mode: str = "greedy", scoring: str = "naive",
                   batch_size: int = 8, max_new_tokens: int = 0, temperature: float = 1.0, seed: int = 0,
                   K_eval: int | None = None, on_sample: Callable[[dict], Any] | None = None, progress: bool = True,
-                  gen_mode: str = "top1", print_every_text: int = 0) -> list[dict]:
+                  gen_mode: str = "top1", print_every_text: int = 0, sampling=None,
+                  forward: Callable | None = None) -> list[dict]:
     """Score and rank the candidates of each item; return result-JSON samples in the items' order.
 
     greedy: candidates by descending score, ties against the target. rollout: one Gumbel-top-K sample from
     PL(scores / temperature), seeded per interaction id. In reasoning mode (max_new_tokens > 0) the judge first
-    generates a reasoning text per candidate (greedy decoding in greedy mode, sampled in rollout mode).
-    K_eval is accepted for symmetry with the metrics (samples hold full rankings, so it is not needed here).
+    generates a reasoning text per candidate: greedy decoding in greedy mode, sampled with `sampling`
+    (models.qwen_models.SamplingSettings: the training run's --gen_temperature/--gen_top_k/--gen_top_p) in rollout
+    mode. `forward` is the callable that scores (default: the judge itself; a trainer passes its wrapped model so
+    DDP/FSDP see the forward). K_eval is accepted for symmetry with the metrics.
     """
     import torch
     from tqdm.auto import tqdm
@@ -102,8 +105,8 @@ def rank_examples(judge, prompter, items: Sequence[Item], mode: str = "greedy", 
                     # Generation randomness is seeded per batch from its first interaction so reruns repeat.
                     torch.manual_seed(derived_seed(seed, int(batch[0][0]["interaction_id"]), 2))
                     prompts = judge.generate_reasoning(prompts, max_new_tokens, do_sample=(mode == "rollout"),
-                                                       scoring=scoring)
-                scores = judge.score_candidates(prompts, scoring=scoring).scores.float().cpu()
+                                                       sampling=sampling, scoring=scoring)
+                scores = (forward or judge)(prompts, scoring=scoring).scores.float().cpu()
             for (ex, cands), p, s in zip(batch, prompts, scores):
                 iid, target = int(ex["interaction_id"]), int(ex["item_id"])
                 s_list = [float(x) for x in s.tolist()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,29 @@ def reference_candidates(result: dict) -> dict[int, list[int]]:
     return {int(s["interaction_id"]): [int(c) for c in s["candidates"]] for s in result["samples"]}
 
 
-class ResultWriter:
-    """Collects samples for one result JSON; resumes from what an earlier run on the same path left."""
+def partial_path(path: str | os.PathLike, rank: int = 0) -> Path:
+    """Where a process appends its finished samples: {path}.partial.jsonl (rank 0), {path}.partial.rank{r}.jsonl."""
+    p = Path(path)
+    return p.with_name(p.name + (".partial.jsonl" if rank == 0 else f".partial.rank{rank}.jsonl"))
 
-    def __init__(self, path: str | os.PathLike, meta: dict[str, Any], resume: bool = True, flush_every: int = 50) -> None:
+
+def partial_paths(path: str | os.PathLike) -> list[Path]:
+    """Every process's partial file next to a result JSON (rank 0 first)."""
+    p = Path(path)
+    return [x for x in [partial_path(p)] + sorted(p.parent.glob(p.name + ".partial.rank*.jsonl")) if x.is_file()]
+
+
+class ResultWriter:
+    """Collects samples for one result JSON; resumes from what an earlier run on the same path left.
+
+    Several processes (an evaluation sharded with accelerate launch/torchrun) each append to their own partial
+    file; only rank 0 writes the JSON, and `merge()` on rank 0 takes the other processes' samples in."""
+
+    def __init__(self, path: str | os.PathLike, meta: dict[str, Any], resume: bool = True, flush_every: int = 50,
+                 rank: int = 0) -> None:
         self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + ".partial.jsonl")
+        self.rank = rank
+        self.partial = partial_path(self.path, rank)
         self.meta = dict(meta)
         self.meta.setdefault("git_commit", git_commit())
         self.flush_every = flush_every
@@ -83,15 +101,24 @@ class ResultWriter:
             if self.path.is_file():
                 for s in load_result_json(self.path, flag="output").get("samples", []):
                     self.samples[int(s["interaction_id"])] = s
-            if self.partial.is_file():
-                repair_jsonl_tail(self.partial)
-                for s in iter_jsonl(self.partial, flag="partial results"):
-                    self.samples[int(s["interaction_id"])] = s
-        else:
-            for p in (self.path, self.partial):
+            self.merge()
+        elif rank == 0:
+            for p in [self.path, *partial_paths(self.path)]:
                 if p.exists():
                     p.unlink()
         self._since_flush = 0
+
+    def merge(self) -> None:
+        """Take in the samples of every partial file (this process's and the others')."""
+        for part in partial_paths(self.path):
+            if part == self.partial:
+                repair_jsonl_tail(part)
+            for s in iter_jsonl(part, flag="partial results", skip_bad_lines=True):
+                missing = [k for k in SAMPLE_KEYS if k not in s]
+                if missing:  # a damaged row is redone, not fatal (it would fail again on every rerun)
+                    print(f"warning: {part}: skipping a row without {missing}; it will be recomputed", file=sys.stderr)
+                    continue
+                self.samples.setdefault(int(s["interaction_id"]), s)
 
     @property
     def done_ids(self) -> set[int]:
@@ -104,7 +131,7 @@ class ResultWriter:
         self.samples[iid] = sample
         append_jsonl(self.partial, [sample])
         self._since_flush += 1
-        if self._since_flush >= self.flush_every:
+        if self._since_flush >= self.flush_every and self.rank == 0:
             self.write()
 
     def ordered_samples(self, order: list[int] | None = None) -> list[dict]:
@@ -117,13 +144,15 @@ class ResultWriter:
         if metrics is None:
             metrics = metrics_from_ranks([s["target_rank"] for s in samples if s.get("target_rank")])
         data = {"meta": self.meta, "metrics": metrics, **(extra or {}), "samples": samples}
-        atomic_write_json(self.path, data)
+        if self.rank == 0:
+            atomic_write_json(self.path, data)
         self._since_flush = 0
         return data
 
     def finalize(self, metrics: dict | None = None, extra: dict | None = None, order: list[int] | None = None) -> dict:
-        """Write the complete JSON and drop the partial log (its samples are all in the JSON now)."""
+        """Rank 0: write the complete JSON and drop every partial log (their samples are all in the JSON now)."""
         data = self.write(metrics, extra, order)
-        if self.partial.exists():
-            self.partial.unlink()
+        if self.rank == 0:
+            for part in partial_paths(self.path):
+                part.unlink()
         return data

@@ -1,16 +1,20 @@
-"""Training checkpoints: atomic write, completion marker, "last" lookup, rotation, RNG state capture.
+"""Training checkpoints: one resolver, one writer, the run lock, RNG state capture.
 
-Layout of `{output_dir}/checkpoint-{step}`:
-  model + tokenizer (save_pretrained) + heads.safetensors   -- QwenBinaryJudge.save
-  optimizer.pt, scheduler.pt                                 -- torch state dicts
-  rng_state_rank{r}.pt                                       -- python/numpy/torch RNG of every rank
-  trainer_state.json                                         -- step, world size, metric bookkeeping
-  args.json                                                  -- the run's arguments
-  COMPLETE                                                   -- written last; marks a usable checkpoint
+Layout of `{output_dir}/checkpoint-{step}` (what each trainer puts in it is in its own docstring):
+  model files (save_pretrained, or a PEFT adapter) + tokenizer + trainer-specific heads
+  optimizer / scheduler state, rng_state_rank{r}.pt of every rank
+  trainer_state.json   step, world size, bookkeeping
+  args.json            the run's settings
+  COMPLETE             written last; marks a usable checkpoint
 
-A checkpoint is assembled in a hidden temp directory and renamed into place, so a
-kill mid-save leaves either the previous checkpoints untouched or a `.tmp-*` dir
-that is ignored (and cleaned up on the next save).
+A checkpoint is assembled in a hidden temp directory and renamed into place, so a kill mid-save leaves either
+the previous checkpoints untouched or a `.tmp-*` dir that is ignored (and cleaned up on the next save).
+
+`--resume_from` values every trainer accepts (resolve_checkpoint):
+  auto   the newest complete checkpoint in the output dir, or a fresh start if there is none (preemptible jobs:
+         the same command serves every attempt)
+  last   the newest complete checkpoint; an error if there is none
+  PATH   that checkpoint directory (complete), or a run directory whose newest complete checkpoint is used
 """
 from __future__ import annotations
 
@@ -19,8 +23,11 @@ import os
 import random
 import re
 import shutil
+import socket
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,11 +36,18 @@ from trainers.foundation.errors import UserInputError
 from trainers.foundation.files import atomic_write_json
 
 COMPLETE_MARKER = "COMPLETE"
+TRAINER_STATE = "trainer_state.json"
+ARGS_FILE = "args.json"
+LOCK_FILE = ".lock"
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+RESUME_KEYWORDS = ("auto", "last")
+
+# A requirement is a tuple of alternatives: at least one of the names must exist in the checkpoint.
+Requirement = Sequence[str]
 
 
 def checkpoint_dirs(output_dir: str | os.PathLike, complete_only: bool = True) -> list[tuple[int, Path]]:
-    """(step, path) of checkpoints in output_dir, oldest first."""
+    """(step, path) of checkpoint-N directories in output_dir, oldest first."""
     out = []
     d = Path(output_dir)
     if not d.is_dir():
@@ -45,24 +59,148 @@ def checkpoint_dirs(output_dir: str | os.PathLike, complete_only: bool = True) -
     return sorted(out)
 
 
-def resolve_resume_path(resume_from: str, output_dir: str | os.PathLike) -> Path:
-    """--resume_from last -> newest complete checkpoint in output_dir; PATH -> that checkpoint (checked)."""
-    if resume_from == "last":
-        ckpts = checkpoint_dirs(output_dir)
-        if not ckpts:
-            raise UserInputError(f"--resume_from last: no complete checkpoint-* directory in --output_dir {output_dir}")
-        return ckpts[-1][1]
-    p = Path(resume_from)
+def checkpoint_problem(d: Path, required: Sequence[Requirement] = ()) -> str | None:
+    """Why d is not a usable checkpoint (no COMPLETE marker when it is a training checkpoint, a required file
+    missing or empty), or None."""
+    if not d.is_dir():
+        return "not a directory"
+    if (d / TRAINER_STATE).is_file() and not (d / COMPLETE_MARKER).is_file():
+        return f"no {COMPLETE_MARKER} marker (interrupted save?)"
+    for alternatives in required:
+        present = [n for n in alternatives if (d / n).exists()]
+        if not present:
+            return f"missing {' or '.join(alternatives)}"
+        empty = [n for n in present if (d / n).is_file() and (d / n).stat().st_size == 0]
+        if len(empty) == len(present):
+            return f"{empty[0]} is empty (truncated save?)"
+    return None
+
+
+def resolve_checkpoint(spec: str | None, search_dir: str | os.PathLike, required: Sequence[Requirement] = (),
+                       flag: str = "--resume_from", where: str | None = None) -> Path | None:
+    """The checkpoint a --resume_from value names (module docstring), or None for a fresh start.
+
+    'last'/'auto' skip incomplete checkpoints with a warning on stderr; an explicit incomplete path is an error."""
+    if not spec:
+        return None
+    where = where or f"{search_dir}"
+    if spec in RESUME_KEYWORDS:
+        for _, d in reversed(checkpoint_dirs(search_dir, complete_only=False)):
+            problem = checkpoint_problem(d, required)
+            if problem is None:
+                return d
+            print(f"warning: skipping incomplete {d}: {problem}", file=sys.stderr)
+        if spec == "auto":
+            return None
+        raise UserInputError(f"{flag} last: no complete checkpoint-N in {where}; start without {flag} "
+                             "(or use 'auto', which starts fresh when there is none)")
+    p = Path(spec)
     if not p.is_dir():
-        raise UserInputError(f"--resume_from {resume_from}: directory does not exist (use 'last' or a checkpoint-N dir)")
-    if not (p / COMPLETE_MARKER).is_file():
-        raise UserInputError(f"--resume_from {resume_from}: incomplete checkpoint (no {COMPLETE_MARKER} marker); "
-                             "it was interrupted while saving; pick an older one or 'last'")
-    if not (p / "trainer_state.json").is_file():
-        raise UserInputError(f"--resume_from {resume_from}: not a train.py checkpoint (no trainer_state.json)")
+        raise UserInputError(f"{flag} {spec}: directory does not exist (use 'auto', 'last' or a checkpoint-N dir)")
+    if not CKPT_RE.match(p.name) and checkpoint_dirs(p, complete_only=False):
+        found = resolve_checkpoint("last", p, required, flag, where=str(p))
+        assert found is not None
+        return found
+    problem = checkpoint_problem(p, required)
+    if problem:
+        raise UserInputError(f"{flag} {spec}: incomplete checkpoint: {problem}; pick an older one or 'last'")
     return p
 
 
+def read_trainer_state(ckpt: Path, flag: str = "--resume_from") -> dict:
+    try:
+        state = json.loads((ckpt / TRAINER_STATE).read_text())
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserInputError(f"{flag} {ckpt}: {TRAINER_STATE} is damaged ({type(e).__name__}: {e})")
+    return state
+
+
+def read_saved_args(ckpt: Path, flag: str = "--resume_from") -> dict:
+    try:
+        return json.loads((ckpt / ARGS_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"{flag} {ckpt}: {ARGS_FILE} is damaged ({type(e).__name__}: {e})")
+
+
+def changed_settings(saved: dict, current: dict, keys: Sequence[str]) -> list[str]:
+    """The trajectory settings whose value differs between a checkpoint's args and this run."""
+    return [k for k in keys if k in saved and saved[k] != current.get(k)]
+
+
+def check_resume_settings(ckpt: Path, current: dict, keys: Sequence[str], allowed: Sequence[str],
+                          allow_flag: str = "--allow_changed_settings") -> list[str]:
+    """Refuse to resume with settings that change the trajectory unless the user names them in allow_flag.
+    Returns the changed (and allowed) setting names, for logging."""
+    saved = read_saved_args(ckpt)
+    diff = changed_settings(saved, current, keys)
+    refused = [k for k in diff if k not in allowed]
+    if refused:
+        shown = ", ".join(f"--{k} {saved[k]!r} -> {current.get(k)!r}" for k in refused)
+        raise UserInputError(f"--resume_from {ckpt}: this run changes settings the checkpoint was trained with ({shown}); "
+                             f"rerun with the checkpoint's values or pass {allow_flag} {','.join(refused)}")
+    return diff
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def tmp_checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
+    return Path(output_dir) / f".tmp-checkpoint-{step}"
+
+
+def write_checkpoint(output_dir: str | os.PathLike, step: int, write_files: Callable[[Path], None],
+                     trainer_state: dict, args: dict, rank: int, barrier: Callable[[], None],
+                     save_total_limit: int | None = None) -> Path:
+    """The one checkpoint writer: a temp dir, write_files(tmp) on EVERY rank (it decides what each rank writes,
+    so collective saves such as FSDP state dicts work), this rank's RNG state, then on the main rank the state
+    files, the COMPLETE marker, an atomic rename and rotation. Returns the final directory."""
+    tmp = tmp_checkpoint_dir(output_dir, step)
+    is_main = rank == 0
+    if is_main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    barrier()
+    write_files(tmp)
+    torch.save(capture_rng_state(), tmp / f"rng_state_rank{rank}.pt")
+    barrier()
+    final = Path(output_dir) / f"checkpoint-{step}"
+    if is_main:
+        atomic_write_json(tmp / TRAINER_STATE, trainer_state)
+        atomic_write_json(tmp / ARGS_FILE, args)
+        (tmp / COMPLETE_MARKER).write_text(str(step))
+        if final.exists():  # re-saving the same step (e.g. after a resume): replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(Path(output_dir))
+        rotate_checkpoints(output_dir, save_total_limit)
+    barrier()
+    return final
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(str(d), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # not supported on every filesystem; the rename is still atomic
+        pass
+
+
+def rotate_checkpoints(output_dir: str | os.PathLike, save_total_limit: int | None) -> None:
+    """Keep the newest save_total_limit complete checkpoints; drop stale temp dirs."""
+    d = Path(output_dir)
+    for p in d.glob(".tmp-checkpoint-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    if save_total_limit is None or save_total_limit <= 0:
+        return
+    ckpts = checkpoint_dirs(d)
+    for _, p in ckpts[:-save_total_limit]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- RNG
 def capture_rng_state() -> dict[str, Any]:
     """RNG states as plain Python values and tensors only, so the file loads with torch.load(weights_only=True)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -87,70 +225,98 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_torch_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+def load_torch_state(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                     flag: str = "--resume_from") -> Any:
     """torch.load restricted to tensors and plain containers (weights_only=True): a checkpoint file can't run code."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise UserInputError(f"--resume_from: cannot load {path} safely ({type(e).__name__}: "
+        raise UserInputError(f"{flag}: cannot load {path} safely ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}); the checkpoint is damaged or not ours")
 
 
-def tmp_checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
-    return Path(output_dir) / f".tmp-checkpoint-{step}"
-
-
-def finalize_checkpoint(output_dir: str | os.PathLike, step: int, trainer_state: dict, args: dict) -> Path:
-    """Rank 0, after every rank has written into the temp dir: state files, marker, atomic rename."""
-    tmp = tmp_checkpoint_dir(output_dir, step)
-    atomic_write_json(tmp / "trainer_state.json", trainer_state)
-    atomic_write_json(tmp / "args.json", args)
-    (tmp / COMPLETE_MARKER).write_text(str(step))
-    final = Path(output_dir) / f"checkpoint-{step}"
-    if final.exists():  # re-saving the same step (e.g. after a resume): replace it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(Path(output_dir))
-    return final
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(str(d), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # not supported on every filesystem; the rename is still atomic
-        pass
-
-
-def rotate_checkpoints(output_dir: str | os.PathLike, save_total_limit: int | None) -> None:
-    """Keep the newest save_total_limit complete checkpoints; drop stale temp dirs and incomplete ones."""
-    d = Path(output_dir)
-    for p in d.glob(".tmp-checkpoint-*"):
-        shutil.rmtree(p, ignore_errors=True)
-    if save_total_limit is None or save_total_limit <= 0:
+def check_same_model_shape(base_model_dir: str | os.PathLike, ckpt: Path, flag: str = "--resume_from") -> None:
+    """A checkpoint resumes only a run of the same architecture: compare the config fields that set shapes
+    (adapter checkpoints hold no config.json; their adapter load checks the shapes)."""
+    if not (ckpt / "config.json").is_file():
         return
-    ckpts = checkpoint_dirs(d)
-    for _, p in ckpts[:-save_total_limit]:
-        shutil.rmtree(p, ignore_errors=True)
-
-
-def read_trainer_state(ckpt: Path) -> dict:
-    return json.loads((ckpt / "trainer_state.json").read_text())
-
-
-def check_same_model_shape(base_model_dir: str | os.PathLike, ckpt: Path) -> None:
-    """A checkpoint resumes only a run of the same architecture: compare the config fields that set shapes."""
     keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "intermediate_size", "vocab_size")
     try:
         base = json.loads((Path(base_model_dir) / "config.json").read_text())
         mine = json.loads((ckpt / "config.json").read_text())
     except (OSError, ValueError) as e:
-        raise UserInputError(f"--resume_from {ckpt}: cannot read config.json ({e})")
+        raise UserInputError(f"{flag} {ckpt}: cannot read config.json ({e})")
     diff = [f"{k}={mine.get(k)} vs {base.get(k)}" for k in keys if base.get(k) != mine.get(k)]
     if diff:
-        raise UserInputError(f"--resume_from {ckpt}: checkpoint was made from a different model shape than "
+        raise UserInputError(f"{flag} {ckpt}: checkpoint was made from a different model shape than "
                              f"--model_name_or_path {base_model_dir} ({'; '.join(diff)})")
+
+
+# ---------------------------------------------------------------------------------------------- the run lock
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """`{output_dir}/.lock` holding the owner's pid and host: a second run on the same output dir is refused with
+    one line; a stale lock left by a dead process on this host is taken over. Release removes it."""
+
+    def __init__(self, output_dir: str | os.PathLike, flag: str = "--output_dir") -> None:
+        self.dir = Path(output_dir)
+        self.path = self.dir / LOCK_FILE
+        self.flag = flag
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and owner.get("host") == me["host"] and not _pid_alive(int(owner.get("pid", -1))):
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                if owner is None:  # being written right now, or garbage: look again
+                    time.sleep(0.2)
+                    owner = self._owner()
+                    if owner is None:
+                        self.path.unlink(missing_ok=True)
+                        continue
+                raise UserInputError(
+                    f"{self.flag} {self.dir}: in use by another run (pid {owner.get('pid')} on {owner.get('host')}, "
+                    f"started {owner.get('started')}); wait for it or use another {self.flag} "
+                    f"(delete {self.path} if that run is gone)")
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise UserInputError(f"{self.flag} {self.dir}: cannot take {self.path}")
+
+    def _owner(self) -> dict | None:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) and "pid" in data else None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            owner = self._owner()
+            if owner is not None and int(owner.get("pid", -1)) == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

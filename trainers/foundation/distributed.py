@@ -1,0 +1,72 @@
+"""Helpers around accelerate's process group: sharding work, gathering results, stopping together on a signal.
+
+Data parallelism and sharding themselves come from accelerate (DDP/FSDP/DeepSpeed); nothing here reduces
+gradients by hand.
+"""
+from __future__ import annotations
+
+import signal
+from typing import Any, Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
+    """This process's share of a list: items[rank::world_size] (a strided split keeps shards balanced and the
+    merged order recoverable)."""
+    return list(items[rank::world_size])
+
+
+def gather_objects(accelerator, obj: Any) -> list[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every process (picklable objects)."""
+    if accelerator.num_processes == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * accelerator.num_processes
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_process(accelerator, flag: bool) -> bool:
+    """True on every process if flag is True on at least one (so all processes stop at the same step)."""
+    if accelerator.num_processes == 1:
+        return bool(flag)
+    import torch
+
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(t, reduction="sum").item() > 0)
+
+
+class StopRequest:
+    """SIGTERM/SIGINT set a flag instead of killing the process, so a training loop can finish its step, save a
+    checkpoint and exit cleanly (cluster preemption). A second signal of the same kind restores the default
+    behaviour (a second Ctrl-C kills at once)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        for s in self.SIGNALS:
+            try:
+                self._previous[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        if self.signal_name is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        self.signal_name = signal.Signals(signum).name
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
