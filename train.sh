@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# PL-PPO training launcher: one process per visible GPU (torchrun), or the CPU demo when nothing is set.
-# Every variable below can be overridden from the environment, e.g.
-#   CUDA_VISIBLE_DEVICES=0,1 model_name_or_path=Qwen2.5-1.5B-Instruct dataset_path=data/Video_Games_5_2021-1-2023-12 bash train.sh
-# Extra arguments are passed through to train.py (e.g. bash train.sh --resume_from last).
+# PL-PPO training launcher. With nothing configured: the tiny demo model on the demo data, on the CPU, building the
+# demo assets first if they are missing. Every variable below can be set from the environment, e.g.
+#   CUDA_VISIBLE_DEVICES=0,1 model_name_or_path=Qwen2.5-3B-Instruct dataset_path=data/Video_Games_5_2021-1-2023-12 bash train.sh
+# Extra arguments are passed through to train.py (e.g. bash train.sh --use_lora --gradient_checkpointing).
+#
+# Distribution (GPU runs go through `accelerate launch`, one process per visible GPU per node):
+#   ACCELERATE_CONFIG  ddp (default) | fsdp | zero2 | zero3 | a path: configs/accelerate/<name>.yaml
+#   NNODES=1 NODE_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500   several nodes: run this script on every node
+#                                                                  with the same values but its own NODE_RANK
+#   nproc_per_node     processes per node (default: the number of visible GPUs)
+# Restarts: every run passes --resume_from auto, so rerunning the same command (after a crash, a kill or a
+# preemption; SIGTERM makes train.py save a checkpoint and exit) continues from the newest complete checkpoint
+# and a fresh output dir starts from step 0. Nothing is ever deleted unless you pass --overwrite_output_dir.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,7 +24,7 @@ if [[ -z "${dataset_path:-}" && -z "${model_name_or_path:-}" ]]; then demo=1; fi
 # rates peak, then fall back); shared-prefix scoring halves the step time.
 if [[ $demo == 1 ]]; then
   d_K=10; d_batch=32; d_lr_actor=3e-4; d_lr_critic=1e-3; d_steps=200; d_mlen=1; d_win=3; d_device=cpu
-  set -- --ppo_epochs 4 --scoring shared --micro_batch_size 160 --eval_every 50 --num_valid_samples 100 "$@"
+  set -- --ppo_epochs 4 --scoring shared --scoring_chunk_size 160 --eval_every 50 --num_valid_samples 100 "$@"
 else
   d_K=20; d_batch=4; d_lr_actor=1e-5; d_lr_critic=1e-4; d_steps=-1; d_mlen=64; d_win=10; d_device=auto
 fi
@@ -35,36 +44,46 @@ lr_actor=${lr_actor:-$d_lr_actor}
 lr_critic=${lr_critic:-$d_lr_critic}
 max_steps=${max_steps:-$d_steps}
 device=${device:-$d_device}
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+MASTER_PORT=${MASTER_PORT:-29500}
+ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-ddp}
 
 if [[ $demo == 1 ]]; then
-  nproc=1  # the demo runs on the CPU in one process
-  if [[ ! -d $dataset_path || ! -d $model_name_or_path ]]; then
-    echo "train.sh: demo data/model missing ($dataset_path, $model_name_or_path); build them with the demo script first" >&2
-    exit 2
-  fi
-  if [[ -d $output_dir && -n "$(ls -A "$output_dir" 2>/dev/null)" && " $* " != *" --resume_from "* ]]; then
-    set -- --overwrite_output_dir "$@"
-  fi
-else
-  if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
-    IFS=',' read -ra gpus <<< "$CUDA_VISIBLE_DEVICES"; nproc=${#gpus[@]}
-  elif command -v nvidia-smi >/dev/null 2>&1; then
-    nproc=$(nvidia-smi -L | wc -l)
-  else
-    nproc=1
-  fi
-  [[ $nproc -lt 1 ]] && nproc=1
+  "$PYTHON" tools/make_demo.py --out_dir demo --skip_existing --preprocess  # seconds; nothing if present
 fi
+
+if [[ $device == cpu ]]; then
+  nproc=1
+elif [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+  IFS=',' read -ra gpus <<< "$CUDA_VISIBLE_DEVICES"; nproc=${#gpus[@]}
+elif command -v nvidia-smi >/dev/null 2>&1; then
+  nproc=$(nvidia-smi -L | wc -l)
+else
+  nproc=1
+fi
+[[ $nproc -lt 1 ]] && nproc=1
 nproc=${nproc_per_node:-$nproc}
+
+resume=(--resume_from auto)
+for a in "$@"; do
+  if [[ $a == --resume_from || $a == --overwrite_output_dir ]]; then resume=(); fi
+done
 
 args=(--dataset_path "$dataset_path" --dataset_type "$dataset_type" --model_name_or_path "$model_name_or_path"
       --output_dir "$output_dir" --max_len_per_item "$max_len_per_item" --user_window_size "$user_window_size"
       --print_every "$print_every" --save_every "$save_every" --token_log_path "$token_log_path"
       --batch_size "$batch_size" --K "$K" --K_eval "$K_eval" --lr_actor "$lr_actor" --lr_critic "$lr_critic"
-      --max_steps "$max_steps" --device "$device")
+      --max_steps "$max_steps" --device "$device" "${resume[@]}")
 
-if [[ $nproc -gt 1 ]]; then
-  exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$nproc" train.py "${args[@]}" "$@"
+if [[ $nproc -gt 1 || $NNODES -gt 1 ]]; then
+  config=$ACCELERATE_CONFIG
+  [[ -f $config ]] || config=configs/accelerate/$ACCELERATE_CONFIG.yaml
+  [[ -f $config ]] || { echo "train.sh: ACCELERATE_CONFIG=$ACCELERATE_CONFIG: no such config (ddp|fsdp|zero2|zero3 or a file)" >&2; exit 2; }
+  exec "$PYTHON" -m accelerate.commands.launch --config_file "$config" --num_machines "$NNODES" \
+    --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \
+    --num_processes $((nproc * NNODES)) train.py "${args[@]}" "$@"
 else
   exec "$PYTHON" train.py "${args[@]}" "$@"
 fi

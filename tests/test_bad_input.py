@@ -174,9 +174,15 @@ def ctx(tmp_path_factory) -> dict:
     cfg = json.loads((c["ckpt_shape"] / "config.json").read_text())
     cfg["num_hidden_layers"] = cfg["num_hidden_layers"] + 1
     (c["ckpt_shape"] / "config.json").write_text(json.dumps(cfg))
-    (c["ckpt_shape"] / "heads.safetensors").write_bytes(b"")
-    for name in ("trainer_state.json", "COMPLETE"):
-        (c["ckpt_shape"] / name).write_text("{}")
+    # complete in every file, so the only fault left is the shape
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"net.0.bias": torch.zeros(1)}, str(c["ckpt_shape"] / "heads.safetensors"))
+    for name in ("optimizer.pt", "scheduler.pt"):
+        torch.save({}, c["ckpt_shape"] / name)
+    for name in ("trainer_state.json", "args.json", "COMPLETE"):
+        (c["ckpt_shape"] / name).write_text('{"step": 2}')
     c["runs"] = runs
     # input files
     c["bad_template"] = root / "template.txt"

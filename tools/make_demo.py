@@ -1,21 +1,33 @@
 """Build the embedded demo: synthetic Amazon-Reviews-2023-format raw files and a tiny random Qwen2.
 
-    python tools/make_demo.py --out_dir demo
+    python tools/make_demo.py --out_dir demo                 # raw files + model (rebuilt)
+    python tools/make_demo.py --skip_existing --preprocess   # what train.sh/test.sh run: only what is missing
 
-writes demo/raw/ (Video_Games.csv.gz, meta_Video_Games.jsonl.gz) and demo/tiny-qwen/.
-The data carry a planted preference (users stick to a sub-category named in item
-titles), so training has something real to learn. Everything is offline and seeded.
+writes demo/raw/ (Video_Games.csv.gz, meta_Video_Games.jsonl.gz) and demo/tiny-qwen/; with --preprocess also
+the processed dataset demo/data/Video_Games_5_2021-1-2023-12 (through preprocess.py, the real command).
+The data carry a planted preference, so training has something real to learn. Everything is offline and seeded.
 """
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 from models.tiny import build_tiny_qwen
 from trainers.data.synthetic import synthetic_corpus, write_amazon_raw
 
+REPO = Path(__file__).resolve().parents[1]
+# The demo's preprocessing window and settings (demo.sh runs the same command).
+PREPROCESS = ["--K", "5", "--st_year", "2021", "--st_month", "1", "--ed_year", "2023", "--ed_month", "12",
+              "--min_items", "50"]
 
-def main() -> None:
+
+def demo_dataset_dir(out_dir: Path, category: str) -> Path:
+    return out_dir / "data" / f"{category}_5_2021-1-2023-12"
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out_dir", default="demo", help="writes OUT_DIR/raw/ and OUT_DIR/tiny-qwen/ (default: demo)")
     ap.add_argument("--category", default="Video_Games", help="category name of the raw files (default: Video_Games)")
@@ -24,14 +36,32 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the data and the random model weights (default: 0)")
     ap.add_argument("--hidden_size", type=int, default=64, help="hidden size of the tiny Qwen2 (default: 64)")
     ap.add_argument("--num_hidden_layers", type=int, default=2, help="layers of the tiny Qwen2 (default: 2)")
-    args = ap.parse_args()
+    ap.add_argument("--skip_existing", action="store_true",
+                    help="keep raw files, model and dataset that already exist (build only what is missing)")
+    ap.add_argument("--preprocess", action="store_true",
+                    help="also run preprocess.py on the raw files into OUT_DIR/data (the demo's dataset)")
+    args = ap.parse_args(argv)
     out = Path(args.out_dir)
-    files = write_amazon_raw(out / "raw", category=args.category, n_users=args.n_users, n_items=args.n_items, seed=args.seed)
-    model_dir = build_tiny_qwen(out / "tiny-qwen", corpus=synthetic_corpus(), hidden_size=args.hidden_size,
-                                num_hidden_layers=args.num_hidden_layers, seed=args.seed)
-    for f in files.values():
-        print(f"raw file: {f}")
-    print(f"tiny model: {model_dir}")
+    raw_ok = (out / "raw" / f"{args.category}.csv.gz").is_file() and (out / "raw" / f"meta_{args.category}.jsonl.gz").is_file()
+    if not (args.skip_existing and raw_ok):
+        files = write_amazon_raw(out / "raw", category=args.category, n_users=args.n_users, n_items=args.n_items,
+                                 seed=args.seed)
+        for f in files.values():
+            print(f"raw file: {f}")
+    model = out / "tiny-qwen"
+    if not (args.skip_existing and (model / "config.json").is_file()):
+        build_tiny_qwen(model, corpus=synthetic_corpus(), hidden_size=args.hidden_size,
+                        num_hidden_layers=args.num_hidden_layers, seed=args.seed)
+        print(f"tiny model: {model}")
+    if args.preprocess:
+        data = demo_dataset_dir(out, args.category)
+        if args.skip_existing and (data / "dataset_dict.json").is_file():
+            return
+        cmd = [sys.executable, str(REPO / "preprocess.py"), "--category", args.category, *PREPROCESS,
+               "--raw_dir", str(out / "raw"), "--data_root_dir", str(out / "data"), "--overwrite_output_dir"]
+        r = subprocess.run(cmd)
+        if r.returncode != 0:
+            raise SystemExit(r.returncode)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import torch
 
 from models.abstract_models import disable_dropout
 from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, ndcg_at, ndcg_reward, target_rank
-from trainers.foundation.checkpoints import (RunLock, check_resume_settings, load_torch_state, read_trainer_state,
+from trainers.foundation.checkpoints import (LOCK_FILE, RunLock, check_resume_settings, load_torch_state, read_trainer_state,
                                              resolve_checkpoint, restore_rng_state, write_checkpoint)
 from trainers.foundation.config import TrainerConfig, option, require
 from trainers.foundation.distributed import any_process, gather_objects, shard
@@ -366,6 +366,9 @@ class PPOTrainer:
         optimizer = torch.optim.AdamW([{"params": actor, "lr": cfg.lr_actor, "name": "actor"},
                                        {"params": critic, "lr": cfg.lr_critic, "name": "critic"}],
                                       weight_decay=cfg.weight_decay)
+        ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+        if ds_plugin is not None:  # no dataloader is prepared, so DeepSpeed is told the micro-batch size here
+            ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
         self.model, self.optimizer = accelerator.prepare(self.judge, optimizer)
         self.judge = accelerator.unwrap_model(self.model)
         if self.ref_judge is not None:
@@ -810,7 +813,8 @@ def check_output_dir(cfg: PPOConfig) -> None:
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--output_dir {out}: exists and is not a directory")
-    if cfg.resume_from is None and not cfg.overwrite_output_dir and output_dir_artifacts(out, None):
+    if cfg.resume_from is None and not cfg.overwrite_output_dir and out.is_dir() and \
+            any(p.name != LOCK_FILE for p in out.iterdir()):
         raise UserInputError(f"--output_dir {out}: not empty, it holds an earlier run; pass --resume_from auto to continue it "
                              "or --overwrite_output_dir to start afresh")
 
