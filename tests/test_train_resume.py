@@ -1,5 +1,7 @@
-"""Checkpoint/resume: a run SIGKILLed after a checkpoint and resumed with --resume_from last ends with the
-same weights and the same metrics.jsonl tail as an uninterrupted run; bad input fails in one line."""
+"""Checkpoint/resume: a run SIGKILLed after a checkpoint and resumed with --resume_from last, or stopped by SIGTERM
+(a preemption) and resumed with --resume_from auto, ends with the same weights and the same metrics.jsonl as an
+uninterrupted run; resuming with changed settings, damaged checkpoints and a second run on the same output dir
+are refused in one line; bad input fails in one line."""
 from __future__ import annotations
 
 import json
@@ -40,20 +42,42 @@ def _records(out):
     return [{k: v for k, v in r.items() if k not in VOLATILE} for r in recs]
 
 
-def test_kill_and_resume_matches_uninterrupted_run(assets, tmp_path):
+@pytest.fixture(scope="module")
+def reference_run(assets, tmp_path_factory):
+    """An uninterrupted N_STEPS run every resume test compares with."""
     data, model = assets
-    ref = tmp_path / "ref"
+    ref = tmp_path_factory.mktemp("ref") / "run"
     r = run_train(train_cmd(data, model, ref, *FAST))
     assert r.returncode == 0, r.stderr[-3000:]
+    return ref
+
+
+def _wait_for(path, proc, timeout=240):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"training exited before {path.name} appeared"
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.01)
+
+
+def _same_as_reference(ref, out):
+    a, b = load_weights(ref / f"checkpoint-{N_STEPS}"), load_weights(out / f"checkpoint-{N_STEPS}")
+    assert a.keys() == b.keys() and len(a) > 5
+    diff = [k for k in a if not (a[k] == b[k]).all()]
+    assert not diff, f"weights differ after resume: {diff[:5]}"
+    ra, rb = _records(ref), _records(out)
+    assert [x["step"] for x in rb] == list(range(1, N_STEPS + 1))
+    assert ra == rb
+
+
+def test_kill_and_resume_matches_uninterrupted_run(assets, reference_run, tmp_path):
+    data, model = assets
+    ref = reference_run
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(train_cmd(data, model, out, *FAST), cwd=REPO, env=train_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (out / "checkpoint-2" / "COMPLETE").exists():
-        assert proc.poll() is None, "training exited before its first checkpoint"
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
+    _wait_for(out / "checkpoint-2" / "COMPLETE", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -62,16 +86,123 @@ def test_kill_and_resume_matches_uninterrupted_run(assets, tmp_path):
     r = run_train(train_cmd(data, model, out, *FAST, "--resume_from", "last"))
     assert r.returncode == 0, r.stderr[-3000:]
 
-    a, b = load_weights(ref / f"checkpoint-{N_STEPS}"), load_weights(out / f"checkpoint-{N_STEPS}")
-    assert a.keys() == b.keys() and len(a) > 5
-    diff = [k for k in a if not (a[k] == b[k]).all()]
-    assert not diff, f"weights differ after resume: {diff[:5]}"
-    ra, rb = _records(ref), _records(out)
-    assert [x["step"] for x in rb] == list(range(1, N_STEPS + 1))
-    assert ra == rb
-    assert any("val_NDCG@3" in x for x in rb)
+    _same_as_reference(ref, out)
+    assert any("val_NDCG@3" in x for x in _records(out))
     # rotation keeps the newest two complete checkpoints
     assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{N_STEPS - 2}", f"checkpoint-{N_STEPS}"]
+
+
+def test_sigterm_saves_a_checkpoint_and_auto_resume_continues(assets, reference_run, tmp_path):
+    """A preempted job: SIGTERM mid-run -> the step finishes, a complete checkpoint is written, exit 0 with one
+    line; the same command with --resume_from auto then ends exactly like the uninterrupted run."""
+    data, model = assets
+    out = tmp_path / "preempted"
+    cmd = train_cmd(data, model, out, *FAST, "--resume_from", "auto")  # auto: a fresh start the first time
+    proc = subprocess.Popen(cmd, cwd=REPO, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(out / "checkpoint-2" / "COMPLETE", proc)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "stopped by SIGTERM" in stdout and "--resume_from auto" in stdout
+    stopped_at = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert 2 <= stopped_at < N_STEPS, "the run finished before the signal"
+    assert (out / f"checkpoint-{stopped_at}" / "COMPLETE").is_file() and not (out / "final").exists()
+    assert [r["step"] for r in _records(out)] == list(range(1, stopped_at + 1))
+    r = run_train(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _same_as_reference(reference_run, out)
+    assert (out / "final" / "heads.safetensors").is_file()
+
+
+def test_resume_refuses_changed_settings_and_damaged_checkpoints(assets, reference_run, tmp_path):
+    from trainers.ppo_trainer import run_training
+
+    data, model = assets
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    base = [*FAST, "--resume_from", "last"]
+    # a different learning rate or dataset seed would silently change the trajectory
+    for flag, value in (("--lr_actor", "5e-4"), ("--seed", "6"), ("--K", "5")):
+        args = list(base)
+        args[args.index(flag) + 1] = value
+        with pytest.raises(UserInputError, match=f"changes settings.*{flag}.*--allow_changed_settings"):
+            run_training(_args(data, model, run, *args))
+    # ... unless named; the new learning rate is then the one used (not the optimizer state's)
+    args = list(base)
+    args[args.index("--lr_actor") + 1] = "5e-4"
+    args[args.index("--max_steps") + 1] = str(N_STEPS + 1)
+    run_training(_args(data, model, run, *args, "--allow_changed_settings", "lr_actor,max_steps"))
+    from trainers.ppo_trainer import lr_lambda_factory
+
+    last = _records(run)[-1]
+    schedule = lr_lambda_factory(2, N_STEPS + 1, "cosine")  # --warmup_steps 2, the new --max_steps
+    assert last["step"] == N_STEPS + 1 and last["lr_actor"] == pytest.approx(5e-4 * schedule(N_STEPS))
+    assert json.loads((run / "args.json").read_text())["lr_actor"] == 5e-4
+    # damaged checkpoints: a missing value head, an empty optimizer file, optimizer state of another shape
+    ck = run / f"checkpoint-{N_STEPS + 1}"
+    for name, damage in (("heads.safetensors", "delete"), ("optimizer.pt", "truncate")):
+        broken = run / "checkpoint-99"
+        shutil.copytree(ck, broken)
+        f = broken / name
+        f.unlink() if damage == "delete" else f.write_bytes(b"")
+        with pytest.raises(UserInputError, match=name):
+            run_training(_args(data, model, run, *FAST, "--resume_from", str(broken),
+                               "--allow_changed_settings", "lr_actor,max_steps"))
+        shutil.rmtree(broken)
+    import torch
+
+    broken = run / "checkpoint-99"
+    shutil.copytree(ck, broken)
+    state = torch.load(broken / "optimizer.pt", weights_only=True)
+    first = state["state"][0]
+    first["exp_avg"] = first["exp_avg"][:1].clone()
+    torch.save(state, broken / "optimizer.pt")
+    with pytest.raises(UserInputError, match="optimizer.pt state 'exp_avg' has shape"):
+        run_training(_args(data, model, run, *FAST, "--resume_from", str(broken),
+                           "--allow_changed_settings", "lr_actor,max_steps"))
+
+
+def test_one_run_per_output_dir(assets, tmp_path):
+    import os
+    import socket
+
+    from trainers.foundation.checkpoints import RunLock
+
+    data, model = assets
+    out = tmp_path / "locked"
+    out.mkdir()
+    # a live owner (this test process) holds the lock: a second run is refused before touching anything
+    with RunLock(out):
+        r = run_train(train_cmd(data, model, out, *FAST, "--resume_from", "auto"))
+        assert r.returncode == 2 and "in use by another run" in r.stderr and f"pid {os.getpid()}" in r.stderr
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    assert not (out / ".lock").exists()
+    # a stale lock of a dead process on this host is taken over
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "earlier"}))
+    r = run_train(train_cmd(data, model, out, *FAST, "--max_steps", "1", "--resume_from", "auto"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not (out / ".lock").exists() and (out / "checkpoint-1" / "COMPLETE").is_file()
+
+
+def test_train_sh_rerun_continues_instead_of_overwriting(assets, tmp_path):
+    """bash train.sh passes --resume_from auto: rerunning the same command after it finished (or was killed)
+    keeps the checkpoints and has nothing left to do."""
+    data, model = assets
+    out = tmp_path / "sh"
+    env = {**train_env(), "dataset_path": str(data), "model_name_or_path": str(model), "output_dir": str(out),
+           "max_steps": "2", "save_every": "1", "K": "4", "K_eval": "3", "batch_size": "2", "max_len_per_item": "4",
+           "user_window_size": "3", "device": "cpu", "PYTHON": __import__("sys").executable}
+    extra = ["--num_valid_samples", "4", "--no_plot", "--ppo_epochs", "1"]
+    r = subprocess.run(["bash", "train.sh", *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "checkpoint-2").iterdir()}
+    r = subprocess.run(["bash", "train.sh", *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "nothing left to train" in r.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "checkpoint-2").iterdir()} == before
+    assert [x["step"] for x in _records(out)] == [1, 2]
 
 
 def _args(data, model, out, *extra):
