@@ -140,7 +140,7 @@ def test_filter_counts_and_formats():
     assert recs[0]["system"] == "sys"
     recs, _ = filter_sft_rows(rows, "sharegpt")
     assert recs[0] == {"conversations": [{"from": "human", "value": "p0"},
-                                         {"from": "gpt", "value": "Because X.\nAnswer: Yes"}]}
+                                         {"from": "gpt", "value": "Because X.\nAnswer: Yes"}], "system": ""}
     with pytest.raises(UserInputError):
         filter_sft_rows(rows, "openai")
     with pytest.raises(UserInputError):
