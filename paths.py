@@ -44,7 +44,8 @@ def resolve_model_path(name_or_path: str, flag: str = "--model_name_or_path") ->
         try:
             return resolve_model_path(family, flag)
         except UserInputError as e:
-            raise UserInputError(f"{flag} {name_or_path}: the {name_or_path.lower()} family stands for {family}; {e}")
+            why = str(e).split(": ", 1)[-1]
+            raise UserInputError(f"{flag} {name_or_path} (the {name_or_path.strip().lower()} family: {family}) {why}")
     short = name_or_path.split("/")[-1]
     if short in MODEL_DIRS or os.environ.get(_env_key(short)):
         candidate = os.environ.get(_env_key(short)) or str(

@@ -2,7 +2,8 @@
 
 Each row: {id (0..n-1), interaction_id, user_id, item_id, target_item_id, label ("Yes"/"No"),
 prompt (the user message), messages ([{"role": "user", "content": prompt}]), text (the chat-formatted
-prompt exactly as the judge sees it; without --reasoning it ends in the answer prefix "Answer:")}. Prompts are rendered by the same BinaryPrompter train.py uses.
+prompt exactly as the judge sees it; without --reasoning it ends in the answer prefix "Answer:")}. Prompts are
+rendered by the same BinaryPrompter train.py uses.
 A row is a positive (the true next item) with probability --match_ratio, else a negative picked from the
 candidates trainers.candidates.sample_candidates draws for that interaction (--K, --seed).
 

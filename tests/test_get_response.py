@@ -174,7 +174,8 @@ def test_resume_refuses_answers_of_regenerated_prompts(tmp_path, monkeypatch, ca
         assert api.calls == 6 and {prompt_text(r["json"]) for r in api.requests[-2:]} == {
             "question 2, regenerated", "question 3"}
     saved = {x["id"]: x for x in read_rows(out)}
-    assert sorted(saved) == [0, 1, 2, 3] and saved[2]["prompt"] == "question 2, regenerated" and saved[3]["label"] == "Yes"
+    assert sorted(saved) == [0, 1, 2, 3]
+    assert saved[2]["prompt"] == "question 2, regenerated" and saved[3]["label"] == "Yes"
 
 
 def test_rejected_key_exits_nonzero_and_records_nothing(tmp_path, monkeypatch, capsys):

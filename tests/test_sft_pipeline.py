@@ -20,10 +20,7 @@ import pytest
 from prompters.answer_parsing import parse_yes_no
 from tests.fixtures.scripts import load_script
 from trainers.data.sft import (
-    ALPACA_COLUMNS,
     IGNORE_INDEX,
-    SHAREGPT_COLUMNS,
-    SHAREGPT_TAGS,
     SFTCollator,
     accuracy_report,
     encode_sft_example,
@@ -176,7 +173,8 @@ def test_shipped_llamafactory_files_come_from_the_one_definition():
         assert key in cfg
     process_sft_data = load_script("sft_train/process_sft_data.py")
     for fmt in ("alpaca", "sharegpt"):
-        assert process_sft_data.default_output(fmt) == os.path.join(cfg["dataset_dir"], info[f"ourrec_sft_{fmt}"]["file_name"])
+        registered = info[f"ourrec_sft_{fmt}"]["file_name"]
+        assert process_sft_data.default_output(fmt) == os.path.join(cfg["dataset_dir"], registered)
 
 
 SFT_ROWS = [{"id": 0, "prompt": "p", "label": "Yes", "response": "Answer: Yes"},
@@ -219,7 +217,8 @@ def test_records_have_exactly_the_registered_columns(fmt, system, tmp_path, caps
         if fmt == "sharegpt":
             turns = rec[entry["columns"]["messages"]]
             assert {k for t in turns for k in t} == {entry["tags"]["role_tag"], entry["tags"]["content_tag"]}
-            assert [t[entry["tags"]["role_tag"]] for t in turns] == [entry["tags"]["user_tag"], entry["tags"]["assistant_tag"]]
+            tags = entry["tags"]
+            assert [t[tags["role_tag"]] for t in turns] == [tags["user_tag"], tags["assistant_tag"]]
         else:
             assert rec["input"] == "" and rec["output"].startswith("Answer:")
 

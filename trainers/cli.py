@@ -104,7 +104,8 @@ def add_dataset_eval_args(parser: argparse.ArgumentParser, output_default: str, 
                    help="result JSON (test.py or another baseline) whose candidates to rank, identical and in order")
     g.add_argument("--K", type=int, default=None,
                    help="candidates per example (default: 20; json mode: the reference's candidate count)")
-    g.add_argument("--K_eval", type=int, default=None, help="extra NDCG/HR cut-off besides 1, 5, 10 (default: min(10, K))")
+    g.add_argument("--K_eval", type=int, default=None,
+                   help="extra NDCG/HR cut-off besides 1, 5, 10 (default: min(10, K))")
     g.add_argument("--seed", type=int, default=42, help="sample order and candidates (default: %(default)s)")
     g = parser.add_argument_group("prompt")
     g.add_argument("--user_window_size", type=int, default=10, help="history items shown (default: %(default)s)")

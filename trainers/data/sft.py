@@ -19,8 +19,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from trainers.data.candidates import sample_candidates
 from prompters.answer_parsing import ANSWER_TAG_RE, parse_yes_no, strip_think
+from trainers.data.candidates import sample_candidates
 from trainers.foundation.errors import UserInputError
 
 LABELS = ("Yes", "No")
