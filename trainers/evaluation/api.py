@@ -1,4 +1,4 @@
-"""API baselines on our candidates (compare_model/deepseek.py): answers -> result-JSON samples and metrics.
+"""API baselines on our candidates (compare_model/deepseek.py, tools/run_r1.py): answers -> result-JSON samples.
 
 `evaluate_with_api` turns (example, candidates) pairs into API jobs, keeps the raw answers in a resumable
 JSONL (models/api_client.run_jobs) and derives result-JSON samples from them (trainers/evaluation/results.py);
