@@ -351,9 +351,9 @@ def run_jobs(
         raise UserInputError(f"duplicate job id {dup!r}: every prompt needs a unique id")
     path = Path(output_file)
     saved, partial_tail = read_answer_rows(path, content_key, flag)
-    by_job = {str(j.id): j for j in jobs}
-    changed = [(k, why) for k, r in rows_by_id(saved, retry_errors=False).items()
-               if k in by_job and (why := row_mismatch(by_job[k], r))]
+    saved_by_id = rows_by_id(saved, retry_errors=False)
+    changed = [(str(j.id), why) for j in jobs  # in job order, so the message names the first changed job
+               if str(j.id) in saved_by_id and (why := row_mismatch(j, saved_by_id[str(j.id)]))]
     if changed and not redo_changed:
         k, why = changed[0]
         raise UserInputError(f"{flag} {path}: {len(changed)} saved answer(s) belong to other requests than this run's "
