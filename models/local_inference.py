@@ -4,8 +4,8 @@ Input rows need an `id` and either `messages` (chat turns) or `prompt` (the user
 `label` is copied through (generate_prompts.py writes all three). Generation is batched with left padding
 through the tokenizer's chat template (add_generation_prompt); temperature 0 is greedy. Output rows
 {id, prompt, label, response, answer (parsed Yes/No or null), model} are appended to the output JSONL
-batch by batch (fsynced); a rerun repairs a partial last line, skips ids already written and continues,
-so a killed run never duplicates or loses rows.
+batch by batch (fsynced); a rerun checks the file is an answer file (else refuses it untouched), repairs a
+partial last line, skips ids already written and continues, so a killed run never duplicates or loses rows.
 """
 from __future__ import annotations
 
@@ -83,14 +83,17 @@ def row_messages(row: dict) -> list[dict]:
 
 
 def done_ids(output_file: str | Path) -> set[int]:
-    """Ids already in the output (after repairing a partial last line left by a kill)."""
-    from trainers.foundation.files import iter_jsonl, repair_jsonl_tail
+    """Ids already in the output. The file is validated as an answer file first; only then is a partial last
+    line left by a kill cut off."""
+    from trainers.foundation.files import read_answer_rows, repair_jsonl_tail
 
-    p = Path(output_file)
-    if not p.exists():
-        return set()
-    repair_jsonl_tail(p)
-    return {int(r["id"]) for r in iter_jsonl(p, flag="--output_file") if "id" in r}
+    rows, partial_tail = read_answer_rows(output_file, content_key="response", flag="--output_file")
+    if partial_tail:
+        repair_jsonl_tail(output_file)
+    try:
+        return {int(r["id"]) for r in rows}
+    except (TypeError, ValueError):
+        raise UserInputError(f"--output_file {output_file}: has a row whose id is not an integer; use another file")
 
 
 def run_prompt_file(model_path: str, input_file: str, output_file: str, device: str | None = "auto",

@@ -1,7 +1,7 @@
 """Render the listwise ranking prompt an API model answers (compare_model/deepseek.py).
 
 The prompt shows the user's last `user_window_size` history items (title and rating, oldest first) and the K
-candidates numbered 1..K; the model answers with candidate numbers, best first (trainers/api_ranking.py parses
+candidates numbered 1..K; the model answers with candidate numbers, best first (prompters/answer_parsing.py parses
 it). API models tokenize with their own vocabularies, so `max_len_per_item` counts whitespace words here (not
 tokens); 0 shows titles only.
 """

@@ -2,16 +2,19 @@
 
 Each row: {id (0..n-1), interaction_id, user_id, item_id, target_item_id, label ("Yes"/"No"),
 prompt (the user message), messages ([{"role": "user", "content": prompt}]), text (the chat-formatted
-prompt exactly as the judge sees it; without --reasoning it ends in the answer prefix "Answer:")}. Prompts are rendered by the same BinaryPrompter train.py uses.
+prompt exactly as the judge sees it; without --reasoning it ends in the answer prefix "Answer:")}. Prompts are
+rendered by the same BinaryPrompter train.py uses.
 A row is a positive (the true next item) with probability --match_ratio, else a negative picked from the
 candidates trainers.candidates.sample_candidates draws for that interaction (--K, --seed).
 
 --model_type names the model whose tokenizer and chat template render the prompts (it truncates item
-texts to --max_len_per_item tokens and formats `text`); it is resolved to a local directory by paths.py
-(e.g. Qwen2.5-3B-Instruct -> $OURREC_MODEL_ROOT/Qwen2.5-3B-Instruct). --tokenizer DIR overrides it.
+texts to --max_len_per_item tokens and formats `text`): a model family as in the original README (qwen,
+gemma: the family's default model, paths.MODEL_FAMILIES), a model name known to paths.py (e.g.
+Qwen2.5-3B-Instruct -> $OURREC_MODEL_ROOT/Qwen2.5-3B-Instruct) or a directory. --tokenizer DIR overrides it.
+An existing --output_file is replaced only if it is a prompt file of this script.
 
 python sft_train/generate_prompts.py --dataset_dir data/Video_Games_5_2021-1-2023-12 --num_samples 2000 \
-    --match_ratio 0.5 --model_type Qwen2.5-3B-Instruct --output_file sft_train/prompts.jsonl
+    --match_ratio 0.5 --model_type qwen --output_file sft_train/prompts.jsonl
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt rows to write (examples drawn without replacement, cycling if the split is smaller; "
                         "default: 1000)")
     p.add_argument("--match_ratio", type=float, default=0.5, help="probability that a row is a positive (label Yes)")
-    p.add_argument("--model_type", default="Qwen2.5-3B-Instruct",
-                   help="model whose tokenizer/chat template renders prompts; a name known to paths.py or a dir")
+    p.add_argument("--model_type", default="qwen",
+                   help="model whose tokenizer/chat template renders prompts: a family (qwen|gemma), a model name "
+                        "known to paths.py, or a directory (default: qwen = Qwen2.5-3B-Instruct)")
     p.add_argument("--tokenizer", default=None, help="model/tokenizer directory overriding --model_type")
     p.add_argument("--output_file", default="sft_train/prompts.jsonl",
                    help="prompt JSONL to write (replaced atomically; default: sft_train/prompts.jsonl)")
@@ -59,9 +63,10 @@ def main(argv: list[str] | None = None) -> None:
         from paths import resolve_model_path
         from prompters.binary_prompter import BinaryPrompter
         from trainers.data.dataset import load_processed_dataset
-        from trainers.data.sft import sample_sft_prompts
+        from trainers.data.sft import check_prompt_output, sample_sft_prompts
         from trainers.foundation.files import atomic_write_text
 
+        check_prompt_output(args.output_file)
         ds = load_processed_dataset(args.dataset_dir, flag="--dataset_dir")
         flag = "--tokenizer" if args.tokenizer else "--model_type"
         tok_dir = resolve_model_path(args.tokenizer or args.model_type, flag=flag)

@@ -5,10 +5,14 @@
 
 Input: the prompt JSONL of sft_train/generate_prompts.py, rows with at least "id", a "prompt" string or a
 "messages" list, and "label". Only rows with prompt_id_min <= id <= prompt_id_max (inclusive; default: all)
-are asked. Output: one row per id, {id, prompt, label, response, reasoning_content, model, error?} plus the
-input row's other fields, appended as each answer arrives. A rerun with the same --output_file resumes:
-answered ids are skipped, failed ones (rows with "error") are asked again unless --no_retry_errors.
-sft_train/process_sft_data.py turns the file into LLaMA-Factory data.
+are asked. Output: one row per id, {id, prompt, label, response, reasoning_content, model, request_hash,
+error?} plus the input row's other fields, appended as each answer arrives. A rerun with the same
+--output_file resumes: answered ids are skipped, failed ones (rows with "error") are asked again unless
+--no_retry_errors. A saved answer counts only for the same prompt and label: after the prompt file was
+regenerated with other prompts or labels, the rerun refuses to mix them (one line naming the first changed
+id) unless --redo_changed, which asks the changed ones again. An --output_file that is not an answer file of
+this script is refused before anything in it is touched. A key the API rejects (401/403) stops the run with
+one line, recording nothing. sft_train/process_sft_data.py turns the file into LLaMA-Factory data.
 
 Malformed input lines are errors naming the line number; --skip_bad_lines reports and skips them instead.
 The key comes from --api_key or DEEPSEEK_API_KEY and is never written to any file or log.

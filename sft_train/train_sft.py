@@ -65,22 +65,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_records(path: str) -> list[dict]:
     """The JSON list written by process_sft_data.py (a JSONL file of records is accepted too)."""
+    from trainers.data.sft import validate_sft_records
     from trainers.foundation.files import read_jsonl
 
     if not os.path.isfile(path):
         raise UserInputError(f"--data_file {path}: file not found; run sft_train/process_sft_data.py first")
-    with open(path, encoding="utf-8") as f:
-        head = f.read(1)
-    if head == "[":
-        with open(path, encoding="utf-8") as f:
-            try:
-                recs = json.load(f)
-            except ValueError as e:
-                raise UserInputError(f"--data_file {path}: invalid JSON ({e})")
+    try:
+        text = open(path, encoding="utf-8").read()
+    except UnicodeDecodeError as e:
+        raise UserInputError(f"--data_file {path}: not UTF-8 text ({e})")
+    if text.lstrip().startswith("["):
+        try:
+            recs = json.loads(text)
+        except ValueError as e:
+            raise UserInputError(f"--data_file {path}: invalid JSON ({e})")
     else:
         recs = read_jsonl(path, flag="--data_file")
+    if not isinstance(recs, list):
+        raise UserInputError(f"--data_file {path}: not a JSON list of SFT records")
     if not recs:
         raise UserInputError(f"--data_file {path}: no records (did process_sft_data.py keep any?)")
+    validate_sft_records(recs, f"--data_file {path}")
     return recs
 
 

@@ -159,3 +159,130 @@ def test_run_jobs_rejects_duplicate_ids(tmp_path):
         jobs = [ApiJob(id=1, messages=MSG), ApiJob(id="1", messages=MSG)]
         with pytest.raises(UserInputError, match="duplicate"):
             run_jobs(client(api), jobs, tmp_path / "x.jsonl", progress=False)
+
+
+# ------------------------------------------------------------------------ retries the server directs
+def test_retry_after_headers_are_parsed():
+    from email.utils import formatdate
+
+    from models.api_client import retry_after_seconds
+
+    assert retry_after_seconds({"retry-after-ms": "250"}) == pytest.approx(0.25)
+    assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "9"}) == pytest.approx(0.25)  # ms first
+    assert retry_after_seconds({"retry-after": "1.5"}) == pytest.approx(1.5)
+    assert retry_after_seconds({"retry-after": formatdate(time.time() + 30, usegmt=True)}) == pytest.approx(30, abs=1.5)
+    assert retry_after_seconds({"retry-after": formatdate(time.time() - 30, usegmt=True)}) == 0.0
+    assert retry_after_seconds({"retry-after": "soon"}) is None and retry_after_seconds({}) is None
+
+
+def test_server_directed_wait_and_x_should_retry_over_http():
+    # retry-after-ms from a real response decides the wait: 0.2 s instead of the ~20 s exponential backoff
+    with LoopbackAPI(lambda req, n: {"status": 429, "headers": {"retry-after-ms": "200"}} if n == 1 else "ok") as api:
+        t0 = time.time()
+        res = client(api, backoff_base=40.0, backoff_max=60.0).chat(MSG)
+        took = time.time() - t0
+    assert res.content == "ok" and res.attempts == 2 and 0.2 <= took < 3.0
+    # an HTTP-date Retry-After in the past: retry at once
+    from email.utils import formatdate
+
+    past = formatdate(time.time() - 60, usegmt=True)
+    with LoopbackAPI(lambda req, n: {"status": 503, "headers": {"Retry-After": past}} if n == 1 else "ok") as api:
+        t0 = time.time()
+        res = client(api, backoff_base=40.0, backoff_max=60.0).chat(MSG)
+        assert res.content == "ok" and time.time() - t0 < 3.0
+    # x-should-retry overrides the status rule both ways
+    with LoopbackAPI(lambda req, n: {"status": 500, "headers": {"x-should-retry": "false"}}) as api:
+        res = client(api).chat(MSG)
+    assert res.error and api.calls == 1 and res.error_status == 500
+    with LoopbackAPI(lambda req, n: {"status": 400, "headers": {"x-should-retry": "true"}} if n < 3 else "ok") as api:
+        res = client(api).chat(MSG)
+    assert res.content == "ok" and api.calls == 3
+
+
+@pytest.mark.parametrize("bad", [{"raw_body": "{\"choices\": [{\"message\": "}, {"content": None},
+                                 {"raw_body": "{\"object\": \"chat.completion\", \"choices\": []}"}])
+def test_unusable_200_is_retried_then_an_error(bad):
+    with LoopbackAPI(lambda req, n: bad if n < 3 else "fine") as api:
+        res = client(api).chat(MSG)
+    assert res.content == "fine" and res.attempts == 3 and api.calls == 3
+    with LoopbackAPI(lambda req, n: bad) as api:
+        res = client(api, max_retries=1).chat(MSG)
+    assert res.content is None and res.attempts == 2 and "InvalidAnswerError" in res.error
+
+
+def test_timeout_is_a_wall_clock_deadline_per_attempt():
+    """A server trickling keep-alive newlines (forever, or past the deadline) cannot hold an attempt longer than
+    --timeout: each attempt is abandoned at the deadline and retried; a slow but in-time answer is kept."""
+    with LoopbackAPI(lambda req, n: {"content": "never", "trickle": 0.05, "trickle_for": float("inf")}) as api:
+        t0 = time.time()
+        res = client(api, timeout=0.6, max_retries=1).chat(MSG)
+        took = time.time() - t0
+    assert res.error and "AttemptTimeout" in res.error and res.attempts == 2 and api.calls == 2
+    assert 1.2 <= took < 4.0  # two 0.6 s attempts; without the deadline this never returns
+    with LoopbackAPI(lambda req, n: {"content": "padded", "trickle": 0.05, "trickle_for": 0.3}) as api:
+        res = client(api, timeout=3.0).chat(MSG)
+    assert res.content == "padded" and res.attempts == 1
+
+
+def test_model_list_answers_get():
+    with LoopbackAPI(model="stand-in") as api:
+        c = client(api)
+        assert [m.id for m in c._client.models.list().data] == ["stand-in"]
+    assert api.model_list_calls == 1
+
+
+# ------------------------------------------------------------------------ resume keyed by (id, request)
+def _jobs(prompts: dict[int, str], label: str = "Yes") -> list[ApiJob]:
+    return [ApiJob(id=i, messages=[{"role": "user", "content": p}], extra={"label": label}) for i, p in prompts.items()]
+
+
+def test_saved_answers_of_other_requests_are_refused_or_redone(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    with LoopbackAPI(lambda req, n: "answer to " + req["messages"][0]["content"]) as api:
+        c = client(api)
+        run_jobs(c, _jobs({0: "a", 1: "b", 2: "c"}), out, progress=False)
+        before = out.read_bytes()
+        for jobs, first, why in ((_jobs({0: "a", 1: "B!", 2: "c"}), "id 1", "prompt"),
+                                 (_jobs({0: "a", 1: "b", 2: "c"}, "No"), "id 0", "'label' changed")):
+            with pytest.raises(UserInputError) as e:
+                run_jobs(c, jobs, out, progress=False)
+            assert "--redo_changed" in str(e.value) and why in str(e.value) and first in str(e.value)
+            assert out.read_bytes() == before and api.calls == 3  # refused before anything was asked or touched
+        rows = run_jobs(c, _jobs({0: "a", 1: "B!", 2: "c"}), out, redo_changed=True, progress=False)
+        assert api.calls == 4 and rows["1"]["content"] == "answer to B!"
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in lines) == [0, 1, 2] and all(r["request_hash"] for r in lines)
+
+
+def test_a_file_that_is_not_ours_is_refused_untouched(tmp_path):
+    with LoopbackAPI() as api:
+        c = client(api)
+        for text in ("some notes\nwithout json", '{"name": "x"}\n', '{"id": 1, "content": "ok"}\nnot ours at the end'):
+            f = tmp_path / "other.jsonl"
+            f.write_text(text)
+            with pytest.raises(UserInputError, match="--output_file"):
+                run_jobs(c, _jobs({1: "a"}), f, progress=False)
+            assert f.read_text() == text
+        assert api.calls == 0
+
+
+def test_rejected_key_stops_the_run_recording_nothing(tmp_path):
+    from models.api_client import AuthenticationFailed
+
+    out = tmp_path / "rows.jsonl"
+    with LoopbackAPI(require_key="the-right-key") as api:
+        with pytest.raises(AuthenticationFailed, match="rejected the key") as e:
+            run_jobs(client(api), _jobs({i: str(i) for i in range(20)}), out, concurrency=2, progress=False)
+        assert api.calls <= 4  # the queued requests (2 x concurrency) at most, not all 20
+    assert KEY not in str(e.value) and not out.exists()
+
+
+def test_redaction_covers_masked_forms():
+    from trainers.foundation.errors import redact, redact_json
+
+    key = "sk-adv-0123456789abcdef777"
+    text = f"Bearer {key}; shown as sk-adv-****777, sk-ad...777, ****777 or sk-adv-••••; 3 * 4 ... ok **bold**"
+    out = redact(text, key)
+    assert "0123456789" not in out and "777" not in out and "sk-ad" not in out
+    assert out.endswith("; 3 * 4 ... ok **bold**") and out.count("***") == 5
+    assert redact_json({"a": [key, {"b": "sk-adv-****777"}], "n": 3}, key) == {"a": ["***", {"b": "***"}], "n": 3}

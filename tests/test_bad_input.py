@@ -195,6 +195,8 @@ def ctx(tmp_path_factory) -> dict:
     c["good_jsonl"].write_text('{"id": 1, "prompt": "Will the user like it?", "label": "Yes"}\n')
     c["sft_data"] = root / "sft.json"
     c["sft_data"].write_text(json.dumps([{"instruction": "Will the user like it?", "input": "", "output": "Yes"}]))
+    c["sft_null"] = root / "sft_null.json"
+    c["sft_null"].write_text(json.dumps([{"instruction": None, "input": "", "output": "Yes", "system": ""}]))
     c["not_json"] = root / "results_broken.json"
     c["not_json"].write_text('{"meta": {}, "samples": [')
     # earlier outputs: a non-empty dir, and result files made with other settings (seed 999)
@@ -344,6 +346,27 @@ CASES = [
     ("train_sft-existing-output", ["sft_train/train_sft.py", "--model_name_or_path", "{model}", "--data_file",
                                    "{sft_data}", "--output_dir", "{full_out}", "--device", "cpu"],
      "--overwrite_output_dir", False),
+    ("train_sft-null-instruction", ["sft_train/train_sft.py", "--model_name_or_path", "{model}", "--data_file",
+                                    "{sft_null}", "--output_dir", "{fresh_out}", "--device", "cpu"],
+     "record 0 'instruction' is missing or null", False),
+    # ---- outputs that are not this script's: refused before anything in them is touched
+    ("get_response-output-not-ours", ["sft_train/get_response_by_deepseek.py", "--input_file", "{good_jsonl}",
+                                      "--output_file", "{bad_template}", "--api_key", KEY, "--api_base",
+                                      "http://127.0.0.1:9/v1"], "not a row of an answer file", False),
+    ("run_r1-output-not-ours", ["tools/run_r1.py", "--input_file", "{good_jsonl}", "--output_file", "{sft_data}",
+                                "--api_key", KEY, "--api_base", "http://127.0.0.1:9/v1"], "answer file", False),
+    ("run_qwen_sft-output-not-ours", ["tools/run_qwen_sft.py", "--model_path", "{model}", "--input_file",
+                                      "{good_jsonl}", "--output_file", "{good_jsonl}", "--device", "cpu"],
+     "answer file", False),
+    ("process_sft-output-not-ours", ["sft_train/process_sft_data.py", "--input_file", "{bad_jsonl}", "--output_file",
+                                     "{good_jsonl}"], "not SFT data", False),
+    ("gen-output-not-ours", _set(GEN, output_file="{sft_data}"), "not a prompt file", False),
+    # ---- the original README's flags that need a value to exist
+    ("run_r1-no-mode", ["tools/run_r1.py", "--api_key", KEY, "--test_samples", "5"], "--dataset_dir", False),
+    ("run_r1-dataset-missing", ["tools/run_r1.py", "--dataset_dir", "{root}/nope", "--api_key", KEY, "--api_base",
+                                "http://127.0.0.1:9/v1"], "--dataset_dir", False),
+    ("run_qwen_once-last-none", ["tools/run_qwen_sft_once.py", "--model_dir", "{model}", "--resume_from", "last",
+                                 "--device", "cpu"], "--resume_from last", False),
     ("analyze_ds-missing", ["tools/analyze_processed_dataset.py", "--dataset_dir", "{root}/nope"], "--dataset_dir",
      False),
     ("common_user-missing", ["tools/check_common_user.py", "--dataset_dir", "{root}/nope"], "--dataset_dir", False),

@@ -354,3 +354,94 @@ def test_api_prompter_renders_window_candidates_and_text(tmp_path):
     good = tmp_path / "g.txt"
     good.write_text("H:{history}\nC:{candidates}")
     assert ApiRankingPrompter(rows, template_file=str(good)).render(ex, [5]).startswith("H:1. Game 1")
+
+
+# ------------------------------------------------------------ run_r1's dataset mode, damaged files, secrets
+def test_run_r1_dataset_mode_ranks_the_reference_candidates(full_run, data_dir, oracle, tmp_path, monkeypatch,
+                                                            capsys):
+    """The original README's `tools/run_r1.py --dataset_dir ... --test_samples N`, here on a result JSON's
+    candidates: the same evaluation as deepseek.py (identical samples and metrics on identical answers)."""
+    from tests.fixtures.scripts import run_main
+
+    ref = full_run[0] / "results.json"
+    out = tmp_path / "r1"
+    with lb.LoopbackAPI(make_responder(oracle)) as api:
+        code, stdout, err = run_main("tools/run_r1.py", ["--dataset_dir", str(data_dir), "--reference_json", str(ref),
+                                     "--output_dir", str(out), "--api_base", api.url, "--K_eval", "3", "--seed", "7",
+                                     "--no_progress", "--backoff_base", "0.01"], monkeypatch, capsys, key=KEY)
+        assert code == 0, err
+        assert {r["json"]["model"] for r in api.requests} == {"deepseek-reasoner"}
+    r1, ds = json.loads((out / "results.json").read_text()), json.loads(ref.read_text())
+    assert [s["candidates"] for s in r1["samples"]] == [s["candidates"] for s in ds["samples"]]
+    assert [s["target_rank"] for s in r1["samples"]] == [s["target_rank"] for s in ds["samples"]]
+    assert r1["metrics"] == ds["metrics"] and r1["meta"]["script"] == "tools/run_r1.py"
+    rows = [json.loads(x) for x in (out / "responses.jsonl").read_text().splitlines()]
+    assert all(r["reasoning_content"] == "thinking..." for r in rows) and not (out / "results_valid.json").exists()
+    code, _, err = run_main("tools/run_r1.py", ["--test_samples", "5"], monkeypatch, capsys, key=KEY)
+    assert code == 2 and "--dataset_dir" in err and "--input_file" in err
+
+
+def test_damaged_result_files_are_rebuilt_from_the_answers(full_run, data_dir, oracle, tmp_path, monkeypatch, capsys):
+    """Malformed rows in results.json.partial.jsonl (bad JSON, a sample without its fields) and a partial last
+    answer line: the rerun rebuilds the result from the answers, equal to the uninterrupted run."""
+    import shutil
+
+    from tests.fixtures.scripts import run_main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(full_run[0] / "responses.jsonl", out / "responses.jsonl")
+    full = json.loads((full_run[0] / "results.json").read_text())
+    (out / "results.json.partial.jsonl").write_text('{"interaction_id": 3}\nnot json at all\n'
+                                                    + json.dumps(full["samples"][0]) + "\n")
+    with open(out / "responses.jsonl", "a") as f:
+        f.write('{"id": 12345, "content": "cut by a ki')
+    with lb.LoopbackAPI(make_responder(oracle)) as api:
+        code, _, err = run_main("compare_model/deepseek.py", base_args(api, data_dir, out, "--test_only"), monkeypatch,
+                                capsys, key=KEY)
+        assert code == 0, err
+        assert api.calls == 0  # every answer was there
+    assert _comparable(json.loads((out / "results.json").read_text())) == _comparable(full)
+    assert not (out / "results.json.partial.jsonl").exists()
+    (out / "results.json").write_text('{"meta": {"K": ')
+    with lb.LoopbackAPI(make_responder(oracle)) as api:
+        code, _, err = run_main("compare_model/deepseek.py", base_args(api, data_dir, out, "--test_only",
+                                "--no_progress"), monkeypatch, capsys, key=KEY)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "delete" in err
+
+
+def test_rejected_key_and_echoed_key(data_dir, oracle, tmp_path, monkeypatch, capsys):
+    """A rejected key: exit 2, one line, no result or answer file. A server echoing the key (and a masked form)
+    into answers, reasoning and model names: neither reaches a file or the output of deepseek.py/run_r1.py."""
+    from tests.fixtures.scripts import run_main
+
+    out = tmp_path / "out"
+    with lb.LoopbackAPI(make_responder(oracle), require_key="another-key") as api:
+        code, stdout, err = run_main("compare_model/deepseek.py", base_args(api, data_dir, out, "--no_progress"),
+                                     monkeypatch, capsys, key=KEY)
+        assert api.calls <= 6
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "rejected the key" in err
+    assert not out.exists() or not any(out.iterdir())
+
+    key, masked = "sk-adv-0123456789SECRETabc777", "sk-adv-****777"
+    good = make_responder(oracle)
+
+    def echo(req, n):
+        auth = req["_headers"]["authorization"]
+        ans = good(req, n)
+        return {**ans, "content": f"{ans['content']}\n(key {auth} = {masked})", "reasoning_content": f"{auth} {masked}",
+                "model": f"m-{auth}"}
+
+    texts = []
+    with lb.LoopbackAPI(echo) as api:
+        for script, extra in (("compare_model/deepseek.py", ["--test_only"]), ("tools/run_r1.py", [])):
+            args = [a for a in base_args(api, data_dir, tmp_path / script.split("/")[-1], *extra)]
+            code, stdout, err = run_main(script, args, monkeypatch, capsys, key=key)
+            assert code == 0, err
+            texts += [stdout, err]
+        assert {r["headers"]["authorization"] for r in api.requests} == {f"Bearer {key}"}
+    for p in tmp_path.rglob("*"):
+        if p.is_file():
+            texts.append(p.read_text())
+    assert any("(key Bearer *** = ***)" in t for t in texts)
+    assert not [t for t in texts if key in t or masked in t or "SECRET" in t]

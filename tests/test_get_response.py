@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from models.loopback_server import LoopbackAPI, prompt_text
+from tests.fixtures.scripts import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,3 +151,78 @@ def test_run_r1_batch_and_once(tmp_path):
 def test_help(script):
     r = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--api_base" in r.stdout and "--concurrency" in r.stdout
+
+
+def test_resume_refuses_answers_of_regenerated_prompts(tmp_path, monkeypatch, capsys):
+    """Issue 14: after the prompt file is regenerated with other prompts or labels, a rerun must not report the old
+    answers as this file's answers: it refuses (one line, file untouched) or, with --redo_changed, asks again."""
+    inp, out = tmp_path / "prompts.jsonl", tmp_path / "responses.jsonl"
+    rows = write_prompts(inp, n=4)
+    with LoopbackAPI(responder) as api:
+        args = ["--input_file", str(inp), "--output_file", str(out), "--api_base", api.url, *FAST]
+        assert run_main("sft_train/get_response_by_deepseek.py", args, monkeypatch, capsys, key=KEY)[0] == 0
+        before = out.read_bytes()
+        rows[2]["prompt"] = "question 2, regenerated"  # other prompt for id 2
+        rows[3]["label"] = "Yes"                       # other label for id 3
+        inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        code, _, err = run_main("sft_train/get_response_by_deepseek.py", args, monkeypatch, capsys, key=KEY)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "--redo_changed" in err and "id 2" in err
+        assert out.read_bytes() == before and api.calls == 4
+        code, stdout, err = run_main("sft_train/get_response_by_deepseek.py", args + ["--redo_changed"], monkeypatch,
+                                     capsys, key=KEY)
+        assert code == 0, err
+        assert api.calls == 6 and {prompt_text(r["json"]) for r in api.requests[-2:]} == {
+            "question 2, regenerated", "question 3"}
+    saved = {x["id"]: x for x in read_rows(out)}
+    assert sorted(saved) == [0, 1, 2, 3]
+    assert saved[2]["prompt"] == "question 2, regenerated" and saved[3]["label"] == "Yes"
+
+
+def test_rejected_key_exits_nonzero_and_records_nothing(tmp_path, monkeypatch, capsys):
+    inp, out = tmp_path / "prompts.jsonl", tmp_path / "responses.jsonl"
+    write_prompts(inp, n=6)
+    with LoopbackAPI(responder, require_key="another-key") as api:
+        for script, args in (("sft_train/get_response_by_deepseek.py", ["--input_file", str(inp), "--output_file",
+                                                                        str(out)]),
+                             ("tools/run_r1.py", ["--input_file", str(inp), "--output_file", str(out)])):
+            code, stdout, err = run_main(script, [*args, "--api_base", api.url, "--concurrency", "1", "--no_progress",
+                                                  *FAST], monkeypatch, capsys, key=KEY)
+            assert code == 2 and len(err.strip().splitlines()) == 1 and "rejected the key" in err, err
+            assert "401" in err and KEY not in err + stdout and not out.exists()
+        assert api.calls <= 4
+
+
+def test_echoed_key_never_reaches_disk_or_output(tmp_path, monkeypatch, capsys):
+    """A server echoing the Authorization header (and a masked form of the key) into content, reasoning_content,
+    the model name and error bodies: no file and no printed text may contain the key or its masked form."""
+    key = "sk-adv-0123456789SECRETabc777"
+    masked = "sk-adv-****777"
+
+    def echo(req, n):
+        auth = req["_headers"]["authorization"]
+        if n % 3 == 0:
+            return {"status": 400, "content": f"bad request from {auth} ({masked})"}
+        return {"content": f"Answer: Yes. You sent {auth}, i.e. {masked}", "reasoning_content": f"{auth} {masked}",
+                "model": f"echo-{auth}"}
+
+    inp = tmp_path / "prompts.jsonl"
+    write_prompts(inp, n=6)
+    texts = []
+    with LoopbackAPI(echo) as api:
+        common = ["--api_base", api.url, "--concurrency", "2", "--max_retries", "0", *FAST]
+        for script, args in (
+                ("sft_train/get_response_by_deepseek.py", ["--input_file", str(inp), "--output_file",
+                                                           str(tmp_path / "out" / "responses.jsonl")]),
+                ("tools/run_r1.py", ["--input_file", str(inp), "--output_file", str(tmp_path / "out" / "r1.jsonl")]),
+                ("tools/run_r1_once.py", ["--prompt", "hello"])):
+            code, stdout, err = run_main(script, [*args, *common], monkeypatch, capsys, key=key)
+            assert code in (0, 1), err
+            texts += [stdout, err]
+        assert {r["headers"]["authorization"] for r in api.requests} == {f"Bearer {key}"}  # the server saw it
+    saved = (tmp_path / "out" / "responses.jsonl").read_text()
+    assert "You sent Bearer ***" in saved and "bad request from" in saved  # answers and errors were stored
+    for p in tmp_path.rglob("*"):
+        if p.is_file():
+            texts.append(p.read_text())
+    for t in texts:
+        assert key not in t and masked not in t and "SECRET" not in t

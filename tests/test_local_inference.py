@@ -166,3 +166,42 @@ def test_analyze_accuracy_numbers(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         tool.main(["--input_file", str(tmp_path / "bad.jsonl")])
     assert e.value.code == 2
+
+
+def test_run_once_resume_from_last_and_example_prompt(tiny, tmp_path, capsys):
+    """The original README's `run_qwen_sft_once.py --model_dir M --resume_from last` with no prompt: the newest
+    checkpoint with weights (not one without, not an interrupted train.py one) answers the built-in example."""
+    from safetensors.torch import load_file, save_file
+
+    model_dir = tmp_path / "sft"
+    shutil.copytree(tiny, model_dir)
+    weights = load_file(str(tiny / "model.safetensors"))
+    for step, scale in ((3, 1.0), (5, 3.0)):
+        ck = model_dir / f"checkpoint-{step}"
+        ck.mkdir()
+        shutil.copy(tiny / "config.json", ck / "config.json")
+        save_file({k: (v * scale if v.dim() == 2 else v).contiguous() for k, v in weights.items()},
+                  str(ck / "model.safetensors"))
+    (model_dir / "checkpoint-7").mkdir()  # no weights: skipped
+    interrupted = model_dir / "checkpoint-9"  # train.py's layout without its COMPLETE marker: skipped
+    shutil.copytree(model_dir / "checkpoint-3", interrupted)
+    for f in ("trainer_state.json", "args.json"):
+        (interrupted / f).write_text("{}")
+    tool = _tool("run_qwen_sft_once")
+    capsys.readouterr()
+    tool.main(["--model_dir", str(model_dir), "--resume_from", "last", "--device", "cpu", "--dtype", "fp32",
+               "--max_new_tokens", "6"])
+    out, err = capsys.readouterr()
+    assert "checkpoint-5" in err and tool.example_prompt() in err
+    from models.local_inference import LocalGenerator
+
+    expected = LocalGenerator(str(model_dir / "checkpoint-5"), device="cpu", dtype="fp32",
+                              tokenizer_path=str(model_dir)).generate(
+        [[{"role": "user", "content": tool.example_prompt()}]], max_new_tokens=6)[0]
+    other = LocalGenerator(str(model_dir), device="cpu", dtype="fp32").generate(
+        [[{"role": "user", "content": tool.example_prompt()}]], max_new_tokens=6)[0]
+    assert out.rsplit("[parsed answer:", 1)[0] == expected + "\n" and expected != other
+    assert "Golden Racing Saga" in tool.example_prompt() and "Answer with" in tool.example_prompt()
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--model_dir", str(tiny), "--resume_from", "last", "--device", "cpu"])
+    assert e.value.code == 2 and "--resume_from last" in capsys.readouterr().err

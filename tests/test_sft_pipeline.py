@@ -7,6 +7,7 @@ Yes/No parser, drop counts, LLaMA-Factory file consistency and the prompt loss m
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -19,10 +20,7 @@ import pytest
 from prompters.answer_parsing import parse_yes_no
 from tests.fixtures.scripts import load_script
 from trainers.data.sft import (
-    ALPACA_COLUMNS,
     IGNORE_INDEX,
-    SHAREGPT_COLUMNS,
-    SHAREGPT_TAGS,
     SFTCollator,
     accuracy_report,
     encode_sft_example,
@@ -140,7 +138,7 @@ def test_filter_counts_and_formats():
     assert recs[0]["system"] == "sys"
     recs, _ = filter_sft_rows(rows, "sharegpt")
     assert recs[0] == {"conversations": [{"from": "human", "value": "p0"},
-                                         {"from": "gpt", "value": "Because X.\nAnswer: Yes"}]}
+                                         {"from": "gpt", "value": "Because X.\nAnswer: Yes"}], "system": ""}
     with pytest.raises(UserInputError):
         filter_sft_rows(rows, "openai")
     with pytest.raises(UserInputError):
@@ -161,37 +159,115 @@ def _load_yaml(path: Path) -> dict:
         return out
 
 
-def test_llamafactory_files_consistent(tmp_path):
-    """dataset_info.json maps LLaMA-Factory's columns to exactly the fields process_sft_data writes, and
-    sft.yaml trains on a registered dataset whose default file is process_sft_data's default output."""
-    info = json.loads((REPO / "sft_train/dataset_info.json").read_text())
+def test_shipped_llamafactory_files_come_from_the_one_definition():
+    """sft_train/dataset_info.json is exactly what trainers.data.sft.dataset_info() renders, and sft.yaml trains on
+    a registered dataset whose file is process_sft_data's default output."""
+    from trainers.data.sft import dataset_info, render_dataset_info
+
+    assert (REPO / "sft_train/dataset_info.json").read_text() == render_dataset_info(dataset_info())
+    info = dataset_info()
     cfg = _load_yaml(REPO / "sft_train/sft.yaml")
     assert cfg["dataset"] in info and cfg["stage"] == "sft" and cfg["dataset_dir"] == "sft_train"
     assert cfg["finetuning_type"] in ("full", "lora") and cfg["template"] == "qwen"
     for key in ("model_name_or_path", "cutoff_len", "output_dir", "bf16", "do_train"):
         assert key in cfg
-    rows = [{"id": 0, "prompt": "p", "label": "Yes", "response": "Answer: Yes"}]
-    for fmt in ("alpaca", "sharegpt"):
-        name = f"ourrec_sft_{fmt}"
-        entry = info[name]
-        assert entry["formatting"] == fmt
-        out = tmp_path / f"{fmt}.json"
-        _run("sft_train/process_sft_data.py", "--input_file", str(_write_jsonl(tmp_path / "r.jsonl", rows)),
-             "--output_file", str(out), "--format", fmt, "--system", "be brief")
-        rec = json.loads(out.read_text())[0]
-        assert set(rec) == set(entry["columns"].values())
-        if fmt == "alpaca":
-            assert entry["columns"] == ALPACA_COLUMNS
-        else:
-            assert entry["columns"] == SHAREGPT_COLUMNS and entry["tags"] == SHAREGPT_TAGS
-            turn_keys = {k for t in rec[entry["columns"]["messages"]] for k in t}
-            assert turn_keys == {entry["tags"]["role_tag"], entry["tags"]["content_tag"]}
-            assert [t["from"] for t in rec["conversations"]] == [entry["tags"]["user_tag"], entry["tags"]["assistant_tag"]]
-    # process_sft_data's default output file is the one dataset_info.json registers
     process_sft_data = load_script("sft_train/process_sft_data.py")
-
     for fmt in ("alpaca", "sharegpt"):
-        assert process_sft_data.default_output(fmt) == os.path.join(cfg["dataset_dir"], info[f"ourrec_sft_{fmt}"]["file_name"])
+        registered = info[f"ourrec_sft_{fmt}"]["file_name"]
+        assert process_sft_data.default_output(fmt) == os.path.join(cfg["dataset_dir"], registered)
+
+
+SFT_ROWS = [{"id": 0, "prompt": "p", "label": "Yes", "response": "Answer: Yes"},
+            {"id": 1, "prompt": "q", "label": "No", "response": "Answer: No"}]
+
+
+def _process(tmp_path: Path, capsys, *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    try:
+        load_script("sft_train/process_sft_data.py").main(
+            ["--input_file", str(_write_jsonl(tmp_path / "responses.jsonl", SFT_ROWS)), *args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+@pytest.mark.parametrize("fmt", ["alpaca", "sharegpt"])
+@pytest.mark.parametrize("system", [None, "be brief"])
+def test_records_have_exactly_the_registered_columns(fmt, system, tmp_path, capsys):
+    """Issue 15: LLaMA-Factory reads every column dataset_info.json maps (KeyError: 'system' when a record lacks
+    one). For both formats, with and without --system, the records carry exactly the registered columns, and the
+    dataset_info.json written next to them equals the shipped registration."""
+    out_dir = tmp_path / "data"
+    out = out_dir / f"ourrec_sft_{fmt}.json"
+    code, text = _process(tmp_path, capsys, "--output_file", str(out), "--format", fmt,
+                          *(["--system", system] if system else []))
+    assert code == 0, text
+    assert f"dataset_dir: {out_dir}  dataset: ourrec_sft_{fmt}" in text
+    info = json.loads((out_dir / "dataset_info.json").read_text())
+    shipped = json.loads((REPO / "sft_train/dataset_info.json").read_text())
+    assert info == {f"ourrec_sft_{fmt}": shipped[f"ourrec_sft_{fmt}"]}
+    entry = info[f"ourrec_sft_{fmt}"]
+    recs = json.loads(out.read_text())
+    assert len(recs) == 2
+    for rec in recs:
+        assert set(rec) == set(entry["columns"].values())
+        assert rec[entry["columns"]["system"]] == (system or "")
+        if fmt == "sharegpt":
+            turns = rec[entry["columns"]["messages"]]
+            assert {k for t in turns for k in t} == {entry["tags"]["role_tag"], entry["tags"]["content_tag"]}
+            tags = entry["tags"]
+            assert [t[tags["role_tag"]] for t in turns] == [tags["user_tag"], tags["assistant_tag"]]
+        else:
+            assert rec["input"] == "" and rec["output"].startswith("Answer:")
+
+
+def test_dataset_info_is_merged_and_foreign_files_are_refused(tmp_path, capsys):
+    out_dir = tmp_path / "LLaMA-Factory-data"
+    out_dir.mkdir()
+    (out_dir / "dataset_info.json").write_text(json.dumps({"alpaca_en": {"file_name": "alpaca_en.json"}}))
+    code, text = _process(tmp_path, capsys, "--output_file", str(out_dir / "judge.json"), "--format", "sharegpt")
+    assert code == 0, text
+    assert "dataset: judge" in text
+    info = json.loads((out_dir / "dataset_info.json").read_text())
+    assert info["alpaca_en"] == {"file_name": "alpaca_en.json"}  # the other entries are kept
+    assert info["judge"]["file_name"] == "judge.json" and info["judge"]["formatting"] == "sharegpt"
+    # an output that is not SFT data, or a broken dataset_info.json: one line, nothing touched
+    for target, info_text in ((out_dir / "dataset_info.json", None), (tmp_path / "ok" / "x.json", "{broken")):
+        if info_text is not None:
+            target.parent.mkdir()
+            (target.parent / "dataset_info.json").write_text(info_text)
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        code, text = _process(tmp_path, capsys, "--output_file", str(target))
+        assert code == 2 and len(text.strip().splitlines()) == 1 and "--output_file" in text
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llamafactory") is None, reason="LLaMA-Factory is not installed")
+@pytest.mark.parametrize("fmt", ["alpaca", "sharegpt"])
+@pytest.mark.parametrize("system", [None, "be brief"])
+def test_llamafactory_loads_our_data(fmt, system, tiny, tmp_path, capsys):
+    """LLaMA-Factory's own dataset loader (its test helper: dataset_info.json parsing, format conversion,
+    tokenisation with its qwen template) on our output, exactly as `llamafactory-cli train sft.yaml` reads it."""
+    from llamafactory.train.test_utils import load_dataset_module
+
+    out_dir = tmp_path / "data"
+    code, text = _process(tmp_path, capsys, "--output_file", str(out_dir / f"ourrec_sft_{fmt}.json"), "--format",
+                          fmt, *(["--system", system] if system else []))
+    assert code == 0, text
+    module = load_dataset_module(stage="sft", do_train=True, model_name_or_path=str(tiny), finetuning_type="full",
+                                 dataset=f"ourrec_sft_{fmt}", dataset_dir=str(out_dir), template="qwen",
+                                 cutoff_len=512, overwrite_cache=True, output_dir=str(tmp_path / "lf_out"),
+                                 report_to="none")
+    train = module["train_dataset"]
+    assert len(train) == len(SFT_ROWS)
+    from models.abstract_models import load_tokenizer
+
+    tok = load_tokenizer(tiny)
+    for ex, row in zip(train, SFT_ROWS):
+        answer = tok.decode([t for t in ex["labels"] if t != IGNORE_INDEX])
+        assert row["response"] in answer and row["prompt"] in tok.decode(ex["input_ids"])
 
 
 def test_loss_mask_exactly_on_prompt(prompter):
@@ -340,3 +416,30 @@ def test_full_chain(tiny, dataset_dir, tmp_path, capsys):
          "--print_every", "0", "--device", "cpu")
     rows = read_jsonl(rl / "metrics.jsonl")
     assert rows and rows[0]["step"] == 1
+
+
+def test_generate_prompts_model_type_family_and_output_check(tiny, dataset_dir, tmp_path, monkeypatch, capsys):
+    """The original README's `--model_type qwen` names a model family, resolved through paths.py (here to the tiny
+    model by its per-model variable); it renders the same prompts as the directory itself. An existing output that
+    is not a prompt file is refused untouched."""
+    gen = _script("generate_prompts")
+    common = ["--dataset_dir", str(dataset_dir), "--num_samples", "6", "--max_len_per_item", "8",
+              "--user_window_size", "3", "--K", "6"]
+    monkeypatch.setenv("OURREC_MODEL_QWEN2_5_3B_INSTRUCT", str(tiny))
+    gen.main([*common, "--model_type", "qwen", "--output_file", str(tmp_path / "a.jsonl")])
+    gen.main([*common, "--model_type", str(tiny), "--output_file", str(tmp_path / "b.jsonl")])
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    gen.main([*common, "--model_type", "Qwen", "--output_file", str(tmp_path / "a.jsonl")])  # a rerun replaces it
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"id": 1, "response": "an answer file, not prompts"}\n')
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        gen.main([*common, "--model_type", "qwen", "--output_file", str(notes)])
+    assert e.value.code == 2 and "not a prompt file" in capsys.readouterr().err
+    assert notes.read_text() == '{"id": 1, "response": "an answer file, not prompts"}\n'
+    monkeypatch.delenv("OURREC_MODEL_QWEN2_5_3B_INSTRUCT")
+    monkeypatch.setenv("OURREC_MODEL_ROOT", str(tmp_path / "no_models"))
+    with pytest.raises(SystemExit) as e:
+        gen.main([*common, "--model_type", "gemma", "--output_file", str(tmp_path / "c.jsonl")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--model_type gemma" in err and "gemma-2-2b-it" in err

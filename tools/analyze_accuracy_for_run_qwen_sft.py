@@ -2,7 +2,7 @@
 
 Prints accuracy (unparseable = wrong) and accuracy over parsed answers, precision/recall of "Yes", the
 predicted-Yes rate, the confusion matrix (label x prediction Yes/No/unparseable) and the unparseable count.
-Answers are parsed by trainers.sft_data.parse_yes_no (the parser process_sft_data.py uses).
+Answers are parsed by prompters.answer_parsing.parse_yes_no (the parser process_sft_data.py uses).
 
 python tools/analyze_accuracy_for_run_qwen_sft.py --input_file outputs/sft_responses.jsonl
 """

@@ -1,28 +1,65 @@
-"""Answer ONE prompt with a (fine-tuned) model and print the response and its parsed Yes/No.
+"""Answer ONE prompt with a (fine-tuned) model and print the response and its parsed Yes/No: a quick look at
+what a checkpoint generates.
 
---resume_from loads a checkpoint instead of the base weights: a path, or a subdirectory of --model_dir
-(e.g. checkpoint-500); the tokenizer comes from the checkpoint if it has one, else from --model_dir.
+--resume_from loads a checkpoint instead of the base weights: a path, a subdirectory of --model_dir (e.g.
+checkpoint-500), or 'last' (the newest checkpoint-N in --model_dir that holds model weights: train.py's and
+train_sft.py's checkpoints alike); the tokenizer comes from the checkpoint if it has one, else from
+--model_dir. Without --prompt/--prompt_file it asks a built-in example: the binary judge prompt of
+prompters/prompts.py for a small made-up purchase history.
 
-python tools/run_qwen_sft_once.py --model_dir outputs/sft --resume_from checkpoint-500 \
-    --prompt "Here are the items the user purchased recently ... Answer with \"Yes\" or \"No\"."
+python tools/run_qwen_sft_once.py --model_dir /path/to/model --resume_from /path/to/checkpoint
+python tools/run_qwen_sft_once.py --model_dir outputs/sft --resume_from last --dtype bf16
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
 from trainers.foundation.errors import UserInputError, die
+
+# The built-in example: a short history and one candidate, rendered with the judge's own templates.
+EXAMPLE_HISTORY = [("Turbo Racing Quest", 5.0), ("Neon Racing Saga", 4.0), ("Wild Racing Rally", 5.0)]
+EXAMPLE_CANDIDATE = "Golden Racing Saga"
+
+
+def example_prompt() -> str:
+    """The binary judge prompt (BINARY_PROMPT_TMPL_OTHER, direct answer) for EXAMPLE_HISTORY and EXAMPLE_CANDIDATE."""
+    from prompters import prompts
+
+    history = "\n".join(prompts.HISTORY_ITEM_TMPL.format(index=i, title=t, rating=f"{r:g}", text="")
+                        for i, (t, r) in enumerate(EXAMPLE_HISTORY, 1))
+    candidate = prompts.CANDIDATE_ITEM_TMPL.format(title=EXAMPLE_CANDIDATE, text="")
+    return prompts.BINARY_PROMPT_TMPL_OTHER.format(history=history, candidate=candidate,
+                                                   answer_instruction=prompts.DIRECT_ANSWER_INSTRUCTION)
+
+
+def last_checkpoint(model_dir: str) -> Path:
+    """The newest checkpoint-N in model_dir with a config and weights (train.py's carry a COMPLETE marker too;
+    one without it was interrupted while saving and is skipped)."""
+    from paths import WEIGHT_FILES
+    from trainers.foundation.checkpoints import COMPLETE_MARKER, checkpoint_dirs
+
+    for _, ck in reversed(checkpoint_dirs(model_dir, complete_only=False)):
+        has_model = (ck / "config.json").is_file() and any((ck / w).is_file() for w in WEIGHT_FILES)
+        interrupted = (ck / "trainer_state.json").is_file() and (ck / "args.json").is_file() \
+            and not (ck / COMPLETE_MARKER).is_file()
+        if has_model and not interrupted:
+            return ck
+    raise UserInputError(f"--resume_from last: no checkpoint-N with model weights in --model_dir {model_dir}")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_dir", default="outputs/sft", help="base or SFT model dir (or a name known to paths.py)")
-    p.add_argument("--resume_from", default=None, help="checkpoint dir (absolute, or relative to --model_dir)")
+    p.add_argument("--resume_from", default=None,
+                   help="checkpoint dir (absolute, or relative to --model_dir), or 'last' (the newest in --model_dir)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda[:N] (default: auto = cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="weight dtype; auto = bf16 on CUDA, fp32 on CPU (default: auto)")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--prompt", help="the user message")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prompt", help="the user message (default: the built-in example prompt)")
     g.add_argument("--prompt_file", help="file whose whole text is the user message")
     p.add_argument("--system", default=None, help="optional system message")
     p.add_argument("--max_new_tokens", type=int, default=256, help="response length limit in tokens (default: 256)")
@@ -39,18 +76,25 @@ def main(argv: list[str] | None = None) -> None:
                 raise UserInputError(f"--prompt_file {args.prompt_file}: file not found")
             with open(args.prompt_file, encoding="utf-8") as f:
                 prompt = f.read().strip()
-        else:
+        elif args.prompt is not None:
             prompt = args.prompt
-        if not prompt:
+        else:
+            prompt = example_prompt()
+            print(f"(no --prompt given: the built-in example)\n{prompt}\n---", file=sys.stderr)
+        if not prompt.strip():
             raise UserInputError("the prompt is empty")
         if args.resume_from:
             base = resolve_model_path(args.model_dir, flag="--model_dir")
-            ckpt = args.resume_from if os.path.isdir(args.resume_from) else os.path.join(base, args.resume_from)
+            if args.resume_from == "last":
+                ckpt = str(last_checkpoint(base))
+            else:
+                ckpt = args.resume_from if os.path.isdir(args.resume_from) else os.path.join(base, args.resume_from)
             if not os.path.isdir(ckpt):
                 raise UserInputError(f"--resume_from {args.resume_from}: not a directory (nor one inside {base})")
             has_tok = any(os.path.isfile(os.path.join(ckpt, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
             gen = LocalGenerator(ckpt, args.device, args.dtype, tokenizer_path=None if has_tok else base,
                                  flag="--resume_from")
+            print(f"(weights from {ckpt})", file=sys.stderr)
         else:
             gen = LocalGenerator(args.model_dir, args.device, args.dtype, flag="--model_dir")
         msgs = ([{"role": "system", "content": args.system}] if args.system else []) + \

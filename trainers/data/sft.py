@@ -2,31 +2,38 @@
 
 prompt sampling      sample_sft_prompts: (user, candidate, Yes/No label) rows rendered by BinaryPrompter
 answer parsing       parse_yes_no: the final Yes/No of a model/API response (one parser for every tool)
-LLaMA-Factory data   filter_sft_rows + to_alpaca / to_sharegpt (field names shared with dataset_info.json)
+LLaMA-Factory data   filter_sft_rows + to_alpaca / to_sharegpt, and dataset_info() (sft_train/dataset_info.json):
+                     records and the registration come from the same column definitions
 SFT training data    encode_sft_example / SFTDataset / SFTCollator: chat-template prompt, loss on response only
 accuracy             accuracy_report: accuracy, precision/recall of Yes, confusion matrix of a response file
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from trainers.data.candidates import sample_candidates
 from prompters.answer_parsing import ANSWER_TAG_RE, parse_yes_no, strip_think
+from trainers.data.candidates import sample_candidates
 from trainers.foundation.errors import UserInputError
 
 LABELS = ("Yes", "No")
 FORMATS = ("alpaca", "sharegpt")
 IGNORE_INDEX = -100
 
-# Column names written by process_sft_data.py; sft_train/dataset_info.json maps LLaMA-Factory's names to these.
+# The one definition of our LLaMA-Factory data: LLaMA-Factory's column names -> the fields of our records.
+# Every record carries every column (system is "" when no system prompt is given: LLaMA-Factory reads a mapped
+# column unconditionally), and dataset_info() registers exactly these, so the two cannot disagree.
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}
 SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system"}
 SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}
+DATASET_INFO_FILE = "dataset_info.json"  # the registry file LLaMA-Factory reads in its dataset_dir
 
 # Drop reasons reported by process_sft_data.py.
 DROP_REASONS = ("api_error", "empty", "unparseable", "wrong")
@@ -130,19 +137,102 @@ def response_output(row: dict, keep_reasoning: bool = False, canonical: bool = F
 
 
 def to_alpaca(prompt: str, output: str, system: str | None = None) -> dict:
-    rec = {ALPACA_COLUMNS["prompt"]: prompt, ALPACA_COLUMNS["query"]: "", ALPACA_COLUMNS["response"]: output}
-    if system:
-        rec[ALPACA_COLUMNS["system"]] = system
-    return rec
+    return {ALPACA_COLUMNS["prompt"]: prompt, ALPACA_COLUMNS["query"]: "", ALPACA_COLUMNS["response"]: output,
+            ALPACA_COLUMNS["system"]: system or ""}
 
 
 def to_sharegpt(prompt: str, output: str, system: str | None = None) -> dict:
     r, c = SHAREGPT_TAGS["role_tag"], SHAREGPT_TAGS["content_tag"]
-    rec: dict[str, Any] = {SHAREGPT_COLUMNS["messages"]: [
-        {r: SHAREGPT_TAGS["user_tag"], c: prompt}, {r: SHAREGPT_TAGS["assistant_tag"], c: output}]}
-    if system:
-        rec[SHAREGPT_COLUMNS["system"]] = system
-    return rec
+    return {SHAREGPT_COLUMNS["messages"]: [{r: SHAREGPT_TAGS["user_tag"], c: prompt},
+                                           {r: SHAREGPT_TAGS["assistant_tag"], c: output}],
+            SHAREGPT_COLUMNS["system"]: system or ""}
+
+
+def default_dataset_name(fmt: str) -> str:
+    return f"ourrec_sft_{fmt}"
+
+
+def default_data_file(fmt: str) -> str:
+    """File name of the format's data: what process_sft_data.py writes by default and dataset_info registers."""
+    return f"{default_dataset_name(fmt)}.json"
+
+
+def dataset_info_entry(fmt: str, file_name: str) -> dict:
+    """The LLaMA-Factory dataset_info.json entry for records of this format stored in file_name."""
+    if fmt not in FORMATS:
+        raise UserInputError(f"--format {fmt!r}: must be {'|'.join(FORMATS)}")
+    entry: dict[str, Any] = {"file_name": file_name, "formatting": fmt,
+                             "columns": dict(ALPACA_COLUMNS if fmt == "alpaca" else SHAREGPT_COLUMNS)}
+    if fmt == "sharegpt":
+        entry["tags"] = dict(SHAREGPT_TAGS)
+    return entry
+
+
+def dataset_info() -> dict:
+    """The content of sft_train/dataset_info.json: both formats under their default names and file names."""
+    return {default_dataset_name(f): dataset_info_entry(f, default_data_file(f)) for f in FORMATS}
+
+
+def render_dataset_info(info: dict) -> str:
+    return json.dumps(info, indent=2, ensure_ascii=False) + "\n"
+
+
+def record_columns(fmt: str) -> set[str]:
+    return set((ALPACA_COLUMNS if fmt == "alpaca" else SHAREGPT_COLUMNS).values())
+
+
+def read_dataset_info(path: str | os.PathLike, flag: str) -> dict:
+    """An existing dataset_info.json (validated: a JSON object of entries), or {} when there is none."""
+    p = Path(path)
+    if not p.exists():
+        return {}
+    try:
+        info = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise UserInputError(f"{flag}: {p} exists but is not a readable dataset_info.json ({e}); fix or remove it")
+    if not isinstance(info, dict) or not all(isinstance(v, dict) for v in info.values()):
+        raise UserInputError(f"{flag}: {p} is not a LLaMA-Factory dataset_info.json (an object of dataset entries)")
+    return info
+
+
+PROMPT_FIELDS = ("id", "label", "prompt")  # what every row of a generate_prompts.py file has
+
+
+def check_prompt_output(path: str | os.PathLike, flag: str = "--output_file") -> None:
+    """Refuse to replace an existing file that is not a prompt JSONL of generate_prompts.py."""
+    p = Path(path)
+    if not p.exists():
+        return
+    ours = p.is_file()
+    if ours:
+        try:
+            with open(p, encoding="utf-8") as f:
+                for line in f:
+                    row = json.loads(line) if line.strip() else {k: None for k in PROMPT_FIELDS}
+                    if not isinstance(row, dict) or not all(k in row for k in PROMPT_FIELDS):
+                        ours = False
+                        break
+        except (ValueError, UnicodeDecodeError):
+            ours = False
+    if not ours:
+        raise UserInputError(f"{flag} {p}: exists and is not a prompt file of generate_prompts.py; "
+                             "choose another path or remove it")
+
+
+def check_sft_output(path: str | os.PathLike, flag: str = "--output_file") -> None:
+    """Refuse to replace an existing file that is not SFT data (a JSON list of alpaca/sharegpt records)."""
+    p = Path(path)
+    if not p.exists():
+        return
+    try:
+        recs = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    except (ValueError, OSError, UnicodeDecodeError):
+        recs = None
+    ours = isinstance(recs, list) and all(isinstance(r, dict) and (ALPACA_COLUMNS["prompt"] in r or
+                                                                   SHAREGPT_COLUMNS["messages"] in r) for r in recs)
+    if not ours:
+        raise UserInputError(f"{flag} {p}: exists and is not SFT data written by process_sft_data.py; "
+                             "choose another path or remove it")
 
 
 def latest_by_id(rows: Iterable[dict]) -> list[dict]:
@@ -179,25 +269,62 @@ def filter_sft_rows(rows: Iterable[dict], fmt: str = "alpaca", keep_reasoning: b
 
 
 # ---- SFT training data -------------------------------------------------------------------------
+def _record_problem(rec: Any) -> str | None:
+    """What makes rec unusable as an SFT record (None if it is fine)."""
+    if not isinstance(rec, dict):
+        return f"is a {type(rec).__name__}, not an object"
+    def text(name: str, required: bool = True) -> str | None:
+        v = rec.get(name)
+        if v is None:
+            return f"'{name}' is missing or null" if required else None
+        if not isinstance(v, str):
+            return f"'{name}' is a {type(v).__name__}, not text"
+        if required and not v.strip():
+            return f"'{name}' is empty"
+        return None
+    if ALPACA_COLUMNS["prompt"] in rec:
+        return text(ALPACA_COLUMNS["prompt"]) or text(ALPACA_COLUMNS["response"]) or \
+            text(ALPACA_COLUMNS["query"], False) or text(ALPACA_COLUMNS["system"], False)
+    if SHAREGPT_COLUMNS["messages"] in rec:
+        conv = rec[SHAREGPT_COLUMNS["messages"]]
+        r, c = SHAREGPT_TAGS["role_tag"], SHAREGPT_TAGS["content_tag"]
+        if not isinstance(conv, list) or len(conv) < 2:
+            return f"'{SHAREGPT_COLUMNS['messages']}' must be a list of at least two turns"
+        for i, t in enumerate(conv):
+            if not isinstance(t, dict) or not isinstance(t.get(r), str) or not isinstance(t.get(c), str):
+                return f"turn {i} of '{SHAREGPT_COLUMNS['messages']}' needs text '{r}' and '{c}'"
+        if conv[-1][r] != SHAREGPT_TAGS["assistant_tag"]:
+            return f"the last turn must be '{SHAREGPT_TAGS['assistant_tag']}'"
+        return text(SHAREGPT_COLUMNS["system"], False)
+    return (f"has neither alpaca ('{ALPACA_COLUMNS['prompt']}') nor sharegpt ('{SHAREGPT_COLUMNS['messages']}') "
+            f"fields: {sorted(rec)[:8]}")
+
+
+def validate_sft_records(records: Sequence[Any], where: str) -> None:
+    """One line naming the first bad record (0-based index) of an SFT data file; `where` is e.g. '--data_file X'."""
+    for i, rec in enumerate(records):
+        why = _record_problem(rec)
+        if why:
+            raise UserInputError(f"{where}: record {i} {why}; fix it or rerun sft_train/process_sft_data.py")
+
+
 def record_to_messages(rec: dict) -> tuple[list[dict], str]:
     """(chat messages up to the user turn, assistant output) from an alpaca or sharegpt record."""
+    why = _record_problem(rec)
+    if why:
+        raise UserInputError(f"SFT record {why}")
     if ALPACA_COLUMNS["prompt"] in rec:
         user = rec[ALPACA_COLUMNS["prompt"]]
         if rec.get(ALPACA_COLUMNS["query"]):  # LLaMA-Factory joins instruction and input with a newline
             user = user + "\n" + rec[ALPACA_COLUMNS["query"]]
         msgs = [{"role": "user", "content": user}]
         output = rec[ALPACA_COLUMNS["response"]]
-    elif SHAREGPT_COLUMNS["messages"] in rec:
+    else:
         r, c = SHAREGPT_TAGS["role_tag"], SHAREGPT_TAGS["content_tag"]
         conv = rec[SHAREGPT_COLUMNS["messages"]]
-        if not conv or conv[-1].get(r) != SHAREGPT_TAGS["assistant_tag"]:
-            raise UserInputError("sharegpt record must end with a gpt turn")
         role = {SHAREGPT_TAGS["user_tag"]: "user", SHAREGPT_TAGS["assistant_tag"]: "assistant"}
         msgs = [{"role": role.get(t[r], t[r]), "content": t[c]} for t in conv[:-1]]
         output = conv[-1][c]
-    else:
-        raise UserInputError(f"record has neither alpaca ({ALPACA_COLUMNS['prompt']}) nor sharegpt "
-                             f"({SHAREGPT_COLUMNS['messages']}) fields: {sorted(rec)}")
     if rec.get("system"):
         msgs = [{"role": "system", "content": rec["system"]}] + msgs
     return msgs, output

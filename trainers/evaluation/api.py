@@ -1,4 +1,4 @@
-"""API baselines on our candidates (compare_model/deepseek.py): answers -> result-JSON samples and metrics.
+"""API baselines on our candidates (compare_model/deepseek.py, tools/run_r1.py): answers -> result-JSON samples.
 
 `evaluate_with_api` turns (example, candidates) pairs into API jobs, keeps the raw answers in a resumable
 JSONL (models/api_client.run_jobs) and derives result-JSON samples from them (trainers/evaluation/results.py);
@@ -7,11 +7,10 @@ the answers are parsed by prompters/answer_parsing.parse_ranking.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from prompters.answer_parsing import STATUSES, fallback_ranking, parse_ranking
 from trainers.evaluation.metrics import metrics_from_ranks, target_rank
-from trainers.foundation.errors import UserInputError
 
 API_ERROR = "api_error"  # the request failed after all retries (not a parse status of an answer)
 
@@ -51,15 +50,17 @@ def api_metrics(samples: Sequence[dict], ks: Iterable[int]) -> dict:
 
 
 def evaluate_with_api(client, prompter, items: Sequence[tuple[dict, list[int]]], responses_path: str | os.PathLike,
-                      writer, concurrency: int = 4, retry_errors: bool = True, progress: bool = True,
-                      desc: str = "API ranking") -> list[dict]:
-    """Ask the API to rank each item's candidates; return the samples in the items' order.
+                      make_writer: Callable[[], Any], concurrency: int = 4, retry_errors: bool = True,
+                      redo_changed: bool = False, progress: bool = True, desc: str = "API ranking") -> tuple[list, Any]:
+    """Ask the API to rank each item's candidates; return (the samples in the items' order, the ResultWriter).
 
-    Raw answers go to responses_path (resumable: answered ids are skipped). The ResultWriter is kept in sync
-    with it: samples whose answer is missing (e.g. a failure being retried) are dropped, answered ones that
-    lack a sample (a kill between the two writes) are added, so the result JSON is a function of the answers.
+    Raw answers go to responses_path (resumable; a saved answer counts only for the same prompt and candidates,
+    see models.api_client.run_jobs). The result JSON is a function of the answers: every sample is rebuilt
+    from its answer, so a damaged or stale result file never leaks into the metrics. The writer is made by
+    make_writer() only once there is a sample to write (a run that records nothing, e.g. a rejected key,
+    leaves no result file behind).
     """
-    from models.api_client import ApiJob, load_done, run_jobs
+    from models.api_client import ApiJob, run_jobs
 
     by_id: dict[str, tuple[dict, list[int]]] = {}
     jobs = []
@@ -69,23 +70,31 @@ def evaluate_with_api(client, prompter, items: Sequence[tuple[dict, list[int]]],
         by_id[str(iid)] = (ex, cands)
         jobs.append(ApiJob(id=iid, messages=prompter.messages(ex, cands),
                            extra={"user_id": ex["user_id"], "target_item_id": int(ex["item_id"]), "candidates": cands}))
+    order = [int(ex["interaction_id"]) for ex, _ in items]
+    state: dict[str, Any] = {"writer": None, "new": 0}
 
-    done = load_done(responses_path, retry_errors=retry_errors)
-    for key, row in done.items():
-        if key in by_id and row.get("candidates") is not None and [int(c) for c in row["candidates"]] != by_id[key][1]:
-            raise UserInputError(f"{responses_path}: interaction {key} was answered for other candidates (different "
-                                 "--K/--seed/--candidate_json_path?); use a new --output_dir")
+    def sample(row: dict) -> dict:
+        ex, cands = by_id[str(row["id"])]
+        return sample_from_row(ex, cands, row, prompter.candidate_titles(cands))
 
     def add(row: dict) -> None:
-        ex, cands = by_id[str(row["id"])]
-        writer.add(sample_from_row(ex, cands, row, prompter.candidate_titles(cands)))
+        if state["writer"] is None:
+            state["writer"] = make_writer()
+            state["writer"].samples.clear()
+            state["writer"].write(order=order)  # meta on disk with the first answer: a resumed run is checked on it
+        state["writer"].add(sample(row))
 
-    for iid in list(writer.samples):
-        if str(iid) not in done:
-            writer.samples.pop(iid)
-    for key, row in done.items():
-        if key in by_id and int(key) not in writer.samples:
-            add(row)
-    run_jobs(client, jobs, responses_path, concurrency=concurrency, retry_errors=retry_errors, on_row=add,
-             desc=desc, progress=progress)
-    return writer.ordered_samples([int(ex["interaction_id"]) for ex, _ in items])
+    def resumed(rows: dict[str, dict]) -> None:
+        answered = {int(k): sample(r) for k, r in rows.items() if k in by_id}
+        if answered:
+            state["writer"] = make_writer()
+            state["writer"].samples = answered
+            state["writer"].write(order=order)
+
+    rows = run_jobs(client, jobs, responses_path, concurrency=concurrency, retry_errors=retry_errors,
+                    redo_changed=redo_changed, on_row=add, on_resume=resumed, desc=desc, progress=progress)
+    writer = state["writer"]
+    missing = [k for k in by_id if k not in rows]
+    if writer is None or missing:  # pragma: no cover - run_jobs answers every job or raises
+        raise RuntimeError(f"no answer for {len(missing)} interaction(s)")
+    return writer.ordered_samples(order), writer

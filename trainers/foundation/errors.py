@@ -1,8 +1,10 @@
-"""One way to fail on bad input: a one-line message naming the flag/file, exit status 2."""
+"""One way to fail on bad input: a one-line message naming the flag/file, exit status 2. And the one redaction
+of secrets (API keys) that every text written to disk or printed passes."""
 from __future__ import annotations
 
+import re
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class UserInputError(ValueError):
@@ -16,9 +18,45 @@ def die(msg: str) -> NoReturn:
     raise SystemExit(2)
 
 
+# A masked key as dashboards and servers print it: "sk-adv-****777", "sk-ad...777", "****777".
+_MASK_RUN = r"(?:\*{2,}|•{2,}|…+|\.{3,})"
+_MASKED = re.compile(r"([A-Za-z0-9_\-]*)(" + _MASK_RUN + r")([A-Za-z0-9_\-]*)")
+_MIN_VISIBLE = 3  # visible key characters next to a mask that make it a masked form of that key
+
+
+def _redact_masked(text: str, secret: str) -> str:
+    def repl(m: re.Match) -> str:
+        left, right = m.group(1), m.group(3)
+        # the longest tail of `left` that starts the secret, the longest head of `right` that ends it
+        k_left = next((k for k in range(min(len(left), len(secret) - 1), 0, -1) if secret.startswith(left[-k:])), 0)
+        k_right = next((k for k in range(min(len(right), len(secret) - 1), 0, -1) if secret.endswith(right[:k])), 0)
+        if k_left < _MIN_VISIBLE and k_right < _MIN_VISIBLE:
+            return m.group(0)
+        return (left[:len(left) - k_left] if k_left >= _MIN_VISIBLE else left) + "***" + \
+            (right[k_right:] if k_right >= _MIN_VISIBLE else right)
+
+    return _MASKED.sub(repl, text)
+
+
 def redact(text: str, *secrets: str | None) -> str:
-    """Replace every non-empty secret in text by '***' (keys must never reach logs or files)."""
-    for s in secrets:
-        if s:
-            text = text.replace(s, "***")
+    """Replace every non-empty secret in text, and every masked form of it (a prefix and/or suffix of at least 3
+    of its characters around a run of *, •, … or ...), by '***'. Keys must never reach logs or files."""
+    text = str(text)
+    for s in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(s, "***")
+        if len(s) > _MIN_VISIBLE:
+            text = _redact_masked(text, s)
     return text
+
+
+def redact_json(obj: Any, *secrets: str | None) -> Any:
+    """`redact` applied to every string (and dict key) inside a JSON-like value."""
+    if not any(secrets):
+        return obj
+    if isinstance(obj, str):
+        return redact(obj, *secrets)
+    if isinstance(obj, dict):
+        return {redact(k, *secrets) if isinstance(k, str) else k: redact_json(v, *secrets) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_json(v, *secrets) for v in obj]
+    return obj

@@ -86,3 +86,45 @@ def iter_jsonl(path: str | os.PathLike, flag: str = "--input_file", skip_bad_lin
 
 def read_jsonl(path: str | os.PathLike, **kw) -> list[dict]:
     return list(iter_jsonl(path, **kw))
+
+
+def read_answer_rows(output_file: str | os.PathLike, content_key: str = "content",
+                     flag: str = "--output_file") -> tuple[list[dict], bool]:
+    """(rows, has_partial_tail) of an answer JSONL (models.api_client.run_jobs, models.local_inference), validated
+    before anyone touches it.
+
+    Every complete line must be a JSON object with an "id" and either content_key or "error"; an unterminated
+    last line is the partial row of a killed run only if it starts like one of ours ('{"id": '). Anything else
+    means the file is not ours: UserInputError, and the file is left as it is."""
+    path = Path(output_file)
+    if not path.exists():
+        return [], False
+    if not path.is_file():
+        raise UserInputError(f"{flag} {path}: is not a file")
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    rows: list[dict] = []
+    fix = f"if it is an answer file of this script, delete that line and rerun, else use another {flag}"
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise UserInputError(f"{flag} {path}:{n}: not a row of an answer file (malformed JSON: {e}); {fix}")
+        if not isinstance(row, dict) or "id" not in row or (content_key not in row and "error" not in row):
+            raise UserInputError(f"{flag} {path}:{n}: not a row of an answer file (no 'id' and '{content_key}'); {fix}")
+        rows.append(row)
+    if tail.strip():
+        try:
+            row = json.loads(tail)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and "id" in row and (content_key in row or "error" in row):
+            rows.append(row)  # a complete row that only lacks its newline
+        elif not tail.startswith(b'{"id": '):
+            raise UserInputError(f"{flag} {path}: its unterminated last line is not a row of an answer file; {fix}")
+        else:
+            return rows, True
+    return rows, False
