@@ -42,6 +42,7 @@ from trainers.data.amazon_interactions import (
     TIMESTAMP_UNITS,
     load_interactions,
     ms_to_date,
+    present_codes,
     select_window,
     sort_and_dedupe,
 )
@@ -131,7 +132,7 @@ def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     x = load_interactions(files.interactions, reviews_jsonl=files.ratings is None, timestamp_unit=cfg.timestamp_unit)
     _stage(f"interactions: {x.rows_read} rows read, {len(x)} with valid ids and numbers, "
            f"{x.seconds_converted} timestamps converted from seconds", t0)
-    wanted = set(x.items.take(np.unique(x.item)).to_pylist()) if len(x) else set()
+    wanted = set(x.items.take(present_codes(x.item, len(x.items))).to_pylist())
     items, item_drops, item_counts = load_items(files.meta, cfg.keep_items_without_price, wanted)
     _stage(f"items: {item_counts['meta_rows']} in metadata, {item_counts['not_in_interactions']} never rated, "
            f"{item_counts['kept']} kept ({item_counts['bad_title']} bad title, {item_counts['bad_price']} "
@@ -142,7 +143,7 @@ def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     # Item filter: each distinct parent_asin's status, then one gather per row.
     status_names = ("kept", "item_not_in_metadata", *(f"item_{r}" for r in ITEM_DROP_REASONS))
     code_of = {n: i for i, n in enumerate(status_names)}
-    present = np.unique(x.item)
+    present = present_codes(x.item, len(x.items))
     status = np.zeros(len(x.items), dtype=np.int8)
     for code, asin in zip(present.tolist(), x.items.take(present).to_pylist()):
         if asin not in items:
@@ -175,7 +176,7 @@ def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
               f"in the history is the target (a leak); use first_only or drop_example for honest numbers",
               file=sys.stderr)
 
-    kept_codes = np.unique(x.item)  # sorted codes = sorted parent_asin order
+    kept_codes = present_codes(x.item, len(x.items))  # sorted codes = sorted parent_asin order
     item_code_to_id = np.zeros(len(x.items), dtype=np.int64)
     item_code_to_id[kept_codes] = np.arange(1, len(kept_codes) + 1)
     item_rows = [items[a] for a in x.items.take(kept_codes).to_pylist()]
@@ -198,7 +199,7 @@ def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     dropped = {r: int(x.dropped.get(r, 0)) for r in DROP_REASONS}
     stats = {
         "category": cfg.category, "K": cfg.K, "window_size": cfg.window_size,
-        "users": n_users, "items": n_items, "interactions": int(len(x)),
+        "users": n_users, "items": n_items, "interactions": len(x),
         "density": float(len(x) / (n_users * n_items)) if n_users and n_items else 0.0,
         "requested_window": {"st_year": cfg.st_year, "st_month": cfg.st_month,
                              "ed_year": cfg.ed_year, "ed_month": cfg.ed_month},
@@ -244,14 +245,14 @@ def format_summary(out: Path, stats: dict) -> str:
     rep = stats["repeats"]
     return "\n".join([
         f"saved {out}",
-        f"  users {stats['users']}  items {stats['items']}  interactions {stats['interactions']}  "
-        f"density {stats['density']:.5f}",
-        f"  window used {uw['st_year']}-{uw['st_month']:02d}..{uw['ed_year']}-{uw['ed_month']:02d} "
-        f"({stats['start_extensions']} start extension(s)); data {stats['date_range'][0]}..{stats['date_range'][1]}",
-        f"  rows read {stats['rows_read']}; dropped: {drops}; "
-        f"{stats['timestamps_converted_from_seconds']} timestamps converted from seconds",
-        f"  repeats (--repeat_policy {stats['repeat_policy']}): {rep['repeat_purchases_removed']} repeat purchases "
-        f"removed, {rep['examples_with_target_in_shown_history']} examples with the target in the shown history, "
-        f"{rep['examples_dropped']} of them dropped",
+        (f"  users {stats['users']}  items {stats['items']}  interactions {stats['interactions']}  "
+         f"density {stats['density']:.5f}"),
+        (f"  window used {uw['st_year']}-{uw['st_month']:02d}..{uw['ed_year']}-{uw['ed_month']:02d} "
+         f"({stats['start_extensions']} start extension(s)); data {stats['date_range'][0]}..{stats['date_range'][1]}"),
+        (f"  rows read {stats['rows_read']}; dropped: {drops}; "
+         f"{stats['timestamps_converted_from_seconds']} timestamps converted from seconds"),
+        (f"  repeats (--repeat_policy {stats['repeat_policy']}): {rep['repeat_purchases_removed']} repeat purchases "
+         f"removed, {rep['examples_with_target_in_shown_history']} examples with the target in the shown history, "
+         f"{rep['examples_dropped']} of them dropped"),
         f"  examples train {s['train']}  valid {s['valid']}  test {s['test']}",
     ])

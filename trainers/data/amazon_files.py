@@ -11,9 +11,9 @@ import io
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from tqdm import tqdm
 
@@ -152,6 +152,12 @@ class ByteBar:
         self.update()
         self.bar.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:  # also on errors, so the bar never prints after an error line
+        self.close()
+
 
 def is_gzip(path: Path) -> bool:
     return str(path).endswith(".gz")
@@ -161,14 +167,11 @@ def iter_lines(path: Path, desc: str) -> Iterator[tuple[int, str]]:
     """(1-based line number, text) of every line of a (gzipped) UTF-8 file, with a bar over its bytes.
     A corrupt or truncated file is a UserInputError naming it."""
     try:
-        with open(path, "rb") as raw:
-            bar = ByteBar(raw, path, desc)
+        with open(path, "rb") as raw, ByteBar(raw, path, desc) as bar:
             stream = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip(path) else raw
-            text = io.TextIOWrapper(stream, encoding="utf-8")
-            for n, line in enumerate(text, start=1):
+            for n, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8"), start=1):
                 if n % 4096 == 0:
                     bar.update()
                 yield n, line
-            bar.close()
     except CORRUPT_ERRORS as e:
         raise corrupt_file_error(path, e) from None

@@ -45,8 +45,10 @@ def clean_text(s) -> str:
     """html unescape (twice), tags -> space, collapse whitespace; non-strings become ''."""
     if not isinstance(s, str):
         return ""
-    s = html.unescape(html.unescape(s))
-    s = _TAG_RE.sub(" ", s)
+    if "&" in s:
+        s = html.unescape(html.unescape(s))
+    if "<" in s:
+        s = _TAG_RE.sub(" ", s)
     return " ".join(s.split())
 
 
