@@ -380,6 +380,19 @@ def test_matches_frozen_pandas_output(name, tmp_path):
         assert "Math Blaster: 3 < 5 > 2 Edition (PC)" in dd["item_info"]["title"]
 
 
+def test_chunks_and_shards_do_not_change_the_data(processed, raw_flat, tmp_path, monkeypatch):
+    """Large outputs are written in chunks and several shards per split; the loaded data is the same."""
+    import trainers.data.amazon_examples as ex
+
+    monkeypatch.setattr(ex, "CHUNK_EXAMPLES", 50)
+    monkeypatch.setattr(ex, "MAX_SHARD_BYTES", 20_000)
+    out, _ = run_preprocess(_cfg(raw_flat, tmp_path))
+    assert len(list((out / "train").glob("data-*-of-*.arrow"))) > 3
+    dd, ref = _load(out), processed[0]
+    for s in ("train", "valid", "test", "item_info"):
+        assert dd[s].data.table.equals(ref[s].data.table), s
+
+
 # ----------------------------------------------------------------------------- repeat purchases
 
 def _examples(dd) -> list[dict]:
@@ -434,7 +447,8 @@ def _write_raw(raw: Path, rating_lines: list[str], items: dict[str, dict]) -> No
     raw.mkdir(parents=True, exist_ok=True)
     (raw / f"{CAT}.csv").write_text("user_id,parent_asin,rating,timestamp\n" + "".join(l + "\n" for l in rating_lines))
     with open(raw / f"meta_{CAT}.jsonl", "w") as f:
-        f.writelines(json.dumps({"title": f"Game {asin}", "price": 9.99, "parent_asin": asin, **m}) + "\n" for asin, m in items.items())
+        f.writelines(json.dumps({"title": f"Game {asin}", "price": 9.99, "parent_asin": asin, **m}) + "\n"
+                     for asin, m in items.items())
 
 
 def test_every_dropped_row_counted_by_reason(tmp_path):
@@ -543,6 +557,7 @@ def test_benchmark_preprocess_small(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     row = next(line for line in r.stdout.splitlines() if line.startswith("| 0.003M | new |"))
-    wall, rss, _rate, examples = (c.strip() for c in row.strip("|").split("|")[2:])
-    assert float(wall.split()[0]) > 0 and 0 < float(rss.split()[0]) < 8 and int(examples.replace(",", "")) > 500
+    wall, cpu, rss, _rate, examples = (c.strip() for c in row.strip("|").split("|")[2:])
+    assert float(wall.split()[0]) > 0 and float(cpu.split()[0]) > 0 and 0 < float(rss.split()[0]) < 8
+    assert int(examples.replace(",", "")) > 500
     assert not work.exists()

@@ -39,7 +39,12 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parents[1]
 CATEGORY = "Video_Games"
 _ALNUM = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", dtype=np.uint8)
-WORDS = ["Ultimate", "Deluxe", "Classic", "Edition", "Legends", "Quest", "World", "Arena", "Saga", "Tales", "Kingdom", "Rush", "Heroes", "Empire", "Origins", "Frontier", "Racing", "Puzzle", "Strategy", "Horror", "Sports", "Fantasy", "Shooter", "Farming", "Rhythm", "Stealth", "Pirate", "Space", "Turbo", "Super", "Mega", "Royal", "Hyper", "Golden", "Silent", "Crystal", "Shadow", "Iron", "Neon", "Wild", "Lost", "Final", "Grand", "Controller", "Headset", "Charging", "Station", "Wireless", "Gaming", "Mouse", "Keyboard", "Case", "Bundle"]
+WORDS = ("Ultimate", "Deluxe", "Classic", "Edition", "Legends", "Quest", "World", "Arena", "Saga", "Tales",
+         "Kingdom", "Rush", "Heroes", "Empire", "Origins", "Frontier", "Racing", "Puzzle", "Strategy", "Horror",
+         "Sports", "Fantasy", "Shooter", "Farming", "Rhythm", "Stealth", "Pirate", "Space", "Turbo", "Super",
+         "Mega", "Royal", "Hyper", "Golden", "Silent", "Crystal", "Shadow", "Iron", "Neon", "Wild", "Lost",
+         "Final", "Grand", "Controller", "Headset", "Charging", "Station", "Wireless", "Gaming", "Mouse",
+         "Keyboard", "Case", "Bundle")
 
 
 def parse_size(s: str) -> int:
@@ -255,9 +260,10 @@ def core_duckdb(csv: Path, valid_items: list[str]) -> pa.Table:
         QUALIFY row_number() OVER (PARTITION BY user_id, parent_asin, ts ORDER BY rn) = 1)
         WHERE parent_asin IN (SELECT parent_asin FROM valid_items) AND ts BETWEEN {WINDOW_MS[0]} AND {WINDOW_MS[1]}""")
     while True:
-        n = con.execute(f"""DELETE FROM w WHERE user_id IN (SELECT user_id FROM w GROUP BY user_id HAVING count(*) < {CORE_K})
-            OR parent_asin IN (SELECT parent_asin FROM w GROUP BY parent_asin HAVING count(*) < {CORE_K})""").fetchone()[0]
-        if n == 0:
+        deleted = con.execute(f"""DELETE FROM w
+            WHERE user_id IN (SELECT user_id FROM w GROUP BY user_id HAVING count(*) < {CORE_K})
+            OR parent_asin IN (SELECT parent_asin FROM w GROUP BY parent_asin HAVING count(*) < {CORE_K})""")
+        if deleted.fetchone()[0] == 0:
             break
     res = con.execute(f"""WITH ids AS (SELECT parent_asin, row_number() OVER (ORDER BY parent_asin) AS item_id
             FROM (SELECT DISTINCT parent_asin FROM w)),
@@ -311,7 +317,8 @@ def compare_engines(raw: Path, work: Path) -> None:
             continue
         r.update(json.loads(out[-1]))
         rows.append((engine, r))
-    print("\nengine core: read csv.gz -> duplicates -> item filter -> window -> 5-core -> sorted histories (list column)")
+    print("\nengine core: read csv.gz -> duplicates -> item filter -> window -> 5-core -> sorted histories "
+          "(list column)")
     print(f"{'engine':10s} {'wall s':>8s} {'cpu s':>8s} {'peak RSS GB':>12s} {'examples':>10s}  same result as pyarrow")
     base = rows[0][1] if rows else {}
     for engine, r in rows:
@@ -392,11 +399,11 @@ def _du(path: Path) -> int:
 
 
 def _table(results: list[dict], ref: str | None) -> None:
-    print("\n| ratings | pipeline | wall | peak RSS | examples/s | examples |")
-    print("|---|---|---|---|---|---|")
+    print("\n| ratings | pipeline | wall | CPU | peak RSS | examples/s | examples |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['n'] / 1e6:g}M | {r['label']} | {r['wall_s']:.1f} s | {r['peak_rss_gb']:.2f} GB | "
-              f"{r['examples'] / r['wall_s']:,.0f} | {r['examples']:,} |")
+        print(f"| {r['n'] / 1e6:g}M | {r['label']} | {r['wall_s']:.1f} s | {r['cpu_s']:.1f} s | "
+              f"{r['peak_rss_gb']:.2f} GB | {r['examples'] / r['wall_s']:,.0f} | {r['examples']:,} |")
     if ref:
         for n in sorted({r["n"] for r in results}):
             new = next((r for r in results if r["n"] == n and r["label"] == "new"), None)

@@ -147,7 +147,8 @@ def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     status = np.zeros(len(x.items), dtype=np.int8)
     for code, asin in zip(present.tolist(), x.items.take(present).to_pylist()):
         if asin not in items:
-            status[code] = code_of["item_" + item_drops[asin]] if asin in item_drops else code_of["item_not_in_metadata"]
+            reason = f"item_{item_drops[asin]}" if asin in item_drops else "item_not_in_metadata"
+            status[code] = code_of[reason]
     per_row = status[x.item]
     for name, count in zip(status_names[1:], np.bincount(per_row, minlength=len(status_names))[1:]):
         x.dropped[name] += int(count)

@@ -127,8 +127,8 @@ def _write_state(split_dir: Path, feats, n_shards: int, fingerprint: str) -> Non
     from datasets.utils.py_utils import asdict
 
     state = {"_data_files": [{"filename": f"data-{i:05d}-of-{n_shards:05d}.arrow"} for i in range(n_shards)],
-             "_fingerprint": hashlib.sha256(fingerprint.encode()).hexdigest()[:16], "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
-             "_output_all_columns": False, "_split": None}
+             "_fingerprint": hashlib.sha256(fingerprint.encode()).hexdigest()[:16], "_format_columns": None,
+             "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
     with open(split_dir / "state.json", "w", encoding="utf-8") as f:
         json.dump(state, f, indent=2, sort_keys=True)
     info = asdict(DatasetInfo(features=feats))
