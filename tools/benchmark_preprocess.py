@@ -16,7 +16,7 @@ RSS (ru_maxrss from wait4) and examples/s.
 --compare_engines times the relational core (read the gzipped CSV, parse, drop exact duplicates, keep
 reviews of items with metadata, time window, 5-core, sort each user's interactions, history windows as
 list columns, examples in target-time order) with each engine that is installed, each in its own child
-process on the same file, so the choice of engine in trainers/data/amazon_engine.py is a measured one.
+process on the same file, so the engine of trainers/data/amazon_interactions.py is a measured choice.
 """
 from __future__ import annotations
 
