@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from trainers.data.amazon_interactions import REPEAT_POLICIES, TIMESTAMP_UNITS
 from trainers.foundation.errors import UserInputError, die
 
 
@@ -21,8 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--st_year", type=int, default=2017,
                    help="first year of the review time window (moved back if --min_items is not met)")
     p.add_argument("--st_month", type=int, default=1, help="first month (1-12) of the time window")
-    p.add_argument("--ed_year", type=int, default=2023, help="last year of the time window (inclusive)")
-    p.add_argument("--ed_month", type=int, default=12, help="last month (1-12) of the time window (inclusive)")
+    p.add_argument("--ed_year", type=int, default=2023,
+                   help="year of the last month of the time window; that month is included (upstream R2ec stops "
+                        "at the 1st day of the end month, excluding it: pass the month before to match it)")
+    p.add_argument("--ed_month", type=int, default=12,
+                   help="last month (1-12) of the time window, included up to its last millisecond (upstream "
+                        "R2ec excludes the end month)")
     p.add_argument("--window_size", type=int, default=10, help="history length of each example")
     p.add_argument("--data_root_dir", default="data", help="output root (and download dir {root}/raw)")
     p.add_argument("--raw_dir", default=None,
@@ -31,6 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="move the start back 3 months while fewer items remain after K-core")
     p.add_argument("--keep_items_without_price", action="store_true",
                    help="keep items whose price is missing/invalid (upstream drops them)")
+    p.add_argument("--repeat_policy", choices=REPEAT_POLICIES, default="first_only",
+                   help="re-purchases of an item the user already bought in the window. Candidate negatives exclude "
+                        "the user's history, so a target that also appears in its shown history is given away. "
+                        "first_only (default): keep each user's first purchase of an item only (no target is in its "
+                        "history, histories hold no duplicates); drop_example: keep the interactions but drop "
+                        "examples whose target is in their shown history; keep: keep all (upstream's behaviour; "
+                        "leaks, warns with the count)")
+    p.add_argument("--timestamp_unit", choices=TIMESTAMP_UNITS, default="auto",
+                   help="unit of the raw timestamps: auto decides per row (below 1e11 = seconds, else ms; the "
+                        "number converted is reported), or s / ms for all rows")
     p.add_argument("--overwrite_output_dir", action="store_true",
                    help="replace an existing output directory (otherwise it is refused)")
     return p

@@ -263,6 +263,12 @@ CASES = [
     ("pre-window", _set(PRE, window_size="0"), "--window_size", True),
     ("pre-month", _set(PRE, st_month="13"), "--st_month", False),
     ("pre-existing-output", PRE, "--overwrite_output_dir", False),
+    ("pre-year", _set(PRE, st_year="0"), "--st_year", False),
+    ("pre-ed-year", _set(PRE, ed_year="12345"), "--ed_year", False),
+    ("pre-min-items", _set(PRE, min_items="-1"), "--min_items", False),
+    ("pre-repeat-policy", _set(PRE, repeat_policy="sometimes"), "--repeat_policy", False),
+    ("pre-timestamp-unit", _set(PRE, timestamp_unit="days"), "--timestamp_unit", False),
+    ("pre-data-root-is-file", _set(PRE, data_root_dir="{not_json}"), "--data_root_dir", False),
     # ---- test.py
     ("test-dataset-missing", _set(TEST, dataset_path="{root}/nope"), "--dataset_path", False),
     ("test-dataset-wrong-dir", _set(TEST, dataset_path="{data}/train"), "--dataset_path", False),

@@ -1,4 +1,5 @@
-"""preprocess.py / trainers.amazon_data on synthetic Amazon Reviews 2023 raw files."""
+"""preprocess.py / trainers.data.amazon* on synthetic Amazon Reviews 2023 raw files, the frozen output of the
+pandas pipeline it replaced (tests/data/preprocess), and hand-written files for every kind of dropped row."""
 from __future__ import annotations
 
 import gzip
@@ -9,20 +10,27 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from trainers.data.amazon import (
+    DROP_REASONS,
     EXAMPLE_COLUMNS,
     ITEM_COLUMNS,
     PreprocessConfig,
     clean_text,
-    kcore,
+    format_summary,
     parse_price,
     run_preprocess,
     valid_title,
 )
+from trainers.data.amazon_interactions import kcore_mask
+from trainers.data.candidates import sample_candidates
 from trainers.data.synthetic import SUBCATEGORIES, synthetic_corpus, title_subcategory, write_amazon_raw
+from trainers.foundation.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
 CAT = "Video_Games"
@@ -120,6 +128,9 @@ def test_planted_preference(raw_flat):
 
 def test_cleaning_helpers():
     assert clean_text("  <span>Racing</span>&amp;Co<br>Turbo \n 3 ") == "Racing &Co Turbo 3"
+    # tags go, literal "<" and ">" stay (the old `<[^>]*>` turned "3 < 5 > 2" into "3 2")
+    assert clean_text("3 < 5 > 2") == "3 < 5 > 2" and clean_text("Kids &lt;3 it") == "Kids <3 it"
+    assert clean_text('<span id="t">Zelda</span> <br/>&lt;b&gt;BOTW&lt;/b&gt; <!-- x -->a>b') == "Zelda BOTW a>b"
     assert valid_title(None) is None and valid_title("<span></span>") is None
     assert valid_title(" ".join(["w"] * 21)) is None and valid_title(" ".join(["w"] * 20))
     assert parse_price(12) == 12.0 and parse_price("$1,299.00") == 1299.0
@@ -128,12 +139,12 @@ def test_cleaning_helpers():
 
 
 def test_kcore_cascades():
-    rows = [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "a"), ("u3", "c")]
-    df = pd.DataFrame(rows, columns=["user_id", "parent_asin"])
-    out = kcore(df, 2)  # c has 1 -> u3 drops to 1 -> u3 goes -> a, b still 2
-    assert sorted(map(tuple, out.to_numpy())) == [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b")]
-    assert len(kcore(df, 0)) == len(df)
-    assert kcore(df, 3).empty
+    # users u1 u1 u2 u2 u3 u3, items a b a b a c
+    user, item = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 0, 1, 0, 2])
+    keep = kcore_mask(user, item, 2, 3, 3)  # c has 1 -> u3 drops to 1 -> u3 goes -> a, b still 2
+    assert keep.tolist() == [True, True, True, True, False, False]
+    assert kcore_mask(user, item, 0, 3, 3).all()
+    assert not kcore_mask(user, item, 3, 3, 3).any()
 
 
 # ----------------------------------------------------------------------------- output
@@ -171,23 +182,27 @@ def test_chronological_split(processed):
     tr, va, te = (dd[s]["timestamp"] for s in ("train", "valid", "test"))
     assert max(tr) <= min(va) and max(va) <= min(te)
     n = len(tr) + len(va) + len(te)
-    assert len(tr) == int(0.8 * n) and len(va) == int(0.1 * n)
+    assert len(tr) == int(0.8 * n) and len(va) == int(0.9 * n) - int(0.8 * n)  # upstream R2ec's sizes
     assert stats["splits"] == {"train": len(tr), "valid": len(va), "test": len(te)}
     for s in ("train", "valid", "test"):
         assert dd[s]["timestamp"] == sorted(dd[s]["timestamp"])
 
 
 def test_histories_match_raw(processed, raw_flat):
-    dd, _, _ = processed
+    dd, stats, _ = processed
     items = set(dd["item_info"]["parent_asin"][1:])
     raw = _raw_interactions(raw_flat)
-    # Rows of surviving users on surviving items are exactly the K-cored interactions.
-    raw = raw[raw["parent_asin"].isin(items)]
+    # Rows of surviving users on surviving items are exactly the K-cored interactions, each user's first
+    # purchase of an item only (--repeat_policy first_only, the default).
+    raw = raw[raw["parent_asin"].isin(items)].sort_values(["timestamp", "parent_asin"])
+    n_repeats = int(raw.duplicated(["user_id", "parent_asin"]).sum())
+    raw = raw.drop_duplicates(["user_id", "parent_asin"])
+    assert stats["repeats"]["repeat_purchases_removed"] >= n_repeats
     examples = defaultdict(list)
     for s in ("train", "valid", "test"):
         for ex in dd[s]:
             examples[ex["user_id"]].append(ex)
-    for uid in sorted(examples)[:6]:
+    for uid in sorted(examples)[:12]:
         seq = raw[raw["user_id"] == uid].sort_values(["timestamp", "parent_asin"])
         asins, ts = list(seq["parent_asin"]), list(seq["timestamp"])
         exs = sorted(examples[uid], key=lambda e: e["timestamp"])
@@ -301,3 +316,248 @@ def test_error_empty_window_and_bad_month(tmp_path, raw_flat):
     _expect_error(r, "empty time window", "2021-01-01")
     r = _run_script(*_args(raw_flat, tmp_path, "--st_month", "13"))
     _expect_error(r, "--st_month 13")
+
+
+# ----------------------------------------------------------------------------- regression: frozen output
+
+FROZEN = REPO / "tests" / "data" / "preprocess"
+FROZEN_WINDOWS = {"synthetic": (2021, 1), "real_format": (2017, 1)}
+# Deliberate changes since the freeze (tests/data/preprocess/README.md), applied to the frozen copy:
+# the tag regex `<[^>]*>` ate literal "<"/">" text; tags are now `<letter...>`, `</...>`, `<!...>` only.
+FROZEN_TITLE_FIXES = {"Math Blaster: 3 2 Edition (PC)": "Math Blaster: 3 < 5 > 2 Edition (PC)"}
+# stats.json keys that did not exist then; `item_filter` now counts only metadata lines of items that occur
+# in the interactions (the others are skipped unparsed: "not_in_interactions") and has two more reasons.
+NEW_STATS_KEYS = {"repeat_policy", "repeats", "timestamp_unit", "timestamps_converted_from_seconds", "rows_read",
+                  "dropped"}
+
+
+def _fix_titles(table: pa.Table) -> pa.Table:
+    def fix(v):
+        return [FROZEN_TITLE_FIXES.get(t, t) for t in v] if isinstance(v, list) else FROZEN_TITLE_FIXES.get(v, v)
+
+    for c in ("title", "item_title", "history_item_title"):
+        if c in table.column_names:
+            col = pa.array([fix(v) for v in table[c].to_pylist()], table.schema.field(c).type)
+            table = table.set_column(table.schema.get_field_index(c), c, col)
+    return table
+
+
+@pytest.mark.parametrize("name", sorted(FROZEN_WINDOWS))
+def test_matches_frozen_pandas_output(name, tmp_path):
+    """With --repeat_policy keep (the old behaviour) the columnar engine reproduces the frozen output of the
+    pandas pipeline: same examples in the same order, same histories, titles, item ids and stats, except
+    the documented changes above and the split boundaries (upstream's formula; equal for these n)."""
+    from datasets import load_from_disk
+
+    st_year, st_month = FROZEN_WINDOWS[name]
+    out, stats = run_preprocess(PreprocessConfig(
+        category=CAT, K=5, st_year=st_year, st_month=st_month, ed_year=2023, ed_month=12, window_size=10,
+        data_root_dir=str(tmp_path), raw_dir=str(FROZEN / name / "raw"), min_items=10, repeat_policy="keep"))
+    dd = load_from_disk(str(out))
+    frozen = {s: _fix_titles(pq.read_table(FROZEN / name / "frozen" / f"{s}.parquet"))
+              for s in ("train", "valid", "test", "item_info")}
+    new_all = pa.concat_tables([dd[s].data.table for s in ("train", "valid", "test")])
+    old_all = pa.concat_tables([frozen[s] for s in ("train", "valid", "test")])
+    assert new_all.schema.equals(old_all.schema, check_metadata=False)
+    for c in EXAMPLE_COLUMNS:
+        assert new_all[c].equals(old_all[c]), (name, c)
+    assert dd["item_info"].data.table.equals(frozen["item_info"], check_metadata=False)
+    n = new_all.num_rows
+    assert [len(dd[s]) for s in ("train", "valid", "test")] == [
+        int(n * 0.8), int(n * 0.9) - int(n * 0.8), n - int(n * 0.9)]
+    old_stats = json.loads((FROZEN / name / "frozen" / "stats.json").read_text())
+    assert set(stats) == set(old_stats) | NEW_STATS_KEYS
+    for k in set(old_stats) - {"raw_files", "item_filter", "splits", "split_date_ranges"}:
+        assert stats[k] == old_stats[k], k
+    assert stats["splits"] == {s: len(dd[s]) for s in ("train", "valid", "test")}
+    old_f, new_f = old_stats["item_filter"], stats["item_filter"]
+    assert new_f["meta_rows"] == old_f["meta_rows"] and new_f["no_asin"] == old_f["no_asin"]
+    assert new_f["meta_rows"] == sum(v for k, v in new_f.items() if k != "meta_rows")
+    # the skipped lines are exactly the items with no rating (all of them valid in the real-format sample)
+    assert new_f["kept"] + new_f["not_in_interactions"] == old_f["kept"]
+    if name == "real_format":
+        assert new_f["not_in_interactions"] == 6 and stats["repeats"]["examples_with_target_in_shown_history"] > 0
+        assert "Math Blaster: 3 < 5 > 2 Edition (PC)" in dd["item_info"]["title"]
+
+
+def test_chunks_and_shards_do_not_change_the_data(processed, raw_flat, tmp_path, monkeypatch):
+    """Large outputs are written in chunks and several shards per split; the loaded data is the same."""
+    import trainers.data.amazon_examples as ex
+
+    monkeypatch.setattr(ex, "CHUNK_EXAMPLES", 50)
+    monkeypatch.setattr(ex, "MAX_SHARD_BYTES", 20_000)
+    out, _ = run_preprocess(_cfg(raw_flat, tmp_path))
+    assert len(list((out / "train").glob("data-*-of-*.arrow"))) > 3
+    dd, ref = _load(out), processed[0]
+    for s in ("train", "valid", "test", "item_info"):
+        assert dd[s].data.table.equals(ref[s].data.table), s
+
+
+# ----------------------------------------------------------------------------- repeat purchases
+
+def _examples(dd) -> list[dict]:
+    return [ex for s in ("train", "valid", "test") for ex in dd[s]]
+
+
+def test_repeat_policies(tmp_path, capsys):
+    """Planted re-purchases: keep leaks (the one candidate also in the history is the target) and warns;
+    drop_example and first_only leave no example whose target is in its shown history."""
+    from datasets import load_from_disk
+
+    raw = tmp_path / "raw"
+    write_amazon_raw(raw, CAT, repeat_rate=0.08, **SMALL)
+    res = {}
+    for policy in ("keep", "drop_example", "first_only"):
+        out, stats = run_preprocess(_cfg(raw, tmp_path / policy, repeat_policy=policy))
+        res[policy] = (_examples(load_from_disk(str(out))), stats)
+        err = capsys.readouterr().err
+        assert ("--repeat_policy keep leaves" in err) == (policy == "keep")
+    keep, keep_stats = res["keep"]
+    leaks = [ex for ex in keep if ex["item_id"] in ex["history_item_id"]]
+    assert len(leaks) == keep_stats["repeats"]["examples_with_target_in_shown_history"] > 20
+    n_items = keep_stats["items"]
+    for ex in leaks[:20]:  # the evaluation protocol's candidates: negatives exclude the history
+        cands = sample_candidates(ex["item_id"], ex["history_item_id"], n_items, 10, 0, ex["interaction_id"])
+        assert set(cands) & set(ex["history_item_id"]) == {ex["item_id"]}
+
+    drop, drop_stats = res["drop_example"]
+    assert all(ex["item_id"] not in ex["history_item_id"] for ex in drop)
+    assert len(drop) == len(keep) - len(leaks) == drop_stats["examples"]
+    assert drop_stats["repeats"]["examples_dropped"] == drop_stats["dropped"]["examples"]["target_in_shown_history"]
+    assert drop_stats["repeats"]["examples_dropped"] == len(leaks)
+    assert drop_stats["interactions"] == keep_stats["interactions"]  # sequences keep the re-purchases
+    assert any(len(set(ex["history_item_id"])) < len(ex["history_item_id"]) for ex in drop)
+
+    first, first_stats = res["first_only"]
+    assert all(ex["item_id"] not in ex["history_item_id"] for ex in first)
+    assert all(len(set(ex["history_item_id"])) == len(ex["history_item_id"]) for ex in first)
+    pairs = [(ex["user_id"], ex["item_id"]) for ex in first]
+    assert len(pairs) == len(set(pairs))
+    assert first_stats["repeats"]["repeat_purchases_removed"] == first_stats["dropped"]["interactions"][
+        "repeat_purchase"] > 0
+    assert first_stats["repeats"]["examples_with_target_in_shown_history"] == 0
+
+
+# ----------------------------------------------------------------------------- every dropped row, by reason
+
+T0 = 1_650_000_000_000  # 2022-04-15 in ms
+
+
+def _write_raw(raw: Path, rating_lines: list[str], items: dict[str, dict]) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / f"{CAT}.csv").write_text("user_id,parent_asin,rating,timestamp\n" + "".join(l + "\n" for l in rating_lines))
+    with open(raw / f"meta_{CAT}.jsonl", "w") as f:
+        f.writelines(json.dumps({"title": f"Game {asin}", "price": 9.99, "parent_asin": asin, **m}) + "\n"
+                     for asin, m in items.items())
+
+
+def test_every_dropped_row_counted_by_reason(tmp_path):
+    # Four users who rate items A, B, C (K=2 keeps them); ids "NA" and "null" are ids like any other.
+    good = []
+    for k, u in enumerate(["NA", "null", "U3", "U4"]):
+        for j, a in enumerate("ABC"):
+            ts = T0 + 86_400_000 * (10 * k + j)
+            good.append(f"{u},{a},{5 - j}.0,{ts // 1000 if (k, j) == (2, 1) else ts}")  # one row in seconds
+    bad = {
+        "malformed_line": ["U3,A,5.0,1650000000000,extra"],
+        "missing_user_id": [f",A,5.0,{T0}", f",,5.0,{T0}"],  # the first reason wins
+        "missing_item_id": [f"U3,,5.0,{T0}"],
+        "bad_rating": [f"U3,A,five,{T0}", f"U3,A,nan,{T0}"],
+        "bad_timestamp": ["U3,A,5.0,soon", "U3,A,5.0,"],
+        "duplicate": [good[0]],
+        "item_not_in_metadata": [f"U3,Z,5.0,{T0}"],
+        "item_no_title": [f"U3,T,5.0,{T0}"],
+        "item_no_price": [f"U3,P,5.0,{T0}"],
+        "out_of_window": [f"U3,A,4.0,{T0 - 86_400_000 * 800}"],
+        "repeat_purchase": [f"U4,A,5.0,{T0 + 86_400_000 * 300}"],
+        "kcore": [f"U5,A,5.0,{T0}", f"U4,D,5.0,{T0 + 86_400_000 * 33}"],
+    }
+    raw = tmp_path / "raw"
+    _write_raw(raw, good + [line for lines in bad.values() for line in lines],
+               {"A": {}, "B": {}, "C": {}, "D": {}, "T": {"title": None}, "P": {"price": "None"}})
+    out, stats = run_preprocess(_cfg(raw, tmp_path / "data", K=2, st_year=2021, min_items=0))
+    dropped = stats["dropped"]["interactions"]
+    assert list(dropped) == list(DROP_REASONS)
+    assert dropped == {reason: len(bad.get(reason, [])) for reason in DROP_REASONS}
+    assert stats["rows_read"] == len(good) + sum(map(len, bad.values())) == sum(dropped.values()) + stats[
+        "interactions"]
+    assert stats["interactions"] == len(good) and stats["timestamps_converted_from_seconds"] == 1
+    assert {"NA", "null"} <= {ex["user_id"] for ex in _examples(_load(out))}
+    summary = format_summary(out, stats)
+    assert "malformed_line 1" in summary and "repeat_purchase 1" in summary and "kcore 2" in summary
+
+
+def _load(out):
+    from datasets import load_from_disk
+
+    return load_from_disk(str(out))
+
+
+def test_timestamp_units(tmp_path):
+    """auto decides per row (the old per-file rule kept only the ms rows of a mixed file); s / ms force one unit."""
+    lines = [f"U{u},{a},5.0,{(T0 + 3_600_000 * (3 * u + j)) // (1000 if u % 2 else 1)}"
+             for u in range(10) for j, a in enumerate("ABC")]
+    raw = tmp_path / "raw"
+    _write_raw(raw, lines, {a: {} for a in "ABC"})
+    _, stats = run_preprocess(_cfg(raw, tmp_path / "auto", K=2, st_year=2021, min_items=0))
+    assert stats["interactions"] == 30 and stats["timestamps_converted_from_seconds"] == 15
+    _, stats = run_preprocess(_cfg(raw, tmp_path / "ms", K=2, st_year=2021, min_items=0, timestamp_unit="ms"))
+    assert stats["interactions"] == 15 and stats["dropped"]["interactions"]["out_of_window"] == 15  # 1970
+    with pytest.raises(UserInputError, match=r"Video_Games.csv: data row 1: timestamp \d+ read as seconds"):
+        run_preprocess(_cfg(raw, tmp_path / "s", K=2, st_year=2021, min_items=0, timestamp_unit="s"))
+
+
+def test_reviews_jsonl_with_mixed_types(tmp_path):
+    """A review file whose JSON types vary is read line by line, with the same rules as the CSV."""
+    raw = tmp_path / "raw"
+    rows = [{"user_id": f"U{u}", "parent_asin": a, "rating": 5.0, "timestamp": T0 + 3_600_000 * (3 * u + j),
+             "text": "Great<br />"} for u in range(4) for j, a in enumerate("ABC")]
+    rows[0]["rating"] = "4"            # a string rating: the typed reader refuses the file
+    rows[1]["user_id"] = None          # missing id
+    rows[2]["parent_asin"] = None      # falls back to asin
+    rows[2]["asin"] = "C"
+    rows.append({"user_id": "U0", "parent_asin": "A", "rating": "n/a", "timestamp": T0})
+    _write_raw(raw, [], {a: {} for a in "ABC"})
+    (raw / f"{CAT}.csv").unlink()
+    (raw / f"{CAT}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, stats = run_preprocess(_cfg(raw, tmp_path / "data", K=2, st_year=2021, min_items=0))
+    d = stats["dropped"]["interactions"]
+    assert stats["rows_read"] == 13 and d["missing_user_id"] == 1 and d["bad_rating"] == 1
+    assert stats["interactions"] == 11
+
+
+def test_empty_split_is_refused_before_writing(tmp_path):
+    """5 examples: valid = int(4.5) - int(4) = 0 -> one-line error, and an existing output stays untouched."""
+    lines = [f"U{u},{a},5.0,{T0 + 3_600_000 * (3 * u + j)}" for u in range(2) for j, a in enumerate("ABC")]
+    raw = tmp_path / "raw"
+    _write_raw(raw, lines[:-1], {a: {} for a in "ABC"})
+    cfg = _cfg(raw, tmp_path / "data", K=0, st_year=2021, min_items=0)
+    existing = tmp_path / "data" / f"{CAT}_0_2021-1-2023-12"
+    existing.mkdir(parents=True)
+    (existing / "keep.txt").write_text("earlier run")
+    with pytest.raises(UserInputError, match="only 3 examples, so the valid split would be empty") as e:
+        run_preprocess(cfg)
+    assert "\n" not in str(e.value)
+    assert (existing / "keep.txt").read_text() == "earlier run" and len(list(existing.parent.iterdir())) == 1
+
+
+def test_error_out_of_range_timestamp_script(tmp_path):
+    raw = tmp_path / "raw"
+    _write_raw(raw, [f"U1,A,5.0,{T0}", "U1,B,5.0,99999999999999999"], {"A": {}, "B": {}})
+    _expect_error(_run_script(*_args(raw, tmp_path)), "data row 2", "--timestamp_unit")
+
+
+# ----------------------------------------------------------------------------- the scaling benchmark
+
+def test_benchmark_preprocess_small(tmp_path):
+    """tools/benchmark_preprocess.py end to end on 3k generated ratings: the exact Amazon formats, the real
+    preprocess.py in a child process, a figures row; its work dir is removed afterwards."""
+    work = tmp_path / "work"
+    r = subprocess.run([sys.executable, "tools/benchmark_preprocess.py", "--sizes", "3k", "--work_dir", str(work)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = next(line for line in r.stdout.splitlines() if line.startswith("| 0.003M | new |"))
+    wall, cpu, rss, _rate, examples = (c.strip() for c in row.strip("|").split("|")[2:])
+    assert float(wall.split()[0]) > 0 and float(cpu.split()[0]) > 0 and 0 < float(rss.split()[0]) < 8
+    assert int(examples.replace(",", "")) > 500
+    assert not work.exists()
