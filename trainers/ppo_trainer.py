@@ -414,6 +414,7 @@ class PPOTrainer:
         self.scheduler.base_lrs = [self.cfg.lr_actor, self.cfg.lr_critic]
         for group, base_lr, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base_lr * lam(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # what get_last_lr() reports
         rng_file = ckpt / f"rng_state_rank{self.rank}.pt"
         if rng_file.is_file():
             restore_rng_state(load_torch_state(rng_file))
