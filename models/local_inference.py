@@ -29,7 +29,9 @@ class LocalGenerator:
 
     def __init__(self, model_path: str, device: str | None = "auto", dtype: str | None = "auto",
                  attn_implementation: str | None = "auto", tokenizer_path: str | None = None,
-                 trust_remote_code: bool = False, flag: str = "--model_path") -> None:
+                 trust_remote_code: bool = False, flag: str = "--model_path", base_model: str | None = None) -> None:
+        """model_path: a full model or a PEFT adapter directory (merged into its base for inference; the base is
+        base_model if given, else the adapter's recorded base_model_name_or_path)."""
         from models.abstract_models import check_model_dir
 
         self.path = str(check_model_dir(model_path, flag=flag) if tokenizer_path is None else
@@ -40,7 +42,8 @@ class LocalGenerator:
         attn = resolve_attn_implementation(attn_implementation, self.device, self.dtype)
         self.tokenizer = load_tokenizer(tok_path, trust_remote_code)
         self.tokenizer.padding_side = "left"  # generation continues from the last real token of every row
-        self.model = load_causal_lm(self.path, self.device, self.dtype, attn, trust_remote_code).eval()
+        self.model = load_causal_lm(self.path, self.device, self.dtype, attn, trust_remote_code, base_model=base_model,
+                                    merge_adapter=True, flag=flag).eval()
 
     def chat_text(self, messages: Sequence[dict]) -> str:
         if getattr(self.tokenizer, "chat_template", None):
@@ -100,7 +103,8 @@ def run_prompt_file(model_path: str, input_file: str, output_file: str, device: 
                     dtype: str | None = "auto", batch_size: int = 8, max_new_tokens: int = 256,
                     temperature: float = 0.0, top_p: float = 1.0, prompt_id_min: int | None = None,
                     prompt_id_max: int | None = None, seed: int = 42, attn_implementation: str | None = "auto",
-                    generator: LocalGenerator | None = None, show_progress: bool = True) -> dict:
+                    generator: LocalGenerator | None = None, show_progress: bool = True,
+                    base_model: str | None = None) -> dict:
     """Generate responses for prompt ids in [prompt_id_min, prompt_id_max] not yet in output_file.
 
     Returns {"total", "skipped_done", "written"}. Sampling is seeded per batch by (seed + first id), so a
@@ -135,7 +139,7 @@ def run_prompt_file(model_path: str, input_file: str, output_file: str, device: 
     summary = {"total": len(selected), "skipped_done": len(selected) - len(todo), "written": 0}
     if not todo:
         return summary
-    gen = generator or LocalGenerator(model_path, device, dtype, attn_implementation)
+    gen = generator or LocalGenerator(model_path, device, dtype, attn_implementation, base_model=base_model)
     bar = tqdm(total=len(todo), desc="generate", unit="prompt", disable=not show_progress)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
@@ -182,11 +186,14 @@ def inference_cli(argv: list[str] | None, description: str, model_path: str, inp
     p.add_argument("--attn_implementation", default="auto",
                    help="auto|flash_attention_2|sdpa|flex_attention|eager; auto = flash_attention_2 when usable, "
                         "else sdpa (default: auto)")
+    p.add_argument("--base_model_name_or_path", default=None,
+                   help="base model of a LoRA adapter --model_path (default: the base the adapter records)")
     args = p.parse_args(argv)
     try:
         s = run_prompt_file(args.model_path, args.input_file, args.output_file, args.device, args.dtype,
                             args.batch_size, args.max_new_tokens, args.temperature, args.top_p, args.prompt_id_min,
-                            args.prompt_id_max, args.seed, args.attn_implementation)
+                            args.prompt_id_max, args.seed, args.attn_implementation,
+                            base_model=args.base_model_name_or_path)
     except UserInputError as e:
         die(str(e))
     print(f"{s['total']} prompts in range: {s['skipped_done']} already done, {s['written']} written to "

@@ -134,6 +134,7 @@ def test_rrec_py_sigkill_then_rerun_equals_uninterrupted(assets, tmp_path):
 def _save_ckpt(judge, d: Path, complete: bool) -> None:
     judge.save(d)
     (d / "trainer_state.json").write_text(json.dumps({"step": int(d.name.split("-")[1])}))
+    (d / "args.json").write_text("{}")  # what our trainers write beside trainer_state.json (HF's checkpoints do not)
     if complete:
         (d / "COMPLETE").write_text(d.name)
 

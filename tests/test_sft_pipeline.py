@@ -417,6 +417,23 @@ def test_full_chain(tiny, dataset_dir, tmp_path, capsys):
     rows = read_jsonl(rl / "metrics.jsonl")
     assert rows and rows[0]["step"] == 1
 
+    # LoRA: the SFT run saves an adapter (naming its base), which train.py continues to train as its model
+    lora_out = tmp_path / "sft_lora"
+    _script("train_sft").main(["--model_name_or_path", str(tiny), "--data_file", str(sft_json),
+                               "--output_dir", str(lora_out), "--max_steps", "2", "--per_device_train_batch_size", "2",
+                               "--gradient_accumulation_steps", "1", "--learning_rate", "1e-3", "--max_length", "256",
+                               "--save_steps", "10", "--logging_steps", "1", "--device", "cpu", "--use_lora",
+                               "--lora_r", "4"])
+    from models.abstract_models import is_adapter_dir
+
+    assert is_adapter_dir(lora_out) and not (lora_out / "model.safetensors").exists()
+    assert json.loads((lora_out / "adapter_config.json").read_text())["r"] == 4
+    _run("train.py", "--model_name_or_path", str(lora_out), "--dataset_path", str(dataset_dir), "--K", "4",
+         "--K_eval", "4", "--batch_size", "2", "--max_steps", "1", "--ppo_epochs", "1", "--output_dir",
+         str(tmp_path / "rl_lora"), "--num_valid_samples", "4", "--no_plot", "--max_len_per_item", "12",
+         "--user_window_size", "3", "--print_every", "0", "--device", "cpu")
+    assert is_adapter_dir(tmp_path / "rl_lora" / "checkpoint-1")
+
 
 def test_generate_prompts_model_type_family_and_output_check(tiny, dataset_dir, tmp_path, monkeypatch, capsys):
     """The original README's `--model_type qwen` names a model family, resolved through paths.py (here to the tiny

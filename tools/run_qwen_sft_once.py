@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from trainers.foundation.errors import UserInputError, die
 
@@ -33,21 +32,6 @@ def example_prompt() -> str:
     candidate = prompts.CANDIDATE_ITEM_TMPL.format(title=EXAMPLE_CANDIDATE, text="")
     return prompts.BINARY_PROMPT_TMPL_OTHER.format(history=history, candidate=candidate,
                                                    answer_instruction=prompts.DIRECT_ANSWER_INSTRUCTION)
-
-
-def last_checkpoint(model_dir: str) -> Path:
-    """The newest checkpoint-N in model_dir with a config and weights (train.py's carry a COMPLETE marker too;
-    one without it was interrupted while saving and is skipped)."""
-    from paths import WEIGHT_FILES
-    from trainers.foundation.checkpoints import COMPLETE_MARKER, checkpoint_dirs
-
-    for _, ck in reversed(checkpoint_dirs(model_dir, complete_only=False)):
-        has_model = (ck / "config.json").is_file() and any((ck / w).is_file() for w in WEIGHT_FILES)
-        interrupted = (ck / "trainer_state.json").is_file() and (ck / "args.json").is_file() \
-            and not (ck / COMPLETE_MARKER).is_file()
-        if has_model and not interrupted:
-            return ck
-    raise UserInputError(f"--resume_from last: no checkpoint-N with model weights in --model_dir {model_dir}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,16 +68,23 @@ def main(argv: list[str] | None = None) -> None:
         if not prompt.strip():
             raise UserInputError("the prompt is empty")
         if args.resume_from:
+            from models.abstract_models import is_adapter_dir
+            from paths import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, WEIGHT_FILES
+            from trainers.foundation.checkpoints import resolve_checkpoint
+
             base = resolve_model_path(args.model_dir, flag="--model_dir")
-            if args.resume_from == "last":
-                ckpt = str(last_checkpoint(base))
-            else:
-                ckpt = args.resume_from if os.path.isdir(args.resume_from) else os.path.join(base, args.resume_from)
-            if not os.path.isdir(ckpt):
-                raise UserInputError(f"--resume_from {args.resume_from}: not a directory (nor one inside {base})")
+            spec = args.resume_from
+            if spec != "last" and not os.path.isdir(spec):
+                spec = os.path.join(base, spec)  # relative to --model_dir
+                if not os.path.isdir(spec):
+                    raise UserInputError(f"--resume_from {args.resume_from}: not a directory (nor one inside {base})")
+            # any checkpoint-N with a model (full weights or a LoRA adapter); train.py's need their COMPLETE marker
+            ckpt = str(resolve_checkpoint(spec, base, required=[("config.json", ADAPTER_CONFIG_FILE),
+                                                                 tuple(WEIGHT_FILES) + tuple(ADAPTER_WEIGHT_FILES)],
+                                          where=f"--model_dir {base}"))
             has_tok = any(os.path.isfile(os.path.join(ckpt, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
             gen = LocalGenerator(ckpt, args.device, args.dtype, tokenizer_path=None if has_tok else base,
-                                 flag="--resume_from")
+                                 flag="--resume_from", base_model=base if is_adapter_dir(ckpt) else None)
             print(f"(weights from {ckpt})", file=sys.stderr)
         else:
             gen = LocalGenerator(args.model_dir, args.device, args.dtype, flag="--model_dir")

@@ -64,7 +64,8 @@ def checkpoint_problem(d: Path, required: Sequence[Requirement] = ()) -> str | N
     missing or empty), or None."""
     if not d.is_dir():
         return "not a directory"
-    if (d / TRAINER_STATE).is_file() and not (d / COMPLETE_MARKER).is_file():
+    # our trainers write trainer_state.json + args.json and the marker last (HF Trainer checkpoints have no args.json)
+    if (d / TRAINER_STATE).is_file() and (d / ARGS_FILE).is_file() and not (d / COMPLETE_MARKER).is_file():
         return f"no {COMPLETE_MARKER} marker (interrupted save?)"
     for alternatives in required:
         present = [n for n in alternatives if (d / n).exists()]

@@ -80,8 +80,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         target.add_argument(*names, type=tp, **kw)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows every flag's default and keeps the description's line breaks (usage examples)."""
+
+
 def build_parser(cls: type, description: str | None = None,
-                 formatter_class: type = argparse.ArgumentDefaultsHelpFormatter) -> argparse.ArgumentParser:
+                 formatter_class: type = HelpFormatter) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=formatter_class)
     add_config_arguments(parser, cls)
     return parser

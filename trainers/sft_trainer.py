@@ -1,0 +1,186 @@
+"""Supervised fine-tuning of the judge on the filtered SFT data, without LLaMA-Factory (transformers' Trainer,
+which runs on accelerate: DDP under accelerate launch/torchrun, --bf16 = bf16 autocast over fp32 master weights).
+
+Each example is the user turn rendered with the tokenizer's chat template (add_generation_prompt, exactly the
+token ids the judge sees) followed by the response and the eos token; the loss covers the response tokens only
+(labels -100 on the prompt). Checkpoints go to {output_dir}/checkpoint-{step} every --save_steps; the final
+model (or LoRA adapter with --use_lora; merged with --merge_lora) and tokenizer are saved with save_pretrained in
+--output_dir, which train.py/test.py accept as --model_name_or_path. Per-step logs: {output_dir}/metrics.jsonl.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from trainers.foundation.config import TrainerConfig, option, require
+from trainers.foundation.errors import UserInputError
+
+LORA = "LoRA"
+
+
+@dataclass
+class SFTConfig(TrainerConfig):
+    """Every setting of an SFT run; sft_train/train_sft.py turns each field into a flag."""
+
+    model_name_or_path: str = option("Qwen2.5-3B-Instruct", "model dir or a name known to paths.py")
+    data_file: str = option("sft_train/ourrec_sft_alpaca.json", "alpaca or sharegpt JSON from process_sft_data.py")
+    output_dir: str = option("outputs/sft", "checkpoints, metrics.jsonl and the final model go here")
+    num_train_epochs: float = option(2.0, "passes over --data_file")
+    max_steps: int = option(-1, "overrides --num_train_epochs when > 0")
+    learning_rate: float = option(1e-5, "peak AdamW learning rate")
+    per_device_train_batch_size: int = option(2, "examples per forward per process")
+    gradient_accumulation_steps: int = option(8, "forwards accumulated per optimizer step; effective batch = this "
+                                                 "x per-device batch x processes")
+    max_length: int = option(2048, "tokens per example (prompt cut from the left)")
+    warmup_ratio: float = option(0.05, "fraction of the total optimizer steps used for linear warmup")
+    lr_scheduler_type: str = option("cosine", "transformers scheduler name, e.g. cosine|linear|constant_with_warmup")
+    bf16: bool = option(False, "bf16 mixed precision on GPU (autocast; master weights stay fp32)")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, more compute")
+    seed: int = option(42, "seed of data order and initialisation")
+    save_steps: int = option(500, "write {output_dir}/checkpoint-{step} every N optimizer steps")
+    save_total_limit: int | None = option(None, "keep only the newest N checkpoints (default: keep all)")
+    logging_steps: int = option(10, "append a metrics.jsonl row every N optimizer steps")
+    resume_from_checkpoint: str | None = option(None, "checkpoint dir, or 'last' (newest in output_dir)")
+    device: str = option("auto", "auto|cpu|cuda[:N] (multi-GPU: launch with accelerate launch/torchrun)")
+    attn_implementation: str = option("auto", "auto|flash_attention_2|sdpa|flex_attention|eager; auto = "
+                                              "flash_attention_2 when usable, else sdpa")
+    trust_remote_code: bool = option(False, "allow custom model/tokenizer code shipped with the checkpoint")
+    overwrite_output_dir: bool = option(False, "train into a non-empty --output_dir without "
+                                               "--resume_from_checkpoint anyway")
+    use_lora: bool = option(False, "train LoRA adapters (peft) instead of all weights", group=LORA)
+    lora_r: int = option(8, "LoRA rank", group=LORA)
+    lora_alpha: float = option(16.0, "LoRA alpha (scale = alpha / r)", group=LORA)
+    lora_dropout: float = option(0.05, "LoRA dropout", group=LORA)
+    lora_target_modules: str = option("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                                      "comma-separated module names that get adapters", group=LORA)
+    merge_lora: bool = option(False, "save the final model with the adapters merged in (a full model)", group=LORA)
+
+    def validate(self) -> None:
+        for flag in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps"):
+            require(getattr(self, flag) >= 1, f"--{flag} {getattr(self, flag)}: must be >= 1")
+        require(self.max_length >= 2, f"--max_length {self.max_length}: must be >= 2")
+        require(self.learning_rate > 0, f"--learning_rate {self.learning_rate}: must be > 0")
+        require(0 <= self.warmup_ratio < 1, f"--warmup_ratio {self.warmup_ratio}: must be in [0, 1)")
+        require(self.max_steps > 0 or self.num_train_epochs > 0, "--max_steps <= 0 needs --num_train_epochs > 0")
+        require(not (self.merge_lora and not self.use_lora), "--merge_lora needs --use_lora")
+
+
+def load_records(path: str) -> list[dict]:
+    """The JSON list written by process_sft_data.py (a JSONL file of records is accepted too)."""
+    from trainers.data.sft import validate_sft_records
+    from trainers.foundation.files import read_jsonl
+
+    if not os.path.isfile(path):
+        raise UserInputError(f"--data_file {path}: file not found; run sft_train/process_sft_data.py first")
+    try:
+        text = open(path, encoding="utf-8").read()
+    except UnicodeDecodeError as e:
+        raise UserInputError(f"--data_file {path}: not UTF-8 text ({e})")
+    if text.lstrip().startswith("["):
+        try:
+            recs = json.loads(text)
+        except ValueError as e:
+            raise UserInputError(f"--data_file {path}: invalid JSON ({e})")
+    else:
+        recs = read_jsonl(path, flag="--data_file")
+    if not isinstance(recs, list):
+        raise UserInputError(f"--data_file {path}: not a JSON list of SFT records")
+    if not recs:
+        raise UserInputError(f"--data_file {path}: no records (did process_sft_data.py keep any?)")
+    validate_sft_records(recs, f"--data_file {path}")
+    return recs
+
+
+def train_sft(cfg: "SFTConfig") -> str:
+    """Run SFT; return the output directory holding the final model (or LoRA adapter) and tokenizer."""
+    args = cfg
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from models.abstract_models import (
+        LoraSettings,
+        apply_lora,
+        check_model_dir,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_attn_implementation,
+        resolve_device,
+        save_lm,
+    )
+    from trainers.data.sft import SFTCollator, SFTDataset
+    from trainers.foundation.files import append_jsonl
+
+    path = check_model_dir(args.model_name_or_path)
+    if (os.path.isdir(args.output_dir) and os.listdir(args.output_dir) and not args.resume_from_checkpoint
+            and not args.overwrite_output_dir):
+        raise UserInputError(f"--output_dir {args.output_dir}: exists and is not empty; pass "
+                             "--resume_from_checkpoint last to continue, or --overwrite_output_dir to start afresh")
+    records = load_records(args.data_file)
+    device = resolve_device(args.device)
+    if args.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserInputError("--bf16: this GPU does not support bf16")
+    tok = load_tokenizer(path, args.trust_remote_code)
+    data = SFTDataset(tok, records, args.max_length)
+    # Weights load in fp32: the Trainer's bf16 flag is mixed precision (autocast), which keeps fp32 master weights.
+    model = load_causal_lm(path, torch.device("cpu"), torch.float32,
+                           resolve_attn_implementation(args.attn_implementation, device, torch.bfloat16 if args.bf16
+                                                       else torch.float32), args.trust_remote_code)
+    if args.use_lora:
+        model = apply_lora(model, LoraSettings.from_flags(args.lora_r, args.lora_alpha, args.lora_dropout,
+                                                          args.lora_target_modules))
+    resume = args.resume_from_checkpoint
+    if resume == "last":
+        resume = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+        if resume is None:
+            raise UserInputError(f"--resume_from_checkpoint last: no checkpoint-* in {args.output_dir}")
+    elif resume and not os.path.isdir(resume):
+        raise UserInputError(f"--resume_from_checkpoint {resume}: directory not found")
+
+    # transformers >= 5.x renamed gradient_checkpointing to activation_checkpointing (old name deprecated).
+    import dataclasses
+
+    gc_name = ("activation_checkpointing" if "activation_checkpointing" in
+               {f.name for f in dataclasses.fields(TrainingArguments)} else "gradient_checkpointing")
+    ckpt_kwargs = {gc_name: args.gradient_checkpointing}
+    if args.gradient_checkpointing:
+        ckpt_kwargs[f"{gc_name}_kwargs"] = {"use_reentrant": False}
+    targs = TrainingArguments(
+        output_dir=args.output_dir, num_train_epochs=args.num_train_epochs, max_steps=args.max_steps,
+        learning_rate=args.learning_rate, per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, warmup_steps=0, lr_scheduler_type=args.lr_scheduler_type,
+        bf16=args.bf16, **ckpt_kwargs,
+        seed=args.seed, save_strategy="steps", save_steps=args.save_steps, save_total_limit=args.save_total_limit,
+        logging_steps=args.logging_steps, logging_first_step=True, report_to="none", remove_unused_columns=False,
+        use_cpu=device.type == "cpu", dataloader_num_workers=0,
+    )
+    # warmup as a ratio of the real step count (warmup_ratio was removed from recent TrainingArguments).
+    steps_per_epoch = max(1, -(-len(data) // (args.per_device_train_batch_size * args.gradient_accumulation_steps
+                                               * max(1, targs.world_size))))
+    total = args.max_steps if args.max_steps > 0 else int(steps_per_epoch * args.num_train_epochs)
+    targs.warmup_steps = int(args.warmup_ratio * total)
+    metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+    t0 = time.time()
+
+    class MetricsJsonl(TrainerCallback):
+        def on_log(self, a, state, control, logs=None, **kw):
+            if state.is_world_process_zero and logs:
+                append_jsonl(metrics_path, [{"step": state.global_step, "epoch": state.epoch,
+                                             "wall_time": round(time.time() - t0, 3), **logs}])
+
+    # remove_unused_columns=False: the collator reads only input_ids/labels, so prompt_len never reaches the model.
+    trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=SFTCollator(tok.pad_token_id),
+                      processing_class=tok, callbacks=[MetricsJsonl()])
+    n_resp = sum(sum(1 for l in it["labels"] if l != -100) for it in data.items)
+    print(f"SFT on {len(data)} examples ({n_resp} response tokens) from {args.data_file}; model {path}; "
+          f"{total} optimizer steps", flush=True)
+    trainer.train(resume_from_checkpoint=resume)
+    if trainer.is_world_process_zero():
+        # the model (or the LoRA adapter, or with --merge_lora the merged model) + tokenizer via save_pretrained
+        save_lm(trainer.accelerator.unwrap_model(trainer.model), args.output_dir, merge_adapter=args.merge_lora)
+        tok.save_pretrained(args.output_dir)
+        with open(os.path.join(args.output_dir, "sft_args.json"), "w", encoding="utf-8") as f:
+            json.dump(cfg.to_dict(), f, indent=1)
+    return args.output_dir
