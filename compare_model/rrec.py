@@ -31,8 +31,8 @@ from pathlib import Path
 from trainers.foundation.errors import UserInputError, die
 
 # Settings that change candidates or scores: a rerun on the same result JSON must match them.
-RESUME_KEYS = ("model", "base_model", "dataset", "split", "seed", "K", "candidate_source", "category", "model_type",
-               "user_window_size", "max_new_tokens", "repetition_penalty", "similarity_type",
+RESUME_KEYS = ("model", "model_files", "base_model", "dataset", "split", "seed", "K", "candidate_source", "category",
+               "model_type", "user_window_size", "max_new_tokens", "repetition_penalty", "similarity_type",
                "similarity_temperature", "similarity_normalization", "save_prompts")
 SETTING_FLAGS = ("model_type", "similarity_type", "similarity_temperature", "similarity_normalization",
                  "user_window_size", "max_new_tokens", "repetition_penalty")
@@ -156,6 +156,13 @@ def describe_checkpoint(ckpt: Path) -> str:
     return f"ours ({kind})" if (ckpt / RREC_CONFIG_FILE).is_file() else f"foreign {kind}, upstream's settings"
 
 
+def model_files(ckpt: Path) -> dict[str, list[int]]:
+    """Size and mtime of the checkpoint's weight and settings files: a retrained model at the same path makes a
+    rerun start afresh instead of resuming into the old model's results."""
+    files = sorted([*ckpt.glob("*.safetensors"), *ckpt.glob("*.bin"), ckpt / "rrec_config.json"])
+    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()}
+
+
 def check_args(args: argparse.Namespace) -> None:
     if args.batch_size < 1 or args.item_batch_size < 1:
         raise UserInputError(f"--batch_size {args.batch_size} / --item_batch_size {args.item_batch_size}: must be >= 1")
@@ -206,7 +213,8 @@ def run(args: argparse.Namespace) -> dict | None:
     if out.exists() and not out.is_file():
         raise UserInputError(f"--output_file {out}: exists and is not a file")
     meta = {"args": vars(args), "method": "rrec", "script": "compare_model/rrec.py", "model": str(ckpt),
-            "base_model": base, "checkpoint_kind": describe_checkpoint(ckpt), "dataset": args.dataset_dir,
+            "model_files": model_files(ckpt), "base_model": base, "checkpoint_kind": describe_checkpoint(ckpt),
+            "dataset": args.dataset_dir,
             "dataset_layout": dataset.layout, "split": args.split, "seed": args.seed, "K": args.K,
             "K_eval": args.K_eval, "category": category, "save_prompts": args.save_prompts,
             "candidate_source": args.reference_json or "sampled", **vars(settings)}

@@ -88,7 +88,8 @@ class RRecSettings:
     def validate(self) -> "RRecSettings":
         check_model_type(self.model_type)
         if self.similarity_type not in SIMILARITY_TYPES:
-            raise UserInputError(f"--similarity_type {self.similarity_type!r}: must be one of {'|'.join(SIMILARITY_TYPES)}")
+            raise UserInputError(f"--similarity_type {self.similarity_type!r}: must be one of "
+                                 f"{'|'.join(SIMILARITY_TYPES)}")
         if not self.similarity_temperature > 0:
             raise UserInputError(f"--similarity_temperature {self.similarity_temperature}: must be > 0")
         if self.user_window_size < 1:

@@ -31,9 +31,16 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from trainers.foundation.checkpoints import (RunLock, check_resume_settings, checkpoint_dirs,
-                                             load_torch_state, read_trainer_state, resolve_checkpoint,
-                                             restore_rng_state, write_checkpoint)
+from trainers.foundation.checkpoints import (
+    RunLock,
+    check_resume_settings,
+    checkpoint_dirs,
+    load_torch_state,
+    read_trainer_state,
+    resolve_checkpoint,
+    restore_rng_state,
+    write_checkpoint,
+)
 from trainers.foundation.config import TrainerConfig, option, require
 from trainers.foundation.distributed import StopRequest, any_process, gather_objects, shard
 from trainers.foundation.errors import UserInputError
@@ -47,7 +54,8 @@ REPORT_TO = ("none", "tensorboard", "wandb")
 # Settings that do not change what a run computes: every other setting must match a resumed checkpoint's.
 OPERATIONAL_SETTINGS = ("output_dir", "overwrite_output_dir", "resume_from", "allow_changed_settings", "report_to",
                         "progress", "logging_steps", "device", "attn_implementation", "gradient_checkpointing",
-                        "eval_batch_size", "item_emb_batch_size", "save_total_limit", "trust_remote_code")
+                        "eval_batch_size", "item_emb_batch_size", "save_total_limit", "trust_remote_code",
+                        "merge_lora")
 
 G_DATA, G_LORA, G_SIM, G_ROLL, G_RECPO, G_OPT, G_EVAL = (
     "data and model", "LoRA", "similarity", "rollouts", "RecPO", "optimisation", "evaluation and checkpoints")

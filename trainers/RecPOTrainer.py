@@ -156,7 +156,8 @@ class RecPOTrainer(GRecTrainer):
         self.scheduler.step()
         n_comp = [len(s) - st for s, st in zip(seqs, starts)]
         return {**sums, "grad_norm": grad_norm,
-                "reward": float(rewards.mean()), "reward_std": float(rewards.view(B, G).std(1).mean()) if G > 1 else 0.0,
+                "reward": float(rewards.mean()),
+                "reward_std": float(rewards.view(B, G).std(1).mean()) if G > 1 else 0.0,
                 "reward_ndcg": float(parts["ndcg"].mean()), "reward_softmax": float(parts["softmax"].mean()),
                 "target_rank_mean": float(torch.nanmean(parts["rank"])) if parts["rank"].numel() else 0.0,
                 "advantage_mean": float(adv.mean()), "generated_tokens": sum(counts) / len(counts),

@@ -40,7 +40,7 @@ def group_advantages(rewards: torch.Tensor, advantage_type: str = "gaussian", ep
       G = 1 gets advantage 1 (upstream's rule: a single rollout is always reinforced). Equal rewards give 0.
     rloo: r_i - mean of the other G-1 rewards (needs G >= 2).
     upstream_leave_one_out: r (1 + 1/G) - mean(r), upstream's 'leave-one-out' formula."""
-    B, G = rewards.shape
+    G = rewards.shape[1]
     r = rewards.float()
     if advantage_type == "gaussian":
         if G == 1:
