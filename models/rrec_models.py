@@ -143,12 +143,13 @@ class RRecModel(AbstractRecModel):
              attn_implementation: str | None = "auto", base_model: str | None = None,
              lora: LoraSettings | None = None, trainable: bool = False, gradient_checkpointing: bool = False,
              micro_batch_size: int = 32, trust_remote_code: bool = False, settings: dict | None = None,
-             flag: str = "--model_name_or_path") -> "RRecModel":
+             merge_adapter: bool = False, flag: str = "--model_name_or_path") -> "RRecModel":
         """A model from a full-model or PEFT adapter directory (ours or upstream's).
 
         dtype: a torch dtype (trainers: torch.float32, fp32 master weights) or auto|bf16|fp16|fp32.
         lora: wrap a full model in new LoRA adapters; an adapter directory is loaded trainable if `trainable`.
-        settings: overrides of the directory's rrec_config.json (or of upstream's defaults when it has none)."""
+        settings: overrides of the directory's rrec_config.json (or of upstream's defaults when it has none).
+        merge_adapter: fold an adapter directory's LoRA weights into the base (inference: no adapter overhead)."""
         path = check_model_dir(model_name_or_path, flag=flag)
         dev = resolve_device(device)
         compute = resolve_dtype(None if isinstance(dtype, torch.dtype) else dtype, dev)
@@ -158,8 +159,12 @@ class RRecModel(AbstractRecModel):
         if saved is None:
             saved = RRecSettings(model_type=model_type_of(model_family(path, base_model)))
         tok = load_tokenizer(path, trust_remote_code, flag=flag)
-        lm = load_causal_lm(path, dev, weights, attn, trust_remote_code, base_model=base_model,
-                            adapter_trainable=trainable, flag=flag)
+        merge = merge_adapter and not trainable and is_adapter_dir(path)
+        # merged in fp32, then cast: in bf16 the small LoRA deltas would be rounded away
+        lm = load_causal_lm(path, dev, torch.float32 if merge else weights, attn, trust_remote_code,
+                            base_model=base_model, adapter_trainable=trainable, merge_adapter=merge, flag=flag)
+        if merge:
+            lm = lm.to(weights)
         if lora is not None:
             if is_adapter_dir(path):
                 raise UserInputError(f"{flag} {model_name_or_path}: already a LoRA adapter; resume it with "

@@ -159,8 +159,8 @@ class RRecTrainingArguments(TrainerConfig):
                                  "floor(n_train / (3 * train_batch_size) / 8); 0 = only at the end", group=G_EVAL)
     eval_on_start: bool = option(True, "validate the untrained model at step 0 (logged, never the best)",
                                  group=G_EVAL)
-    num_eval_samples: int = option(-1, "validation users per evaluation (-1 = the whole valid split, upstream)",
-                                   group=G_EVAL)
+    num_eval_samples: int = option(-1, "validation users per evaluation (-1 = the whole valid split, upstream; 0 = "
+                                       "no evaluation, so no best model)", group=G_EVAL)
     eval_test_split: bool = option(False, "also evaluate the test split at every evaluation and log it (upstream "
                                           "does; never used for selection)", group=G_EVAL)
     eval_batch_size: int = option(32, "users per generation/forward batch in evaluation and reward scoring",
@@ -479,6 +479,8 @@ class GRecTrainer:
         """Recompute the item table (upstream does at every evaluation), evaluate valid (and test), log."""
         self.refresh_item_table()
         rec: dict[str, Any] = {"step": step, "split": "valid"}
+        if self.cfg.num_eval_samples == 0:
+            return rec
         if len(self.dataset.split("valid")):
             rec.update(self.evaluate("valid"))
         if self.cfg.eval_test_split and len(self.dataset.split("test")):
@@ -549,7 +551,13 @@ class GRecTrainer:
         source = step
         if c.load_best_model_at_end and self.best_step is not None:
             source = self.best_step
-        if self.is_main:
+        info = {"source_step": source, "last_step": step, "best_step": self.best_step,
+                "best_valid_full/NDCG@10": self.best_metric, "merged": c.merge_lora}
+        try:  # a rerun of a finished run: final_checkpoint is already this model (keep its files untouched)
+            done = json.loads((final / "final_info.json").read_text()) == info
+        except (OSError, ValueError):
+            done = False
+        if self.is_main and not done:
             if tmp.exists():
                 shutil.rmtree(tmp)
             if source == step:
@@ -557,9 +565,7 @@ class GRecTrainer:
             else:
                 self._copy_model(self.out / f"checkpoint-{source}", tmp)
             atomic_write_json(tmp / "training_args.json", c.to_dict())
-            atomic_write_json(tmp / "final_info.json", {"source_step": source, "last_step": step,
-                                                        "best_step": self.best_step,
-                                                        "best_valid_full_NDCG@10": self.best_metric})
+            atomic_write_json(tmp / "final_info.json", info)
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
