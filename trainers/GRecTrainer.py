@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from trainers.foundation.checkpoints import (
-    RunLock,
     check_resume_settings,
     checkpoint_dirs,
     load_torch_state,
@@ -42,7 +41,7 @@ from trainers.foundation.checkpoints import (
     write_checkpoint,
 )
 from trainers.foundation.config import TrainerConfig, option, require
-from trainers.foundation.distributed import StopRequest, any_process, gather_objects, shard
+from trainers.foundation.distributed import StopRequest, any_process, gather_objects, locked_run, shard
 from trainers.foundation.errors import UserInputError
 from trainers.foundation.files import append_jsonl, atomic_write_json, atomic_write_text, iter_jsonl, repair_jsonl_tail
 from trainers.rl.advantages import ADVANTAGE_TYPES
@@ -674,22 +673,5 @@ def run_rrec_training(cfg: RRecTrainingArguments, trainer_cls: type[GRecTrainer]
     cfg.validate()
     check_output_dir(cfg)
     acc = build_accelerator(cfg)
-    lock = RunLock(cfg.output_dir)
-    err = None
-    if acc.is_main_process:
-        try:
-            lock.acquire()
-        except UserInputError as e:
-            err = str(e)
-    errors = [e for e in gather_objects(acc, err) if e]
-    if errors:
-        raise UserInputError(errors[0])
-    try:
+    with locked_run(acc, cfg.output_dir):
         return trainer_cls(cfg, acc).train()
-    finally:
-        lock.release()
-        if acc.num_processes > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
