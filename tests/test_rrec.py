@@ -495,3 +495,41 @@ def test_item_ids_that_cannot_be_mapped_are_refused():
     for ids in ([0, 1, 1], [1, 2, 3]):
         with pytest.raises(UserInputError, match="item_id"):
             item_info_by_id(Dataset.from_dict({"item_id": ids, "title": ["x", "y", "z"]}))
+
+
+# ----------------------------------------------------------------------------- two processes
+def test_two_processes_train_and_shard_the_evaluation(tiny_model, dataset_dir, tmp_path):
+    """torchrun, 2 CPU processes (gloo): RecPO with in-batch negatives gathered across processes and a sharded
+    validation; then rrec.py over 2 processes gives the single-process result, sample for sample."""
+    import subprocess
+    import sys
+
+    from tests.fixtures.ppo_train import _free_port, train_env
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def torchrun(script: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_port", str(_free_port()), str(repo / script), *args], cwd=repo,
+                              env=train_env(), capture_output=True, text=True, timeout=300)
+
+    out = tmp_path / "run"
+    argv = train_argv(tiny_model, dataset_dir, out)
+    argv[argv.index("--max_steps") + 1] = "1"
+    argv[argv.index("--eval_steps") + 1] = "1"
+    r = torchrun("compare_model/train_rrec.py", *argv, "--no-eval_on_start")
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = _metrics(out)
+    assert [(x["step"], "split" in x) for x in recs] == [(1, False), (1, True)]  # one writer, no duplicates
+    assert recs[1]["valid_full/n"] == 4 and math.isfinite(recs[0]["rec_loss"])  # both shards' users counted
+    assert sorted(p.name for p in (out / "checkpoint-1").glob("rng_state_rank*.pt")) == [
+        "rng_state_rank0.pt", "rng_state_rank1.pt"]
+    ev = ["--checkpoint_path", str(out), "--dataset_dir", str(dataset_dir), "--num_samples", "5", "--K", "5",
+          "--batch_size", "1", "--item_batch_size", "1", "--full_ranking"]
+    r = torchrun("compare_model/rrec.py", *ev, "--device", "cpu", "--no_progress", "--output_file",
+                 str(tmp_path / "two.json"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    one = _eval([*ev, "--output_file", str(tmp_path / "one.json")])
+    assert two["meta"]["processes"] == 2 and two["samples"] == one["samples"]
+    assert not list(tmp_path.glob("two.json.partial*"))
