@@ -34,10 +34,10 @@ import torch
 from trainers.foundation.checkpoints import (
     check_resume_settings,
     checkpoint_dirs,
+    finish_resume,
     load_torch_state,
     read_trainer_state,
     resolve_checkpoint,
-    restore_rng_state,
     write_checkpoint,
 )
 from trainers.foundation.config import TrainerConfig, option, require
@@ -421,15 +421,7 @@ class GRecTrainer:
             raise UserInputError(f"--resume_from {ckpt}: {ITEM_TABLE_FILE} does not fit {self.cfg.dataset_dir} and "
                                  f"this model (expected shape {(self.dataset.n_items + 1, H)})")
         self.item_table = table.float().to(self.acc.device)
-        rng_file = ckpt / f"rng_state_rank{self.rank}.pt"
-        if rng_file.is_file():
-            restore_rng_state(load_torch_state(rng_file))
-        saved_world = int(self.state.get("world_size", self.world))
-        if saved_world != self.world and self.is_main:
-            print(f"warning: checkpoint was written by {saved_world} process(es), resuming with {self.world}: "
-                  "training continues but will not replay an uninterrupted run exactly")
-        if self.changed and self.is_main:
-            print(f"resuming {ckpt} with changed settings: {', '.join(self.changed)}")
+        finish_resume(ckpt, self.rank, self.world, self.state, self.changed, self.is_main)
 
     # ---- data --------------------------------------------------------------------------------
     def batches(self) -> Iterator[list[dict]]:
