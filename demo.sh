@@ -26,7 +26,7 @@ EVAL=(--dataset_path "$DATA" --dataset_type other --num_samples "$NUM_SAMPLES" -
     "${EVAL[@]}" --output_dir "$OUT/test_trained"
 echo "== 5/7 RRec baseline: RecPO training, then ranking the same candidates"
 OUTPUT_DIR=$OUT/rrec EVAL_DIR=$OUT/rrec_eval REFERENCE_JSON=$OUT/test_trained/results.json DEVICE=cpu \
-    K=20 NUM_SAMPLES=$NUM_SAMPLES bash compare_model/rrec.sh
+    K=20 NUM_SAMPLES=$NUM_SAMPLES RESTART=--overwrite_output_dir bash compare_model/rrec.sh
 echo "== 6/7 API baseline against the local stand-in server (word overlap, not an LLM)"
 port_file=$(mktemp)
 "$PYTHON" tools/loopback_llm_server.py --port 0 --port_file "$port_file" > /dev/null &

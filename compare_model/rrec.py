@@ -1,119 +1,258 @@
-"""Evaluate an R2ec ("RRec") checkpoint on our candidate sets (DESIGN.md section 6).
+"""Evaluate an R2ec ("RRec") model on our candidate sets (DESIGN.md section 6), as upstream evaluates it.
 
-For each evaluated example: greedy reasoning after RRec's user prompt, the user vector after it, inner
-products with every item's vector (item prompts, no generation), and the ranking of the example's K
-candidates. Candidates: exactly those of --reference_json (same interaction ids, same lists, so every
-method is scored on identical candidates), otherwise freshly sampled with --seed (the rule test.py
-uses). --full_ranking adds the paper's full-catalogue NDCG/HR@5/10/20 (written as "full_rank" per
-sample and a second metrics row).
+--checkpoint_path takes any of:
+  a train_rrec.py output dir    its final_checkpoint/ (the best model), else the best complete checkpoint-N
+  one of our checkpoint dirs    model + rrec_config.json (similarity and prompt settings travel with it)
+  an upstream full-weight dir   e.g. upstream's checkpoint-N or final_checkpoint (HF Trainer output)
+  an upstream PEFT adapter      adapter_config.json + adapter_model.safetensors; its recorded base model path
+                                usually points at the authors' disk: pass --base_model_name_or_path
+Foreign checkpoints carry no rrec_config.json: upstream's settings apply (cosine similarity / 0.02, window 20,
+640 reasoning tokens, the model's repetition penalty), each overridable by its flag.
 
-The result JSON ({output_dir}/results.json for the test split, results_{split}.json otherwise, unless
---output_file; the same name test.py and deepseek.py use) is written incrementally; a rerun
-with the same path resumes. Generated reasoning is kept in each sample's "outputs". Nothing is cached
-anywhere else.
+Per example: greedy reasoning after RRec's user prompt until <answer>, the user vector there, scores against
+every item's vector, and the ranking of the example's K candidates: exactly those of --reference_json (same
+interaction ids, same lists: every method on identical candidates), otherwise sampled with --seed (the rule
+test.py uses). --full_ranking adds the paper's full-catalogue NDCG/HR@5/10/20 (history masked) as "full_rank"
+per sample and a second metrics row. --save_prompts keeps each sample's exact rendered user prompt.
+
+Under `accelerate launch --num_processes N` each process ranks a share and computes a share of the item table;
+the merged result JSON equals a single process's. The result JSON ({output_dir}/results.json for the test
+split, results_{split}.json otherwise, unless --output_file) is written incrementally; a rerun with the same
+settings resumes.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 from pathlib import Path
 
 from trainers.foundation.errors import UserInputError, die
 
 # Settings that change candidates or scores: a rerun on the same result JSON must match them.
-RESUME_KEYS = ("model", "dataset", "split", "seed", "K", "candidate_source", "user_window_size", "max_new_tokens",
-               "category", "model_type")
+RESUME_KEYS = ("model", "model_files", "base_model", "dataset", "split", "seed", "K", "candidate_source", "category",
+               "model_type", "user_window_size", "max_new_tokens", "repetition_penalty", "similarity_type",
+               "similarity_temperature", "similarity_normalization", "save_prompts")
+SETTING_FLAGS = ("model_type", "similarity_type", "similarity_temperature", "similarity_normalization",
+                 "user_window_size", "max_new_tokens", "repetition_penalty")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint_path", default="outputs/rrec",
-                   help="RRec checkpoint dir, or a train_rrec.py output dir (its newest checkpoint is used)")
-    p.add_argument("--dataset_dir", default="demo/data/Video_Games_5_2021-1-2023-12", help="processed dataset")
-    p.add_argument("--dataset_path", dest="dataset_dir", default=argparse.SUPPRESS, help="alias of --dataset_dir")
-    p.add_argument("--split", default="test", help="train|valid|test")
-    p.add_argument("--num_samples", type=int, default=1000, help="examples to evaluate (<= 0: all)")
-    p.add_argument("--model_type", default=None,
-                   help="qwen|gemma: chat details (end-of-turn stop token; Gemma has no system role). "
-                        "Default: the checkpoint's rrec_config.json, else qwen")
-    p.add_argument("--category", default="", help="category for the prompts (default: from the dataset dir name)")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda[:i]")
-    p.add_argument("--dtype", default="auto", help="auto|bf16|fp16|fp32")
-    p.add_argument("--attn_implementation", default="auto", help="auto|flash_attention_2|sdpa|eager")
-    p.add_argument("--seed", type=int, default=42, help="seed of example choice and negative sampling")
-    p.add_argument("--reference_json", default=None, help="rank exactly this result JSON's candidates")
-    p.add_argument("--user_window_size", type=int, default=10, help="history items in the user prompt")
-    p.add_argument("--K", type=int, default=20, help="candidates per example (must match --reference_json)")
-    p.add_argument("--K_eval", type=int, default=None, help="extra metric cut-off (default: min(10, --K))")
-    p.add_argument("--output_dir", default="outputs/rrec_eval", help="where the result JSON goes")
-    p.add_argument("--output_file", default=None, help="result JSON path (default {output_dir}/results.json; results_{split}.json for other splits)")
-    p.add_argument("--max_new_tokens", type=int, default=128, help="greedy reasoning length limit (0: none)")
-    p.add_argument("--batch_size", type=int, default=8, help="users per generation/forward batch")
-    p.add_argument("--item_batch_size", type=int, default=32, help="items per forward for the item table")
-    p.add_argument("--full_ranking", action="store_true", help="also rank the whole catalogue (paper's protocol)")
-    p.add_argument("--no_resume", "--overwrite_output_dir", dest="no_resume", action="store_true",
+    g = p.add_argument_group("model")
+    g.add_argument("--checkpoint_path", default="outputs/rrec",
+                   help="train_rrec.py output dir, our checkpoint, an upstream checkpoint or PEFT adapter dir")
+    g.add_argument("--base_model_name_or_path", default=None,
+                   help="base model of an adapter checkpoint (default: the one its adapter_config.json records)")
+    g.add_argument("--device", default="auto", help="auto|cpu|cuda[:i] (several processes: one GPU each)")
+    g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU)|bf16|fp16|fp32")
+    g.add_argument("--attn_implementation", default="auto", help="auto|flash_attention_2|sdpa|eager")
+    g.add_argument("--trust_remote_code", action="store_true",
+                   help="allow custom model/tokenizer code shipped with the checkpoint")
+    g = p.add_argument_group("settings (default: the checkpoint's rrec_config.json, else upstream's)")
+    g.add_argument("--model_type", default=None, help="qwen|gemma: end-of-turn stop token (else from config.json)")
+    g.add_argument("--similarity_type", default=None, help="dot|cosine|L2 (upstream: dot)")
+    g.add_argument("--similarity_temperature", type=float, default=None, help="scores / this (upstream 0.02)")
+    g.add_argument("--similarity_normalization", action=argparse.BooleanOptionalAction, default=None,
+                   help="L2-normalise the vectors first (upstream: on)")
+    g.add_argument("--user_window_size", type=int, default=None, help="history items in the user prompt (upstream 20)")
+    g.add_argument("--max_new_tokens", type=int, default=None, help="greedy reasoning length limit (upstream 640)")
+    g.add_argument("--repetition_penalty", type=float, default=None,
+                   help="of the greedy reasoning (upstream: the model's generation_config.json)")
+    g = p.add_argument_group("data and candidates")
+    g.add_argument("--dataset_dir", default="demo/data/Video_Games_5_2021-1-2023-12",
+                   help="processed dataset (ours or upstream R2ec's layout)")
+    g.add_argument("--dataset_path", dest="dataset_dir", default=argparse.SUPPRESS, help="alias of --dataset_dir")
+    g.add_argument("--category", default="", help="category for the prompts (default: from the dataset dir name)")
+    g.add_argument("--split", default="test", help="train|valid|test")
+    g.add_argument("--num_samples", type=int, default=1000, help="examples to evaluate (<= 0: all)")
+    g.add_argument("--seed", type=int, default=42, help="seed of example choice and negative sampling")
+    g.add_argument("--reference_json", default=None, help="rank exactly this result JSON's candidates")
+    g.add_argument("--K", type=int, default=20, help="candidates per example (must match --reference_json)")
+    g.add_argument("--K_eval", type=int, default=None, help="extra metric cut-off (default: min(10, --K))")
+    g.add_argument("--full_ranking", action="store_true",
+                   help="also rank the whole catalogue, history masked (the paper's NDCG/HR@5/10/20)")
+    g = p.add_argument_group("run")
+    g.add_argument("--batch_size", type=int, default=8, help="users per generation/forward batch")
+    g.add_argument("--item_batch_size", type=int, default=32, help="items per forward for the item table")
+    g.add_argument("--output_dir", default="outputs/rrec_eval", help="where the result JSON goes")
+    g.add_argument("--output_file", default=None,
+                   help="result JSON path (default {output_dir}/results.json; results_{split}.json for other splits)")
+    g.add_argument("--save_prompts", action="store_true",
+                   help="keep each sample's exact rendered user prompt in the result JSON (reasoning is always kept)")
+    g.add_argument("--no_resume", "--overwrite_output_dir", dest="no_resume", action="store_true",
                    help="start the result JSON afresh (otherwise a rerun resumes, and must use the same settings)")
-    p.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    g.add_argument("--no_progress", action="store_true", help="hide progress bars")
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
     try:
-        run(args)
+        return run(args)
     except UserInputError as e:
-        die(str(e))
+        if int(os.environ.get("RANK", "0")) == 0:
+            die(str(e))
+        raise SystemExit(2)
 
 
-def run(args: argparse.Namespace) -> dict:
-    from models.rrec_models import load_rrec_model
-    from prompters.rrec_prompter import RRecPrompter, category_from_dataset_dir
-    from trainers.data.dataset import load_processed_dataset
-    from trainers.evaluation.metrics import eval_ks, format_metrics_table
-    from trainers.evaluation.protocol import build_eval_items, sanity_rows
-    from trainers.evaluation.results import ResultWriter, check_resume_settings, load_result_json
-    from trainers.evaluation.rrec import compute_item_table, rank_with_rrec, rrec_metrics
-    from trainers.foundation.checkpoints import resolve_checkpoint
+def _is_ours_incomplete(d: Path) -> bool:
+    """One of our checkpoints cut short: our trainer_state.json ("step") but no COMPLETE marker. (HF Trainer
+    checkpoints, upstream's, have "global_step" and no marker: they are complete as HF wrote them.)"""
+    from trainers.foundation.checkpoints import COMPLETE_MARKER, TRAINER_STATE
 
-    if args.batch_size < 1:
-        raise UserInputError(f"--batch_size {args.batch_size}: must be >= 1")
-    if args.max_new_tokens < 0:
-        raise UserInputError(f"--max_new_tokens {args.max_new_tokens}: must be >= 0")
-    if args.user_window_size < 1:
-        raise UserInputError(f"--user_window_size {args.user_window_size}: must be >= 1")
+    f = d / TRAINER_STATE
+    if not f.is_file() or (d / COMPLETE_MARKER).is_file():
+        return False
+    try:
+        return "global_step" not in json.loads(f.read_text())
+    except (OSError, ValueError):
+        return True
+
+
+def resolve_rrec_checkpoint(spec: str) -> Path:
+    """The model directory --checkpoint_path names (module docstring)."""
+    from paths import resolve_model_path
+    from trainers.foundation.checkpoints import CKPT_RE
+    from trainers.GRecTrainer import FINAL_DIR
+
+    p = Path(resolve_model_path(spec, flag="--checkpoint_path")) if not Path(spec).exists() else Path(spec)
+    if not p.is_dir():
+        raise UserInputError(f"--checkpoint_path {spec}: not a directory")
+    if (p / FINAL_DIR).is_dir():
+        return p / FINAL_DIR
+    ckpts = sorted((int(CKPT_RE.match(d.name).group(1)), d) for d in p.iterdir()
+                   if d.is_dir() and CKPT_RE.match(d.name))
+    if ckpts and not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+        usable = [(s, d) for s, d in ckpts if not _is_ours_incomplete(d)]
+        if not usable:
+            raise UserInputError(f"--checkpoint_path {spec}: no final_checkpoint and no complete checkpoint-N "
+                                 "(interrupted saves only); point it at a checkpoint directory")
+        newest = usable[-1][1]
+        try:  # the best so far: ours records best_step, HF's trainer_state.json best_model_checkpoint
+            state = json.loads((newest / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            state = {}
+        best = state.get("best_step")
+        best_dir = p / f"checkpoint-{best}" if best is not None else (
+            p / Path(state["best_model_checkpoint"]).name if state.get("best_model_checkpoint") else None)
+        chosen = best_dir if best_dir is not None and best_dir.is_dir() and not _is_ours_incomplete(best_dir) \
+            else newest
+        print(f"--checkpoint_path {spec}: no {FINAL_DIR}; evaluating {chosen.name} "
+              f"({'the best by valid NDCG@10 so far' if chosen == best_dir else 'the newest'})", file=sys.stderr)
+        return chosen
+    if _is_ours_incomplete(p):
+        raise UserInputError(f"--checkpoint_path {spec}: incomplete checkpoint (no COMPLETE marker: interrupted "
+                             "save?); pick an older one or the run directory")
+    return p
+
+
+def describe_checkpoint(ckpt: Path) -> str:
+    from models.abstract_models import is_adapter_dir
+    from models.rrec_models import RREC_CONFIG_FILE
+
+    kind = "PEFT adapter" if is_adapter_dir(ckpt) else "full model"
+    return f"ours ({kind})" if (ckpt / RREC_CONFIG_FILE).is_file() else f"foreign {kind}, upstream's settings"
+
+
+def model_files(ckpt: Path) -> dict[str, list[int]]:
+    """Size and mtime of the checkpoint's weight and settings files: a retrained model at the same path makes a
+    rerun start afresh instead of resuming into the old model's results."""
+    files = sorted([*ckpt.glob("*.safetensors"), *ckpt.glob("*.bin"), ckpt / "rrec_config.json"])
+    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.batch_size < 1 or args.item_batch_size < 1:
+        raise UserInputError(f"--batch_size {args.batch_size} / --item_batch_size {args.item_batch_size}: must be >= 1")
+    if args.split not in ("train", "valid", "test"):
+        raise UserInputError(f"--split {args.split!r}: must be one of train|valid|test")
     if args.K < 2:
         raise UserInputError(f"--K {args.K}: must be >= 2")
     if args.K_eval is None:
         args.K_eval = min(10, args.K)
     if not 1 <= args.K_eval <= args.K:
         raise UserInputError(f"--K_eval {args.K_eval}: must be between 1 and --K {args.K}")
+
+
+def run(args: argparse.Namespace) -> dict | None:
+    from models.abstract_models import adapter_base_path, check_model_dir, is_adapter_dir
+    from models.rrec_models import RRecSettings, model_family
+    from prompters.rrec_prompter import category_from_dataset_dir, model_type_of
+    from trainers.data.dataset import load_processed_dataset
+    from trainers.evaluation.protocol import build_eval_items
+    from trainers.evaluation.results import check_resume_settings, load_result_json
+
+    check_args(args)
     dataset = load_processed_dataset(args.dataset_dir, flag="--dataset_dir")
     reference = load_result_json(args.reference_json) if args.reference_json else None
+    if reference is None:
+        dataset.check_K(args.K)
     items = build_eval_items(dataset, args.split, args.num_samples, args.K, args.seed, reference=reference)
-    ckpt = resolve_checkpoint(args.checkpoint_path, args.checkpoint_path, flag="--checkpoint_path")
-    model = load_rrec_model(str(ckpt), device=args.device, dtype=args.dtype,
-                            attn_implementation=args.attn_implementation, model_type=args.model_type,
-                            micro_batch_size=args.item_batch_size)
+    if not items:
+        raise UserInputError(f"--split {args.split}: no examples to evaluate in {args.dataset_dir}")
+    ckpt = resolve_rrec_checkpoint(args.checkpoint_path)
+    check_model_dir(ckpt, flag="--checkpoint_path")
+    base = None
+    if is_adapter_dir(ckpt):
+        base = str(adapter_base_path(ckpt, args.base_model_name_or_path))
+        check_model_dir(base, flag="--base_model_name_or_path", need_tokenizer=False)
+    saved = RRecSettings.load(ckpt)
+    overrides = {k: getattr(args, k) for k in SETTING_FLAGS}
+    if saved is not None:
+        for k, v in overrides.items():
+            if v is not None and getattr(saved, k) != v:
+                print(f"warning: --{k} {v!r} differs from the checkpoint's {getattr(saved, k)!r}", file=sys.stderr)
+    else:
+        saved = RRecSettings(model_type=model_type_of(model_family(ckpt, base)))
+    settings = saved.with_overrides(**overrides).validate()
     category = args.category or category_from_dataset_dir(args.dataset_dir)
-    prompter = RRecPrompter(model.tokenizer, dataset.item_rows, category, user_window_size=args.user_window_size,
-                            model_type=model.rrec_config.model_type)
     out = Path(args.output_file or Path(args.output_dir) / (
         "results.json" if args.split == "test" else f"results_{args.split}.json"))
-    meta = {"args": vars(args), "method": "rrec", "model": str(ckpt), "dataset": args.dataset_dir,
-            "split": args.split, "seed": args.seed, "K": args.K, "K_eval": args.K_eval,
-            "rrec_config": vars(model.rrec_config).copy(), "candidate_source": args.reference_json or "sampled"}
+    if out.exists() and not out.is_file():
+        raise UserInputError(f"--output_file {out}: exists and is not a file")
+    meta = {"args": vars(args), "method": "rrec", "script": "compare_model/rrec.py", "model": str(ckpt),
+            "model_files": model_files(ckpt), "base_model": base, "checkpoint_kind": describe_checkpoint(ckpt),
+            "dataset": args.dataset_dir,
+            "dataset_layout": dataset.layout, "split": args.split, "seed": args.seed, "K": args.K,
+            "K_eval": args.K_eval, "category": category, "save_prompts": args.save_prompts,
+            "candidate_source": args.reference_json or "sampled", **vars(settings)}
     if not args.no_resume:
         check_resume_settings(out, meta, RESUME_KEYS)
-    writer = ResultWriter(out, meta, resume=not args.no_resume)
-    writer.write(order=[int(ex["interaction_id"]) for ex, _ in items])  # meta on disk before the first sample
-    todo = [it for it in items if int(it[0]["interaction_id"]) not in writer.done_ids]
-    if len(todo) < len(items):
-        print(f"resuming {out}: {len(items) - len(todo)} of {len(items)} samples already done")
-    if todo:
-        table = compute_item_table(model, prompter, dataset.n_items, batch_size=args.item_batch_size,
-                                   progress=not args.no_progress)
-        rank_with_rrec(model, prompter, todo, table, args.max_new_tokens, batch_size=args.batch_size,
-                       full_ranking=args.full_ranking, on_sample=writer.add, progress=not args.no_progress)
+    return evaluate(args, dataset, items, ckpt, base, settings, category, out, meta)
+
+
+def evaluate(args, dataset, items, ckpt, base, settings, category, out, meta) -> dict | None:
+    """Load, rank (sharded over processes), merge, report. Rank 0 returns the result JSON."""
+    import time
+
+    from accelerate import PartialState
+
+    from trainers.evaluation.metrics import eval_ks, format_metrics_table
+    from trainers.evaluation.protocol import sanity_rows
+    from trainers.evaluation.results import ResultWriter
+    from trainers.evaluation.rrec import FULL_RANKING_KS, rrec_metrics
+    from trainers.foundation.distributed import shard
+
+    state = PartialState(cpu=args.device == "cpu")
+    rank, world = state.process_index, state.num_processes
+    if args.no_resume and rank == 0:
+        ResultWriter(out, meta, resume=False)  # clears the old files once, before any process appends
+    state.wait_for_everyone()
+    writer = ResultWriter(out, meta, resume=True, flush_every=max(1, args.batch_size), rank=rank)
     order = [int(ex["interaction_id"]) for ex, _ in items]
+    todo = [it for it in items if int(it[0]["interaction_id"]) not in writer.done_ids]
+    if len(todo) < len(items) and rank == 0:
+        print(f"resuming {out}: {len(items) - len(todo)} of {len(items)} samples already done")
+    writer.write(order=order)  # meta on disk before the first sample
+    t0 = time.time()
+    if todo:  # the same on every process: all of them take part in the item table
+        rank_items(args, dataset, shard(todo, rank, world), ckpt, base, settings, category, writer, state)
+    state.wait_for_everyone()
+    if rank != 0:
+        return None
+    writer.merge()
     samples = writer.ordered_samples(order)
     if args.full_ranking and any("full_rank" not in s for s in samples):
         raise UserInputError(f"{out}: earlier samples were made without --full_ranking; rerun with --no_resume")
@@ -122,16 +261,44 @@ def run(args: argparse.Namespace) -> dict:
     extra = {"sanity": sanity}
     if args.full_ranking:
         extra["full_ranking_metrics"] = rows["rrec (full catalogue)"]
+    writer.meta.update({"eval_seconds_this_run": round(time.time() - t0, 2), "processes": world})
     data = writer.finalize(rows["rrec"], extra=extra, order=order)
-    cand_rows = {"rrec": rows["rrec"], **sanity}
-    print(f"{args.split}: {len(samples)} samples, K={args.K}, candidates from {args.reference_json or 'seeded sampling'}")
-    print(format_metrics_table(cand_rows, eval_ks(args.K_eval)))
+    print(f"{args.split}: {len(samples)} samples, K={args.K}, candidates from "
+          f"{args.reference_json or 'seeded sampling'}; model {ckpt} ({meta['checkpoint_kind']})")
+    print(format_metrics_table({"rrec": rows["rrec"], **sanity}, eval_ks(args.K_eval)))
     if args.full_ranking:
-        print("full catalogue:")
+        print("full catalogue (history masked):")
         print(format_metrics_table({"rrec (full catalogue)": rows["rrec (full catalogue)"]},
-                                   sorted(set(eval_ks(args.K_eval)) | {20})))
+                                   sorted(set(eval_ks(args.K_eval)) | set(FULL_RANKING_KS))))
     print(f"wrote {out}")
     return data
+
+
+def rank_items(args, dataset, mine, ckpt, base, settings, category, writer, state) -> None:
+    """This process's share: load the model, compute (its share of) the item table, rank its examples."""
+    from dataclasses import asdict
+
+    from models.rrec_models import RRecModel
+    from prompters.rrec_prompter import RRecPrompter
+    from trainers.evaluation.rrec import compute_item_table, rank_with_rrec
+    from trainers.foundation.distributed import gather_objects
+
+    rank, world = state.process_index, state.num_processes
+    device = str(state.device) if world > 1 else args.device
+    model = RRecModel.load(str(ckpt), device=device, dtype=args.dtype, attn_implementation=args.attn_implementation,
+                           base_model=base, micro_batch_size=args.item_batch_size,
+                           trust_remote_code=args.trust_remote_code, settings=asdict(settings), merge_adapter=True,
+                           flag="--checkpoint_path")
+    model.eval()
+    prompter = RRecPrompter(model.tokenizer, dataset.item_rows, category, user_window_size=settings.user_window_size,
+                            model_type=settings.model_type, emb_token=settings.emb_token,
+                            emb_end_token=settings.emb_end_token)
+    show = not args.no_progress and rank == 0
+    table = compute_item_table(model, prompter, dataset.n_items, batch_size=args.item_batch_size, progress=show,
+                               rank=rank, world=world, gather=lambda obj: gather_objects(state, obj))
+    rank_with_rrec(model, prompter, mine, table, settings.max_new_tokens, batch_size=args.batch_size,
+                   full_ranking=args.full_ranking, on_sample=writer.add, progress=show,
+                   save_prompts=args.save_prompts)
 
 
 if __name__ == "__main__":

@@ -1,26 +1,33 @@
-"""The R2ec ("RRec") dual-head model (shared/RRec.md): one causal LM used two ways.
+"""The R2ec ("RRec") model (../shared/RRec.md): one causal LM used two ways.
 
-- LM head: writes the user's reasoning (sampled in training, greedy in evaluation).
-- Recommendation head: the final hidden state (after the final norm) at the last real token of a
-  sequence. For a user: user prompt + generated reasoning; for an item: its item prompt, no generation.
+- LM head: writes the user's reasoning (sampled in training, greedy in evaluation), stopping at <answer>.
+- Recommendation head: the final hidden state (after the final norm) at the last token of a sequence. Users:
+  user prompt + reasoning ending in <answer>; items: item prompt with the assistant turn pre-filled with
+  <answer> (prompters/rrec_prompter.py renders both).
 
-score(u, v) = <h_u, h_v> (optionally on L2-normalised vectors); softmaxes over items divide the scores
-by `similarity_temperature`. A checkpoint is a save_pretrained directory (model + tokenizer) plus
-`rrec_config.json` with these settings.
+score(u, v) = sim(u, v) / similarity_temperature with upstream's settings by default: similarity_type dot on
+L2-normalised vectors (similarity_normalization), i.e. cosine, over temperature 0.02. Our checkpoints carry
+these and the prompt settings in rrec_config.json (RRecSettings); a foreign (upstream) checkpoint has none and
+gets upstream's defaults, which flags may override. A checkpoint is a full model or a PEFT adapter directory
+(+ tokenizer + rrec_config.json).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from models.abstract_models import (  # noqa: F401
+from models.abstract_models import (
     AbstractRecModel,
+    LoraSettings,
+    adapter_base_path,
+    apply_lora,
     check_model_dir,
+    is_adapter_dir,
     load_causal_lm,
     load_tokenizer,
     pad_left,
@@ -28,200 +35,252 @@ from models.abstract_models import (  # noqa: F401
     resolve_attn_implementation,
     resolve_device,
     resolve_dtype,
+    save_lm,
 )
-from prompters.rrec_prompter import RRecPrompter, check_model_type
+from prompters import prompts
+from prompters.rrec_prompter import DEFAULT_USER_WINDOW, check_model_type, model_type_of
 from trainers.foundation.errors import UserInputError
 
 RREC_CONFIG_FILE = "rrec_config.json"
+SIMILARITY_TYPES = ("dot", "cosine", "L2")
+UPSTREAM_MAX_NEW_TOKENS = 640
 
 
 @dataclass
-class RRecConfig:
-    """Settings of the recommendation head saved next to the weights."""
+class RRecSettings:
+    """How an RRec model is used: prompt rendering, reasoning length and the similarity (upstream's defaults).
+    Saved as rrec_config.json in our checkpoints. repetition_penalty None = the model's generation_config."""
 
     model_type: str = "qwen"
-    normalize: bool = False
-    similarity_temperature: float = 1.0
+    similarity_type: str = "dot"
+    similarity_temperature: float = 0.02
+    similarity_normalization: bool = True
+    user_window_size: int = DEFAULT_USER_WINDOW
+    max_new_tokens: int = UPSTREAM_MAX_NEW_TOKENS
+    repetition_penalty: float | None = None
+    emb_token: str = prompts.RREC_EMB_TOKEN
+    emb_end_token: str = prompts.RREC_EMB_END_TOKEN
 
     @classmethod
-    def load(cls, path: Path) -> "RRecConfig | None":
-        f = path / RREC_CONFIG_FILE
+    def load(cls, path: str | Path) -> "RRecSettings | None":
+        """The rrec_config.json of a directory, or None when it has none (a foreign checkpoint)."""
+        f = Path(path) / RREC_CONFIG_FILE
         if not f.is_file():
             return None
         try:
             data = json.loads(f.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
         except ValueError as e:
             raise UserInputError(f"{f}: not valid JSON ({e})")
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        if "normalize" in data and "similarity_normalization" not in data:  # our earlier name
+            data["similarity_normalization"] = data["normalize"]
+            data.setdefault("similarity_temperature", 1.0)  # ... which came with the raw inner product
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def with_overrides(self, **overrides: Any) -> "RRecSettings":
+        """A copy with every override that is not None applied."""
+        data = asdict(self)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return RRecSettings(**data)
+
+    def validate(self) -> "RRecSettings":
+        check_model_type(self.model_type)
+        if self.similarity_type not in SIMILARITY_TYPES:
+            raise UserInputError(f"--similarity_type {self.similarity_type!r}: must be one of "
+                                 f"{'|'.join(SIMILARITY_TYPES)}")
+        if not self.similarity_temperature > 0:
+            raise UserInputError(f"--similarity_temperature {self.similarity_temperature}: must be > 0")
+        if self.user_window_size < 1:
+            raise UserInputError(f"--user_window_size {self.user_window_size}: must be >= 1")
+        if self.max_new_tokens < 0:
+            raise UserInputError(f"--max_new_tokens {self.max_new_tokens}: must be >= 0")
+        if self.repetition_penalty is not None and not self.repetition_penalty > 0:
+            raise UserInputError(f"--repetition_penalty {self.repetition_penalty}: must be > 0")
+        return self
+
+    def similarity(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[B, H] x [N, H] -> float32 [B, N] scores, already divided by the temperature (upstream's Similarity)."""
+        u, v = users.float(), items.float()
+        if self.similarity_normalization or self.similarity_type == "cosine":
+            u, v = F.normalize(u, dim=-1), F.normalize(v, dim=-1)
+        if self.similarity_type == "L2":
+            s = -torch.cdist(u, v)
+        else:
+            s = u @ v.T
+        return s / self.similarity_temperature
 
 
-@dataclass
-class Rollouts:
-    """Generated reasoning for a batch of prompts (one entry per sequence)."""
-
-    prompt_ids: list[list[int]]
-    reasoning_ids: list[list[int]]  # generated tokens up to and including the first stop token
+def model_family(path: Path, base_model: str | None) -> str | None:
+    """config.json's model_type of a model dir, or of an adapter's base model."""
+    cfg = path / "config.json"
+    if not cfg.is_file() and is_adapter_dir(path):
+        try:
+            cfg = adapter_base_path(path, base_model) / "config.json"
+        except UserInputError:
+            return None
+    try:
+        return json.loads(cfg.read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
 
 
 class RRecModel(AbstractRecModel):
-    """Causal LM + recommendation head (its last hidden state)."""
+    """Causal LM + recommendation head (its last hidden state). One nn.Module: accelerate prepares it once."""
 
-    def __init__(self, model_name_or_path: str, device: str | None = None, dtype: str | None = "auto",
-                 attn_implementation: str | None = "auto", model_type: str | None = None,
-                 normalize: bool | None = None, similarity_temperature: float | None = None,
-                 gradient_checkpointing: bool = False, micro_batch_size: int = 16,
-                 trust_remote_code: bool = False, flag: str = "--model_name_or_path") -> None:
+    def __init__(self, lm, tokenizer, settings: RRecSettings, micro_batch_size: int = 32) -> None:
         super().__init__()
-        path = check_model_dir(model_name_or_path, flag=flag)
-        self.path = str(path)
-        # Saved settings are the defaults; explicit arguments override them.
-        cfg = RRecConfig.load(path) or RRecConfig()
-        if model_type is not None:
-            cfg.model_type = model_type
-        if normalize is not None:
-            cfg.normalize = bool(normalize)
-        if similarity_temperature is not None:
-            cfg.similarity_temperature = float(similarity_temperature)
-        check_model_type(cfg.model_type)
-        if cfg.similarity_temperature <= 0:
-            raise UserInputError(f"--similarity_temperature {cfg.similarity_temperature}: must be > 0")
-        self.rrec_config = cfg
-        self.device_ = resolve_device(device)
-        self.dtype_ = resolve_dtype(dtype, self.device_)
-        self.attn_implementation = resolve_attn_implementation(attn_implementation, self.device_, self.dtype_)
-        self.tokenizer = load_tokenizer(path, trust_remote_code)
-        self.lm = load_causal_lm(path, self.device_, self.dtype_, self.attn_implementation, trust_remote_code)
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.settings = settings.validate()
         self.micro_batch_size = max(1, int(micro_batch_size))
+        self.path = ""
+        self.attn_implementation = getattr(lm.config, "_attn_implementation", None) or "sdpa"
+
+    @classmethod
+    def load(cls, model_name_or_path: str, device: str | None = "auto", dtype: str | torch.dtype | None = "auto",
+             attn_implementation: str | None = "auto", base_model: str | None = None,
+             lora: LoraSettings | None = None, trainable: bool = False, gradient_checkpointing: bool = False,
+             micro_batch_size: int = 32, trust_remote_code: bool = False, settings: dict | None = None,
+             merge_adapter: bool = False, flag: str = "--model_name_or_path") -> "RRecModel":
+        """A model from a full-model or PEFT adapter directory (ours or upstream's).
+
+        dtype: a torch dtype (trainers: torch.float32, fp32 master weights) or auto|bf16|fp16|fp32.
+        lora: wrap a full model in new LoRA adapters; an adapter directory is loaded trainable if `trainable`.
+        settings: overrides of the directory's rrec_config.json (or of upstream's defaults when it has none).
+        merge_adapter: fold an adapter directory's LoRA weights into the base (inference: no adapter overhead)."""
+        path = check_model_dir(model_name_or_path, flag=flag)
+        dev = resolve_device(device)
+        compute = resolve_dtype(None if isinstance(dtype, torch.dtype) else dtype, dev)
+        weights = dtype if isinstance(dtype, torch.dtype) else compute
+        attn = resolve_attn_implementation(attn_implementation, dev, compute if dev.type == "cuda" else weights)
+        saved = RRecSettings.load(path)
+        if saved is None:
+            saved = RRecSettings(model_type=model_type_of(model_family(path, base_model)))
+        tok = load_tokenizer(path, trust_remote_code, flag=flag)
+        merge = merge_adapter and not trainable and is_adapter_dir(path)
+        # merged in fp32, then cast: in bf16 the small LoRA deltas would be rounded away
+        lm = load_causal_lm(path, dev, torch.float32 if merge else weights, attn, trust_remote_code,
+                            base_model=base_model, adapter_trainable=trainable, merge_adapter=merge, flag=flag)
+        if merge:
+            lm = lm.to(weights)
+        if lora is not None:
+            if is_adapter_dir(path):
+                raise UserInputError(f"{flag} {model_name_or_path}: already a LoRA adapter; resume it with "
+                                     "--resume_from, or start from its base model")
+            lm = apply_lora(lm, lora)
+        model = cls(lm, tok, saved.with_overrides(**(settings or {})), micro_batch_size=micro_batch_size)
+        model.path = str(path)
+        model.attn_implementation = attn
         if gradient_checkpointing:
-            self.enable_gradient_checkpointing()
+            model.enable_gradient_checkpointing()
+        return model
 
     @property
     def device(self) -> torch.device:
-        return self.device_
+        return next(self.lm.parameters()).device
 
     @property
-    def temperature(self) -> float:
-        return self.rrec_config.similarity_temperature
+    def repetition_penalty(self) -> float:
+        """The settings' value, else the model's generation_config.json (upstream passes it to vLLM), else 1."""
+        if self.settings.repetition_penalty is not None:
+            return float(self.settings.repetition_penalty)
+        gc = getattr(self.base_lm(), "generation_config", None)
+        value = getattr(gc, "repetition_penalty", None)
+        return float(value) if value else 1.0
 
     # ---- the one forward -----------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 logprob_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Right-padded batch -> (h_last [N, H] float32, token log-probs).
 
-        h_last is the hidden state at each row's last real token (normalised if configured).
-        With logprob_mask [N, L] (True where a token's log-probability is wanted, never at position 0),
-        also returns log p(input_ids[mask] | prefix) as a flat tensor in row-major order; the LM head
-        runs only on those positions (the vocabulary can be large).
-        Training passes users and items through this single call so DDP sees one forward per step.
-        """
+        h_last is the final hidden state at each row's last real token. With logprob_mask [N, L] (True where a
+        token's log-probability is wanted, never at position 0) it also returns log p(input_ids[mask] | prefix)
+        as a flat tensor in row-major order; the LM head runs only on those positions (vocabularies are large).
+        Training passes users and items through this single call so DDP sees one forward per micro-batch."""
         h = self.backbone()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         last = attention_mask.sum(1) - 1
         rows = torch.arange(h.shape[0], device=h.device)
         emb = h[rows, last].float()
-        if self.rrec_config.normalize:
-            emb = F.normalize(emb, dim=-1)
         logps = None
         if logprob_mask is not None:
-            # the token at position t is predicted by the hidden state at t-1
-            pred_mask = logprob_mask[:, 1:]
-            hs = h[:, :-1][pred_mask]
-            logits = self.lm.get_output_embeddings()(hs).float()
+            pred_mask = logprob_mask[:, 1:]  # the token at position t is predicted by the hidden state at t-1
+            logits = self.output_head()(h[:, :-1][pred_mask]).float()
             targets = input_ids[:, 1:][pred_mask]
             logps = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         return emb, logps
 
-    def embed_sequences(self, seqs: Sequence[Sequence[int]], grad: bool = False,
-                        batch_size: int | None = None) -> torch.Tensor:
-        """Recommendation-head vectors of token sequences, in micro-batches. [N, H] float32."""
+    @torch.no_grad()
+    def embed_sequences(self, seqs: Sequence[Sequence[int]], batch_size: int | None = None) -> torch.Tensor:
+        """Recommendation-head vectors of token sequences, in micro-batches, without gradients. [N, H] float32."""
         bs = batch_size or self.micro_batch_size
         out = []
-        ctx = torch.enable_grad() if grad else torch.no_grad()
-        with ctx:
-            for i in range(0, len(seqs), bs):
-                ids, mask = pad_right(seqs[i:i + bs], self.tokenizer.pad_token_id)
-                emb, _ = self(ids.to(self.device), mask.to(self.device))
-                out.append(emb)
+        for i in range(0, len(seqs), bs):
+            ids, mask = pad_right(seqs[i:i + bs], self.tokenizer.pad_token_id)
+            emb, _ = self(ids.to(self.device), mask.to(self.device))
+            out.append(emb)
         if not out:
-            return torch.zeros((0, self.lm.config.hidden_size), device=self.device)
+            return torch.zeros((0, self.base_lm().config.hidden_size), device=self.device)
         return torch.cat(out)
 
-    # ---- users and items -----------------------------------------------------------------------
-    def encode_items(self, item_ids: Sequence[int], prompter: RRecPrompter, batch_size: int | None = None,
-                     grad: bool = False, progress: bool = False) -> torch.Tensor:
-        """Item vectors from their item prompts (no generation). [N, H]."""
-        seqs = [prompter.item_ids(int(i)) for i in item_ids]
-        if not progress:
-            return self.embed_sequences(seqs, grad=grad, batch_size=batch_size)
-        from tqdm.auto import tqdm
+    def similarity(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.settings.similarity(users, items)
 
-        bs = batch_size or self.micro_batch_size
-        chunks = []
-        for i in tqdm(range(0, len(seqs), bs), desc="item embeddings", unit="batch", dynamic_ncols=True):
-            chunks.append(self.embed_sequences(seqs[i:i + bs], grad=grad, batch_size=bs))
-        return torch.cat(chunks)
-
-    def encode_users(self, prompt_ids: Sequence[Sequence[int]], reasoning_ids: Sequence[Sequence[int]],
-                     grad: bool = False, batch_size: int | None = None) -> torch.Tensor:
-        """User vectors after the reasoning: the last hidden state of prompt + reasoning. [B, H]."""
-        seqs = [list(p) + list(r) for p, r in zip(prompt_ids, reasoning_ids)]
-        return self.embed_sequences(seqs, grad=grad, batch_size=batch_size)
-
-    def scores(self, h_users: torch.Tensor, h_items: torch.Tensor) -> torch.Tensor:
-        """Inner products [B, N] (not divided by the temperature)."""
-        return h_users.float() @ h_items.float().T
-
+    # ---- reasoning -----------------------------------------------------------------------------
     @torch.no_grad()
     def generate_reasoning(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, do_sample: bool = False,
-                           temperature: float = 1.0, top_k: int = 50, stop_token_ids: Sequence[int] = (),
-                           num_return_sequences: int = 1, batch_size: int | None = None) -> Rollouts:
-        """Generate reasoning after each prompt (greedy or sampled). With num_return_sequences G the output
-        holds G consecutive rollouts per prompt. max_new_tokens 0 gives empty reasoning."""
+                           temperature: float = 1.0, top_k: int = 50, top_p: float = 1.0,
+                           stop_token_ids: Sequence[int] = (), num_return_sequences: int = 1,
+                           batch_size: int | None = None) -> tuple[list[str], list[int]]:
+        """Reasoning texts (special tokens dropped) and their generated token counts, num_return_sequences
+        consecutive ones per prompt. Generation stops at the <answer> string, an end token or max_new_tokens;
+        every sampling setting is passed explicitly (none comes from the model's generation_config) except the
+        repetition penalty, which upstream takes from it (RRecSettings.repetition_penalty overrides)."""
         G = int(num_return_sequences)
-        prompts_rep = [list(p) for p in prompt_ids for _ in range(G)]
+        n = len(prompt_ids) * G
         if max_new_tokens <= 0:
-            return Rollouts(prompts_rep, [[] for _ in prompts_rep])
-        stop = set(int(s) for s in stop_token_ids) | {self.tokenizer.eos_token_id}
-        stop.discard(None)
+            return [""] * n, [0] * n
+        from transformers import GenerationConfig
+
         pad = self.tokenizer.pad_token_id
-        bs = batch_size or self.micro_batch_size
+        gen_cfg = GenerationConfig(
+            max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), num_return_sequences=G,
+            temperature=float(temperature) if do_sample else 1.0, top_k=int(top_k) if do_sample else None,
+            top_p=float(top_p) if do_sample else 1.0, repetition_penalty=self.repetition_penalty,
+            eos_token_id=sorted({int(t) for t in stop_token_ids} | {self.tokenizer.eos_token_id}),
+            pad_token_id=pad, stop_strings=[self.settings.emb_token])
+        bs = max(1, (batch_size or self.micro_batch_size) // G)
+        texts: list[str] = []
+        counts: list[int] = []
         was_training = self.training
         self.eval()
-        gens: list[list[int]] = []
         try:
-            for i in range(0, len(prompts_rep), bs):
-                ids, mask = pad_left(prompts_rep[i:i + bs], pad)
-                L = ids.shape[1]
-                out = self.lm.generate(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                    max_new_tokens=int(max_new_tokens), do_sample=do_sample,
-                    temperature=float(temperature) if do_sample else None,
-                    top_k=int(top_k) if do_sample else None, top_p=None,
-                    eos_token_id=sorted(stop), pad_token_id=pad,
-                )
-                for row in out[:, L:].tolist():
-                    kept: list[int] = []
-                    for t in row:
-                        kept.append(t)
-                        if t in stop:  # keep the stop token: ending is a decision of the policy
-                            break
-                    gens.append(kept)
+            for i in range(0, len(prompt_ids), bs):
+                ids, mask = pad_left(prompt_ids[i:i + bs], pad)
+                out = self.lm.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                       generation_config=gen_cfg, tokenizer=self.tokenizer)
+                for row in out[:, ids.shape[1]:].tolist():
+                    n_tok = len(row)
+                    while n_tok and row[n_tok - 1] == pad:  # right padding after an early stop
+                        n_tok -= 1
+                    counts.append(n_tok)
+                    texts.append(self.tokenizer.decode(row[:n_tok], skip_special_tokens=True))
         finally:
             if was_training:
                 self.train()
-        return Rollouts(prompts_rep, gens)
-
-    def decode_reasoning(self, reasoning_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(reasoning_ids), skip_special_tokens=True)
+        return texts, counts
 
     # ---- persistence ---------------------------------------------------------------------------
-    def save_pretrained(self, out_dir: str | Path) -> None:
+    def saved_settings(self) -> RRecSettings:
+        """The settings as written to a checkpoint: the repetition penalty resolved (adapters carry no
+        generation_config.json)."""
+        return self.settings.with_overrides(repetition_penalty=self.repetition_penalty)
+
+    def save(self, out_dir: str | Path, merge_adapter: bool = False, state_dict: dict | None = None) -> None:
+        """LM (full model, or the adapter; merged with merge_adapter), tokenizer and rrec_config.json."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.lm.save_pretrained(out_dir)
+        save_lm(self.lm, out_dir, merge_adapter=merge_adapter, state_dict=state_dict)
         self.tokenizer.save_pretrained(out_dir)
-        (out_dir / RREC_CONFIG_FILE).write_text(json.dumps(asdict(self.rrec_config), indent=1))
-
-
-def load_rrec_model(checkpoint_path: str, flag: str = "--checkpoint_path", **kw) -> RRecModel:
-    """An RRec checkpoint, or a base HF model (then the head settings are the defaults/arguments)."""
-    return RRecModel(checkpoint_path, flag=flag, **kw)
+        (out_dir / RREC_CONFIG_FILE).write_text(json.dumps(asdict(self.saved_settings()), indent=1))

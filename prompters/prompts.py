@@ -39,18 +39,26 @@ NO_TOKEN_TEXT = " No"
 HISTORY_ITEM_TMPL = "{index}. {title} (rating: {rating}){text}"
 CANDIDATE_ITEM_TMPL = "{title}{text}"
 
-# R2ec ("RRec") prompts, see ../shared/RRec.md.
+# R2ec ("RRec") prompts, byte for byte upstream's (../shared/RRec.md, prompters/prompts.py + rrec_prompter.py
+# there). {emb}/{emb_end} are the answer tags; the user and item vectors are read at {emb}.
+RREC_EMB_TOKEN = "<answer>"
+RREC_EMB_END_TOKEN = "</answer>"
 RREC_USER_PROMPT_TMPL = (
-    "Analyze in depth and finally recommend next {category_singular} I might purchase inside "
-    "<emb> and </emb>. For example, <emb>a product</emb>. Below is my historical {category_plural} "
-    "purchases and ratings (out of 5):\n{history}"
+    "Analyze in depth and finally recommend next {category_singular} I might purchase inside {emb} and {emb_end}.\n"
+    "For example, {emb}a product{emb_end}.\n"
+    "\n"
+    "Below is my historical {category_plural} purchases and ratings (out of 5):\n"
+    "{history}"
 )
-RREC_HISTORY_LINE_TMPL = "{ago} ago: [{title}] ({rating})"
+# One history line per purchase, oldest first: "3d 4.5h ago: [Title] (5.0)" (rating as stored).
+RREC_HISTORY_LINE_TMPL = "{ago}: [{title}] ({rating})"
 RREC_ITEM_PROMPT_TMPL = (
-    "Summarize key attributes of the following {category_singular} inside <emb> and </emb>.\n"
-    "Title: {title}\nUser Rating: {average_rating}\nNumber of Buyers: {rating_number}\n"
-    "Description: {description}"
+    "Summarize key attributes of the following {category_singular} inside {emb} and {emb_end}.\n"
+    "\n"
+    "Title: {title}\nUser Rating: {average_rating}\nNumber of Buyers: {rating_number}\nDescription: {description}"
 )
+# (plural, singular) as upstream names them; upstream refuses any other category (we fall back to
+# prompters.rrec_prompter.GENERIC_CATEGORY_NAMES, and add Movies_and_TV).
 RREC_CATEGORY_NAMES = {
     "Video_Games": ("video games", "video game"),
     "CDs_and_Vinyl": ("CDs and vinyl", "CD or vinyl"),

@@ -1,17 +1,29 @@
-"""R2ec ("RRec") prompts (shared/RRec.md): the "analyse, then recommend" user prompt and the
-"summarise key attributes" item prompt, both rendered through the tokenizer's chat template.
+"""R2ec ("RRec") prompts (../shared/RRec.md), rendered as upstream renders them, through the tokenizer's chat
+template.
 
-User prompt: the last `user_window_size` history items, oldest first, one line each:
-"{how long before the target} ago: [{title}] ({rating})", e.g. "3d 4.5h ago: [Zelda] (5)".
-Item prompt: Title, User Rating (average_rating), Number of Buyers (rating_number) and
-Description (description list joined, cut to 100 words).
+User turn: four lines (the third empty) asking for a recommendation inside <answer> and </answer>, then one
+line per history item (the newest `user_window_size`, oldest first): "{time ago}: [{title}] ({rating})" with
+upstream's time-ago format ("3d 4.5h ago", "2h 30.5min ago", "0.8min ago") and the rating as stored ("5.0").
+No system message is sent (a template that adds a default one, as Qwen's does, adds it).
+  generation prompt  = chat(user turn) + the assistant header; reasoning is generated from here and stops
+                       at the first <answer>
+  user sequence      = chat(user turn, assistant turn = reasoning up to and including <answer>; "<answer>" is
+                       appended when the reasoning never wrote it), the assistant turn left open
+                       (continue_final_message): the user vector is read at its last token
+Item turn: "Summarize key attributes of the following {singular} inside <answer> and </answer>.", a blank
+line, then Title / User Rating / Number of Buyers / Description (the description list joined in reverse
+order with spaces; over 100 words it is cut to 100 words followed by "..."). The assistant turn is pre-filled
+with "<answer>" and left open, so the item vector is read at the same kind of token.
 
-`model_type` (qwen|gemma) only changes chat details: Gemma's template has no system role, so no
-system message is ever sent (we never send one for Qwen either; its template adds its default), and
-the end-of-turn token that stops generation differs (`<|im_end|>` vs `<end_of_turn>`).
+As upstream, the reasoning is decoded to text (special tokens dropped) and the whole user sequence is
+tokenised again; its completion tokens (the assistant turn's content, <answer> included) are what the
+token loss trains.
+
+`model_type` (qwen|gemma) only adds the family's end-of-turn token to the generation stop tokens.
 """
 from __future__ import annotations
 
+import datetime
 import re
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +34,8 @@ from trainers.foundation.errors import UserInputError
 MODEL_TYPES = ("qwen", "gemma")
 END_OF_TURN = {"qwen": "<|im_end|>", "gemma": "<end_of_turn>"}
 GENERIC_CATEGORY_NAMES = ("products", "product")
+DESCRIPTION_MAX_WORDS = 100  # upstream's DESCRIPTION_MAX_LEN
+DEFAULT_USER_WINDOW = 20  # upstream's window_size
 
 
 def category_from_dataset_dir(dataset_dir: str) -> str:
@@ -41,27 +55,36 @@ def category_names(category: str) -> tuple[str, str]:
     return GENERIC_CATEGORY_NAMES
 
 
-def format_time_ago(delta_ms: float) -> str:
-    """Time between a history purchase and the target: '3d 4.5h', '4.5h' under a day ('0.0h' if negative)."""
-    hours_total = max(float(delta_ms), 0.0) / 3_600_000.0
-    days = int(hours_total // 24)
-    hours = hours_total - 24 * days
-    return f"{days}d {hours:.1f}h" if days > 0 else f"{hours:.1f}h"
+def format_time_ago(delta_ms: int | float) -> str:
+    """Upstream's time-ago text of a millisecond difference (target time - purchase time), computed on a
+    datetime.timedelta: days > 0 -> '{d}d {h:.1f}h ago'; else whole hours > 0 -> '{h}h {m:.1f}min ago';
+    else '{m:.1f}min ago' (minutes include the whole seconds / 60; sub-second parts are dropped)."""
+    delta = datetime.timedelta(milliseconds=float(delta_ms))
+    days = delta.days
+    hours, rest = divmod(delta.seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    minutes = minutes + seconds / 60
+    if days > 0:
+        return f"{days}d {hours + minutes / 60:.1f}h ago"
+    if hours > 0:
+        return f"{hours}h {minutes:.1f}min ago"
+    return f"{minutes:.1f}min ago"
 
 
-def _fmt_number(v) -> str:
-    if v is None:
-        return "unknown"
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    return str(int(f)) if f.is_integer() else f"{f:.1f}"
-
-
-def truncate_words(text: str, max_words: int) -> str:
+def format_description(description: Sequence[str] | str | None, max_words: int = DESCRIPTION_MAX_WORDS) -> str:
+    """Upstream's item description: the list joined in reverse order with single spaces, kept verbatim up to
+    max_words whitespace-separated words, else the first max_words words joined by spaces + '...'."""
+    if description is None:
+        parts: list[str] = []
+    elif isinstance(description, str):
+        parts = [description]
+    else:
+        parts = [str(d) for d in description]
+    text = " ".join(parts[::-1]) if parts else ""
     words = text.split()
-    return " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
+    if len(words) > max_words:
+        return " ".join(words[:max_words]) + "..."
+    return text
 
 
 def check_model_type(model_type: str) -> str:
@@ -70,11 +93,17 @@ def check_model_type(model_type: str) -> str:
     return model_type
 
 
+def model_type_of(model_family: str | None) -> str:
+    """qwen|gemma from a transformers config model_type ('qwen2', 'gemma2', ...); qwen for anything else."""
+    return "gemma" if str(model_family or "").lower().startswith("gemma") else "qwen"
+
+
 class RRecPrompter:
     """Renders users and items of one processed dataset into RRec's chat prompts (text and token ids)."""
 
-    def __init__(self, tokenizer, item_rows: Sequence[dict], category: str, user_window_size: int = 10,
-                 model_type: str = "qwen", max_description_words: int = 100) -> None:
+    def __init__(self, tokenizer, item_rows: Sequence[dict], category: str,
+                 user_window_size: int = DEFAULT_USER_WINDOW, model_type: str = "qwen",
+                 emb_token: str = prompts.RREC_EMB_TOKEN, emb_end_token: str = prompts.RREC_EMB_END_TOKEN) -> None:
         if user_window_size < 1:
             raise UserInputError(f"--user_window_size {user_window_size}: must be >= 1")
         self.tokenizer = tokenizer
@@ -83,7 +112,7 @@ class RRecPrompter:
         self.category_plural, self.category_singular = category_names(category)
         self.user_window_size = user_window_size
         self.model_type = check_model_type(model_type)
-        self.max_description_words = max_description_words
+        self.emb_token, self.emb_end_token = emb_token, emb_end_token
         self._item_ids_cache: dict[int, list[int]] = {}
 
     # ---- text --------------------------------------------------------------------------------
@@ -91,42 +120,54 @@ class RRecPrompter:
         w = self.user_window_size
         ids = list(example["history_item_id"])[-w:]
         ratings = list(example["history_rating"])[-w:]
-        stamps = list(example.get("history_timestamp") or [None] * len(ids))[-w:]
-        target_ts = example.get("timestamp")
-        lines = []
-        for iid, r, ts in zip(ids, ratings, stamps):
-            ago = format_time_ago(float(target_ts) - float(ts)) if ts is not None and target_ts is not None else "some time"
-            lines.append(prompts.RREC_HISTORY_LINE_TMPL.format(
-                ago=ago, title=self.item_rows[int(iid)]["title"], rating=_fmt_number(r)))
-        return "\n".join(lines) if lines else "(no earlier purchases)"
+        stamps = list(example["history_timestamp"])[-w:]
+        target_ts = int(example["timestamp"])
+        return "\n".join(prompts.RREC_HISTORY_LINE_TMPL.format(
+            ago=format_time_ago(target_ts - int(ts)), title=self.item_rows[int(iid)]["title"], rating=r)
+            for iid, r, ts in zip(ids, ratings, stamps))
 
     def user_message(self, example: dict) -> str:
         """The user turn (no chat framing)."""
         return prompts.RREC_USER_PROMPT_TMPL.format(
             category_singular=self.category_singular, category_plural=self.category_plural,
-            history=self.history_text(example))
+            emb=self.emb_token, emb_end=self.emb_end_token, history=self.history_text(example))
 
     def item_message(self, item_id: int) -> str:
         row = self.item_rows[int(item_id)]
-        desc = " ".join(str(d) for d in (row.get("description") or []) if d).strip()
         return prompts.RREC_ITEM_PROMPT_TMPL.format(
-            category_singular=self.category_singular, title=row.get("title", ""),
-            average_rating=_fmt_number(row.get("average_rating")),
-            rating_number=_fmt_number(row.get("rating_number")),
-            description=truncate_words(desc, self.max_description_words) if desc else "none")
+            category_singular=self.category_singular, emb=self.emb_token, emb_end=self.emb_end_token,
+            title=row.get("title"), average_rating=row.get("average_rating"), rating_number=row.get("rating_number"),
+            description=format_description(row.get("description")))
 
-    def chat(self, user_msg: str) -> str:
-        """One user turn through the chat template, ending with the assistant turn start."""
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": user_msg}], tokenize=False, add_generation_prompt=True)
-        return user_msg + "\n"
+    def complete_reasoning(self, generated_text: str) -> str:
+        """The assistant content a user vector is read after: the reasoning up to and including its first
+        <answer> (generation stops there), or the whole text followed by <answer> when it never wrote one."""
+        cut = generated_text.find(self.emb_token)
+        if cut >= 0:
+            return generated_text[:cut + len(self.emb_token)]
+        return generated_text + self.emb_token
+
+    def chat(self, user_msg: str, assistant_prefix: str | None = None) -> str:
+        """One user turn through the chat template; with assistant_prefix the assistant turn holds it and is left
+        open (continue_final_message), otherwise the template's generation prompt ends the text."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return user_msg + "\n" + (assistant_prefix or "")
+        messages = [{"role": "user", "content": user_msg}]
+        if assistant_prefix is None:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        messages.append({"role": "assistant", "content": assistant_prefix})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
 
     def user_prompt(self, example: dict) -> str:
+        """What reasoning is generated from."""
         return self.chat(self.user_message(example))
 
+    def user_sequence(self, example: dict, reasoning: str) -> str:
+        """The text a user vector is read from (at its last token, the end of <answer>)."""
+        return self.chat(self.user_message(example), self.complete_reasoning(reasoning))
+
     def item_prompt(self, item_id: int) -> str:
-        return self.chat(self.item_message(item_id))
+        return self.chat(self.item_message(item_id), self.emb_token)
 
     # ---- token ids ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -136,13 +177,24 @@ class RRecPrompter:
     def user_ids(self, example: dict) -> list[int]:
         return self.encode(self.user_prompt(example))
 
+    def user_sequence_ids(self, example: dict, reasoning: str, prompt_ids: Sequence[int] | None = None
+                          ) -> tuple[list[int], int]:
+        """(token ids of user_sequence, index of its first completion token). The completion starts where the
+        tokenisation stops agreeing with the generation prompt's (normally right after the assistant header)."""
+        ids = self.encode(self.user_sequence(example, reasoning))
+        prompt = list(prompt_ids) if prompt_ids is not None else self.user_ids(example)
+        start = 0
+        while start < min(len(ids), len(prompt)) and ids[start] == prompt[start]:
+            start += 1
+        return ids, start
+
     def item_ids(self, item_id: int) -> list[int]:
         if int(item_id) not in self._item_ids_cache:
             self._item_ids_cache[int(item_id)] = self.encode(self.item_prompt(item_id))
         return self._item_ids_cache[int(item_id)]
 
     def stop_token_ids(self) -> list[int]:
-        """Tokens that end a reasoning: eos, pad and the model family's end-of-turn token."""
+        """Tokens that end a reasoning besides the <answer> stop string: eos, pad and the family's end of turn."""
         ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         eot = self.tokenizer.convert_tokens_to_ids(END_OF_TURN[self.model_type])
         if isinstance(eot, int) and eot != getattr(self.tokenizer, "unk_token_id", None):

@@ -184,6 +184,7 @@ def ctx(tmp_path_factory) -> dict:
     for name in ("trainer_state.json", "args.json", "COMPLETE"):
         (c["ckpt_shape"] / name).write_text('{"step": 2}')
     c["runs"] = runs
+    _rrec_fixtures(c, root)
     # input files
     c["bad_template"] = root / "template.txt"
     c["bad_template"].write_text("Tell me whether the user likes it. Answer:")
@@ -209,6 +210,53 @@ def ctx(tmp_path_factory) -> dict:
         (root / d / name).write_text(json.dumps(other))
     c["logs"] = tmp_path_factory.mktemp("badinput_logs")
     return c
+
+
+def _rrec_fixtures(c: dict, root: Path) -> None:
+    """train_rrec.py checkpoints (full model; complete as far as files go) that fail one check each, an upstream-
+    style adapter whose recorded base model is on someone else's disk, a live run lock, a dataset whose item ids
+    cannot be mapped."""
+    import torch
+
+    base = root / "rrec_ckpts" / "base" / "checkpoint-1"
+    shutil.copytree(c["model"], base)
+    (base / "rrec_config.json").write_text("{}")
+    torch.save({"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"params": [0], "lr": 1e-5}]},
+               base / "optimizer.pt")
+    torch.save({}, base / "scheduler.pt")
+    torch.save(torch.zeros(3, 3), base / "item_table.pt")
+    (base / "trainer_state.json").write_text(json.dumps({"step": 1}))
+    (base / "args.json").write_text(json.dumps({"learning_rate": 0.5}))
+    (base / "COMPLETE").write_text("1")
+    c["rrec_ckpt"] = base
+    c["rrec_ckpt_missing"] = root / "rrec_ckpts" / "missing" / "checkpoint-1"
+    shutil.copytree(base, c["rrec_ckpt_missing"])
+    (c["rrec_ckpt_missing"] / "item_table.pt").unlink()
+    c["rrec_ckpt_shape"] = root / "rrec_ckpts" / "shape" / "checkpoint-1"
+    shutil.copytree(base, c["rrec_ckpt_shape"])
+    cfg = json.loads((base / "config.json").read_text())
+    cfg["num_hidden_layers"] += 1
+    (c["rrec_ckpt_shape"] / "config.json").write_text(json.dumps(cfg))
+    adapter = root / "upstream_adapter"
+    adapter.mkdir()
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(c["model"] / f, adapter / f)
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path":
+                                                             "/home/authors/Qwen2.5-3B-Instruct"}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    c["upstream_adapter"] = adapter
+    c["locked_out"] = root / "locked_out"
+    c["locked_out"].mkdir()
+    import socket
+
+    (c["locked_out"] / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                       "started": "now"}))
+    from datasets import load_from_disk
+
+    dd = load_from_disk(str(c["data"]))
+    dd["item_info"] = dd["item_info"].map(lambda r: {"item_id": min(r["item_id"], 3)})
+    c["bad_ids_data"] = root / "bad_ids" / Path(c["data"]).name
+    dd.save_to_disk(str(c["bad_ids_data"]))
 
 
 @pytest.fixture(scope="module")
@@ -323,8 +371,19 @@ CASES = [
     ("trrec-window", _set(TRREC, user_window_size="0"), "--user_window_size", False),
     ("trrec-existing-output", _set(TRREC, output_dir="{full_out}"), "--overwrite_output_dir", False),
     ("trrec-no-tokenizer", _set(TRREC, model_name_or_path="{notok}"), "tokenizer", False),
-    ("trrec-ckpt-shape", _set(TRREC, resume_from="{ckpt_shape}"), "different model shape", False),
+    ("trrec-ckpt-shape", _set(TRREC, resume_from="{rrec_ckpt_shape}", use_lora=None) + ["--no-use_lora"],
+     "different model shape", False),
     ("trrec-ckpt-incomplete", _set(TRREC, resume_from="{ckpt_incomplete}"), "--resume_from", False),
+    ("trrec-ckpt-missing-file", _set(TRREC, resume_from="{rrec_ckpt_missing}"), "missing item_table.pt", False),
+    ("trrec-changed-settings", _set(TRREC, resume_from="{rrec_ckpt}") + ["--no-use_lora"],
+     "--allow_changed_settings learning_rate", False),
+    ("trrec-optimizer-shape", _set(TRREC, resume_from="{rrec_ckpt}", allow_changed_settings="learning_rate")
+     + ["--no-use_lora"], "optimizer.pt holds 1 parameters", False),
+    ("trrec-locked", _set(TRREC, output_dir="{locked_out}"), "in use by another run", False),
+    ("trrec-bad-item-ids", _set(TRREC, dataset_dir="{bad_ids_data}"), "item_id", False),
+    ("rrec-adapter-base-elsewhere", _set(RREC, checkpoint_path="{upstream_adapter}"), "--base_model_name_or_path",
+     False),
+    ("rrec-bad-similarity", _set(RREC, similarity_type="jaccard"), "--similarity_type", False),
     # ---- tools and the SFT scripts that read JSONL: malformed lines are named with their line number
     ("run_r1-bad-jsonl", ["tools/run_r1.py", "--input_file", "{bad_jsonl}", "--output_file", "{fresh_out}/a.jsonl",
                           "--api_key", KEY, "--api_base", "http://127.0.0.1:9/v1"], "bad.jsonl:2", False),

@@ -1,22 +1,25 @@
-"""The RRec baseline: prompts, reward fusion, advantages, PPO surrogate, in-batch loss, RecPO training,
-and compare_model/rrec.py on sampled and on reference candidates (tiny Qwen, synthetic data, CPU)."""
+"""The RRec (R2ec) baseline against upstream's behaviour (../shared/RRec.md): golden prompts, reward, advantages
+and both losses by hand; RecPO training with LoRA, SIGTERM + auto resume replaying the uninterrupted run, changed
+settings refused; compare_model/rrec.py on our adapter, a merged model, an upstream adapter and an upstream
+full-weight run; an upstream-layout dataset read by test.py, rrec.py and deepseek.py (tiny Qwen, synthetic data,
+CPU)."""
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
+import os
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from trainers.RecPOTrainer import catalogue_ranks, fused_reward, select_topk_rollouts
+from trainers.RecPOTrainer import rec_loss, recpo_reward, relabel_mask, token_loss
 from trainers.rl.advantages import group_advantages
-from trainers.rl.losses import clipped_surrogate, inbatch_rec_loss
 
-REPO = Path(__file__).resolve().parents[1]
 CAT = "Video_Games"
+DAY_MS, HOUR_MS, MIN_MS = 86_400_000, 3_600_000, 60_000
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -35,207 +38,490 @@ def dataset_dir(tmp_path_factory) -> Path:
                                    n_users=120, n_items=60, n_subcats=3, min_items=10)
 
 
-def _args(tiny_model, dataset_dir, out_dir, **kw):
-    from trainers.GRecTrainer import RRecTrainingArguments
-
-    base = dict(model_name_or_path=str(tiny_model), dataset_dir=str(dataset_dir), output_dir=str(out_dir),
-                device="cpu", max_steps=3, group_size=2, train_batch_size=2, max_new_tokens=8, warmup_steps=0,
-                learning_rate=5e-3, item_refresh_steps=2, num_eval_samples=4, K=5, eval_batch_size=16,
-                progress=False, seed=0)
-    base.update(kw)
-    return RRecTrainingArguments(**base)
+def train_argv(tiny_model, dataset_dir, out, *extra) -> list[str]:
+    return ["--model_name_or_path", str(tiny_model), "--dataset_dir", str(dataset_dir), "--output_dir", str(out),
+            "--device", "cpu", "--max_steps", "3", "--group_size", "2", "--train_batch_size", "2",
+            "--max_new_tokens", "6", "--user_window_size", "3", "--K", "5", "--num_eval_samples", "4",
+            "--eval_steps", "2", "--eval_batch_size", "16", "--item_emb_batch_size", "64", "--learning_rate", "5e-3",
+            "--no-gradient_checkpointing", "--no-progress", "--seed", "0", *extra]
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_model, dataset_dir, tmp_path_factory):
+    """An uninterrupted 3-step LoRA run (evaluations at steps 0 and 2)."""
+    from compare_model import train_rrec
+
+    out = tmp_path_factory.mktemp("rrec_run") / "run"
+    result = train_rrec.main(train_argv(tiny_model, dataset_dir, out))
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def resumed(trained, tiny_model, dataset_dir, tmp_path_factory):
+    """The same run stopped by SIGTERM during step 2, a stale record of step 3 left in its log, then continued
+    with --resume_from auto (and --merge_lora, which only changes how final_checkpoint is written)."""
+    from compare_model import train_rrec
     from trainers.RecPOTrainer import RecPOTrainer
 
-    out = tmp_path_factory.mktemp("rrec_run")
-    trainer = RecPOTrainer(_args(tiny_model, dataset_dir, out))
-    ckpt = trainer.train()
-    return trainer, ckpt, out
+    out = tmp_path_factory.mktemp("rrec_resumed") / "run"
+    original = RecPOTrainer.training_step
+
+    def step_then_sigterm(self, step, examples):
+        stats = original(self, step, examples)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return stats
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(RecPOTrainer, "training_step", step_then_sigterm)
+    try:
+        first = train_rrec.main(train_argv(tiny_model, dataset_dir, out))
+    finally:
+        mp.undo()
+    from trainers.foundation.files import append_jsonl
+
+    append_jsonl(out / "metrics.jsonl", [{"step": 3, "loss": 123.0}])  # logged by a run killed before its save
+    return out, first
 
 
-# ----------------------------------------------------------------------------- pure pieces
-def test_fused_reward_hand_computed():
-    sims = torch.tensor([[100.0, 3.0, 1.0, 2.0],    # column 0 = pad, ignored even though it is the largest
-                         [0.0, 5.0, 5.0, 5.0]])     # ties: the target goes last
-    targets = torch.tensor([3, 1])
-    ranks = catalogue_ranks(sims, targets)
-    assert ranks.tolist() == [2, 3]
-    r, parts = fused_reward(sims, targets, ndcg_k=1000, softmax_weight=0.05, temperature=1.0)
-    p0 = math.exp(2) / (math.exp(3) + math.exp(1) + math.exp(2))
-    assert r[0].item() == pytest.approx(0.95 / math.log2(3) + 0.05 * p0, rel=1e-5)
-    assert r[1].item() == pytest.approx(0.95 / math.log2(4) + 0.05 / 3, rel=1e-5)
-    # k below the rank: only the softmax part is left; temperature sharpens the softmax
-    r, _ = fused_reward(sims, targets, ndcg_k=1, softmax_weight=0.05, temperature=0.5)
-    p0 = math.exp(4) / (math.exp(6) + math.exp(2) + math.exp(4))
-    assert r[0].item() == pytest.approx(0.05 * p0, rel=1e-5)
-    assert parts["ndcg"].tolist() == [pytest.approx(1 / math.log2(3)), pytest.approx(0.5)]
+# ----------------------------------------------------------------------------- prompts, byte for byte
+def _item_rows() -> list[dict]:
+    long_desc = [" ".join(f"w{i}" for i in range(60)), " ".join(f"v{i}" for i in range(60))]
+    return [{"title": "pad_title", "average_rating": None, "rating_number": None, "description": []},
+            {"title": "Zelda", "average_rating": 4.5, "rating_number": 120,
+             "description": ["first part.", "second part."]},
+            {"title": "Mario Kart", "average_rating": 4.0, "rating_number": 7, "description": []},
+            {"title": "Tetris", "average_rating": 3.0, "rating_number": 1, "description": long_desc},
+            {"title": "Doom", "average_rating": 5.0, "rating_number": 2, "description": ["a\nb"]}]
 
 
-def test_advantages_grpo_and_rloo():
+def _example() -> dict:
+    T = 1_700_000_000_000
+    return {"history_item_id": [4, 1, 2, 3], "history_rating": [2.0, 5.0, 4.0, 3.0],
+            "history_timestamp": [T - 9 * DAY_MS, T - 3 * DAY_MS - 4 * HOUR_MS - 30 * MIN_MS,
+                                  T - 2 * HOUR_MS - 30 * MIN_MS - 30_000, T - 90_000],
+            "timestamp": T, "item_id": 2, "interaction_id": 7, "user_id": "u"}
+
+
+SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"  # the tiny tokenizer's default system turn
+GOLDEN_USER = (
+    SYSTEM + "<|im_start|>user\n"
+    "Analyze in depth and finally recommend next video game I might purchase inside <answer> and </answer>.\n"
+    "For example, <answer>a product</answer>.\n"
+    "\n"
+    "Below is my historical video games purchases and ratings (out of 5):\n"
+    "3d 4.5h ago: [Zelda] (5.0)\n"
+    "2h 30.5min ago: [Mario Kart] (4.0)\n"
+    "1.5min ago: [Tetris] (3.0)<|im_end|>\n"
+    "<|im_start|>assistant\n")
+GOLDEN_ITEM_ZELDA = (
+    SYSTEM + "<|im_start|>user\n"
+    "Summarize key attributes of the following video game inside <answer> and </answer>.\n"
+    "\n"
+    "Title: Zelda\nUser Rating: 4.5\nNumber of Buyers: 120\nDescription: second part. first part.<|im_end|>\n"
+    "<|im_start|>assistant\n<answer>")
+
+
+def test_golden_prompts(tiny_model):
+    from models.abstract_models import load_tokenizer
+    from prompters.rrec_prompter import RRecPrompter
+
+    tok = load_tokenizer(tiny_model)
+    p = RRecPrompter(tok, _item_rows(), CAT, user_window_size=3)
+    ex = _example()
+    assert p.user_prompt(ex) == GOLDEN_USER
+    assert p.item_prompt(1) == GOLDEN_ITEM_ZELDA
+    assert p.item_prompt(2).endswith("Number of Buyers: 7\nDescription: <|im_end|>\n<|im_start|>assistant\n<answer>")
+    long = " ".join([f"v{i}" for i in range(60)] + [f"w{i}" for i in range(40)]) + "..."  # reversed, 100 words
+    assert p.item_prompt(3).endswith(f"Description: {long}<|im_end|>\n<|im_start|>assistant\n<answer>")
+    assert "Description: a\nb<|im_end|>" in p.item_prompt(4)  # under 100 words the text is kept verbatim
+    # the user vector is read after the reasoning, cut at (and including) its first <answer>, or after an
+    # appended <answer> when the model never wrote one
+    assert p.user_sequence(ex, "I like RPGs. <answer>Zelda</answer>") == GOLDEN_USER + "I like RPGs. <answer>"
+    assert p.user_sequence(ex, "no tag") == GOLDEN_USER + "no tag<answer>"
+    ids, start = p.user_sequence_ids(ex, "I like RPGs. <answer>more")
+    assert ids[:start] == p.user_ids(ex) and tok.decode(ids[start:]) == "I like RPGs. <answer>"
+    # a category upstream does not name falls back to generic words; the window keeps the newest items
+    q = RRecPrompter(tok, _item_rows(), "Toys_and_Games", user_window_size=1)
+    assert "recommend next product I might" in q.user_prompt(ex)
+    assert "(out of 5):\n1.5min ago: [Tetris] (3.0)<|im_end|>" in q.user_prompt(ex)
+
+
+def test_time_ago_and_description_rules():
+    from prompters.rrec_prompter import format_description, format_time_ago
+
+    assert format_time_ago(3 * DAY_MS + 4 * HOUR_MS + 30 * MIN_MS) == "3d 4.5h ago"
+    assert format_time_ago(DAY_MS) == "1d 0.0h ago"
+    assert format_time_ago(2 * HOUR_MS + 30 * MIN_MS + 30_000) == "2h 30.5min ago"
+    assert format_time_ago(90_000) == "1.5min ago"
+    assert format_time_ago(999) == "0.0min ago"  # whole seconds only, as timedelta.seconds
+    assert format_time_ago(-HOUR_MS) == "23h 0.0min ago"  # upstream's timedelta arithmetic on a negative gap
+    assert format_description(["b", "a"]) == "a b" and format_description([]) == "" and format_description(None) == ""
+    assert format_description([" ".join(["x"] * 101)]) == " ".join(["x"] * 100) + "..."
+    assert format_description([" ".join(["x"] * 100)]) == " ".join(["x"] * 100)
+
+
+# ----------------------------------------------------------------------------- reward, advantages, losses by hand
+def test_reward_hand_computed_with_masking_ties_and_cutoff():
+    from trainers.evaluation.rrec import masked_scores
+
+    scores = torch.tensor([[9.0, 3.0, 5.0, 1.0, 2.0],    # column 0 = pad: never ranked
+                           [0.0, 2.0, 2.0, 2.0, 7.0],    # a three-way tie
+                           [0.0, 1.0, 2.0, 3.0, 4.0]])   # target 3 is itself a history item
+    hist = [[2], [4], [2, 3]]
+    targets = torch.tensor([1, 3, 3])
+    masked = masked_scores(scores, hist)
+    r, parts = recpo_reward(masked, targets, ndcg_k=1000, softmax_weight=0.05)
+    p0 = math.exp(3) / (math.exp(3) + math.exp(1) + math.exp(2))  # item 2 (history) and the pad are out
+    assert parts["rank"][:2].tolist() == [1.0, 3.0] and math.isnan(parts["rank"][2].item())
+    assert r.tolist() == pytest.approx([0.95 + 0.05 * p0, 0.95 * 0.5 + 0.05 / 3, 0.0], rel=1e-6)
+    # unmasked, item 2 would outrank the target
+    r_unmasked, parts_unmasked = recpo_reward(masked_scores(scores, [[], [], []]), targets, 1000, 0.05)
+    assert parts_unmasked["rank"][0].item() == 2.0 and r_unmasked[0] < r[0]
+    # rank 3 is past k = 2: only the softmax part is left
+    r2, _ = recpo_reward(masked, targets, ndcg_k=2, softmax_weight=0.05)
+    assert r2[1].item() == pytest.approx(0.05 / 3, rel=1e-6)
+    # evaluation keeps a repeat-purchase target rankable (only training's reward masks it, as upstream)
+    from trainers.evaluation.rrec import catalogue_ranks
+
+    assert catalogue_ranks(masked_scores(scores, hist, keep=[1, 3, 3]), [1, 3, 3]) == [1, 3, 2]
+
+
+def test_advantages_and_relabel_hand_computed():
     r = torch.tensor([[1.0, 0.0, 0.5], [2.0, 2.0, 2.0]])
-    g = group_advantages(r, "gaussian", eps=0.0 + 1e-4)
-    # mean 0.5, unbiased std 0.5
-    assert g[0].tolist() == pytest.approx([0.5 / 0.5001, -0.5 / 0.5001, 0.0], abs=1e-6)
-    assert g[1].tolist() == [0.0, 0.0, 0.0]
-    loo = group_advantages(r, "leave-one-out")
-    assert loo[0].tolist() == pytest.approx([0.75, -0.75, 0.0])
-    assert loo[1].tolist() == [0.0, 0.0, 0.0]
-    assert group_advantages(torch.tensor([[3.0]]), "gaussian").tolist() == [[0.0]]
-    assert select_topk_rollouts(torch.tensor([[0.1, 0.9, -1.0], [2.0, 0.0, 1.0]]), 2).tolist() == [1, 0, 3, 5]
+    g = group_advantages(r)  # gaussian: mean 0.5, unbiased std 0.5, eps 1e-8
+    assert g[0].tolist() == pytest.approx([0.5 / (0.5 + 1e-8), -0.5 / (0.5 + 1e-8), 0.0], abs=1e-7)
+    assert g[1].tolist() == [0.0, 0.0, 0.0]  # ties: nobody is reinforced
+    assert group_advantages(torch.tensor([[0.3], [0.0]])).tolist() == [[1.0], [1.0]]  # G = 1 -> 1 (upstream)
+    assert group_advantages(r, "rloo")[0].tolist() == pytest.approx([0.75, -0.75, 0.0])
+    up = group_advantages(r, "upstream_leave_one_out")
+    assert up[0].tolist() == pytest.approx([1.0 * 4 / 3 - 0.5, -0.5, 0.5 * 4 / 3 - 0.5])
+    with pytest.raises(ValueError):
+        group_advantages(torch.tensor([[1.0]]), "rloo")
+    adv = torch.tensor([[0.1, 0.9, -1.0], [2.0, 0.0, 1.0]])
+    assert relabel_mask(adv, 2).tolist() == [[True, True, False], [True, False, True]]
+    assert relabel_mask(adv, 5).all()  # k above G: every rollout
 
 
-def test_clipped_surrogate_hand_computed():
+def test_token_loss_hand_computed():
     old = torch.zeros(4)
     new = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5])).requires_grad_()
     adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
-    loss, frac = clipped_surrogate(new, old, adv, 0.2, 0.28)
-    # per token: -min(ρA, clip(ρ)A) = -1.28, 1.5, -0.5, 0.8
-    assert loss.item() == pytest.approx((-1.28 + 1.5 - 0.5 + 0.8) / 4, rel=1e-5)
+    loss, frac = token_loss(new, old, adv, rows=2, clip_low=0.2, clip_high=0.28)
+    # per token -min(rA, clip(r)A) = -1.28, 1.5, -0.5, 0.8; token mean, then / 2 rows (upstream's normalisation)
+    assert loss.item() == pytest.approx((-1.28 + 1.5 - 0.5 + 0.8) / 4 / 2, rel=1e-5)
     assert frac.item() == pytest.approx(0.5)
     loss.backward()
-    # clipped tokens get no gradient; the others get -A*ρ/4
-    assert new.grad.tolist() == pytest.approx([0.0, 1.5 / 4, -0.5 / 4, 0.0], abs=1e-6)
-    # ratio 1 (one update per rollout): the loss is -mean(A) and the gradient is the policy gradient
-    lp = torch.zeros(2, requires_grad=True)
-    loss, _ = clipped_surrogate(lp, lp.detach(), torch.tensor([2.0, -1.0]), 0.2, 0.28)
+    assert new.grad.tolist() == pytest.approx([0.0, 1.5 / 8, -0.5 / 8, 0.0], abs=1e-6)
+
+
+def test_rec_loss_hand_computed():
+    scores = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], requires_grad=True)
+    labels = torch.tensor([0, 1, 0])
+    weights = torch.tensor([1.5, 0.0, -0.5])  # advantage x relabel mask: row 1 is not relabelled
+    loss, frac, logp = rec_loss(scores, labels, weights, None, 0.2, 0.28)
+    assert loss.item() == pytest.approx(-(1.5 - 0.5) / 3)  # ratio 1: -mean(weight), rows of weight 0 included
+    assert frac.item() == 0.0
     loss.backward()
-    assert loss.item() == pytest.approx(-0.5)
-    assert lp.grad.tolist() == pytest.approx([-1.0, 0.5])
+    p0 = torch.softmax(torch.tensor([2.0, 0.0]), 0)
+    g0 = -(1.5 / 3) * (torch.tensor([1.0, 0.0]) - p0)
+    assert scores.grad[0].tolist() == pytest.approx(g0.tolist(), abs=1e-6)
+    assert scores.grad[1].tolist() == [0.0, 0.0]
+    assert scores.grad[2].tolist() == pytest.approx([0.5 / 3 * 0.5, -0.5 / 3 * 0.5], abs=1e-6)
+    # a later epoch: row 0's ratio 1.5 is above 1 + 0.28 with a positive weight -> clipped, no gradient
+    s2 = scores.detach().clone().requires_grad_()
+    old = logp - torch.tensor([math.log(1.5), 0.0, 0.0])
+    loss2, frac2, _ = rec_loss(s2, labels, weights, old, 0.2, 0.28)
+    assert loss2.item() == pytest.approx(-(1.28 * 1.5 - 0.5) / 3, rel=1e-5) and frac2.item() == pytest.approx(1 / 3)
+    loss2.backward()
+    assert s2.grad[0].tolist() == [0.0, 0.0]
 
 
-def test_time_ago_and_category_names():
-    from prompters.rrec_prompter import category_from_dataset_dir, category_names, format_time_ago
+def test_similarity_settings():
+    from models.rrec_models import RRecSettings
 
-    assert format_time_ago((3 * 24 + 4.5) * 3600 * 1000) == "3d 4.5h"
-    assert format_time_ago(1.5 * 3600 * 1000) == "1.5h"
-    assert category_from_dataset_dir("data/Video_Games_5_2021-1-2023-12/") == "Video_Games"
-    assert category_names("Video_Games") == ("video games", "video game")
-    assert category_names("Toys_and_Games") == ("products", "product")
-
-
-def test_prompts_render(trained):
-    trainer = trained[0]
-    p = trainer.prompter
-    ex = trainer.dataset.split("test")[0]
-    text = p.user_prompt(ex)
-    assert "recommend next video game" in text and "<|im_start|>assistant" in text
-    last_title = trainer.dataset.item_rows[ex["history_item_id"][-1]]["title"]
-    assert f"[{last_title}]" in text and " ago: [" in text
-    item = p.item_prompt(ex["item_id"])
-    row = trainer.dataset.item_rows[ex["item_id"]]
-    assert f"Title: {row['title']}" in item and "Number of Buyers:" in item and "User Rating:" in item
-    desc = item.split("Description: ", 1)[1].split("<|im_end|>")[0]
-    assert len(desc.split()) <= 101
+    u, v = torch.tensor([[3.0, 4.0]]), torch.tensor([[6.0, 8.0], [0.0, 1.0], [-3.0, -4.0]])
+    assert RRecSettings().similarity(u, v)[0].tolist() == pytest.approx([50.0, 40.0, -50.0])  # cosine / 0.02
+    raw = RRecSettings(similarity_normalization=False, similarity_temperature=1.0)
+    assert raw.similarity(u, v)[0].tolist() == pytest.approx([50.0, 4.0, -25.0])
+    assert RRecSettings(similarity_type="L2", similarity_temperature=1.0).similarity(u, v)[0].tolist() == \
+        pytest.approx([0.0, -math.dist([0.6, 0.8], [0.0, 1.0]), -2.0], abs=1e-6)
 
 
-# ----------------------------------------------------------------------------- model + training
-def test_inbatch_loss_reaches_item_side(trained):
-    """Gradients of the recommendation loss flow through the re-encoded target items alone."""
-    trainer = trained[0]
-    ex = trainer.dataset.split("train").select(range(2)).to_list()
-    prompts = [trainer.prompter.user_ids(e) for e in ex]
-    items = sorted({int(e["item_id"]) for e in ex} | {1, 2})
-    ids, mask, lp = trainer._batch_tensors(prompts, [[], []], items)
-    trainer.model.zero_grad(set_to_none=True)
-    emb, _ = trainer.wrapped(ids, mask, lp)
-    h_u, h_v = emb[:2].detach(), emb[2:]  # user side cut off
-    labels = torch.tensor([items.index(int(e["item_id"])) for e in ex])
-    inbatch_rec_loss(h_u, h_v, labels, 1.0).backward()
-    grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
-    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
-    trainer.model.zero_grad(set_to_none=True)
+# ----------------------------------------------------------------------------- training
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_recpo_training_run(trained, tiny_model):
+def test_recpo_training_run(trained):
     from safetensors.torch import load_file
 
-    trainer, ckpt, out = trained
-    assert ckpt is not None and ckpt.name == "checkpoint-3" and (ckpt / "COMPLETE").is_file()
-    assert json.loads((ckpt / "rrec_config.json").read_text())["model_type"] == "qwen"
-    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in recs if "loss" in r]
-    assert [r["step"] for r in steps] == [1, 2, 3]
-    for r in steps:
-        assert all(math.isfinite(r[k]) for k in ("loss", "token_loss", "rec_loss", "reward"))
-        assert 0.0 <= r["reward"] <= 1.0 and r["reasoning_tokens"] <= 8
-    assert any("valid/NDCG@10" in r and "valid_full/HR@20" in r for r in recs)
-    base = load_file(str(tiny_model / "model.safetensors"))
-    new = load_file(str(ckpt / "model.safetensors"))
-    changed = [k for k in base if not torch.equal(base[k], new[k])]
-    assert len(changed) > len(base) // 2, "training did not update the weights"
+    run, result = trained
+    recs = _metrics(run)
+    assert [(r["step"], "split" in r) for r in recs] == [(0, True), (1, False), (2, False), (2, True), (3, False)]
+    for r in recs:
+        if "loss" in r:
+            assert all(math.isfinite(r[k]) for k in ("loss", "token_loss", "rec_loss", "reward", "grad_norm"))
+            assert 0.0 <= r["reward"] <= 1.0 and r["generated_tokens"] <= 6 and r["lr"] == 5e-3
+        else:
+            assert {"valid/NDCG@10", "valid_full/NDCG@10", "valid_full/HR@20"} <= set(r) and r["valid_full/n"] == 4
+    # a checkpoint at every evaluation and at the end; the best (the only evaluation after the start) is final
+    assert result["best_step"] == 2 and result["final"] == run / "final_checkpoint"
+    info = json.loads((run / "final_checkpoint" / "final_info.json").read_text())
+    assert info["source_step"] == 2 and info["last_step"] == 3
+    ck2, ck3 = run / "checkpoint-2", run / "checkpoint-3"
+    for f in ("COMPLETE", "adapter_config.json", "adapter_model.safetensors", "rrec_config.json", "item_table.pt",
+              "optimizer.pt", "scheduler.pt", "trainer_state.json", "args.json"):
+        assert (ck3 / f).is_file(), f
+    assert (run / "final_checkpoint" / "adapter_model.safetensors").read_bytes() == \
+        (ck2 / "adapter_model.safetensors").read_bytes()
+    cfg = json.loads((run / "final_checkpoint" / "rrec_config.json").read_text())
+    assert (cfg["similarity_type"], cfg["similarity_temperature"], cfg["similarity_normalization"]) == \
+        ("dot", 0.02, True)
+    assert (cfg["user_window_size"], cfg["max_new_tokens"], cfg["emb_token"]) == (3, 6, "<answer>")
+    adapter = json.loads((ck3 / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"], adapter["lora_dropout"]) == (4, 128, 0.05)
+    assert sorted(adapter["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                        "up_proj", "down_proj"])
+    lora_b = [v for k, v in load_file(str(ck3 / "adapter_model.safetensors")).items() if "lora_B" in k]
+    assert lora_b and all(float(v.abs().sum()) > 0 for v in lora_b), "the adapters did not train"
+    table = torch.load(ck3 / "item_table.pt", weights_only=True)
+    assert table.shape[1] == 64 and table.dtype == torch.float32
 
 
-def test_recpo_resume_continues(trained, tiny_model, dataset_dir):
-    from trainers.RecPOTrainer import RecPOTrainer
+def test_sigterm_then_auto_resume_replays_the_run(trained, resumed, tiny_model, dataset_dir, capsys):
+    from compare_model import train_rrec
 
-    _, _, out = trained
-    trainer = RecPOTrainer(_args(tiny_model, dataset_dir, out, max_steps=4, resume_from="last", num_eval_samples=0))
-    assert trainer.step == 3
-    ckpt = trainer.train()
-    assert ckpt.name == "checkpoint-4"
-    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
-    assert steps == [1, 2, 3, 4]
+    run, _ = trained
+    out, first = resumed
+    assert first["stopped_by"] == "SIGTERM" and first["final"] is None
+    assert (out / "checkpoint-2" / "COMPLETE").is_file() and not (out / "final_checkpoint").exists()
+    # a changed trajectory setting is refused before anything is touched
+    log_before = (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        train_rrec.main(train_argv(tiny_model, dataset_dir, out, "--resume_from", "auto", "--learning_rate", "1e-3"))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.count("\n") == 0 and "--allow_changed_settings learning_rate" in err
+    assert (out / "metrics.jsonl").read_bytes() == log_before
+    # the same command with --resume_from auto continues; the stale step-3 record is dropped
+    result = train_rrec.main(train_argv(tiny_model, dataset_dir, out, "--resume_from", "auto", "--merge_lora"))
+    assert result["step"] == 3 and result["best_step"] == 2
+    got, ref = _metrics(out), _metrics(run)
+    assert [r["step"] for r in got] == [r["step"] for r in ref]
+    for a, b in zip(got, ref):
+        for k in ("loss", "reward", "rec_loss", "valid_full/NDCG@10"):
+            if k in b:
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (a["step"], k)
+    assert (out / "checkpoint-3" / "adapter_model.safetensors").read_bytes() == \
+        (run / "checkpoint-3" / "adapter_model.safetensors").read_bytes()
+    final = out / "final_checkpoint"  # --merge_lora: a full model, from the best checkpoint
+    assert (final / "model.safetensors").is_file() and not (final / "adapter_config.json").exists()
 
 
-def test_rrec_eval_sampled_then_reference(trained, dataset_dir, tmp_path):
+# ----------------------------------------------------------------------------- compare_model/rrec.py
+def _eval(argv: list[str]) -> dict:
     from compare_model import rrec
-    from trainers.data.candidates import sample_candidates
+
+    return rrec.main(argv + ["--device", "cpu", "--no_progress"])
+
+
+@pytest.fixture(scope="module")
+def ours_eval(trained, dataset_dir, tmp_path_factory):
+    """rrec.py on the run directory (its final_checkpoint: our LoRA adapter), full ranking, prompts saved."""
+    run, _ = trained
+    out = tmp_path_factory.mktemp("rrec_eval") / "results.json"
+    data = _eval(["--checkpoint_path", str(run), "--dataset_dir", str(dataset_dir), "--num_samples", "5", "--K", "5",
+                  "--output_file", str(out), "--full_ranking", "--save_prompts", "--batch_size", "3"])
+    return out, data
+
+
+def test_rrec_py_on_our_adapter(ours_eval, trained):
+    out, data = ours_eval
+    run, _ = trained
+    m = data["meta"]
+    assert m["model"] == str(run / "final_checkpoint") and m["checkpoint_kind"] == "ours (PEFT adapter)"
+    assert (m["similarity_temperature"], m["user_window_size"], m["max_new_tokens"]) == (0.02, 3, 6)  # travelled
+    assert len(data["samples"]) == 5 and data["metrics"]["n"] == 5 and "full_ranking_metrics" in data
+    for s in data["samples"]:
+        assert s["ranking"][s["target_rank"] - 1] == s["target_item_id"] and len(s["candidates"]) == 5
+        assert s["prompt"].startswith(SYSTEM) and s["prompt"].endswith("<|im_start|>assistant\n")
+        assert "inside <answer> and </answer>." in s["prompt"] and s["outputs"]["reasoning"].endswith("<answer>")
+        assert s["prompt"].count(" ago: [") == 3 and 1 <= s["full_rank"] <= 60
+
+
+def test_rrec_py_reference_candidates_and_resume(ours_eval, trained, dataset_dir, tmp_path):
+    from compare_model import rrec
+
+    src, first = ours_eval
+    run, _ = trained
+    ref = json.loads(src.read_text())
+    ref["samples"] = ref["samples"][::-1]  # another order: must be followed item for item
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    argv = ["--checkpoint_path", str(run), "--dataset_dir", str(dataset_dir), "--K", "5", "--reference_json",
+            str(tmp_path / "ref.json"), "--output_file", str(tmp_path / "r.json"), "--seed", "1"]
+    data = _eval(argv)
+    assert [s["interaction_id"] for s in data["samples"]] == [s["interaction_id"] for s in ref["samples"]]
+    for a, b in zip(data["samples"], ref["samples"]):  # other batches, other padding: float noise only
+        assert (a["candidates"], a["outputs"]["reasoning"]) == (b["candidates"], b["outputs"]["reasoning"])
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-3)
+    assert _eval(argv)["samples"] == data["samples"]  # a rerun resumes: nothing recomputed
+    with pytest.raises(SystemExit) as e:  # K must match the reference
+        rrec.main(argv[:4] + ["--K", "4"] + argv[6:] + ["--device", "cpu"])
+    assert e.value.code == 2
+
+
+def test_rrec_py_on_merged_model_equals_adapter(ours_eval, resumed, dataset_dir, tmp_path):
+    src, first = ours_eval
+    out, _ = resumed
+    data = _eval(["--checkpoint_path", str(out), "--dataset_dir", str(dataset_dir), "--K", "5", "--reference_json",
+                  str(src), "--output_file", str(tmp_path / "merged.json")])
+    assert data["meta"]["checkpoint_kind"] == "ours (full model)"
+    for a, b in zip(data["samples"], first["samples"]):
+        assert a["scores"] == pytest.approx(b["scores"], abs=2e-3)  # scores are cosines / 0.02
+        assert a["outputs"]["reasoning"] == b["outputs"]["reasoning"]
+
+
+def test_rrec_py_on_upstream_checkpoints(ours_eval, trained, tiny_model, dataset_dir, tmp_path, capsys):
+    """Upstream's PEFT adapter (no rrec_config.json, base recorded on the authors' disk) and upstream's HF Trainer
+    full-weight run directory (checkpoint-N without our COMPLETE marker)."""
+    from compare_model import rrec
+
+    src, first = ours_eval
+    run, _ = trained
+    adapter = tmp_path / "upstream_adapter"
+    shutil.copytree(run / "final_checkpoint", adapter, ignore=shutil.ignore_patterns("rrec_config.json", "*.json"))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(run / "final_checkpoint" / f, adapter / f)
+    cfg = json.loads((run / "final_checkpoint" / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "/home/authors/models/Qwen2.5-3B-Instruct"
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    common = ["--dataset_dir", str(dataset_dir), "--K", "5", "--reference_json", str(src)]
+    with pytest.raises(SystemExit) as e:
+        rrec.main(["--checkpoint_path", str(adapter), *common, "--output_file", str(tmp_path / "a.json"),
+                   "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.count("\n") == 0 and "--base_model_name_or_path" in err
+    # upstream's settings apply (cosine / 0.02 ...); window and length given as flags for this tiny run
+    data = _eval(["--checkpoint_path", str(adapter), "--base_model_name_or_path", str(tiny_model), *common,
+                  "--user_window_size", "3", "--max_new_tokens", "6", "--output_file", str(tmp_path / "a.json")])
+    assert data["meta"]["checkpoint_kind"].startswith("foreign PEFT adapter")
+    assert data["meta"]["similarity_temperature"] == 0.02 and data["meta"]["model_type"] == "qwen"
+    for a, b in zip(data["samples"], first["samples"]):
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-3)
+
+    hf_run = tmp_path / "upstream_run"
+    ckpt = hf_run / "checkpoint-7"
+    shutil.copytree(tiny_model, ckpt)
+    model_cfg = json.loads((ckpt / "config.json").read_text())
+    model_cfg["architectures"] = ["Qwen2RRecCasualLM"]
+    (ckpt / "config.json").write_text(json.dumps(model_cfg))
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 7, "best_model_checkpoint":
+                                                         "/home/authors/ckpt/run/checkpoint-7"}))
+    data = _eval(["--checkpoint_path", str(hf_run), *common, "--max_new_tokens", "2", "--user_window_size", "3",
+                  "--num_samples", "2",
+                  "--output_file", str(tmp_path / "f.json")])
+    assert data["meta"]["model"] == str(ckpt) and data["meta"]["checkpoint_kind"].startswith("foreign full model")
+    assert "evaluating checkpoint-7" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- upstream's dataset layout
+def _upstream_layout_copy(src: Path, dst: Path) -> Path:
+    """The same data as upstream R2ec's preprocess.py lays it out: item ids 1..N in rows 0..N-1, pad row last."""
+    from datasets import load_from_disk
+
+    dd = load_from_disk(str(src))
+    n = len(dd["item_info"])
+    dd["item_info"] = dd["item_info"].select([*range(1, n), 0])
+    dd.save_to_disk(str(dst))
+    return dst
+
+
+def test_upstream_layout_dataset_read_by_every_script(tiny_model, dataset_dir, tmp_path, capsys):
+    """test.py, rrec.py and deepseek.py read an upstream-layout directory exactly as the same data in ours: the
+    same candidates, the same titles in every prompt, the same scores."""
+    from datasets import load_from_disk
+
+    import models.loopback_server as lb
+    import test as test_script
+    from compare_model import deepseek
     from trainers.data.dataset import load_processed_dataset
-    from trainers.evaluation.results import ResultWriter, load_result_json
+
+    up = _upstream_layout_copy(dataset_dir, tmp_path / "upstream" / dataset_dir.name)
+    ours_ds, up_ds = load_processed_dataset(dataset_dir), load_processed_dataset(up)
+    assert "upstream R2ec item_info layout" in capsys.readouterr().err
+    assert (ours_ds.layout, up_ds.layout) == ("ours", "upstream")
+    raw = load_from_disk(str(up))["item_info"]
+    assert raw[5]["title"] != ours_ds.titles[5], "row order on disk must differ, or this test proves nothing"
+    assert up_ds.titles == ours_ds.titles and up_ds.item_rows == ours_ds.item_rows
+
+    def samples(path: Path) -> list[dict]:
+        return json.loads(path.read_text())["samples"]
+
+    runs = {}
+    for name, d in (("ours", dataset_dir), ("upstream", up)):
+        out = tmp_path / name
+        test_script.main(["--model_name_or_path", str(tiny_model), "--dataset_path", str(d), "--num_samples", "3",
+                          "--K", "5", "--K_eval", "3", "--max_len_per_item", "8", "--user_window_size", "3",
+                          "--device", "cpu", "--output_dir", str(out / "test"), "--no_progress"])
+        _eval(["--checkpoint_path", str(tiny_model), "--dataset_dir", str(d), "--num_samples", "3", "--K", "5",
+               "--max_new_tokens", "2", "--user_window_size", "3", "--save_prompts",
+               "--output_file", str(out / "rrec.json")])
+
+        def alphabetical(req, n):  # a server that ranks the candidates by title
+            titles = lb.parse_prompt_candidates(lb.prompt_text(req))
+            return ", ".join(str(i + 1) for i in sorted(range(len(titles)), key=lambda i: titles[i]))
+
+        with lb.LoopbackAPI(alphabetical) as api:
+            deepseek.main(["--dataset_dir", str(d), "--api_base", api.url, "--api_key", "sk-local", "--K", "5",
+                           "--K_eval", "3", "--test_samples", "3", "--test_only", "--seed", "7", "--no_progress",
+                           "--output_dir", str(out / "api")])
+            prompts = sorted(lb.prompt_text(r) for r in api.requests)
+        runs[name] = (samples(out / "test" / "results.json"), samples(out / "rrec.json"),
+                      samples(out / "api" / "results.json"), prompts)
+    (t_o, r_o, a_o, p_o), (t_u, r_u, a_u, p_u) = runs["ours"], runs["upstream"]
+    assert [s["candidates"] for s in t_o] == [s["candidates"] for s in t_u]
+    assert [s["scores"] for s in t_o] == [s["scores"] for s in t_u]
+    assert [(s["candidates"], s["prompt"]) for s in r_o] == [(s["candidates"], s["prompt"]) for s in r_u]
+    assert [s["target_item_id"] for s in r_u] == [s["target_item_id"] for s in r_o]
+    assert r_u[0]["prompt"].count(" ago: [") == 3
+    assert p_o == p_u and len(p_u) == 3 and [s["ranking"] for s in a_o] == [s["ranking"] for s in a_u]
+
+
+def test_item_ids_that_cannot_be_mapped_are_refused():
+    from datasets import Dataset
+
+    from trainers.data.dataset import item_info_by_id
     from trainers.foundation.errors import UserInputError
 
-    _, _, run_dir = trained
-    # 1) the script itself, candidates sampled with --seed, full-catalogue extra mode
-    out1 = tmp_path / "sampled.json"
-    proc = subprocess.run([sys.executable, "compare_model/rrec.py", "--checkpoint_path", str(run_dir),
-                           "--dataset_dir", str(dataset_dir), "--num_samples", "6", "--K", "5", "--max_new_tokens", "8",
-                           "--device", "cpu", "--output_file", str(out1), "--full_ranking", "--no_progress",
-                           "--batch_size", "4"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "popularity" in proc.stdout and "rrec (full catalogue)" in proc.stdout
-    res = load_result_json(out1)
-    assert len(res["samples"]) == 6 and res["metrics"]["n"] == 6 and "full_ranking_metrics" in res
-    for s in res["samples"]:
-        assert s["target_item_id"] in s["candidates"] and len(s["candidates"]) == 5
-        assert s["ranking"][s["target_rank"] - 1] == s["target_item_id"]
-        assert isinstance(s["outputs"]["reasoning"], str) and 1 <= s["full_rank"] <= 1000
-
-    # 2) a reference file with other candidates (another seed, reversed order): ranked item for item
-    ds = load_processed_dataset(dataset_dir)
-    ref_path = tmp_path / "reference.json"
-    w = ResultWriter(ref_path, {"method": "hand-made"}, resume=False)
-    order = []
-    for ex in list(ds.split("test").select(range(5)).to_list())[::-1]:
-        c = sample_candidates(ex["item_id"], ex["history_item_id"], ds.n_items, 5, 777, ex["interaction_id"])
-        w.add({"interaction_id": ex["interaction_id"], "user_id": ex["user_id"], "target_item_id": ex["item_id"],
-               "candidates": c, "scores": [0.0] * 5, "ranking": c, "target_rank": 5})
-        order.append(ex["interaction_id"])
-    w.finalize(order=order)
-    out2 = tmp_path / "ref_eval.json"
-    argv = ["--checkpoint_path", str(run_dir), "--dataset_dir", str(dataset_dir), "--K", "5",
-            "--max_new_tokens", "8", "--device", "cpu", "--reference_json", str(ref_path), "--output_file", str(out2),
-            "--no_progress", "--seed", "1"]
-    data = rrec.run(rrec.build_parser().parse_args(argv))
-    ref = load_result_json(ref_path)
-    assert [s["interaction_id"] for s in data["samples"]] == [s["interaction_id"] for s in ref["samples"]]
-    assert [s["candidates"] for s in data["samples"]] == [s["candidates"] for s in ref["samples"]]
-    # a rerun resumes (nothing recomputed) and gives the same file
-    again = rrec.run(rrec.build_parser().parse_args(argv))
-    assert again["samples"] == data["samples"]
-    # a K that does not match the reference is a one-line user error
-    with pytest.raises(UserInputError, match="--K"):
-        rrec.run(rrec.build_parser().parse_args(argv[:4] + ["--K", "4"] + argv[6:]))
+    info, layout = item_info_by_id(Dataset.from_dict({"item_id": [2, 0, 1], "title": ["b", "pad", "a"]}))
+    assert layout == "by item_id" and info["title"] == ["pad", "a", "b"]
+    for ids in ([0, 1, 1], [1, 2, 3]):
+        with pytest.raises(UserInputError, match="item_id"):
+            item_info_by_id(Dataset.from_dict({"item_id": ids, "title": ["x", "y", "z"]}))
 
 
-def test_bad_checkpoint_is_one_line_error(dataset_dir, tmp_path, capsys):
-    from compare_model import rrec
+# ----------------------------------------------------------------------------- two processes
+def test_two_process_training(tiny_model, dataset_dir, tmp_path):
+    """torchrun, 2 CPU processes (gloo): a RecPO step under DDP with in-batch negatives gathered across processes
+    and the item table computed in shards. (rrec.py over 2 processes was checked by hand to give the single-process
+    result JSON sample for sample; it is left out of the suite for time.)"""
+    import subprocess
+    import sys
 
-    with pytest.raises(SystemExit) as e:
-        rrec.main(["--checkpoint_path", str(tmp_path / "nope"), "--dataset_dir", str(dataset_dir), "--K", "5",
-                   "--device", "cpu", "--output_dir", str(tmp_path)])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--checkpoint_path" in err
+    from tests.fixtures.ppo_train import _free_port, train_env
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    argv = train_argv(tiny_model, dataset_dir, out)
+    argv[argv.index("--max_steps") + 1] = "1"
+    argv[argv.index("--num_eval_samples") + 1] = "0"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(_free_port()), str(repo / "compare_model/train_rrec.py"), *argv, "--no-eval_on_start"],
+                       cwd=repo, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = _metrics(out)
+    assert [x["step"] for x in recs] == [1] and math.isfinite(recs[0]["rec_loss"])  # one writer, no duplicates
+    assert sorted(p.name for p in (out / "checkpoint-1").glob("rng_state_rank*.pt")) == [
+        "rng_state_rank0.pt", "rng_state_rank1.pt"]
+    table = torch.load(out / "checkpoint-1" / "item_table.pt", weights_only=True)
+    assert bool((table[1:].abs().sum(1) > 0).all())  # every item's row, whichever process encoded it

@@ -1,329 +1,669 @@
-"""RRec's base trainer (shared/RRec.md): data, the item-embedding table, evaluation, checkpoints, logs.
+"""RRec's base trainer (../shared/RRec.md): settings, model, data order, the item table, evaluation with best-
+checkpoint selection and early stopping, checkpoints, logs. The RL step lives in trainers/RecPOTrainer.py.
 
-A plain torch loop on accelerate.Accelerator (one process on CPU, or one per GPU with DDP); the
-algorithm-specific step lives in a subclass (trainers/RecPOTrainer.py). Everything RRec-specific that
-compare_model/rrec.py also needs (the item table, ranking candidates with the model) is a module
-function here, so evaluation during training and the baseline script share one code path.
+A plain torch loop on accelerate (one process, or one per GPU with DDP under `accelerate launch`/torchrun).
+Upstream's behaviour by default, setting by setting (README "RRec" lists each with its flag):
+  LoRA r=4, alpha 128, dropout 0.05 on q/k/v/o/gate/up/down (every dropout then set to 0, as upstream's
+  disable_dropout does), fp32 master weights with bf16 autocast on CUDA (--pure_bf16: bf16 weights), lr 1e-5
+  with HF's constant schedule (which ignores the 32 warmup steps), gradient clipping 1.0, gradient checkpointing;
+  the item table recomputed at every evaluation (the batch's targets re-encoded each step, RecPOTrainer);
+  evaluation on start and every floor(n_train / (3 * train_batch_size) / 8) steps, greedy reasoning, full-
+  catalogue ranking with the history masked, a checkpoint at every evaluation, the best by valid NDCG@10 kept
+  (never rotated away) and copied to {output_dir}/final_checkpoint at the end, early stopping after 8
+  evaluations without improvement.
 
-Checkpoints `{output_dir}/checkpoint-{step}` hold the model (save_pretrained + tokenizer +
-rrec_config.json), optimizer.pt, scheduler.pt, rng_state_rank{r}.pt, trainer_state.json, args.json and
-the COMPLETE marker (trainers/checkpointing.py: assembled in a temp dir, renamed atomically).
+Checkpoints `{output_dir}/checkpoint-{step}` (trainers/foundation/checkpoints.py writes them atomically):
+model (PEFT adapter or full model) + tokenizer + rrec_config.json, optimizer.pt, scheduler.pt, item_table.pt,
+rng_state_rank{r}.pt, trainer_state.json (step, best step/metric, early-stopping count), args.json, COMPLETE.
+A checkpoint missing any of them is incomplete and never loaded. SIGTERM/SIGINT finish the step, write a
+checkpoint and exit 0; --resume_from auto continues from the newest complete one.
 """
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from trainers.evaluation.rrec import compute_item_table, rank_with_rrec, rrec_metrics
+from trainers.foundation.checkpoints import (
+    check_resume_settings,
+    checkpoint_dirs,
+    finish_resume,
+    load_torch_state,
+    read_trainer_state,
+    resolve_checkpoint,
+    write_checkpoint,
+)
+from trainers.foundation.config import TrainerConfig, option, require
+from trainers.foundation.distributed import StopRequest, any_process, gather_objects, locked_run, shard
 from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import append_jsonl
+from trainers.foundation.files import append_jsonl, atomic_write_json, atomic_write_text, iter_jsonl, repair_jsonl_tail
+from trainers.rl.advantages import ADVANTAGE_TYPES
 
+FINAL_DIR = "final_checkpoint"  # upstream's name for the trained (best) model
+ITEM_TABLE_FILE = "item_table.pt"
+OPTIMIZERS = ("adamw", "paged_adamw_8bit")
+REPORT_TO = ("none", "tensorboard", "wandb")
+# Settings that do not change what a run computes: every other setting must match a resumed checkpoint's.
+OPERATIONAL_SETTINGS = ("output_dir", "overwrite_output_dir", "resume_from", "allow_changed_settings", "report_to",
+                        "progress", "logging_steps", "device", "attn_implementation", "gradient_checkpointing",
+                        "eval_batch_size", "item_emb_batch_size", "save_total_limit", "trust_remote_code",
+                        "merge_lora")
 
-# ------------------------------------------------------------------------------------ arguments
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+G_DATA, G_LORA, G_SIM, G_ROLL, G_RECPO, G_OPT, G_EVAL = (
+    "data and model", "LoRA", "similarity", "rollouts", "RecPO", "optimisation", "evaluation and checkpoints")
 
 
 @dataclass
-class RRecTrainingArguments:
-    """Every training setting; compare_model/train_rrec.py turns each field into a --flag."""
+class RRecTrainingArguments(TrainerConfig):
+    """Every setting of an RRec run (defaults: upstream's launch_train.sh); train_rrec.py turns each into a flag."""
 
-    model_name_or_path: str = _f("demo/tiny-qwen", "base causal LM (HF directory or known name, see paths.py)")
-    dataset_dir: str = _f("demo/data/Video_Games_5_2021-1-2023-12", "processed dataset (preprocess.py output)")
-    output_dir: str = _f("outputs/rrec", "checkpoints and metrics.jsonl go here")
-    model_type: str = _f("qwen", "qwen|gemma: chat details (stop token, no system role); see prompters/rrec_prompter.py")
-    category: str = _f("", "category for the prompts (default: from the dataset directory name)")
-    user_window_size: int = _f(10, "history items in the user prompt")
+    # data and model
+    model_name_or_path: str = option("demo/tiny-qwen", "base causal LM (directory or known name, see paths.py); "
+                                     "upstream trains Qwen2.5-3B-Instruct or gemma-2-2b-it", group=G_DATA)
+    dataset_dir: str = option("demo/data/Video_Games_5_2021-1-2023-12", "processed dataset (ours or upstream "
+                              "R2ec's layout)", group=G_DATA, aliases=("--dataset_path",))
+    category: str = option("", "category for the prompts (default: from the dataset directory name)", group=G_DATA)
+    model_type: str = option("", "qwen|gemma: the family's end-of-turn stop token (default: from the model's "
+                                 "config.json)", group=G_DATA)
+    user_window_size: int = option(20, "history items in the user prompt (upstream 20)", group=G_DATA)
+    device: str = option("auto", "auto|cpu|cuda[:i] (under accelerate launch each process takes its GPU)",
+                         group=G_DATA)
+    dtype: str = option("auto", "compute precision: auto (bf16 autocast on GPU, fp32 on CPU)|bf16|fp16|fp32; "
+                                "master weights and optimiser state stay fp32 unless --pure_bf16", group=G_DATA)
+    pure_bf16: bool = option(False, "store the weights and AdamW state in bf16 (half the memory). Costs accuracy: "
+                                    "updates below bf16's resolution (~0.4%% of a weight) are lost, so at small "
+                                    "learning rates most weights never change", group=G_DATA)
+    attn_implementation: str = option("auto", "auto|flash_attention_2|sdpa|eager (auto: FA2 on GPU when installed)",
+                                      group=G_DATA)
+    trust_remote_code: bool = option(False, "allow custom model/tokenizer code shipped with the checkpoint",
+                                     group=G_DATA)
+    gradient_checkpointing: bool = option(True, "recompute activations in backward (upstream: on); "
+                                                "--no-gradient_checkpointing trades memory for speed", group=G_DATA)
+    # LoRA
+    use_lora: bool = option(True, "train LoRA adapters (upstream: on); --no-use_lora trains all weights",
+                            group=G_LORA)
+    lora_r: int = option(4, "LoRA rank (upstream 4)", group=G_LORA)
+    lora_alpha: float = option(128.0, "LoRA alpha (upstream 128; scale = alpha / r)", group=G_LORA)
+    lora_dropout: float = option(0.05, "LoRA dropout recorded in the adapter (upstream 0.05; inactive while "
+                                       "--disable_dropout)", group=G_LORA)
+    lora_target_modules: str = option("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                                      "comma-separated module names that get adapters", group=G_LORA)
+    merge_lora: bool = option(False, "write final_checkpoint as a full model with the adapters merged in "
+                                     "(checkpoints keep the adapter)", group=G_LORA)
+    disable_dropout: bool = option(True, "set every dropout, LoRA's included, to 0 (upstream's disable_dropout)",
+                                   group=G_LORA)
+    # similarity
+    similarity_type: str = option("dot", "dot|cosine|L2 (upstream: dot on normalised vectors = cosine)",
+                                  group=G_SIM)
+    similarity_temperature: float = option(0.02, "scores are divided by it (upstream 0.02)", group=G_SIM)
+    similarity_normalization: bool = option(True, "L2-normalise user and item vectors first (upstream: on)",
+                                            group=G_SIM)
+    # rollouts
+    group_size: int = option(4, "reasoning rollouts per user, G (upstream 4)", group=G_ROLL)
+    max_new_tokens: int = option(640, "reasoning length limit in training and evaluation (upstream 640)",
+                                 group=G_ROLL)
+    gen_temperature: float = option(2.0, "rollout sampling temperature (upstream 2.0)", group=G_ROLL,
+                                    aliases=("--temperature",))
+    gen_top_k: int = option(50, "rollout top-k, 0 = off (upstream 50)", group=G_ROLL, aliases=("--top_k",))
+    gen_top_p: float = option(1.0, "rollout top-p, 1 = off (upstream 1.0)", group=G_ROLL)
+    repetition_penalty: float | None = option(None, "repetition penalty of rollouts and evaluation (default: the "
+                                                    "model's generation_config.json, as upstream's vLLM gets it; "
+                                                    "1.05 for Qwen2.5-Instruct)", group=G_ROLL)
     # RecPO
-    group_size: int = _f(4, "reasoning rollouts per user (G)")
-    max_new_tokens: int = _f(128, "reasoning length limit (upstream 640)")
-    temperature: float = _f(2.0, "sampling temperature of the rollouts (upstream 2.0)")
-    top_k: int = _f(50, "top-k of the rollout sampling")
-    reward_ndcg_k: int = _f(1000, "k of the NDCG part of the reward (full-catalogue rank)")
-    reward_softmax_weight: float = _f(0.05, "w: reward = (1-w)*NDCG@k + w*softmax(sim/tau)[target]")
-    advantage_type: str = _f("gaussian", "gaussian (GRPO: (r-mean)/std) | leave-one-out (RLOO)")
-    clip_eps_low: float = _f(0.2, "PPO ratio clip below 1")
-    clip_eps_high: float = _f(0.28, "PPO ratio clip above 1")
-    ppo_epochs: int = _f(1, "updates per rollout batch (1: ratio is 1 at the update)")
-    relabel_topk: int = _f(1, "rollouts per user (best advantage) that get the recommendation loss")
-    similarity_temperature: float = _f(1.0, "tau: softmax temperature over inner-product scores")
-    normalize: bool = _f(False, "L2-normalise user and item vectors (cosine scores)")
-    token_loss_weight: float = _f(1.0, "weight of the reasoning-token (PPO) loss")
-    rec_loss_weight: float = _f(1.0, "weight of the in-batch recommendation loss")
+    reward_ndcg_k: int = option(1000, "k of the NDCG part of the reward (full-catalogue rank, history masked)",
+                                group=G_RECPO)
+    reward_softmax_weight: float = option(0.05, "w: reward = (1-w)*NDCG@k + w*softmax(scores)[target]",
+                                          group=G_RECPO)
+    advantage_type: str = option("gaussian", "gaussian ((r-mean)/(std+1e-8), G=1 -> 1; upstream) | rloo (true "
+                                             "leave-one-out) | upstream_leave_one_out (upstream's r(1+1/G)-mean)",
+                                 group=G_RECPO, choices=ADVANTAGE_TYPES)
+    relabel_topk: int = option(2, "rollouts per user (largest advantage) that get the recommendation loss "
+                                  "(upstream launch script: 2)", group=G_RECPO)
+    clip_eps_low: float = option(0.2, "surrogate ratio clip below 1", group=G_RECPO)
+    clip_eps_high: float = option(0.28, "surrogate ratio clip above 1", group=G_RECPO)
+    mini_batch_size: int = option(8, "rollouts per forward/backward in the update; upstream caps it at "
+                                     "--train_batch_size, and each mini-batch's losses are averaged over it",
+                                  group=G_RECPO)
+    gather_negs_across_processes: bool = option(True, "in-batch negatives from every process (upstream: on)",
+                                                group=G_RECPO)
+    ppo_epochs: int = option(1, "updates per rollout batch (upstream 1: the ratio is 1 and never clipped)",
+                             group=G_RECPO)
+    token_loss_weight: float = option(1.0, "weight of the reasoning-token loss (upstream 1)", group=G_RECPO)
+    rec_loss_weight: float = option(1.0, "weight of the recommendation loss (upstream 1)", group=G_RECPO)
+    item_refresh_steps: int = option(0, "also recompute the whole item table every N steps (0 = only at "
+                                        "evaluations, as upstream)", group=G_RECPO)
     # optimisation
-    train_batch_size: int = _f(4, "users per step per process")
-    eval_batch_size: int = _f(32, "users/items per forward in evaluation and the item table")
-    learning_rate: float = _f(1e-5, "AdamW learning rate")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
-    warmup_steps: int = _f(32, "linear warmup steps")
-    lr_scheduler_type: str = _f("linear", "transformers scheduler name: linear|cosine|constant_with_warmup|...")
-    max_grad_norm: float = _f(1.0, "gradient clipping (0 = off)")
-    num_train_epochs: float = _f(3.0, "passes over the train split")
-    max_steps: int = _f(-1, "stop after this many steps (overrides epochs when > 0)")
-    max_train_samples: int = _f(-1, "use only the first N train examples (-1 = all)")
-    item_refresh_steps: int = _f(50, "recompute the item-embedding table every N steps")
-    # evaluation / logging / checkpoints
-    eval_steps: int = _f(0, "validate every N steps (0 = only at the end)")
-    num_eval_samples: int = _f(200, "validation users per evaluation")
-    K: int = _f(20, "candidates per validation user (target + K-1 sampled negatives)")
-    K_eval: int = _f(10, "extra metric cut-off")
-    logging_steps: int = _f(1, "write metrics.jsonl every N steps")
-    save_steps: int = _f(0, "checkpoint every N steps (0 = only at the end)")
-    save_total_limit: int = _f(2, "keep the newest N checkpoints (0 = all)")
-    resume_from: str = _f("", "'last' or a checkpoint-N directory to continue from")
-    seed: int = _f(42, "seed of data order, sampling and candidates")
-    device: str = _f("auto", "auto|cpu|cuda[:i] (under accelerate launch each process takes its GPU)")
-    dtype: str = _f("auto", "auto|bf16|fp16|fp32 (auto: bf16 on GPU, fp32 on CPU)")
-    attn_implementation: str = _f("auto", "auto|flash_attention_2|sdpa|eager")
-    gradient_checkpointing: bool = _f(False, "trade compute for memory")
-    progress: bool = _f(True, "show tqdm bars")
+    train_batch_size: int = option(4, "users per step per process (upstream 4)", group=G_OPT)
+    learning_rate: float = option(1e-5, "learning rate (upstream 1e-5)", group=G_OPT)
+    lr_scheduler_type: str = option("constant", "transformers scheduler: constant (upstream; ignores warmup, as "
+                                                "HF's does)|constant_with_warmup|linear|cosine", group=G_OPT)
+    warmup_steps: int = option(32, "warmup steps of schedulers that warm up (upstream passes 32)", group=G_OPT)
+    weight_decay: float = option(0.0, "AdamW weight decay", group=G_OPT)
+    max_grad_norm: float = option(1.0, "gradient clipping (0 = off)", group=G_OPT)
+    optim: str = option("adamw", "adamw (torch) | paged_adamw_8bit (upstream's; needs bitsandbytes)", group=G_OPT,
+                        choices=OPTIMIZERS)
+    num_train_epochs: float = option(3.0, "passes over the train split (upstream 3)", group=G_OPT)
+    max_steps: int = option(-1, "stop after this many steps (> 0 overrides --num_train_epochs)", group=G_OPT)
+    max_train_samples: int = option(-1, "use only the first N train examples (-1 = all)", group=G_OPT)
+    seed: int = option(42, "seed of data order, rollout sampling and validation candidates", group=G_OPT)
+    # evaluation and checkpoints
+    eval_steps: int = option(-1, "validate (and checkpoint) every N steps; -1 = upstream's "
+                                 "floor(n_train / (3 * train_batch_size) / 8); 0 = only at the end", group=G_EVAL)
+    eval_on_start: bool = option(True, "validate the untrained model at step 0 (logged, never the best)",
+                                 group=G_EVAL)
+    num_eval_samples: int = option(-1, "validation users per evaluation (-1 = the whole valid split, upstream; 0 = "
+                                       "no evaluation, so no best model)", group=G_EVAL)
+    eval_test_split: bool = option(False, "also evaluate the test split at every evaluation and log it (upstream "
+                                          "does; never used for selection)", group=G_EVAL)
+    eval_batch_size: int = option(32, "users per generation/forward batch in evaluation and reward scoring",
+                                  group=G_EVAL)
+    item_emb_batch_size: int = option(128, "items per forward when the item table is computed", group=G_EVAL)
+    K: int = option(20, "candidates per validation user for the candidate metrics (target + K-1 negatives)",
+                    group=G_EVAL)
+    K_eval: int | None = option(None, "extra candidate-metric cut-off (default min(10, --K))", group=G_EVAL)
+    load_best_model_at_end: bool = option(True, "final_checkpoint = the checkpoint with the best valid full-"
+                                                "catalogue NDCG@10 (upstream); --no-... keeps the last model",
+                                          group=G_EVAL)
+    early_stopping_patience: int = option(8, "stop after N evaluations without a better valid NDCG@10 (0 = "
+                                             "never; upstream 8)", group=G_EVAL)
+    save_steps: int = option(0, "extra checkpoints every N steps (0 = none; a checkpoint is written at every "
+                                "evaluation and at the end anyway)", group=G_EVAL)
+    save_total_limit: int = option(5, "keep the newest N checkpoints plus the best (0 = all; upstream 5)",
+                                   group=G_EVAL)
+    logging_steps: int = option(1, "write metrics.jsonl every N steps", group=G_EVAL)
+    output_dir: str = option("outputs/rrec", "checkpoint-N/, final_checkpoint/, metrics.jsonl, args.json",
+                             group=G_EVAL)
+    overwrite_output_dir: bool = option(False, "start afresh in a non-empty --output_dir (its checkpoints and logs "
+                                               "are removed once every check has passed)", group=G_EVAL)
+    resume_from: str | None = option(None, "auto (newest complete checkpoint in --output_dir, else start fresh: "
+                                           "one command for every attempt of a preemptible job) | last | PATH",
+                                     group=G_EVAL)
+    allow_changed_settings: str = option("", "comma-separated settings allowed to differ from the resumed "
+                                             "checkpoint's (e.g. learning_rate,max_steps); the change is logged",
+                                         group=G_EVAL)
+    report_to: str = option("none", "experiment tracker beside metrics.jsonl: none|tensorboard|wandb",
+                            group=G_EVAL, choices=REPORT_TO)
+    progress: bool = option(True, "show tqdm bars (--no-progress hides them)", group=G_EVAL)
 
     def validate(self) -> None:
-        checks = [
-            (self.group_size >= 1, f"--group_size {self.group_size}: must be >= 1"),
-            (self.train_batch_size >= 1, f"--train_batch_size {self.train_batch_size}: must be >= 1"),
-            (self.eval_batch_size >= 1, f"--eval_batch_size {self.eval_batch_size}: must be >= 1"),
-            (self.max_new_tokens >= 0, f"--max_new_tokens {self.max_new_tokens}: must be >= 0"),
-            (self.temperature > 0, f"--temperature {self.temperature}: must be > 0"),
-            (0 <= self.reward_softmax_weight <= 1, f"--reward_softmax_weight {self.reward_softmax_weight}: must be in [0, 1]"),
-            (self.reward_ndcg_k >= 1, f"--reward_ndcg_k {self.reward_ndcg_k}: must be >= 1"),
-            (self.advantage_type in ADVANTAGE_TYPES, f"--advantage_type {self.advantage_type!r}: must be one of {'|'.join(ADVANTAGE_TYPES)}"),
-            (1 <= self.relabel_topk <= self.group_size, f"--relabel_topk {self.relabel_topk}: must be in 1..--group_size ({self.group_size})"),
-            (self.clip_eps_low >= 0 and self.clip_eps_high >= 0, "--clip_eps_low/--clip_eps_high: must be >= 0"),
-            (self.ppo_epochs >= 1, f"--ppo_epochs {self.ppo_epochs}: must be >= 1"),
-            (self.similarity_temperature > 0, f"--similarity_temperature {self.similarity_temperature}: must be > 0"),
-            (self.item_refresh_steps >= 1, f"--item_refresh_steps {self.item_refresh_steps}: must be >= 1"),
-            (self.K >= 2, f"--K {self.K}: must be >= 2"),
-            (self.user_window_size >= 1, f"--user_window_size {self.user_window_size}: must be >= 1"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UserInputError(msg)
-        if self.train_batch_size < 2:
-            import warnings
+        if self.K_eval is None:
+            self.K_eval = min(10, self.K)
+        for flag, allowed in (("dtype", ("auto", "bf16", "fp16", "fp32")), ("model_type", ("", "qwen", "gemma")),
+                              ("similarity_type", ("dot", "cosine", "L2"))):
+            require(getattr(self, flag) in allowed, f"--{flag} {getattr(self, flag)!r}: must be one of "
+                                                    f"{'|'.join(a for a in allowed if a)}")
+        require(self.K >= 2, f"--K {self.K}: must be >= 2 (the target plus at least one negative)")
+        require(1 <= self.K_eval <= self.K, f"--K_eval {self.K_eval}: must be between 1 and --K {self.K}")
+        for flag in ("user_window_size", "group_size", "train_batch_size", "eval_batch_size", "item_emb_batch_size",
+                     "relabel_topk", "mini_batch_size", "ppo_epochs", "reward_ndcg_k", "lora_r", "logging_steps"):
+            require(getattr(self, flag) >= 1, f"--{flag} {getattr(self, flag)}: must be >= 1")
+        for flag in ("max_new_tokens", "gen_top_k", "warmup_steps", "weight_decay", "max_grad_norm",
+                     "item_refresh_steps", "early_stopping_patience", "save_steps", "save_total_limit",
+                     "clip_eps_low", "clip_eps_high", "token_loss_weight", "rec_loss_weight", "learning_rate"):
+            v = getattr(self, flag)
+            require(v >= 0 and math.isfinite(v), f"--{flag} {v}: must be >= 0")
+        for flag in ("gen_temperature", "similarity_temperature"):
+            v = getattr(self, flag)
+            require(v > 0 and math.isfinite(v), f"--{flag} {v}: must be a finite number > 0")
+        require(0 < self.gen_top_p <= 1, f"--gen_top_p {self.gen_top_p}: must be in (0, 1]")
+        require(0 <= self.reward_softmax_weight <= 1,
+                f"--reward_softmax_weight {self.reward_softmax_weight}: must be in [0, 1]")
+        require(0 <= self.lora_dropout < 1, f"--lora_dropout {self.lora_dropout}: must be in [0, 1)")
+        require(self.repetition_penalty is None or self.repetition_penalty > 0,
+                f"--repetition_penalty {self.repetition_penalty}: must be > 0")
+        require(self.eval_steps >= -1, f"--eval_steps {self.eval_steps}: must be -1 (upstream's rule), 0 or > 0")
+        require(self.max_steps > 0 or self.num_train_epochs > 0, "--max_steps <= 0 needs --num_train_epochs > 0")
+        require(not (self.advantage_type == "rloo" and self.group_size < 2),
+                "--advantage_type rloo needs --group_size >= 2")
+        require(not (self.resume_from and self.overwrite_output_dir),
+                "--resume_from and --overwrite_output_dir exclude each other")
+        require(not (self.merge_lora and not self.use_lora), "--merge_lora needs --use_lora")
+        require(not (self.pure_bf16 and self.dtype in ("fp16", "fp32")),
+                f"--pure_bf16 with --dtype {self.dtype}: pure bf16 computes in bf16; drop --dtype")
 
-            warnings.warn("--train_batch_size 1: the in-batch recommendation loss has a single item per process "
-                          "and is constant 0; use >= 2", stacklevel=2)
+    def allowed_changes(self) -> list[str]:
+        return [s.strip().lstrip("-") for s in self.allow_changed_settings.split(",") if s.strip()]
+
+    def trajectory_settings(self) -> list[str]:
+        return [k for k in self.to_dict() if k not in OPERATIONAL_SETTINGS]
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        """One optimiser step per training step (trainers.ppo_trainer.build_accelerator reads this)."""
+        return 1
 
 
-ADVANTAGE_TYPES = ("gaussian", "leave-one-out")
+def upstream_eval_steps(n_train: int, train_batch_size: int) -> int:
+    """Upstream's evaluation interval: floor(n_train / (3 * train_batch_size) / 8), at least 1 (about 1/24
+    epoch on one process; upstream ignores the process count)."""
+    return max(1, int((n_train / (train_batch_size * 3)) // 8))
 
 
-def add_dataclass_arguments(parser, cls=RRecTrainingArguments) -> None:
-    """One --flag per dataclass field (bools are --flag / --no-flag)."""
-    import argparse
+def rrec_checkpoint_files() -> list[tuple[str, ...]]:
+    """What a complete train_rrec.py checkpoint holds (any one of each group)."""
+    from models.rrec_models import RREC_CONFIG_FILE
+    from paths import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, TOKENIZER_FILES, WEIGHT_FILES
 
-    for f in fields(cls):
-        kw = {"default": f.default, "help": f"{f.metadata.get('help', '')} (default: %(default)s)"}
-        if f.type in (bool, "bool"):
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kw)
-        else:
-            typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            parser.add_argument(f"--{f.name}", type=typ, **kw)
+    return [("config.json", ADAPTER_CONFIG_FILE), tuple(WEIGHT_FILES) + tuple(ADAPTER_WEIGHT_FILES),
+            tuple(TOKENIZER_FILES), (RREC_CONFIG_FILE,), ("optimizer.pt",), ("scheduler.pt",), (ITEM_TABLE_FILE,),
+            ("trainer_state.json",), ("args.json",)]
+
+
+def output_dir_artifacts(out: Path) -> list[Path]:
+    """What a run writes into --output_dir (and --overwrite_output_dir removes)."""
+    arts = list(out.glob("checkpoint-*")) + list(out.glob(".tmp-*"))
+    arts += [out / n for n in ("metrics.jsonl", "args.json", FINAL_DIR)]
+    return [p for p in arts if p.exists()]
+
+
+def check_output_dir(cfg: RRecTrainingArguments) -> None:
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--output_dir {out}: exists and is not a directory")
+    if out.is_dir() and not cfg.resume_from and not cfg.overwrite_output_dir \
+            and any(p.name != ".lock" for p in out.iterdir()):
+        raise UserInputError(f"--output_dir {out}: exists and is not empty; pass --resume_from auto to continue that "
+                             "run, or --overwrite_output_dir to start afresh")
+
+
+def truncate_jsonl_after(path: Path, step: int) -> None:
+    """Keep only records with "step" <= step (a resumed run's log then reads like one uninterrupted run);
+    step < 0 empties the file."""
+    if not path.exists():
+        return
+    repair_jsonl_tail(path)
+    keep = [r for r in iter_jsonl(path, flag="metrics log", skip_bad_lines=True) if int(r.get("step", 0)) <= step]
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
+
+
+def rotate_keeping_best(out: Path, limit: int, best_step: int | None) -> None:
+    """Keep the newest `limit` complete checkpoints; the best one is kept in addition (it is the final model)."""
+    if limit <= 0:
+        return
+    others = [(s, p) for s, p in checkpoint_dirs(out) if s != best_step]
+    keep_others = limit - (1 if best_step is not None and (out / f"checkpoint-{best_step}").is_dir() else 0)
+    for _, p in others[:max(0, len(others) - max(keep_others, 1))]:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------ the trainer
 class GRecTrainer:
-    """Base RRec trainer. Subclasses implement `training_step(examples) -> dict of floats`."""
+    """Base RRec trainer (one instance per process). Subclasses implement training_step(step, examples)."""
 
-    def __init__(self, args: RRecTrainingArguments) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
-
+    def __init__(self, cfg: RRecTrainingArguments, accelerator) -> None:
+        from models.abstract_models import LoraSettings, check_model_dir, disable_dropout
         from models.rrec_models import RRecModel
         from prompters.rrec_prompter import RRecPrompter, category_from_dataset_dir
         from trainers.data.dataset import load_processed_dataset
+        from trainers.foundation.checkpoints import check_same_model_shape
 
-        args.validate()
-        self.args = args
-        # Unused parameters (e.g. an untied LM head when max_new_tokens is 0) must not hang DDP.
-        self.accelerator = Accelerator(cpu=args.device == "cpu",
-                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-        acc = self.accelerator
-        self.dataset = load_processed_dataset(args.dataset_dir, flag="--dataset_dir")
-        if args.K > self.dataset.n_items:
-            raise UserInputError(f"--K {args.K}: the item catalogue of {args.dataset_dir} has only "
-                                 f"{self.dataset.n_items} items; lower --K")
-        self.out_dir = Path(args.output_dir)
-        self.resume_ckpt = None
-        if args.resume_from:
-            from trainers.foundation.checkpoints import check_same_model_shape, resolve_checkpoint
+        self.cfg, self.acc = cfg, accelerator
+        self.out = Path(cfg.output_dir)
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.is_main = accelerator.is_main_process
+        from accelerate.utils import DistributedType
 
-            self.resume_ckpt = resolve_checkpoint(args.resume_from, self.out_dir,
-                                                  required=[("trainer_state.json",), ("optimizer.pt",)],
-                                                  where=f"--output_dir {self.out_dir}")
-        device = str(acc.device) if (acc.num_processes > 1 or args.device == "auto") else args.device
-        src = str(self.resume_ckpt) if self.resume_ckpt else args.model_name_or_path
-        if self.resume_ckpt:
-            from models.abstract_models import check_model_dir
+        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise UserInputError("train_rrec.py runs single-process or DDP (LoRA keeps every GPU's copy small); "
+                                 "launch it without an FSDP/DeepSpeed accelerate config")
 
-            check_same_model_shape(check_model_dir(args.model_name_or_path), self.resume_ckpt)
-        self.model = RRecModel(src, device=device, dtype=args.dtype, attn_implementation=args.attn_implementation,
-                               model_type=args.model_type, normalize=args.normalize,
-                               similarity_temperature=args.similarity_temperature,
-                               gradient_checkpointing=args.gradient_checkpointing,
-                               micro_batch_size=args.eval_batch_size,
-                               flag="--resume_from" if self.resume_ckpt else "--model_name_or_path")
-        category = args.category or category_from_dataset_dir(args.dataset_dir)
-        self.prompter = RRecPrompter(self.model.tokenizer, self.dataset.item_rows, category,
-                                     user_window_size=args.user_window_size, model_type=args.model_type)
+        # ---- every check that can fail on the inputs, before anything in --output_dir is touched ----
+        self.dataset = load_processed_dataset(cfg.dataset_dir, flag="--dataset_dir")
         train = self.dataset.split("train")
-        if args.max_train_samples and args.max_train_samples > 0:
-            train = train.select(range(min(args.max_train_samples, len(train))))
-        if len(train) == 0:
-            raise UserInputError(f"--dataset_dir {args.dataset_dir}: empty train split")
+        if cfg.max_train_samples > 0:
+            train = train.select(range(min(cfg.max_train_samples, len(train))))
+        per_step = cfg.train_batch_size * self.world
+        require(len(train) >= per_step, f"--dataset_dir {cfg.dataset_dir}: the train split has {len(train)} "
+                                        f"examples, fewer than one step's {per_step} (--train_batch_size x processes)")
+        self.dataset.check_K(cfg.K)
+        self.base_model_dir = check_model_dir(cfg.model_name_or_path)
+        self.resume_ckpt = resolve_checkpoint(cfg.resume_from, self.out, required=rrec_checkpoint_files(),
+                                              where=f"--output_dir {self.out}")
+        self.state: dict[str, Any] = {}
+        self.changed: list[str] = []
+        if self.resume_ckpt is not None:
+            check_same_model_shape(self.base_model_dir, self.resume_ckpt)
+            self.state = read_trainer_state(self.resume_ckpt)
+            self.changed = check_resume_settings(self.resume_ckpt, cfg.to_dict(), cfg.trajectory_settings(),
+                                                 cfg.allowed_changes())
         self.train_rows = train.to_list()
-        self.steps_per_epoch = max(1, len(self.train_rows) // (args.train_batch_size * acc.num_processes))
-        self.total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(args.num_train_epochs * self.steps_per_epoch))
+        self.steps_per_epoch = len(self.train_rows) // per_step
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
+            1, math.ceil(cfg.num_train_epochs * self.steps_per_epoch))
+        self.eval_every = upstream_eval_steps(len(self.train_rows), cfg.train_batch_size) if cfg.eval_steps == -1 \
+            else cfg.eval_steps
+        self.start_step = int(self.state.get("step", 0))
 
+        # ---- the model: fp32 master weights (bf16 with --pure_bf16), LoRA, dropout off ----
+        torch.manual_seed(cfg.seed)
+        lora = None
+        if cfg.use_lora and self.resume_ckpt is None:
+            lora = LoraSettings.from_flags(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        settings = {"model_type": cfg.model_type or None, "similarity_type": cfg.similarity_type,
+                    "similarity_temperature": cfg.similarity_temperature,
+                    "similarity_normalization": cfg.similarity_normalization,
+                    "user_window_size": cfg.user_window_size, "max_new_tokens": cfg.max_new_tokens,
+                    "repetition_penalty": cfg.repetition_penalty}
+        src = self.resume_ckpt or self.base_model_dir
+        self.rrec = RRecModel.load(
+            str(src), device=str(accelerator.device), dtype=torch.bfloat16 if cfg.pure_bf16 else torch.float32,
+            attn_implementation=cfg.attn_implementation,
+            base_model=str(self.base_model_dir) if self.resume_ckpt is not None else None, lora=lora,
+            trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
+            micro_batch_size=cfg.eval_batch_size, trust_remote_code=cfg.trust_remote_code, settings=settings,
+            flag="--resume_from" if self.resume_ckpt else "--model_name_or_path")
+        if cfg.disable_dropout:
+            disable_dropout(self.rrec)
+        s = self.rrec.settings
+        self.prompter = RRecPrompter(self.rrec.tokenizer, self.dataset.item_rows,
+                                     cfg.category or category_from_dataset_dir(cfg.dataset_dir),
+                                     user_window_size=s.user_window_size, model_type=s.model_type,
+                                     emb_token=s.emb_token, emb_end_token=s.emb_end_token)
+
+        # ---- optimiser, schedule, accelerate ----
+        params = [p for p in self.rrec.parameters() if p.requires_grad]
+        optimizer = self._build_optimizer(params)
+        self.model, self.optimizer = accelerator.prepare(self.rrec, optimizer)
+        self.rrec = accelerator.unwrap_model(self.model)
         from transformers import get_scheduler
 
-        opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=args.learning_rate,
-                                weight_decay=args.weight_decay)
-        try:
-            sched = get_scheduler(args.lr_scheduler_type, opt, num_warmup_steps=args.warmup_steps,
-                                  num_training_steps=self.total_steps)
-        except (ValueError, KeyError) as e:
-            raise UserInputError(f"--lr_scheduler_type {args.lr_scheduler_type!r}: {e}")
-        self.wrapped, self.optimizer, self.scheduler = acc.prepare(self.model, opt, sched)
-        self.step = 0
+        raw = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        try:  # stepped by us once per training step
+            self.scheduler = get_scheduler(cfg.lr_scheduler_type, raw, num_warmup_steps=cfg.warmup_steps,
+                                           num_training_steps=self.total_steps)
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserInputError(f"--lr_scheduler_type {cfg.lr_scheduler_type!r}: {e}")
         self.item_table: torch.Tensor | None = None
-        self.item_table_step = -1
-        self.metrics_path = self.out_dir / "metrics.jsonl"
-        self._t0 = time.time()
-        if self.resume_ckpt:
-            self._load_state(self.resume_ckpt)
+        self.best_step: int | None = self.state.get("best_step")
+        self.best_metric: float | None = self.state.get("best_metric")
+        self.evals_without_improvement = int(self.state.get("evals_without_improvement", 0))
+        if self.resume_ckpt is not None:
+            self._load_training_state(self.resume_ckpt)
 
-    # ---- helpers -----------------------------------------------------------------------------
-    @property
-    def is_main(self) -> bool:
-        return self.accelerator.is_main_process
+    # ---- construction helpers ----------------------------------------------------------------
+    def _build_optimizer(self, params):
+        c = self.cfg
+        if c.optim == "paged_adamw_8bit":
+            try:
+                import bitsandbytes as bnb
+            except ImportError:
+                raise UserInputError("--optim paged_adamw_8bit needs bitsandbytes (pip install bitsandbytes, CUDA "
+                                     "only); or use --optim adamw")
+            return bnb.optim.PagedAdamW8bit(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        return torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
 
-    def log(self, record: dict) -> None:
-        if self.is_main:
-            append_jsonl(self.metrics_path, [record])
+    def _load_training_state(self, ckpt: Path) -> None:
+        from trainers.ppo_trainer import check_optimizer_state_fits
 
-    def refresh_item_table(self, force: bool = False) -> torch.Tensor:
-        """Recompute the catalogue's vectors every --item_refresh_steps steps (stale in between, as upstream)."""
-        a = self.args
-        if force or self.item_table is None or self.step - self.item_table_step >= a.item_refresh_steps:
-            self.item_table = compute_item_table(self.model, self.prompter, self.dataset.n_items,
-                                                 batch_size=a.eval_batch_size, progress=a.progress and self.is_main)
-            self.item_table_step = self.step
-        return self.item_table
+        opt_state = load_torch_state(ckpt / "optimizer.pt", map_location=self.acc.device)
+        check_optimizer_state_fits(opt_state, self.optimizer, ckpt)
+        try:
+            self.optimizer.load_state_dict(opt_state)
+            self.scheduler.load_state_dict(load_torch_state(ckpt / "scheduler.pt"))
+        except (ValueError, RuntimeError, KeyError, TypeError) as e:
+            raise UserInputError(f"--resume_from {ckpt}: optimizer/scheduler state does not fit this run "
+                                 f"({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+        # An explicitly changed learning rate wins over the one saved in the optimiser state.
+        self.scheduler.base_lrs = [self.cfg.learning_rate for _ in self.scheduler.base_lrs]
+        for group, base_lr, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["initial_lr"] = base_lr
+            group["lr"] = base_lr * lam(self.scheduler.last_epoch)
+        table = load_torch_state(ckpt / ITEM_TABLE_FILE)
+        H = self.rrec.base_lm().config.hidden_size
+        if not torch.is_tensor(table) or tuple(table.shape) != (self.dataset.n_items + 1, H):
+            raise UserInputError(f"--resume_from {ckpt}: {ITEM_TABLE_FILE} does not fit {self.cfg.dataset_dir} and "
+                                 f"this model (expected shape {(self.dataset.n_items + 1, H)})")
+        self.item_table = table.float().to(self.acc.device)
+        finish_resume(ckpt, self.rank, self.world, self.state, self.changed, self.is_main)
 
-    def batches(self) -> Iterable[list[dict]]:
-        """This process's batches from the current step on: per epoch a seeded permutation, split by rank."""
-        a, acc = self.args, self.accelerator
-        per_step = a.train_batch_size * acc.num_processes
-        step = 0
-        epoch = 0
+    # ---- data --------------------------------------------------------------------------------
+    def batches(self) -> Iterator[list[dict]]:
+        """This process's batches from the step after start_step on: per epoch a seeded permutation of the train
+        examples, split into steps of train_batch_size x processes (an incomplete last step is dropped)."""
+        c = self.cfg
+        per_step = c.train_batch_size * self.world
+        step, epoch = 0, 0
         while True:
-            order = np.random.default_rng([a.seed, epoch]).permutation(len(self.train_rows))
+            order = np.random.default_rng([c.seed, epoch]).permutation(len(self.train_rows))
             for b in range(self.steps_per_epoch):
-                if step >= self.step:  # resume: skip the batches already trained on
-                    idx = order[b * per_step:(b + 1) * per_step]
-                    idx = idx[acc.process_index * a.train_batch_size:(acc.process_index + 1) * a.train_batch_size]
+                if step >= self.start_step:
+                    idx = shard(list(order[b * per_step:(b + 1) * per_step]), self.rank, self.world)
                     yield [self.train_rows[int(i)] for i in idx]
                 step += 1
             epoch += 1
 
-    def evaluate(self, split: str = "valid", num_samples: int | None = None, full_ranking: bool = True) -> dict:
-        """Candidate and full-catalogue metrics of `num_samples` users of a split (main process)."""
+    # ---- the item table and evaluation ---------------------------------------------------------
+    def refresh_item_table(self) -> None:
+        from trainers.evaluation.rrec import compute_item_table
+
+        with self.acc.autocast():
+            self.item_table = compute_item_table(
+                self.rrec, self.prompter, self.dataset.n_items, batch_size=self.cfg.item_emb_batch_size,
+                progress=self.cfg.progress and self.is_main, rank=self.rank, world=self.world,
+                gather=lambda obj: gather_objects(self.acc, obj)).float()
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Candidate and full-catalogue metrics of a split (each process ranks its shard; all get the result)."""
         from trainers.evaluation.protocol import build_eval_items
+        from trainers.evaluation.rrec import rank_with_rrec, rrec_metrics
 
-        a = self.args
-        n = a.num_eval_samples if num_samples is None else num_samples
-        items = build_eval_items(self.dataset, split, n, a.K, a.seed)
-        table = self.refresh_item_table(force=True)
-        samples = rank_with_rrec(self.model, self.prompter, items, table, a.max_new_tokens,
-                                 batch_size=a.eval_batch_size, full_ranking=full_ranking,
-                                 progress=a.progress)
-        return rrec_metrics(samples, a.K_eval, full_ranking)
+        c = self.cfg
+        items = build_eval_items(self.dataset, split, c.num_eval_samples, c.K, c.seed)
+        with self.acc.autocast():
+            samples = rank_with_rrec(self.rrec, self.prompter, shard(items, self.rank, self.world), self.item_table,
+                                     self.rrec.settings.max_new_tokens, batch_size=c.eval_batch_size,
+                                     full_ranking=True, progress=c.progress and self.is_main)
+        slim = [{"target_rank": s["target_rank"], "full_rank": s["full_rank"]} for s in samples]
+        merged = [s for part in gather_objects(self.acc, slim) for s in part]
+        rows = rrec_metrics(merged, c.K_eval, full_ranking=True)
+        return {**{f"{split}/{k}": v for k, v in rows["rrec"].items()},
+                **{f"{split}_full/{k}": v for k, v in rows["rrec (full catalogue)"].items()}}
 
-    # ---- checkpoints -------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path | None:
-        from trainers.foundation.checkpoints import write_checkpoint
+    def evaluate_and_log(self, step: int) -> dict[str, Any]:
+        """Recompute the item table (upstream does at every evaluation), evaluate valid (and test), log."""
+        self.refresh_item_table()
+        rec: dict[str, Any] = {"step": step, "split": "valid"}
+        if self.cfg.num_eval_samples == 0:
+            return rec
+        if len(self.dataset.split("valid")):
+            rec.update(self.evaluate("valid"))
+        if self.cfg.eval_test_split and len(self.dataset.split("test")):
+            rec.update(self.evaluate("test"))
+        self.log(rec)
+        return rec
 
-        acc = self.accelerator
+    def update_best(self, step: int, rec: dict[str, Any]) -> bool:
+        """Track the best valid full-catalogue NDCG@10 (upstream's metric_for_best_model) and the early-stopping
+        count (HF's EarlyStoppingCallback: reset on a strictly better value). True if training should stop."""
+        metric = rec.get("valid_full/NDCG@10")
+        if metric is None or (isinstance(metric, float) and math.isnan(metric)):
+            return False
+        if self.best_metric is None or metric > self.best_metric:
+            self.best_metric, self.best_step = float(metric), step
+            self.evals_without_improvement = 0
+        else:
+            self.evals_without_improvement += 1
+        p = self.cfg.early_stopping_patience
+        return bool(p) and self.evals_without_improvement >= p
 
-        def write_files(tmp: Path) -> None:
-            if self.is_main:
-                acc.unwrap_model(self.wrapped).save_pretrained(tmp)
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+    # ---- logging, output dir -------------------------------------------------------------------
+    def log(self, record: dict[str, Any]) -> None:
+        if self.is_main:
+            append_jsonl(self.out / "metrics.jsonl", [record])
+        if self.cfg.report_to != "none":
+            self.acc.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"},
+                         step=int(record["step"]))
 
-        state = {"step": self.step, "world_size": acc.num_processes, "total_steps": self.total_steps,
-                 "item_table_step": self.item_table_step}
-        final = write_checkpoint(self.out_dir, self.step, write_files, state, asdict(self.args),
-                                 rank=acc.process_index, barrier=acc.wait_for_everyone,
-                                 save_total_limit=self.args.save_total_limit)
+    def prepare_output_dir(self) -> None:
+        """Every check has passed: now (and only now) --overwrite_output_dir removes the old run's files, and a
+        resumed run's metrics.jsonl loses the records of steps after its checkpoint."""
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.cfg.overwrite_output_dir:
+                for p in output_dir_artifacts(self.out):
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            if self.cfg.resume_from:  # also 'auto' without a checkpoint: every record is of an unsaved step
+                truncate_jsonl_after(self.out / "metrics.jsonl", self.start_step if self.resume_ckpt else -1)
+            atomic_write_json(self.out / "args.json", self.cfg.to_dict())
+        self.acc.wait_for_everyone()
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def _write_checkpoint_files(self, tmp: Path) -> None:
+        if self.is_main:
+            self.rrec.save(tmp)
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save(self.item_table.detach().cpu(), tmp / ITEM_TABLE_FILE)
+
+    def save_checkpoint(self, step: int, wall_time: float) -> Path:
+        state = {"step": step, "world_size": self.world, "total_steps": self.total_steps, "wall_time": wall_time,
+                 "best_step": self.best_step, "best_metric": self.best_metric,
+                 "evals_without_improvement": self.evals_without_improvement,
+                 "base_model": str(self.base_model_dir), "lora": self.rrec.lora_settings_dict()}
+        final = write_checkpoint(self.out, step, self._write_checkpoint_files, state, self.cfg.to_dict(),
+                                 rank=self.rank, barrier=self.acc.wait_for_everyone)
+        if self.is_main:
+            rotate_keeping_best(self.out, self.cfg.save_total_limit, self.best_step)
+        self.acc.wait_for_everyone()
+        return final
+
+    def save_final(self, step: int) -> Path | None:
+        """{output_dir}/final_checkpoint: the best checkpoint's model (load_best_model_at_end) or the current one,
+        with tokenizer, rrec_config.json and training_args.json; written atomically."""
+        c = self.cfg
+        final, tmp = self.out / FINAL_DIR, self.out / f".tmp-{FINAL_DIR}"
+        source = step
+        if c.load_best_model_at_end and self.best_step is not None:
+            source = self.best_step
+        info = {"source_step": source, "last_step": step, "best_step": self.best_step,
+                "best_valid_full/NDCG@10": self.best_metric, "merged": c.merge_lora}
+        try:  # a rerun of a finished run: final_checkpoint is already this model (keep its files untouched)
+            done = json.loads((final / "final_info.json").read_text()) == info
+        except (OSError, ValueError):
+            done = False
+        if self.is_main and not done:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            if source == step:
+                self.rrec.save(tmp, merge_adapter=c.merge_lora)
+            else:
+                self._copy_model(self.out / f"checkpoint-{source}", tmp)
+            atomic_write_json(tmp / "training_args.json", c.to_dict())
+            atomic_write_json(tmp / "final_info.json", info)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        self.acc.wait_for_everyone()
         return final if self.is_main else None
 
-    def _load_state(self, ckpt: Path) -> None:
-        from trainers.foundation.checkpoints import load_torch_state, read_trainer_state, restore_rng_state
+    def _copy_model(self, ckpt: Path, dst: Path) -> None:
+        """A checkpoint's model files (no training state) into dst; merged into a full model with --merge_lora."""
+        training_state = {"optimizer.pt", "scheduler.pt", ITEM_TABLE_FILE, "trainer_state.json", "args.json",
+                          "COMPLETE"}
+        if self.cfg.merge_lora:
+            from models.abstract_models import load_causal_lm
 
-        state = read_trainer_state(ckpt)
-        self.step = int(state["step"])
-        if (ckpt / "optimizer.pt").is_file():
-            self.optimizer.load_state_dict(load_torch_state(ckpt / "optimizer.pt"))
-        if (ckpt / "scheduler.pt").is_file():
-            self.scheduler.load_state_dict(load_torch_state(ckpt / "scheduler.pt"))
-        rng = ckpt / f"rng_state_rank{self.accelerator.process_index}.pt"
-        if rng.is_file():
-            restore_rng_state(load_torch_state(rng))
+            lm = load_causal_lm(ckpt, torch.device("cpu"), torch.float32, "sdpa", self.cfg.trust_remote_code,
+                                base_model=str(self.base_model_dir), merge_adapter=True)
+            lm.save_pretrained(dst)
+            training_state |= {"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"}
+        else:
+            dst.mkdir(parents=True)
+        for f in ckpt.iterdir():
+            if f.is_file() and f.name not in training_state and not f.name.startswith("rng_state_") \
+                    and not (dst / f.name).exists():
+                shutil.copy2(f, dst / f.name)
 
     # ---- the loop ----------------------------------------------------------------------------
-    def training_step(self, examples: list[dict]) -> dict[str, float]:  # pragma: no cover - abstract
+    def training_step(self, step: int, examples: list[dict]) -> dict[str, float]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def train(self) -> Path | None:
-        """Run to --max_steps / --num_train_epochs; returns the final checkpoint directory (main process)."""
+    def train(self) -> dict[str, Any]:
+        """Run to --max_steps / --num_train_epochs (or early stopping, or a signal)."""
         from tqdm.auto import tqdm
 
-        a = self.args
-        if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(a.seed + 1000 * self.accelerator.process_index + self.step)
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="RecPO", unit="step",
-                   disable=not (a.progress and self.is_main), dynamic_ncols=True)
-        last_ckpt = None
-        it = iter(self.batches())
-        while self.step < self.total_steps:
-            examples = next(it)
-            self.refresh_item_table()
-            t = time.time()
-            stats = self.training_step(examples)
-            self.step += 1
-            stats = {k: float(self.accelerator.reduce(torch.tensor(v, device=self.accelerator.device), "mean"))
-                     for k, v in stats.items()}
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.3f}", reward=f"{stats.get('reward', float('nan')):.3f}")
-            if self.step % max(1, a.logging_steps) == 0 or self.step == self.total_steps:
-                self.log({"step": self.step, **stats, "lr": self.scheduler.get_last_lr()[0],
-                          "step_time_s": time.time() - t, "wall_time_s": time.time() - self._t0})
-            if a.eval_steps and self.step % a.eval_steps == 0 and self.step < self.total_steps:
-                self._eval_and_log()
-            if a.save_steps and self.step % a.save_steps == 0 and self.step < self.total_steps:
-                last_ckpt = self.save_checkpoint()
+        c = self.cfg
+        self.prepare_output_dir()
+        if c.report_to != "none":
+            self.acc.init_trackers("ourrec_rrec", config={k: v for k, v in c.to_dict().items()
+                                                          if isinstance(v, (int, float, str, bool))})
+        t0, wall0 = time.time(), float(self.state.get("wall_time", 0.0))
+        stopped_by, early, step, last = None, False, self.start_step, {}
+        bar = tqdm(total=self.total_steps, initial=self.start_step, desc="RecPO", unit="step",
+                   disable=not (c.progress and self.is_main), dynamic_ncols=True)
+        with StopRequest() as stop:
+            if self.resume_ckpt is None and c.eval_on_start:
+                self.evaluate_and_log(0)  # upstream's eval_on_start; never a candidate for the best model
+            if self.item_table is None:
+                self.refresh_item_table()
+            batches = self.batches()
+            while step < self.total_steps:
+                step += 1
+                if c.item_refresh_steps and step > 1 and (step - 1) % c.item_refresh_steps == 0:
+                    self.refresh_item_table()
+                t = time.time()
+                lr = self.scheduler.get_last_lr()[0]
+                stats = self.training_step(step, next(batches))
+                stats = self._mean_over_processes(stats)
+                last = {"step": step, **stats, "lr": lr, "step_time_s": time.time() - t,
+                        "wall_time_s": wall0 + time.time() - t0}
+                if step % c.logging_steps == 0 or step == self.total_steps:
+                    self.log(last)
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.3f}",
+                                reward=f"{stats.get('reward', float('nan')):.3f}")
+                evaluated = (self.eval_every > 0 and step % self.eval_every == 0) or \
+                    (self.eval_every == 0 and step == self.total_steps)
+                if evaluated:
+                    early = self.update_best(step, self.evaluate_and_log(step))
+                if any_process(self.acc, stop.requested):
+                    stopped_by = stop.signal_name or "a signal on another process"
+                if evaluated or step == self.total_steps or stopped_by or early or \
+                        (c.save_steps and step % c.save_steps == 0):
+                    self.save_checkpoint(step, wall0 + time.time() - t0)
+                if stopped_by or early:
+                    break
         bar.close()
-        if a.num_eval_samples > 0:
-            self._eval_and_log()
-        last_ckpt = self.save_checkpoint()
-        return last_ckpt
+        result = {"last": last, "step": step, "stopped_by": stopped_by, "early_stopped": early,
+                  "best_step": self.best_step, "best_metric": self.best_metric, "final": None}
+        if stopped_by:
+            if self.is_main:
+                print(f"train_rrec.py: stopped by {stopped_by} after step {step}; checkpoint-{step} is complete; "
+                      "rerun with --resume_from auto to continue")
+        else:
+            if early and self.is_main:
+                print(f"early stopping at step {step}: {self.evals_without_improvement} evaluations without a "
+                      f"better valid NDCG@10 (best {self.best_metric:.4f} at step {self.best_step})")
+            result["final"] = self.save_final(step)
+            if self.is_main:
+                print(f"final model: {self.out / FINAL_DIR} (from step "
+                      f"{self.best_step if c.load_best_model_at_end and self.best_step else step})")
+        if c.report_to != "none":
+            self.acc.end_training()
+        self.acc.wait_for_everyone()
+        return result
 
-    def _eval_and_log(self) -> None:
-        if self.is_main:
-            rows = self.evaluate("valid")
-            rec = {"step": self.step, "split": "valid"}
-            for name, m in rows.items():
-                prefix = "valid/" if name == "rrec" else "valid_full/"
-                rec.update({prefix + k: v for k, v in m.items()})
-            self.log(rec)
-        self.accelerator.wait_for_everyone()
+    def _mean_over_processes(self, stats: dict[str, float]) -> dict[str, float]:
+        keys = sorted(stats)
+        t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=self.acc.device)
+        mean = self.acc.reduce(t, reduction="mean").cpu().tolist()
+        return dict(zip(keys, mean))
+
+
+def run_rrec_training(cfg: RRecTrainingArguments, trainer_cls: type[GRecTrainer]) -> dict[str, Any]:
+    """Validate, lock the output dir, build, train, release. Raises UserInputError on bad input (on every
+    process, so all of them stop)."""
+    from trainers.ppo_trainer import build_accelerator
+
+    cfg.validate()
+    check_output_dir(cfg)
+    acc = build_accelerator(cfg)
+    with locked_run(acc, cfg.output_dir):
+        return trainer_cls(cfg, acc).train()

@@ -1,4 +1,10 @@
-"""Loading a processed dataset directory (the DatasetDict preprocess.py writes)."""
+"""Loading a processed dataset directory (the DatasetDict preprocess.py writes, or upstream R2ec's preprocess.py).
+
+Both item_info layouts are read: ours has the pad item (item_id 0) as row 0, so row i is item id i; upstream
+R2ec appends the pad item as the LAST row (item ids 1..N in rows 0..N-1). Rows are mapped by their item_id
+column, so every consumer sees row i = item id i whichever layout is on disk; an upstream directory is
+announced with one line on stderr.
+"""
 from __future__ import annotations
 
 import os
@@ -12,6 +18,7 @@ import numpy as np
 from trainers.foundation.errors import UserInputError
 
 SPLITS = ("train", "valid", "test")
+LAYOUTS = ("ours", "upstream", "by item_id")  # pad item first / pad item last / any other row order
 DATASET_TYPES = ("movies", "other")
 
 
@@ -21,7 +28,8 @@ class ProcessedDataset:
 
     path: str
     splits: dict
-    item_info: object
+    item_info: object  # row i = item id i (reordered on load if the directory stores another order)
+    layout: str = "ours"  # which item_info layout the directory has on disk (LAYOUTS)
 
     @property
     def n_items(self) -> int:
@@ -99,10 +107,38 @@ def load_processed_dataset(path: str | os.PathLike, flag: str = "--dataset_path"
     missing = [s for s in (*SPLITS, "item_info") if s not in dd]
     if missing:
         raise UserInputError(f"{flag} {path}: missing split(s) {missing}; expected train, valid, test, item_info")
-    info = dd["item_info"]
-    if len(info) == 0 or int(info[0]["item_id"]) != 0:
-        raise UserInputError(f"{flag} {path}: item_info row 0 must be the pad item with item_id 0")
-    return ProcessedDataset(path=str(p), splits={s: dd[s] for s in SPLITS}, item_info=info)
+    info, layout = item_info_by_id(dd["item_info"], f"{flag} {path}")
+    if layout != "ours":
+        import sys
+
+        found = "upstream R2ec item_info layout (pad item in the last row)" if layout == "upstream" else \
+            "item_info rows not in item id order"
+        print(f"note: {flag} {path}: {found}; rows are mapped by their item_id column", file=sys.stderr)
+    return ProcessedDataset(path=str(p), splits={s: dd[s] for s in SPLITS}, item_info=info, layout=layout)
+
+
+def item_info_by_id(info, where: str = "item_info"):
+    """(item_info with row i = item id i, the layout found on disk). Ours stores it that way already; upstream
+    R2ec stores ids 1..N in rows 0..N-1 and the pad item (id 0) last; any other permutation is reordered too.
+    Ids that are not a permutation of 0..N-1 are an error: a silent misalignment would give items other items'
+    text."""
+    if "item_id" not in info.column_names:
+        raise UserInputError(f"{where}: item_info has no item_id column")
+    try:
+        ids = np.asarray(info["item_id"], dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise UserInputError(f"{where}: item_info item_id column holds non-integer values ({e})")
+    n = len(ids)
+    if n == 0:
+        raise UserInputError(f"{where}: item_info is empty (it needs at least the pad item with item_id 0)")
+    if np.array_equal(ids, np.arange(n)):
+        return info, "ours"
+    if ids[-1] == 0 and np.array_equal(ids[:-1], np.arange(1, n)):
+        return info.select([n - 1, *range(n - 1)]), "upstream"
+    if np.array_equal(np.sort(ids), np.arange(n)):  # some other row order: the item_id column still decides
+        return info.select([int(i) for i in np.argsort(ids)]), "by item_id"
+    raise UserInputError(f"{where}: item_info item_id column is not 0..{n - 1} (duplicates or gaps); the item ids "
+                         "of the examples cannot be mapped to items")
 
 
 def check_dataset_type(value: str) -> str:

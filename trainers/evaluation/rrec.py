@@ -1,9 +1,14 @@
-"""Evaluating an RRec (R2ec) model on our candidates: the item table, greedy reasoning, ranking, metrics.
+"""Evaluating an RRec (R2ec) model: the item table, greedy reasoning, user vectors, ranking, metrics.
 
-Used by compare_model/rrec.py and by the RRec trainer's periodic validation (one code path).
+One code path for compare_model/rrec.py and the RRec trainer's validation. Per user: greedy reasoning from the
+user prompt until <answer> (prompters/rrec_prompter.py), the user vector at <answer>, scores against every
+item's vector (models/rrec_models.RRecSettings.similarity). The K candidates of an example are ranked by those
+scores; the full-catalogue rank (the paper's protocol) ranks the target among all items with the pad item and
+the user's history items masked. Ties count against the target everywhere (trainers/evaluation/metrics.py).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -14,50 +19,106 @@ from trainers.foundation.errors import UserInputError
 FULL_RANKING_KS = (5, 10, 20)  # the paper's full-catalogue cut-offs
 
 
+def masked_scores(scores: torch.Tensor, histories: Sequence[Sequence[int]],
+                  keep: Sequence[int] | None = None) -> torch.Tensor:
+    """scores [B, N+1] (column = item id) with column 0 (the pad item) and each row's history items set to -inf.
+    keep[b], if given, stays unmasked (evaluation keeps a repeat-purchase target rankable; upstream's reward
+    masks it like any history item)."""
+    out = scores.float().clone()
+    out[:, 0] = float("-inf")
+    for b, hist in enumerate(histories):
+        cols = [int(i) for i in hist if 0 <= int(i) < out.shape[1]]
+        if keep is not None:
+            cols = [c for c in cols if c != int(keep[b])]
+        if cols:
+            out[b, torch.tensor(cols, device=out.device)] = float("-inf")
+    return out
+
+
+def catalogue_ranks(masked: torch.Tensor, targets: Sequence[int]) -> list[int | None]:
+    """1-based rank of each row's target among all columns of masked scores, ties against the target; None for
+    a target that is itself masked (never retrieved)."""
+    t = torch.as_tensor([int(x) for x in targets], device=masked.device)
+    ts = masked.gather(1, t.unsqueeze(1))
+    ranks = (masked >= ts).sum(1)  # counts the target itself once
+    out: list[int | None] = []
+    for v, r in zip(ts.squeeze(1).tolist(), ranks.tolist()):
+        if math.isnan(v):  # a NaN score is the worst rank, as trainers/evaluation/metrics.target_rank has it
+            out.append(int(masked.shape[1]))
+        else:
+            out.append(None if v == float("-inf") else int(r))
+    return out
+
+
 @torch.no_grad()
-def compute_item_table(model, prompter, n_items: int, batch_size: int = 32, progress: bool = True) -> torch.Tensor:
-    """Vectors of every item id 0..n_items ([n_items+1, H], row = item id; row 0 is the pad item and is
-    never ranked). Computed in eval mode without gradients."""
+def compute_item_table(model, prompter, n_items: int, batch_size: int = 128, progress: bool = True,
+                       rank: int = 0, world: int = 1, gather: Callable[[Any], list] | None = None) -> torch.Tensor:
+    """Vectors of every item id 0..n_items ([n_items+1, H] float32, row = item id; row 0 is the pad item and
+    never ranked), computed in eval mode. With world > 1 each process encodes ids rank::world and `gather`
+    (trainers.foundation.distributed.gather_objects bound to the accelerator) assembles the table everywhere."""
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
+    mine = list(range(rank, n_items + 1, world))
+    parts = []
     try:
-        table = model.encode_items(list(range(n_items + 1)), prompter, batch_size=batch_size, progress=progress)
+        for i in tqdm(range(0, len(mine), batch_size), desc="item embeddings", unit="batch", disable=not progress,
+                      dynamic_ncols=True):
+            seqs = [prompter.item_ids(j) for j in mine[i:i + batch_size]]
+            parts.append(model.embed_sequences(seqs, batch_size=batch_size).cpu())
     finally:
         if was_training:
             model.train()
-    return table.detach()
+    local = torch.cat(parts) if parts else torch.zeros((0, model.base_lm().config.hidden_size))
+    if world == 1:
+        return local.to(model.device)
+    shards = gather(local)
+    table = torch.zeros((n_items + 1, local.shape[1]), dtype=local.dtype)
+    for r, shard in enumerate(shards):
+        table[r::world] = shard
+    return table.to(model.device)
 
 
-def full_catalogue_rank(sims_row: torch.Tensor, target_item_id: int) -> int:
-    """1-based rank of the target among item ids 1..n (pad excluded), ties against the target."""
-    s = sims_row[1:].double().cpu().numpy()
-    return target_rank(s, int(target_item_id) - 1)
+@torch.no_grad()
+def user_vectors(model, prompter, examples: Sequence[dict], max_new_tokens: int, batch_size: int = 8
+                 ) -> tuple[torch.Tensor, list[str], list[str], list[int]]:
+    """Greedy reasoning and the user vector after it: (vectors [B, H], rendered prompts, reasoning texts up to
+    and including <answer>, generated token counts)."""
+    prompt_ids = [prompter.user_ids(ex) for ex in examples]
+    texts, counts = model.generate_reasoning(prompt_ids, max_new_tokens, do_sample=False,
+                                             stop_token_ids=prompter.stop_token_ids(), batch_size=batch_size)
+    seqs = [prompter.user_sequence_ids(ex, t, p)[0] for ex, t, p in zip(examples, texts, prompt_ids)]
+    h = model.embed_sequences(seqs, batch_size=batch_size)
+    return h, [prompter.user_prompt(ex) for ex in examples], [prompter.complete_reasoning(t) for t in texts], counts
 
 
 def rank_with_rrec(model, prompter, items: Sequence[tuple[dict, list[int]]], item_table: torch.Tensor,
                    max_new_tokens: int, batch_size: int = 8, full_ranking: bool = False,
-                   on_sample: Callable[[dict], Any] | None = None, progress: bool = True) -> list[dict]:
-    """The RRec evaluation path: greedy reasoning per user, user vector after it, inner products with the
-    item table; each item's candidates are ranked by those scores (ties against the target). Returns
-    result-JSON samples; with full_ranking each also gets "full_rank" (rank among all items)."""
+                   on_sample: Callable[[dict], Any] | None = None, progress: bool = True,
+                   save_prompts: bool = False) -> list[dict]:
+    """Result-JSON samples for (example, candidates) items: each example's candidates ranked by the model's
+    scores. With full_ranking each sample also gets "full_rank" (history masked, target kept); with
+    save_prompts, "prompt" holds the exact rendered user prompt (outputs.reasoning always holds the reasoning)."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise UserInputError(f"--batch_size {batch_size}: must be >= 1")
     was_training = model.training
     model.eval()
-    stop = prompter.stop_token_ids()
     out: list[dict] = []
     bar = tqdm(total=len(items), desc="rrec eval", unit="user", disable=not progress, dynamic_ncols=True)
     try:
         for start in range(0, len(items), batch_size):
             batch = items[start:start + batch_size]
-            prompts = [prompter.user_ids(ex) for ex, _ in batch]
-            roll = model.generate_reasoning(prompts, max_new_tokens, do_sample=False, stop_token_ids=stop,
-                                            batch_size=batch_size)
-            with torch.no_grad():
-                h_u = model.encode_users(roll.prompt_ids, roll.reasoning_ids, batch_size=batch_size)
-                sims = model.scores(h_u, item_table.to(h_u.device)).cpu()
+            examples = [ex for ex, _ in batch]
+            h_u, prompts_text, reasoning, counts = user_vectors(model, prompter, examples, max_new_tokens, batch_size)
+            sims = model.similarity(h_u, item_table.to(h_u.device)).cpu()
+            full = None
+            if full_ranking:
+                targets = [int(ex["item_id"]) for ex in examples]
+                full = catalogue_ranks(masked_scores(sims, [ex["history_item_id"] for ex in examples], keep=targets),
+                                       targets)
             for b, (ex, cands) in enumerate(batch):
                 target = int(ex["item_id"])
                 cands = [int(c) for c in cands]
@@ -66,11 +127,12 @@ def rank_with_rrec(model, prompter, items: Sequence[tuple[dict, list[int]]], ite
                     "interaction_id": int(ex["interaction_id"]), "user_id": ex["user_id"], "target_item_id": target,
                     "candidates": cands, "scores": s, "ranking": ranking_from_scores(cands, s, target),
                     "target_rank": target_rank(s, cands.index(target)),
-                    "outputs": {"reasoning": model.decode_reasoning(roll.reasoning_ids[b]),
-                                "reasoning_tokens": len(roll.reasoning_ids[b])},
+                    "outputs": {"reasoning": reasoning[b], "reasoning_tokens": counts[b]},
                 }
-                if full_ranking:
-                    sample["full_rank"] = full_catalogue_rank(sims[b], target)
+                if full is not None:
+                    sample["full_rank"] = full[b]
+                if save_prompts:
+                    sample["prompt"] = prompts_text[b]
                 out.append(sample)
                 if on_sample is not None:
                     on_sample(sample)
@@ -84,7 +146,8 @@ def rank_with_rrec(model, prompter, items: Sequence[tuple[dict, list[int]]], ite
 
 
 def rrec_metrics(samples: Sequence[dict], K_eval: int | None, full_ranking: bool = False) -> dict[str, dict]:
-    """Candidate metrics (NDCG/HR@{1,5,10,K_eval}, MRR) and, with full_ranking, full-catalogue ones."""
+    """Candidate metrics (NDCG/HR@{1,5,10,K_eval}, MRR) and, with full_ranking, full-catalogue ones
+    (NDCG/HR@5/10/20 plus the candidate cut-offs)."""
     rows = {"rrec": metrics_from_ranks([s["target_rank"] for s in samples], eval_ks(K_eval))}
     if full_ranking:
         ks = sorted(set(FULL_RANKING_KS) | set(eval_ks(K_eval)))

@@ -321,3 +321,18 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def finish_resume(ckpt: Path, rank: int, world: int, trainer_state: dict, changed: Sequence[str],
+                  is_main: bool) -> None:
+    """The last part of every trainer's resume: this rank's RNG state back, and the lines that say how the resumed
+    run differs from the one that wrote the checkpoint (process count, settings allowed to change)."""
+    rng_file = ckpt / f"rng_state_rank{rank}.pt"
+    if rng_file.is_file():
+        restore_rng_state(load_torch_state(rng_file))
+    saved_world = int(trainer_state.get("world_size", world))
+    if saved_world != world and is_main:
+        print(f"warning: checkpoint was written by {saved_world} process(es), resuming with {world}: "
+              "training continues but will not replay an uninterrupted run exactly")
+    if changed and is_main:
+        print(f"resuming {ckpt} with changed settings: {', '.join(changed)}")

@@ -6,7 +6,8 @@ gradients by hand.
 from __future__ import annotations
 
 import signal
-from typing import Any, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -70,3 +71,32 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         for s, h in self._previous.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def locked_run(accelerator, output_dir: str, flag: str = "--output_dir") -> Iterator[None]:
+    """A training run's hold on its output dir: the main process takes the run lock (checkpoints.RunLock) and every
+    process raises the same one-line UserInputError when another run holds it; on exit the lock is released and the
+    process group torn down."""
+    from trainers.foundation.checkpoints import RunLock
+    from trainers.foundation.errors import UserInputError
+
+    lock = RunLock(output_dir, flag=flag)
+    err = None
+    if accelerator.is_main_process:
+        try:
+            lock.acquire()
+        except UserInputError as e:
+            err = str(e)
+    errors = [e for e in gather_objects(accelerator, err) if e]
+    if errors:
+        raise UserInputError(errors[0])
+    try:
+        yield
+    finally:
+        lock.release()
+        if accelerator.num_processes > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()

@@ -1,11 +1,13 @@
-"""Advantages: batch normalisation for PL-PPO (critic baseline) and per-group baselines for RecPO (GRPO/RLOO)."""
+"""Advantages: batch normalisation for PL-PPO (critic baseline) and per-group baselines for RecPO (GRPO, RLOO)."""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
 
-ADVANTAGE_TYPES = ("gaussian", "leave-one-out")
+# gaussian: upstream R2ec's default (GRPO); rloo: true leave-one-out; upstream_leave_one_out: what upstream
+# calls 'leave-one-out', r(1 + 1/G) - mean, which is not RLOO (kept only to reproduce it).
+ADVANTAGE_TYPES = ("gaussian", "rloo", "upstream_leave_one_out")
 
 
 def normalize_advantages(adv: torch.Tensor, eps: float = 1e-8,
@@ -31,18 +33,24 @@ def normalize_advantages(adv: torch.Tensor, eps: float = 1e-8,
     return ((x - mean) / (var.sqrt() + eps)).to(adv.dtype)
 
 
-def group_advantages(rewards: torch.Tensor, advantage_type: str = "gaussian", eps: float = 1e-4) -> torch.Tensor:
-    """Per-group advantages of rewards [B, G].
-    gaussian: (r - mean) / (std + eps) with the unbiased group std (GRPO); 0 for G = 1.
-    leave-one-out: r_i - mean of the other G-1 rewards (RLOO); 0 for G = 1."""
-    B, G = rewards.shape
-    if G == 1:
-        return torch.zeros_like(rewards)
+def group_advantages(rewards: torch.Tensor, advantage_type: str = "gaussian", eps: float = 1e-8) -> torch.Tensor:
+    """Per-group advantages of rewards [B, G] (one group = one user's G rollouts).
+
+    gaussian (upstream R2ec): (r - mean) / (std + eps) with the unbiased group std and eps 1e-8; a group of
+      G = 1 gets advantage 1 (upstream's rule: a single rollout is always reinforced). Equal rewards give 0.
+    rloo: r_i - mean of the other G-1 rewards (needs G >= 2).
+    upstream_leave_one_out: r (1 + 1/G) - mean(r), upstream's 'leave-one-out' formula."""
+    G = rewards.shape[1]
+    r = rewards.float()
     if advantage_type == "gaussian":
-        mean = rewards.mean(1, keepdim=True)
-        std = rewards.std(1, keepdim=True)
-        return (rewards - mean) / (std + eps)
-    if advantage_type == "leave-one-out":
-        total = rewards.sum(1, keepdim=True)
-        return rewards - (total - rewards) / (G - 1)
-    raise ValueError(f"unknown advantage_type {advantage_type!r}")
+        if G == 1:
+            return torch.ones_like(r)
+        return (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)
+    if advantage_type == "rloo":
+        if G < 2:
+            raise ValueError("advantage_type 'rloo' needs at least 2 rollouts per group")
+        total = r.sum(1, keepdim=True)
+        return r - (total - r) / (G - 1)
+    if advantage_type == "upstream_leave_one_out":
+        return r * (1.0 + 1.0 / G) - r.mean(1, keepdim=True)
+    raise ValueError(f"unknown advantage_type {advantage_type!r}: must be one of {'|'.join(ADVANTAGE_TYPES)}")
