@@ -20,21 +20,11 @@ import torch
 
 from paths import (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, HEADS_FILE, TOKENIZER_FILES,  # noqa: F401 (re-exported)
                    WEIGHT_FILES, resolve_model_path)
+from trainers.foundation.distributed import resolve_device  # noqa: F401 (re-exported: models load on it)
 from trainers.foundation.errors import UserInputError
 
 ATTN_IMPLEMENTATIONS = ("auto", "flash_attention_2", "sdpa", "flex_attention", "eager")
 MASK_CAPABLE_ATTN = ("sdpa", "flex_attention", "eager")  # accept the packed 4D block mask
-
-
-def resolve_device(device: str | None = None) -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise UserInputError(f"--device {device!r}: {e}")
 
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from trainers.foundation.checkpoints import (
+    check_optimizer_state_fits,
     check_resume_settings,
     checkpoint_dirs,
     finish_resume,
@@ -40,29 +41,33 @@ from trainers.foundation.checkpoints import (
     resolve_checkpoint,
     write_checkpoint,
 )
-from trainers.foundation.config import TrainerConfig, option, require
-from trainers.foundation.distributed import StopRequest, any_process, gather_objects, locked_run, shard
+from trainers.foundation.config import RunConfig, option, require
+from trainers.foundation.distributed import (
+    StopRequest,
+    any_process,
+    build_accelerator,
+    gather_objects,
+    locked_run,
+    shard,
+)
 from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import append_jsonl, atomic_write_json, atomic_write_text, iter_jsonl, repair_jsonl_tail
+from trainers.foundation.files import append_jsonl, atomic_write_json, truncate_jsonl_after
 from trainers.rl.advantages import ADVANTAGE_TYPES
 
 FINAL_DIR = "final_checkpoint"  # upstream's name for the trained (best) model
 ITEM_TABLE_FILE = "item_table.pt"
 OPTIMIZERS = ("adamw", "paged_adamw_8bit")
-REPORT_TO = ("none", "tensorboard", "wandb")
-# Settings that do not change what a run computes: every other setting must match a resumed checkpoint's.
-OPERATIONAL_SETTINGS = ("output_dir", "overwrite_output_dir", "resume_from", "allow_changed_settings", "report_to",
-                        "progress", "logging_steps", "device", "attn_implementation", "gradient_checkpointing",
-                        "eval_batch_size", "item_emb_batch_size", "save_total_limit", "trust_remote_code",
-                        "merge_lora")
-
 G_DATA, G_LORA, G_SIM, G_ROLL, G_RECPO, G_OPT, G_EVAL = (
     "data and model", "LoRA", "similarity", "rollouts", "RecPO", "optimisation", "evaluation and checkpoints")
 
 
 @dataclass
-class RRecTrainingArguments(TrainerConfig):
-    """Every setting of an RRec run (defaults: upstream's launch_train.sh); train_rrec.py turns each into a flag."""
+class RRecTrainingArguments(RunConfig):
+    """Every setting of an RRec run (defaults: upstream's launch_train.sh); train_rrec.py turns each into a flag.
+    The precision, LoRA and run settings are RunConfig's, with upstream's defaults redeclared here."""
+
+    OPERATIONAL = RunConfig.OPERATIONAL + ("progress", "logging_steps", "eval_batch_size", "item_emb_batch_size",
+                                           "save_total_limit")
 
     # data and model
     model_name_or_path: str = option("demo/tiny-qwen", "base causal LM (directory or known name, see paths.py); "
@@ -73,17 +78,8 @@ class RRecTrainingArguments(TrainerConfig):
     model_type: str = option("", "qwen|gemma: the family's end-of-turn stop token (default: from the model's "
                                  "config.json)", group=G_DATA)
     user_window_size: int = option(20, "history items in the user prompt (upstream 20)", group=G_DATA)
-    device: str = option("auto", "auto|cpu|cuda[:i] (under accelerate launch each process takes its GPU)",
-                         group=G_DATA)
-    dtype: str = option("auto", "compute precision: auto (bf16 autocast on GPU, fp32 on CPU)|bf16|fp16|fp32; "
-                                "master weights and optimiser state stay fp32 unless --pure_bf16", group=G_DATA)
-    pure_bf16: bool = option(False, "store the weights and AdamW state in bf16 (half the memory). Costs accuracy: "
-                                    "updates below bf16's resolution (~0.4%% of a weight) are lost, so at small "
-                                    "learning rates most weights never change", group=G_DATA)
     attn_implementation: str = option("auto", "auto|flash_attention_2|sdpa|eager (auto: FA2 on GPU when installed)",
                                       group=G_DATA)
-    trust_remote_code: bool = option(False, "allow custom model/tokenizer code shipped with the checkpoint",
-                                     group=G_DATA)
     gradient_checkpointing: bool = option(True, "recompute activations in backward (upstream: on); "
                                                 "--no-gradient_checkpointing trades memory for speed", group=G_DATA)
     # LoRA
@@ -93,8 +89,6 @@ class RRecTrainingArguments(TrainerConfig):
     lora_alpha: float = option(128.0, "LoRA alpha (upstream 128; scale = alpha / r)", group=G_LORA)
     lora_dropout: float = option(0.05, "LoRA dropout recorded in the adapter (upstream 0.05; inactive while "
                                        "--disable_dropout)", group=G_LORA)
-    lora_target_modules: str = option("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-                                      "comma-separated module names that get adapters", group=G_LORA)
     merge_lora: bool = option(False, "write final_checkpoint as a full model with the adapters merged in "
                                      "(checkpoints keep the adapter)", group=G_LORA)
     disable_dropout: bool = option(True, "set every dropout, LoRA's included, to 0 (upstream's disable_dropout)",
@@ -180,29 +174,19 @@ class RRecTrainingArguments(TrainerConfig):
     logging_steps: int = option(1, "write metrics.jsonl every N steps", group=G_EVAL)
     output_dir: str = option("outputs/rrec", "checkpoint-N/, final_checkpoint/, metrics.jsonl, args.json",
                              group=G_EVAL)
-    overwrite_output_dir: bool = option(False, "start afresh in a non-empty --output_dir (its checkpoints and logs "
-                                               "are removed once every check has passed)", group=G_EVAL)
-    resume_from: str | None = option(None, "auto (newest complete checkpoint in --output_dir, else start fresh: "
-                                           "one command for every attempt of a preemptible job) | last | PATH",
-                                     group=G_EVAL)
-    allow_changed_settings: str = option("", "comma-separated settings allowed to differ from the resumed "
-                                             "checkpoint's (e.g. learning_rate,max_steps); the change is logged",
-                                         group=G_EVAL)
-    report_to: str = option("none", "experiment tracker beside metrics.jsonl: none|tensorboard|wandb",
-                            group=G_EVAL, choices=REPORT_TO)
     progress: bool = option(True, "show tqdm bars (--no-progress hides them)", group=G_EVAL)
 
     def validate(self) -> None:
         if self.K_eval is None:
             self.K_eval = min(10, self.K)
-        for flag, allowed in (("dtype", ("auto", "bf16", "fp16", "fp32")), ("model_type", ("", "qwen", "gemma")),
-                              ("similarity_type", ("dot", "cosine", "L2"))):
+        self.validate_run()
+        for flag, allowed in (("model_type", ("", "qwen", "gemma")), ("similarity_type", ("dot", "cosine", "L2"))):
             require(getattr(self, flag) in allowed, f"--{flag} {getattr(self, flag)!r}: must be one of "
                                                     f"{'|'.join(a for a in allowed if a)}")
         require(self.K >= 2, f"--K {self.K}: must be >= 2 (the target plus at least one negative)")
         require(1 <= self.K_eval <= self.K, f"--K_eval {self.K_eval}: must be between 1 and --K {self.K}")
         for flag in ("user_window_size", "group_size", "train_batch_size", "eval_batch_size", "item_emb_batch_size",
-                     "relabel_topk", "mini_batch_size", "ppo_epochs", "reward_ndcg_k", "lora_r", "logging_steps"):
+                     "relabel_topk", "mini_batch_size", "ppo_epochs", "reward_ndcg_k", "logging_steps"):
             require(getattr(self, flag) >= 1, f"--{flag} {getattr(self, flag)}: must be >= 1")
         for flag in ("max_new_tokens", "gen_top_k", "warmup_steps", "weight_decay", "max_grad_norm",
                      "item_refresh_steps", "early_stopping_patience", "save_steps", "save_total_limit",
@@ -215,28 +199,16 @@ class RRecTrainingArguments(TrainerConfig):
         require(0 < self.gen_top_p <= 1, f"--gen_top_p {self.gen_top_p}: must be in (0, 1]")
         require(0 <= self.reward_softmax_weight <= 1,
                 f"--reward_softmax_weight {self.reward_softmax_weight}: must be in [0, 1]")
-        require(0 <= self.lora_dropout < 1, f"--lora_dropout {self.lora_dropout}: must be in [0, 1)")
         require(self.repetition_penalty is None or self.repetition_penalty > 0,
                 f"--repetition_penalty {self.repetition_penalty}: must be > 0")
         require(self.eval_steps >= -1, f"--eval_steps {self.eval_steps}: must be -1 (upstream's rule), 0 or > 0")
         require(self.max_steps > 0 or self.num_train_epochs > 0, "--max_steps <= 0 needs --num_train_epochs > 0")
         require(not (self.advantage_type == "rloo" and self.group_size < 2),
                 "--advantage_type rloo needs --group_size >= 2")
-        require(not (self.resume_from and self.overwrite_output_dir),
-                "--resume_from and --overwrite_output_dir exclude each other")
-        require(not (self.merge_lora and not self.use_lora), "--merge_lora needs --use_lora")
-        require(not (self.pure_bf16 and self.dtype in ("fp16", "fp32")),
-                f"--pure_bf16 with --dtype {self.dtype}: pure bf16 computes in bf16; drop --dtype")
-
-    def allowed_changes(self) -> list[str]:
-        return [s.strip().lstrip("-") for s in self.allow_changed_settings.split(",") if s.strip()]
-
-    def trajectory_settings(self) -> list[str]:
-        return [k for k in self.to_dict() if k not in OPERATIONAL_SETTINGS]
 
     @property
     def gradient_accumulation_steps(self) -> int:
-        """One optimiser step per training step (trainers.ppo_trainer.build_accelerator reads this)."""
+        """One optimiser step per training step."""
         return 1
 
 
@@ -271,16 +243,6 @@ def check_output_dir(cfg: RRecTrainingArguments) -> None:
             and any(p.name != ".lock" for p in out.iterdir()):
         raise UserInputError(f"--output_dir {out}: exists and is not empty; pass --resume_from auto to continue that "
                              "run, or --overwrite_output_dir to start afresh")
-
-
-def truncate_jsonl_after(path: Path, step: int) -> None:
-    """Keep only records with "step" <= step (a resumed run's log then reads like one uninterrupted run);
-    step < 0 empties the file."""
-    if not path.exists():
-        return
-    repair_jsonl_tail(path)
-    keep = [r for r in iter_jsonl(path, flag="metrics log", skip_bad_lines=True) if int(r.get("step", 0)) <= step]
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
 
 
 def rotate_keeping_best(out: Path, limit: int, best_step: int | None) -> None:
@@ -400,7 +362,6 @@ class GRecTrainer:
         return torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
 
     def _load_training_state(self, ckpt: Path) -> None:
-        from trainers.ppo_trainer import check_optimizer_state_fits
 
         opt_state = load_torch_state(ckpt / "optimizer.pt", map_location=self.acc.device)
         check_optimizer_state_fits(opt_state, self.optimizer, ckpt)
@@ -660,10 +621,8 @@ class GRecTrainer:
 def run_rrec_training(cfg: RRecTrainingArguments, trainer_cls: type[GRecTrainer]) -> dict[str, Any]:
     """Validate, lock the output dir, build, train, release. Raises UserInputError on bad input (on every
     process, so all of them stop)."""
-    from trainers.ppo_trainer import build_accelerator
-
     cfg.validate()
     check_output_dir(cfg)
-    acc = build_accelerator(cfg)
+    acc = build_accelerator(cfg, cfg.gradient_accumulation_steps)
     with locked_run(acc, cfg.output_dir):
         return trainer_cls(cfg, acc).train()

@@ -37,11 +37,21 @@ import torch
 
 from models.abstract_models import disable_dropout
 from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, ndcg_at, ndcg_reward, target_rank
-from trainers.foundation.checkpoints import (LOCK_FILE, RunLock, check_resume_settings, load_torch_state, read_trainer_state,
-                                             resolve_checkpoint, restore_rng_state, write_checkpoint)
-from trainers.foundation.config import TrainerConfig, option, require
-from trainers.foundation.distributed import any_process, gather_objects, shard
+from trainers.foundation.checkpoints import (
+    LOCK_FILE,
+    check_optimizer_state_fits,
+    check_resume_settings,
+    finish_resume,
+    load_torch_state,
+    read_trainer_state,
+    resolve_checkpoint,
+    restore_rng_state,
+    write_checkpoint,
+)
+from trainers.foundation.config import RunConfig, option, require
+from trainers.foundation.distributed import any_process, build_accelerator, gather_objects, locked_run, shard
 from trainers.foundation.errors import UserInputError
+from trainers.foundation.files import truncate_jsonl_after
 from trainers.foundation.seeding import derived_seed, numpy_rng
 from trainers.rl.advantages import normalize_advantages
 from trainers.rl.kl import kl_penalty
@@ -49,25 +59,17 @@ from trainers.rl.losses import clipped_surrogate, clipped_value_loss
 from trainers.rl.pl import gumbel_topk_sample, pl_log_prob
 
 SCHEDULERS = ("constant", "cosine")
-REPORT_TO = ("none", "tensorboard", "wandb")
 FINAL_DIR = "final"
 SHARDED_STATE_DIR = "accelerate_state"  # FSDP/DeepSpeed optimizer and model shards (accelerator.save_state)
-# Settings that change the trajectory: a resume must match the checkpoint unless --allow_changed_settings names them.
-TRAJECTORY_SETTINGS = (
-    "model_name_or_path", "dataset_path", "dataset_type", "prompt_template", "max_len_per_item", "user_window_size",
-    "K", "K_eval", "temperature", "scoring", "max_new_tokens", "gen_temperature", "gen_top_k", "gen_top_p",
-    "batch_size", "gradient_accumulation_steps", "max_steps", "num_train_epochs", "ppo_epochs", "clip_eps",
-    "rankings_per_user", "kl_coef", "vf_coef", "lr_actor", "lr_critic", "weight_decay", "warmup_steps",
-    "lr_scheduler", "max_grad_norm", "normalize_advantage", "seed", "use_lora", "lora_r", "lora_alpha",
-    "lora_dropout", "lora_target_modules", "pure_bf16", "dtype",
-)
-
-
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
-class PPOConfig(TrainerConfig):
-    """Every setting of a PL-PPO run; train.py turns each field into a flag."""
+class PPOConfig(RunConfig):
+    """Every setting of a PL-PPO run; train.py turns each field into a flag (the shared precision, LoRA and run
+    settings come from trainers/foundation/config.RunConfig)."""
 
+    OPERATIONAL = RunConfig.OPERATIONAL + ("save_every", "save_total_limit", "print_every", "eval_every",
+                                           "num_valid_samples", "token_log_path", "no_plot", "write_param_checksums",
+                                           "scoring_chunk_size")
     G_DATA = "data and model"
     # data and model
     model_name_or_path: str = option("demo/tiny-qwen", "base model directory or known name (paths.py); a PEFT "
@@ -78,32 +80,11 @@ class PPOConfig(TrainerConfig):
     prompt_template: str | None = option(None, "file overriding the binary prompt template", group=G_DATA)
     max_len_per_item: int = option(64, "tokens of item text per history/candidate item", group=G_DATA)
     user_window_size: int = option(10, "history items shown in the prompt", group=G_DATA)
-    device: str = option("auto", "auto|cpu|cuda|cuda:N (under accelerate launch/torchrun each process takes its "
-                                 "GPU)", group=G_DATA)
-    dtype: str = option("auto", "compute precision: auto (bf16 autocast on GPU, fp32 on CPU)|bf16|fp16|fp32; "
-                                "master weights and optimiser state stay fp32 unless --pure_bf16", group=G_DATA)
-    pure_bf16: bool = option(False, "store the weights and AdamW state in bf16 (half the memory). Costs accuracy: "
-                                    "updates below bf16's resolution (~0.4%% of a weight) are lost, so at small "
-                                    "learning rates most weights never change", group=G_DATA)
-    attn_implementation: str = option("auto", "auto|flash_attention_2|sdpa|flex_attention|eager, chosen once per "
-                                              "run (auto: sdpa with --scoring shared, else FA2 when installed)",
-                                      group=G_DATA)
-    trust_remote_code: bool = option(False, "allow custom model/tokenizer code shipped with the checkpoint",
-                                     group=G_DATA)
-    gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, more compute",
-                                          group=G_DATA)
     scoring_chunk_size: int = option(32, "prompts per forward pass in naive scoring (the shared path packs "
                                          "users up to the same token budget)", group=G_DATA,
                                      aliases=("--micro_batch_size",))
-    use_lora: bool = option(False, "train LoRA adapters (peft) instead of all weights; the value head trains "
-                                   "fully", group="LoRA")
-    lora_r: int = option(8, "LoRA rank", group="LoRA")
-    lora_alpha: float = option(16.0, "LoRA alpha (scale = alpha / r)", group="LoRA")
-    lora_dropout: float = option(0.0, "LoRA dropout (0: PPO ratios must be 1 on the first epoch)", group="LoRA")
-    lora_target_modules: str = option("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-                                      "comma-separated module names that get adapters", group="LoRA")
-    merge_lora: bool = option(False, "write {output_dir}/final as a full model with the adapters merged in "
-                                     "(checkpoints keep the adapter)", group="LoRA")
+    output_dir: str = option("outputs/ppo", "checkpoint-N/ directories, final/ (the finished model), "
+                                            "metrics.jsonl, training.png", group="run: output, resume, tracking")
     # ranking and reward
     K: int = option(20, "candidates per user (target + K-1 negatives)", group="ranking and reward")
     K_eval: int = option(10, "NDCG cut-off of the reward and validation metric", group="ranking and reward")
@@ -141,17 +122,6 @@ class PPOConfig(TrainerConfig):
     seed: int = option(42, "seed of model init, batch order, candidates and PL/reasoning sampling",
                        group="optimisation")
     # logging, validation, checkpoints
-    output_dir: str = option("outputs/ppo", "checkpoint-N/ directories, final/ (the finished model), "
-                                            "metrics.jsonl, training.png", group="logging and checkpoints")
-    overwrite_output_dir: bool = option(False, "start afresh in a non-empty --output_dir (its checkpoints and logs "
-                                               "are removed once every check has passed)",
-                                        group="logging and checkpoints")
-    resume_from: str | None = option(None, "auto (newest complete checkpoint in --output_dir, else start fresh: "
-                                           "one command for every attempt of a preemptible job) | last | PATH",
-                                     group="logging and checkpoints")
-    allow_changed_settings: str = option("", "comma-separated settings allowed to differ from the resumed "
-                                             "checkpoint's (e.g. lr_actor,max_steps); the change is logged",
-                                         group="logging and checkpoints")
     save_every: int = option(100, "checkpoint every N steps (and at the end)", group="logging and checkpoints")
     save_total_limit: int = option(3, "keep the newest N checkpoints (<= 0: all)", group="logging and checkpoints")
     print_every: int = option(50, "print example rankings every N steps (0 = never)",
@@ -162,8 +132,6 @@ class PPOConfig(TrainerConfig):
     token_log_path: str | None = option(None, "JSONL of reasoning output lengths (default "
                                               "{output_dir}/token_lengths.jsonl in reasoning mode)",
                                         group="logging and checkpoints")
-    report_to: str = option("none", "experiment tracker beside metrics.jsonl: none|tensorboard|wandb "
-                                    "(wandb must be installed)", group="logging and checkpoints")
     no_plot: bool = option(False, "do not write {output_dir}/training.png at the end",
                            group="logging and checkpoints")
     write_param_checksums: bool = option(False, "at the end every process writes "
@@ -179,14 +147,14 @@ class PPOConfig(TrainerConfig):
         from trainers.data.dataset import check_dataset_type
 
         check_dataset_type(self.dataset_type)
-        for flag, allowed in (("dtype", ("auto", "bf16", "fp16", "fp32")), ("scoring", ("naive", "shared")),
-                              ("lr_scheduler", SCHEDULERS), ("report_to", REPORT_TO)):
+        self.validate_run()
+        for flag, allowed in (("scoring", ("naive", "shared")), ("lr_scheduler", SCHEDULERS)):
             require(getattr(self, flag) in allowed, f"--{flag} {getattr(self, flag)!r}: must be one of "
                                                     f"{'|'.join(allowed)}")
         require(self.K >= 2, f"--K {self.K}: must be >= 2 (the target plus at least one negative)")
         require(1 <= self.K_eval <= self.K, f"--K_eval {self.K_eval}: must be in 1..--K ({self.K})")
         for flag in ("max_len_per_item", "user_window_size", "batch_size", "ppo_epochs", "save_every",
-                     "rankings_per_user", "gradient_accumulation_steps", "scoring_chunk_size", "lora_r"):
+                     "rankings_per_user", "gradient_accumulation_steps", "scoring_chunk_size"):
             require(getattr(self, flag) >= 1, f"--{flag} {getattr(self, flag)}: must be >= 1")
         for flag in ("temperature", "clip_eps", "gen_temperature"):
             v = getattr(self, flag)
@@ -196,13 +164,7 @@ class PPOConfig(TrainerConfig):
             v = getattr(self, flag)
             require(v >= 0 and math.isfinite(v), f"--{flag} {v}: must be >= 0")
         require(0 < self.gen_top_p <= 1, f"--gen_top_p {self.gen_top_p}: must be in (0, 1]")
-        require(0 <= self.lora_dropout < 1, f"--lora_dropout {self.lora_dropout}: must be in [0, 1)")
         require(self.max_steps > 0 or self.num_train_epochs > 0, "--max_steps <= 0 needs --num_train_epochs > 0")
-        require(not (self.resume_from and self.overwrite_output_dir),
-                "--resume_from and --overwrite_output_dir exclude each other")
-        require(not (self.merge_lora and not self.use_lora), "--merge_lora needs --use_lora")
-        require(not (self.pure_bf16 and self.dtype in ("fp16", "fp32")),
-                f"--pure_bf16 with --dtype {self.dtype}: pure bf16 computes in bf16; drop --dtype")
         # One user and one ranking per global batch would normalise every advantage to exactly 0.
         require(not self.normalize_advantage or self.batch_size * self.gradient_accumulation_steps
                 * self.rankings_per_user >= 2,
@@ -212,9 +174,6 @@ class PPOConfig(TrainerConfig):
             from prompters.binary_prompter import load_template
 
             load_template(self.dataset_type, self.prompt_template)
-
-    def allowed_changes(self) -> list[str]:
-        return [s.strip().lstrip("-") for s in self.allow_changed_settings.split(",") if s.strip()]
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -319,7 +278,7 @@ class PPOTrainer:
         if self.resume_ckpt is not None:
             check_same_model_shape(base, self.resume_ckpt)
             self.state = read_trainer_state(self.resume_ckpt)
-            self.changed = check_resume_settings(self.resume_ckpt, cfg.to_dict(), TRAJECTORY_SETTINGS,
+            self.changed = check_resume_settings(self.resume_ckpt, cfg.to_dict(), cfg.trajectory_settings(),
                                                  cfg.allowed_changes())
         self.start_step = int(self.state.get("step", 0))
         n_global = cfg.batch_size * cfg.gradient_accumulation_steps * self.world
@@ -415,28 +374,14 @@ class PPOTrainer:
         for group, base_lr, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base_lr * lam(self.scheduler.last_epoch)
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # what get_last_lr() reports
-        rng_file = ckpt / f"rng_state_rank{self.rank}.pt"
-        if rng_file.is_file():
-            restore_rng_state(load_torch_state(rng_file))
-        saved_world = int(self.state.get("world_size", self.world))
-        if saved_world != self.world and self.is_main:
-            print(f"warning: checkpoint was written by {saved_world} process(es), resuming with {self.world}: "
-                  "training continues but will not replay an uninterrupted run exactly")
-        if self.changed and self.is_main:
-            print(f"resuming {ckpt} with changed settings: {', '.join(self.changed)}")
+        finish_resume(ckpt, self.rank, self.world, self.state, self.changed, self.is_main)
 
     # ---- output directory ----------------------------------------------------------------------
     def _truncate_logs(self) -> None:
         """On resume, drop log records after the resumed step so the files read like one uninterrupted run."""
-        from trainers.foundation.files import atomic_write_text, iter_jsonl, repair_jsonl_tail
-
         for path in (self.out / "metrics.jsonl", self.token_log):
-            if path is None or not path.exists():
-                continue
-            repair_jsonl_tail(path)
-            keep = [r for r in iter_jsonl(path, flag="metrics log", skip_bad_lines=True)
-                    if int(r.get("step", 0)) <= self.start_step]
-            atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
+            if path is not None:
+                truncate_jsonl_after(path, self.start_step)
 
     def prepare_output_dir(self) -> None:
         """Every check has passed: now (and only now) --overwrite_output_dir removes the old run's files."""
@@ -778,28 +723,6 @@ def judge_checkpoint_files() -> list[tuple[str, ...]]:
             ("trainer_state.json",), ("args.json",)]
 
 
-def check_optimizer_state_fits(state: dict, optimizer, ckpt: Path) -> None:
-    """Refuse optimiser state whose tensors have other shapes than this run's parameters (at load time, not at
-    the first step)."""
-    try:
-        saved_groups = state["param_groups"]
-        saved = state["state"]
-    except (KeyError, TypeError):
-        raise UserInputError(f"--resume_from {ckpt}: optimizer.pt is not an optimiser state dict")
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    n_saved = sum(len(g["params"]) for g in saved_groups)
-    if n_saved != len(params):
-        raise UserInputError(f"--resume_from {ckpt}: optimizer.pt holds {n_saved} parameters, this run trains "
-                             f"{len(params)} (another model, or --use_lora changed?)")
-    ids = [i for g in saved_groups for i in g["params"]]
-    for i, p in zip(ids, params):
-        st = saved.get(i) or saved.get(str(i)) or {}
-        for k, v in st.items():
-            if torch.is_tensor(v) and v.dim() > 0 and tuple(v.shape) != tuple(p.shape):
-                raise UserInputError(f"--resume_from {ckpt}: optimizer.pt state {k!r} has shape {tuple(v.shape)} "
-                                     f"but the parameter has {tuple(p.shape)}; the checkpoint belongs to another run")
-
-
 def output_dir_artifacts(out: Path, token_log: Path | None) -> list[Path]:
     """What a run writes into --output_dir (and --overwrite_output_dir may remove)."""
     arts = [p for p in out.glob("checkpoint-*")] + [p for p in out.glob(".tmp-*")]
@@ -820,56 +743,14 @@ def check_output_dir(cfg: PPOConfig) -> None:
                              "or --overwrite_output_dir to start afresh")
 
 
-def build_accelerator(cfg: PPOConfig):
-    """accelerate's Accelerator for this run: CPU or GPU, mixed precision from --dtype/--pure_bf16, trackers."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    from models.abstract_models import resolve_device
-
-    dev = resolve_device(cfg.device)
-    if dev.type == "cuda" and dev.index is not None:
-        torch.cuda.set_device(dev)
-    if cfg.pure_bf16:
-        mixed = "no"
-    elif cfg.dtype == "auto":
-        mixed = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if dev.type == "cuda" else "no"
-    else:
-        mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[cfg.dtype]
-    # Buffers (rotary tables) are constant: not broadcasting them keeps every forward free of collectives, so
-    # processes may run different numbers of no-grad forwards (evaluation) without deadlock.
-    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-    return Accelerator(cpu=dev.type == "cpu", mixed_precision=mixed,
-                       gradient_accumulation_steps=cfg.gradient_accumulation_steps, kwargs_handlers=[ddp],
-                       log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.output_dir)
-
-
 def run_training(cfg: PPOConfig) -> dict[str, Any]:
     """Validate, lock the output dir, build, train, release. Raises UserInputError on bad input (on every
     process, so all of them stop)."""
     cfg.validate()
     check_output_dir(cfg)
-    acc = build_accelerator(cfg)
-    lock = RunLock(cfg.output_dir)
-    err = None
-    if acc.is_main_process:
-        try:
-            lock.acquire()
-        except UserInputError as e:
-            err = str(e)
-    errors = [e for e in gather_objects(acc, err) if e]
-    if errors:
-        raise UserInputError(errors[0])
-    try:
-        trainer = PPOTrainer(cfg, acc)
-        return trainer.train()
-    finally:
-        lock.release()
-        if acc.num_processes > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+    acc = build_accelerator(cfg, cfg.gradient_accumulation_steps)
+    with locked_run(acc, cfg.output_dir):
+        return PPOTrainer(cfg, acc).train()
 
 
 def build_parser():

@@ -336,3 +336,25 @@ def finish_resume(ckpt: Path, rank: int, world: int, trainer_state: dict, change
               "training continues but will not replay an uninterrupted run exactly")
     if changed and is_main:
         print(f"resuming {ckpt} with changed settings: {', '.join(changed)}")
+
+
+def check_optimizer_state_fits(state: dict, optimizer, ckpt: Path) -> None:
+    """Refuse optimiser state whose tensors have other shapes than this run's parameters (at load time, not at
+    the first step)."""
+    try:
+        saved_groups = state["param_groups"]
+        saved = state["state"]
+    except (KeyError, TypeError):
+        raise UserInputError(f"--resume_from {ckpt}: optimizer.pt is not an optimiser state dict")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    n_saved = sum(len(g["params"]) for g in saved_groups)
+    if n_saved != len(params):
+        raise UserInputError(f"--resume_from {ckpt}: optimizer.pt holds {n_saved} parameters, this run trains "
+                             f"{len(params)} (another model, or --use_lora changed?)")
+    ids = [i for g in saved_groups for i in g["params"]]
+    for i, p in zip(ids, params):
+        st = saved.get(i) or saved.get(str(i)) or {}
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.dim() > 0 and tuple(v.shape) != tuple(p.shape):
+                raise UserInputError(f"--resume_from {ckpt}: optimizer.pt state {k!r} has shape {tuple(v.shape)} "
+                                     f"but the parameter has {tuple(p.shape)}; the checkpoint belongs to another run")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
 
 from trainers.foundation.errors import UserInputError
@@ -108,3 +109,74 @@ def require(ok: bool, message: str) -> None:
     """Raise UserInputError(message) unless ok: the one-liner validate() methods are written with."""
     if not ok:
         raise UserInputError(message)
+
+
+# ---------------------------------------------------------------------------------------------- shared by trainers
+G_PRECISION, G_LORA, G_RUN = "precision and attention", "LoRA", "run: output, resume, tracking"
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+REPORT_TO = ("none", "tensorboard", "wandb")
+
+
+@dataclass
+class RunConfig(TrainerConfig):
+    """The settings every trainer shares: precision, attention, LoRA, the output directory and its resumption,
+    tracking. Trainers subclass it (a subclass may redeclare a field to change its default or help)."""
+
+    # Settings that do not change what a run computes (the resume check ignores them); subclasses extend it.
+    OPERATIONAL = ("output_dir", "overwrite_output_dir", "resume_from", "allow_changed_settings", "report_to",
+                   "device", "attn_implementation", "trust_remote_code", "gradient_checkpointing", "merge_lora")
+
+    device: str = option("auto", "auto|cpu|cuda|cuda:N (under accelerate launch/torchrun each process takes its "
+                                 "GPU)", group=G_PRECISION)
+    dtype: str = option("auto", "compute precision: auto (bf16 autocast on GPU, fp32 on CPU)|bf16|fp16|fp32; "
+                                "master weights and optimiser state stay fp32 unless --pure_bf16", group=G_PRECISION)
+    pure_bf16: bool = option(False, "store the weights and AdamW state in bf16 (half the memory). Costs accuracy: "
+                                    "updates below bf16's resolution (~0.4%% of a weight) are lost, so at small "
+                                    "learning rates most weights never change", group=G_PRECISION)
+    attn_implementation: str = option("auto", "auto|flash_attention_2|sdpa|flex_attention|eager, chosen once per "
+                                              "run (auto: a packing-capable kernel when candidates are packed, "
+                                              "else FlashAttention-2 when installed, else sdpa)", group=G_PRECISION)
+    trust_remote_code: bool = option(False, "allow custom model/tokenizer code shipped with the checkpoint",
+                                     group=G_PRECISION)
+    gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, more compute",
+                                          group=G_PRECISION)
+    use_lora: bool = option(False, "train LoRA adapters (peft) instead of all weights", group=G_LORA)
+    lora_r: int = option(8, "LoRA rank", group=G_LORA)
+    lora_alpha: float = option(16.0, "LoRA alpha (scale = alpha / r)", group=G_LORA)
+    lora_dropout: float = option(0.0, "LoRA dropout", group=G_LORA)
+    lora_target_modules: str = option("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                                      "comma-separated module names that get adapters", group=G_LORA)
+    merge_lora: bool = option(False, "write the final model as a full model with the adapters merged in "
+                                     "(checkpoints keep the adapter)", group=G_LORA)
+    output_dir: str = option("outputs/run", "checkpoint-N/ directories, the final model, metrics.jsonl, args.json",
+                             group=G_RUN)
+    overwrite_output_dir: bool = option(False, "start afresh in a non-empty --output_dir (its checkpoints and logs "
+                                               "are removed once every check has passed)", group=G_RUN)
+    resume_from: str | None = option(None, "auto (newest complete checkpoint in --output_dir, else start fresh: "
+                                           "one command for every attempt of a preemptible job) | last | PATH",
+                                     group=G_RUN)
+    allow_changed_settings: str = option("", "comma-separated settings allowed to differ from the resumed "
+                                             "checkpoint's (e.g. lr_actor,max_steps); the change is logged",
+                                         group=G_RUN)
+    report_to: str = option("none", "experiment tracker beside metrics.jsonl: none|tensorboard|wandb "
+                                    "(wandb must be installed)", group=G_RUN)
+
+    def validate_run(self) -> None:
+        """The checks of the shared settings (subclasses call it from validate())."""
+        for flag, allowed in (("dtype", DTYPES), ("report_to", REPORT_TO)):
+            require(getattr(self, flag) in allowed, f"--{flag} {getattr(self, flag)!r}: must be one of "
+                                                    f"{'|'.join(allowed)}")
+        require(self.lora_r >= 1, f"--lora_r {self.lora_r}: must be >= 1")
+        require(0 <= self.lora_dropout < 1, f"--lora_dropout {self.lora_dropout}: must be in [0, 1)")
+        require(not (self.resume_from and self.overwrite_output_dir),
+                "--resume_from and --overwrite_output_dir exclude each other")
+        require(not (self.merge_lora and not self.use_lora), "--merge_lora needs --use_lora")
+        require(not (self.pure_bf16 and self.dtype in ("fp16", "fp32")),
+                f"--pure_bf16 with --dtype {self.dtype}: pure bf16 computes in bf16; drop --dtype")
+
+    def allowed_changes(self) -> list[str]:
+        return [s.strip().lstrip("-") for s in self.allow_changed_settings.split(",") if s.strip()]
+
+    def trajectory_settings(self) -> list[str]:
+        """Every setting that changes what the run computes: a resume must match the checkpoint on them."""
+        return [k for k in self.to_dict() if k not in self.OPERATIONAL]

@@ -100,3 +100,43 @@ def locked_run(accelerator, output_dir: str, flag: str = "--output_dir") -> Iter
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def resolve_device(device: str | None = None):
+    """auto -> cuda when available, else cpu; an explicit device is checked (one-line error)."""
+    import torch
+
+    from trainers.foundation.errors import UserInputError
+
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise UserInputError(f"--device {device!r}: {e}")
+
+
+def build_accelerator(cfg, gradient_accumulation_steps: int = 1):
+    """accelerate's Accelerator for a run (cfg: a RunConfig): CPU or GPU, mixed precision from --dtype/--pure_bf16,
+    gradient accumulation, trackers."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    dev = resolve_device(cfg.device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)
+    if cfg.pure_bf16:
+        mixed = "no"
+    elif cfg.dtype == "auto":
+        mixed = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if dev.type == "cuda" else "no"
+    else:
+        mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[cfg.dtype]
+    # Buffers (rotary tables) are constant: not broadcasting them keeps every forward free of collectives, so
+    # processes may run different numbers of no-grad forwards (evaluation) without deadlock.
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    return Accelerator(cpu=dev.type == "cpu", mixed_precision=mixed,
+                       gradient_accumulation_steps=gradient_accumulation_steps, kwargs_handlers=[ddp],
+                       log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.output_dir)

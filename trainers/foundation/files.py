@@ -128,3 +128,13 @@ def read_answer_rows(output_file: str | os.PathLike, content_key: str = "content
         else:
             return rows, True
     return rows, False
+
+
+def truncate_jsonl_after(path: Path, step: int) -> None:
+    """Keep only records with "step" <= step (a resumed run's log then reads like one uninterrupted run);
+    step < 0 empties the file."""
+    if not path.exists():
+        return
+    repair_jsonl_tail(path)
+    keep = [r for r in iter_jsonl(path, flag="metrics log", skip_bad_lines=True) if int(r.get("step", 0)) <= step]
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def clipped_surrogate(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
@@ -31,10 +30,3 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
     ret = returns.detach()
     v_clipped = old + torch.clamp(values - old, -clip_eps, clip_eps)
     return 0.5 * torch.maximum((values - ret) ** 2, (v_clipped - ret) ** 2).mean()
-
-
-def inbatch_rec_loss(h_users: torch.Tensor, h_items: torch.Tensor, labels: torch.Tensor,
-                     temperature: float) -> torch.Tensor:
-    """Cross-entropy of each user over the batch's items: softmax(<h_u, h_v> / tau), label = own target."""
-    logits = h_users.float() @ h_items.float().T / temperature
-    return F.cross_entropy(logits, labels)
