@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from trainers.foundation.config import add_model_loading_args
 from trainers.foundation.errors import UserInputError, die
 
 # Settings that change candidates or scores: a resumed run must match the existing file on all of them.
@@ -48,11 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train.py checkpoint dir or final/ dir, or 'last' (see --checkpoint_dir)")
     g.add_argument("--checkpoint_dir", default=None,
                    help="where --resume_from last looks for checkpoint-N (default: parent of --output_dir)")
-    g.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (several processes: one GPU each)")
-    g.add_argument("--dtype", default="auto", help="weights: auto (bf16 on GPU, fp32 on CPU)|bf16|fp16|fp32")
-    g.add_argument("--attn_implementation", default="auto", help="auto|flash_attention_2|sdpa|flex_attention|eager")
-    g.add_argument("--trust_remote_code", action="store_true",
-                   help="allow custom model/tokenizer code shipped with the checkpoint")
+    add_model_loading_args(g)
     g = p.add_argument_group("data")
     g.add_argument("--dataset_path", default="demo/data/Video_Games_5_2021-1-2023-12", help="preprocess.py output dir")
     g.add_argument("--dataset_type", default=None, help="movies|other: picks the prompt template "

@@ -28,6 +28,7 @@ import os
 import sys
 from pathlib import Path
 
+from trainers.foundation.config import add_model_loading_args
 from trainers.foundation.errors import UserInputError, die
 
 # Settings that change candidates or scores: a rerun on the same result JSON must match them.
@@ -45,11 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train_rrec.py output dir, our checkpoint, an upstream checkpoint or PEFT adapter dir")
     g.add_argument("--base_model_name_or_path", default=None,
                    help="base model of an adapter checkpoint (default: the one its adapter_config.json records)")
-    g.add_argument("--device", default="auto", help="auto|cpu|cuda[:i] (several processes: one GPU each)")
-    g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU)|bf16|fp16|fp32")
-    g.add_argument("--attn_implementation", default="auto", help="auto|flash_attention_2|sdpa|eager")
-    g.add_argument("--trust_remote_code", action="store_true",
-                   help="allow custom model/tokenizer code shipped with the checkpoint")
+    add_model_loading_args(g)
     g = p.add_argument_group("settings (default: the checkpoint's rrec_config.json, else upstream's)")
     g.add_argument("--model_type", default=None, help="qwen|gemma: end-of-turn stop token (else from config.json)")
     g.add_argument("--similarity_type", default=None, help="dot|cosine|L2 (upstream: dot)")

@@ -47,6 +47,7 @@ from trainers.foundation.distributed import (
     any_process,
     build_accelerator,
     gather_objects,
+    init_tracking,
     locked_run,
     shard,
 )
@@ -552,9 +553,7 @@ class GRecTrainer:
 
         c = self.cfg
         self.prepare_output_dir()
-        if c.report_to != "none":
-            self.acc.init_trackers("ourrec_rrec", config={k: v for k, v in c.to_dict().items()
-                                                          if isinstance(v, (int, float, str, bool))})
+        init_tracking(self.acc, "ourrec_rrec", c)
         t0, wall0 = time.time(), float(self.state.get("wall_time", 0.0))
         stopped_by, early, step, last = None, False, self.start_step, {}
         bar = tqdm(total=self.total_steps, initial=self.start_step, desc="RecPO", unit="step",

@@ -49,7 +49,14 @@ from trainers.foundation.checkpoints import (
     write_checkpoint,
 )
 from trainers.foundation.config import RunConfig, option, require
-from trainers.foundation.distributed import any_process, build_accelerator, gather_objects, locked_run, shard
+from trainers.foundation.distributed import (
+    any_process,
+    build_accelerator,
+    gather_objects,
+    init_tracking,
+    locked_run,
+    shard,
+)
 from trainers.foundation.errors import UserInputError
 from trainers.foundation.files import truncate_jsonl_after
 from trainers.foundation.seeding import derived_seed, numpy_rng
@@ -638,9 +645,7 @@ class PPOTrainer:
 
         c = self.cfg
         self.prepare_output_dir()
-        if c.report_to != "none":
-            self.acc.init_trackers("ourrec_ppo", config={k: v for k, v in c.to_dict().items()
-                                                           if isinstance(v, (int, float, str, bool))})
+        tracking = init_tracking(self.acc, "ourrec_ppo", c)
         t_start = time.time()
         wall_offset = float(self.state.get("wall_time", 0.0))
         last: dict[str, Any] = {}
@@ -665,7 +670,7 @@ class PPOTrainer:
                                     vloss=f"{rec['value_loss']:.3f}")
                     if c.print_every and step % c.print_every == 0:
                         self.print_examples(step, rec, rollout, bar.write)
-                if c.report_to != "none":
+                if tracking:
                     self.acc.log({k: v for k, v in rec.items() if k != "step"}, step=step)
                 last = rec
                 if any_process(self.acc, stop.requested):
@@ -697,7 +702,7 @@ class PPOTrainer:
                 plot_training(self.out / "metrics.jsonl", self.out / "training.png")
         if c.write_param_checksums:
             (self.out / f"param_checksum_rank{self.rank}.txt").write_text(param_checksum(self.judge) + "\n")
-        if c.report_to != "none":
+        if tracking:
             self.acc.end_training()
         self.acc.wait_for_everyone()
         return {"last": last, "final_validation": final_val, "max_steps": self.max_steps, "stopped_by": stopped_by}

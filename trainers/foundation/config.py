@@ -180,3 +180,12 @@ class RunConfig(TrainerConfig):
     def trajectory_settings(self) -> list[str]:
         """Every setting that changes what the run computes: a resume must match the checkpoint on them."""
         return [k for k in self.to_dict() if k not in self.OPERATIONAL]
+
+
+def add_model_loading_args(group, device_help: str = "auto|cpu|cuda|cuda:N (several processes: one GPU each)") -> None:
+    """The flags every evaluation script loads a model with (test.py, compare_model/rrec.py)."""
+    group.add_argument("--device", default="auto", help=device_help)
+    group.add_argument("--dtype", default="auto", help="weights: auto (bf16 on GPU, fp32 on CPU)|bf16|fp16|fp32")
+    group.add_argument("--attn_implementation", default="auto", help="auto|flash_attention_2|sdpa|flex_attention|eager")
+    group.add_argument("--trust_remote_code", action="store_true",
+                       help="allow custom model/tokenizer code shipped with the checkpoint")

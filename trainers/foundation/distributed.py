@@ -140,3 +140,13 @@ def build_accelerator(cfg, gradient_accumulation_steps: int = 1):
     return Accelerator(cpu=dev.type == "cpu", mixed_precision=mixed,
                        gradient_accumulation_steps=gradient_accumulation_steps, kwargs_handlers=[ddp],
                        log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.output_dir)
+
+
+def init_tracking(accelerator, project: str, cfg) -> bool:
+    """accelerate's experiment trackers (--report_to) with the run's scalar settings as their config; returns
+    whether tracking is on (then accelerator.log and accelerator.end_training apply)."""
+    if getattr(cfg, "report_to", "none") == "none":
+        return False
+    accelerator.init_trackers(project, config={k: v for k, v in cfg.to_dict().items()
+                                               if isinstance(v, (int, float, str, bool))})
+    return True
