@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch_size", type=int, default=8, help="users per scoring batch")
     g.add_argument("--scoring_chunk_size", "--micro_batch_size", dest="scoring_chunk_size", type=int, default=32,
                    help="prompts per forward pass in naive scoring (--micro_batch_size is the old name)")
+    g.add_argument("--gen_batch_size", type=int, default=256,
+                   help="(user, candidate) rows decoded together in reasoning generation with --scoring shared")
     g = p.add_argument_group("output")
     g.add_argument("--output_dir", default="outputs/test", help="results.json goes here")
     g.add_argument("--overwrite_output_dir", action="store_true", help="discard existing results instead of resuming")
@@ -97,7 +99,7 @@ def check_args(a: argparse.Namespace) -> None:
                           ("split", ("train", "valid", "test"))):
         if getattr(a, flag) not in allowed:
             raise UserInputError(f"--{flag} {getattr(a, flag)!r}: must be one of {'|'.join(allowed)}")
-    for flag in ("max_len_per_item", "user_window_size", "batch_size", "scoring_chunk_size"):
+    for flag in ("max_len_per_item", "user_window_size", "batch_size", "scoring_chunk_size", "gen_batch_size"):
         if getattr(a, flag) < 1:
             raise UserInputError(f"--{flag} {getattr(a, flag)}: must be >= 1")
     if a.K < 2:
@@ -268,7 +270,8 @@ def run(args: argparse.Namespace) -> dict | None:
                                            dtype=args.dtype, attn_implementation=args.attn_implementation,
                                            packed_mask=args.scoring == "shared",
                                            trust_remote_code=args.trust_remote_code,
-                                           scoring_chunk_size=args.scoring_chunk_size)
+                                           scoring_chunk_size=args.scoring_chunk_size,
+                                           generation_batch_rows=args.gen_batch_size)
         prompter = BinaryPrompter(judge.tokenizer, dataset.item_rows, dataset_type=args.dataset_type,
                                   max_len_per_item=args.max_len_per_item, user_window_size=args.user_window_size,
                                   template_file=args.prompt_template, reasoning=args.max_new_tokens > 0)

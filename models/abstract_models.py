@@ -10,6 +10,7 @@ for every forward of the run: rollout, update and the recompute of checkpointed 
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from dataclasses import dataclass, field
@@ -23,8 +24,10 @@ from paths import (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, HEADS_FILE, TOKENI
 from trainers.foundation.distributed import resolve_device  # noqa: F401 (re-exported: models load on it)
 from trainers.foundation.errors import UserInputError
 
-ATTN_IMPLEMENTATIONS = ("auto", "flash_attention_2", "sdpa", "flex_attention", "eager")
-MASK_CAPABLE_ATTN = ("sdpa", "flex_attention", "eager")  # accept the packed 4D block mask
+ATTN_IMPLEMENTATIONS = ("auto", "prefix_split", "flash_attention_2", "sdpa", "flex_attention", "eager")
+# Can run the packed shared-prefix layout (models/packed_attention.py): prefix_split and flex_attention with linear
+# memory in K, sdpa and eager through the dense block mask (the reference).
+MASK_CAPABLE_ATTN = ("prefix_split", "sdpa", "flex_attention", "eager")
 
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
@@ -48,25 +51,47 @@ def flash_attn_usable(device: torch.device, dtype: torch.dtype) -> bool:
 
 def resolve_attn_implementation(requested: str | None, device: torch.device, dtype: torch.dtype,
                                 packed_mask: bool = False) -> str:
-    """The run's one attention implementation.
+    """The run's one attention implementation (printed once per process when auto chose it).
 
-    auto: sdpa when the run packs candidates with a 4D block mask (packed_mask, i.e. --scoring shared), else
-    flash_attention_2 when usable, else sdpa. An explicit flash_attention_2 with packed_mask is refused: FA2 would
-    silently drop (or crash on) the block mask."""
+    auto: prefix_split when the run packs each user's candidates (packed_mask, i.e. --scoring shared): linear
+    memory in K and SDPA's fused kernels inside (tools/benchmark.py compares it with flex_attention and the dense
+    mask); otherwise flash_attention_2 when usable, else sdpa. An explicit flash_attention_2 with packed_mask is
+    refused: FA2 takes no block mask."""
     if requested in (None, "", "auto"):
         if packed_mask:
-            return "sdpa"
-        return "flash_attention_2" if flash_attn_usable(device, dtype) else "sdpa"
+            impl, why = "prefix_split", "shared-prefix packing, linear memory in K"
+        elif flash_attn_usable(device, dtype):
+            impl, why = "flash_attention_2", "flash-attn installed, CUDA, 16-bit compute"
+        else:
+            impl, why = "sdpa", "flash-attn not usable here"
+        _announce(impl, why)
+        requested = impl
     if requested not in ATTN_IMPLEMENTATIONS:
         raise UserInputError(f"--attn_implementation {requested!r}: must be {'|'.join(ATTN_IMPLEMENTATIONS)}")
     if requested == "flash_attention_2":
         if packed_mask:
             raise UserInputError("--attn_implementation flash_attention_2 cannot run --scoring shared (FA2 takes no "
-                                 "4D block mask); use sdpa or flex_attention, or --scoring naive")
+                                 "4D block mask); use prefix_split, flex_attention or sdpa, or --scoring naive")
         if not flash_attn_usable(device, dtype):
             raise UserInputError("--attn_implementation flash_attention_2 needs CUDA, bf16/fp16 and the flash-attn "
                                  "package (pip install -r requirements-gpu.txt); use sdpa")
+    if requested == "flex_attention" and packed_mask and device.type != "cuda":
+        raise UserInputError("--attn_implementation flex_attention with --scoring shared needs CUDA (inductor's CPU "
+                             "flex kernel does not compile the packed block mask); use prefix_split")
+    if requested == "prefix_split":
+        from models.packed_attention import register_prefix_split
+
+        register_prefix_split()
     return requested
+
+
+@functools.lru_cache(maxsize=None)
+def _announce(impl: str, why: str) -> None:
+    import os
+    import sys
+
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"attention: {impl} (auto: {why})", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------- directories

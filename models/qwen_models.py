@@ -102,7 +102,7 @@ class BinaryJudge(AbstractRecModel):
     """Causal LM + value head. Build with `BinaryJudge.load(...)` (from a directory) or `from_model(...)`."""
 
     def __init__(self, lm, tokenizer, scoring_chunk_size: int = 32, yes_id: int | None = None,
-                 no_id: int | None = None) -> None:
+                 no_id: int | None = None, generation_batch_rows: int = 256) -> None:
         super().__init__()
         self.lm = lm
         self.tokenizer = tokenizer
@@ -112,13 +112,15 @@ class BinaryJudge(AbstractRecModel):
         hidden = self.base_lm().config.hidden_size
         self.value_head = ValueHead(hidden).to(device=next(lm.parameters()).device)
         self.scoring_chunk_size = max(1, int(scoring_chunk_size))
+        # (user, candidate) rows decoded together in reasoning generation (shared path), independent of scoring
+        self.generation_batch_rows = max(1, int(generation_batch_rows))
 
     @classmethod
     def load(cls, model_name_or_path: str, device: str | None = "auto", dtype: str | torch.dtype | None = "auto",
              attn_implementation: str | None = "auto", packed_mask: bool = False, trust_remote_code: bool = False,
              base_model: str | None = None, lora: LoraSettings | None = None, trainable: bool = False,
              gradient_checkpointing: bool = False, scoring_chunk_size: int = 32, load_heads: bool = True,
-             flag: str = "--model_name_or_path") -> "BinaryJudge":
+             flag: str = "--model_name_or_path", generation_batch_rows: int = 256) -> "BinaryJudge":
         """A judge from a full-model or adapter directory (+ its heads.safetensors when present).
 
         dtype: a torch dtype or auto|bf16|fp16|fp32 (trainers pass torch.float32: fp32 master weights).
@@ -138,7 +140,7 @@ class BinaryJudge(AbstractRecModel):
                 raise UserInputError(f"{flag} {model_name_or_path}: already a LoRA adapter; train it further without "
                                      "--use_lora, or start from its base model")
             lm = apply_lora(lm, lora)
-        judge = cls(lm, tok, scoring_chunk_size=scoring_chunk_size)
+        judge = cls(lm, tok, scoring_chunk_size=scoring_chunk_size, generation_batch_rows=generation_batch_rows)
         judge.path = str(path)
         judge.attn_implementation = attn
         judge.value_head.to(dtype=weights if weights != torch.float16 else torch.float32)
@@ -150,11 +152,13 @@ class BinaryJudge(AbstractRecModel):
 
     @classmethod
     def from_model(cls, lm, tokenizer, device: str | torch.device | None = None, scoring_chunk_size: int = 32,
-                   yes_id: int | None = None, no_id: int | None = None) -> "BinaryJudge":
+                   yes_id: int | None = None, no_id: int | None = None,
+                   generation_batch_rows: int = 256) -> "BinaryJudge":
         """A judge around a causal LM already in memory (benchmarks, tests)."""
         if device is not None:
             lm = lm.to(device)
-        judge = cls(lm, tokenizer, scoring_chunk_size=scoring_chunk_size, yes_id=yes_id, no_id=no_id)
+        judge = cls(lm, tokenizer, scoring_chunk_size=scoring_chunk_size, yes_id=yes_id, no_id=no_id,
+                    generation_batch_rows=generation_batch_rows)
         judge.attn_implementation = getattr(lm.config, "_attn_implementation", None) or "sdpa"
         return judge
 

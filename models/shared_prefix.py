@@ -59,6 +59,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from models.packed_attention import (LAYOUT_KWARG, PREFIX_SPLIT, build_layout, flex_block_mask, flex_bucket,
+                                     no_mask_mapping)
 from prompters import prompts
 from prompters.binary_prompter import UserPrompt
 
@@ -127,17 +129,31 @@ def packed_length(p: UserPrompt) -> int:
     return len(p.prefix_ids) + sum(len(s) for s in p.suffix_ids)
 
 
+def flat_layout(judge) -> bool:
+    """Whether the run's attention lays users end to end in one row (prefix_split, flex) instead of one padded row
+    per user (the dense-mask reference)."""
+    return _attn_impl(judge) in (PREFIX_SPLIT, "flex_attention")
+
+
 def user_chunks(judge, batch: Sequence[UserPrompt], method: str) -> list[list[int]]:
-    """Consecutive groups of user indices whose padded forward fits the token budget."""
+    """Consecutive groups of user indices whose forward fits the token budget (counting padding where there is)."""
     budget = token_budget(judge, batch)
+    flat = method == "packed" and flat_layout(judge)
     chunks: list[list[int]] = []
     cur: list[int] = []
-    cur_len = 0  # padded length per row (packed: per user; cache: per candidate row)
+    cur_len = 0  # padded length per row (packed: per user; cache: per candidate row); flat: the row's length
     for i, p in enumerate(batch):
         if method == "packed":
             L, rows = packed_length(p), 1
         else:
             L, rows = len(p.prefix_ids) + max(len(s) for s in p.suffix_ids), p.K
+        if flat:
+            if cur and cur_len + L > budget:
+                chunks.append(cur)
+                cur, cur_len = [], 0
+            cur.append(i)
+            cur_len += L
+            continue
         new_len = max(cur_len, L)
         if cur and new_len * rows * (len(cur) + 1) > budget:
             chunks.append(cur)
@@ -215,16 +231,7 @@ def packed_allowed(seg: torch.Tensor) -> torch.Tensor:
 
 
 def packed_mask(seg: torch.Tensor, attn_impl: str, dtype: torch.dtype):
-    """The prepared 4D mask in the form the attention implementation expects."""
-    if attn_impl == "flex_attention":
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def mask_mod(b, h, q, kv):
-            sq, sk = seg[b, q], seg[b, kv]
-            return (kv <= q) & (((sk == 0) & (sq >= 0)) | (sq == sk))
-
-        U, T = seg.shape
-        return create_block_mask(mask_mod, U, None, T, T, device=seg.device)
+    """The dense 4D mask of the one-row-per-user layout in the form the attention implementation expects."""
     allowed = packed_allowed(seg)
     if attn_impl == "sdpa":
         return allowed
@@ -233,11 +240,67 @@ def packed_mask(seg: torch.Tensor, attn_impl: str, dtype: torch.dtype):
     return m.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
+def build_flat(users: Sequence[UserPrompt], pad_id: int, device: torch.device, with_token_logprobs: bool,
+               pad_to: int | None = None):
+    """Users laid end to end in one row [1, N] (N padded to pad_to): ids, position ids, user and segment of every
+    token (-1 = padding) and the gather indices into h.view(N, H)."""
+    N = sum(packed_length(p) for p in users)
+    T = max(N, pad_to or N)
+    ids = torch.full((T,), pad_id, dtype=torch.long)
+    pos = torch.arange(T, dtype=torch.long) - N  # padding: distinct positions keep RoPE finite
+    user_of = torch.full((T,), -1, dtype=torch.long)
+    seg = torch.full((T,), -1, dtype=torch.long)
+    K = users[0].K
+    prefix_last, cand_last, lp_pos, lp_tgt, lp_row = [], [], [], [], []
+    start = 0
+    for u, p in enumerate(users):
+        P = len(p.prefix_ids)
+        ids[start:start + P] = torch.tensor(p.prefix_ids, dtype=torch.long)
+        pos[start:start + P] = torch.arange(P)
+        user_of[start:start + P] = u
+        seg[start:start + P] = 0
+        prefix_last.append(start + P - 1)
+        pre_end = start + P - 1
+        start += P
+        for k, s in enumerate(p.suffix_ids):
+            n = len(s)
+            ids[start:start + n] = torch.tensor(s, dtype=torch.long)
+            pos[start:start + n] = torch.arange(P, P + n)
+            user_of[start:start + n] = u
+            seg[start:start + n] = k + 1
+            cand_last.append(start + n - 1)
+            if with_token_logprobs:
+                for t, tok in _reasoning_items(p, k):
+                    lp_pos.append(start + t - 1 if t > 0 else pre_end)
+                    lp_tgt.append(tok)
+                    lp_row.append(u * K + k)
+            start += n
+    if T > N:
+        pos[N:] = torch.arange(T - N)
+    as_t = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
+    g = _Gather(as_t(prefix_last), as_t(cand_last), as_t(lp_pos), as_t(lp_tgt), as_t(lp_row))
+    return (ids.to(device)[None], pos.to(device)[None], user_of.to(device), seg.to(device), g)
+
+
 def _packed_forward(judge, users: Sequence[UserPrompt], with_token_logprobs: bool):
-    ids, pos, seg, g = build_packed(users, _pad_id(judge), judge.device, with_token_logprobs)
     impl = _mask_attention(judge)
-    mask = packed_mask(seg, impl, _compute_dtype(judge))
-    h = judge.backbone()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+    body = judge.backbone()
+    if impl == PREFIX_SPLIT:
+        ids, pos, _, _, g = build_flat(users, _pad_id(judge), judge.device, with_token_logprobs)
+        layout = build_layout([len(p.prefix_ids) for p in users], [[len(s) for s in p.suffix_ids] for p in users],
+                              judge.device)
+        h = body(input_ids=ids, attention_mask=no_mask_mapping(body.config), position_ids=pos, use_cache=False,
+                 **{LAYOUT_KWARG: layout}).last_hidden_state
+    elif impl == "flex_attention":
+        N = sum(packed_length(p) for p in users)
+        ids, pos, user_of, seg, g = build_flat(users, _pad_id(judge), judge.device, with_token_logprobs,
+                                               pad_to=flex_bucket(N))
+        h = body(input_ids=ids, attention_mask=flex_block_mask(user_of, seg), position_ids=pos,
+                 use_cache=False).last_hidden_state
+    else:  # dense block mask, one row per user (sdpa / eager): the reference path
+        ids, pos, seg, g = build_packed(users, _pad_id(judge), judge.device, with_token_logprobs)
+        mask = packed_mask(seg, impl, _compute_dtype(judge))
+        h = body(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
     return h.reshape(-1, h.shape[-1]), g
 
 
@@ -378,10 +441,15 @@ class _StopString:
             self._piece[t] = self.last_char in self.tok.decode([t])
         return self._piece[t]
 
-    def hit(self, generated: list[int]) -> bool:
-        if self.tok is None or not generated or not self.may_end(generated[-1]):
+    def hit(self, generated: list[int], end: int | None = None) -> bool:
+        """Whether generated[:end] ends with a token that completes the stop string."""
+        end = len(generated) if end is None else end
+        if self.tok is None or end <= 0 or not self.may_end(generated[end - 1]):
             return False
-        return self.stop in self.tok.decode(generated[-self.window:])
+        return self.stop in self.tok.decode(generated[max(0, end - self.window):end])
+
+
+GEN_CHECK_EVERY = 8  # decode steps between host-side stop checks (sampled tokens are identical either way)
 
 
 @torch.no_grad()
@@ -390,7 +458,7 @@ def generate_shared_prefix(judge: "BinaryJudge", batch: Sequence[UserPrompt], ma
     """Per user, per candidate: the generated token ids (up to and including the stop token).
 
     The prefix KV cache of a user is computed once and shared by its K rows; users are batched so that a decode
-    step holds at most max(K, judge.scoring_chunk_size) rows (the naive path's sequences per generate call).
+    step holds at most max(K, judge.generation_batch_rows) rows, independent of the scoring chunk size.
     Sampling follows `sampling` exactly (temperature, top-k, top-p; no other logits processor), greedy otherwise.
     """
     from models.qwen_models import SamplingSettings
@@ -402,7 +470,8 @@ def generate_shared_prefix(judge: "BinaryJudge", batch: Sequence[UserPrompt], ma
     pad = _pad_id(judge)
     eos = _eos_ids(judge)
     stopper = _StopString(getattr(judge, "tokenizer", None))
-    users_per_chunk = max(1, int(judge.scoring_chunk_size) // max(K, 1))
+    rows = int(getattr(judge, "generation_batch_rows", 256))
+    users_per_chunk = max(1, rows // max(K, 1))
     results: list[list[list[int]]] = []
     for c0 in range(0, len(batch), users_per_chunk):
         users = list(batch[c0:c0 + users_per_chunk])
@@ -410,35 +479,62 @@ def generate_shared_prefix(judge: "BinaryJudge", batch: Sequence[UserPrompt], ma
     return results
 
 
+def _first_stop(tokens: list[int], start: int, eos: set[int], stopper: _StopString) -> int | None:
+    """Index just past the first end token or completed stop string at or after `start`, else None."""
+    for i in range(start, len(tokens)):
+        if tokens[i] in eos or stopper.hit(tokens, i + 1):
+            return i + 1
+    return None
+
+
 def _generate_chunk(judge, users, max_new_tokens, do_sample, sampling, pad, eos, stopper):
     K, dev = users[0].K, judge.device
     R = len(users) * K
-    gens: list[list[int]] = [[] for _ in range(R)]
     if max_new_tokens <= 0:
-        return [gens[u * K:(u + 1) * K] for u in range(len(users))]
+        return [[[] for _ in range(K)] for _ in users]
     cache, mask, rows_plen, slens, _, hs = _run_suffixes(judge, users)
-    rows = torch.arange(R, device=dev)
-    h_last = hs[rows, slens - 1]
+    ar = torch.arange(R, device=dev)
+    h_last = hs[ar, slens - 1]
     head = judge.output_head()
+    # The mask grows into a preallocated buffer (no concatenation per step).
+    width = mask.shape[1]
+    full_mask = torch.zeros((R, width + max_new_tokens), dtype=mask.dtype, device=dev)
+    full_mask[:, :width] = mask
+    gen = torch.full((R, max_new_tokens), pad, dtype=torch.long, device=dev)
     done = torch.zeros(R, dtype=torch.bool, device=dev)
+    eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=dev) if eos else None
+    ends: list[int | None] = [None] * R  # generated length of each row once it has stopped
+    scanned = [0] * R
     next_pos = rows_plen + slens
+    n = 0
     for step in range(max_new_tokens):
         logits = head(h_last)
         tok = sampling.sample(logits) if do_sample else logits.float().argmax(-1)
         tok = torch.where(done, torch.full_like(tok, pad), tok)
-        tl = tok.tolist()
-        for r in range(R):
-            if done[r]:
-                continue
-            gens[r].append(tl[r])
-            if tl[r] in eos or stopper.hit(gens[r]):
-                done[r] = True
-        if bool(done.all()) or step == max_new_tokens - 1:
+        gen[:, step] = tok
+        n = step + 1
+        if eos_t is not None:
+            done |= torch.isin(tok, eos_t)
+        # Stop strings need the text: check on the host every few steps only (one sync), then cut exactly.
+        if n % GEN_CHECK_EVERY == 0 or n == max_new_tokens:
+            host = gen[:, :n].tolist()
+            for r in range(R):
+                if ends[r] is None:
+                    e = _first_stop(host[r], scanned[r], eos, stopper)
+                    scanned[r] = n
+                    if e is not None:
+                        ends[r] = e
+            done = torch.tensor([e is not None for e in ends], device=dev)
+            if all(e is not None for e in ends):
+                break
+        if n == max_new_tokens:
             break
-        mask = torch.cat([mask, torch.ones((R, 1), dtype=mask.dtype, device=dev)], dim=1)
-        out = judge.backbone()(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                               cache=cache, use_cache=True)
+        full_mask[:, width + step] = 1
+        out = judge.backbone()(input_ids=tok[:, None], attention_mask=full_mask[:, :width + step + 1],
+                               position_ids=next_pos[:, None], cache=cache, use_cache=True)
         cache = out.cache if getattr(out, "cache", None) is not None else cache
         h_last = out.last_hidden_state[:, -1]
         next_pos = next_pos + 1
+    host = gen[:, :n].tolist()
+    gens = [host[r][:ends[r] if ends[r] is not None else n] for r in range(R)]
     return [gens[u * K:(u + 1) * K] for u in range(len(users))]

@@ -102,6 +102,9 @@ class PPOConfig(RunConfig):
                                     group="ranking and reward")
     gen_top_k: int = option(50, "top-k of reasoning sampling (0 = off)", group="ranking and reward")
     gen_top_p: float = option(1.0, "top-p of reasoning sampling (1 = off)", group="ranking and reward")
+    gen_batch_size: int = option(256, "(user, candidate) rows decoded together in reasoning generation with "
+                                      "--scoring shared (memory: rows x prompt length of KV cache)",
+                                 group="ranking and reward")
     # optimisation
     batch_size: int = option(4, "users per process per micro-batch (one forward/backward)", group="optimisation")
     gradient_accumulation_steps: int = option(1, "micro-batches per optimiser step (HF's meaning: a step sees "
@@ -161,7 +164,7 @@ class PPOConfig(RunConfig):
         require(self.K >= 2, f"--K {self.K}: must be >= 2 (the target plus at least one negative)")
         require(1 <= self.K_eval <= self.K, f"--K_eval {self.K_eval}: must be in 1..--K ({self.K})")
         for flag in ("max_len_per_item", "user_window_size", "batch_size", "ppo_epochs", "save_every",
-                     "rankings_per_user", "gradient_accumulation_steps", "scoring_chunk_size"):
+                     "rankings_per_user", "gradient_accumulation_steps", "scoring_chunk_size", "gen_batch_size"):
             require(getattr(self, flag) >= 1, f"--{flag} {getattr(self, flag)}: must be >= 1")
         for flag in ("temperature", "clip_eps", "gen_temperature"):
             v = getattr(self, flag)
@@ -307,9 +310,8 @@ class PPOTrainer:
             base_model=str(base) if self.resume_ckpt is not None else None,
             lora=lora if self.resume_ckpt is None else None, trainable=True,
             gradient_checkpointing=cfg.gradient_checkpointing, scoring_chunk_size=cfg.scoring_chunk_size,
-            load_heads=False, flag="--resume_from" if self.resume_ckpt else "--model_name_or_path")
-        if self.judge.attn_implementation not in ("sdpa", "eager", "flex_attention", "flash_attention_2"):
-            raise UserInputError(f"--attn_implementation {self.judge.attn_implementation}: unsupported")
+            generation_batch_rows=cfg.gen_batch_size, load_heads=False,
+            flag="--resume_from" if self.resume_ckpt else "--model_name_or_path")
         if self.resume_ckpt is not None:
             self.judge.load_heads(self.resume_ckpt)
         disable_dropout(self.judge)

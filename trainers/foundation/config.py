@@ -133,9 +133,10 @@ class RunConfig(TrainerConfig):
     pure_bf16: bool = option(False, "store the weights and AdamW state in bf16 (half the memory). Costs accuracy: "
                                     "updates below bf16's resolution (~0.4%% of a weight) are lost, so at small "
                                     "learning rates most weights never change", group=G_PRECISION)
-    attn_implementation: str = option("auto", "auto|flash_attention_2|sdpa|flex_attention|eager, chosen once per "
-                                              "run (auto: a packing-capable kernel when candidates are packed, "
-                                              "else FlashAttention-2 when installed, else sdpa)", group=G_PRECISION)
+    attn_implementation: str = option("auto", "auto|prefix_split|flex_attention|sdpa|eager|flash_attention_2, "
+                                              "chosen once per run (auto: prefix_split when candidates are packed "
+                                              "(--scoring shared), else FlashAttention-2 when installed, else sdpa)",
+                                      group=G_PRECISION)
     trust_remote_code: bool = option(False, "allow custom model/tokenizer code shipped with the checkpoint",
                                      group=G_PRECISION)
     gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, more compute",
@@ -186,6 +187,8 @@ def add_model_loading_args(group, device_help: str = "auto|cpu|cuda|cuda:N (seve
     """The flags every evaluation script loads a model with (test.py, compare_model/rrec.py)."""
     group.add_argument("--device", default="auto", help=device_help)
     group.add_argument("--dtype", default="auto", help="weights: auto (bf16 on GPU, fp32 on CPU)|bf16|fp16|fp32")
-    group.add_argument("--attn_implementation", default="auto", help="auto|flash_attention_2|sdpa|flex_attention|eager")
+    group.add_argument("--attn_implementation", default="auto",
+                       help="auto|prefix_split|flex_attention|sdpa|eager|flash_attention_2 (auto: prefix_split with "
+                            "--scoring shared, else FlashAttention-2 when installed, else sdpa)")
     group.add_argument("--trust_remote_code", action="store_true",
                        help="allow custom model/tokenizer code shipped with the checkpoint")
