@@ -305,6 +305,18 @@ def _packed_forward(judge, users: Sequence[UserPrompt], with_token_logprobs: boo
 
 
 # ---- cache method -----------------------------------------------------------------------------
+def _cache_kwarg(body) -> str:
+    """The KV-cache argument of the backbone's forward: `cache` (transformers >= 5.2x) or `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+
+
+def _run_with_cache(body, cache, **inputs):
+    """A forward that appends to `cache` in place (DynamicCache), whichever name this transformers gives it."""
+    return body(**inputs, use_cache=True, **{_cache_kwarg(body): cache})
+
+
 def _prefix_cache(judge, users: Sequence[UserPrompt]):
     """Left-padded prefix forward with a DynamicCache: (cache, prefix mask [U, P], prefix lens [U], h_last [U, H])."""
     from transformers import DynamicCache
@@ -321,9 +333,9 @@ def _prefix_cache(judge, users: Sequence[UserPrompt]):
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
     cache = DynamicCache(config=judge.base_lm().config)
-    out = judge.backbone()(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+    out = _run_with_cache(judge.backbone(), cache, input_ids=ids, attention_mask=mask, position_ids=pos)
     lens = torch.tensor([len(p.prefix_ids) for p in users], dtype=torch.long, device=dev)
-    return out.cache if getattr(out, "cache", None) is not None else cache, mask, lens, out.last_hidden_state[:, -1]
+    return cache, mask, lens, out.last_hidden_state[:, -1]
 
 
 def _suffix_batch(users: Sequence[UserPrompt], pad_id: int):
@@ -351,8 +363,7 @@ def _run_suffixes(judge, users: Sequence[UserPrompt]):
     S = sids.shape[1]
     pos = rows_plen[:, None] + torch.arange(S, device=dev)[None, :]
     mask = torch.cat([pmask.repeat_interleave(K, 0), smask], dim=1)  # hole between prefix and suffix padding
-    out = judge.backbone()(input_ids=sids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-    cache = out.cache if getattr(out, "cache", None) is not None else cache
+    out = _run_with_cache(judge.backbone(), cache, input_ids=sids, attention_mask=mask, position_ids=pos)
     return cache, mask, rows_plen, slens, h_prefix, out.last_hidden_state
 
 
@@ -530,9 +541,8 @@ def _generate_chunk(judge, users, max_new_tokens, do_sample, sampling, pad, eos,
         if n == max_new_tokens:
             break
         full_mask[:, width + step] = 1
-        out = judge.backbone()(input_ids=tok[:, None], attention_mask=full_mask[:, :width + step + 1],
-                               position_ids=next_pos[:, None], cache=cache, use_cache=True)
-        cache = out.cache if getattr(out, "cache", None) is not None else cache
+        out = _run_with_cache(judge.backbone(), cache, input_ids=tok[:, None],
+                              attention_mask=full_mask[:, :width + step + 1], position_ids=next_pos[:, None])
         h_last = out.last_hidden_state[:, -1]
         next_pos = next_pos + 1
     host = gen[:, :n].tolist()

@@ -36,6 +36,11 @@ class UserPrompt:
     def full_ids(self, k: int) -> list[int]:
         return self.prefix_ids + self.suffix_ids[k]
 
+    def n_tokens(self, shared: bool) -> int:
+        """Tokens one scoring pass runs through the model: the prefix once (shared) or once per candidate."""
+        suffix = sum(len(s) for s in self.suffix_ids)
+        return len(self.prefix_ids) * (1 if shared else self.K) + suffix
+
 
 def read_template(dataset_type: str, template_file: str | None, movies_tmpl: str,
                   other_tmpl: str) -> tuple[str, str, set[str]]:

@@ -1,37 +1,88 @@
-"""GPU-only checks (skipped without CUDA): bf16 scoring, SDPA / FlashAttention-2 shared-prefix paths."""
+"""GPU-only checks (skipped without CUDA): every packing backend equals the naive path on CUDA (fp32: scores,
+values, reasoning log-probs and gradients to 1e-4, with and without gradient checkpointing), bf16 inference, and
+FlashAttention-2 for naive scoring when installed."""
 import importlib.util
 
 import pytest
 import torch
 
+from tests.test_shared_prefix import _ppo_grads, make_batch
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-
-def _batch(judge, n_users=3, K=5, seed=0):
-    from prompters.binary_prompter import UserPrompt
-
-    g = torch.Generator().manual_seed(seed)
-    V = judge.lm.config.vocab_size
-    out = []
-    for u in range(n_users):
-        prefix = torch.randint(5, V, (40 + 7 * u,), generator=g).tolist()
-        suffixes = [torch.randint(5, V, (6 + k,), generator=g).tolist() for k in range(K)]
-        out.append(UserPrompt(prefix_ids=prefix, suffix_ids=suffixes, candidates=list(range(1, K + 1))))
-    return out
+TOL = 1e-4
+BACKENDS = ["prefix_split", "flex_attention", "sdpa", "eager"]
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "flash_attention_2"])
-def test_bf16_shared_matches_naive(tmp_path, attn):
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from tests.fixtures.assets import build_tiny_qwen
+
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny_gpu"))
+
+
+def _judge(tiny_dir, attn, dtype="fp32"):
+    from models.qwen_models import BinaryJudge
+
+    torch.manual_seed(0)
+    j = BinaryJudge.load(str(tiny_dir), device="cuda", dtype=dtype, attn_implementation=attn, packed_mask=True,
+                         scoring_chunk_size=5)
+    return j.eval()
+
+
+@pytest.mark.parametrize("attn", BACKENDS)
+def test_packed_backends_match_naive_fp32(tiny_dir, attn):
+    judge = _judge(tiny_dir, attn)
+    assert judge.lm.config._attn_implementation == attn
+    batch = make_batch(5, judge.lm.config.vocab_size, B=4, K=6, reasoning=True)
+    with torch.no_grad():
+        ref = judge.score_candidates(batch, scoring="naive", with_values=True, with_token_logprobs=True)
+        out = judge.score_candidates(batch, scoring="shared", with_values=True, with_token_logprobs=True)
+    torch.testing.assert_close(out.scores, ref.scores, atol=TOL, rtol=0)
+    torch.testing.assert_close(out.values, ref.values, atol=TOL, rtol=0)
+    torch.testing.assert_close(out.token_logprobs, ref.token_logprobs, atol=TOL, rtol=0)
+    assert ref.scores.std() > 1e-3
+
+
+@pytest.mark.parametrize("attn", ["prefix_split", "flex_attention"])
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_packed_gradients_match_naive_fp32(tiny_dir, attn, ckpt):
+    judge = _judge(tiny_dir, attn)
+    batch = make_batch(7, judge.lm.config.vocab_size, B=3, K=4, reasoning=True)
+    ref = _ppo_grads(judge, batch, "naive")
+    if ckpt:
+        judge.enable_gradient_checkpointing()
+        judge.lm.train()
+    got = _ppo_grads(judge, batch, "shared")
+    assert set(got) == set(ref)
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], atol=TOL, rtol=1e-3, msg=lambda m: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("attn", ["prefix_split", "sdpa", "flash_attention_2"])
+def test_bf16_inference_close_to_naive(tiny_dir, attn):
     if attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         pytest.skip("flash-attn not installed (pip install -r requirements-gpu.txt)")
     from models.qwen_models import BinaryJudge
-    from tests.fixtures.assets import build_tiny_qwen
 
-    judge = BinaryJudge.load(str(build_tiny_qwen(tmp_path / "m")), device="cuda", attn_implementation=attn)
-    assert judge.dtype_ == torch.bfloat16 and judge.attn_implementation == attn
-    batch = _batch(judge)
+    packed = attn != "flash_attention_2"  # FA2 serves naive scoring only
+    judge = BinaryJudge.load(str(tiny_dir), device="cuda", attn_implementation=attn, packed_mask=packed)
+    assert judge.lm.dtype == torch.bfloat16 and judge.attn_implementation == attn
+    batch = make_batch(3, judge.lm.config.vocab_size, B=3, K=5)
     with torch.no_grad():
         naive = judge.score_candidates(batch, scoring="naive", with_values=True)
-        shared = judge.score_candidates(batch, scoring="shared", with_values=True)
-    assert torch.allclose(naive.scores, shared.scores, atol=5e-2, rtol=5e-2)
-    assert torch.allclose(naive.values, shared.values, atol=5e-2, rtol=5e-2)
+        other = judge.score_candidates(batch, scoring="shared" if packed else "naive", with_values=True)
+    torch.testing.assert_close(naive.scores, other.scores, atol=5e-2, rtol=5e-2)
+
+
+def test_generation_greedy_shared_equals_hf_generate_on_cuda(tiny_dir):
+    from models.qwen_models import SamplingSettings
+    from models.shared_prefix import generate_shared_prefix
+
+    judge = _judge(tiny_dir, "prefix_split")
+    batch = make_batch(13, judge.lm.config.vocab_size, B=3, K=4)
+    pad = judge.tokenizer.pad_token_id
+    ref = judge._generate_naive(batch, 12, False, SamplingSettings())
+    got = generate_shared_prefix(judge, batch, max_new_tokens=12, do_sample=False)
+    strip = lambda s: [t for t in s if t != pad]  # noqa: E731
+    assert [[strip(g) for g in u] for u in got] == [[strip(g) for g in u] for u in ref]

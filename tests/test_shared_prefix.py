@@ -122,8 +122,9 @@ def _ppo_grads(judge, batch, scoring, method="auto"):
     else:
         out = score_shared_prefix(judge, batch, with_values=True, with_token_logprobs=True, method=method)
     g = torch.Generator().manual_seed(3)
-    ranking = gumbel_topk_sample(out.scores.detach(), generator=g)
-    adv = torch.linspace(-1.0, 1.0, len(batch))
+    dev = out.scores.device
+    ranking = gumbel_topk_sample(out.scores.detach().cpu(), generator=g).to(dev)
+    adv = torch.linspace(-1.0, 1.0, len(batch), device=dev)
     logp = pl_log_prob(out.scores, ranking, temperature=0.7) + out.token_logprobs.sum(-1)
     loss = -(logp * adv).mean() + ((out.values - adv) ** 2).mean()
     loss.backward()

@@ -29,7 +29,7 @@ FAST = ["--K", "4", "--K_eval", "3", "--batch_size", "2", "--max_len_per_item", 
         "--eval_every", "3", "--save_every", "2", "--save_total_limit", "2", "--print_every", "0",
         "--gradient_accumulation_steps", "2", "--lr_scheduler", "cosine", "--warmup_steps", "2", "--seed", "5",
         "--max_steps", str(N_STEPS)]
-VOLATILE = {"wall_time", "samples_per_s"}
+VOLATILE = {"wall_time", "samples_per_s", "step_seconds", "tokens_per_s"}
 
 
 @pytest.fixture(scope="module")

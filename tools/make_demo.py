@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from models.tiny import build_tiny_qwen
+from models.tiny import build_random_qwen, build_tiny_qwen
 from trainers.data.synthetic import synthetic_corpus, write_amazon_raw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the data and the random model weights (default: 0)")
     ap.add_argument("--hidden_size", type=int, default=64, help="hidden size of the tiny Qwen2 (default: 64)")
     ap.add_argument("--num_hidden_layers", type=int, default=2, help="layers of the tiny Qwen2 (default: 2)")
+    ap.add_argument("--model_shape", default=None, choices=["qwen2.5-0.5b", "qwen2.5-3b", "qwen2.5-7b"],
+                    help="also write OUT_DIR/<shape>-random: a random-weight model of that published shape with the "
+                         "demo tokenizer (GPU timing runs of train.py / train_rrec.py; built on the GPU if present)")
     ap.add_argument("--skip_existing", action="store_true",
                     help="keep raw files, model and dataset that already exist (build only what is missing)")
     ap.add_argument("--preprocess", action="store_true",
@@ -53,6 +56,11 @@ def main(argv: list[str] | None = None) -> None:
         build_tiny_qwen(model, corpus=synthetic_corpus(), hidden_size=args.hidden_size,
                         num_hidden_layers=args.num_hidden_layers, seed=args.seed)
         print(f"tiny model: {model}")
+    if args.model_shape:
+        big = out / f"{args.model_shape}-random"
+        if not (args.skip_existing and (big / "config.json").is_file()):
+            build_random_qwen(big, args.model_shape, corpus=synthetic_corpus(), seed=args.seed)
+            print(f"random {args.model_shape} model: {big}")
     if args.preprocess:
         data = demo_dataset_dir(out, args.category)
         if args.skip_existing and (data / "dataset_dict.json").is_file():

@@ -574,6 +574,9 @@ class GRecTrainer:
                 stats = self._mean_over_processes(stats)
                 last = {"step": step, **stats, "lr": lr, "step_time_s": time.time() - t,
                         "wall_time_s": wall0 + time.time() - t0}
+                if self.acc.device.type == "cuda":  # this process's peak since the previous step
+                    last["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.acc.device) / 2**30
+                    torch.cuda.reset_peak_memory_stats(self.acc.device)
                 if step % c.logging_steps == 0 or step == self.total_steps:
                     self.log(last)
                 bar.update(1)

@@ -539,11 +539,19 @@ class PPOTrainer:
                               stats.clipfrac, float(rollout.old_values.mean()), stats.grad_norm],
                              dtype=torch.float64, device=self.acc.device)
         mean = self.acc.reduce(local, reduction="mean").cpu()
+        # Tokens through the model this step, all processes: the rollout pass, the PPO passes (and the reference).
+        passes = 1 + c.ppo_epochs + (1 if rollout.ref_logp is not None else 0)
+        tokens = sum(p.n_tokens(c.scoring == "shared") for p in rollout.prompts) * passes
+        tokens = int(self.acc.reduce(torch.tensor(tokens, device=self.acc.device), reduction="sum").item())
         dt = time.time() - t0
         rec = {"step": step, "reward": mean[0].item(), "ndcg": mean[1].item(), "policy_loss": mean[2].item(),
                "value_loss": mean[3].item(), "kl": mean[4].item(), "clipfrac": mean[5].item(),
                "value_mean": mean[6].item(), "grad_norm": mean[7].item(), "lr_actor": lr[0], "lr_critic": lr[1],
-               "samples_per_s": len(rollout.prompts) * self.world / max(dt, 1e-9)}
+               "samples_per_s": len(rollout.prompts) * self.world / max(dt, 1e-9), "step_seconds": dt,
+               "tokens": tokens, "tokens_per_s": tokens / max(dt, 1e-9)}
+        if self.acc.device.type == "cuda":  # this process's peak since the previous step
+            rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.acc.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.acc.device)
         return rec, rollout
 
     # ---- validation, examples, checkpoints -----------------------------------------------------
