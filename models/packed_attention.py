@@ -95,7 +95,11 @@ def prefix_split_attention(module: torch.nn.Module, query: torch.Tensor, key: to
         raise ValueError(f"prefix_split attention expects one flat sequence of {layout.n_tokens} tokens, got "
                          f"{tuple(query.shape)}")
     H, d = query.shape[1], query.shape[3]
-    q, k, v = query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1)  # [N, heads, d]
+    # Under autocast with fp32 master weights RoPE leaves q, k in fp32 while v is bf16; SDPA with a CausalBias is
+    # dispatched before autocast would cast them, so cast here to what autocast would have used.
+    dev = query.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else value.dtype
+    q, k, v = (t[0].transpose(0, 1).to(dtype) for t in (query, key, value))  # [N, heads, d]
     pre = layout.prefix_index
     kp, vp = k[pre].transpose(1, 2), v[pre].transpose(1, 2)  # [U, H_kv, P_max, d]
     out_pre = _sdpa(q[pre].transpose(1, 2), kp, vp, scaling, is_causal=True)  # right padding: real rows exact

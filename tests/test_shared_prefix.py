@@ -233,3 +233,20 @@ def test_from_model_wraps_an_in_memory_lm(tiny_dir):
         b = judge.score_candidates(batch, scoring="shared", with_values=True)
     torch.testing.assert_close(b.scores, a.scores, atol=TOL, rtol=0)
     torch.testing.assert_close(b.values, a.values, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("impl", ["prefix_split", "sdpa"])
+def test_mixed_precision_fp32_weights_under_bf16_autocast(tiny_dir, impl):
+    """The training precision (fp32 master weights, bf16 autocast) runs the packed path forward and backward: RoPE
+    leaves q/k in fp32 while v is bf16, which SDPA's causal-bias dispatch refuses unless the kernel casts."""
+    judge = get_judge(tiny_dir, impl)
+    batch = make_batch(31, judge.lm.config.vocab_size, B=3, K=4, reasoning=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = judge.score_candidates(batch, scoring="naive", with_values=True, with_token_logprobs=True)
+        out = judge.score_candidates(batch, scoring="shared", with_values=True, with_token_logprobs=True)
+    torch.testing.assert_close(out.scores, ref.scores, atol=5e-2, rtol=5e-2)
+    judge.zero_grad(set_to_none=True)
+    (out.scores.sum() + out.token_logprobs.sum()).backward()
+    grads = [p.grad for p in judge.lm.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    judge.zero_grad(set_to_none=True)

@@ -402,6 +402,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                     row["mfu"] = useful / s / 1e12 / peak if peak else None
                     row["hfu"] = hw / s / 1e12 / peak if peak else None
                 rows.append(row)
+                if not args.quiet or args.json_out:  # one line per cell as it finishes (long GPU runs)
+                    print(f"  K={K} {mode} {path}: {row.get('seconds', float('nan')):.3f} s, peak "
+                          f"{row.get('peak_gb') or 0:.2f} GB", file=sys.stderr, flush=True)
             if step is not None:
                 del step
                 train.zero_grad(set_to_none=True)

@@ -22,12 +22,14 @@ PPO_STEPS=${PPO_STEPS:-20}
 RREC_STEPS=${RREC_STEPS:-6}
 WORK=${WORK_DIR:-/tmp/ourrec_gpu}
 STAGE_TIMEOUT=${STAGE_TIMEOUT:-300}
+ONLY=${ONLY:-assets gpu_tests ppo_full ppo_lora benchmark rrec summary gpu_training}  # stages to run, in file order
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$FIG" "$WORK"
 DATA=demo/data/Video_Games_5_2021-1-2023-12
 
 stage() {  # name, command...: run with a time limit (LIMIT_<name> or STAGE_TIMEOUT), log to $FIG/name.log
   local name=$1; shift
+  case " $ONLY " in *" $name "*) ;; *) return 0 ;; esac
   local t0=$SECONDS limit_var="LIMIT_$name"
   local limit=${!limit_var:-$STAGE_TIMEOUT}
   echo "== $name: $*"
@@ -50,7 +52,7 @@ BIG=$WORK/$SHAPE-random
 RBIG=$WORK/$RREC_SHAPE-random
 [ "$RREC_SHAPE" = tiny ] && RBIG=demo/tiny-qwen
 
-stage gpu_tests $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py
+stage gpu_tests $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py ${GPU_TEST_FILTER:+-k "$GPU_TEST_FILTER"}
 
 run_ppo() {  # name, extra train.py flags: time PPO_STEPS steps, then stop the run without a checkpoint
   local name=$1; shift
@@ -76,7 +78,8 @@ stage ppo_lora run_ppo lora --use_lora --lora_r 16 --lora_alpha 32 --lr_actor 1e
 
 BENCH_SHAPE=$SHAPE
 stage benchmark $PY tools/benchmark.py --shape "$BENCH_SHAPE" --Ks $KS --mode all --gradient_checkpointing \
-  --users 4 --repeats 2 --warmup 1 --naive_max_K 20 --gen_tokens 32 --quiet --json_out "$FIG/benchmark.json"
+  --users 4 --repeats "${BENCH_REPEATS:-2}" --warmup 1 --naive_max_K 20 --gen_tokens "${GEN_TOKENS:-32}" \
+  ${BENCH_BACKENDS:+--backends $BENCH_BACKENDS} --quiet --json_out "$FIG/benchmark.json"
 
 stage rrec $PY compare_model/train_rrec.py --model_name_or_path "$RBIG" --dataset_dir "$DATA" \
   --output_dir "$WORK/rrec" --overwrite_output_dir --max_steps "$RREC_STEPS" --max_new_tokens 128 \
