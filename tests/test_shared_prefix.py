@@ -133,7 +133,8 @@ def _ppo_grads(judge, batch, scoring, method="auto"):
 
 @pytest.mark.parametrize("impl,method,ckpt", [("prefix_split", "packed", False), ("sdpa", "packed", False),
                                               ("eager", "packed", False), ("sdpa", "cache", False),
-                                              ("prefix_split", "auto", True), ("sdpa", "auto", True)])
+                                              ("prefix_split", "auto", True), ("sdpa", "auto", True),
+                                              ("eager", "auto", True)])
 def test_ppo_gradients_match(tiny_dir, impl, method, ckpt):
     judge = get_judge(tiny_dir, impl)
     batch = make_batch(7, judge.lm.config.vocab_size, B=3, K=3, reasoning=True)

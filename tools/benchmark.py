@@ -500,6 +500,30 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(result: dict) -> str:
+    """The README's table, built from a --json_out file."""
+    m = result["meta"]
+    pct = lambda v: None if v is None else v * 100  # noqa: E731
+    out = [f"{m['device_name']}, shape {m['shape']} ({m['params'] / 1e6:.0f}M params), {m['users']} users, "
+           f"inference weights {m['dtype']}, training: {m['train_weights']} weights, autocast {m['autocast']}"
+           f"{', gradient checkpointing' if m['gradient_checkpointing'] else ''}", "",
+           "| K | mode | path | cand/s | tok/s (gen) | ratio | token bound | of bound | s | peak GB | +mem GB/user "
+           "| MFU | HFU |", "|" + "---|" * 13]
+    for r in result["rows"]:
+        if r.get("oom"):
+            out.append(f"| {r['K']} | {r['mode']} | {r['path']} | OOM |" + " |" * 9)
+            continue
+        tok = r.get("gen_tokens_per_s") if r["mode"] == "generate" else r.get("tokens_per_s")
+        vals = [r["K"], r["mode"], r["path"], _fmt(r.get("cands_per_s"), ".1f"), _fmt(tok, ",.0f"),
+                _fmt(r.get("ratio"), ".2f", "x"), _fmt(r.get("token_bound"), ".2f", "x"),
+                _fmt(pct(r.get("of_bound")), ".0f", "%"), _fmt(r.get("seconds"), ".3f"), _fmt(r.get("peak_gb"), ".2f"),
+                _fmt(r.get("mem_per_user_gb"), ".3f"), _fmt(pct(r.get("mfu")), ".1f", "%"),
+                _fmt(pct(r.get("hfu")), ".1f", "%")]
+        out.append("| " + " | ".join(str(v) for v in vals) + " |")
+    out += [""] + [f"- {line}" for line in result.get("summary", [])]
+    return "\n".join(out)
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -535,6 +559,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights and synthetic users")
     ap.add_argument("--json_out", default=None, help="also write the figures as JSON here (the README tables)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--markdown", default=None, metavar="JSON",
+                    help="print the markdown table of an earlier --json_out file and exit (runs nothing)")
     return ap
 
 
@@ -564,6 +590,14 @@ def validate_args(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
+    if args.markdown:
+        import json
+
+        try:
+            print(markdown_table(json.loads(Path(args.markdown).read_text())))
+        except (OSError, ValueError, KeyError) as e:
+            die(f"--markdown {args.markdown}: not a readable benchmark JSON ({type(e).__name__}: {e})")
+        return 0
     try:
         validate_args(args)
         result = run_benchmark(args)

@@ -112,14 +112,16 @@ for run in ("full", "lora"):
     tok = statistics.median(r["tokens_per_s"] for r in steady)
     mem = max(r.get("peak_mem_gb", 0.0) for r in recs)
     N = n_params(big)
-    # tokens = one rollout pass + 2 PPO passes; a training pass costs 3 forward passes (+1 recompute: HFU)
+    # tokens = one rollout pass + 2 PPO passes. A training token costs 6N (full fine-tune: forward, input and weight
+    # gradients) or 4N (LoRA: no gradients of the frozen weights); HFU adds checkpointing's second forward (2N).
     per_pass = tok / 3
-    model = (2 * N * per_pass + 2 * 6 * N * per_pass)
+    train = 4 * N if run == "lora" else 6 * N
+    model = 2 * N * per_pass + 2 * train * per_pass
     hw = model + 2 * 2 * N * per_pass
     line = (f"PPO {run}: {len(recs)} steps, {s:.2f} s/step (median of steps 2..), {tok:,.0f} tokens/s, "
             f"peak {mem:.1f} GB")
     if peak:
-        line += f", MFU {model / peak * 100:.1f}%, HFU {hw / peak * 100:.1f}% (6N rule, attention excluded)"
+        line += f", MFU {model / peak * 100:.1f}%, HFU {hw / peak * 100:.1f}% (weights' FLOPs only)"
     print(line)
 f = fig / "rrec_metrics.jsonl"
 if f.exists():
