@@ -48,6 +48,7 @@ from trainers.data.amazon_interactions import (
 )
 from trainers.data.amazon_items import ITEM_COLUMNS, ITEM_DROP_REASONS, clean_text, load_items, parse_price, valid_title
 from trainers.foundation.errors import UserInputError
+from trainers.foundation.files import check_output_path
 
 __all__ = ["EXAMPLE_COLUMNS", "ITEM_COLUMNS", "PreprocessConfig", "clean_text", "download", "format_summary",
            "output_dir", "parse_price", "run_preprocess", "split_sizes", "valid_title", "validate_config"]
@@ -108,6 +109,13 @@ def validate_config(cfg: PreprocessConfig) -> None:
     for p in (root, output_dir(cfg)):
         if p.exists() and not p.is_dir():
             raise UserInputError(f"--data_root_dir {cfg.data_root_dir}: {p} exists and is not a directory")
+    check_output_path(root, "--data_root_dir", kind="dir")
+
+
+def _drops_so_far(x) -> str:
+    """'rows read N; dropped: reason n, ...' for an error that ends the pipeline early (the summary never comes)."""
+    drops = ", ".join(f"{r} {int(x.dropped.get(r, 0))}" for r in DROP_REASONS if x.dropped.get(r, 0)) or "none"
+    return f"{x.rows_read} rows read; dropped: {drops}"
 
 
 def _stage(msg: str, t0: float) -> None:
@@ -160,7 +168,8 @@ def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     x = win.x
     x.dropped.update(win.dropped)
     if not len(x):
-        raise UserInputError(f"no interactions left after the {cfg.K}-core filter; lower --K or widen the window")
+        raise UserInputError(f"no interactions left after the {cfg.K}-core filter ({_drops_so_far(x)}); lower --K or "
+                             "widen the window, or fix the rows the raw files lose")
     index = index_examples(x, cfg.window_size, drop_target_in_history=cfg.repeat_policy == "drop_example")
     n = len(index.target)
     sizes = dict(zip(SPLITS, split_sizes(n)))
@@ -168,7 +177,7 @@ def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     if empty:
         raise UserInputError(
             f"only {n} examples, so the {'/'.join(empty)} split would be empty (train {sizes['train']}, valid "
-            f"{sizes['valid']}, test {sizes['test']}); lower --K or --min_items, widen the window "
+            f"{sizes['valid']}, test {sizes['test']}; {_drops_so_far(x)}); lower --K or --min_items, widen the window "
             f"(--st_year/--ed_year) or use a larger category")
     _stage(f"examples: {n} from {len(x)} interactions", t0)
     if cfg.repeat_policy == "keep" and index.in_history:

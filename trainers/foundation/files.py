@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from trainers.foundation.errors import UserInputError
 
@@ -98,6 +99,7 @@ def read_answer_rows(output_file: str | os.PathLike, content_key: str = "content
     means the file is not ours: UserInputError, and the file is left as it is."""
     path = Path(output_file)
     if not path.exists():
+        check_output_path(path, flag)
         return [], False
     if not path.is_file():
         raise UserInputError(f"{flag} {path}: is not a file")
@@ -138,3 +140,42 @@ def truncate_jsonl_after(path: Path, step: int) -> None:
     repair_jsonl_tail(path)
     keep = [r for r in iter_jsonl(path, flag="metrics log", skip_bad_lines=True) if int(r.get("step", 0)) <= step]
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
+
+
+def check_output_path(path: str | os.PathLike, flag: str, kind: str = "file") -> Path:
+    """An output path that can be written: it is a `kind` ("file" or "dir") or does not exist yet, and its nearest
+    existing ancestor is a directory. One-line error naming the flag otherwise, before anything is written."""
+    p = Path(path)
+    if p.exists():
+        if kind == "dir" and not p.is_dir():
+            raise UserInputError(f"{flag} {path}: exists and is not a directory")
+        if kind == "file" and p.is_dir():
+            raise UserInputError(f"{flag} {path}: is a directory; give a file path")
+        return p
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserInputError(f"{flag} {path}: cannot be created, {parent} is a file")
+            break
+    return p
+
+
+@contextmanager
+def replaced_after_success(paths: Sequence[Path]) -> Iterator[None]:
+    """Files a run starts afresh (--overwrite_output_dir) are moved aside, not deleted: removed once the run ends
+    well, put back if it fails before writing any of them (a rejected API key, a bad flag found late, Ctrl-C)."""
+    moved = []
+    for p in paths:
+        if p.exists():
+            aside = p.with_name(f".{p.name}.replaced")
+            os.replace(p, aside)
+            moved.append((p, aside))
+    try:
+        yield
+    except BaseException:
+        if not any(p.exists() for p in paths):
+            for p, aside in moved:
+                os.replace(aside, p)
+        raise
+    for _, aside in moved:
+        aside.unlink(missing_ok=True)
