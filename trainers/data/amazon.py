@@ -162,6 +162,9 @@ def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
         x.dropped[name] += int(count)
     x = x.take(np.flatnonzero(per_row == 0))
     _stage(f"reviews: {n_valid} valid, {n_valid - n_dedup} duplicates removed, {len(x)} of kept items", t0)
+    if not len(x):
+        raise UserInputError(f"no reviews left after keeping the valid rows of items with usable metadata "
+                             f"({_drops_so_far(x)}); check the raw files (--raw_dir) and --keep_items_without_price")
 
     win = select_window(x, (cfg.st_year, cfg.st_month), (cfg.ed_year, cfg.ed_month), cfg.K, cfg.min_items,
                         cfg.repeat_policy)

@@ -85,12 +85,14 @@ def load_result_json(path: str | os.PathLike, flag: str = "--reference_json", ch
     return data
 
 
-def usable_samples(rows: Any, where: Path | str, complete: bool = True) -> list[dict]:
-    """The rows a resumed run can reuse (sample_problem); each other one is reported on stderr and will be
-    recomputed (failing on it would fail again on every rerun)."""
+def usable_samples(rows: Any, where: Path | str, complete: bool = True, report: bool = True) -> list[dict]:
+    """The rows a resumed run can reuse (sample_problem); each other one is reported on stderr (unless not report)
+    and will be recomputed (failing on it would fail again on every rerun)."""
     out = []
     for s in rows:
         problem = sample_problem(s, complete)
+        if problem and not report:
+            continue
         if problem:
             iid = s.get("interaction_id") if isinstance(s, dict) else None
             print(f"warning: {where}: skipping saved sample {iid!r} ({problem}); it will be recomputed",
@@ -163,12 +165,15 @@ class ResultWriter:
         self._since_flush = 0
 
     def merge(self) -> None:
-        """Take in the samples of every partial file (this process's and the others')."""
+        """Take in the samples of every partial file (this process's and the others'). Unusable rows are reported
+        by the first merge only (the ones read when the run started)."""
+        report, self._merged = not getattr(self, "_merged", False), True
         for part in partial_paths(self.path):
             if part == self.partial:
                 repair_jsonl_tail(part)
             # a damaged row is redone, not fatal (it would fail again on every rerun)
-            for s in usable_samples(iter_jsonl(part, flag="partial results", skip_bad_lines=True), part):
+            rows = iter_jsonl(part, flag="partial results", skip_bad_lines=True, report=report)
+            for s in usable_samples(rows, part, report=report):
                 self.samples.setdefault(int(s["interaction_id"]), s)
 
     @property

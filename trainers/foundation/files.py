@@ -57,10 +57,10 @@ def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
 
 
 def iter_jsonl(path: str | os.PathLike, flag: str = "--input_file", skip_bad_lines: bool = False,
-               tolerate_partial_tail: bool = True) -> Iterator[dict]:
+               tolerate_partial_tail: bool = True, report: bool = True) -> Iterator[dict]:
     """Yield JSON objects from a JSONL file. A malformed line is an error naming file and line number,
-    unless skip_bad_lines (then it is reported on stderr and skipped). An unterminated last line (a
-    killed writer) is ignored when tolerate_partial_tail."""
+    unless skip_bad_lines (then it is reported on stderr, unless not report, and skipped). An unterminated
+    last line (a killed writer) is ignored when tolerate_partial_tail."""
     import sys
 
     path = Path(path)
@@ -79,7 +79,8 @@ def iter_jsonl(path: str | os.PathLike, flag: str = "--input_file", skip_bad_lin
             if tolerate_partial_tail and n == len(lines) and not line.endswith("\n"):
                 continue
             if skip_bad_lines:
-                print(f"warning: {path}:{n}: skipping malformed JSONL line ({e})", file=sys.stderr)
+                if report:
+                    print(f"warning: {path}:{n}: skipping malformed JSONL line ({e})", file=sys.stderr)
                 continue
             raise UserInputError(f"{flag} {path}:{n}: malformed JSONL line ({e}); fix it or pass --skip_bad_lines")
         yield obj
