@@ -182,7 +182,8 @@ WRITER = textwrap.dedent("""
     start = len(w.samples)
     for i in range(start, 100000):
         w.add({{"interaction_id": i, "user_id": "u", "target_item_id": 1, "candidates": list(range(500)),
-                "scores": [0.123456789] * 2000, "ranking": list(range(500)), "target_rank": 1 + i % 7}})
+                "scores": [0.123456789] * 500, "ranking": list(range(500)), "target_rank": 1 + i % 7,
+                "outputs": {{"text": "x" * 20000}}}})  # long lines: kills land mid-write
 """)
 
 
