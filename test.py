@@ -245,59 +245,61 @@ def run(args: argparse.Namespace) -> dict | None:
     from trainers.evaluation.metrics import eval_ks, format_metrics_table, metrics_from_ranks
     from trainers.evaluation.protocol import sanity_rows
     from trainers.evaluation.results import ResultWriter
-    from trainers.foundation.distributed import shard
+    from trainers.foundation.distributed import locked_run, shard
 
     state = PartialState(cpu=args.device == "cpu")
-    rank, world = state.process_index, state.num_processes
-    device = str(state.device) if world > 1 else args.device
-    sampling = SamplingSettings(args.gen_temperature, args.gen_top_k, args.gen_top_p).validate()
-    order = [int(ex["interaction_id"]) for ex, _ in items]
-    flush = max(1, args.batch_size)
-    writer = None if args.overwrite_output_dir else ResultWriter(out_path, meta, flush_every=flush, rank=rank)
-    todo = [it for it in items if writer is None or int(it[0]["interaction_id"]) not in writer.done_ids]
-    mine = shard(todo, rank, world)
-    if mine:  # the model and its prompts first: a damaged checkpoint or template fails before any file is touched
-        judge = load_judge_from_checkpoint(args.model_name_or_path, resume_from=checkpoint, device=device,
-                                           dtype=args.dtype, attn_implementation=args.attn_implementation,
-                                           packed_mask=args.scoring == "shared",
-                                           trust_remote_code=args.trust_remote_code,
-                                           scoring_chunk_size=args.scoring_chunk_size)
-        prompter = BinaryPrompter(judge.tokenizer, dataset.item_rows, dataset_type=args.dataset_type,
-                                  max_len_per_item=args.max_len_per_item, user_window_size=args.user_window_size,
-                                  template_file=args.prompt_template, reasoning=args.max_new_tokens > 0)
-    if writer is None:
-        if rank == 0:
-            ResultWriter(out_path, meta, resume=False)  # clears the old files once, before any process appends
-        state.wait_for_everyone()
-        writer = ResultWriter(out_path, meta, flush_every=flush, rank=rank)
-    if len(todo) < len(items) and rank == 0:
-        print(f"resuming {out_path}: {len(items) - len(todo)} of {len(items)} samples already done")
-    writer.write(order=order)  # meta on disk before the first new sample, so a later resume can check it
+    # one evaluation per output dir at a time: a second one would compute every sample twice into the same files
+    with locked_run(state, str(out_path.parent), lock_name=f".{out_path.name}.lock"):
+        rank, world = state.process_index, state.num_processes
+        device = str(state.device) if world > 1 else args.device
+        sampling = SamplingSettings(args.gen_temperature, args.gen_top_k, args.gen_top_p).validate()
+        order = [int(ex["interaction_id"]) for ex, _ in items]
+        flush = max(1, args.batch_size)
+        writer = None if args.overwrite_output_dir else ResultWriter(out_path, meta, flush_every=flush, rank=rank)
+        todo = [it for it in items if writer is None or int(it[0]["interaction_id"]) not in writer.done_ids]
+        mine = shard(todo, rank, world)
+        if mine:  # the model and its prompts first: a damaged checkpoint or template fails before any file is touched
+            judge = load_judge_from_checkpoint(args.model_name_or_path, resume_from=checkpoint, device=device,
+                                               dtype=args.dtype, attn_implementation=args.attn_implementation,
+                                               packed_mask=args.scoring == "shared",
+                                               trust_remote_code=args.trust_remote_code,
+                                               scoring_chunk_size=args.scoring_chunk_size)
+            prompter = BinaryPrompter(judge.tokenizer, dataset.item_rows, dataset_type=args.dataset_type,
+                                      max_len_per_item=args.max_len_per_item, user_window_size=args.user_window_size,
+                                      template_file=args.prompt_template, reasoning=args.max_new_tokens > 0)
+        if writer is None:
+            if rank == 0:
+                ResultWriter(out_path, meta, resume=False)  # clears the old files once, before any process appends
+            state.wait_for_everyone()
+            writer = ResultWriter(out_path, meta, flush_every=flush, rank=rank)
+        if len(todo) < len(items) and rank == 0:
+            print(f"resuming {out_path}: {len(items) - len(todo)} of {len(items)} samples already done")
+        writer.write(order=order)  # meta on disk before the first new sample, so a later resume can check it
 
-    t0 = time.time()
-    if mine:
-        rank_examples(judge, prompter, mine, mode=args.mode, scoring=args.scoring, batch_size=args.batch_size,
-                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                      K_eval=args.K_eval, on_sample=writer.add, progress=not args.no_progress and rank == 0,
-                      gen_mode=args.gen_mode, print_every_text=args.print_every_text if rank == 0 else 0,
-                      sampling=sampling)
-    elapsed = time.time() - t0
-    state.wait_for_everyone()
-    if rank != 0:
-        return None
-    writer.merge()
-    samples = writer.ordered_samples(order)
-    ks = eval_ks(args.K_eval)
-    metrics = metrics_from_ranks([s["target_rank"] for s in samples], ks)
-    sanity = sanity_rows(samples, dataset, args.seed, ks)
-    writer.meta["eval_seconds_this_run"] = round(elapsed, 2)
-    writer.meta["processes"] = world
-    data = writer.finalize(metrics, extra={"sanity_rows": sanity}, order=order)
-    name = f"model ({args.mode})" if not checkpoint else f"{Path(checkpoint).name} ({args.mode})"
-    print(f"\n{args.split} split of {meta['dataset']}: {len(samples)} samples, K={args.K}, seed={args.seed}")
-    print(format_metrics_table({name: metrics, **sanity}, ks))
-    print(f"wrote {out_path}")
-    return data
+        t0 = time.time()
+        if mine:
+            rank_examples(judge, prompter, mine, mode=args.mode, scoring=args.scoring, batch_size=args.batch_size,
+                          max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                          K_eval=args.K_eval, on_sample=writer.add, progress=not args.no_progress and rank == 0,
+                          gen_mode=args.gen_mode, print_every_text=args.print_every_text if rank == 0 else 0,
+                          sampling=sampling)
+        elapsed = time.time() - t0
+        state.wait_for_everyone()
+        if rank != 0:
+            return None
+        writer.merge()
+        samples = writer.ordered_samples(order)
+        ks = eval_ks(args.K_eval)
+        metrics = metrics_from_ranks([s["target_rank"] for s in samples], ks)
+        sanity = sanity_rows(samples, dataset, args.seed, ks)
+        writer.meta["eval_seconds_this_run"] = round(elapsed, 2)
+        writer.meta["processes"] = world
+        data = writer.finalize(metrics, extra={"sanity_rows": sanity}, order=order)
+        name = f"model ({args.mode})" if not checkpoint else f"{Path(checkpoint).name} ({args.mode})"
+        print(f"\n{args.split} split of {meta['dataset']}: {len(samples)} samples, K={args.K}, seed={args.seed}")
+        print(format_metrics_table({name: metrics, **sanity}, ks))
+        print(f"wrote {out_path}")
+        return data
 
 
 if __name__ == "__main__":

@@ -243,50 +243,55 @@ def evaluate(args, dataset, items, ckpt, base, settings, category, out, meta) ->
     from trainers.evaluation.protocol import sanity_rows
     from trainers.evaluation.results import ResultWriter
     from trainers.evaluation.rrec import FULL_RANKING_KS, rrec_metrics
-    from trainers.foundation.distributed import shard
+    from trainers.foundation.distributed import locked_run, shard
 
     state = PartialState(cpu=args.device == "cpu")
-    rank, world = state.process_index, state.num_processes
-    flush = max(1, args.batch_size)
-    writer = None if args.no_resume else ResultWriter(out, meta, flush_every=flush, rank=rank)
-    order = [int(ex["interaction_id"]) for ex, _ in items]
-    todo = [it for it in items if writer is None or int(it[0]["interaction_id"]) not in writer.done_ids]
-    # the model and its prompts first: a damaged checkpoint or chat template fails before any file is touched
-    loaded = load_for_ranking(args, dataset, ckpt, base, settings, category, state) if todo else None
-    if writer is None:
-        if rank == 0:
-            ResultWriter(out, meta, resume=False)  # clears the old files once, before any process appends
+    # one evaluation per output at a time: a second one would compute every sample twice into the same files
+    with locked_run(state, str(out.parent), flag="--output_file" if args.output_file else "--output_dir",
+                    lock_name=f".{out.name}.lock"):
+        rank, world = state.process_index, state.num_processes
+        flush = max(1, args.batch_size)
+        writer = None if args.no_resume else ResultWriter(out, meta, flush_every=flush, rank=rank)
+        if writer is not None and args.full_ranking and any("full_rank" not in s for s in writer.samples.values()):
+            raise UserInputError(f"{out}: earlier samples were made without --full_ranking; rerun with --no_resume")
+        order = [int(ex["interaction_id"]) for ex, _ in items]
+        todo = [it for it in items if writer is None or int(it[0]["interaction_id"]) not in writer.done_ids]
+        # the model and its prompts first: a damaged checkpoint or chat template fails before any file is touched
+        loaded = load_for_ranking(args, dataset, ckpt, base, settings, category, state) if todo else None
+        if writer is None:
+            if rank == 0:
+                ResultWriter(out, meta, resume=False)  # clears the old files once, before any process appends
+            state.wait_for_everyone()
+            writer = ResultWriter(out, meta, flush_every=flush, rank=rank)
+        if len(todo) < len(items) and rank == 0:
+            print(f"resuming {out}: {len(items) - len(todo)} of {len(items)} samples already done")
+        writer.write(order=order)  # meta on disk before the first sample
+        t0 = time.time()
+        if loaded is not None:  # the same on every process: all of them take part in the item table
+            rank_items(args, dataset, shard(todo, rank, world), *loaded, settings, writer, state)
         state.wait_for_everyone()
-        writer = ResultWriter(out, meta, flush_every=flush, rank=rank)
-    if len(todo) < len(items) and rank == 0:
-        print(f"resuming {out}: {len(items) - len(todo)} of {len(items)} samples already done")
-    writer.write(order=order)  # meta on disk before the first sample
-    t0 = time.time()
-    if loaded is not None:  # the same on every process: all of them take part in the item table
-        rank_items(args, dataset, shard(todo, rank, world), *loaded, settings, writer, state)
-    state.wait_for_everyone()
-    if rank != 0:
-        return None
-    writer.merge()
-    samples = writer.ordered_samples(order)
-    if args.full_ranking and any("full_rank" not in s for s in samples):
-        raise UserInputError(f"{out}: earlier samples were made without --full_ranking; rerun with --no_resume")
-    rows = rrec_metrics(samples, args.K_eval, args.full_ranking)
-    sanity = sanity_rows(samples, dataset, args.seed, eval_ks(args.K_eval))
-    extra = {"sanity": sanity}
-    if args.full_ranking:
-        extra["full_ranking_metrics"] = rows["rrec (full catalogue)"]
-    writer.meta.update({"eval_seconds_this_run": round(time.time() - t0, 2), "processes": world})
-    data = writer.finalize(rows["rrec"], extra=extra, order=order)
-    print(f"{args.split}: {len(samples)} samples, K={args.K}, candidates from "
-          f"{args.reference_json or 'seeded sampling'}; model {ckpt} ({meta['checkpoint_kind']})")
-    print(format_metrics_table({"rrec": rows["rrec"], **sanity}, eval_ks(args.K_eval)))
-    if args.full_ranking:
-        print("full catalogue (history masked):")
-        print(format_metrics_table({"rrec (full catalogue)": rows["rrec (full catalogue)"]},
-                                   sorted(set(eval_ks(args.K_eval)) | set(FULL_RANKING_KS))))
-    print(f"wrote {out}")
-    return data
+        if rank != 0:
+            return None
+        writer.merge()
+        samples = writer.ordered_samples(order)
+        if args.full_ranking and any("full_rank" not in s for s in samples):
+            raise UserInputError(f"{out}: earlier samples were made without --full_ranking; rerun with --no_resume")
+        rows = rrec_metrics(samples, args.K_eval, args.full_ranking)
+        sanity = sanity_rows(samples, dataset, args.seed, eval_ks(args.K_eval))
+        extra = {"sanity": sanity}
+        if args.full_ranking:
+            extra["full_ranking_metrics"] = rows["rrec (full catalogue)"]
+        writer.meta.update({"eval_seconds_this_run": round(time.time() - t0, 2), "processes": world})
+        data = writer.finalize(rows["rrec"], extra=extra, order=order)
+        print(f"{args.split}: {len(samples)} samples, K={args.K}, candidates from "
+              f"{args.reference_json or 'seeded sampling'}; model {ckpt} ({meta['checkpoint_kind']})")
+        print(format_metrics_table({"rrec": rows["rrec"], **sanity}, eval_ks(args.K_eval)))
+        if args.full_ranking:
+            print("full catalogue (history masked):")
+            print(format_metrics_table({"rrec (full catalogue)": rows["rrec (full catalogue)"]},
+                                       sorted(set(eval_ks(args.K_eval)) | set(FULL_RANKING_KS))))
+        print(f"wrote {out}")
+        return data
 
 
 def load_for_ranking(args, dataset, ckpt, base, settings, category, state) -> tuple:

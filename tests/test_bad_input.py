@@ -271,6 +271,15 @@ def _damaged_fixtures(c: dict, root: Path) -> None:
         f.write("\n".join(lines) + "\n")
     c["a_file"] = root / "a_file"
     c["a_file"].write_text("not a directory")
+    # an evaluation output another live run (this test process) is writing: test.py/rrec.py lock their result
+    # file, the API scripts their output dir
+    import socket
+
+    c["eval_locked"] = root / "eval_locked"
+    c["eval_locked"].mkdir()
+    me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"})
+    for name in (".results.json.lock", ".lock"):
+        (c["eval_locked"] / name).write_text(me)
 
 
 def _rrec_fixtures(c: dict, root: Path) -> None:
@@ -535,6 +544,9 @@ CASES = [
                                         "--output_file", "{a_file}/r.jsonl", "--api_key", KEY, "--api_base",
                                         "http://127.0.0.1:9/v1"], "cannot be created", False),
     ("gen-output-under-file", _set(GEN, output_file="{a_file}/p.jsonl"), "cannot be created", False),
+    ("test-output-in-use", _set(TEST, output_dir="{eval_locked}"), "in use by another run", False),
+    ("rrec-output-in-use", _set(RREC, output_dir="{eval_locked}"), "in use by another run", False),
+    ("ds-output-in-use", _set(DS, output_dir="{eval_locked}"), "in use by another run", False),
     ("plot-output-is-dir", ["tools/plot_training.py", "--metrics_file", "{good_jsonl}", "--output", "{root}"],
      "--output", False),
 ]

@@ -172,7 +172,7 @@ def test_one_run_per_output_dir(assets, tmp_path):
     import os
     import socket
 
-    from trainers.foundation.checkpoints import RunLock
+    from trainers.foundation.files import RunLock
 
     data, model = assets
     out = tmp_path / "locked"

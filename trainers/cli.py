@@ -232,9 +232,12 @@ def run_dataset_eval(args: argparse.Namespace, script: str, with_valid_pass: boo
             raise UserInputError(f"split {split!r} of {args.dataset_dir} has no examples")
         _split_outputs(args, script, split)
     out = {}
-    try:
-        for split in splits:
-            out[split] = _evaluate_split(args, script, client, dataset, split, items[split], prompter)
+    from trainers.foundation.files import RunLock
+
+    try:  # one run per output dir at a time: a second one would ask (and pay for) every request twice
+        with RunLock(args.output_dir):
+            for split in splits:
+                out[split] = _evaluate_split(args, script, client, dataset, split, items[split], prompter)
     finally:
         client.close()
     return out

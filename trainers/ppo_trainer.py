@@ -38,7 +38,6 @@ import torch
 from models.abstract_models import disable_dropout
 from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, ndcg_at, ndcg_reward, target_rank
 from trainers.foundation.checkpoints import (
-    LOCK_FILE,
     check_optimizer_state_fits,
     check_resume_settings,
     finish_resume,
@@ -59,7 +58,7 @@ from trainers.foundation.distributed import (
     shard,
 )
 from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import check_output_path, truncate_jsonl_after
+from trainers.foundation.files import LOCK_FILE, check_output_path, truncate_jsonl_after
 from trainers.foundation.seeding import derived_seed, numpy_rng
 from trainers.rl.advantages import normalize_advantages
 from trainers.rl.kl import kl_penalty

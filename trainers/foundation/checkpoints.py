@@ -1,4 +1,4 @@
-"""Training checkpoints: one resolver, one writer, the run lock, RNG state capture.
+"""Training checkpoints: one resolver, one writer, RNG state capture (the run lock lives in files.py).
 
 Layout of `{output_dir}/checkpoint-{step}` (what each trainer puts in it is in its own docstring):
   model files (save_pretrained, or a PEFT adapter) + tokenizer + trainer-specific heads
@@ -25,9 +25,7 @@ import os
 import random
 import re
 import shutil
-import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -40,7 +38,6 @@ from trainers.foundation.files import atomic_write_json
 COMPLETE_MARKER = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
 ARGS_FILE = "args.json"
-LOCK_FILE = ".lock"
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 RESUME_KEYWORDS = ("auto", "last")
 
@@ -288,75 +285,6 @@ def check_same_model_shape(base_model_dir: str | os.PathLike, ckpt: Path, flag: 
     if diff:
         raise UserInputError(f"{flag} {ckpt}: checkpoint was made from a different model shape than "
                              f"--model_name_or_path {base_model_dir} ({'; '.join(diff)})")
-
-
-# ---------------------------------------------------------------------------------------------- the run lock
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-class RunLock:
-    """`{output_dir}/.lock` holding the owner's pid and host: a second run on the same output dir is refused with
-    one line; a stale lock left by a dead process on this host is taken over. Release removes it."""
-
-    def __init__(self, output_dir: str | os.PathLike, flag: str = "--output_dir") -> None:
-        self.dir = Path(output_dir)
-        self.path = self.dir / LOCK_FILE
-        self.flag = flag
-        self.held = False
-
-    def acquire(self) -> "RunLock":
-        self.dir.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and owner.get("host") == me["host"] and not _pid_alive(int(owner.get("pid", -1))):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                if owner is None:  # being written right now, or garbage: look again
-                    time.sleep(0.2)
-                    owner = self._owner()
-                    if owner is None:
-                        self.path.unlink(missing_ok=True)
-                        continue
-                raise UserInputError(
-                    f"{self.flag} {self.dir}: in use by another run (pid {owner.get('pid')} on {owner.get('host')}, "
-                    f"started {owner.get('started')}); wait for it or use another {self.flag} "
-                    f"(delete {self.path} if that run is gone)")
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return self
-        raise UserInputError(f"{self.flag} {self.dir}: cannot take {self.path}")
-
-    def _owner(self) -> dict | None:
-        try:
-            data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) and "pid" in data else None
-        except (OSError, ValueError):
-            return None
-
-    def release(self) -> None:
-        if self.held:
-            owner = self._owner()
-            if owner is not None and int(owner.get("pid", -1)) == os.getpid():
-                self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def finish_resume(ckpt: Path, rank: int, world: int, trainer_state: dict, changed: Sequence[str],

@@ -1,14 +1,19 @@
-"""Crash-safe file IO shared by every script: atomic replace, durable JSONL appends, strict JSONL reads."""
+"""Crash-safe file IO shared by every script: atomic replace, durable JSONL appends, strict JSONL reads, output
+paths checked before writing, the run lock of an output directory."""
 from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from trainers.foundation.errors import UserInputError
+
+LOCK_FILE = ".lock"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -180,3 +185,72 @@ def replaced_after_success(paths: Sequence[Path]) -> Iterator[None]:
         raise
     for _, aside in moved:
         aside.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------- the run lock
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """`{output_dir}/.lock` holding the owner's pid and host: a second run on the same output dir is refused with
+    one line; a stale lock left by a dead process on this host is taken over. Release removes it."""
+
+    def __init__(self, output_dir: str | os.PathLike, flag: str = "--output_dir", name: str = LOCK_FILE) -> None:
+        self.dir = Path(output_dir)
+        self.path = self.dir / name
+        self.flag = flag
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and owner.get("host") == me["host"] and not _pid_alive(int(owner.get("pid", -1))):
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                if owner is None:  # being written right now, or garbage: look again
+                    time.sleep(0.2)
+                    owner = self._owner()
+                    if owner is None:
+                        self.path.unlink(missing_ok=True)
+                        continue
+                raise UserInputError(
+                    f"{self.flag} {self.dir}: in use by another run (pid {owner.get('pid')} on {owner.get('host')}, "
+                    f"started {owner.get('started')}); wait for it or use another {self.flag} "
+                    f"(delete {self.path} if that run is gone)")
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise UserInputError(f"{self.flag} {self.dir}: cannot take {self.path}")
+
+    def _owner(self) -> dict | None:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) and "pid" in data else None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            owner = self._owner()
+            if owner is not None and int(owner.get("pid", -1)) == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
