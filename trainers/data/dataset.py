@@ -126,10 +126,12 @@ def load_processed_dataset(path: str | os.PathLike, flag: str = "--dataset_path"
     loaded = {s: _load_split(p, s, where) for s in (*SPLITS, "item_info")}
     _check_columns(loaded["item_info"], "item_info", ITEM_INFO_COLUMNS, where, nullable=("title",))
     info, layout = item_info_by_id(loaded["item_info"], where)
-    no_title = [i for i, t in enumerate(info["title"]) if t is None and i != 0]  # the pad item may have none
-    if no_title:
+    raw = loaded["item_info"].data  # the pad item (id 0) may have no title; every other item needs one
+    ids = raw.column("item_id").to_numpy()
+    no_title = ids[raw.column("title").is_null().to_numpy(zero_copy_only=False) & (ids != 0)]
+    if len(no_title):
         raise UserInputError(f"{where}: item_info has {len(no_title)} item(s) without a title (item id "
-                             f"{no_title[0]}, ...); every item shown in a prompt needs one")
+                             f"{int(no_title[0])}, ...); every item shown in a prompt needs one")
     for s in SPLITS:
         if len(loaded[s]) == 0:
             raise UserInputError(f"{where}: the {s} split holds no examples; every split needs some (rebuild it with "
@@ -269,9 +271,10 @@ def item_info_by_id(info, where: str = "item_info"):
     text."""
     if "item_id" not in info.column_names:
         raise UserInputError(f"{where}: item_info has no item_id column")
-    try:
-        ids = np.asarray(info["item_id"], dtype=np.int64)
-    except (TypeError, ValueError) as e:
+    try:  # through Arrow: a Python object per row would cost seconds on a large catalogue
+        column = info.data.column("item_id") if info._indices is None else info.with_format("arrow")["item_id"]
+        ids = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)
+    except (TypeError, ValueError, AttributeError) as e:
         raise UserInputError(f"{where}: item_info item_id column holds non-integer values ({e})")
     n = len(ids)
     if n == 0:
