@@ -247,3 +247,15 @@ def test_damaged_reference_json_is_one_line(tmp_path):
     f.write_text(json.dumps({"meta": {}, "samples": [GOOD, {**GOOD, "candidates": None}]}))
     with pytest.raises(UserInputError, match=r"--reference_json .*ref.json: sample 1: candidates is not a list"):
         load_result_json(f)
+
+
+def test_a_damaged_metrics_log_is_trimmed_not_fatal(tmp_path, capsys):
+    """A resumed run trims metrics.jsonl to its step; a record whose step is not an integer (or a line that is not
+    a record) is dropped with a warning instead of a traceback on every rerun."""
+    from trainers.foundation.files import truncate_jsonl_after
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n{"step": "abc"}\n[1, 2]\n{"step": null}\n{"step": 2}\n{"step": 3}\n{"step": 4, "x"')
+    truncate_jsonl_after(log, 2)
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2]
+    assert capsys.readouterr().err.count("warning") == 3

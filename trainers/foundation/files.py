@@ -140,11 +140,19 @@ def read_answer_rows(output_file: str | os.PathLike, content_key: str = "content
 
 def truncate_jsonl_after(path: Path, step: int) -> None:
     """Keep only records with "step" <= step (a resumed run's log then reads like one uninterrupted run);
-    step < 0 empties the file."""
+    step < 0 empties the file. Lines that are not a record with an integer step are dropped with a warning."""
+    import sys
+
     if not path.exists():
         return
     repair_jsonl_tail(path)
-    keep = [r for r in iter_jsonl(path, flag="metrics log", skip_bad_lines=True) if int(r.get("step", 0)) <= step]
+    keep = []
+    for r in iter_jsonl(path, flag="metrics log", skip_bad_lines=True):
+        s = r.get("step", 0)
+        if not isinstance(s, int) or isinstance(s, bool):
+            print(f"warning: {path}: dropping a record whose step is {s!r}", file=sys.stderr)
+        elif s <= step:
+            keep.append(r)
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
 
 
