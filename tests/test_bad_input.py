@@ -278,7 +278,7 @@ def _damaged_fixtures(c: dict, root: Path) -> None:
     c["eval_locked"] = root / "eval_locked"
     c["eval_locked"].mkdir()
     me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"})
-    for name in (".results.json.lock", ".lock"):
+    for name in (".results.json.lock", ".lock", f".{Path(c['data']).name}.lock"):
         (c["eval_locked"] / name).write_text(me)
 
 
@@ -544,6 +544,7 @@ CASES = [
                                         "--output_file", "{a_file}/r.jsonl", "--api_key", KEY, "--api_base",
                                         "http://127.0.0.1:9/v1"], "cannot be created", False),
     ("gen-output-under-file", _set(GEN, output_file="{a_file}/p.jsonl"), "cannot be created", False),
+    ("pre-output-in-use", _set(PRE, data_root_dir="{eval_locked}"), "in use by another run", False),
     ("test-output-in-use", _set(TEST, output_dir="{eval_locked}"), "in use by another run", False),
     ("rrec-output-in-use", _set(RREC, output_dir="{eval_locked}"), "in use by another run", False),
     ("ds-output-in-use", _set(DS, output_dir="{eval_locked}"), "in use by another run", False),

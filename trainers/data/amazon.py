@@ -48,7 +48,7 @@ from trainers.data.amazon_interactions import (
 )
 from trainers.data.amazon_items import ITEM_COLUMNS, ITEM_DROP_REASONS, clean_text, load_items, parse_price, valid_title
 from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import check_output_path
+from trainers.foundation.files import RunLock, check_output_path
 
 __all__ = ["EXAMPLE_COLUMNS", "ITEM_COLUMNS", "PreprocessConfig", "clean_text", "download", "format_summary",
            "output_dir", "parse_price", "run_preprocess", "split_sizes", "valid_title", "validate_config"]
@@ -124,8 +124,14 @@ def _stage(msg: str, t0: float) -> None:
 
 def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     """The whole pipeline; returns (output dir, stats). Raises UserInputError on bad input, always before
-    the output directory is touched."""
+    the output directory is touched. One run per output directory at a time (a lock next to it): two would
+    download into and assemble the same temporary directories."""
     validate_config(cfg)
+    with RunLock(cfg.data_root_dir, flag="--data_root_dir", name=f".{output_dir(cfg).name}.lock"):
+        return _run_preprocess(cfg)
+
+
+def _run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     if cfg.raw_dir is not None:
         if not Path(cfg.raw_dir).is_dir():
             raise UserInputError(f"--raw_dir {cfg.raw_dir}: not a directory")
