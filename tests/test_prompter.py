@@ -100,7 +100,8 @@ def test_special_token_strings_in_item_text_are_neutralised_for_every_prompter(t
     from prompters.rendering import ZERO_WIDTH_SPACE, neutralise_special_tokens, safe_item_rows
     from prompters.rrec_prompter import RRecPrompter
 
-    clean, evil = BinaryPrompter(tok, ITEMS, max_len_per_item=30), BinaryPrompter(tok, _evil_items(), max_len_per_item=30)
+    clean = BinaryPrompter(tok, ITEMS, max_len_per_item=30)
+    evil = BinaryPrompter(tok, _evil_items(), max_len_per_item=30)
     for p in (clean, evil):
         ids = p.build(EXAMPLE, [7, 8]).full_ids(0)  # item 3 in the history, item 7 the candidate
         assert _count_special(tok, ids) == _count_special(tok, clean.build(EXAMPLE, [7, 8]).full_ids(0))

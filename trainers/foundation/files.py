@@ -207,8 +207,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """`{output_dir}/.lock` holding the owner's pid and host: a second run on the same output dir is refused with
-    one line; a stale lock left by a dead process on this host is taken over. Release removes it."""
+    """`{output_dir}/.lock` (or `name`: one lock per result file, per dataset) holding the owner's pid and host: a
+    second run on the same output is refused with one line; a stale lock left by a dead process on this host is
+    taken over. Release removes it."""
 
     def __init__(self, output_dir: str | os.PathLike, flag: str = "--output_dir", name: str = LOCK_FILE) -> None:
         self.dir = Path(output_dir)
