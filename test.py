@@ -26,8 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from trainers.foundation.config import add_model_loading_args
+from trainers.foundation.config import add_model_loading_args, finite_float
 from trainers.foundation.errors import UserInputError, die
+from trainers.foundation.files import check_output_path
 
 # Settings that change candidates or scores: a resumed run must match the existing file on all of them.
 RESUME_KEYS = ("dataset", "split", "K", "seed", "reference_json", "model", "checkpoint", "mode", "max_new_tokens",
@@ -69,11 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scoring", default="naive", help="naive | shared (shared-prefix packing)")
     g.add_argument("--max_new_tokens", type=int, default=None, help="0 = answer directly; N = reason for up to N "
                                                                     "tokens (else 0)")
-    g.add_argument("--gen_temperature", type=float, default=None, help="reasoning sampling temperature in rollout "
-                                                                      "mode (else 1.0)")
+    g.add_argument("--gen_temperature", type=finite_float, default=None,
+                   help="reasoning sampling temperature in rollout mode (else 1.0)")
     g.add_argument("--gen_top_k", type=int, default=None, help="reasoning sampling top-k, 0 = off (else 50)")
-    g.add_argument("--gen_top_p", type=float, default=None, help="reasoning sampling top-p, 1 = off (else 1.0)")
-    g.add_argument("--temperature", type=float, default=1.0, help="PL temperature for --mode rollout")
+    g.add_argument("--gen_top_p", type=finite_float, default=None, help="reasoning sampling top-p, 1 = off (else 1.0)")
+    g.add_argument("--temperature", type=finite_float, default=1.0, help="PL temperature for --mode rollout")
     g.add_argument("--batch_size", type=int, default=8, help="users per scoring batch")
     g.add_argument("--scoring_chunk_size", "--micro_batch_size", dest="scoring_chunk_size", type=int, default=32,
                    help="prompts per forward pass in naive scoring (--micro_batch_size is the old name)")
@@ -167,15 +168,16 @@ def apply_trained_settings(args: argparse.Namespace, checkpoint: str | None) -> 
 
 def check_existing(out_path: Path, meta: dict, items_by_iid: dict[int, list[int]]) -> None:
     """Refuse to resume into results made with other settings (meta) or other candidates (partial samples)."""
-    from trainers.evaluation.results import check_resume_settings, load_result_json, partial_paths
+    from trainers.evaluation.results import check_resume_settings, load_result_json, partial_paths, sample_problem
     from trainers.foundation.files import iter_jsonl
 
     check_resume_settings(out_path, meta, RESUME_KEYS)
-    sources = load_result_json(out_path, flag="--output_dir")["samples"] if out_path.is_file() else []
+    sources = load_result_json(out_path, flag="--output_dir", check_samples=False)["samples"] \
+        if out_path.is_file() else []
     for part in partial_paths(out_path):
         sources += list(iter_jsonl(part, flag="--output_dir", skip_bad_lines=True))
     for s in sources:
-        if "interaction_id" not in s or "candidates" not in s:
+        if sample_problem(s, complete=False):  # unusable rows are recomputed (ResultWriter says so)
             continue
         iid = int(s["interaction_id"])
         if iid in items_by_iid and [int(c) for c in s["candidates"]] != items_by_iid[iid]:
@@ -226,9 +228,7 @@ def run(args: argparse.Namespace) -> dict | None:
     items = build_eval_items(dataset, args.split, args.num_samples, args.K, args.seed, reference)
     if not items:
         raise UserInputError(f"--split {args.split}: no examples to evaluate in {args.dataset_path}")
-    out_path = Path(args.output_dir) / "results.json"
-    if out_path.parent.exists() and not out_path.parent.is_dir():
-        raise UserInputError(f"--output_dir {args.output_dir}: exists and is not a directory")
+    out_path = check_output_path(args.output_dir, "--output_dir", kind="dir") / "results.json"
     meta = {
         **{k: v for k, v in vars(args).items() if k not in ("no_progress",)},
         "dataset": os.path.basename(os.path.normpath(args.dataset_path)),
@@ -247,56 +247,62 @@ def run(args: argparse.Namespace) -> dict | None:
     from trainers.evaluation.metrics import eval_ks, format_metrics_table, metrics_from_ranks
     from trainers.evaluation.protocol import sanity_rows
     from trainers.evaluation.results import ResultWriter
-    from trainers.foundation.distributed import shard
+    from trainers.foundation.distributed import locked_run, shard
 
     state = PartialState(cpu=args.device == "cpu")
-    rank, world = state.process_index, state.num_processes
-    device = str(state.device) if world > 1 else args.device
-    if args.overwrite_output_dir and rank == 0:
-        ResultWriter(out_path, meta, resume=False)  # clears the old files once, before any process appends
-    state.wait_for_everyone()
-    writer = ResultWriter(out_path, meta, resume=True, flush_every=max(1, args.batch_size), rank=rank)
-    order = [int(ex["interaction_id"]) for ex, _ in items]
-    todo = [it for it in items if int(it[0]["interaction_id"]) not in writer.done_ids]
-    if len(todo) < len(items) and rank == 0:
-        print(f"resuming {out_path}: {len(items) - len(todo)} of {len(items)} samples already done")
-    writer.write(order=order)  # meta on disk before the first new sample, so a later resume can check it
-    mine = shard(todo, rank, world)
-
-    t0 = time.time()
-    if mine:
+    # one evaluation per output dir at a time: a second one would compute every sample twice into the same files
+    with locked_run(state, str(out_path.parent), lock_name=f".{out_path.name}.lock"):
+        rank, world = state.process_index, state.num_processes
+        device = str(state.device) if world > 1 else args.device
         sampling = SamplingSettings(args.gen_temperature, args.gen_top_k, args.gen_top_p).validate()
-        judge = load_judge_from_checkpoint(args.model_name_or_path, resume_from=checkpoint, device=device,
-                                           dtype=args.dtype, attn_implementation=args.attn_implementation,
-                                           packed_mask=args.scoring == "shared",
-                                           trust_remote_code=args.trust_remote_code,
-                                           scoring_chunk_size=args.scoring_chunk_size,
-                                           generation_batch_rows=args.gen_batch_size)
-        prompter = BinaryPrompter(judge.tokenizer, dataset.item_rows, dataset_type=args.dataset_type,
-                                  max_len_per_item=args.max_len_per_item, user_window_size=args.user_window_size,
-                                  template_file=args.prompt_template, reasoning=args.max_new_tokens > 0)
-        rank_examples(judge, prompter, mine, mode=args.mode, scoring=args.scoring, batch_size=args.batch_size,
-                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                      K_eval=args.K_eval, on_sample=writer.add, progress=not args.no_progress and rank == 0,
-                      gen_mode=args.gen_mode, print_every_text=args.print_every_text if rank == 0 else 0,
-                      sampling=sampling)
-    elapsed = time.time() - t0
-    state.wait_for_everyone()
-    if rank != 0:
-        return None
-    writer.merge()
-    samples = writer.ordered_samples(order)
-    ks = eval_ks(args.K_eval)
-    metrics = metrics_from_ranks([s["target_rank"] for s in samples], ks)
-    sanity = sanity_rows(samples, dataset, args.seed, ks)
-    writer.meta["eval_seconds_this_run"] = round(elapsed, 2)
-    writer.meta["processes"] = world
-    data = writer.finalize(metrics, extra={"sanity_rows": sanity}, order=order)
-    name = f"model ({args.mode})" if not checkpoint else f"{Path(checkpoint).name} ({args.mode})"
-    print(f"\n{args.split} split of {meta['dataset']}: {len(samples)} samples, K={args.K}, seed={args.seed}")
-    print(format_metrics_table({name: metrics, **sanity}, ks))
-    print(f"wrote {out_path}")
-    return data
+        order = [int(ex["interaction_id"]) for ex, _ in items]
+        flush = max(1, args.batch_size)
+        writer = None if args.overwrite_output_dir else ResultWriter(out_path, meta, flush_every=flush, rank=rank)
+        todo = [it for it in items if writer is None or int(it[0]["interaction_id"]) not in writer.done_ids]
+        mine = shard(todo, rank, world)
+        if mine:  # the model and its prompts first: a damaged checkpoint or template fails before any file is touched
+            judge = load_judge_from_checkpoint(args.model_name_or_path, resume_from=checkpoint, device=device,
+                                               dtype=args.dtype, attn_implementation=args.attn_implementation,
+                                               packed_mask=args.scoring == "shared",
+                                               trust_remote_code=args.trust_remote_code,
+                                               scoring_chunk_size=args.scoring_chunk_size,
+                                               generation_batch_rows=args.gen_batch_size)
+            prompter = BinaryPrompter(judge.tokenizer, dataset.item_rows, dataset_type=args.dataset_type,
+                                      max_len_per_item=args.max_len_per_item, user_window_size=args.user_window_size,
+                                      template_file=args.prompt_template, reasoning=args.max_new_tokens > 0)
+        if writer is None:
+            if rank == 0:
+                ResultWriter(out_path, meta, resume=False)  # clears the old files once, before any process appends
+            state.wait_for_everyone()
+            writer = ResultWriter(out_path, meta, flush_every=flush, rank=rank)
+        if len(todo) < len(items) and rank == 0:
+            print(f"resuming {out_path}: {len(items) - len(todo)} of {len(items)} samples already done")
+        writer.write(order=order)  # meta on disk before the first new sample, so a later resume can check it
+
+        t0 = time.time()
+        if mine:
+            rank_examples(judge, prompter, mine, mode=args.mode, scoring=args.scoring, batch_size=args.batch_size,
+                          max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                          K_eval=args.K_eval, on_sample=writer.add, progress=not args.no_progress and rank == 0,
+                          gen_mode=args.gen_mode, print_every_text=args.print_every_text if rank == 0 else 0,
+                          sampling=sampling)
+        elapsed = time.time() - t0
+        state.wait_for_everyone()
+        if rank != 0:
+            return None
+        writer.merge()
+        samples = writer.ordered_samples(order)
+        ks = eval_ks(args.K_eval)
+        metrics = metrics_from_ranks([s["target_rank"] for s in samples], ks)
+        sanity = sanity_rows(samples, dataset, args.seed, ks)
+        writer.meta["eval_seconds_this_run"] = round(elapsed, 2)
+        writer.meta["processes"] = world
+        data = writer.finalize(metrics, extra={"sanity_rows": sanity}, order=order)
+        name = f"model ({args.mode})" if not checkpoint else f"{Path(checkpoint).name} ({args.mode})"
+        print(f"\n{args.split} split of {meta['dataset']}: {len(samples)} samples, K={args.K}, seed={args.seed}")
+        print(format_metrics_table({name: metrics, **sanity}, ks))
+        print(f"wrote {out_path}")
+        return data
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ import os
 import sys
 from pathlib import Path
 
-from trainers.foundation.config import add_model_loading_args
+from trainers.foundation.config import add_model_loading_args, finite_float
 from trainers.foundation.errors import UserInputError, die
+from trainers.foundation.files import check_output_path
 
 # Settings that change candidates or scores: a rerun on the same result JSON must match them.
 RESUME_KEYS = ("model", "model_files", "base_model", "dataset", "split", "seed", "K", "candidate_source", "category",
@@ -50,12 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("settings (default: the checkpoint's rrec_config.json, else upstream's)")
     g.add_argument("--model_type", default=None, help="qwen|gemma: end-of-turn stop token (else from config.json)")
     g.add_argument("--similarity_type", default=None, help="dot|cosine|L2 (upstream: dot)")
-    g.add_argument("--similarity_temperature", type=float, default=None, help="scores / this (upstream 0.02)")
+    g.add_argument("--similarity_temperature", type=finite_float, default=None, help="scores / this (upstream 0.02)")
     g.add_argument("--similarity_normalization", action=argparse.BooleanOptionalAction, default=None,
                    help="L2-normalise the vectors first (upstream: on)")
     g.add_argument("--user_window_size", type=int, default=None, help="history items in the user prompt (upstream 20)")
     g.add_argument("--max_new_tokens", type=int, default=None, help="greedy reasoning length limit (upstream 640)")
-    g.add_argument("--repetition_penalty", type=float, default=None,
+    g.add_argument("--repetition_penalty", type=finite_float, default=None,
                    help="of the greedy reasoning (upstream: the model's generation_config.json)")
     g = p.add_argument_group("data and candidates")
     g.add_argument("--dataset_dir", default="demo/data/Video_Games_5_2021-1-2023-12",
@@ -109,7 +110,18 @@ def _is_ours_incomplete(d: Path) -> bool:
 
 
 def resolve_rrec_checkpoint(spec: str) -> Path:
-    """The model directory --checkpoint_path names (module docstring)."""
+    """The model directory --checkpoint_path names (module docstring); one whose COMPLETE manifest no longer
+    matches its files is refused."""
+    from trainers.foundation.checkpoints import manifest_problem
+
+    chosen = _resolve_rrec_checkpoint(spec)
+    problem = manifest_problem(chosen)
+    if problem:
+        raise UserInputError(f"--checkpoint_path {spec}: damaged checkpoint {chosen}: {problem}; pick another one")
+    return chosen
+
+
+def _resolve_rrec_checkpoint(spec: str) -> Path:
     from paths import resolve_model_path
     from trainers.foundation.checkpoints import CKPT_RE
     from trainers.GRecTrainer import FINAL_DIR
@@ -209,6 +221,7 @@ def run(args: argparse.Namespace) -> dict | None:
         "results.json" if args.split == "test" else f"results_{args.split}.json"))
     if out.exists() and not out.is_file():
         raise UserInputError(f"--output_file {out}: exists and is not a file")
+    check_output_path(out, "--output_file" if args.output_file else "--output_dir")
     meta = {"args": vars(args), "method": "rrec", "script": "compare_model/rrec.py", "model": str(ckpt),
             "model_files": model_files(ckpt), "base_model": base, "checkpoint_kind": describe_checkpoint(ckpt),
             "dataset": args.dataset_dir,
@@ -230,58 +243,65 @@ def evaluate(args, dataset, items, ckpt, base, settings, category, out, meta) ->
     from trainers.evaluation.protocol import sanity_rows
     from trainers.evaluation.results import ResultWriter
     from trainers.evaluation.rrec import FULL_RANKING_KS, rrec_metrics
-    from trainers.foundation.distributed import shard
+    from trainers.foundation.distributed import locked_run, shard
 
     state = PartialState(cpu=args.device == "cpu")
-    rank, world = state.process_index, state.num_processes
-    if args.no_resume and rank == 0:
-        ResultWriter(out, meta, resume=False)  # clears the old files once, before any process appends
-    state.wait_for_everyone()
-    writer = ResultWriter(out, meta, resume=True, flush_every=max(1, args.batch_size), rank=rank)
-    order = [int(ex["interaction_id"]) for ex, _ in items]
-    todo = [it for it in items if int(it[0]["interaction_id"]) not in writer.done_ids]
-    if len(todo) < len(items) and rank == 0:
-        print(f"resuming {out}: {len(items) - len(todo)} of {len(items)} samples already done")
-    writer.write(order=order)  # meta on disk before the first sample
-    t0 = time.time()
-    if todo:  # the same on every process: all of them take part in the item table
-        rank_items(args, dataset, shard(todo, rank, world), ckpt, base, settings, category, writer, state)
-    state.wait_for_everyone()
-    if rank != 0:
-        return None
-    writer.merge()
-    samples = writer.ordered_samples(order)
-    if args.full_ranking and any("full_rank" not in s for s in samples):
-        raise UserInputError(f"{out}: earlier samples were made without --full_ranking; rerun with --no_resume")
-    rows = rrec_metrics(samples, args.K_eval, args.full_ranking)
-    sanity = sanity_rows(samples, dataset, args.seed, eval_ks(args.K_eval))
-    extra = {"sanity": sanity}
-    if args.full_ranking:
-        extra["full_ranking_metrics"] = rows["rrec (full catalogue)"]
-    writer.meta.update({"eval_seconds_this_run": round(time.time() - t0, 2), "processes": world})
-    data = writer.finalize(rows["rrec"], extra=extra, order=order)
-    print(f"{args.split}: {len(samples)} samples, K={args.K}, candidates from "
-          f"{args.reference_json or 'seeded sampling'}; model {ckpt} ({meta['checkpoint_kind']})")
-    print(format_metrics_table({"rrec": rows["rrec"], **sanity}, eval_ks(args.K_eval)))
-    if args.full_ranking:
-        print("full catalogue (history masked):")
-        print(format_metrics_table({"rrec (full catalogue)": rows["rrec (full catalogue)"]},
-                                   sorted(set(eval_ks(args.K_eval)) | set(FULL_RANKING_KS))))
-    print(f"wrote {out}")
-    return data
+    # one evaluation per output at a time: a second one would compute every sample twice into the same files
+    with locked_run(state, str(out.parent), flag="--output_file" if args.output_file else "--output_dir",
+                    lock_name=f".{out.name}.lock"):
+        rank, world = state.process_index, state.num_processes
+        flush = max(1, args.batch_size)
+        writer = None if args.no_resume else ResultWriter(out, meta, flush_every=flush, rank=rank)
+        if writer is not None and args.full_ranking and any("full_rank" not in s for s in writer.samples.values()):
+            raise UserInputError(f"{out}: earlier samples were made without --full_ranking; rerun with --no_resume")
+        order = [int(ex["interaction_id"]) for ex, _ in items]
+        todo = [it for it in items if writer is None or int(it[0]["interaction_id"]) not in writer.done_ids]
+        # the model and its prompts first: a damaged checkpoint or chat template fails before any file is touched
+        loaded = load_for_ranking(args, dataset, ckpt, base, settings, category, state) if todo else None
+        if writer is None:
+            if rank == 0:
+                ResultWriter(out, meta, resume=False)  # clears the old files once, before any process appends
+            state.wait_for_everyone()
+            writer = ResultWriter(out, meta, flush_every=flush, rank=rank)
+        if len(todo) < len(items) and rank == 0:
+            print(f"resuming {out}: {len(items) - len(todo)} of {len(items)} samples already done")
+        writer.write(order=order)  # meta on disk before the first sample
+        t0 = time.time()
+        if loaded is not None:  # the same on every process: all of them take part in the item table
+            rank_items(args, dataset, shard(todo, rank, world), *loaded, settings, writer, state)
+        state.wait_for_everyone()
+        if rank != 0:
+            return None
+        writer.merge()
+        samples = writer.ordered_samples(order)
+        if args.full_ranking and any("full_rank" not in s for s in samples):
+            raise UserInputError(f"{out}: earlier samples were made without --full_ranking; rerun with --no_resume")
+        rows = rrec_metrics(samples, args.K_eval, args.full_ranking)
+        sanity = sanity_rows(samples, dataset, args.seed, eval_ks(args.K_eval))
+        extra = {"sanity": sanity}
+        if args.full_ranking:
+            extra["full_ranking_metrics"] = rows["rrec (full catalogue)"]
+        writer.meta.update({"eval_seconds_this_run": round(time.time() - t0, 2), "processes": world})
+        data = writer.finalize(rows["rrec"], extra=extra, order=order)
+        print(f"{args.split}: {len(samples)} samples, K={args.K}, candidates from "
+              f"{args.reference_json or 'seeded sampling'}; model {ckpt} ({meta['checkpoint_kind']})")
+        print(format_metrics_table({"rrec": rows["rrec"], **sanity}, eval_ks(args.K_eval)))
+        if args.full_ranking:
+            print("full catalogue (history masked):")
+            print(format_metrics_table({"rrec (full catalogue)": rows["rrec (full catalogue)"]},
+                                       sorted(set(eval_ks(args.K_eval)) | set(FULL_RANKING_KS))))
+        print(f"wrote {out}")
+        return data
 
 
-def rank_items(args, dataset, mine, ckpt, base, settings, category, writer, state) -> None:
-    """This process's share: load the model, compute (its share of) the item table, rank its examples."""
+def load_for_ranking(args, dataset, ckpt, base, settings, category, state) -> tuple:
+    """(model, prompter) of this process."""
     from dataclasses import asdict
 
     from models.rrec_models import RRecModel
     from prompters.rrec_prompter import RRecPrompter
-    from trainers.evaluation.rrec import compute_item_table, rank_with_rrec
-    from trainers.foundation.distributed import gather_objects
 
-    rank, world = state.process_index, state.num_processes
-    device = str(state.device) if world > 1 else args.device
+    device = str(state.device) if state.num_processes > 1 else args.device
     model = RRecModel.load(str(ckpt), device=device, dtype=args.dtype, attn_implementation=args.attn_implementation,
                            base_model=base, micro_batch_size=args.item_batch_size,
                            trust_remote_code=args.trust_remote_code, settings=asdict(settings), merge_adapter=True,
@@ -290,6 +310,15 @@ def rank_items(args, dataset, mine, ckpt, base, settings, category, writer, stat
     prompter = RRecPrompter(model.tokenizer, dataset.item_rows, category, user_window_size=settings.user_window_size,
                             model_type=settings.model_type, emb_token=settings.emb_token,
                             emb_end_token=settings.emb_end_token)
+    return model, prompter
+
+
+def rank_items(args, dataset, mine, model, prompter, settings, writer, state) -> None:
+    """This process's share: compute (its share of) the item table, rank its examples."""
+    from trainers.evaluation.rrec import compute_item_table, rank_with_rrec
+    from trainers.foundation.distributed import gather_objects
+
+    rank, world = state.process_index, state.num_processes
     show = not args.no_progress and rank == 0
     table = compute_item_table(model, prompter, dataset.n_items, batch_size=args.item_batch_size, progress=show,
                                rank=rank, world=world, gather=lambda obj: gather_objects(state, obj))

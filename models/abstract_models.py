@@ -135,6 +135,22 @@ def check_model_dir(path: str | Path, flag: str = "--model_name_or_path", need_t
     return p
 
 
+def _load_errors() -> tuple[type[BaseException], ...]:
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError, pickle.UnpicklingError)
+
+
+# What loading a damaged, truncated or foreign weight file raises (safetensors' error is no OSError).
+LOAD_ERRORS = _load_errors()
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False, flag: str = "--model_name_or_path"):
     from transformers import AutoTokenizer
 
@@ -144,8 +160,15 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False, flag: str 
                              "copy the base model's tokenizer into it")
     try:
         tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UserInputError(f"{flag} {path}: cannot load the tokenizer ({type(e).__name__}: {str(e).splitlines()[0]})")
+    except LOAD_ERRORS as e:
+        raise UserInputError(f"{flag} {path}: cannot load the tokenizer ({_first_line(e)})")
+    # A tokenizer directory missing tokenizer.json or tokenizer_config.json can still "load": an empty vocabulary,
+    # or no end-of-sequence token. Either would fail much later (or silently change the prompts).
+    if not tok("Yes", add_special_tokens=False)["input_ids"]:
+        raise UserInputError(f"{flag} {path}: the tokenizer encodes nothing (tokenizer.json missing or damaged?)")
+    if tok.pad_token_id is None and tok.eos_token_id is None:
+        raise UserInputError(f"{flag} {path}: the tokenizer has neither an end-of-sequence nor a padding token "
+                             "(tokenizer_config.json missing or damaged?)")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -162,16 +185,17 @@ def load_causal_lm(path: str | Path, device: torch.device, dtype: torch.dtype, a
     try:
         model = AutoModelForCausalLM.from_pretrained(str(src), dtype=dtype, attn_implementation=attn_implementation,
                                                      trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UserInputError(f"{flag} {src}: cannot load the model ({type(e).__name__}: {str(e).splitlines()[0]})")
+    except LOAD_ERRORS as e:
+        raise UserInputError(f"{flag} {src}: cannot load the model ({_first_line(e)}); the weights are damaged or "
+                             "truncated, or not this architecture's")
     if is_adapter_dir(path):
         from peft import PeftModel
 
         try:
             model = PeftModel.from_pretrained(model, str(path), is_trainable=adapter_trainable)
-        except (OSError, ValueError, RuntimeError, KeyError) as e:
-            raise UserInputError(f"{flag} {path}: adapter does not fit base model {src} "
-                                 f"({type(e).__name__}: {str(e).splitlines()[0]})")
+        except LOAD_ERRORS as e:
+            raise UserInputError(f"{flag} {path}: adapter does not fit base model {src}, or is damaged "
+                                 f"({_first_line(e)})")
         if merge_adapter:
             model = model.merge_and_unload()
     return model.to(device)

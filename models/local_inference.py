@@ -21,6 +21,8 @@ from models.abstract_models import (
     resolve_device,
     resolve_dtype,
 )
+from prompters.rendering import render_chat
+from trainers.foundation.config import finite_float
 from trainers.foundation.errors import UserInputError
 
 
@@ -47,7 +49,7 @@ class LocalGenerator:
 
     def chat_text(self, messages: Sequence[dict]) -> str:
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+            return render_chat(self.tokenizer, list(messages), add_generation_prompt=True)
         return "\n".join(m["content"] for m in messages) + "\n"
 
     @torch.no_grad()
@@ -121,6 +123,8 @@ def run_prompt_file(model_path: str, input_file: str, output_file: str, device: 
         raise UserInputError(f"--max_new_tokens {max_new_tokens}: must be >= 1")
     if temperature < 0:
         raise UserInputError(f"--temperature {temperature}: must be >= 0")
+    if not 0 < top_p <= 1:
+        raise UserInputError(f"--top_p {top_p}: must be in (0, 1]")
     rows = read_jsonl(input_file, flag="--input_file")
     for r in rows:
         if "id" not in r:
@@ -176,8 +180,8 @@ def inference_cli(argv: list[str] | None, description: str, model_path: str, inp
                    help=f"prompts generated per forward batch (default: {batch_size})")
     p.add_argument("--max_new_tokens", type=int, default=max_new_tokens,
                    help=f"response length limit in tokens (default: {max_new_tokens})")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top_p", type=float, default=1.0,
+    p.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy")
+    p.add_argument("--top_p", type=finite_float, default=1.0,
                    help="nucleus-sampling mass; only used when --temperature > 0 (default: 1.0)")
     p.add_argument("--prompt_id_min", type=int, default=None, help="first prompt id to answer (inclusive)")
     p.add_argument("--prompt_id_max", type=int, default=None, help="last prompt id to answer (inclusive)")

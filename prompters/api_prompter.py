@@ -11,6 +11,7 @@ from typing import Sequence
 
 from prompters import prompts
 from prompters.binary_prompter import _fmt_rating, item_raw_text, read_template
+from prompters.rendering import safe_item_rows
 from trainers.foundation.errors import UserInputError
 
 PLACEHOLDERS = {"history", "candidates", "n"}
@@ -36,7 +37,7 @@ class ApiRankingPrompter:
             raise UserInputError(f"--user_window_size {user_window_size}: must be >= 1")
         if max_len_per_item < 0:
             raise UserInputError(f"--max_len_per_item {max_len_per_item}: must be >= 0 (0 = titles only)")
-        self.item_rows = item_rows
+        self.item_rows = safe_item_rows(item_rows)  # chat-family special-token strings in item text neutralised
         self.user_window_size = user_window_size
         self.max_len_per_item = max_len_per_item
         self.template = load_api_template(dataset_type, template_file)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from prompters import prompts
+from prompters.rendering import render_chat, safe_item_rows
 from trainers.foundation.errors import UserInputError
 
 _SENTINEL = "\u2063CANDIDATE\u2063"  # invisible separator: never occurs in item text
@@ -98,7 +99,7 @@ class BinaryPrompter:
         if user_window_size < 1:
             raise UserInputError(f"--user_window_size {user_window_size}: must be >= 1")
         self.tokenizer = tokenizer
-        self.item_rows = item_rows
+        self.item_rows = safe_item_rows(item_rows, tokenizer)  # special-token strings in item text neutralised
         self.max_len_per_item = max_len_per_item
         self.user_window_size = user_window_size
         self.reasoning = reasoning
@@ -107,6 +108,9 @@ class BinaryPrompter:
         user_msg = self.template.format(history="{history}", candidate=_SENTINEL, answer_instruction=instruction)
         # Render once with placeholders, then split: chat framing is identical for all users.
         chat = self._apply_chat(user_msg)
+        if chat.count(_SENTINEL) != 1 or chat.split(_SENTINEL)[0].count("{history}") != 1:
+            raise UserInputError(f"{getattr(tokenizer, 'name_or_path', '') or 'the tokenizer'}: its chat template "
+                                 "does not keep the user message (damaged chat_template.jinja?)")
         before, after = chat.split(_SENTINEL)
         head, tail = before.split("{history}")
         self._head, self._mid = head, tail
@@ -116,9 +120,7 @@ class BinaryPrompter:
 
     def _apply_chat(self, user_msg: str) -> str:
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": user_msg}], tokenize=False, add_generation_prompt=True
-            )
+            return render_chat(self.tokenizer, [{"role": "user", "content": user_msg}], add_generation_prompt=True)
         return user_msg + "\n"
 
     def encode(self, text: str) -> list[int]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from prompters import prompts
+from prompters.rendering import render_chat, safe_item_rows
 from trainers.foundation.errors import UserInputError
 
 MODEL_TYPES = ("qwen", "gemma")
@@ -107,13 +108,15 @@ class RRecPrompter:
         if user_window_size < 1:
             raise UserInputError(f"--user_window_size {user_window_size}: must be >= 1")
         self.tokenizer = tokenizer
-        self.item_rows = item_rows
+        self.item_rows = safe_item_rows(item_rows, tokenizer)  # special-token strings in item text neutralised
         self.category = category
         self.category_plural, self.category_singular = category_names(category)
         self.user_window_size = user_window_size
         self.model_type = check_model_type(model_type)
         self.emb_token, self.emb_end_token = emb_token, emb_end_token
         self._item_ids_cache: dict[int, list[int]] = {}
+        self.chat("probe")  # a chat template that cannot render our turns fails here, before any work
+        self.chat("probe", self.emb_token)
 
     # ---- text --------------------------------------------------------------------------------
     def history_text(self, example: dict) -> str:
@@ -154,9 +157,9 @@ class RRecPrompter:
             return user_msg + "\n" + (assistant_prefix or "")
         messages = [{"role": "user", "content": user_msg}]
         if assistant_prefix is None:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return render_chat(self.tokenizer, messages, add_generation_prompt=True)
         messages.append({"role": "assistant", "content": assistant_prefix})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+        return render_chat(self.tokenizer, messages, continue_final_message=True)
 
     def user_prompt(self, example: dict) -> str:
         """What reasoning is generated from."""

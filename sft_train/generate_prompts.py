@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
+from trainers.foundation.config import finite_float
 from trainers.foundation.errors import UserInputError, die
 
 
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_samples", type=int, default=1000,
                    help="prompt rows to write (examples drawn without replacement, cycling if the split is smaller; "
                         "default: 1000)")
-    p.add_argument("--match_ratio", type=float, default=0.5, help="probability that a row is a positive (label Yes)")
+    p.add_argument("--match_ratio", type=finite_float, default=0.5,
+                   help="probability that a row is a positive (label Yes)")
     p.add_argument("--model_type", default="qwen",
                    help="model whose tokenizer/chat template renders prompts: a family (qwen|gemma), a model name "
                         "known to paths.py, or a directory (default: qwen = Qwen2.5-3B-Instruct)")

@@ -208,8 +208,78 @@ def ctx(tmp_path_factory) -> dict:
     for d, name in (("test_out", "results.json"), ("ds_out", "results.json"), ("rrec_out", "results.json")):
         (root / d).mkdir()
         (root / d / name).write_text(json.dumps(other))
+    _damaged_fixtures(c, root)
     c["logs"] = tmp_path_factory.mktemp("badinput_logs")
     return c
+
+
+def _damaged_fixtures(c: dict, root: Path) -> None:
+    """Issue 14: damaged datasets, model dirs and checkpoints (tests/test_damaged_artifacts.py generates every
+    case in-process; these rows run one of each family through the real scripts), raw files that lose rows,
+    output paths under a file."""
+    import gzip
+
+    from datasets import load_from_disk
+
+    from trainers.foundation.checkpoints import write_complete_marker
+
+    name = Path(c["data"]).name
+    c["ds_truncated"] = root / "ds_truncated" / name
+    shutil.copytree(c["data"], c["ds_truncated"])
+    arrow = next((c["ds_truncated"] / "train").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    for key, change in (("ds_empty_valid", lambda dd: dd.__setitem__("valid", dd["valid"].select([]))),
+                        ("ds_no_column",
+                         lambda dd: dd.__setitem__("test", dd["test"].remove_columns(["history_rating"]))),
+                        ("ds_bad_ids", lambda dd: dd.__setitem__("test", dd["test"].map(lambda r: {"item_id": 9999})))):
+        dd = load_from_disk(str(c["data"]))
+        change(dd)
+        c[key] = root / key / name
+        dd.save_to_disk(str(c[key]))
+    # a model directory whose weights were cut short, one whose chat template is damaged (no manifest: foreign)
+    c["model_truncated"] = root / "model_truncated"
+    shutil.copytree(c["model"], c["model_truncated"])
+    w = c["model_truncated"] / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    c["model_bad_template"] = root / "model_bad_template"
+    shutil.copytree(c["model"], c["model_bad_template"])
+    (c["model_bad_template"] / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }")
+    # our checkpoints (with the COMPLETE manifest), a file truncated after they were written
+    import torch
+
+    c["ckpt_truncated"] = root / "truncated_run" / "checkpoint-3"
+    shutil.copytree(c["model"], c["ckpt_truncated"])
+    for n in ("heads.safetensors", "optimizer.pt", "scheduler.pt"):
+        torch.save({}, c["ckpt_truncated"] / n)
+    for n in ("trainer_state.json", "args.json"):
+        (c["ckpt_truncated"] / n).write_text('{"step": 3}')
+    write_complete_marker(c["ckpt_truncated"], 3)
+    w = c["ckpt_truncated"] / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    c["rrec_ckpt_truncated"] = root / "rrec_ckpts" / "truncated" / "checkpoint-1"
+    shutil.copytree(c["rrec_ckpt"], c["rrec_ckpt_truncated"])
+    write_complete_marker(c["rrec_ckpt_truncated"], 1)
+    t = c["rrec_ckpt_truncated"] / "item_table.pt"
+    t.write_bytes(t.read_bytes()[:10])
+    # raw files whose ratings are not numbers: preprocess.py names the drops in its error
+    c["raw_bad_numbers"] = root / "raw_bad_numbers"
+    shutil.copytree(c["raw"], c["raw_bad_numbers"])
+    csv = next(c["raw_bad_numbers"].glob("*.csv.gz"))
+    lines = gzip.open(csv, "rt").read().splitlines()
+    lines = lines[:1] + [",".join(ln.split(",")[:2] + ["five"] + ln.split(",")[3:]) for ln in lines[1:]]
+    with gzip.open(csv, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    c["a_file"] = root / "a_file"
+    c["a_file"].write_text("not a directory")
+    # an evaluation output another live run (this test process) is writing: test.py/rrec.py lock their result
+    # file, the API scripts their output dir
+    import socket
+
+    c["eval_locked"] = root / "eval_locked"
+    c["eval_locked"].mkdir()
+    me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"})
+    for name in (".results.json.lock", ".lock", f".{Path(c['data']).name}.lock"):
+        (c["eval_locked"] / name).write_text(me)
 
 
 def _rrec_fixtures(c: dict, root: Path) -> None:
@@ -438,6 +508,48 @@ CASES = [
     ("find_user-unknown", ["tools/find_user_history.py", "--dataset_dir", "{data}", "--user_id", "NOBODY"],
      "--user_id", False),
     ("compare_results-broken", ["tools/compare_results.py", "{not_json}"], "results_broken.json", False),
+    # ---- issue 14: damaged datasets, models and checkpoints; non-finite numbers; outputs under a file
+    ("test-dataset-truncated", _set(TEST, dataset_path="{ds_truncated}"), "train/data-00000-of-00001.arrow is damaged",
+     True),
+    ("train-dataset-empty-valid", _set(TRAIN, dataset_path="{ds_empty_valid}"), "the valid split holds no rows", False),
+    ("ds-dataset-missing-column", _set(DS, dataset_dir="{ds_no_column}"), "no 'history_rating' column", False),
+    ("rrec-dataset-bad-ids", _set(RREC, dataset_dir="{ds_bad_ids}"), "test.item_id holds item id 9999", False),
+    ("gen-dataset-truncated", _set(GEN, dataset_dir="{ds_truncated}"), "is damaged or truncated", False),
+    ("test-model-truncated", _set(TEST, model_name_or_path="{model_truncated}"), "cannot load the model", False),
+    ("test-chat-template-broken", _set(TEST, model_name_or_path="{model_bad_template}"), "chat template", False),
+    ("rrec-chat-template-broken", _set(RREC, checkpoint_path="{model_bad_template}"), "chat template", False),
+    # --overwrite_output_dir removes the earlier results only once the model has loaded
+    ("test-overwrite-then-damaged-model", _set(TEST, output_dir="{root}/test_out",
+                                               model_name_or_path="{model_truncated}") + ["--overwrite_output_dir"],
+     "cannot load the model", False),
+    ("rrec-overwrite-then-damaged-template", _set(RREC, output_dir="{root}/rrec_out",
+                                                  checkpoint_path="{model_bad_template}") + ["--no_resume"],
+     "chat template", False),
+    ("train-ckpt-truncated", _set(TRAIN, resume_from="{ckpt_truncated}"), "model.safetensors has 100 bytes", False),
+    ("test-ckpt-truncated", _set(TEST, resume_from="{ckpt_truncated}"), "model.safetensors has 100 bytes", False),
+    ("trrec-ckpt-truncated", _set(TRREC, resume_from="{rrec_ckpt_truncated}") + ["--no-use_lora"],
+     "item_table.pt has 10 bytes", False),
+    ("rrec-ckpt-truncated", _set(RREC, checkpoint_path="{rrec_ckpt_truncated}"), "item_table.pt has 10 bytes", False),
+    ("train-lora-alpha-nan", _set(TRAIN, lora_alpha="nan") + ["--use_lora"], "--lora_alpha", True),
+    ("run_qwen_sft-temperature-nan", ["tools/run_qwen_sft.py", "--model_path", "{model}", "--input_file",
+                                      "{good_jsonl}", "--output_file", "{fresh_out}/o.jsonl", "--temperature", "nan"],
+     "--temperature", False),
+    ("ds-timeout-nan", _set(DS, timeout="nan"), "--timeout", False),
+    ("pre-unreadable-numbers", _set(PRE, raw_dir="{raw_bad_numbers}", data_root_dir="{fresh_out}"), "bad_rating",
+     False),
+    ("pre-data-root-under-file", _set(PRE, data_root_dir="{a_file}/data"), "--data_root_dir", False),
+    ("ds-output-is-file", _set(DS, output_dir="{a_file}"), "--output_dir", False),
+    ("rrec-output-under-file", _set(RREC, output_dir="{a_file}/out"), "cannot be created", False),
+    ("get_response-output-under-file", ["sft_train/get_response_by_deepseek.py", "--input_file", "{good_jsonl}",
+                                        "--output_file", "{a_file}/r.jsonl", "--api_key", KEY, "--api_base",
+                                        "http://127.0.0.1:9/v1"], "cannot be created", False),
+    ("gen-output-under-file", _set(GEN, output_file="{a_file}/p.jsonl"), "cannot be created", False),
+    ("pre-output-in-use", _set(PRE, data_root_dir="{eval_locked}"), "in use by another run", False),
+    ("test-output-in-use", _set(TEST, output_dir="{eval_locked}"), "in use by another run", False),
+    ("rrec-output-in-use", _set(RREC, output_dir="{eval_locked}"), "in use by another run", False),
+    ("ds-output-in-use", _set(DS, output_dir="{eval_locked}"), "in use by another run", False),
+    ("plot-output-is-dir", ["tools/plot_training.py", "--metrics_file", "{good_jsonl}", "--output", "{root}"],
+     "--output", False),
 ]
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -429,8 +430,10 @@ def test_rejected_key_and_echoed_key(data_dir, oracle, tmp_path, monkeypatch, ca
     def echo(req, n):
         auth = req["_headers"]["authorization"]
         ans = good(req, n)
-        return {**ans, "content": f"{ans['content']}\n(key {auth} = {masked})", "reasoning_content": f"{auth} {masked}",
-                "model": f"m-{auth}"}
+        raw = auth.split()[-1]  # reformatted as a hostile server might: other case, spaced out, broken over lines
+        reformatted = f"{raw.upper()} {' '.join(raw)} {raw[:9]}\n{raw[9:]}"
+        return {**ans, "content": f"{ans['content']}\n(key {auth} = {masked})", "model": f"m-{auth}",
+                "reasoning_content": f"{auth} {masked} {reformatted}"}
 
     texts = []
     with lb.LoopbackAPI(echo) as api:
@@ -444,4 +447,21 @@ def test_rejected_key_and_echoed_key(data_dir, oracle, tmp_path, monkeypatch, ca
         if p.is_file():
             texts.append(p.read_text())
     assert any("(key Bearer *** = ***)" in t for t in texts)
-    assert not [t for t in texts if key in t or masked in t or "SECRET" in t]
+    assert not [t for t in texts if key in t or masked in t or "secret" in t.lower() or "S E C R E T" in t]
+
+
+def test_overwrite_with_a_rejected_key_keeps_the_earlier_answers(full_run, data_dir, oracle, tmp_path, monkeypatch,
+                                                                  capsys):
+    """--overwrite_output_dir discards the earlier answers only once the new run has answers of its own: a rejected
+    key (or any failure before the first answer) leaves them where they were."""
+    from tests.fixtures.scripts import run_main
+
+    src = full_run[0]
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with lb.LoopbackAPI(make_responder(oracle), require_key="another-key") as api:
+        code, _, err = run_main("compare_model/deepseek.py", base_args(api, data_dir, out, "--test_only",
+                                "--no_progress", "--overwrite_output_dir"), monkeypatch, capsys, key=KEY)
+    assert code == 2 and "rejected the key" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -182,7 +182,8 @@ WRITER = textwrap.dedent("""
     start = len(w.samples)
     for i in range(start, 100000):
         w.add({{"interaction_id": i, "user_id": "u", "target_item_id": 1, "candidates": list(range(500)),
-                "scores": [0.123456789] * 2000, "ranking": list(range(500)), "target_rank": 1 + i % 7}})
+                "scores": [0.123456789] * 500, "ranking": list(range(500)), "target_rank": 1 + i % 7,
+                "outputs": {{"text": "x" * 20000}}}})  # long lines: kills land mid-write
 """)
 
 
@@ -209,3 +210,29 @@ def test_result_writer_survives_sigkill(tmp_path):
     w = ResultWriter(path, {"seed": 1})
     ids = sorted(w.samples)
     assert ids == list(range(len(ids))) and len(ids) >= 80  # nothing lost, nothing twice
+
+
+# ------------------------------------------------------------------- damaged saved rows (issue 14)
+def test_test_py_rerun_recomputes_damaged_saved_rows(assets, tmp_path):
+    """Rows of a killed run that a rerun cannot use (a rank that is not a number, no candidates, another run's
+    garbage) are reported and recomputed: the rerun ends equal to an uninterrupted run instead of crashing after
+    all the work (and again on every rerun) or putting a wrong rank into the metrics."""
+    model, data = assets
+    out = tmp_path / "out"
+    argv = ["test.py", "--model_name_or_path", str(model), "--dataset_path", str(data), "--dataset_type", "other",
+            "--K", str(K), "--K_eval", "3", "--num_samples", "4", "--batch_size", "1", "--device", "cpu",
+            "--dtype", "fp32", "--output_dir", str(out), "--no_progress", "--max_len_per_item", "8",
+            "--user_window_size", "3", "--print_every_text", "0"]
+    r = _run(argv)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref = json.loads((out / "results.json").read_text())
+    rows = [dict(s) for s in ref["samples"]]
+    rows[1]["target_rank"], rows[2]["candidates"], rows[3]["scores"] = "x", None, [0.5]
+    (out / "results.json").write_text(json.dumps({**ref, "samples": []}))
+    (out / "results.json.partial.jsonl").write_text("".join(json.dumps(s) + "\n" for s in rows) + "[1, 2]\n")
+    r = _run(argv)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("it will be recomputed") == 3 and "resuming" in r.stdout
+    got = json.loads((out / "results.json").read_text())
+    _assert_same_samples(got["samples"], ref["samples"])
+    assert got["metrics"] == ref["metrics"]

@@ -190,6 +190,9 @@ def test_rejected_key_exits_nonzero_and_records_nothing(tmp_path, monkeypatch, c
             assert code == 2 and len(err.strip().splitlines()) == 1 and "rejected the key" in err, err
             assert "401" in err and KEY not in err + stdout and not out.exists()
         assert api.calls <= 4
+        code, stdout, err = run_main("tools/run_r1_once.py", ["--prompt", "hi", "--api_base", api.url, *FAST],
+                                     monkeypatch, capsys, key=KEY)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "--api_key" in err and KEY not in err + stdout
 
 
 def test_echoed_key_never_reaches_disk_or_output(tmp_path, monkeypatch, capsys):

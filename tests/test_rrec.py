@@ -389,7 +389,7 @@ def test_rrec_py_on_upstream_checkpoints(ours_eval, trained, tiny_model, dataset
     src, first = ours_eval
     run, _ = trained
     adapter = tmp_path / "upstream_adapter"
-    shutil.copytree(run / "final_checkpoint", adapter, ignore=shutil.ignore_patterns("rrec_config.json", "*.json"))
+    shutil.copytree(run / "final_checkpoint", adapter, ignore=shutil.ignore_patterns("*.json", "COMPLETE"))
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(run / "final_checkpoint" / f, adapter / f)
     cfg = json.loads((run / "final_checkpoint" / "adapter_config.json").read_text())

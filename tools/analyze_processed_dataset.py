@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections import Counter
 from datetime import datetime, timezone
 
@@ -57,13 +58,16 @@ def analyze(dataset_dir: str, tokenizer: str | None = None) -> dict:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(tokenizer)
-        texts = [f"{r['title']} {' '.join(r['description'])}".strip() for r in ds.item_rows[1:]]
+        texts = [f"{r['title']} {' '.join(r.get('description') or [])}".strip() for r in ds.item_rows[1:]]
         out["title_tokens"] = _describe([len(tok(t, add_special_tokens=False)["input_ids"]) for t in titles])
         out["item_text_tokens"] = _describe([len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts])
     stats = os.path.join(dataset_dir, "stats.json")
     if os.path.exists(stats):
-        with open(stats, encoding="utf-8") as f:
-            out["stats_json"] = json.load(f)
+        try:
+            with open(stats, encoding="utf-8") as f:
+                out["stats_json"] = json.load(f)
+        except (OSError, ValueError) as e:  # preprocess.py's report only; the dataset itself loaded fine
+            print(f"warning: {stats} is unreadable ({e}); summary without it", file=sys.stderr)
     return out
 
 

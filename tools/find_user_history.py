@@ -17,6 +17,7 @@ def user_history(dataset_dir: str, user_id: str) -> list[dict]:
     split is the split where the interaction is a target, or "history" for the user's first one.
     """
     ds = load_processed_dataset(dataset_dir, flag="--dataset_dir")
+    ds.require_columns({"item_asins": "list of string", "item_asin": "string", "rating": "number"})
     titles = ds.titles
     events: dict[tuple[int, int], dict] = {}
     for s in SPLITS:

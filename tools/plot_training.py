@@ -5,6 +5,7 @@ import argparse
 import os
 
 from trainers.foundation.errors import UserInputError, die
+from trainers.foundation.files import check_output_path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,6 +18,7 @@ def main(argv: list[str] | None = None) -> None:
 
     out = args.output or os.path.join(os.path.dirname(os.path.abspath(args.metrics_file)), "training.png")
     try:
+        check_output_path(out, "--output")
         path = plot_training(args.metrics_file, out, smooth=args.smooth)
     except UserInputError as e:
         die(str(e))

@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 
+from trainers.foundation.config import finite_float
 from trainers.foundation.errors import UserInputError, die
 
 # The built-in example: a short history and one candidate, rendered with the judge's own templates.
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--prompt_file", help="file whose whole text is the user message")
     p.add_argument("--system", default=None, help="optional system message")
     p.add_argument("--max_new_tokens", type=int, default=256, help="response length limit in tokens (default: 256)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy")
     p.add_argument("--seed", type=int, default=42, help="sampling seed, used when --temperature > 0 (default: 42)")
     args = p.parse_args(argv)
     try:

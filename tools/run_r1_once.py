@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from models.api_client import resolve_api_key
+    from models.api_client import AUTH_STATUS, resolve_api_key
     from trainers.cli import api_script_errors, client_from_args
 
     args = build_parser().parse_args(argv)
@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> None:
         client = client_from_args(args, args.model_name)
         res = client.chat(messages)
         client.close()
-    if res.error:
-        print(f"{os.path.basename(sys.argv[0])}: error: request failed after {res.attempts} attempt(s): {res.error}",
-              file=sys.stderr)
-        raise SystemExit(1)
+    if res.error:  # a rejected key is bad input (exit 2, as in every API script); anything else a failed request
+        print(f"{os.path.basename(sys.argv[0])}: error: request failed after {res.attempts} attempt(s): {res.error}"
+              + ("; check --api_key or DEEPSEEK_API_KEY" if res.error_status in AUTH_STATUS else ""), file=sys.stderr)
+        raise SystemExit(2 if res.error_status in AUTH_STATUS else 1)
     print("=== reasoning ===")
     print(res.reasoning_content if res.reasoning_content else "(the model returned no reasoning_content)")
     print("=== answer ===")

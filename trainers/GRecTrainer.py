@@ -40,6 +40,7 @@ from trainers.foundation.checkpoints import (
     read_trainer_state,
     resolve_checkpoint,
     write_checkpoint,
+    write_complete_marker,
 )
 from trainers.foundation.config import RunConfig, option, require
 from trainers.foundation.distributed import (
@@ -52,7 +53,7 @@ from trainers.foundation.distributed import (
     shard,
 )
 from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import append_jsonl, atomic_write_json, truncate_jsonl_after
+from trainers.foundation.files import append_jsonl, atomic_write_json, check_output_path, truncate_jsonl_after
 from trainers.rl.advantages import ADVANTAGE_TYPES
 
 FINAL_DIR = "final_checkpoint"  # upstream's name for the trained (best) model
@@ -237,9 +238,7 @@ def output_dir_artifacts(out: Path) -> list[Path]:
 
 
 def check_output_dir(cfg: RRecTrainingArguments) -> None:
-    out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--output_dir {out}: exists and is not a directory")
+    out = check_output_path(cfg.output_dir, "--output_dir", kind="dir")
     if out.is_dir() and not cfg.resume_from and not cfg.overwrite_output_dir \
             and any(p.name != ".lock" for p in out.iterdir()):
         raise UserInputError(f"--output_dir {out}: exists and is not empty; pass --resume_from auto to continue that "
@@ -288,7 +287,7 @@ class GRecTrainer:
         self.dataset.check_K(cfg.K)
         self.base_model_dir = check_model_dir(cfg.model_name_or_path)
         self.resume_ckpt = resolve_checkpoint(cfg.resume_from, self.out, required=rrec_checkpoint_files(),
-                                              where=f"--output_dir {self.out}")
+                                              where=f"--output_dir {self.out}", training=True)
         self.state: dict[str, Any] = {}
         self.changed: list[str] = []
         if self.resume_ckpt is not None:
@@ -519,6 +518,7 @@ class GRecTrainer:
                 self._copy_model(self.out / f"checkpoint-{source}", tmp)
             atomic_write_json(tmp / "training_args.json", c.to_dict())
             atomic_write_json(tmp / "final_info.json", info)
+            write_complete_marker(tmp)  # the manifest: a file damaged later is found before anything loads
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from models.api_client import DEFAULT_API_BASE, DEFAULT_KEY_ENV, ApiJob, ChatClient, run_jobs
+from trainers.foundation.config import finite_float
 from trainers.foundation.errors import UserInputError, die, redact
+from trainers.foundation.files import check_output_path
 
 
 def add_client_args(parser, model_default: str = "deepseek-chat", model_flag: str = "--model_name",
@@ -25,14 +27,14 @@ def add_client_args(parser, model_default: str = "deepseek-chat", model_flag: st
     g.add_argument("--max_retries", type=int, default=5,
                    help="retries per request on 429/5xx/timeouts/connection errors/unusable 200 answers "
                         "(default: %(default)s)")
-    g.add_argument("--timeout", type=float, default=300.0,
+    g.add_argument("--timeout", type=finite_float, default=300.0,
                    help="wall-clock seconds one attempt may take, however slowly the server sends "
                         "(default: %(default)s)")
-    g.add_argument("--backoff_base", type=float, default=1.0,
+    g.add_argument("--backoff_base", type=finite_float, default=1.0,
                    help="first retry waits ~this many seconds, doubling each retry (default: %(default)s)")
-    g.add_argument("--backoff_max", type=float, default=60.0,
+    g.add_argument("--backoff_max", type=finite_float, default=60.0,
                    help="cap on one wait between attempts, also on a server's Retry-After (default: %(default)s)")
-    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the API's)")
+    g.add_argument("--temperature", type=finite_float, default=None, help="sampling temperature (default: the API's)")
     g.add_argument("--max_tokens", type=int, default=None, help="answer token limit (default: the API's)")
     g.add_argument("--no_retry_errors", action="store_true",
                    help="on a rerun, keep rows that failed earlier instead of asking again")
@@ -136,11 +138,10 @@ def _check_dataset_eval_args(a: argparse.Namespace) -> None:
         raise UserInputError(f"--K_eval {a.K_eval}: must be >= 1")
 
 
-def _evaluate_split(args, script: str, client, dataset, split: str, items, prompter) -> dict:
-    from trainers.evaluation.api import api_metrics, evaluate_with_api
-    from trainers.evaluation.metrics import eval_ks, format_metrics_table
-    from trainers.evaluation.protocol import sanity_rows
-    from trainers.evaluation.results import ResultWriter, check_resume_settings
+def _split_outputs(args, script: str, split: str) -> tuple[Path, Path, dict]:
+    """(responses file, result JSON, meta) of one split; an existing result JSON made with other settings is
+    refused here, before any split is evaluated (unless --overwrite_output_dir)."""
+    from trainers.evaluation.results import check_resume_settings
 
     suffix = "" if split == "test" else f"_{split}"
     out = Path(args.output_dir)
@@ -149,21 +150,32 @@ def _evaluate_split(args, script: str, client, dataset, split: str, items, promp
             "dataset": os.path.basename(os.path.normpath(args.dataset_dir)), "model": args.model_name,
             "reference_json": args.candidate_json_path}
     meta.pop("no_progress", None)
-    if args.overwrite_output_dir:
-        for p in (responses, results, results.with_name(results.name + ".partial.jsonl")):
-            if p.exists():
-                p.unlink()
-    else:
+    if not args.overwrite_output_dir:
         try:
             check_resume_settings(results, meta, RESUME_KEYS)
         except UserInputError as e:
             if "other settings" in str(e):
                 raise
             raise UserInputError(f"{e}; it is rebuilt from {responses.name}: delete {results} and rerun")
-    samples, writer = evaluate_with_api(
-        client, prompter, items, responses, lambda: ResultWriter(results, meta, resume=False, flush_every=20),
-        concurrency=args.concurrency, retry_errors=not args.no_retry_errors, redo_changed=args.redo_changed,
-        progress=not args.no_progress, desc=f"{args.model_name} ({split})")
+    return responses, results, meta
+
+
+def _evaluate_split(args, script: str, client, dataset, split: str, items, prompter) -> dict:
+    from trainers.evaluation.api import api_metrics, evaluate_with_api
+    from trainers.evaluation.metrics import eval_ks, format_metrics_table
+    from trainers.evaluation.protocol import sanity_rows
+    from trainers.evaluation.results import ResultWriter
+    from trainers.foundation.files import replaced_after_success
+
+    responses, results, meta = _split_outputs(args, script, split)
+    old = [responses, results, results.with_name(results.name + ".partial.jsonl")] if args.overwrite_output_dir else []
+    # --overwrite_output_dir: the old answers go only once this run has recorded its own (a rejected key or any
+    # other failure before the first answer leaves them where they were)
+    with replaced_after_success(old):
+        samples, writer = evaluate_with_api(
+            client, prompter, items, responses, lambda: ResultWriter(results, meta, resume=False, flush_every=20),
+            concurrency=args.concurrency, retry_errors=not args.no_retry_errors, redo_changed=args.redo_changed,
+            progress=not args.no_progress, desc=f"{args.model_name} ({split})")
     ks = eval_ks(args.K_eval)
     metrics = api_metrics(samples, ks)
     sanity = sanity_rows(samples, dataset, args.seed, ks)
@@ -212,13 +224,20 @@ def run_dataset_eval(args: argparse.Namespace, script: str, with_valid_pass: boo
     prompter = ApiRankingPrompter(dataset.item_rows, user_window_size=args.user_window_size,
                                   max_len_per_item=args.max_len_per_item, dataset_type=args.dataset_type,
                                   template_file=args.prompt_template, system_prompt=args.system_prompt)
+    check_output_path(args.output_dir, "--output_dir", kind="dir")
+    items = {}
+    for split in splits:  # every split's candidates and output checked before the first request
+        items[split] = build_eval_items(dataset, split, args.test_samples, args.K, args.seed, reference=reference)
+        if not items[split]:
+            raise UserInputError(f"split {split!r} of {args.dataset_dir} has no examples")
+        _split_outputs(args, script, split)
     out = {}
-    try:
-        for split in splits:
-            items = build_eval_items(dataset, split, args.test_samples, args.K, args.seed, reference=reference)
-            if not items:
-                raise UserInputError(f"split {split!r} of {args.dataset_dir} has no examples")
-            out[split] = _evaluate_split(args, script, client, dataset, split, items, prompter)
+    from trainers.foundation.files import RunLock
+
+    try:  # one run per output dir at a time: a second one would ask (and pay for) every request twice
+        with RunLock(args.output_dir):
+            for split in splits:
+                out[split] = _evaluate_split(args, script, client, dataset, split, items[split], prompter)
     finally:
         client.close()
     return out

@@ -38,7 +38,6 @@ import torch
 from models.abstract_models import disable_dropout
 from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, ndcg_at, ndcg_reward, target_rank
 from trainers.foundation.checkpoints import (
-    LOCK_FILE,
     check_optimizer_state_fits,
     check_resume_settings,
     finish_resume,
@@ -47,6 +46,7 @@ from trainers.foundation.checkpoints import (
     resolve_checkpoint,
     restore_rng_state,
     write_checkpoint,
+    write_complete_marker,
 )
 from trainers.foundation.config import RunConfig, option, require
 from trainers.foundation.distributed import (
@@ -58,7 +58,7 @@ from trainers.foundation.distributed import (
     shard,
 )
 from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import truncate_jsonl_after
+from trainers.foundation.files import LOCK_FILE, check_output_path, truncate_jsonl_after
 from trainers.foundation.seeding import derived_seed, numpy_rng
 from trainers.rl.advantages import normalize_advantages
 from trainers.rl.kl import kl_penalty
@@ -282,7 +282,7 @@ class PPOTrainer:
         base = check_model_dir(cfg.model_name_or_path)
         self.base_model_dir = base
         self.resume_ckpt = resolve_checkpoint(cfg.resume_from, self.out, required=judge_checkpoint_files(),
-                                              where=f"--output_dir {self.out}")
+                                              where=f"--output_dir {self.out}", training=True)
         self.state: dict[str, Any] = {}
         self.changed: list[str] = []
         if self.resume_ckpt is not None:
@@ -640,6 +640,7 @@ class PPOTrainer:
             else:
                 self.judge.save(tmp, merge_adapter=self.cfg.merge_lora)
             (tmp / "training_args.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
+            write_complete_marker(tmp)  # the manifest: a file damaged later is found before anything loads
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
@@ -749,9 +750,7 @@ def output_dir_artifacts(out: Path, token_log: Path | None) -> list[Path]:
 
 
 def check_output_dir(cfg: PPOConfig) -> None:
-    out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--output_dir {out}: exists and is not a directory")
+    out = check_output_path(cfg.output_dir, "--output_dir", kind="dir")
     if cfg.resume_from is None and not cfg.overwrite_output_dir and out.is_dir() and \
             any(p.name != LOCK_FILE for p in out.iterdir()):
         raise UserInputError(f"--output_dir {out}: not empty, it holds an earlier run; pass --resume_from auto to continue it "

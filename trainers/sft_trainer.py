@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from trainers.foundation.config import TrainerConfig, option, require
 from trainers.foundation.errors import UserInputError
+from trainers.foundation.files import check_output_path
 
 LORA = "LoRA"
 
@@ -114,6 +115,7 @@ def train_sft(cfg: "SFTConfig") -> str:
     from trainers.foundation.files import append_jsonl
 
     path = check_model_dir(args.model_name_or_path)
+    check_output_path(args.output_dir, "--output_dir", kind="dir")
     if (os.path.isdir(args.output_dir) and os.listdir(args.output_dir) and not args.resume_from_checkpoint
             and not args.overwrite_output_dir):
         raise UserInputError(f"--output_dir {args.output_dir}: exists and is not empty; pass "

@@ -48,6 +48,7 @@ from trainers.data.amazon_interactions import (
 )
 from trainers.data.amazon_items import ITEM_COLUMNS, ITEM_DROP_REASONS, clean_text, load_items, parse_price, valid_title
 from trainers.foundation.errors import UserInputError
+from trainers.foundation.files import RunLock, check_output_path
 
 __all__ = ["EXAMPLE_COLUMNS", "ITEM_COLUMNS", "PreprocessConfig", "clean_text", "download", "format_summary",
            "output_dir", "parse_price", "run_preprocess", "split_sizes", "valid_title", "validate_config"]
@@ -108,6 +109,13 @@ def validate_config(cfg: PreprocessConfig) -> None:
     for p in (root, output_dir(cfg)):
         if p.exists() and not p.is_dir():
             raise UserInputError(f"--data_root_dir {cfg.data_root_dir}: {p} exists and is not a directory")
+    check_output_path(root, "--data_root_dir", kind="dir")
+
+
+def _drops_so_far(x) -> str:
+    """'rows read N; dropped: reason n, ...' for an error that ends the pipeline early (the summary never comes)."""
+    drops = ", ".join(f"{r} {int(x.dropped.get(r, 0))}" for r in DROP_REASONS if x.dropped.get(r, 0)) or "none"
+    return f"{x.rows_read} rows read; dropped: {drops}"
 
 
 def _stage(msg: str, t0: float) -> None:
@@ -116,8 +124,14 @@ def _stage(msg: str, t0: float) -> None:
 
 def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     """The whole pipeline; returns (output dir, stats). Raises UserInputError on bad input, always before
-    the output directory is touched."""
+    the output directory is touched. One run per output directory at a time (a lock next to it): two would
+    download into and assemble the same temporary directories."""
     validate_config(cfg)
+    with RunLock(cfg.data_root_dir, flag="--data_root_dir", name=f".{output_dir(cfg).name}.lock"):
+        return _run_preprocess(cfg)
+
+
+def _run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     if cfg.raw_dir is not None:
         if not Path(cfg.raw_dir).is_dir():
             raise UserInputError(f"--raw_dir {cfg.raw_dir}: not a directory")
@@ -154,13 +168,17 @@ def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
         x.dropped[name] += int(count)
     x = x.take(np.flatnonzero(per_row == 0))
     _stage(f"reviews: {n_valid} valid, {n_valid - n_dedup} duplicates removed, {len(x)} of kept items", t0)
+    if not len(x):
+        raise UserInputError(f"no reviews left after keeping the valid rows of items with usable metadata "
+                             f"({_drops_so_far(x)}); check the raw files (--raw_dir) and --keep_items_without_price")
 
     win = select_window(x, (cfg.st_year, cfg.st_month), (cfg.ed_year, cfg.ed_month), cfg.K, cfg.min_items,
                         cfg.repeat_policy)
     x = win.x
     x.dropped.update(win.dropped)
     if not len(x):
-        raise UserInputError(f"no interactions left after the {cfg.K}-core filter; lower --K or widen the window")
+        raise UserInputError(f"no interactions left after the {cfg.K}-core filter ({_drops_so_far(x)}); lower --K or "
+                             "widen the window, or fix the rows the raw files lose")
     index = index_examples(x, cfg.window_size, drop_target_in_history=cfg.repeat_policy == "drop_example")
     n = len(index.target)
     sizes = dict(zip(SPLITS, split_sizes(n)))
@@ -168,7 +186,7 @@ def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     if empty:
         raise UserInputError(
             f"only {n} examples, so the {'/'.join(empty)} split would be empty (train {sizes['train']}, valid "
-            f"{sizes['valid']}, test {sizes['test']}); lower --K or --min_items, widen the window "
+            f"{sizes['valid']}, test {sizes['test']}; {_drops_so_far(x)}); lower --K or --min_items, widen the window "
             f"(--st_year/--ed_year) or use a larger category")
     _stage(f"examples: {n} from {len(x)} interactions", t0)
     if cfg.repeat_policy == "keep" and index.in_history:

@@ -22,6 +22,7 @@ import numpy as np
 from prompters.answer_parsing import ANSWER_TAG_RE, parse_yes_no, strip_think
 from trainers.data.candidates import sample_candidates
 from trainers.foundation.errors import UserInputError
+from trainers.foundation.files import check_output_path
 
 LABELS = ("Yes", "No")
 FORMATS = ("alpaca", "sharegpt")
@@ -202,6 +203,7 @@ def check_prompt_output(path: str | os.PathLike, flag: str = "--output_file") ->
     """Refuse to replace an existing file that is not a prompt JSONL of generate_prompts.py."""
     p = Path(path)
     if not p.exists():
+        check_output_path(p, flag)
         return
     ours = p.is_file()
     if ours:

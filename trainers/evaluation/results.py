@@ -30,7 +30,44 @@ def git_commit() -> str | None:
         return None
 
 
-def load_result_json(path: str | os.PathLike, flag: str = "--reference_json") -> dict:
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def sample_problem(s: Any, complete: bool = True) -> str | None:
+    """Why a saved sample row cannot be used, or None. Always: a JSON object with integer interaction_id and
+    target_item_id and a list of distinct integer candidates holding the target. `complete` (a row a resumed run
+    would reuse as finished): also target_rank in 1..K, ranking an order of the candidates and scores one number
+    per candidate."""
+    if not isinstance(s, dict):
+        return "not a JSON object"
+    needed = SAMPLE_KEYS if complete else ("interaction_id", "target_item_id", "candidates")
+    missing = [k for k in needed if k not in s]
+    if missing:
+        return f"no {missing}"
+    if not _is_int(s["interaction_id"]) or not _is_int(s["target_item_id"]):
+        return "interaction_id/target_item_id are not integers"
+    cands = s["candidates"]
+    if not isinstance(cands, list) or not cands or not all(_is_int(c) for c in cands):
+        return "candidates is not a list of item ids"
+    if len(set(cands)) != len(cands) or s["target_item_id"] not in cands:
+        return "candidates repeat an item or lack the target"
+    if not complete:
+        return None
+    if not _is_int(s["target_rank"]) or not 1 <= s["target_rank"] <= len(cands):
+        return f"target_rank {s['target_rank']!r} is not in 1..{len(cands)}"
+    ranking, scores = s["ranking"], s["scores"]
+    if not isinstance(ranking, list) or not all(_is_int(c) for c in ranking) or sorted(ranking) != sorted(cands):
+        return "ranking is not an order of the candidates"
+    if not isinstance(scores, list) or len(scores) != len(cands) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores):
+        return "scores is not one number per candidate"
+    return None
+
+
+def load_result_json(path: str | os.PathLike, flag: str = "--reference_json", check_samples: bool = True) -> dict:
+    """A result JSON; with check_samples every sample must name its interaction, target and candidates
+    (sample_problem, complete=False), else a one-line error naming the sample."""
     p = Path(path)
     if not p.is_file():
         raise UserInputError(f"{flag} {path}: file not found")
@@ -38,13 +75,31 @@ def load_result_json(path: str | os.PathLike, flag: str = "--reference_json") ->
         data = json.loads(p.read_text(encoding="utf-8"))
     except ValueError as e:
         raise UserInputError(f"{flag} {path}: not valid JSON ({e})")
-    if not isinstance(data, dict) or "samples" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("samples"), list):
         raise UserInputError(f"{flag} {path}: not a result JSON (no 'samples' list)")
-    for i, s in enumerate(data["samples"]):
-        missing = [k for k in ("interaction_id", "target_item_id", "candidates") if k not in s]
-        if missing:
-            raise UserInputError(f"{flag} {path}: sample {i} lacks {missing}")
+    if check_samples:
+        for i, s in enumerate(data["samples"]):
+            problem = sample_problem(s, complete=False)
+            if problem:
+                raise UserInputError(f"{flag} {path}: sample {i}: {problem}")
     return data
+
+
+def usable_samples(rows: Any, where: Path | str, complete: bool = True, report: bool = True) -> list[dict]:
+    """The rows a resumed run can reuse (sample_problem); each other one is reported on stderr (unless not report)
+    and will be recomputed (failing on it would fail again on every rerun)."""
+    out = []
+    for s in rows:
+        problem = sample_problem(s, complete)
+        if problem and not report:
+            continue
+        if problem:
+            iid = s.get("interaction_id") if isinstance(s, dict) else None
+            print(f"warning: {where}: skipping saved sample {iid!r} ({problem}); it will be recomputed",
+                  file=sys.stderr)
+            continue
+        out.append(s)
+    return out
 
 
 def check_resume_settings(path: str | os.PathLike, meta: dict, keys: tuple[str, ...],
@@ -55,7 +110,7 @@ def check_resume_settings(path: str | os.PathLike, meta: dict, keys: tuple[str, 
     p = Path(path)
     if not p.is_file():
         return
-    old = load_result_json(p, flag=flag).get("meta", {}) or {}
+    old = load_result_json(p, flag=flag, check_samples=False).get("meta", {}) or {}
     flat_old = {**(old.get("args") or {}), **old}
     flat_new = {**(meta.get("args") or {}), **meta}
     diff = [k for k in keys if k in flat_old and flat_old[k] != flat_new.get(k)]
@@ -99,7 +154,8 @@ class ResultWriter:
         self.samples: dict[int, dict] = {}
         if resume:
             if self.path.is_file():
-                for s in load_result_json(self.path, flag="output").get("samples", []):
+                saved = load_result_json(self.path, flag="output", check_samples=False)["samples"]
+                for s in usable_samples(saved, self.path):
                     self.samples[int(s["interaction_id"])] = s
             self.merge()
         elif rank == 0:
@@ -109,15 +165,15 @@ class ResultWriter:
         self._since_flush = 0
 
     def merge(self) -> None:
-        """Take in the samples of every partial file (this process's and the others')."""
+        """Take in the samples of every partial file (this process's and the others'). Unusable rows are reported
+        by the first merge only (the ones read when the run started)."""
+        report, self._merged = not getattr(self, "_merged", False), True
         for part in partial_paths(self.path):
             if part == self.partial:
                 repair_jsonl_tail(part)
-            for s in iter_jsonl(part, flag="partial results", skip_bad_lines=True):
-                missing = [k for k in SAMPLE_KEYS if k not in s]
-                if missing:  # a damaged row is redone, not fatal (it would fail again on every rerun)
-                    print(f"warning: {part}: skipping a row without {missing}; it will be recomputed", file=sys.stderr)
-                    continue
+            # a damaged row is redone, not fatal (it would fail again on every rerun)
+            rows = iter_jsonl(part, flag="partial results", skip_bad_lines=True, report=report)
+            for s in usable_samples(rows, part, report=report):
                 self.samples.setdefault(int(s["interaction_id"]), s)
 
     @property

@@ -1,11 +1,12 @@
-"""Training checkpoints: one resolver, one writer, the run lock, RNG state capture.
+"""Training checkpoints: one resolver, one writer, RNG state capture (the run lock lives in files.py).
 
 Layout of `{output_dir}/checkpoint-{step}` (what each trainer puts in it is in its own docstring):
   model files (save_pretrained, or a PEFT adapter) + tokenizer + trainer-specific heads
   optimizer / scheduler state, rng_state_rank{r}.pt of every rank
   trainer_state.json   step, world size, bookkeeping
   args.json            the run's settings
-  COMPLETE             written last; marks a usable checkpoint
+  COMPLETE             written last; marks a usable checkpoint and lists every file with its size (the
+                       manifest), so a file deleted, truncated or replaced later is found before anything loads
 
 A checkpoint is assembled in a hidden temp directory and renamed into place, so a kill mid-save leaves either
 the previous checkpoints untouched or a `.tmp-*` dir that is ignored (and cleaned up on the next save).
@@ -18,14 +19,13 @@ the previous checkpoints untouched or a `.tmp-*` dir that is ignored (and cleane
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import random
 import re
 import shutil
-import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -38,12 +38,14 @@ from trainers.foundation.files import atomic_write_json
 COMPLETE_MARKER = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
 ARGS_FILE = "args.json"
-LOCK_FILE = ".lock"
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 RESUME_KEYWORDS = ("auto", "last")
 
 # A requirement is a tuple of alternatives: at least one of the names must exist in the checkpoint.
 Requirement = Sequence[str]
+# What only a resumed training run reads: an evaluation accepts a checkpoint whose copies of these were deleted
+# (to save space); a trainer resuming from it needs every file its manifest lists.
+TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state_rank*.pt", "item_table.pt", "accelerate_state/*")
 
 
 def checkpoint_dirs(output_dir: str | os.PathLike, complete_only: bool = True) -> list[tuple[int, Path]]:
@@ -59,9 +61,39 @@ def checkpoint_dirs(output_dir: str | os.PathLike, complete_only: bool = True) -
     return sorted(out)
 
 
-def checkpoint_problem(d: Path, required: Sequence[Requirement] = ()) -> str | None:
+def write_complete_marker(d: Path, step: int | None = None) -> None:
+    """The COMPLETE marker, written last: the step and every file of d with its size (the manifest; model cards,
+    *.md, are left out: deleting or editing one breaks nothing)."""
+    files = {p.relative_to(d).as_posix(): p.stat().st_size for p in sorted(d.rglob("*"))
+             if p.is_file() and p.name != COMPLETE_MARKER and p.suffix != ".md"}
+    (d / COMPLETE_MARKER).write_text(json.dumps({"step": step, "files": files}, indent=1))
+
+
+def manifest_problem(d: Path, training: bool = False) -> str | None:
+    """A file the COMPLETE manifest lists that is missing or has another size now, or None (also None for a marker
+    without a manifest: older checkpoints, HF ones). Without `training`, missing TRAINING_STATE_FILES are fine."""
+    try:
+        data = json.loads((d / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        return None
+    for rel, size in files.items():
+        f = d / rel
+        if not f.is_file():
+            if not training and any(fnmatch.fnmatch(rel, pat) for pat in TRAINING_STATE_FILES):
+                continue
+            return f"{rel} is missing (the checkpoint was written with it)"
+        if isinstance(size, int) and f.stat().st_size != size:
+            return f"{rel} has {f.stat().st_size} bytes but was written with {size} (truncated or replaced?)"
+    return None
+
+
+def checkpoint_problem(d: Path, required: Sequence[Requirement] = (), training: bool = False) -> str | None:
     """Why d is not a usable checkpoint (no COMPLETE marker when it is a training checkpoint, a required file
-    missing or empty), or None."""
+    missing or empty, a file its manifest lists missing or of another size), or None. `training`: a resumed run
+    reads it, so the optimiser/scheduler/RNG state of the manifest must be there too."""
     if not d.is_dir():
         return "not a directory"
     # our trainers write trainer_state.json + args.json and the marker last (HF Trainer checkpoints have no args.json)
@@ -74,20 +106,21 @@ def checkpoint_problem(d: Path, required: Sequence[Requirement] = ()) -> str | N
         empty = [n for n in present if (d / n).is_file() and (d / n).stat().st_size == 0]
         if len(empty) == len(present):
             return f"{empty[0]} is empty (truncated save?)"
-    return None
+    return manifest_problem(d, training)
 
 
 def resolve_checkpoint(spec: str | None, search_dir: str | os.PathLike, required: Sequence[Requirement] = (),
-                       flag: str = "--resume_from", where: str | None = None) -> Path | None:
+                       flag: str = "--resume_from", where: str | None = None, training: bool = False) -> Path | None:
     """The checkpoint a --resume_from value names (module docstring), or None for a fresh start.
 
-    'last'/'auto' skip incomplete checkpoints with a warning on stderr; an explicit incomplete path is an error."""
+    'last'/'auto' skip incomplete or damaged checkpoints with a warning on stderr; an explicit one is an error.
+    `training`: the caller resumes training from it (checkpoint_problem)."""
     if not spec:
         return None
     where = where or f"{search_dir}"
     if spec in RESUME_KEYWORDS:
         for _, d in reversed(checkpoint_dirs(search_dir, complete_only=False)):
-            problem = checkpoint_problem(d, required)
+            problem = checkpoint_problem(d, required, training)
             if problem is None:
                 return d
             print(f"warning: skipping incomplete {d}: {problem}", file=sys.stderr)
@@ -99,10 +132,10 @@ def resolve_checkpoint(spec: str | None, search_dir: str | os.PathLike, required
     if not p.is_dir():
         raise UserInputError(f"{flag} {spec}: directory does not exist (use 'auto', 'last' or a checkpoint-N dir)")
     if not CKPT_RE.match(p.name) and checkpoint_dirs(p, complete_only=False):
-        found = resolve_checkpoint("last", p, required, flag, where=str(p))
+        found = resolve_checkpoint("last", p, required, flag, where=str(p), training=training)
         assert found is not None
         return found
-    problem = checkpoint_problem(p, required)
+    problem = checkpoint_problem(p, required, training)
     if problem:
         raise UserInputError(f"{flag} {spec}: incomplete checkpoint: {problem}; pick an older one or 'last'")
     return p
@@ -168,7 +201,7 @@ def write_checkpoint(output_dir: str | os.PathLike, step: int, write_files: Call
     if is_main:
         atomic_write_json(tmp / TRAINER_STATE, trainer_state)
         atomic_write_json(tmp / ARGS_FILE, args)
-        (tmp / COMPLETE_MARKER).write_text(str(step))
+        write_complete_marker(tmp, step)
         if final.exists():  # re-saving the same step (e.g. after a resume): replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -252,75 +285,6 @@ def check_same_model_shape(base_model_dir: str | os.PathLike, ckpt: Path, flag: 
     if diff:
         raise UserInputError(f"{flag} {ckpt}: checkpoint was made from a different model shape than "
                              f"--model_name_or_path {base_model_dir} ({'; '.join(diff)})")
-
-
-# ---------------------------------------------------------------------------------------------- the run lock
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-class RunLock:
-    """`{output_dir}/.lock` holding the owner's pid and host: a second run on the same output dir is refused with
-    one line; a stale lock left by a dead process on this host is taken over. Release removes it."""
-
-    def __init__(self, output_dir: str | os.PathLike, flag: str = "--output_dir") -> None:
-        self.dir = Path(output_dir)
-        self.path = self.dir / LOCK_FILE
-        self.flag = flag
-        self.held = False
-
-    def acquire(self) -> "RunLock":
-        self.dir.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and owner.get("host") == me["host"] and not _pid_alive(int(owner.get("pid", -1))):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                if owner is None:  # being written right now, or garbage: look again
-                    time.sleep(0.2)
-                    owner = self._owner()
-                    if owner is None:
-                        self.path.unlink(missing_ok=True)
-                        continue
-                raise UserInputError(
-                    f"{self.flag} {self.dir}: in use by another run (pid {owner.get('pid')} on {owner.get('host')}, "
-                    f"started {owner.get('started')}); wait for it or use another {self.flag} "
-                    f"(delete {self.path} if that run is gone)")
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return self
-        raise UserInputError(f"{self.flag} {self.dir}: cannot take {self.path}")
-
-    def _owner(self) -> dict | None:
-        try:
-            data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) and "pid" in data else None
-        except (OSError, ValueError):
-            return None
-
-    def release(self) -> None:
-        if self.held:
-            owner = self._owner()
-            if owner is not None and int(owner.get("pid", -1)) == os.getpid():
-                self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def finish_resume(ckpt: Path, rank: int, world: int, trainer_state: dict, changed: Sequence[str],

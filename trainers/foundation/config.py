@@ -54,6 +54,20 @@ def _scalar_type(tp: Any):
     return tp if tp in (int, float, str, bool) else str
 
 
+def finite_float(text: str) -> float:
+    """argparse type of every float flag: nan and inf are refused at parse time (one line naming the flag,
+    exit 2), so no NaN reaches a loss, a sampler or an API request."""
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field of the dataclass cls, grouped by their `group` metadata."""
     hints = typing.get_type_hints(cls)
@@ -78,7 +92,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kw["choices"] = meta["choices"]
         if meta.get("metavar"):
             kw["metavar"] = meta["metavar"]
-        target.add_argument(*names, type=tp, **kw)
+        target.add_argument(*names, type=finite_float if tp is float else tp, **kw)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -168,6 +182,7 @@ class RunConfig(TrainerConfig):
             require(getattr(self, flag) in allowed, f"--{flag} {getattr(self, flag)!r}: must be one of "
                                                     f"{'|'.join(allowed)}")
         require(self.lora_r >= 1, f"--lora_r {self.lora_r}: must be >= 1")
+        require(self.lora_alpha > 0, f"--lora_alpha {self.lora_alpha}: must be > 0")
         require(0 <= self.lora_dropout < 1, f"--lora_dropout {self.lora_dropout}: must be in [0, 1)")
         require(not (self.resume_from and self.overwrite_output_dir),
                 "--resume_from and --overwrite_output_dir exclude each other")

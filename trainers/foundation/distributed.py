@@ -74,14 +74,15 @@ class StopRequest:
 
 
 @contextmanager
-def locked_run(accelerator, output_dir: str, flag: str = "--output_dir") -> Iterator[None]:
-    """A training run's hold on its output dir: the main process takes the run lock (checkpoints.RunLock) and every
-    process raises the same one-line UserInputError when another run holds it; on exit the lock is released and the
-    process group torn down."""
-    from trainers.foundation.checkpoints import RunLock
+def locked_run(accelerator, output_dir: str, flag: str = "--output_dir", lock_name: str | None = None
+               ) -> Iterator[None]:
+    """A run's hold on its output dir: the main process takes the run lock (checkpoints.RunLock; `lock_name`, e.g.
+    one per result file, instead of the dir's .lock) and every process raises the same one-line UserInputError when
+    another run holds it; on exit the lock is released and the process group torn down."""
+    from trainers.foundation.files import LOCK_FILE, RunLock
     from trainers.foundation.errors import UserInputError
 
-    lock = RunLock(output_dir, flag=flag)
+    lock = RunLock(output_dir, flag=flag, name=lock_name or LOCK_FILE)
     err = None
     if accelerator.is_main_process:
         try:

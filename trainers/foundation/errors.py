@@ -38,12 +38,23 @@ def _redact_masked(text: str, secret: str) -> str:
     return _MASKED.sub(repl, text)
 
 
+_LOOSE_MIN_LEN = 16  # keys at least this long are also found in any letter case and split by whitespace
+
+
+def _loose_pattern(secret: str) -> re.Pattern:
+    return re.compile(r"\s*".join(re.escape(c) for c in secret), re.IGNORECASE)
+
+
 def redact(text: str, *secrets: str | None) -> str:
     """Replace every non-empty secret in text, and every masked form of it (a prefix and/or suffix of at least 3
-    of its characters around a run of *, •, … or ...), by '***'. Keys must never reach logs or files."""
+    of its characters around a run of *, •, … or ...), by '***'. A real API key (16+ characters) is also found
+    in another letter case and with whitespace or line breaks inside it (a server that echoes it reformatted).
+    Keys must never reach logs or files."""
     text = str(text)
     for s in sorted({s for s in secrets if s}, key=len, reverse=True):
         text = text.replace(s, "***")
+        if len(s) >= _LOOSE_MIN_LEN:
+            text = _loose_pattern(s).sub("***", text)
         if len(s) > _MIN_VISIBLE:
             text = _redact_masked(text, s)
     return text
