@@ -259,13 +259,25 @@ def _proc_status_gb(key: str) -> float | None:
     return None
 
 
+def _release_freed_cpu_memory() -> None:
+    """Hand memory freed by earlier cells back to the OS, so that resident memory (the baseline of the next cell's
+    increase) is what is alive now rather than what glibc's heap kept."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the increase is then measured against a higher baseline
+        pass
+
+
 def _reset_peak(device: torch.device) -> bool:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         return True
-    try:  # "5" resets the peak RSS (VmHWM) of this process (Linux >= 4.0)
+    _release_freed_cpu_memory()
+    try:  # "5" resets the peak RSS (VmHWM) of this process (Linux >= 4.0) to the current RSS
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         return True
