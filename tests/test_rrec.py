@@ -181,10 +181,12 @@ def test_reward_hand_computed_with_masking_ties_and_cutoff():
     # rank 3 is past k = 2: only the softmax part is left
     r2, _ = recpo_reward(masked, targets, ndcg_k=2, softmax_weight=0.05)
     assert r2[1].item() == pytest.approx(0.05 / 3, rel=1e-6)
-    # evaluation keeps a repeat-purchase target rankable (only training's reward masks it, as upstream)
+    # --rank_repeat_targets keeps a repeat-purchase target rankable (upstream masks it, in the reward and in
+    # evaluation: rank None, a miss)
     from trainers.evaluation.rrec import catalogue_ranks
 
     assert catalogue_ranks(masked_scores(scores, hist, keep=[1, 3, 3]), [1, 3, 3]) == [1, 3, 2]
+    assert catalogue_ranks(masked, [1, 3, 3]) == [1, 3, None]
 
 
 def test_advantages_and_relabel_hand_computed():
@@ -246,6 +248,194 @@ def test_similarity_settings():
     assert raw.similarity(u, v)[0].tolist() == pytest.approx([50.0, 4.0, -25.0])
     assert RRecSettings(similarity_type="L2", similarity_temperature=1.0).similarity(u, v)[0].tolist() == \
         pytest.approx([0.0, -math.dist([0.6, 0.8], [0.0, 1.0]), -2.0], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- upstream's settings and rules
+def test_defaults_are_upstream_launch_settings():
+    """train_rrec.py with no flags = upstream's train.py + launch_train.sh (../shared/RRec.md), value by value."""
+    from compare_model.train_rrec import parse_config
+
+    c = parse_config([])
+    expected = {
+        "group_size": 4, "gen_temperature": 2.0, "gen_top_k": 50, "gen_top_p": 1.0, "max_new_tokens": 640,
+        "repetition_penalty": None,  # the model's generation_config.json, as upstream's vLLM gets it
+        "relabel_topk": 2, "train_batch_size": 4, "eval_batch_size": 32, "item_emb_batch_size": 128,
+        "warmup_steps": 32, "learning_rate": 1e-5, "lr_scheduler_type": "constant", "num_train_epochs": 3.0,
+        "max_grad_norm": 1.0, "weight_decay": 0.0, "seed": 42, "user_window_size": 20,
+        "use_lora": True, "lora_r": 4, "lora_alpha": 128.0, "lora_dropout": 0.05, "disable_dropout": True,
+        "pure_bf16": False, "gradient_checkpointing": True,
+        "similarity_type": "dot", "similarity_temperature": 0.02, "similarity_normalization": True,
+        "reward_ndcg_k": 1000, "reward_softmax_weight": 0.05, "advantage_type": "gaussian",
+        "clip_eps_low": 0.2, "clip_eps_high": 0.28, "mini_batch_size": 8, "ppo_epochs": 1,
+        "step_per_mini_batch": True, "gather_negs_across_processes": True, "token_loss_weight": 1.0,
+        "rec_loss_weight": 1.0, "item_refresh_steps": 0,
+        "eval_on_start": True, "eval_steps": -1, "num_eval_samples": -1, "load_best_model_at_end": True,
+        "early_stopping_patience": 8, "save_total_limit": 5, "rank_repeat_targets": False,
+    }
+    assert {k: getattr(c, k) for k in expected} == expected
+    assert sorted(c.lora_target_modules.split(",")) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+def test_upstream_eval_interval_best_model_and_early_stopping(tmp_path):
+    from types import SimpleNamespace
+
+    from trainers.GRecTrainer import GRecTrainer, rotate_keeping_best, upstream_eval_steps
+
+    # floor(n_train / (3 * batch) / 8): 3675 / 12 = 306.25 -> 306.25 // 8 = 38; tiny splits still evaluate
+    assert upstream_eval_steps(3675, 4) == 38 and upstream_eval_steps(960, 4) == 10
+    assert upstream_eval_steps(10, 4) == 1
+
+    # HF's EarlyStoppingCallback with patience 2: only a strictly better valid NDCG@10 resets the count
+    t = SimpleNamespace(best_metric=None, best_step=None, evals_without_improvement=0,
+                        cfg=SimpleNamespace(early_stopping_patience=2))
+    stops = [GRecTrainer.update_best(t, step, {"valid_full/NDCG@10": m})
+             for step, m in ((10, 0.1), (20, 0.3), (30, 0.3), (40, float("nan")), (50, 0.2))]
+    assert stops == [False, False, False, False, True]  # 0.3 again is no improvement; NaN is not counted
+    assert (t.best_step, t.best_metric, t.evals_without_improvement) == (20, 0.3, 2)
+    t.cfg.early_stopping_patience = 0  # never stop
+    assert GRecTrainer.update_best(t, 60, {"valid_full/NDCG@10": 0.0}) is False
+
+    # 5 checkpoints kept, the best among them even when it is old; interrupted saves are not counted
+    for step in range(1, 8):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "COMPLETE").write_text(str(step))
+    rotate_keeping_best(tmp_path, 5, best_step=2)
+    assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == [2, 4, 5, 6, 7]
+    rotate_keeping_best(tmp_path, 5, best_step=None)
+    assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == [2, 4, 5, 6, 7]
+    rotate_keeping_best(tmp_path, 3, best_step=6)
+    assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == [5, 6, 7]
+
+
+def test_full_catalogue_metrics_count_a_masked_repeat_target_as_a_miss():
+    from trainers.evaluation.rrec import rrec_metrics
+
+    samples = [{"target_rank": 1, "full_rank": 1}, {"target_rank": 3, "full_rank": None},
+               {"target_rank": 2, "full_rank": 7}]
+    full = rrec_metrics(samples, 3, full_ranking=True)["rrec (full catalogue)"]
+    assert full["n"] == 3 and full["HR@5"] == pytest.approx(1 / 3) and full["HR@10"] == pytest.approx(2 / 3)
+    assert full["NDCG@10"] == pytest.approx((1.0 + 1.0 / math.log2(8)) / 3)
+    assert full["MRR"] == pytest.approx((1.0 + 1 / 7) / 3)
+
+
+def test_split_sizes_and_end_month_follow_upstream():
+    """preprocess.py: upstream's split sizes (valid int(0.9 n) - int(0.8 n), not int(0.1 n)) and our end month
+    included to its last millisecond, as --help says."""
+    import subprocess
+    import sys
+    from datetime import datetime, timezone
+
+    from trainers.data.amazon_examples import split_sizes
+    from trainers.data.amazon_interactions import month_end_ms, month_start_ms
+
+    assert split_sizes(7) == (5, 1, 1)  # int(0.1 * 7) = 0 would leave valid empty
+    assert split_sizes(17) == (13, 2, 2)  # int(0.1 * 17) = 1
+    assert split_sizes(4594) == (3675, 459, 460) and split_sizes(10) == (8, 1, 1)
+    assert month_start_ms(2021, 1) == int(datetime(2021, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    assert month_end_ms(2023, 12) == int(datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp() * 1000) - 1
+    assert month_end_ms(2023, 2) == int(datetime(2023, 3, 1, tzinfo=timezone.utc).timestamp() * 1000) - 1
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(repo / "preprocess.py"), "--help"], capture_output=True, text=True,
+                         cwd=repo, env={**os.environ, "PYTHONPATH": str(repo), "COLUMNS": "200"}, timeout=120).stdout
+    text = " ".join(out.split())
+    assert "that month is included" in text and "upstream R2ec stops at the 1st day of the end month" in text
+    assert "upstream R2ec: 20" in text  # --window_size
+
+
+def test_rollout_settings_and_greedy_single_rollout():
+    """Rollouts sample with upstream's settings; with G = 1 they are greedy (upstream switches sampling off)."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from compare_model.train_rrec import parse_config
+    from trainers.RecPOTrainer import RecPOTrainer
+
+    calls = []
+
+    class FakeModel:
+        settings = SimpleNamespace(max_new_tokens=640)
+
+        def generate_reasoning(self, prompts, max_new_tokens, **kw):
+            calls.append((len(prompts), max_new_tokens, kw))
+            n = len(prompts) * kw["num_return_sequences"]
+            return [f"r{i}" for i in range(n)], [1] * n
+
+    class FakePrompter:
+        def user_ids(self, ex):
+            return [1, 2]
+
+        def user_sequence_ids(self, ex, text, prompt):
+            return [1, 2, ex["i"], int(text[1:])], 2
+
+        def stop_token_ids(self):
+            return [0]
+
+    for G in (4, 1):
+        fake = SimpleNamespace(cfg=parse_config(["--group_size", str(G)]), rrec=FakeModel(),
+                               prompter=FakePrompter(), acc=SimpleNamespace(autocast=nullcontext), rank=0)
+        seqs, starts, _ = RecPOTrainer._rollouts(fake, 1, [{"i": 10}, {"i": 11}])
+        assert [s[2] for s in seqs] == [10] * G + [11] * G and starts == [2] * 2 * G  # G consecutive per user
+    (n4, t4, kw4), (n1, t1, kw1) = calls
+    assert (n4, t4, n1, t1) == (2, 640, 2, 640)
+    assert (kw4["do_sample"], kw4["temperature"], kw4["top_k"], kw4["top_p"], kw4["num_return_sequences"]) == \
+        (True, 2.0, 50, 1.0, 4)
+    assert kw1["do_sample"] is False and kw1["num_return_sequences"] == 1
+
+
+def test_generation_stops_at_answer_and_vectors_are_read_there(tiny_model):
+    """Reasoning stops at the first <answer> (a batch row that never writes it runs to --max_new_tokens); the
+    user vector is the final hidden state after the final norm at the last token of that <answer>, the item
+    vector at the last token of the pre-filled <answer>; right padding changes neither."""
+    from transformers import LogitsProcessor
+
+    from models.rrec_models import RRecModel
+    from prompters.rrec_prompter import RRecPrompter
+
+    model = RRecModel.load(str(tiny_model), device="cpu", dtype="fp32")
+    tok = model.tokenizer
+    p = RRecPrompter(tok, _item_rows(), CAT, user_window_size=3)
+
+    def enc(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    scripts = [enc("I like RPGs. <answer>Zelda</answer> and more"), enc(" no tag here at all, none of it") * 2]
+    prompt_len = {}
+
+    class Scripted(LogitsProcessor):  # forces row b to write scripts[b % 2]
+        def __call__(self, input_ids, scores):
+            t = input_ids.shape[1] - prompt_len["n"]
+            forced = torch.full_like(scores, float("-inf"))
+            for b in range(input_ids.shape[0]):
+                forced[b, scripts[b % 2][t]] = 0.0
+            return forced
+
+    generate = model.lm.generate
+
+    def scripted_generate(input_ids, **kw):
+        prompt_len["n"] = input_ids.shape[1]
+        return generate(input_ids=input_ids, logits_processor=[Scripted()], **kw)
+
+    model.lm.generate = scripted_generate
+    exs = [_example(), {**_example(), "history_item_id": [4, 1, 2, 4]}]  # two prompt lengths: left padding
+    prompts = [p.user_ids(e) for e in exs]
+    texts, counts = model.generate_reasoning(prompts, 14, stop_token_ids=p.stop_token_ids())
+    assert texts[0] == "I like RPGs. <answer>" and counts[0] == len(enc("I like RPGs. <answer>")) == 10
+    assert counts[1] == 14 and texts[1] == tok.decode(scripts[1][:14]) and "<answer>" not in texts[1]
+
+    seqs = [p.user_sequence_ids(e, t, pr)[0] for e, t, pr in zip(exs, texts, prompts)]
+    seqs.append(p.item_ids(1))
+    assert all(tok.decode(s).endswith("<answer>") for s in seqs)
+    emb = model.embed_sequences(seqs, batch_size=3)  # one right-padded batch
+    captured = {}
+    hook = model.backbone().norm.register_forward_hook(lambda m, i, o: captured.update(out=o))
+    try:
+        for b, s in enumerate(seqs):
+            with torch.no_grad():
+                model.backbone()(input_ids=torch.tensor([s]))
+            assert torch.allclose(emb[b], captured["out"][0, -1].float(), atol=1e-5), b
+    finally:
+        hook.remove()
 
 
 # ----------------------------------------------------------------------------- training
