@@ -479,6 +479,59 @@ def test_recpo_training_run(trained):
     assert table.shape[1] == 64 and table.dtype == torch.float32
 
 
+def test_recpo_step_mini_batches_duplicate_targets_and_fp32_lora(tiny_model, dataset_dir, tmp_path, monkeypatch):
+    """One RecPO step on a batch of two users with the same target: the in-batch softmax keeps both copies of it
+    (each user's label is its own column, so p(target) <= 1/2); B x G = 4 rollouts in mini-batches of
+    min(8, B) = 2, each followed by an optimiser step (upstream's DeepSpeed launch), or one step per batch with
+    --no-step_per_mini_batch; the trainable weights are the LoRA adapters, in fp32."""
+    from collections import defaultdict
+
+    import trainers.RecPOTrainer as recpo
+    from compare_model import train_rrec
+    from trainers.data.dataset import load_processed_dataset
+    from trainers.GRecTrainer import GRecTrainer
+
+    rows = load_processed_dataset(dataset_dir).split("train").to_list()
+    by_target = defaultdict(list)
+    for r in rows:
+        by_target[int(r["item_id"])].append(r)
+    pair = next(v[:2] for v in by_target.values() if len({x["user_id"] for x in v}) >= 2)
+    pair = [pair[0], next(x for x in by_target[int(pair[0]["item_id"])] if x["user_id"] != pair[0]["user_id"])]
+    monkeypatch.setattr(GRecTrainer, "batches", lambda self: iter([pair] * 5))
+
+    seen: dict = {"steps": 0, "rec": [], "trainable": []}
+    build = GRecTrainer._build_optimizer
+
+    def counting_optimizer(self, params):
+        seen["trainable"] = [(n, p.dtype) for n, p in self.rrec.named_parameters() if p.requires_grad]
+        opt = build(self, params)
+        opt.register_step_post_hook(lambda *_: seen.update(steps=seen["steps"] + 1))
+        return opt
+
+    rec_loss = recpo.rec_loss
+
+    def recording_rec_loss(scores, labels, weights, old_logp, lo, hi):
+        out = rec_loss(scores, labels, weights, old_logp, lo, hi)
+        seen["rec"].append((scores.detach().clone(), labels.tolist(), out[2].clone()))
+        return out
+
+    monkeypatch.setattr(GRecTrainer, "_build_optimizer", counting_optimizer)
+    monkeypatch.setattr(recpo, "rec_loss", recording_rec_loss)
+    for flag, steps in (("--step_per_mini_batch", 2), ("--no-step_per_mini_batch", 1)):
+        seen.update(steps=0, rec=[])
+        argv = train_argv(tiny_model, dataset_dir, tmp_path / flag.strip("-"), flag, "--no-eval_on_start")
+        argv[argv.index("--max_steps") + 1] = "1"
+        argv[argv.index("--num_eval_samples") + 1] = "0"
+        result = train_rrec.main(argv)
+        assert result["step"] == 1 and seen["steps"] == steps, flag
+        assert [labels for _, labels, _ in seen["rec"]] == [[0, 0], [1, 1]]  # rollouts 0-1: user 0, 2-3: user 1
+        for scores, _, logp in seen["rec"]:
+            assert scores.shape == (2, 2)  # two users' rollouts x both targets, the duplicate kept
+            assert torch.allclose(scores[:, 0], scores[:, 1], atol=1e-4)  # the same item twice
+            assert bool((logp <= math.log(0.5) + 1e-4).all())
+    assert seen["trainable"] and all("lora_" in n and dt == torch.float32 for n, dt in seen["trainable"])
+
+
 def test_sigterm_then_auto_resume_replays_the_run(trained, resumed, tiny_model, dataset_dir, capsys):
     from compare_model import train_rrec
 
