@@ -438,6 +438,40 @@ def test_generation_stops_at_answer_and_vectors_are_read_there(tiny_model):
         hook.remove()
 
 
+@pytest.mark.parametrize("family", ["qwen2", "gemma2"])
+def test_token_logprobs_are_the_models_own(tiny_model, family):
+    """The token loss's log-probs are log_softmax of the causal LM's own logits at the completion tokens (for
+    Gemma-2 after its final logit soft-capping, as upstream's Gemma2ForCausalLM forward gives them)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from models.abstract_models import load_tokenizer, pad_right
+    from models.rrec_models import RRecModel, RRecSettings
+
+    tok = load_tokenizer(tiny_model)
+    torch.manual_seed(0)
+    if family == "qwen2":
+        lm = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+    else:
+        cfg = AutoConfig.for_model("gemma2", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                   final_logit_softcapping=0.5, pad_token_id=tok.pad_token_id)
+        lm = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    model = RRecModel(lm, tok, RRecSettings(model_type="gemma" if family == "gemma2" else "qwen")).eval()
+    seqs = [tok("I like RPGs. <answer>", add_special_tokens=False)["input_ids"],
+            tok("Zelda <answer>", add_special_tokens=False)["input_ids"]]
+    ids, mask = pad_right(seqs, tok.pad_token_id)
+    lp_mask = torch.zeros_like(mask, dtype=torch.bool)
+    lp_mask[0, 3:len(seqs[0])] = True
+    lp_mask[1, 1:len(seqs[1])] = True
+    with torch.no_grad():
+        _, logps = model(ids, mask, lp_mask)
+        want = []
+        for b, s in enumerate(seqs):
+            full = torch.log_softmax(lm(input_ids=torch.tensor([s])).logits[0].float(), -1)
+            want += [full[t - 1, s[t]] for t in range(len(s)) if lp_mask[b, t]]
+    assert torch.allclose(logps, torch.stack(want), atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- training
 def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
