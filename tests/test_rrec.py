@@ -1,8 +1,11 @@
 """The RRec (R2ec) baseline against upstream's behaviour (../shared/RRec.md): golden prompts, reward, advantages
-and both losses by hand; RecPO training with LoRA, SIGTERM + auto resume replaying the uninterrupted run, changed
-settings refused; compare_model/rrec.py on our adapter, a merged model, an upstream adapter and an upstream
-full-weight run; an upstream-layout dataset read by test.py, rrec.py and deepseek.py (tiny Qwen, synthetic data,
-CPU)."""
+and both losses by hand; the defaults = upstream's launch settings; evaluation interval, best model and early
+stopping, checkpoint rotation; split sizes and end month; rollout settings (greedy at G = 1), stopping at <answer>
+and the vector positions; token log-probs = the LM's own (Gemma-2 soft-capping); one RecPO step (a step per
+mini-batch, duplicate targets kept, fp32 LoRA) and the gathered in-batch negatives lined up across processes;
+RecPO training with LoRA, SIGTERM + auto resume replaying the uninterrupted run, changed settings refused;
+compare_model/rrec.py on our adapter, a merged model, an upstream adapter and an upstream full-weight run; an
+upstream-layout dataset read by test.py, rrec.py and deepseek.py (tiny Qwen, synthetic data, CPU)."""
 from __future__ import annotations
 
 import json
@@ -564,6 +567,65 @@ def test_recpo_step_mini_batches_duplicate_targets_and_fp32_lora(tiny_model, dat
             assert torch.allclose(scores[:, 0], scores[:, 1], atol=1e-4)  # the same item twice
             assert bool((logp <= math.log(0.5) + 1e-4).all())
     assert seen["trainable"] and all("lora_" in n and dt == torch.float32 for n, dt in seen["trainable"])
+
+
+def test_gathered_negatives_line_up_users_with_their_targets(monkeypatch):
+    """The mini-batch step on process 1 of 2 (a fake accelerator stands in for process 0): users and targets of both
+    processes are stacked in rank order, process 1's rollouts keep their gradient, each row's label is its own
+    target's column (duplicates included), and every gathered target's row of the item table gets its vector."""
+    from types import SimpleNamespace
+
+    import trainers.RecPOTrainer as recpo
+    from compare_model.train_rrec import parse_config
+    from models.rrec_models import RRecSettings
+
+    B, G = 2, 2
+    scale = torch.nn.Parameter(torch.ones(()))
+
+    def model(ids, mask, lp_mask):  # the vector of a sequence: its first two token ids (x a trainable scale)
+        return ids[:, :2].float() * scale, (scale * 0.0).expand(int(lp_mask[:, 1:].sum())) - 1.0
+
+    # what process 0 contributes to each gather, in the step's order: user vectors, item vectors, labels (its
+    # labels lack our offset B), advantage weights, then the item-table update's vectors and target ids
+    theirs = iter([lambda t: t + 100.0, lambda t: t + 100.0, lambda t: t - B, lambda t: t + 100.0,
+                   lambda t: t + 100.0, lambda t: t + 50])
+
+    class ProcessZero:
+        device = torch.device("cpu")
+
+        def gather(self, t):
+            return torch.cat([next(theirs)(t), t])
+
+        def backward(self, loss):
+            loss.backward()
+
+    rows = [2, 3]  # the second mini-batch: both rollouts of user 1
+    cfg = parse_config(["--group_size", str(G), "--train_batch_size", str(B)])
+    fake = SimpleNamespace(cfg=cfg, acc=ProcessZero(), world=2, rank=1, model=model, item_table=torch.zeros(80, 2),
+                           rrec=SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0),
+                                                similarity=RRecSettings(similarity_normalization=False,
+                                                                        similarity_temperature=1.0).similarity))
+    fake._across_processes = lambda t, keep_local=True: recpo.RecPOTrainer._across_processes(fake, t, keep_local)
+    seen = {}
+
+    def recording_rec_loss(scores, labels, weights, old, lo, hi):
+        seen.update(scores=scores, labels=labels.tolist(), weights=weights.tolist())
+        return rec_loss(scores, labels, weights, old, lo, hi)
+
+    monkeypatch.setattr(recpo, "rec_loss", recording_rec_loss)
+    seqs = [[1, 2, 9], [1, 2, 8], [3, 4, 9], [3, 4, 7]]  # user 0's two rollouts, user 1's two
+    item_seqs = [[5, 6], [5, 6]]  # both users bought item 12: the same prompt twice
+    weights = torch.tensor([0.0, 0.0, 1.5, 0.0])
+    recpo.RecPOTrainer._mini_batch_loss(fake, 1, rows, seqs, [2] * 4, item_seqs, [12, 12], torch.ones(4), weights,
+                                        {}, {})
+    s = seen["scores"]
+    assert s.shape == (4, 4)  # (2 processes x 2 rollouts) x (2 processes x 2 targets)
+    assert seen["labels"] == [1, 1, 3, 3]  # process 0's user 1 -> its column 1; ours -> column B + 1 = 3
+    assert seen["weights"] == [101.5, 100.0, 1.5, 0.0]  # process 0's block first (the fake adds 100)
+    assert s[2, 2].item() == s[2, 3].item() == 3 * 5 + 4 * 6  # our user 1 against both copies of item 12
+    assert s[0, 0].item() == 103 * 105 + 104 * 106  # process 0's rows and columns are its (detached) vectors
+    assert scale.grad is not None and scale.grad.abs().item() > 0  # our block keeps the graph
+    assert fake.item_table[12].tolist() == [5.0, 6.0] and fake.item_table[62].tolist() == [105.0, 106.0]
 
 
 def test_sigterm_then_auto_resume_replays_the_run(trained, resumed, tiny_model, dataset_dir, capsys):
