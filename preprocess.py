@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ed_month", type=int, default=12,
                    help="last month (1-12) of the time window, included up to its last millisecond (upstream "
                         "R2ec excludes the end month)")
-    p.add_argument("--window_size", type=int, default=10, help="history length of each example")
+    p.add_argument("--window_size", type=int, default=10,
+                   help="history length of each example (upstream R2ec: 20, the RRec user prompt's window; with "
+                        "10 its prompt shows at most 10 items)")
     p.add_argument("--data_root_dir", default="data", help="output root (and download dir {root}/raw)")
     p.add_argument("--raw_dir", default=None,
                    help="use raw files already here (flat or mirrored host layout); never downloads")

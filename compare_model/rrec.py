@@ -13,7 +13,9 @@ Per example: greedy reasoning after RRec's user prompt until <answer>, the user 
 every item's vector, and the ranking of the example's K candidates: exactly those of --reference_json (same
 interaction ids, same lists: every method on identical candidates), otherwise sampled with --seed (the rule
 test.py uses). --full_ranking adds the paper's full-catalogue NDCG/HR@5/10/20 (history masked) as "full_rank"
-per sample and a second metrics row. --save_prompts keeps each sample's exact rendered user prompt.
+per sample and a second metrics row; as upstream, a target that is itself a history item is masked with it
+(full_rank null, a miss) unless --rank_repeat_targets. --save_prompts keeps each sample's exact rendered user
+prompt.
 
 Under `accelerate launch --num_processes N` each process ranks a share and computes a share of the item table;
 the merged result JSON equals a single process's. The result JSON ({output_dir}/results.json for the test
@@ -35,7 +37,7 @@ from trainers.foundation.files import check_output_path
 # Settings that change candidates or scores: a rerun on the same result JSON must match them.
 RESUME_KEYS = ("model", "model_files", "base_model", "dataset", "split", "seed", "K", "candidate_source", "category",
                "model_type", "user_window_size", "max_new_tokens", "repetition_penalty", "similarity_type",
-               "similarity_temperature", "similarity_normalization", "save_prompts")
+               "similarity_temperature", "similarity_normalization", "save_prompts", "rank_repeat_targets")
 SETTING_FLAGS = ("model_type", "similarity_type", "similarity_temperature", "similarity_normalization",
                  "user_window_size", "max_new_tokens", "repetition_penalty")
 
@@ -71,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--K_eval", type=int, default=None, help="extra metric cut-off (default: min(10, --K))")
     g.add_argument("--full_ranking", action="store_true",
                    help="also rank the whole catalogue, history masked (the paper's NDCG/HR@5/10/20)")
+    g.add_argument("--rank_repeat_targets", action="store_true",
+                   help="full ranking: keep a target that is also a history item rankable (upstream masks it with "
+                        "the rest of the history: a miss; only upstream-built data has such targets)")
     g = p.add_argument_group("run")
     g.add_argument("--batch_size", type=int, default=8, help="users per generation/forward batch")
     g.add_argument("--item_batch_size", type=int, default=32, help="items per forward for the item table")
@@ -227,6 +232,7 @@ def run(args: argparse.Namespace) -> dict | None:
             "dataset": args.dataset_dir,
             "dataset_layout": dataset.layout, "split": args.split, "seed": args.seed, "K": args.K,
             "K_eval": args.K_eval, "category": category, "save_prompts": args.save_prompts,
+            "rank_repeat_targets": args.rank_repeat_targets,
             "candidate_source": args.reference_json or "sampled", **vars(settings)}
     if not args.no_resume:
         check_resume_settings(out, meta, RESUME_KEYS)
@@ -324,7 +330,7 @@ def rank_items(args, dataset, mine, model, prompter, settings, writer, state) ->
                                rank=rank, world=world, gather=lambda obj: gather_objects(state, obj))
     rank_with_rrec(model, prompter, mine, table, settings.max_new_tokens, batch_size=args.batch_size,
                    full_ranking=args.full_ranking, on_sample=writer.add, progress=show,
-                   save_prompts=args.save_prompts)
+                   save_prompts=args.save_prompts, rank_repeat_targets=args.rank_repeat_targets)
 
 
 if __name__ == "__main__":

@@ -197,7 +197,9 @@ class RRecModel(AbstractRecModel):
 
         h_last is the final hidden state at each row's last real token. With logprob_mask [N, L] (True where a
         token's log-probability is wanted, never at position 0) it also returns log p(input_ids[mask] | prefix)
-        as a flat tensor in row-major order; the LM head runs only on those positions (vocabularies are large).
+        as a flat tensor in row-major order; the LM head runs only on those positions (vocabularies are large),
+        followed by the model's final logit soft-capping when its config has one (Gemma-2: 30), so they are the
+        log-probs of the distribution the reasoning is sampled from, as upstream's causal-LM forward gives them.
         Training passes users and items through this single call so DDP sees one forward per micro-batch."""
         h = self.backbone()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         last = attention_mask.sum(1) - 1
@@ -207,6 +209,9 @@ class RRecModel(AbstractRecModel):
         if logprob_mask is not None:
             pred_mask = logprob_mask[:, 1:]  # the token at position t is predicted by the hidden state at t-1
             logits = self.output_head()(h[:, :-1][pred_mask]).float()
+            cap = getattr(self.base_lm().config, "final_logit_softcapping", None)
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
             targets = input_ids[:, 1:][pred_mask]
             logps = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         return emb, logps

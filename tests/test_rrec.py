@@ -1,8 +1,11 @@
 """The RRec (R2ec) baseline against upstream's behaviour (../shared/RRec.md): golden prompts, reward, advantages
-and both losses by hand; RecPO training with LoRA, SIGTERM + auto resume replaying the uninterrupted run, changed
-settings refused; compare_model/rrec.py on our adapter, a merged model, an upstream adapter and an upstream
-full-weight run; an upstream-layout dataset read by test.py, rrec.py and deepseek.py (tiny Qwen, synthetic data,
-CPU)."""
+and both losses by hand; the defaults = upstream's launch settings; evaluation interval, best model and early
+stopping, checkpoint rotation; split sizes and end month; rollout settings (greedy at G = 1), stopping at <answer>
+and the vector positions; token log-probs = the LM's own (Gemma-2 soft-capping); one RecPO step (a step per
+mini-batch, duplicate targets kept, fp32 LoRA) and the gathered in-batch negatives lined up across processes;
+RecPO training with LoRA, SIGTERM + auto resume replaying the uninterrupted run, changed settings refused;
+compare_model/rrec.py on our adapter, a merged model, an upstream adapter and an upstream full-weight run; an
+upstream-layout dataset read by test.py, rrec.py and deepseek.py (tiny Qwen, synthetic data, CPU)."""
 from __future__ import annotations
 
 import json
@@ -181,10 +184,12 @@ def test_reward_hand_computed_with_masking_ties_and_cutoff():
     # rank 3 is past k = 2: only the softmax part is left
     r2, _ = recpo_reward(masked, targets, ndcg_k=2, softmax_weight=0.05)
     assert r2[1].item() == pytest.approx(0.05 / 3, rel=1e-6)
-    # evaluation keeps a repeat-purchase target rankable (only training's reward masks it, as upstream)
+    # --rank_repeat_targets keeps a repeat-purchase target rankable (upstream masks it, in the reward and in
+    # evaluation: rank None, a miss)
     from trainers.evaluation.rrec import catalogue_ranks
 
     assert catalogue_ranks(masked_scores(scores, hist, keep=[1, 3, 3]), [1, 3, 3]) == [1, 3, 2]
+    assert catalogue_ranks(masked, [1, 3, 3]) == [1, 3, None]
 
 
 def test_advantages_and_relabel_hand_computed():
@@ -248,6 +253,263 @@ def test_similarity_settings():
         pytest.approx([0.0, -math.dist([0.6, 0.8], [0.0, 1.0]), -2.0], abs=1e-6)
 
 
+# ----------------------------------------------------------------------------- upstream's settings and rules
+def test_defaults_are_upstream_launch_settings():
+    """train_rrec.py with no flags = upstream's train.py + launch_train.sh (../shared/RRec.md), value by value."""
+    from compare_model.train_rrec import parse_config
+
+    c = parse_config([])
+    expected = {
+        "group_size": 4, "gen_temperature": 2.0, "gen_top_k": 50, "gen_top_p": 1.0, "max_new_tokens": 640,
+        "repetition_penalty": None,  # the model's generation_config.json, as upstream's vLLM gets it
+        "relabel_topk": 2, "train_batch_size": 4, "eval_batch_size": 32, "item_emb_batch_size": 128,
+        "warmup_steps": 32, "learning_rate": 1e-5, "lr_scheduler_type": "constant", "num_train_epochs": 3.0,
+        "max_grad_norm": 1.0, "weight_decay": 0.0, "seed": 42, "user_window_size": 20,
+        "use_lora": True, "lora_r": 4, "lora_alpha": 128.0, "lora_dropout": 0.05, "disable_dropout": True,
+        "pure_bf16": False, "gradient_checkpointing": True,
+        "similarity_type": "dot", "similarity_temperature": 0.02, "similarity_normalization": True,
+        "reward_ndcg_k": 1000, "reward_softmax_weight": 0.05, "advantage_type": "gaussian",
+        "clip_eps_low": 0.2, "clip_eps_high": 0.28, "mini_batch_size": 8, "ppo_epochs": 1,
+        "step_per_mini_batch": True, "gather_negs_across_processes": True, "token_loss_weight": 1.0,
+        "rec_loss_weight": 1.0, "item_refresh_steps": 0,
+        "eval_on_start": True, "eval_steps": -1, "num_eval_samples": -1, "load_best_model_at_end": True,
+        "early_stopping_patience": 8, "save_total_limit": 5, "rank_repeat_targets": False,
+    }
+    assert {k: getattr(c, k) for k in expected} == expected
+    assert sorted(c.lora_target_modules.split(",")) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+def test_upstream_eval_interval_best_model_and_early_stopping(tmp_path):
+    from types import SimpleNamespace
+
+    from trainers.GRecTrainer import GRecTrainer, rotate_keeping_best, upstream_eval_steps
+
+    # floor(n_train / (3 * batch) / 8): 3675 / 12 = 306.25 -> 306.25 // 8 = 38; tiny splits still evaluate
+    assert upstream_eval_steps(3675, 4) == 38 and upstream_eval_steps(960, 4) == 10
+    assert upstream_eval_steps(10, 4) == 1
+
+    # HF's EarlyStoppingCallback with patience 2: only a strictly better valid NDCG@10 resets the count
+    t = SimpleNamespace(best_metric=None, best_step=None, evals_without_improvement=0,
+                        cfg=SimpleNamespace(early_stopping_patience=2))
+    stops = [GRecTrainer.update_best(t, step, {"valid_full/NDCG@10": m})
+             for step, m in ((10, 0.1), (20, 0.3), (30, 0.3), (40, float("nan")), (50, 0.2))]
+    assert stops == [False, False, False, False, True]  # 0.3 again is no improvement; NaN is not counted
+    assert (t.best_step, t.best_metric, t.evals_without_improvement) == (20, 0.3, 2)
+    t.cfg.early_stopping_patience = 0  # never stop
+    assert GRecTrainer.update_best(t, 60, {"valid_full/NDCG@10": 0.0}) is False
+
+    # 5 checkpoints kept, the best among them even when it is old; interrupted saves are not counted
+    for step in range(1, 8):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "COMPLETE").write_text(str(step))
+    rotate_keeping_best(tmp_path, 5, best_step=2)
+    assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == [2, 4, 5, 6, 7]
+    rotate_keeping_best(tmp_path, 5, best_step=None)
+    assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == [2, 4, 5, 6, 7]
+    rotate_keeping_best(tmp_path, 3, best_step=6)
+    assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == [5, 6, 7]
+
+
+def test_full_catalogue_metrics_count_a_masked_repeat_target_as_a_miss():
+    from trainers.evaluation.rrec import rrec_metrics
+
+    samples = [{"target_rank": 1, "full_rank": 1}, {"target_rank": 3, "full_rank": None},
+               {"target_rank": 2, "full_rank": 7}]
+    full = rrec_metrics(samples, 3, full_ranking=True)["rrec (full catalogue)"]
+    assert full["n"] == 3 and full["HR@5"] == pytest.approx(1 / 3) and full["HR@10"] == pytest.approx(2 / 3)
+    assert full["NDCG@10"] == pytest.approx((1.0 + 1.0 / math.log2(8)) / 3)
+    assert full["MRR"] == pytest.approx((1.0 + 1 / 7) / 3)
+
+
+def test_rank_with_rrec_masks_a_repeat_target_unless_asked():
+    """Full-catalogue ranking: the pad item and the history are masked; a target that is also a history item is
+    masked with it (upstream: a miss, full_rank None) unless rank_repeat_targets; candidate ranks never mask."""
+    from types import SimpleNamespace
+
+    from models.rrec_models import RRecSettings
+    from trainers.evaluation.rrec import rank_with_rrec
+
+    table = torch.tensor([[9.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]])  # row = item id, 0 = pad
+    user = torch.tensor([[1.0, 0.0]])  # cosine: item 1 > 4 > 3 > 2
+
+    class FakeModel(torch.nn.Module):
+        settings = RRecSettings()
+
+        def generate_reasoning(self, prompts, max_new_tokens, **kw):
+            return ["because <answer>"] * len(prompts), [2] * len(prompts)
+
+        def embed_sequences(self, seqs, batch_size=None):
+            return user.expand(len(seqs), -1)
+
+        def similarity(self, u, v):
+            return self.settings.similarity(u, v)
+
+    prompter = SimpleNamespace(user_ids=lambda ex: [1], user_sequence_ids=lambda ex, t, p: ([1, 2], 1),
+                               user_prompt=lambda ex: "prompt", complete_reasoning=lambda t: t,
+                               stop_token_ids=lambda: [0])
+    ex = {"interaction_id": 3, "user_id": "u", "item_id": 1, "history_item_id": [1, 4]}  # bought item 1 before
+    items = [(ex, [2, 1, 3])]
+    upstream = rank_with_rrec(FakeModel(), prompter, items, table, 4, full_ranking=True, progress=False)
+    kept = rank_with_rrec(FakeModel(), prompter, items, table, 4, full_ranking=True, progress=False,
+                          rank_repeat_targets=True)
+    assert upstream[0]["full_rank"] is None and kept[0]["full_rank"] == 1  # item 4 (history) and the pad masked
+    assert upstream[0]["target_rank"] == kept[0]["target_rank"] == 1 and upstream[0]["ranking"] == [1, 3, 2]
+
+
+def test_split_sizes_and_end_month_follow_upstream():
+    """preprocess.py: upstream's split sizes (valid int(0.9 n) - int(0.8 n), not int(0.1 n)) and our end month
+    included to its last millisecond, as --help says."""
+    import subprocess
+    import sys
+    from datetime import datetime, timezone
+
+    from trainers.data.amazon_examples import split_sizes
+    from trainers.data.amazon_interactions import month_end_ms, month_start_ms
+
+    assert split_sizes(7) == (5, 1, 1)  # int(0.1 * 7) = 0 would leave valid empty
+    assert split_sizes(17) == (13, 2, 2)  # int(0.1 * 17) = 1
+    assert split_sizes(4594) == (3675, 459, 460) and split_sizes(10) == (8, 1, 1)
+    assert month_start_ms(2021, 1) == int(datetime(2021, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    assert month_end_ms(2023, 12) == int(datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp() * 1000) - 1
+    assert month_end_ms(2023, 2) == int(datetime(2023, 3, 1, tzinfo=timezone.utc).timestamp() * 1000) - 1
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(repo / "preprocess.py"), "--help"], capture_output=True, text=True,
+                         cwd=repo, env={**os.environ, "PYTHONPATH": str(repo), "COLUMNS": "200"}, timeout=120).stdout
+    text = " ".join(out.split())
+    assert "that month is included" in text and "upstream R2ec stops at the 1st day of the end month" in text
+    assert "upstream R2ec: 20" in text  # --window_size
+
+
+def test_rollout_settings_and_greedy_single_rollout():
+    """Rollouts sample with upstream's settings; with G = 1 they are greedy (upstream switches sampling off)."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from compare_model.train_rrec import parse_config
+    from trainers.RecPOTrainer import RecPOTrainer
+
+    calls = []
+
+    class FakeModel:
+        settings = SimpleNamespace(max_new_tokens=640)
+
+        def generate_reasoning(self, prompts, max_new_tokens, **kw):
+            calls.append((len(prompts), max_new_tokens, kw))
+            n = len(prompts) * kw["num_return_sequences"]
+            return [f"r{i}" for i in range(n)], [1] * n
+
+    class FakePrompter:
+        def user_ids(self, ex):
+            return [1, 2]
+
+        def user_sequence_ids(self, ex, text, prompt):
+            return [1, 2, ex["i"], int(text[1:])], 2
+
+        def stop_token_ids(self):
+            return [0]
+
+    for G in (4, 1):
+        fake = SimpleNamespace(cfg=parse_config(["--group_size", str(G)]), rrec=FakeModel(),
+                               prompter=FakePrompter(), acc=SimpleNamespace(autocast=nullcontext), rank=0)
+        seqs, starts, _ = RecPOTrainer._rollouts(fake, 1, [{"i": 10}, {"i": 11}])
+        assert [s[2] for s in seqs] == [10] * G + [11] * G and starts == [2] * 2 * G  # G consecutive per user
+    (n4, t4, kw4), (n1, t1, kw1) = calls
+    assert (n4, t4, n1, t1) == (2, 640, 2, 640)
+    assert (kw4["do_sample"], kw4["temperature"], kw4["top_k"], kw4["top_p"], kw4["num_return_sequences"]) == \
+        (True, 2.0, 50, 1.0, 4)
+    assert kw1["do_sample"] is False and kw1["num_return_sequences"] == 1
+
+
+def test_generation_stops_at_answer_and_vectors_are_read_there(tiny_model):
+    """Reasoning stops at the first <answer> (a batch row that never writes it runs to --max_new_tokens); the
+    user vector is the final hidden state after the final norm at the last token of that <answer>, the item
+    vector at the last token of the pre-filled <answer>; right padding changes neither."""
+    from transformers import LogitsProcessor
+
+    from models.rrec_models import RRecModel
+    from prompters.rrec_prompter import RRecPrompter
+
+    model = RRecModel.load(str(tiny_model), device="cpu", dtype="fp32")
+    tok = model.tokenizer
+    p = RRecPrompter(tok, _item_rows(), CAT, user_window_size=3)
+
+    def enc(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    scripts = [enc("I like RPGs. <answer>Zelda</answer> and more"), enc(" no tag here at all, none of it") * 2]
+    prompt_len = {}
+
+    class Scripted(LogitsProcessor):  # forces row b to write scripts[b % 2]
+        def __call__(self, input_ids, scores):
+            t = input_ids.shape[1] - prompt_len["n"]
+            forced = torch.full_like(scores, float("-inf"))
+            for b in range(input_ids.shape[0]):
+                forced[b, scripts[b % 2][t]] = 0.0
+            return forced
+
+    generate = model.lm.generate
+
+    def scripted_generate(input_ids, **kw):
+        prompt_len["n"] = input_ids.shape[1]
+        return generate(input_ids=input_ids, logits_processor=[Scripted()], **kw)
+
+    model.lm.generate = scripted_generate
+    exs = [_example(), {**_example(), "history_item_id": [4, 1, 2, 4]}]  # two prompt lengths: left padding
+    prompts = [p.user_ids(e) for e in exs]
+    texts, counts = model.generate_reasoning(prompts, 14, stop_token_ids=p.stop_token_ids())
+    assert texts[0] == "I like RPGs. <answer>" and counts[0] == len(enc("I like RPGs. <answer>")) == 10
+    assert counts[1] == 14 and texts[1] == tok.decode(scripts[1][:14]) and "<answer>" not in texts[1]
+
+    seqs = [p.user_sequence_ids(e, t, pr)[0] for e, t, pr in zip(exs, texts, prompts)]
+    seqs.append(p.item_ids(1))
+    assert all(tok.decode(s).endswith("<answer>") for s in seqs)
+    emb = model.embed_sequences(seqs, batch_size=3)  # one right-padded batch
+    captured = {}
+    hook = model.backbone().norm.register_forward_hook(lambda m, i, o: captured.update(out=o))
+    try:
+        for b, s in enumerate(seqs):
+            with torch.no_grad():
+                model.backbone()(input_ids=torch.tensor([s]))
+            assert torch.allclose(emb[b], captured["out"][0, -1].float(), atol=1e-5), b
+    finally:
+        hook.remove()
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma2"])
+def test_token_logprobs_are_the_models_own(tiny_model, family):
+    """The token loss's log-probs are log_softmax of the causal LM's own logits at the completion tokens (for
+    Gemma-2 after its final logit soft-capping, as upstream's Gemma2ForCausalLM forward gives them)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from models.abstract_models import load_tokenizer, pad_right
+    from models.rrec_models import RRecModel, RRecSettings
+
+    tok = load_tokenizer(tiny_model)
+    torch.manual_seed(0)
+    if family == "qwen2":
+        lm = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+    else:
+        cfg = AutoConfig.for_model("gemma2", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                   final_logit_softcapping=0.5, pad_token_id=tok.pad_token_id)
+        lm = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    model = RRecModel(lm, tok, RRecSettings(model_type="gemma" if family == "gemma2" else "qwen")).eval()
+    seqs = [tok("I like RPGs. <answer>", add_special_tokens=False)["input_ids"],
+            tok("Zelda <answer>", add_special_tokens=False)["input_ids"]]
+    ids, mask = pad_right(seqs, tok.pad_token_id)
+    lp_mask = torch.zeros_like(mask, dtype=torch.bool)
+    lp_mask[0, 3:len(seqs[0])] = True
+    lp_mask[1, 1:len(seqs[1])] = True
+    with torch.no_grad():
+        _, logps = model(ids, mask, lp_mask)
+        want = []
+        for b, s in enumerate(seqs):
+            full = torch.log_softmax(lm(input_ids=torch.tensor([s])).logits[0].float(), -1)
+            want += [full[t - 1, s[t]] for t in range(len(s)) if lp_mask[b, t]]
+    assert torch.allclose(logps, torch.stack(want), atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- training
 def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -287,6 +549,118 @@ def test_recpo_training_run(trained):
     assert lora_b and all(float(v.abs().sum()) > 0 for v in lora_b), "the adapters did not train"
     table = torch.load(ck3 / "item_table.pt", weights_only=True)
     assert table.shape[1] == 64 and table.dtype == torch.float32
+
+
+def test_recpo_step_mini_batches_duplicate_targets_and_fp32_lora(tiny_model, dataset_dir, tmp_path, monkeypatch):
+    """One RecPO step on a batch of two users with the same target: the in-batch softmax keeps both copies of it
+    (each user's label is its own column, so p(target) <= 1/2); B x G = 4 rollouts in mini-batches of
+    min(8, B) = 2, each followed by an optimiser step (upstream's DeepSpeed launch), or one step per batch with
+    --no-step_per_mini_batch; the trainable weights are the LoRA adapters, in fp32."""
+    from collections import defaultdict
+
+    import trainers.RecPOTrainer as recpo
+    from compare_model import train_rrec
+    from trainers.data.dataset import load_processed_dataset
+    from trainers.GRecTrainer import GRecTrainer
+
+    rows = load_processed_dataset(dataset_dir).split("train").to_list()
+    by_target = defaultdict(list)
+    for r in rows:
+        by_target[int(r["item_id"])].append(r)
+    pair = next(v[:2] for v in by_target.values() if len({x["user_id"] for x in v}) >= 2)
+    pair = [pair[0], next(x for x in by_target[int(pair[0]["item_id"])] if x["user_id"] != pair[0]["user_id"])]
+    monkeypatch.setattr(GRecTrainer, "batches", lambda self: iter([pair] * 5))
+
+    seen: dict = {"steps": 0, "rec": [], "trainable": []}
+    build = GRecTrainer._build_optimizer
+
+    def counting_optimizer(self, params):
+        seen["trainable"] = [(n, p.dtype) for n, p in self.rrec.named_parameters() if p.requires_grad]
+        opt = build(self, params)
+        opt.register_step_post_hook(lambda *_: seen.update(steps=seen["steps"] + 1))
+        return opt
+
+    rec_loss = recpo.rec_loss
+
+    def recording_rec_loss(scores, labels, weights, old_logp, lo, hi):
+        out = rec_loss(scores, labels, weights, old_logp, lo, hi)
+        seen["rec"].append((scores.detach().clone(), labels.tolist(), out[2].clone()))
+        return out
+
+    monkeypatch.setattr(GRecTrainer, "_build_optimizer", counting_optimizer)
+    monkeypatch.setattr(recpo, "rec_loss", recording_rec_loss)
+    for flag, steps in (("--step_per_mini_batch", 2), ("--no-step_per_mini_batch", 1)):
+        seen.update(steps=0, rec=[])
+        argv = train_argv(tiny_model, dataset_dir, tmp_path / flag.strip("-"), flag, "--no-eval_on_start")
+        argv[argv.index("--max_steps") + 1] = "1"
+        argv[argv.index("--num_eval_samples") + 1] = "0"
+        result = train_rrec.main(argv)
+        assert result["step"] == 1 and seen["steps"] == steps, flag
+        assert [labels for _, labels, _ in seen["rec"]] == [[0, 0], [1, 1]]  # rollouts 0-1: user 0, 2-3: user 1
+        for scores, _, logp in seen["rec"]:
+            assert scores.shape == (2, 2)  # two users' rollouts x both targets, the duplicate kept
+            assert torch.allclose(scores[:, 0], scores[:, 1], atol=1e-4)  # the same item twice
+            assert bool((logp <= math.log(0.5) + 1e-4).all())
+    assert seen["trainable"] and all("lora_" in n and dt == torch.float32 for n, dt in seen["trainable"])
+
+
+def test_gathered_negatives_line_up_users_with_their_targets(monkeypatch):
+    """The mini-batch step on process 1 of 2 (a fake accelerator stands in for process 0): users and targets of both
+    processes are stacked in rank order, process 1's rollouts keep their gradient, each row's label is its own
+    target's column (duplicates included), and every gathered target's row of the item table gets its vector."""
+    from types import SimpleNamespace
+
+    import trainers.RecPOTrainer as recpo
+    from compare_model.train_rrec import parse_config
+    from models.rrec_models import RRecSettings
+
+    B, G = 2, 2
+    scale = torch.nn.Parameter(torch.ones(()))
+
+    def model(ids, mask, lp_mask):  # the vector of a sequence: its first two token ids (x a trainable scale)
+        return ids[:, :2].float() * scale, (scale * 0.0).expand(int(lp_mask[:, 1:].sum())) - 1.0
+
+    # what process 0 contributes to each gather, in the step's order: user vectors, item vectors, labels (its
+    # labels lack our offset B), advantage weights, then the item-table update's vectors and target ids
+    theirs = iter([lambda t: t + 100.0, lambda t: t + 100.0, lambda t: t - B, lambda t: t + 100.0,
+                   lambda t: t + 100.0, lambda t: t + 50])
+
+    class ProcessZero:
+        device = torch.device("cpu")
+
+        def gather(self, t):
+            return torch.cat([next(theirs)(t), t])
+
+        def backward(self, loss):
+            loss.backward()
+
+    rows = [2, 3]  # the second mini-batch: both rollouts of user 1
+    cfg = parse_config(["--group_size", str(G), "--train_batch_size", str(B)])
+    fake = SimpleNamespace(cfg=cfg, acc=ProcessZero(), world=2, rank=1, model=model, item_table=torch.zeros(80, 2),
+                           rrec=SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0),
+                                                similarity=RRecSettings(similarity_normalization=False,
+                                                                        similarity_temperature=1.0).similarity))
+    fake._across_processes = lambda t, keep_local=True: recpo.RecPOTrainer._across_processes(fake, t, keep_local)
+    seen = {}
+
+    def recording_rec_loss(scores, labels, weights, old, lo, hi):
+        seen.update(scores=scores, labels=labels.tolist(), weights=weights.tolist())
+        return rec_loss(scores, labels, weights, old, lo, hi)
+
+    monkeypatch.setattr(recpo, "rec_loss", recording_rec_loss)
+    seqs = [[1, 2, 9], [1, 2, 8], [3, 4, 9], [3, 4, 7]]  # user 0's two rollouts, user 1's two
+    item_seqs = [[5, 6], [5, 6]]  # both users bought item 12: the same prompt twice
+    weights = torch.tensor([0.0, 0.0, 1.5, 0.0])
+    recpo.RecPOTrainer._mini_batch_loss(fake, 1, rows, seqs, [2] * 4, item_seqs, [12, 12], torch.ones(4), weights,
+                                        {}, {})
+    s = seen["scores"]
+    assert s.shape == (4, 4)  # (2 processes x 2 rollouts) x (2 processes x 2 targets)
+    assert seen["labels"] == [1, 1, 3, 3]  # process 0's user 1 -> its column 1; ours -> column B + 1 = 3
+    assert seen["weights"] == [101.5, 100.0, 1.5, 0.0]  # process 0's block first (the fake adds 100)
+    assert s[2, 2].item() == s[2, 3].item() == 3 * 5 + 4 * 6  # our user 1 against both copies of item 12
+    assert s[0, 0].item() == 103 * 105 + 104 * 106  # process 0's rows and columns are its (detached) vectors
+    assert scale.grad is not None and scale.grad.abs().item() > 0  # our block keeps the graph
+    assert fake.item_table[12].tolist() == [5.0, 6.0] and fake.item_table[62].tolist() == [105.0, 106.0]
 
 
 def test_sigterm_then_auto_resume_replays_the_run(trained, resumed, tiny_model, dataset_dir, capsys):

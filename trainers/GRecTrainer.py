@@ -102,7 +102,8 @@ class RRecTrainingArguments(RunConfig):
     similarity_normalization: bool = option(True, "L2-normalise user and item vectors first (upstream: on)",
                                             group=G_SIM)
     # rollouts
-    group_size: int = option(4, "reasoning rollouts per user, G (upstream 4)", group=G_ROLL)
+    group_size: int = option(4, "reasoning rollouts per user, G (upstream 4; G = 1 generates greedily, as "
+                                "upstream does)", group=G_ROLL)
     max_new_tokens: int = option(640, "reasoning length limit in training and evaluation (upstream 640)",
                                  group=G_ROLL)
     gen_temperature: float = option(2.0, "rollout sampling temperature (upstream 2.0)", group=G_ROLL,
@@ -131,6 +132,10 @@ class RRecTrainingArguments(RunConfig):
                                                 group=G_RECPO)
     ppo_epochs: int = option(1, "updates per rollout batch (upstream 1: the ratio is 1 and never clipped)",
                              group=G_RECPO)
+    step_per_mini_batch: bool = option(True, "an optimiser step (with gradient clipping) after every mini-batch's "
+                                             "backward, as upstream's DeepSpeed launch does (accelerate's DeepSpeed "
+                                             "backward steps the engine at each call); --no-step_per_mini_batch "
+                                             "accumulates the mini-batches into one step per batch", group=G_RECPO)
     token_loss_weight: float = option(1.0, "weight of the reasoning-token loss (upstream 1)", group=G_RECPO)
     rec_loss_weight: float = option(1.0, "weight of the recommendation loss (upstream 1)", group=G_RECPO)
     item_refresh_steps: int = option(0, "also recompute the whole item table every N steps (0 = only at "
@@ -158,6 +163,10 @@ class RRecTrainingArguments(RunConfig):
                                        "no evaluation, so no best model)", group=G_EVAL)
     eval_test_split: bool = option(False, "also evaluate the test split at every evaluation and log it (upstream "
                                           "does; never used for selection)", group=G_EVAL)
+    rank_repeat_targets: bool = option(False, "full-catalogue metrics: keep a target that is also a history item "
+                                              "rankable (upstream masks it with the rest of the history, so it "
+                                              "counts as a miss; only upstream-built data has such targets)",
+                                       group=G_EVAL)
     eval_batch_size: int = option(32, "users per generation/forward batch in evaluation and reward scoring",
                                   group=G_EVAL)
     item_emb_batch_size: int = option(128, "items per forward when the item table is computed", group=G_EVAL)
@@ -420,7 +429,8 @@ class GRecTrainer:
         with self.acc.autocast():
             samples = rank_with_rrec(self.rrec, self.prompter, shard(items, self.rank, self.world), self.item_table,
                                      self.rrec.settings.max_new_tokens, batch_size=c.eval_batch_size,
-                                     full_ranking=True, progress=c.progress and self.is_main)
+                                     full_ranking=True, progress=c.progress and self.is_main,
+                                     rank_repeat_targets=c.rank_repeat_targets)
         slim = [{"target_rank": s["target_rank"], "full_rank": s["full_rank"]} for s in samples]
         merged = [s for part in gather_objects(self.acc, slim) for s in part]
         rows = rrec_metrics(merged, c.K_eval, full_ranking=True)

@@ -2,8 +2,8 @@
 
 One step, per process, for its --train_batch_size users:
 1. rollouts: G = --group_size reasoning texts per user, sampled (temperature 2.0, top-k 50, top-p 1.0, the
-   model's repetition penalty) until <answer> or --max_new_tokens; each becomes a user sequence ending in
-   <answer> (prompters/rrec_prompter.py, text round trip as upstream);
+   model's repetition penalty; greedy when G = 1, as upstream) until <answer> or --max_new_tokens; each becomes
+   a user sequence ending in <answer> (prompters/rrec_prompter.py, text round trip as upstream);
 2. reward (no gradient, current weights): user vectors against the item table, the pad item and the user's
    history items masked; reward = (1-w) NDCG@1000(rank of the target) + w softmax(scores)[target], w = 0.05
    (a target that is itself a history item, possible in upstream-built data, is masked and earns 0);
@@ -15,9 +15,12 @@ One step, per process, for its --train_batch_size users:
      rec loss   = clipped surrogate of log softmax(scores(users, in-batch targets))[own target], weighted by
                   advantage x relabel mask, mean over rows; users and targets of the other processes are
                   gathered (detached) as extra rows and negatives
-   (trainers/rl/losses.clipped_surrogate for both; with one update per batch the ratio is 1, so this is the
+   (trainers/rl/losses.clipped_surrogate for both; with one pass (--ppo_epochs 1) the ratio is 1, so this is the
    advantage-weighted policy gradient); the targets' fresh vectors replace their rows of the item table;
-   gradients clipped to 1.0, one optimiser step.
+   after each mini-batch's backward the gradients are clipped to 1.0 and the optimiser steps (upstream's
+   DeepSpeed launch: accelerate's DeepSpeed backward calls engine.step() every time, and with gradient
+   accumulation 1 each call is an optimiser step; --no-step_per_mini_batch: one step after the last
+   mini-batch). The learning-rate schedule advances once per training step.
 Upstream drops the last token of each mini-batch's longest sequence; we do not.
 """
 from __future__ import annotations
@@ -98,9 +101,10 @@ class RecPOTrainer(GRecTrainer):
         c, s = self.cfg, self.rrec.settings
         prompts = [self.prompter.user_ids(ex) for ex in examples]
         torch.manual_seed(derived_seed(c.seed, step, self.rank, 2))  # sampling replays on resume
-        with self.acc.autocast():
+        with self.acc.autocast():  # G = 1: greedy, as upstream (its vLLM and HF paths both switch sampling off)
             texts, counts = self.rrec.generate_reasoning(
-                prompts, s.max_new_tokens, do_sample=True, temperature=c.gen_temperature, top_k=c.gen_top_k,
+                prompts, s.max_new_tokens, do_sample=c.group_size > 1, temperature=c.gen_temperature,
+                top_k=c.gen_top_k,
                 top_p=c.gen_top_p, stop_token_ids=self.prompter.stop_token_ids(), num_return_sequences=c.group_size,
                 batch_size=max(c.eval_batch_size, c.group_size))
         seqs, starts = [], []
@@ -139,21 +143,22 @@ class RecPOTrainer(GRecTrainer):
         old_tok: dict[int, torch.Tensor] = {}
         old_rec: dict[int, torch.Tensor] = {}
         sums = {"loss": 0.0, "token_loss": 0.0, "rec_loss": 0.0, "token_clipfrac": 0.0, "rec_clipfrac": 0.0}
-        grad_norm = 0.0
+        norms: list[float] = []
         for epoch in range(c.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             for ci, rows in enumerate(chunks):
-                sync = ci == len(chunks) - 1 or self.world == 1
+                last = ci == len(chunks) - 1
+                sync = last or self.world == 1 or c.step_per_mini_batch
                 with nullcontext() if sync else self.acc.no_sync(self.model):
                     parts_mb = self._mini_batch_loss(ci, rows, seqs, starts, item_seqs, targets, adv_flat,
                                                      weight_flat, old_tok, old_rec)
                 for k in sums:
                     sums[k] += parts_mb[k] / (len(chunks) * c.ppo_epochs)
-            if c.max_grad_norm > 0:
-                grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), c.max_grad_norm))
-            self.optimizer.step()
+                if c.step_per_mini_batch or last:
+                    norms.append(self._optimizer_step())
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        self.scheduler.step()  # once per training step (HF Trainer's schedule counts batches, not mini-batches)
+        grad_norm = sum(norms) / len(norms) if norms else 0.0
         n_comp = [len(s) - st for s, st in zip(seqs, starts)]
         return {**sums, "grad_norm": grad_norm,
                 "reward": float(rewards.mean()),
@@ -162,6 +167,16 @@ class RecPOTrainer(GRecTrainer):
                 "target_rank_mean": float(torch.nanmean(parts["rank"])) if parts["rank"].numel() else 0.0,
                 "advantage_mean": float(adv.mean()), "generated_tokens": sum(counts) / len(counts),
                 "completion_tokens": sum(n_comp) / len(n_comp)}
+
+    def _optimizer_step(self) -> float:
+        """Clip (--max_grad_norm), step, zero the gradients; returns the gradient norm before clipping (0 when
+        clipping is off)."""
+        norm = 0.0
+        if self.cfg.max_grad_norm > 0:
+            norm = float(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
 
     def _mini_batch_loss(self, ci: int, rows: list[int], seqs, starts, item_seqs, targets, adv_flat, weight_flat,
                          old_tok: dict, old_rec: dict) -> dict[str, float]:

@@ -4,7 +4,9 @@ One code path for compare_model/rrec.py and the RRec trainer's validation. Per u
 user prompt until <answer> (prompters/rrec_prompter.py), the user vector at <answer>, scores against every
 item's vector (models/rrec_models.RRecSettings.similarity). The K candidates of an example are ranked by those
 scores; the full-catalogue rank (the paper's protocol) ranks the target among all items with the pad item and
-the user's history items masked. Ties count against the target everywhere (trainers/evaluation/metrics.py).
+the user's history items masked. As upstream, a target that is itself a history item (a repeat purchase, kept
+by upstream's preprocess.py) is masked too and counts as a miss (full_rank None); rank_repeat_targets keeps it
+rankable instead. Ties count against the target everywhere (trainers/evaluation/metrics.py).
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ FULL_RANKING_KS = (5, 10, 20)  # the paper's full-catalogue cut-offs
 def masked_scores(scores: torch.Tensor, histories: Sequence[Sequence[int]],
                   keep: Sequence[int] | None = None) -> torch.Tensor:
     """scores [B, N+1] (column = item id) with column 0 (the pad item) and each row's history items set to -inf.
-    keep[b], if given, stays unmasked (evaluation keeps a repeat-purchase target rankable; upstream's reward
-    masks it like any history item)."""
+    keep[b], if given, stays unmasked (--rank_repeat_targets keeps a repeat-purchase target rankable; upstream
+    masks it like any history item, in the reward and in evaluation)."""
     out = scores.float().clone()
     out[:, 0] = float("-inf")
     for b, hist in enumerate(histories):
@@ -96,10 +98,11 @@ def user_vectors(model, prompter, examples: Sequence[dict], max_new_tokens: int,
 def rank_with_rrec(model, prompter, items: Sequence[tuple[dict, list[int]]], item_table: torch.Tensor,
                    max_new_tokens: int, batch_size: int = 8, full_ranking: bool = False,
                    on_sample: Callable[[dict], Any] | None = None, progress: bool = True,
-                   save_prompts: bool = False) -> list[dict]:
+                   save_prompts: bool = False, rank_repeat_targets: bool = False) -> list[dict]:
     """Result-JSON samples for (example, candidates) items: each example's candidates ranked by the model's
-    scores. With full_ranking each sample also gets "full_rank" (history masked, target kept); with
-    save_prompts, "prompt" holds the exact rendered user prompt (outputs.reasoning always holds the reasoning)."""
+    scores. With full_ranking each sample also gets "full_rank" (pad and history masked; None when the target is
+    itself a history item, unless rank_repeat_targets keeps it rankable); with save_prompts, "prompt" holds the
+    exact rendered user prompt (outputs.reasoning always holds the reasoning)."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
@@ -117,7 +120,8 @@ def rank_with_rrec(model, prompter, items: Sequence[tuple[dict, list[int]]], ite
             full = None
             if full_ranking:
                 targets = [int(ex["item_id"]) for ex in examples]
-                full = catalogue_ranks(masked_scores(sims, [ex["history_item_id"] for ex in examples], keep=targets),
+                keep = targets if rank_repeat_targets else None
+                full = catalogue_ranks(masked_scores(sims, [ex["history_item_id"] for ex in examples], keep=keep),
                                        targets)
             for b, (ex, cands) in enumerate(batch):
                 target = int(ex["item_id"])
@@ -147,9 +151,10 @@ def rank_with_rrec(model, prompter, items: Sequence[tuple[dict, list[int]]], ite
 
 def rrec_metrics(samples: Sequence[dict], K_eval: int | None, full_ranking: bool = False) -> dict[str, dict]:
     """Candidate metrics (NDCG/HR@{1,5,10,K_eval}, MRR) and, with full_ranking, full-catalogue ones
-    (NDCG/HR@5/10/20 plus the candidate cut-offs)."""
+    (NDCG/HR@5/10/20 plus the candidate cut-offs; a masked target, full_rank None, is a miss)."""
     rows = {"rrec": metrics_from_ranks([s["target_rank"] for s in samples], eval_ks(K_eval))}
     if full_ranking:
         ks = sorted(set(FULL_RANKING_KS) | set(eval_ks(K_eval)))
-        rows["rrec (full catalogue)"] = metrics_from_ranks([s["full_rank"] for s in samples if "full_rank" in s], ks)
+        ranks = [math.inf if s["full_rank"] is None else s["full_rank"] for s in samples if "full_rank" in s]
+        rows["rrec (full catalogue)"] = metrics_from_ranks(ranks, ks)
     return rows
