@@ -94,54 +94,41 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise SystemExit(2)
 
 
-def _is_ours_incomplete(d: Path) -> bool:
-    """One of our checkpoints cut short: our trainer_state.json ("step") but no COMPLETE marker. (HF Trainer
-    checkpoints, upstream's, have "global_step" and no marker: they are complete as HF wrote them.)"""
-    from trainers.foundation.checkpoints import COMPLETE_MARKER, TRAINER_STATE
-
-    f = d / TRAINER_STATE
-    if not f.is_file() or (d / COMPLETE_MARKER).is_file():
-        return False
-    try:
-        return "global_step" not in json.loads(f.read_text())
-    except (OSError, ValueError):
-        return True
-
-
 def resolve_rrec_checkpoint(spec: str) -> Path:
-    """The model directory --checkpoint_path names (module docstring)."""
+    """The model directory --checkpoint_path names (module docstring). Completeness is the one rule of
+    trainers/foundation/checkpoints.py (ours carry a COMPLETE marker; HF Trainer's, upstream's, are complete as
+    written)."""
     from paths import resolve_model_path
-    from trainers.foundation.checkpoints import CKPT_RE
-    from trainers.GRecTrainer import FINAL_DIR
+    from trainers.foundation.checkpoints import TRAINER_STATE, checkpoint_dirs, checkpoint_problem
+    from trainers.GRecTrainer import FINAL_DIR as RREC_FINAL_DIR
 
     p = Path(resolve_model_path(spec, flag="--checkpoint_path")) if not Path(spec).exists() else Path(spec)
     if not p.is_dir():
         raise UserInputError(f"--checkpoint_path {spec}: not a directory")
-    if (p / FINAL_DIR).is_dir():
-        return p / FINAL_DIR
-    ckpts = sorted((int(CKPT_RE.match(d.name).group(1)), d) for d in p.iterdir()
-                   if d.is_dir() and CKPT_RE.match(d.name))
+    if (p / RREC_FINAL_DIR).is_dir():
+        return p / RREC_FINAL_DIR
+    ckpts = checkpoint_dirs(p, complete_only=False)
     if ckpts and not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
-        usable = [(s, d) for s, d in ckpts if not _is_ours_incomplete(d)]
+        usable = [d for _, d in ckpts if checkpoint_problem(d) is None]
         if not usable:
             raise UserInputError(f"--checkpoint_path {spec}: no final_checkpoint and no complete checkpoint-N "
                                  "(interrupted saves only); point it at a checkpoint directory")
-        newest = usable[-1][1]
+        newest = usable[-1]
         try:  # the best so far: ours records best_step, HF's trainer_state.json best_model_checkpoint
-            state = json.loads((newest / "trainer_state.json").read_text())
+            state = json.loads((newest / TRAINER_STATE).read_text())
         except (OSError, ValueError):
             state = {}
         best = state.get("best_step")
         best_dir = p / f"checkpoint-{best}" if best is not None else (
             p / Path(state["best_model_checkpoint"]).name if state.get("best_model_checkpoint") else None)
-        chosen = best_dir if best_dir is not None and best_dir.is_dir() and not _is_ours_incomplete(best_dir) \
-            else newest
-        print(f"--checkpoint_path {spec}: no {FINAL_DIR}; evaluating {chosen.name} "
+        chosen = best_dir if best_dir is not None and checkpoint_problem(best_dir) is None else newest
+        print(f"--checkpoint_path {spec}: no {RREC_FINAL_DIR}; evaluating {chosen.name} "
               f"({'the best by valid NDCG@10 so far' if chosen == best_dir else 'the newest'})", file=sys.stderr)
         return chosen
-    if _is_ours_incomplete(p):
-        raise UserInputError(f"--checkpoint_path {spec}: incomplete checkpoint (no COMPLETE marker: interrupted "
-                             "save?); pick an older one or the run directory")
+    problem = checkpoint_problem(p)
+    if problem:
+        raise UserInputError(f"--checkpoint_path {spec}: incomplete checkpoint ({problem}); pick an older one or the "
+                             "run directory")
     return p
 
 

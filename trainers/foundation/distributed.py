@@ -1,13 +1,16 @@
 """Helpers around accelerate's process group: sharding work, gathering results, stopping together on a signal.
 
 Data parallelism and sharding themselves come from accelerate (DDP/FSDP/DeepSpeed); nothing here reduces
-gradients by hand.
+gradients by hand. torch, accelerate and the checkpoint module (which needs torch) are imported inside the
+functions that use them: the API scripts import this module too and never need torch.
 """
 from __future__ import annotations
 
 import signal
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence, TypeVar
+
+from trainers.foundation.errors import UserInputError
 
 T = TypeVar("T")
 
@@ -79,7 +82,6 @@ def locked_run(accelerator, output_dir: str, flag: str = "--output_dir") -> Iter
     process raises the same one-line UserInputError when another run holds it; on exit the lock is released and the
     process group torn down."""
     from trainers.foundation.checkpoints import RunLock
-    from trainers.foundation.errors import UserInputError
 
     lock = RunLock(output_dir, flag=flag)
     err = None
@@ -102,11 +104,17 @@ def locked_run(accelerator, output_dir: str, flag: str = "--output_dir") -> Iter
                 dist.destroy_process_group()
 
 
+def is_sharded(accelerator) -> bool:
+    """Whether the run shards weights and optimiser state (FSDP or DeepSpeed), so saving, loading and gradient
+    clipping must be collective."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
 def resolve_device(device: str | None = None):
     """auto -> cuda when available, else cpu; an explicit device is checked (one-line error)."""
     import torch
-
-    from trainers.foundation.errors import UserInputError
 
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
