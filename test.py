@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from trainers.foundation.config import add_model_loading_args
-from trainers.foundation.errors import UserInputError, die
+from trainers.foundation.errors import UserInputError, exit_on_user_error
 
 # Settings that change candidates or scores: a resumed run must match the existing file on all of them.
 RESUME_KEYS = ("dataset", "split", "K", "seed", "reference_json", "model", "checkpoint", "mode", "max_new_tokens",
@@ -183,12 +183,8 @@ def check_existing(out_path: Path, meta: dict, items_by_iid: dict[int, list[int]
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on_user_error():  # one line from the main process, exit status 2 on every process
         return run(args)
-    except UserInputError as e:
-        if int(os.environ.get("RANK", "0")) == 0:
-            die(str(e))
-        raise SystemExit(2)
 
 
 def run(args: argparse.Namespace) -> dict | None:
@@ -237,28 +233,18 @@ def run(args: argparse.Namespace) -> dict | None:
         check_existing(out_path, meta, {int(ex["interaction_id"]): c for ex, c in items})
 
     import torch  # noqa: F401  (heavy imports only after the cheap checks)
-    from accelerate import PartialState
-
     from models.qwen_models import SamplingSettings, load_judge_from_checkpoint
     from prompters.binary_prompter import BinaryPrompter
     from trainers.evaluation.judge import rank_examples
     from trainers.evaluation.metrics import eval_ks, format_metrics_table, metrics_from_ranks
     from trainers.evaluation.protocol import sanity_rows
-    from trainers.evaluation.results import ResultWriter
+    from trainers.evaluation.results import open_sharded_results
     from trainers.foundation.distributed import shard
 
-    state = PartialState(cpu=args.device == "cpu")
+    state, writer, order, todo = open_sharded_results(out_path, meta, items, args.overwrite_output_dir,
+                                                      args.batch_size, cpu=args.device == "cpu")
     rank, world = state.process_index, state.num_processes
     device = str(state.device) if world > 1 else args.device
-    if args.overwrite_output_dir and rank == 0:
-        ResultWriter(out_path, meta, resume=False)  # clears the old files once, before any process appends
-    state.wait_for_everyone()
-    writer = ResultWriter(out_path, meta, resume=True, flush_every=max(1, args.batch_size), rank=rank)
-    order = [int(ex["interaction_id"]) for ex, _ in items]
-    todo = [it for it in items if int(it[0]["interaction_id"]) not in writer.done_ids]
-    if len(todo) < len(items) and rank == 0:
-        print(f"resuming {out_path}: {len(items) - len(todo)} of {len(items)} samples already done")
-    writer.write(order=order)  # meta on disk before the first new sample, so a later resume can check it
     mine = shard(todo, rank, world)
 
     t0 = time.time()

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from trainers.foundation.config import add_model_loading_args
-from trainers.foundation.errors import UserInputError, die
+from trainers.foundation.errors import UserInputError, exit_on_user_error
 
 # Settings that change candidates or scores: a rerun on the same result JSON must match them.
 RESUME_KEYS = ("model", "model_files", "base_model", "dataset", "split", "seed", "K", "candidate_source", "category",
@@ -86,12 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on_user_error():  # one line from the main process, exit status 2 on every process
         return run(args)
-    except UserInputError as e:
-        if int(os.environ.get("RANK", "0")) == 0:
-            die(str(e))
-        raise SystemExit(2)
 
 
 def resolve_rrec_checkpoint(spec: str) -> Path:
@@ -211,25 +206,15 @@ def evaluate(args, dataset, items, ckpt, base, settings, category, out, meta) ->
     """Load, rank (sharded over processes), merge, report. Rank 0 returns the result JSON."""
     import time
 
-    from accelerate import PartialState
-
     from trainers.evaluation.metrics import eval_ks, format_metrics_table
     from trainers.evaluation.protocol import sanity_rows
-    from trainers.evaluation.results import ResultWriter
+    from trainers.evaluation.results import open_sharded_results
     from trainers.evaluation.rrec import FULL_RANKING_KS, rrec_metrics
     from trainers.foundation.distributed import shard
 
-    state = PartialState(cpu=args.device == "cpu")
+    state, writer, order, todo = open_sharded_results(out, meta, items, args.no_resume, args.batch_size,
+                                                      cpu=args.device == "cpu")
     rank, world = state.process_index, state.num_processes
-    if args.no_resume and rank == 0:
-        ResultWriter(out, meta, resume=False)  # clears the old files once, before any process appends
-    state.wait_for_everyone()
-    writer = ResultWriter(out, meta, resume=True, flush_every=max(1, args.batch_size), rank=rank)
-    order = [int(ex["interaction_id"]) for ex, _ in items]
-    todo = [it for it in items if int(it[0]["interaction_id"]) not in writer.done_ids]
-    if len(todo) < len(items) and rank == 0:
-        print(f"resuming {out}: {len(items) - len(todo)} of {len(items)} samples already done")
-    writer.write(order=order)  # meta on disk before the first sample
     t0 = time.time()
     if todo:  # the same on every process: all of them take part in the item table
         rank_items(args, dataset, shard(todo, rank, world), ckpt, base, settings, category, writer, state)

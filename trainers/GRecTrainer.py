@@ -38,29 +38,12 @@ from prompters.rrec_prompter import RRecPrompter, category_from_dataset_dir
 from trainers.data.dataset import load_processed_dataset
 from trainers.evaluation.protocol import build_eval_items
 from trainers.evaluation.rrec import compute_item_table, rank_with_rrec, rrec_metrics
-from trainers.foundation.checkpoints import (
-    apply_base_lrs,
-    check_optimizer_state_fits,
-    check_output_dir,
-    finish_resume,
-    load_torch_state,
-    open_resume,
-    prepare_output_dir,
-    run_files,
-    write_checkpoint,
-    write_final_model,
-)
+from trainers.foundation.checkpoints import (apply_base_lrs, check_optimizer_state_fits, finish_resume,
+                                             load_torch_state, open_resume, prepare_output_dir, run_files,
+                                             write_checkpoint, write_final_model)
 from trainers.foundation.config import RunConfig, option, require
-from trainers.foundation.distributed import (
-    StopRequest,
-    any_process,
-    build_accelerator,
-    gather_objects,
-    init_tracking,
-    is_sharded,
-    locked_run,
-    shard,
-)
+from trainers.foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
+                                             is_sharded, mean_over_processes, shard)
 from trainers.foundation.errors import UserInputError
 from trainers.foundation.files import append_jsonl, atomic_write_json
 from trainers.foundation.seeding import numpy_rng
@@ -243,14 +226,11 @@ def output_dir_artifacts(out: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------ the trainer
-class GRecTrainer:
+class GRecTrainer(TrainerProcess):
     """Base RRec trainer (one instance per process). Subclasses implement training_step(step, examples)."""
 
     def __init__(self, cfg: RRecTrainingArguments, accelerator) -> None:
-        self.cfg, self.acc = cfg, accelerator
-        self.out = Path(cfg.output_dir)
-        self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.is_main = accelerator.is_main_process
+        super().__init__(cfg, accelerator)
         if is_sharded(accelerator):
             raise UserInputError("train_rrec.py runs single-process or DDP (LoRA keeps every GPU's copy small); "
                                  "launch it without an FSDP/DeepSpeed accelerate config")
@@ -522,7 +502,7 @@ class GRecTrainer:
                 t = time.time()
                 lr = self.scheduler.get_last_lr()[0]
                 stats = self.training_step(step, next(batches))
-                stats = self._mean_over_processes(stats)
+                stats = mean_over_processes(self.acc, stats)
                 last = {"step": step, **stats, "lr": lr, "step_time_s": time.time() - t,
                         "wall_time_s": wall0 + time.time() - t0}
                 if step % c.logging_steps == 0 or step == self.total_steps:
@@ -560,19 +540,3 @@ class GRecTrainer:
             self.acc.end_training()
         self.acc.wait_for_everyone()
         return result
-
-    def _mean_over_processes(self, stats: dict[str, float]) -> dict[str, float]:
-        keys = sorted(stats)
-        t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=self.acc.device)
-        mean = self.acc.reduce(t, reduction="mean").cpu().tolist()
-        return dict(zip(keys, mean))
-
-
-def run_rrec_training(cfg: RRecTrainingArguments, trainer_cls: type[GRecTrainer]) -> dict[str, Any]:
-    """Validate, lock the output dir, build, train, release. Raises UserInputError on bad input (on every
-    process, so all of them stop)."""
-    cfg.validate()
-    check_output_dir(cfg.output_dir, cfg.resume_from, cfg.overwrite_output_dir)
-    acc = build_accelerator(cfg, cfg.gradient_accumulation_steps)
-    with locked_run(acc, cfg.output_dir):
-        return trainer_cls(cfg, acc).train()

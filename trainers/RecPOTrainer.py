@@ -31,7 +31,8 @@ from models.abstract_models import pad_right
 from trainers.evaluation.metrics import ndcg_at
 from trainers.evaluation.rrec import catalogue_ranks, masked_scores
 from trainers.foundation.seeding import derived_seed
-from trainers.GRecTrainer import GRecTrainer, RRecTrainingArguments, run_rrec_training
+from trainers.foundation.distributed import run_trainer
+from trainers.GRecTrainer import GRecTrainer, RRecTrainingArguments
 from trainers.rl.advantages import group_advantages
 from trainers.rl.losses import clipped_surrogate
 
@@ -203,4 +204,4 @@ class RecPOTrainer(GRecTrainer):
 
 def run_training(cfg: RRecTrainingArguments) -> dict[str, Any]:
     """compare_model/train_rrec.py's entry point: validate, lock, train with RecPO."""
-    return run_rrec_training(cfg, RecPOTrainer)
+    return run_trainer(cfg, RecPOTrainer)

@@ -44,32 +44,13 @@ from trainers.data.dataset import check_dataset_type, load_processed_dataset
 from trainers.evaluation.judge import rank_examples
 from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, ndcg_at, ndcg_reward, target_rank
 from trainers.evaluation.protocol import build_eval_items
-from trainers.foundation.checkpoints import (
-    apply_base_lrs,
-    capture_rng_state,
-    check_optimizer_state_fits,
-    check_output_dir,
-    finish_resume,
-    load_torch_state,
-    open_resume,
-    prepare_output_dir,
-    restore_rng_state,
-    run_files,
-    write_checkpoint,
-    write_final_model,
-)
+from trainers.foundation.checkpoints import (apply_base_lrs, capture_rng_state, check_optimizer_state_fits,
+                                             finish_resume, load_torch_state, open_resume, prepare_output_dir,
+                                             restore_rng_state, run_files, write_checkpoint, write_final_model)
 from trainers.foundation.config import RunConfig, config_from_args, option, require
 from trainers.foundation.config import build_parser as config_parser
-from trainers.foundation.distributed import (
-    StopRequest,
-    any_process,
-    build_accelerator,
-    gather_objects,
-    init_tracking,
-    is_sharded,
-    locked_run,
-    shard,
-)
+from trainers.foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
+                                             is_sharded, mean_over_processes, run_trainer, shard)
 from trainers.foundation.errors import UserInputError
 from trainers.foundation.files import append_jsonl, atomic_write_json
 from trainers.foundation.plotting import plot_training
@@ -82,6 +63,8 @@ from trainers.rl.pl import gumbel_topk_sample, pl_log_prob
 SCHEDULERS = ("constant", "cosine")
 FINAL_DIR = "final"
 SHARDED_STATE_DIR = "accelerate_state"  # FSDP/DeepSpeed optimizer and model shards (accelerator.save_state)
+
+
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class PPOConfig(RunConfig):
@@ -261,14 +244,11 @@ class UpdateStats:
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
-class PPOTrainer:
+class PPOTrainer(TrainerProcess):
     """Owns the accelerator, the judge, optimiser, scheduler and logs of one run (one instance per process)."""
 
     def __init__(self, cfg: PPOConfig, accelerator) -> None:
-        self.cfg, self.acc = cfg, accelerator
-        self.out = Path(cfg.output_dir)
-        self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.is_main = accelerator.is_main_process
+        super().__init__(cfg, accelerator)
         self.token_log = Path(cfg.token_log_path) if cfg.token_log_path else (
             self.out / "token_lengths.jsonl" if cfg.reasoning else None)
         self.sampling = SamplingSettings(cfg.gen_temperature, cfg.gen_top_k, cfg.gen_top_p).validate()
@@ -508,14 +488,12 @@ class PPOTrainer:
         c = self.cfg
         greedy = float(np.mean([ndcg_at(target_rank(s.tolist(), int(t)), c.K_eval)
                                 for s, t in zip(rollout.scores.cpu(), rollout.target_index.cpu())]))
-        local = torch.tensor([float(rollout.rewards.mean()), greedy, stats.policy_loss, stats.value_loss, stats.kl,
-                              stats.clipfrac, float(rollout.old_values.mean()), stats.grad_norm],
-                             dtype=torch.float64, device=self.acc.device)
-        mean = self.acc.reduce(local, reduction="mean").cpu()
+        mean = mean_over_processes(self.acc, {
+            "reward": float(rollout.rewards.mean()), "ndcg": greedy, "policy_loss": stats.policy_loss,
+            "value_loss": stats.value_loss, "kl": stats.kl, "clipfrac": stats.clipfrac,
+            "value_mean": float(rollout.old_values.mean()), "grad_norm": stats.grad_norm})
         dt = time.time() - t0
-        rec = {"step": step, "reward": mean[0].item(), "ndcg": mean[1].item(), "policy_loss": mean[2].item(),
-               "value_loss": mean[3].item(), "kl": mean[4].item(), "clipfrac": mean[5].item(),
-               "value_mean": mean[6].item(), "grad_norm": mean[7].item(), "lr_actor": lr[0], "lr_critic": lr[1],
+        rec = {"step": step, **mean, "lr_actor": lr[0], "lr_critic": lr[1],
                "samples_per_s": len(rollout.prompts) * self.world / max(dt, 1e-9)}
         return rec, rollout
 
@@ -693,13 +671,8 @@ def output_dir_artifacts(out: Path, token_log: Path | None) -> list[Path]:
 
 
 def run_training(cfg: PPOConfig) -> dict[str, Any]:
-    """Validate, lock the output dir, build, train, release. Raises UserInputError on bad input (on every
-    process, so all of them stop)."""
-    cfg.validate()
-    check_output_dir(cfg.output_dir, cfg.resume_from, cfg.overwrite_output_dir)
-    acc = build_accelerator(cfg, cfg.gradient_accumulation_steps)
-    with locked_run(acc, cfg.output_dir):
-        return PPOTrainer(cfg, acc).train()
+    """train.py's entry point: validate, lock the output dir, build, train, release (foundation run_trainer)."""
+    return run_trainer(cfg, PPOTrainer)
 
 
 def build_parser():

@@ -156,3 +156,25 @@ class ResultWriter:
             for part in partial_paths(self.path):
                 part.unlink()
         return data
+
+
+def open_sharded_results(path: str | os.PathLike, meta: dict[str, Any], items: list, overwrite: bool,
+                         flush_every: int, cpu: bool):
+    """An evaluation's result file shared by every process of a launch (one process without a launcher): the old
+    files cleared once (overwrite), each process's writer resuming, the order of all samples and the items still
+    to rank. Returns (accelerate PartialState, this process's ResultWriter, order of interaction ids, todo items);
+    the meta block is on disk before the first new sample, so a later resume can check it."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu)
+    rank = state.process_index
+    if overwrite and rank == 0:
+        ResultWriter(path, meta, resume=False)  # clears the old files once, before any process appends
+    state.wait_for_everyone()
+    writer = ResultWriter(path, meta, resume=True, flush_every=max(1, flush_every), rank=rank)
+    order = [int(ex["interaction_id"]) for ex, _ in items]
+    todo = [it for it in items if int(it[0]["interaction_id"]) not in writer.done_ids]
+    if len(todo) < len(items) and rank == 0:
+        print(f"resuming {path}: {len(items) - len(todo)} of {len(items)} samples already done")
+    writer.write(order=order)
+    return state, writer, order, todo

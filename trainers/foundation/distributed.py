@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import signal
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from trainers.foundation.errors import UserInputError
 
@@ -158,3 +159,40 @@ def init_tracking(accelerator, project: str, cfg) -> bool:
     accelerator.init_trackers(project, config={k: v for k, v in cfg.to_dict().items()
                                                if isinstance(v, (int, float, str, bool))})
     return True
+
+
+def mean_over_processes(accelerator, stats: dict[str, float]) -> dict[str, float]:
+    """The mean of each scalar over all processes (float64, one all-reduce), keys in stats' order (the same code
+    builds stats on every process, so the order agrees)."""
+    import torch
+
+    if not stats:
+        return {}
+    t = torch.tensor([float(v) for v in stats.values()], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(stats, accelerator.reduce(t, reduction="mean").cpu().tolist()))
+
+
+class TrainerProcess:
+    """What one process of a training run knows about itself; the trainers (PL-PPO, RRec) build on it."""
+
+    def __init__(self, cfg, accelerator) -> None:
+        self.cfg, self.acc = cfg, accelerator
+        self.out = Path(cfg.output_dir)
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.is_main = accelerator.is_main_process
+
+    def train(self) -> dict[str, Any]:  # pragma: no cover - every trainer implements it
+        raise NotImplementedError
+
+
+def run_trainer(cfg, make_trainer: Callable[[Any, Any], TrainerProcess]) -> dict[str, Any]:
+    """A training run from a validated-on-the-spot config (a foundation.config.RunConfig): the output dir checked,
+    the accelerator built, the run lock held while make_trainer(cfg, accelerator).train() runs. Bad input raises
+    UserInputError on every process, so all of them stop."""
+    from trainers.foundation.checkpoints import check_output_dir
+
+    cfg.validate()
+    check_output_dir(cfg.output_dir, cfg.resume_from, cfg.overwrite_output_dir)
+    accelerator = build_accelerator(cfg, getattr(cfg, "gradient_accumulation_steps", 1))
+    with locked_run(accelerator, cfg.output_dir):
+        return make_trainer(cfg, accelerator).train()
