@@ -15,6 +15,8 @@ import os
 import time
 from dataclasses import dataclass
 
+import torch
+
 from models.abstract_models import (
     LoraSettings,
     apply_lora,
@@ -102,7 +104,6 @@ def train_sft(cfg: "SFTConfig") -> str:
     """Run SFT; return the output directory holding the final model (or LoRA adapter) and tokenizer."""
     args = cfg
     # here, not at the top: transformers takes seconds to import, and `train_sft.py --help` should not wait for it
-    import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     path = check_model_dir(args.model_name_or_path)
