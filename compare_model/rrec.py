@@ -255,7 +255,7 @@ def rank_items(args, dataset, mine, ckpt, base, settings, category, writer, stat
     rank, world = state.process_index, state.num_processes
     device = str(state.device) if world > 1 else args.device
     model = RRecModel.load(str(ckpt), device=device, dtype=args.dtype, attn_implementation=args.attn_implementation,
-                           base_model=base, micro_batch_size=args.item_batch_size,
+                           base_model=base, forward_batch_size=args.item_batch_size,
                            trust_remote_code=args.trust_remote_code, settings=asdict(settings), merge_adapter=True,
                            flag="--checkpoint_path")
     model.eval()

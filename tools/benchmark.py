@@ -76,7 +76,7 @@ def build_judge(args: argparse.Namespace, tmp: Path):
     if args.shape == "tiny":
         path = build_tiny_qwen(tmp / "tiny", corpus=synthetic_corpus())
         judge = BinaryJudge.load(str(path), device=str(device), dtype=args.dtype, attn_implementation=attn,
-                                 scoring_chunk_size=args.micro_batch_size)
+                                 scoring_chunk_size=args.scoring_chunk_size)
     else:
         from transformers import Qwen2ForCausalLM
 
@@ -86,7 +86,7 @@ def build_judge(args: argparse.Namespace, tmp: Path):
         config.eos_token_id = tok.eos_token_id
         with torch.device(device):
             lm = Qwen2ForCausalLM._from_config(config, attn_implementation=attn, dtype=dtype)
-        judge = BinaryJudge.from_model(lm, tok, device=device, scoring_chunk_size=args.micro_batch_size)
+        judge = BinaryJudge.from_model(lm, tok, device=device, scoring_chunk_size=args.scoring_chunk_size)
     if args.gradient_checkpointing:
         judge.enable_gradient_checkpointing()
     return judge
@@ -340,8 +340,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--K_eval", type=int, default=10, help="NDCG cut-off of the PPO reward")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per cell (median), after one warm-up")
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls per cell before timing")
-    ap.add_argument("--micro_batch_size", type=int, default=32,
-                    help="naive path: prompts per forward; the shared path packs the same token budget")
+    ap.add_argument("--scoring_chunk_size", "--micro_batch_size", dest="scoring_chunk_size", type=int, default=32,
+                    help="naive path: prompts per forward; the shared path packs the same token budget "
+                         "(--micro_batch_size is the old name)")
     ap.add_argument("--quick", action="store_true", help="tiny shape, K 5 10, 1 repeat, no warm-up, short prompts (test suite)")
     ap.add_argument("--gradient_checkpointing", action="store_true",
                     help="recompute activations in backward (train mode): less memory, more compute")
@@ -363,7 +364,7 @@ def validate_args(args: argparse.Namespace) -> None:
         args.shape = "qwen2.5-3b" if torch.cuda.is_available() and args.device in ("auto", "cuda") else "small"
     if args.warmup < 0:
         raise UserInputError(f"--warmup {args.warmup}: must be >= 0")
-    for name in ("users", "repeats", "history_items", "tokens_per_item", "micro_batch_size", "K_eval"):
+    for name in ("users", "repeats", "history_items", "tokens_per_item", "scoring_chunk_size", "K_eval"):
         if getattr(args, name) < 1:
             raise UserInputError(f"--{name} {getattr(args, name)}: must be >= 1")
     if any(k < 1 for k in args.Ks):

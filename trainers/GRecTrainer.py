@@ -270,7 +270,7 @@ class GRecTrainer(TrainerProcess):
             attn_implementation=cfg.attn_implementation,
             base_model=str(self.base_model_dir) if self.resume_ckpt is not None else None, lora=lora,
             trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
-            micro_batch_size=cfg.eval_batch_size, trust_remote_code=cfg.trust_remote_code, settings=settings,
+            forward_batch_size=cfg.eval_batch_size, trust_remote_code=cfg.trust_remote_code, settings=settings,
             flag="--resume_from" if self.resume_ckpt else "--model_name_or_path")
         if cfg.disable_dropout:
             disable_dropout(self.rrec)
