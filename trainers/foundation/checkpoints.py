@@ -27,13 +27,16 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from trainers.foundation.errors import UserInputError
 from trainers.foundation.files import atomic_write_json, truncate_jsonl_after
+
+if TYPE_CHECKING:
+    from trainers.foundation.config import RunConfig
 
 COMPLETE_MARKER = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
@@ -393,7 +396,7 @@ class RunLock:
         self.release()
 
 
-def open_resume(cfg, required: Sequence[Requirement], base_model_dir: str | os.PathLike
+def open_resume(cfg: RunConfig, required: Sequence[Requirement], base_model_dir: str | os.PathLike
                 ) -> tuple[Path | None, dict, list[str]]:
     """The first part of every trainer's resume, before anything is built: the checkpoint cfg.resume_from names
     in cfg.output_dir (cfg: a foundation.config.RunConfig), checked against the base model's shape and the run's

@@ -9,9 +9,12 @@ from __future__ import annotations
 import signal
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 from trainers.foundation.errors import UserInputError
+
+if TYPE_CHECKING:
+    from trainers.foundation.config import RunConfig
 
 T = TypeVar("T")
 
@@ -175,7 +178,7 @@ def mean_over_processes(accelerator, stats: dict[str, float]) -> dict[str, float
 class TrainerProcess:
     """What one process of a training run knows about itself; the trainers (PL-PPO, RRec) build on it."""
 
-    def __init__(self, cfg, accelerator) -> None:
+    def __init__(self, cfg: RunConfig, accelerator) -> None:
         self.cfg, self.acc = cfg, accelerator
         self.out = Path(cfg.output_dir)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
@@ -185,7 +188,7 @@ class TrainerProcess:
         raise NotImplementedError
 
 
-def run_trainer(cfg, make_trainer: Callable[[Any, Any], TrainerProcess]) -> dict[str, Any]:
+def run_trainer(cfg: RunConfig, make_trainer: Callable[[Any, Any], TrainerProcess]) -> dict[str, Any]:
     """A training run from a validated-on-the-spot config (a foundation.config.RunConfig): the output dir checked,
     the accelerator built, the run lock held while make_trainer(cfg, accelerator).train() runs. Bad input raises
     UserInputError on every process, so all of them stop."""
