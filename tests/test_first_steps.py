@@ -1,12 +1,20 @@
-"""train.sh and test.sh take every variable the original README names (../shared/ORIGINAL_README.md, "RL 训练" and
-"测试流程") and hand each to its flag. A stand-in interpreter (PYTHON=...) records the command line instead of
-running it, so this runs in milliseconds and checks exactly the variable -> flag mapping."""
+"""A newcomer's first steps with the original README's interface (../shared/ORIGINAL_README.md):
+
+* train.sh and test.sh take every variable the original README names ("RL 训练", "测试流程") and hand each to its
+  flag. A stand-in interpreter (PYTHON=...) records the command line instead of running it, so this checks exactly
+  the variable -> flag mapping in milliseconds;
+* test.py fills the prompt settings test.sh leaves unset from the checkpoint's training args;
+* what the documented steps write with their default paths is git-ignored (a fresh clone stays clean).
+"""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,3 +94,19 @@ def test_test_py_takes_unset_prompt_settings_from_the_checkpoint(tmp_path, capsy
     args = test_py.build_parser().parse_args([])
     test_py.apply_trained_settings(args, None)  # no checkpoint: test.py's own defaults
     assert (args.max_len_per_item, args.user_window_size) == (64, 10)
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="not a git checkout")
+def test_default_outputs_of_the_documented_steps_are_ignored():
+    from paths import DEFAULT_MODEL_ROOT
+    from tests.fixtures.scripts import load_script
+
+    outputs = [load_script("sft_train/generate_prompts.py").build_parser().get_default("output_file"),
+               load_script("sft_train/get_response_by_deepseek.py").build_parser().get_default("output_file"),
+               *(load_script("sft_train/process_sft_data.py").default_output(f) for f in ("alpaca", "sharegpt")),
+               "sft_train/dataset_info.json", "sft_train/sft.yaml",  # shipped: must stay tracked (below)
+               f"{DEFAULT_MODEL_ROOT}/Qwen2.5-3B-Instruct/model.safetensors", "demo/tiny-qwen/config.json",
+               "outputs/ppo_tiny-qwen_Video_Games_5_2021-1-2023-12/checkpoint-100/COMPLETE", "data/raw/x.csv.gz"]
+    r = subprocess.run(["git", "check-ignore", "--no-index", *outputs], cwd=REPO, capture_output=True, text=True)
+    ignored = set(r.stdout.split())
+    assert ignored == set(outputs) - {"sft_train/dataset_info.json", "sft_train/sft.yaml"}, ignored
