@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from trainers.foundation.config import add_model_loading_args, finite_float
-from trainers.foundation.errors import UserInputError, die
+from trainers.foundation.errors import UserInputError, exit_on_user_error
 from trainers.foundation.files import check_output_path
 
 # Settings that change candidates or scores: a resumed run must match the existing file on all of them.
@@ -187,12 +187,8 @@ def check_existing(out_path: Path, meta: dict, items_by_iid: dict[int, list[int]
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on_user_error():  # one line from the main process, exit status 2 on every process
         return run(args)
-    except UserInputError as e:
-        if int(os.environ.get("RANK", "0")) == 0:
-            die(str(e))
-        raise SystemExit(2)
 
 
 def run(args: argparse.Namespace) -> dict | None:
@@ -239,48 +235,41 @@ def run(args: argparse.Namespace) -> dict | None:
         check_existing(out_path, meta, {int(ex["interaction_id"]): c for ex, c in items})
 
     import torch  # noqa: F401  (heavy imports only after the cheap checks)
-    from accelerate import PartialState
-
     from models.qwen_models import SamplingSettings, load_judge_from_checkpoint
     from prompters.binary_prompter import BinaryPrompter
     from trainers.evaluation.judge import rank_examples
     from trainers.evaluation.metrics import eval_ks, format_metrics_table, metrics_from_ranks
     from trainers.evaluation.protocol import sanity_rows
-    from trainers.evaluation.results import ResultWriter
-    from trainers.foundation.distributed import locked_run, shard
+    from trainers.evaluation.results import sharded_results
+    from trainers.foundation.distributed import shard
+
+    from accelerate import PartialState
 
     state = PartialState(cpu=args.device == "cpu")
-    # one evaluation per output dir at a time: a second one would compute every sample twice into the same files
-    with locked_run(state, str(out_path.parent), lock_name=f".{out_path.name}.lock"):
-        rank, world = state.process_index, state.num_processes
-        device = str(state.device) if world > 1 else args.device
-        sampling = SamplingSettings(args.gen_temperature, args.gen_top_k, args.gen_top_p).validate()
-        order = [int(ex["interaction_id"]) for ex, _ in items]
-        flush = max(1, args.batch_size)
-        writer = None if args.overwrite_output_dir else ResultWriter(out_path, meta, flush_every=flush, rank=rank)
-        todo = [it for it in items if writer is None or int(it[0]["interaction_id"]) not in writer.done_ids]
-        mine = shard(todo, rank, world)
-        if mine:  # the model and its prompts first: a damaged checkpoint or template fails before any file is touched
-            judge = load_judge_from_checkpoint(args.model_name_or_path, resume_from=checkpoint, device=device,
-                                               dtype=args.dtype, attn_implementation=args.attn_implementation,
-                                               packed_mask=args.scoring == "shared",
-                                               trust_remote_code=args.trust_remote_code,
-                                               scoring_chunk_size=args.scoring_chunk_size,
-                                               generation_batch_rows=args.gen_batch_size)
-            prompter = BinaryPrompter(judge.tokenizer, dataset.item_rows, dataset_type=args.dataset_type,
-                                      max_len_per_item=args.max_len_per_item, user_window_size=args.user_window_size,
-                                      template_file=args.prompt_template, reasoning=args.max_new_tokens > 0)
-        if writer is None:
-            if rank == 0:
-                ResultWriter(out_path, meta, resume=False)  # clears the old files once, before any process appends
-            state.wait_for_everyone()
-            writer = ResultWriter(out_path, meta, flush_every=flush, rank=rank)
-        if len(todo) < len(items) and rank == 0:
-            print(f"resuming {out_path}: {len(items) - len(todo)} of {len(items)} samples already done")
-        writer.write(order=order)  # meta on disk before the first new sample, so a later resume can check it
+    rank, world = state.process_index, state.num_processes
+    device = str(state.device) if world > 1 else args.device
+    sampling = SamplingSettings(args.gen_temperature, args.gen_top_k, args.gen_top_p).validate()
 
+    def load(todo):  # the model and its prompts, before any result file is touched
+        if not shard(todo, rank, world):
+            return None
+        judge = load_judge_from_checkpoint(args.model_name_or_path, resume_from=checkpoint, device=device,
+                                           dtype=args.dtype, attn_implementation=args.attn_implementation,
+                                           packed_mask=args.scoring == "shared",
+                                           trust_remote_code=args.trust_remote_code,
+                                           scoring_chunk_size=args.scoring_chunk_size,
+                                           generation_batch_rows=args.gen_batch_size)
+        prompter = BinaryPrompter(judge.tokenizer, dataset.item_rows, dataset_type=args.dataset_type,
+                                  max_len_per_item=args.max_len_per_item, user_window_size=args.user_window_size,
+                                  template_file=args.prompt_template, reasoning=args.max_new_tokens > 0)
+        return judge, prompter
+
+    with sharded_results(state, out_path, meta, items, args.overwrite_output_dir, args.batch_size,
+                         load=load) as (writer, order, todo, loaded):
         t0 = time.time()
+        mine = shard(todo, rank, world)
         if mine:
+            judge, prompter = loaded
             rank_examples(judge, prompter, mine, mode=args.mode, scoring=args.scoring, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                           K_eval=args.K_eval, on_sample=writer.add, progress=not args.no_progress and rank == 0,
@@ -303,7 +292,6 @@ def run(args: argparse.Namespace) -> dict | None:
         print(format_metrics_table({name: metrics, **sanity}, ks))
         print(f"wrote {out_path}")
         return data
-
 
 if __name__ == "__main__":
     main()

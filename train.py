@@ -7,19 +7,13 @@ Preemptible jobs:  python train.py ... --resume_from auto   (continues from the 
 """
 from __future__ import annotations
 
-import os
-
-from trainers.foundation.errors import UserInputError, die
+from trainers.foundation.errors import exit_on_user_error
 from trainers.ppo_trainer import build_parser, parse_config, run_training  # noqa: F401 (build_parser: --help tests)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    try:
+    with exit_on_user_error():  # one line from the main process, exit status 2 on every process
         return run_training(parse_config(argv))
-    except UserInputError as e:
-        if int(os.environ.get("RANK", "0")) == 0:
-            die(str(e))
-        raise SystemExit(2)  # the other processes stop quietly: one line, from the main one
 
 
 if __name__ == "__main__":

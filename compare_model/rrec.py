@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from trainers.foundation.config import add_model_loading_args, finite_float
-from trainers.foundation.errors import UserInputError, die
+from trainers.foundation.errors import UserInputError, exit_on_user_error
 from trainers.foundation.files import check_output_path
 
 # Settings that change candidates or scores: a rerun on the same result JSON must match them.
@@ -92,26 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on_user_error():  # one line from the main process, exit status 2 on every process
         return run(args)
-    except UserInputError as e:
-        if int(os.environ.get("RANK", "0")) == 0:
-            die(str(e))
-        raise SystemExit(2)
-
-
-def _is_ours_incomplete(d: Path) -> bool:
-    """One of our checkpoints cut short: our trainer_state.json ("step") but no COMPLETE marker. (HF Trainer
-    checkpoints, upstream's, have "global_step" and no marker: they are complete as HF wrote them.)"""
-    from trainers.foundation.checkpoints import COMPLETE_MARKER, TRAINER_STATE
-
-    f = d / TRAINER_STATE
-    if not f.is_file() or (d / COMPLETE_MARKER).is_file():
-        return False
-    try:
-        return "global_step" not in json.loads(f.read_text())
-    except (OSError, ValueError):
-        return True
 
 
 def resolve_rrec_checkpoint(spec: str) -> Path:
@@ -128,37 +109,36 @@ def resolve_rrec_checkpoint(spec: str) -> Path:
 
 def _resolve_rrec_checkpoint(spec: str) -> Path:
     from paths import resolve_model_path
-    from trainers.foundation.checkpoints import CKPT_RE
-    from trainers.GRecTrainer import FINAL_DIR
+    from trainers.foundation.checkpoints import TRAINER_STATE, checkpoint_dirs, checkpoint_problem
+    from trainers.GRecTrainer import FINAL_DIR as RREC_FINAL_DIR
 
     p = Path(resolve_model_path(spec, flag="--checkpoint_path")) if not Path(spec).exists() else Path(spec)
     if not p.is_dir():
         raise UserInputError(f"--checkpoint_path {spec}: not a directory")
-    if (p / FINAL_DIR).is_dir():
-        return p / FINAL_DIR
-    ckpts = sorted((int(CKPT_RE.match(d.name).group(1)), d) for d in p.iterdir()
-                   if d.is_dir() and CKPT_RE.match(d.name))
+    if (p / RREC_FINAL_DIR).is_dir():
+        return p / RREC_FINAL_DIR
+    ckpts = checkpoint_dirs(p, complete_only=False)
     if ckpts and not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
-        usable = [(s, d) for s, d in ckpts if not _is_ours_incomplete(d)]
+        usable = [d for _, d in ckpts if checkpoint_problem(d) is None]
         if not usable:
             raise UserInputError(f"--checkpoint_path {spec}: no final_checkpoint and no complete checkpoint-N "
                                  "(interrupted saves only); point it at a checkpoint directory")
-        newest = usable[-1][1]
+        newest = usable[-1]
         try:  # the best so far: ours records best_step, HF's trainer_state.json best_model_checkpoint
-            state = json.loads((newest / "trainer_state.json").read_text())
+            state = json.loads((newest / TRAINER_STATE).read_text())
         except (OSError, ValueError):
             state = {}
         best = state.get("best_step")
         best_dir = p / f"checkpoint-{best}" if best is not None else (
             p / Path(state["best_model_checkpoint"]).name if state.get("best_model_checkpoint") else None)
-        chosen = best_dir if best_dir is not None and best_dir.is_dir() and not _is_ours_incomplete(best_dir) \
-            else newest
-        print(f"--checkpoint_path {spec}: no {FINAL_DIR}; evaluating {chosen.name} "
+        chosen = best_dir if best_dir is not None and checkpoint_problem(best_dir) is None else newest
+        print(f"--checkpoint_path {spec}: no {RREC_FINAL_DIR}; evaluating {chosen.name} "
               f"({'the best by valid NDCG@10 so far' if chosen == best_dir else 'the newest'})", file=sys.stderr)
         return chosen
-    if _is_ours_incomplete(p):
-        raise UserInputError(f"--checkpoint_path {spec}: incomplete checkpoint (no COMPLETE marker: interrupted "
-                             "save?); pick an older one or the run directory")
+    problem = checkpoint_problem(p)
+    if problem:
+        raise UserInputError(f"--checkpoint_path {spec}: incomplete checkpoint ({problem}); pick an older one or the "
+                             "run directory")
     return p
 
 
@@ -243,35 +223,24 @@ def evaluate(args, dataset, items, ckpt, base, settings, category, out, meta) ->
     """Load, rank (sharded over processes), merge, report. Rank 0 returns the result JSON."""
     import time
 
-    from accelerate import PartialState
-
     from trainers.evaluation.metrics import eval_ks, format_metrics_table
     from trainers.evaluation.protocol import sanity_rows
-    from trainers.evaluation.results import ResultWriter
+    from trainers.evaluation.results import sharded_results
     from trainers.evaluation.rrec import FULL_RANKING_KS, rrec_metrics
-    from trainers.foundation.distributed import locked_run, shard
+    from trainers.foundation.distributed import shard
+
+    def check_saved(writer) -> None:
+        if args.full_ranking and any("full_rank" not in s for s in writer.samples.values()):
+            raise UserInputError(f"{out}: earlier samples were made without --full_ranking; rerun with --no_resume")
+
+    from accelerate import PartialState
 
     state = PartialState(cpu=args.device == "cpu")
-    # one evaluation per output at a time: a second one would compute every sample twice into the same files
-    with locked_run(state, str(out.parent), flag="--output_file" if args.output_file else "--output_dir",
-                    lock_name=f".{out.name}.lock"):
-        rank, world = state.process_index, state.num_processes
-        flush = max(1, args.batch_size)
-        writer = None if args.no_resume else ResultWriter(out, meta, flush_every=flush, rank=rank)
-        if writer is not None and args.full_ranking and any("full_rank" not in s for s in writer.samples.values()):
-            raise UserInputError(f"{out}: earlier samples were made without --full_ranking; rerun with --no_resume")
-        order = [int(ex["interaction_id"]) for ex, _ in items]
-        todo = [it for it in items if writer is None or int(it[0]["interaction_id"]) not in writer.done_ids]
-        # the model and its prompts first: a damaged checkpoint or chat template fails before any file is touched
-        loaded = load_for_ranking(args, dataset, ckpt, base, settings, category, state) if todo else None
-        if writer is None:
-            if rank == 0:
-                ResultWriter(out, meta, resume=False)  # clears the old files once, before any process appends
-            state.wait_for_everyone()
-            writer = ResultWriter(out, meta, flush_every=flush, rank=rank)
-        if len(todo) < len(items) and rank == 0:
-            print(f"resuming {out}: {len(items) - len(todo)} of {len(items)} samples already done")
-        writer.write(order=order)  # meta on disk before the first sample
+    rank, world = state.process_index, state.num_processes
+    with sharded_results(state, out, meta, items, args.no_resume, args.batch_size, check_saved=check_saved,
+                         flag="--output_file" if args.output_file else "--output_dir",
+                         load=lambda todo: load_for_ranking(args, dataset, ckpt, base, settings, category, state)
+                         ) as (writer, order, todo, loaded):
         t0 = time.time()
         if loaded is not None:  # the same on every process: all of them take part in the item table
             rank_items(args, dataset, shard(todo, rank, world), *loaded, settings, writer, state)
@@ -280,8 +249,7 @@ def evaluate(args, dataset, items, ckpt, base, settings, category, out, meta) ->
             return None
         writer.merge()
         samples = writer.ordered_samples(order)
-        if args.full_ranking and any("full_rank" not in s for s in samples):
-            raise UserInputError(f"{out}: earlier samples were made without --full_ranking; rerun with --no_resume")
+        check_saved(writer)
         rows = rrec_metrics(samples, args.K_eval, args.full_ranking)
         sanity = sanity_rows(samples, dataset, args.seed, eval_ks(args.K_eval))
         extra = {"sanity": sanity}
@@ -309,7 +277,7 @@ def load_for_ranking(args, dataset, ckpt, base, settings, category, state) -> tu
 
     device = str(state.device) if state.num_processes > 1 else args.device
     model = RRecModel.load(str(ckpt), device=device, dtype=args.dtype, attn_implementation=args.attn_implementation,
-                           base_model=base, micro_batch_size=args.item_batch_size,
+                           base_model=base, forward_batch_size=args.item_batch_size,
                            trust_remote_code=args.trust_remote_code, settings=asdict(settings), merge_adapter=True,
                            flag="--checkpoint_path")
     model.eval()

@@ -9,10 +9,9 @@ valid NDCG@10; evaluate it with compare_model/rrec.py --checkpoint_path OUT) and
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any, Sequence
 
-from trainers.foundation.errors import UserInputError, die
+from trainers.foundation.errors import exit_on_user_error
 from trainers.GRecTrainer import RRecTrainingArguments
 
 
@@ -30,14 +29,10 @@ def parse_config(argv: Sequence[str] | None = None) -> RRecTrainingArguments:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    try:
+    with exit_on_user_error():  # one line from the main process, exit status 2 on every process
         from trainers.RecPOTrainer import run_training
 
         return run_training(parse_config(argv))
-    except UserInputError as e:
-        if int(os.environ.get("RANK", "0")) == 0:
-            die(str(e))
-        raise SystemExit(2)  # the other processes stop quietly: one line, from the main one
 
 
 if __name__ == "__main__":

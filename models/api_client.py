@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from trainers.foundation.errors import UserInputError, redact, redact_json
-from trainers.foundation.files import atomic_write_text, read_answer_rows
+from trainers.foundation.files import atomic_write_text, parse_json_lines, read_answer_rows
 
 DEFAULT_API_BASE = "https://api.deepseek.com"
 DEFAULT_KEY_ENV = "DEEPSEEK_API_KEY"
@@ -448,12 +448,8 @@ def prompt_jobs_from_jsonl(
         raise UserInputError(f"--input_file {path}:{n}: {why}; fix the line or pass --skip_bad_lines")
 
     n_valid = 0
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
+    for n, row, e in parse_json_lines(lines):
+        if e is not None:
             bad(n, f"malformed JSON ({e})")
             continue
         if not isinstance(row, dict):

@@ -129,12 +129,12 @@ def model_family(path: Path, base_model: str | None) -> str | None:
 class RRecModel(AbstractRecModel):
     """Causal LM + recommendation head (its last hidden state). One nn.Module: accelerate prepares it once."""
 
-    def __init__(self, lm, tokenizer, settings: RRecSettings, micro_batch_size: int = 32) -> None:
+    def __init__(self, lm, tokenizer, settings: RRecSettings, forward_batch_size: int = 32) -> None:
         super().__init__()
         self.lm = lm
         self.tokenizer = tokenizer
         self.settings = settings.validate()
-        self.micro_batch_size = max(1, int(micro_batch_size))
+        self.forward_batch_size = max(1, int(forward_batch_size))  # sequences per forward when no batch_size is given
         self.path = ""
         self.attn_implementation = getattr(lm.config, "_attn_implementation", None) or "sdpa"
 
@@ -142,7 +142,7 @@ class RRecModel(AbstractRecModel):
     def load(cls, model_name_or_path: str, device: str | None = "auto", dtype: str | torch.dtype | None = "auto",
              attn_implementation: str | None = "auto", base_model: str | None = None,
              lora: LoraSettings | None = None, trainable: bool = False, gradient_checkpointing: bool = False,
-             micro_batch_size: int = 32, trust_remote_code: bool = False, settings: dict | None = None,
+             forward_batch_size: int = 32, trust_remote_code: bool = False, settings: dict | None = None,
              merge_adapter: bool = False, flag: str = "--model_name_or_path") -> "RRecModel":
         """A model from a full-model or PEFT adapter directory (ours or upstream's).
 
@@ -170,7 +170,7 @@ class RRecModel(AbstractRecModel):
                 raise UserInputError(f"{flag} {model_name_or_path}: already a LoRA adapter; resume it with "
                                      "--resume_from, or start from its base model")
             lm = apply_lora(lm, lora)
-        model = cls(lm, tok, saved.with_overrides(**(settings or {})), micro_batch_size=micro_batch_size)
+        model = cls(lm, tok, saved.with_overrides(**(settings or {})), forward_batch_size=forward_batch_size)
         model.path = str(path)
         model.attn_implementation = attn
         if gradient_checkpointing:
@@ -218,8 +218,9 @@ class RRecModel(AbstractRecModel):
 
     @torch.no_grad()
     def embed_sequences(self, seqs: Sequence[Sequence[int]], batch_size: int | None = None) -> torch.Tensor:
-        """Recommendation-head vectors of token sequences, in micro-batches, without gradients. [N, H] float32."""
-        bs = batch_size or self.micro_batch_size
+        """Recommendation-head vectors of token sequences, batch_size (default forward_batch_size) per forward, without
+        gradients. [N, H] float32."""
+        bs = batch_size or self.forward_batch_size
         out = []
         for i in range(0, len(seqs), bs):
             ids, mask = pad_right(seqs[i:i + bs], self.tokenizer.pad_token_id)
@@ -255,7 +256,7 @@ class RRecModel(AbstractRecModel):
             top_p=float(top_p) if do_sample else 1.0, repetition_penalty=self.repetition_penalty,
             eos_token_id=sorted({int(t) for t in stop_token_ids} | {self.tokenizer.eos_token_id}),
             pad_token_id=pad, stop_strings=[self.settings.emb_token])
-        bs = max(1, (batch_size or self.micro_batch_size) // G)
+        bs = max(1, (batch_size or self.forward_batch_size) // G)
         texts: list[str] = []
         counts: list[int] = []
         was_training = self.training

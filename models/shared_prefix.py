@@ -2,7 +2,7 @@
 
 The K judge prompts of one user are `prefix + suffix_k` with an identical
 prefix (chat framing + the user's history). The naive path
-(QwenBinaryJudge._score_naive) runs all K full prompts; here the prefix is
+(BinaryJudge._score_naive) runs all K full prompts; here the prefix is
 computed once per user. Two equivalent methods:
 
 * ``packed`` (default): one sequence per user, ``[prefix][cand_1]...[cand_K]``,
@@ -392,7 +392,7 @@ def _cache_forward(judge, users: Sequence[UserPrompt], with_token_logprobs: bool
 def score_shared_prefix(judge: "BinaryJudge", batch: Sequence[UserPrompt], with_values: bool = False,
                         with_token_logprobs: bool = False, method: str = "auto",
                         sampling: "SamplingSettings | None" = None) -> "ScoreOutput":
-    """Same ScoreOutput as QwenBinaryJudge._score_naive, computing each user's prefix once. Differentiable."""
+    """Same ScoreOutput as BinaryJudge._score_naive, computing each user's prefix once. Differentiable."""
     from models.qwen_models import ScoreOutput
 
     B, K = len(batch), batch[0].K

@@ -44,18 +44,26 @@ def module_name(path: Path) -> str:
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every import of our packages in a file, nested imports included."""
+    """(line, module) of every import of our packages in a file, nested and relative imports included."""
     out = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # `from . import x` / `from ..data import y`: relative to this file's package
+                package = module_name(path).split(".")[:-1] if path.name != "__init__.py" else \
+                    module_name(path).split(".")
+                package = package[:len(package) - (node.level - 1)]
+                base = ".".join(package + ([node.module] if node.module else []))
+            if not base:
+                continue
             # `from pkg import sub` may import a submodule: judge by the most specific name that is a module.
             for a in node.names:
-                full = f"{node.module}.{a.name}"
+                full = f"{base}.{a.name}"
                 is_module = (REPO / Path(*full.split("."))).with_suffix(".py").is_file() or \
                     (REPO / Path(*full.split("."))).is_dir()
-                out.append((node.lineno, full if is_module else node.module))
+                out.append((node.lineno, full if is_module else base))
     return [(ln, m) for ln, m in out if m.split(".")[0] in OURS]
 
 
@@ -81,6 +89,24 @@ def test_imports_run_one_way(path):
     bad = [f"line {ln}: {m} ({LAYERS[layer_of(m)][0]})" for ln, m in imported_modules(path)
            if layer_of(m) > mine]
     assert not bad, f"{me} (layer {LAYERS[mine][0]}) imports from a higher layer: {bad}"
+
+
+def test_the_check_sees_every_kind_of_import(tmp_path):
+    """A back-import is caught whether it is top-level, inside a function or relative."""
+    pkg = tmp_path / "trainers" / "foundation"
+    pkg.mkdir(parents=True)
+    (tmp_path / "trainers" / "evaluation").mkdir()
+    (tmp_path / "trainers" / "evaluation" / "metrics.py").write_text("")
+    f = pkg / "files.py"
+    f.write_text("import os\nfrom trainers.evaluation import metrics\n\n\ndef g():\n"
+                 "    from ..evaluation.metrics import ndcg_at\n    import models.tiny\n")
+    globals()["REPO"], old = tmp_path, REPO  # the helpers resolve module names against REPO
+    try:
+        found = [(ln, m, layer_of(m)) for ln, m in imported_modules(f)]
+    finally:
+        globals()["REPO"] = old
+    assert found == [(2, "trainers.evaluation.metrics", 5), (6, "trainers.evaluation.metrics", 5),
+                     (7, "models.tiny", 2)]
 
 
 def test_no_sys_path_edits():

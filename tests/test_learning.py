@@ -25,7 +25,7 @@ STEPS = 200
 TRAIN = ["--K", "10", "--K_eval", "10", "--batch_size", "32", "--max_len_per_item", "1", "--user_window_size", "3",
          "--ppo_epochs", "4", "--lr_actor", "3e-4", "--lr_critic", "1e-3", "--max_steps", str(STEPS),
          "--save_every", "1000", "--print_every", "0", "--eval_every", "100", "--num_valid_samples", "100",
-         "--micro_batch_size", "160", "--scoring", "shared", "--seed", "0"]
+         "--scoring_chunk_size", "160", "--scoring", "shared", "--seed", "0"]
 
 
 def _evaluate(model_dir, data, template, seed):

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from trainers.data.dataset import SPLITS, load_processed_dataset
-from trainers.foundation.errors import UserInputError, die
+from trainers.foundation.errors import exit_on_user_error
 
 
 def _date(ms: int) -> str:
@@ -76,10 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset_dir", required=True, help="preprocess.py output directory")
     p.add_argument("--tokenizer", default=None, help="tokenizer name/path: also report item text lengths in tokens")
     args = p.parse_args(argv)
-    try:
+    with exit_on_user_error():
         r = analyze(args.dataset_dir, args.tokenizer)
-    except UserInputError as e:
-        die(str(e))
     print(f"dataset {args.dataset_dir}")
     print(f"users {r['users']}  items {r['items']}  interactions {r['interactions']}  "
           f"density {r['interactions'] / max(1, r['users'] * r['items']):.5f}")

@@ -75,7 +75,7 @@ def build_judges(args: argparse.Namespace, tmp: Path):
     if args.shape == "tiny":
         path = build_tiny_qwen(tmp / "tiny", corpus=synthetic_corpus())
         train = BinaryJudge.load(str(path), device=str(device), dtype=torch.float32, attn_implementation="sdpa",
-                                 scoring_chunk_size=args.micro_batch_size)
+                                 scoring_chunk_size=args.scoring_chunk_size)
     else:
         from transformers import Qwen2ForCausalLM
 
@@ -85,7 +85,7 @@ def build_judges(args: argparse.Namespace, tmp: Path):
         config.eos_token_id = tok.eos_token_id
         with torch.device(device):
             lm = Qwen2ForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
-        train = BinaryJudge.from_model(lm, tok, device=device, scoring_chunk_size=args.micro_batch_size)
+        train = BinaryJudge.from_model(lm, tok, device=device, scoring_chunk_size=args.scoring_chunk_size)
     train.generation_batch_rows = args.gen_batch_size
     if dtype == torch.float32:
         return train, train
@@ -384,7 +384,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 if path == "naive" and args.naive_max_K and K > args.naive_max_K:
                     continue
                 set_backend(judge, naive_impl if path == "naive" else path.split(":", 1)[1])
-                w = work(users, path, args.micro_batch_size)
+                w = work(users, path, args.scoring_chunk_size)
                 row = {"K": K, "mode": mode, "path": path, "users": len(users), **w}
                 try:
                     m = measure(_row_fn(mode, path, judge, users, step, args, autocast), device, args.repeats,
@@ -558,8 +558,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--gen_batch_size", type=int, default=256, help="rows per decode step of shared generation")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per cell (median)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls per cell before timing (compiles, caches)")
-    ap.add_argument("--micro_batch_size", type=int, default=32,
-                    help="naive path: prompts per forward; the shared path packs the same token budget")
+    ap.add_argument("--scoring_chunk_size", "--micro_batch_size", dest="scoring_chunk_size", type=int, default=32,
+                    help="naive path: prompts per forward; the shared path packs the same token budget "
+                         "(--micro_batch_size is the old name)")
     ap.add_argument("--quick", action="store_true",
                     help="tiny shape, K 5 10, 1 warm-up + 1 timed call, short prompts (test suite)")
     ap.add_argument("--gradient_checkpointing", action="store_true",
@@ -590,7 +591,7 @@ def validate_args(args: argparse.Namespace) -> None:
     args.modes = {"both": ["score", "train"], "all": list(MODES)}.get(args.mode, [args.mode])
     if args.warmup < 0:
         raise UserInputError(f"--warmup {args.warmup}: must be >= 0")
-    for name in ("users", "repeats", "history_items", "tokens_per_item", "micro_batch_size", "K_eval", "gen_tokens",
+    for name in ("users", "repeats", "history_items", "tokens_per_item", "scoring_chunk_size", "K_eval", "gen_tokens",
                  "gen_batch_size"):
         if getattr(args, name) < 1:
             raise UserInputError(f"--{name} {getattr(args, name)}: must be >= 1")

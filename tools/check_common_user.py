@@ -8,7 +8,7 @@ import argparse
 from itertools import combinations
 
 from trainers.data.dataset import SPLITS, load_processed_dataset
-from trainers.foundation.errors import UserInputError, die
+from trainers.foundation.errors import exit_on_user_error
 
 
 def split_users(dataset_dir: str, flag: str = "--dataset_dir") -> dict[str, set[str]]:
@@ -36,10 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset_dir", required=True, help="processed dataset directory (preprocess.py output)")
     p.add_argument("--other_dataset_dir", default=None, help="second processed dataset to compare users with")
     args = p.parse_args(argv)
-    try:
+    with exit_on_user_error():
         r = common_users(args.dataset_dir, args.other_dataset_dir)
-    except UserInputError as e:
-        die(str(e))
     print("users per split: " + "  ".join(f"{s} {n}" for s, n in r["splits"].items()))
     for k, n in r["pairs"].items():
         x = k.split("&")[1]

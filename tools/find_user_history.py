@@ -8,7 +8,7 @@ import argparse
 from datetime import datetime, timezone
 
 from trainers.data.dataset import SPLITS, load_processed_dataset
-from trainers.foundation.errors import UserInputError, die
+from trainers.foundation.errors import UserInputError, exit_on_user_error
 
 
 def user_history(dataset_dir: str, user_id: str) -> list[dict]:
@@ -43,10 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset_dir", required=True, help="processed dataset directory (preprocess.py output)")
     p.add_argument("--user_id", required=True, help="user id (as in the dataset's user_id column) to list")
     args = p.parse_args(argv)
-    try:
+    with exit_on_user_error():
         hist = user_history(args.dataset_dir, args.user_id)
-    except UserInputError as e:
-        die(str(e))
     print(f"user {args.user_id}: {len(hist)} interactions")
     for h in hist:
         print(f"{h['date']}  {h['split']:7s}  id {h['item_id']:6d}  {h['asin']}  rating {h['rating']:.1f}  {h['title']}")

@@ -28,32 +28,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from trainers.foundation.checkpoints import (
-    check_optimizer_state_fits,
-    check_resume_settings,
-    checkpoint_dirs,
-    finish_resume,
-    load_torch_state,
-    read_trainer_state,
-    resolve_checkpoint,
-    write_checkpoint,
-    write_complete_marker,
-)
+from models.abstract_models import LoraSettings, check_model_dir, disable_dropout, load_causal_lm
+from models.rrec_models import RREC_CONFIG_FILE, RRecModel
+from paths import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, TOKENIZER_FILES, WEIGHT_FILES
+from prompters.rrec_prompter import RRecPrompter, category_from_dataset_dir
+from trainers.data.dataset import load_processed_dataset
+from trainers.evaluation.protocol import build_eval_items
+from trainers.evaluation.rrec import compute_item_table, rank_with_rrec, rrec_metrics
+from trainers.foundation.checkpoints import (apply_base_lrs, check_optimizer_state_fits, finish_resume,
+                                             load_torch_state, open_resume, prepare_output_dir, run_files,
+                                             write_checkpoint, write_final_model)
 from trainers.foundation.config import RunConfig, option, require
-from trainers.foundation.distributed import (
-    StopRequest,
-    any_process,
-    build_accelerator,
-    gather_objects,
-    init_tracking,
-    locked_run,
-    shard,
-)
+from trainers.foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
+                                             is_sharded, mean_over_processes, shard)
 from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import append_jsonl, atomic_write_json, check_output_path, truncate_jsonl_after
+from trainers.foundation.files import append_jsonl, atomic_write_json
+from trainers.foundation.seeding import numpy_rng
 from trainers.rl.advantages import ADVANTAGE_TYPES
 
 FINAL_DIR = "final_checkpoint"  # upstream's name for the trained (best) model
@@ -231,9 +224,6 @@ def upstream_eval_steps(n_train: int, train_batch_size: int) -> int:
 
 def rrec_checkpoint_files() -> list[tuple[str, ...]]:
     """What a complete train_rrec.py checkpoint holds (any one of each group)."""
-    from models.rrec_models import RREC_CONFIG_FILE
-    from paths import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, TOKENIZER_FILES, WEIGHT_FILES
-
     return [("config.json", ADAPTER_CONFIG_FILE), tuple(WEIGHT_FILES) + tuple(ADAPTER_WEIGHT_FILES),
             tuple(TOKENIZER_FILES), (RREC_CONFIG_FILE,), ("optimizer.pt",), ("scheduler.pt",), (ITEM_TABLE_FILE,),
             ("trainer_state.json",), ("args.json",)]
@@ -241,47 +231,16 @@ def rrec_checkpoint_files() -> list[tuple[str, ...]]:
 
 def output_dir_artifacts(out: Path) -> list[Path]:
     """What a run writes into --output_dir (and --overwrite_output_dir removes)."""
-    arts = list(out.glob("checkpoint-*")) + list(out.glob(".tmp-*"))
-    arts += [out / n for n in ("metrics.jsonl", "args.json", FINAL_DIR)]
-    return [p for p in arts if p.exists()]
-
-
-def check_output_dir(cfg: RRecTrainingArguments) -> None:
-    out = check_output_path(cfg.output_dir, "--output_dir", kind="dir")
-    if out.is_dir() and not cfg.resume_from and not cfg.overwrite_output_dir \
-            and any(p.name != ".lock" for p in out.iterdir()):
-        raise UserInputError(f"--output_dir {out}: exists and is not empty; pass --resume_from auto to continue that "
-                             "run, or --overwrite_output_dir to start afresh")
-
-
-def rotate_keeping_best(out: Path, limit: int, best_step: int | None) -> None:
-    """Keep the newest `limit` complete checkpoints; the best one is kept in addition (it is the final model)."""
-    if limit <= 0:
-        return
-    others = [(s, p) for s, p in checkpoint_dirs(out) if s != best_step]
-    keep_others = limit - (1 if best_step is not None and (out / f"checkpoint-{best_step}").is_dir() else 0)
-    for _, p in others[:max(0, len(others) - max(keep_others, 1))]:
-        shutil.rmtree(p, ignore_errors=True)
+    return run_files(out, ["metrics.jsonl", "args.json", FINAL_DIR])
 
 
 # ------------------------------------------------------------------------------------ the trainer
-class GRecTrainer:
+class GRecTrainer(TrainerProcess):
     """Base RRec trainer (one instance per process). Subclasses implement training_step(step, examples)."""
 
     def __init__(self, cfg: RRecTrainingArguments, accelerator) -> None:
-        from models.abstract_models import LoraSettings, check_model_dir, disable_dropout
-        from models.rrec_models import RRecModel
-        from prompters.rrec_prompter import RRecPrompter, category_from_dataset_dir
-        from trainers.data.dataset import load_processed_dataset
-        from trainers.foundation.checkpoints import check_same_model_shape
-
-        self.cfg, self.acc = cfg, accelerator
-        self.out = Path(cfg.output_dir)
-        self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.is_main = accelerator.is_main_process
-        from accelerate.utils import DistributedType
-
-        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        super().__init__(cfg, accelerator)
+        if is_sharded(accelerator):
             raise UserInputError("train_rrec.py runs single-process or DDP (LoRA keeps every GPU's copy small); "
                                  "launch it without an FSDP/DeepSpeed accelerate config")
 
@@ -295,15 +254,7 @@ class GRecTrainer:
                                         f"examples, fewer than one step's {per_step} (--train_batch_size x processes)")
         self.dataset.check_K(cfg.K)
         self.base_model_dir = check_model_dir(cfg.model_name_or_path)
-        self.resume_ckpt = resolve_checkpoint(cfg.resume_from, self.out, required=rrec_checkpoint_files(),
-                                              where=f"--output_dir {self.out}", training=True)
-        self.state: dict[str, Any] = {}
-        self.changed: list[str] = []
-        if self.resume_ckpt is not None:
-            check_same_model_shape(self.base_model_dir, self.resume_ckpt)
-            self.state = read_trainer_state(self.resume_ckpt)
-            self.changed = check_resume_settings(self.resume_ckpt, cfg.to_dict(), cfg.trajectory_settings(),
-                                                 cfg.allowed_changes())
+        self.resume_ckpt, self.state, self.changed = open_resume(cfg, rrec_checkpoint_files(), self.base_model_dir)
         self.train_rows = train.to_list()
         self.steps_per_epoch = len(self.train_rows) // per_step
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
@@ -328,7 +279,7 @@ class GRecTrainer:
             attn_implementation=cfg.attn_implementation,
             base_model=str(self.base_model_dir) if self.resume_ckpt is not None else None, lora=lora,
             trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
-            micro_batch_size=cfg.eval_batch_size, trust_remote_code=cfg.trust_remote_code, settings=settings,
+            forward_batch_size=cfg.eval_batch_size, trust_remote_code=cfg.trust_remote_code, settings=settings,
             flag="--resume_from" if self.resume_ckpt else "--model_name_or_path")
         if cfg.disable_dropout:
             disable_dropout(self.rrec)
@@ -343,7 +294,7 @@ class GRecTrainer:
         optimizer = self._build_optimizer(params)
         self.model, self.optimizer = accelerator.prepare(self.rrec, optimizer)
         self.rrec = accelerator.unwrap_model(self.model)
-        from transformers import get_scheduler
+        from transformers import get_scheduler  # here, not at the top: transformers takes seconds to import (--help)
 
         raw = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
         try:  # stepped by us once per training step
@@ -363,7 +314,7 @@ class GRecTrainer:
         c = self.cfg
         if c.optim == "paged_adamw_8bit":
             try:
-                import bitsandbytes as bnb
+                import bitsandbytes as bnb  # optional, CUDA only
             except ImportError:
                 raise UserInputError("--optim paged_adamw_8bit needs bitsandbytes (pip install bitsandbytes, CUDA "
                                      "only); or use --optim adamw")
@@ -380,11 +331,7 @@ class GRecTrainer:
         except (ValueError, RuntimeError, KeyError, TypeError) as e:
             raise UserInputError(f"--resume_from {ckpt}: optimizer/scheduler state does not fit this run "
                                  f"({str(e).splitlines()[0] if str(e) else type(e).__name__})")
-        # An explicitly changed learning rate wins over the one saved in the optimiser state.
-        self.scheduler.base_lrs = [self.cfg.learning_rate for _ in self.scheduler.base_lrs]
-        for group, base_lr, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
-            group["initial_lr"] = base_lr
-            group["lr"] = base_lr * lam(self.scheduler.last_epoch)
+        apply_base_lrs(self.optimizer, self.scheduler, [self.cfg.learning_rate] * len(self.scheduler.base_lrs))
         table = load_torch_state(ckpt / ITEM_TABLE_FILE)
         H = self.rrec.base_lm().config.hidden_size
         if not torch.is_tensor(table) or tuple(table.shape) != (self.dataset.n_items + 1, H):
@@ -401,7 +348,7 @@ class GRecTrainer:
         per_step = c.train_batch_size * self.world
         step, epoch = 0, 0
         while True:
-            order = np.random.default_rng([c.seed, epoch]).permutation(len(self.train_rows))
+            order = numpy_rng(c.seed, epoch).permutation(len(self.train_rows))
             for b in range(self.steps_per_epoch):
                 if step >= self.start_step:
                     idx = shard(list(order[b * per_step:(b + 1) * per_step]), self.rank, self.world)
@@ -411,8 +358,6 @@ class GRecTrainer:
 
     # ---- the item table and evaluation ---------------------------------------------------------
     def refresh_item_table(self) -> None:
-        from trainers.evaluation.rrec import compute_item_table
-
         with self.acc.autocast():
             self.item_table = compute_item_table(
                 self.rrec, self.prompter, self.dataset.n_items, batch_size=self.cfg.item_emb_batch_size,
@@ -421,9 +366,6 @@ class GRecTrainer:
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Candidate and full-catalogue metrics of a split (each process ranks its shard; all get the result)."""
-        from trainers.evaluation.protocol import build_eval_items
-        from trainers.evaluation.rrec import rank_with_rrec, rrec_metrics
-
         c = self.cfg
         items = build_eval_items(self.dataset, split, c.num_eval_samples, c.K, c.seed)
         with self.acc.autocast():
@@ -474,15 +416,14 @@ class GRecTrainer:
 
     def prepare_output_dir(self) -> None:
         """Every check has passed: now (and only now) --overwrite_output_dir removes the old run's files, and a
-        resumed run's metrics.jsonl loses the records of steps after its checkpoint."""
+        resumed run's metrics.jsonl loses the records of steps after its checkpoint ('auto' without one: all of
+        them, the step-0 evaluation included)."""
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if self.cfg.overwrite_output_dir:
-                for p in output_dir_artifacts(self.out):
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
-            if self.cfg.resume_from:  # also 'auto' without a checkpoint: every record is of an unsaved step
-                truncate_jsonl_after(self.out / "metrics.jsonl", self.start_step if self.resume_ckpt else -1)
-            atomic_write_json(self.out / "args.json", self.cfg.to_dict())
+            prepare_output_dir(self.out, self.cfg.to_dict(),
+                               overwrite_files=output_dir_artifacts(self.out) if self.cfg.overwrite_output_dir else (),
+                               logs=[self.out / "metrics.jsonl"],
+                               keep_records_through=(self.start_step if self.resume_ckpt else -1)
+                               if self.cfg.resume_from else None)
         self.acc.wait_for_everyone()
 
     # ---- checkpoints ---------------------------------------------------------------------------
@@ -498,18 +439,15 @@ class GRecTrainer:
                  "best_step": self.best_step, "best_metric": self.best_metric,
                  "evals_without_improvement": self.evals_without_improvement,
                  "base_model": str(self.base_model_dir), "lora": self.rrec.lora_settings_dict()}
-        final = write_checkpoint(self.out, step, self._write_checkpoint_files, state, self.cfg.to_dict(),
-                                 rank=self.rank, barrier=self.acc.wait_for_everyone)
-        if self.is_main:
-            rotate_keeping_best(self.out, self.cfg.save_total_limit, self.best_step)
-        self.acc.wait_for_everyone()
-        return final
+        return write_checkpoint(self.out, step, self._write_checkpoint_files, state, self.cfg.to_dict(),
+                                rank=self.rank, barrier=self.acc.wait_for_everyone,
+                                save_total_limit=self.cfg.save_total_limit, keep_step=self.best_step)
 
     def save_final(self, step: int) -> Path | None:
         """{output_dir}/final_checkpoint: the best checkpoint's model (load_best_model_at_end) or the current one,
         with tokenizer, rrec_config.json and training_args.json; written atomically."""
         c = self.cfg
-        final, tmp = self.out / FINAL_DIR, self.out / f".tmp-{FINAL_DIR}"
+        final = self.out / FINAL_DIR
         source = step
         if c.load_best_model_at_end and self.best_step is not None:
             source = self.best_step
@@ -519,35 +457,30 @@ class GRecTrainer:
             done = json.loads((final / "final_info.json").read_text()) == info
         except (OSError, ValueError):
             done = False
-        if self.is_main and not done:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+        if done:
+            self.acc.wait_for_everyone()
+            return final if self.is_main else None
+
+        def write_files(tmp: Path) -> None:
             if source == step:
                 self.rrec.save(tmp, merge_adapter=c.merge_lora)
             else:
                 self._copy_model(self.out / f"checkpoint-{source}", tmp)
             atomic_write_json(tmp / "training_args.json", c.to_dict())
             atomic_write_json(tmp / "final_info.json", info)
-            write_complete_marker(tmp)  # the manifest: a file damaged later is found before anything loads
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        self.acc.wait_for_everyone()
-        return final if self.is_main else None
+
+        return write_final_model(final, write_files, self.is_main, self.acc.wait_for_everyone)
 
     def _copy_model(self, ckpt: Path, dst: Path) -> None:
-        """A checkpoint's model files (no training state) into dst; merged into a full model with --merge_lora."""
+        """A checkpoint's model files (no training state) into the existing dir dst; merged into a full model with
+        --merge_lora."""
         training_state = {"optimizer.pt", "scheduler.pt", ITEM_TABLE_FILE, "trainer_state.json", "args.json",
                           "COMPLETE"}
         if self.cfg.merge_lora:
-            from models.abstract_models import load_causal_lm
-
             lm = load_causal_lm(ckpt, torch.device("cpu"), torch.float32, "sdpa", self.cfg.trust_remote_code,
                                 base_model=str(self.base_model_dir), merge_adapter=True)
             lm.save_pretrained(dst)
             training_state |= {"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"}
-        else:
-            dst.mkdir(parents=True)
         for f in ckpt.iterdir():
             if f.is_file() and f.name not in training_state and not f.name.startswith("rng_state_") \
                     and not (dst / f.name).exists():
@@ -559,8 +492,6 @@ class GRecTrainer:
 
     def train(self) -> dict[str, Any]:
         """Run to --max_steps / --num_train_epochs (or early stopping, or a signal)."""
-        from tqdm.auto import tqdm
-
         c = self.cfg
         self.prepare_output_dir()
         init_tracking(self.acc, "ourrec_rrec", c)
@@ -581,7 +512,7 @@ class GRecTrainer:
                 t = time.time()
                 lr = self.scheduler.get_last_lr()[0]
                 stats = self.training_step(step, next(batches))
-                stats = self._mean_over_processes(stats)
+                stats = mean_over_processes(self.acc, stats)
                 last = {"step": step, **stats, "lr": lr, "step_time_s": time.time() - t,
                         "wall_time_s": wall0 + time.time() - t0}
                 if self.acc.device.type == "cuda":  # this process's peak since the previous step
@@ -622,19 +553,3 @@ class GRecTrainer:
             self.acc.end_training()
         self.acc.wait_for_everyone()
         return result
-
-    def _mean_over_processes(self, stats: dict[str, float]) -> dict[str, float]:
-        keys = sorted(stats)
-        t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=self.acc.device)
-        mean = self.acc.reduce(t, reduction="mean").cpu().tolist()
-        return dict(zip(keys, mean))
-
-
-def run_rrec_training(cfg: RRecTrainingArguments, trainer_cls: type[GRecTrainer]) -> dict[str, Any]:
-    """Validate, lock the output dir, build, train, release. Raises UserInputError on bad input (on every
-    process, so all of them stop)."""
-    cfg.validate()
-    check_output_dir(cfg)
-    acc = build_accelerator(cfg, cfg.gradient_accumulation_steps)
-    with locked_run(acc, cfg.output_dir):
-        return trainer_cls(cfg, acc).train()

@@ -31,9 +31,11 @@ from typing import Any
 import torch
 
 from models.abstract_models import pad_right
+from trainers.evaluation.metrics import ndcg_at
 from trainers.evaluation.rrec import catalogue_ranks, masked_scores
 from trainers.foundation.seeding import derived_seed
-from trainers.GRecTrainer import GRecTrainer, RRecTrainingArguments, run_rrec_training
+from trainers.foundation.distributed import run_trainer
+from trainers.GRecTrainer import GRecTrainer, RRecTrainingArguments
 from trainers.rl.advantages import group_advantages
 from trainers.rl.losses import clipped_surrogate
 
@@ -46,8 +48,7 @@ def recpo_reward(masked: torch.Tensor, targets: torch.Tensor, ndcg_k: int, softm
     target; a masked target gets NDCG 0 and probability 0. Returns (reward [R], {"ndcg", "softmax", "rank"})."""
     masked = masked.detach().float()
     ranks = catalogue_ranks(masked, targets.tolist())
-    ndcg = torch.tensor([0.0 if r is None or r > ndcg_k else 1.0 / torch.log2(torch.tensor(r + 1.0)).item()
-                         for r in ranks], device=masked.device)
+    ndcg = torch.tensor([0.0 if r is None else ndcg_at(r, ndcg_k) for r in ranks], device=masked.device)
     prob = torch.softmax(masked, dim=-1).gather(1, targets.view(-1, 1).to(masked.device)).squeeze(1)
     prob = torch.nan_to_num(prob, nan=0.0)  # a row with every column masked
     rank = torch.tensor([float(r) if r is not None else float("nan") for r in ranks], device=masked.device)
@@ -218,4 +219,4 @@ class RecPOTrainer(GRecTrainer):
 
 def run_training(cfg: RRecTrainingArguments) -> dict[str, Any]:
     """compare_model/train_rrec.py's entry point: validate, lock, train with RecPO."""
-    return run_rrec_training(cfg, RecPOTrainer)
+    return run_trainer(cfg, RecPOTrainer)

@@ -24,9 +24,8 @@ write a complete checkpoint and exit 0; --resume_from auto (what train.sh passes
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,31 +33,27 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from models.abstract_models import disable_dropout
+from models.abstract_models import LoraSettings, check_model_dir, disable_dropout
+from models.qwen_models import BinaryJudge, SamplingSettings
+from paths import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, HEADS_FILE, TOKENIZER_FILES, WEIGHT_FILES
+from prompters.binary_prompter import BinaryPrompter, load_template
+from trainers.data.candidates import sample_candidates
+from trainers.data.dataset import check_dataset_type, load_processed_dataset
+from trainers.evaluation.judge import rank_examples
 from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, ndcg_at, ndcg_reward, target_rank
-from trainers.foundation.checkpoints import (
-    check_optimizer_state_fits,
-    check_resume_settings,
-    finish_resume,
-    load_torch_state,
-    read_trainer_state,
-    resolve_checkpoint,
-    restore_rng_state,
-    write_checkpoint,
-    write_complete_marker,
-)
-from trainers.foundation.config import RunConfig, option, require
-from trainers.foundation.distributed import (
-    any_process,
-    build_accelerator,
-    gather_objects,
-    init_tracking,
-    locked_run,
-    shard,
-)
+from trainers.evaluation.protocol import build_eval_items
+from trainers.foundation.checkpoints import (apply_base_lrs, capture_rng_state, check_optimizer_state_fits,
+                                             finish_resume, load_torch_state, open_resume, prepare_output_dir,
+                                             restore_rng_state, run_files, write_checkpoint, write_final_model)
+from trainers.foundation.config import RunConfig, config_from_args, option, require
+from trainers.foundation.config import build_parser as config_parser
+from trainers.foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
+                                             is_sharded, mean_over_processes, run_trainer, shard)
 from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import LOCK_FILE, check_output_path, truncate_jsonl_after
+from trainers.foundation.files import append_jsonl, atomic_write_json
+from trainers.foundation.plotting import plot_training
 from trainers.foundation.seeding import derived_seed, numpy_rng
 from trainers.rl.advantages import normalize_advantages
 from trainers.rl.kl import kl_penalty
@@ -68,6 +63,8 @@ from trainers.rl.pl import gumbel_topk_sample, pl_log_prob
 SCHEDULERS = ("constant", "cosine")
 FINAL_DIR = "final"
 SHARDED_STATE_DIR = "accelerate_state"  # FSDP/DeepSpeed optimizer and model shards (accelerator.save_state)
+
+
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class PPOConfig(RunConfig):
@@ -154,8 +151,6 @@ class PPOConfig(RunConfig):
         return self.max_new_tokens > 0
 
     def validate(self) -> None:
-        from trainers.data.dataset import check_dataset_type
-
         check_dataset_type(self.dataset_type)
         self.validate_run()
         for flag, allowed in (("scoring", ("naive", "shared")), ("lr_scheduler", SCHEDULERS)):
@@ -181,8 +176,6 @@ class PPOConfig(RunConfig):
                 "--normalize_advantage with one sample per batch gives every advantage 0 (the actor would not "
                 "learn); raise --batch_size or --rankings_per_user, or pass --no-normalize_advantage")
         if self.prompt_template:
-            from prompters.binary_prompter import load_template
-
             load_template(self.dataset_type, self.prompt_template)
 
 
@@ -218,8 +211,6 @@ def sample_step_indices(n: int, global_batch: int, seed: int, step: int) -> list
 
 def param_checksum(module: torch.nn.Module) -> str:
     """SHA-256 over all parameters' bytes in name order: equal iff the weights are bit-identical."""
-    import hashlib
-
     h = hashlib.sha256()
     for name, p in sorted(module.named_parameters(), key=lambda x: x[0]):
         h.update(name.encode())
@@ -256,20 +247,11 @@ class UpdateStats:
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
-class PPOTrainer:
+class PPOTrainer(TrainerProcess):
     """Owns the accelerator, the judge, optimiser, scheduler and logs of one run (one instance per process)."""
 
     def __init__(self, cfg: PPOConfig, accelerator) -> None:
-        from models.abstract_models import LoraSettings, check_model_dir
-        from models.qwen_models import BinaryJudge, SamplingSettings
-        from prompters.binary_prompter import BinaryPrompter
-        from trainers.data.dataset import load_processed_dataset
-        from trainers.foundation.checkpoints import check_same_model_shape
-
-        self.cfg, self.acc = cfg, accelerator
-        self.out = Path(cfg.output_dir)
-        self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.is_main = accelerator.is_main_process
+        super().__init__(cfg, accelerator)
         self.token_log = Path(cfg.token_log_path) if cfg.token_log_path else (
             self.out / "token_lengths.jsonl" if cfg.reasoning else None)
         self.sampling = SamplingSettings(cfg.gen_temperature, cfg.gen_top_k, cfg.gen_top_p).validate()
@@ -281,15 +263,7 @@ class PPOTrainer:
         self.dataset.check_K(cfg.K)
         base = check_model_dir(cfg.model_name_or_path)
         self.base_model_dir = base
-        self.resume_ckpt = resolve_checkpoint(cfg.resume_from, self.out, required=judge_checkpoint_files(),
-                                              where=f"--output_dir {self.out}", training=True)
-        self.state: dict[str, Any] = {}
-        self.changed: list[str] = []
-        if self.resume_ckpt is not None:
-            check_same_model_shape(base, self.resume_ckpt)
-            self.state = read_trainer_state(self.resume_ckpt)
-            self.changed = check_resume_settings(self.resume_ckpt, cfg.to_dict(), cfg.trajectory_settings(),
-                                                 cfg.allowed_changes())
+        self.resume_ckpt, self.state, self.changed = open_resume(cfg, judge_checkpoint_files(), base)
         self.start_step = int(self.state.get("step", 0))
         n_global = cfg.batch_size * cfg.gradient_accumulation_steps * self.world
         self.max_steps = cfg.max_steps if cfg.max_steps > 0 else max(
@@ -353,9 +327,7 @@ class PPOTrainer:
     # ---- distribution helpers ------------------------------------------------------------------
     @property
     def sharded(self) -> bool:
-        from accelerate.utils import DistributedType
-
-        return self.acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        return is_sharded(self.acc)
 
     def _all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         return self.acc.reduce(t.to(self.acc.device), reduction="sum").to(t.device)
@@ -376,40 +348,23 @@ class PPOTrainer:
             self.scheduler.load_state_dict(load_torch_state(ckpt / "scheduler.pt"))
         except (ValueError, RuntimeError, KeyError, TypeError) as e:
             raise UserInputError(f"--resume_from {ckpt}: scheduler.pt does not fit this run ({e})")
-        # Explicitly changed learning rates win over the ones saved in the optimiser state.
-        for group, key in zip(self.optimizer.param_groups, ("lr_actor", "lr_critic")):
-            group["initial_lr"] = getattr(self.cfg, key)
-        self.scheduler.base_lrs = [self.cfg.lr_actor, self.cfg.lr_critic]
-        for group, base_lr, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
-            group["lr"] = base_lr * lam(self.scheduler.last_epoch)
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # what get_last_lr() reports
+        apply_base_lrs(self.optimizer, self.scheduler, [self.cfg.lr_actor, self.cfg.lr_critic])
         finish_resume(ckpt, self.rank, self.world, self.state, self.changed, self.is_main)
 
     # ---- output directory ----------------------------------------------------------------------
-    def _truncate_logs(self) -> None:
-        """On resume, drop log records after the resumed step so the files read like one uninterrupted run."""
-        for path in (self.out / "metrics.jsonl", self.token_log):
-            if path is not None:
-                truncate_jsonl_after(path, self.start_step)
-
     def prepare_output_dir(self) -> None:
-        """Every check has passed: now (and only now) --overwrite_output_dir removes the old run's files."""
-        from trainers.foundation.files import atomic_write_json
-
+        """Every check has passed: now (and only now) --overwrite_output_dir removes the old run's files, and a
+        resumed run's logs lose the records of steps after its checkpoint ('auto' without one: all of them)."""
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if self.cfg.overwrite_output_dir:
-                for p in output_dir_artifacts(self.out, self.token_log):
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
-            if self.cfg.resume_from:  # also 'auto' without a checkpoint: records of unsaved steps go
-                self._truncate_logs()
-            atomic_write_json(self.out / "args.json", self.cfg.to_dict())
+            prepare_output_dir(self.out, self.cfg.to_dict(),
+                               overwrite_files=output_dir_artifacts(self.out, self.token_log)
+                               if self.cfg.overwrite_output_dir else (),
+                               logs=[p for p in (self.out / "metrics.jsonl", self.token_log) if p is not None],
+                               keep_records_through=self.start_step if self.cfg.resume_from else None)
         self.acc.wait_for_everyone()
 
     # ---- experience ----------------------------------------------------------------------------
     def _step_examples(self, step: int) -> tuple[list[dict], list[list[int]], list]:
-        from trainers.data.candidates import sample_candidates
-
         c = self.cfg
         n_local = c.batch_size * c.gradient_accumulation_steps
         idx = sample_step_indices(len(self.train_split), n_local * self.world, c.seed, step)
@@ -535,18 +490,16 @@ class PPOTrainer:
         c = self.cfg
         greedy = float(np.mean([ndcg_at(target_rank(s.tolist(), int(t)), c.K_eval)
                                 for s, t in zip(rollout.scores.cpu(), rollout.target_index.cpu())]))
-        local = torch.tensor([float(rollout.rewards.mean()), greedy, stats.policy_loss, stats.value_loss, stats.kl,
-                              stats.clipfrac, float(rollout.old_values.mean()), stats.grad_norm],
-                             dtype=torch.float64, device=self.acc.device)
-        mean = self.acc.reduce(local, reduction="mean").cpu()
+        mean = mean_over_processes(self.acc, {
+            "reward": float(rollout.rewards.mean()), "ndcg": greedy, "policy_loss": stats.policy_loss,
+            "value_loss": stats.value_loss, "kl": stats.kl, "clipfrac": stats.clipfrac,
+            "value_mean": float(rollout.old_values.mean()), "grad_norm": stats.grad_norm})
         # Tokens through the model this step, all processes: the rollout pass, the PPO passes (and the reference).
         passes = 1 + c.ppo_epochs + (1 if rollout.ref_logp is not None else 0)
         tokens = sum(p.n_tokens(c.scoring == "shared") for p in rollout.prompts) * passes
         tokens = int(self.acc.reduce(torch.tensor(tokens, device=self.acc.device), reduction="sum").item())
         dt = time.time() - t0
-        rec = {"step": step, "reward": mean[0].item(), "ndcg": mean[1].item(), "policy_loss": mean[2].item(),
-               "value_loss": mean[3].item(), "kl": mean[4].item(), "clipfrac": mean[5].item(),
-               "value_mean": mean[6].item(), "grad_norm": mean[7].item(), "lr_actor": lr[0], "lr_critic": lr[1],
+        rec = {"step": step, **mean, "lr_actor": lr[0], "lr_critic": lr[1],
                "samples_per_s": len(rollout.prompts) * self.world / max(dt, 1e-9), "step_seconds": dt,
                "tokens": tokens, "tokens_per_s": tokens / max(dt, 1e-9)}
         if self.acc.device.type == "cuda":  # this process's peak since the previous step
@@ -558,10 +511,6 @@ class PPOTrainer:
     def validate(self) -> dict[str, float] | None:
         """Greedy NDCG on --num_valid_samples validation examples, sharded over the processes (each scores its
         share; shards are padded to equal length so every process runs the same forwards)."""
-        from trainers.evaluation.judge import rank_examples
-        from trainers.evaluation.protocol import build_eval_items
-        from trainers.foundation.checkpoints import capture_rng_state
-
         c = self.cfg
         if len(self.dataset.split("valid")) == 0:
             if self.is_main:
@@ -598,19 +547,28 @@ class PPOTrainer:
             lines.append(f"  reasoning: {self.judge.tokenizer.decode(p.suffix_ids[order[0]][s:e])!r}")
         write("\n".join(lines))
 
+    def _save_judge(self, out: Path, state: dict | None, merge_adapter: bool = False) -> None:
+        """The judge's model files (LM + tokenizer + value head) into out; state: the full state dict gathered from
+        FSDP/DeepSpeed shards (None: the unwrapped judge's own weights)."""
+        if state is None:
+            self.judge.save(out, merge_adapter=merge_adapter)
+            return
+        self.judge.save(out, merge_adapter=merge_adapter,
+                        lm_state_dict={k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")},
+                        heads_state_dict={k[len("value_head."):]: v for k, v in state.items()
+                                          if k.startswith("value_head.")})
+
     def _write_checkpoint_files(self, tmp: Path) -> None:
         """What each process contributes to a checkpoint (collective under FSDP/DeepSpeed)."""
         if self.sharded:
             state = self.acc.get_state_dict(self.model)  # full state dict, gathered on the main process
             self.acc.save_state(str(tmp / SHARDED_STATE_DIR))
             if self.is_main:
-                lm_state = {k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")}
-                heads = {k[len("value_head."):]: v for k, v in state.items() if k.startswith("value_head.")}
-                self.judge.save(tmp, lm_state_dict=lm_state, heads_state_dict=heads)
+                self._save_judge(tmp, state)
                 for f in (tmp / SHARDED_STATE_DIR).glob("random_states_*.pkl"):
                     f.unlink()  # pickles; our own rng_state_rank*.pt load with weights_only=True
         elif self.is_main:
-            self.judge.save(tmp)
+            self._save_judge(tmp, None)
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         if self.is_main:
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
@@ -626,34 +584,16 @@ class PPOTrainer:
     def save_final(self) -> Path | None:
         """{output_dir}/final: the trained model to evaluate or share (LM + tokenizer + value head; merged with
         --merge_lora), written atomically."""
-        final = self.out / FINAL_DIR
-        tmp = self.out / f".tmp-{FINAL_DIR}"
-        state = self.acc.get_state_dict(self.model) if self.sharded else None
-        if self.is_main:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-            if state is not None:
-                self.judge.save(tmp, merge_adapter=self.cfg.merge_lora,
-                                lm_state_dict={k[3:]: v for k, v in state.items() if k.startswith("lm.")},
-                                heads_state_dict={k[11:]: v for k, v in state.items() if k.startswith("value_head.")})
-            else:
-                self.judge.save(tmp, merge_adapter=self.cfg.merge_lora)
-            (tmp / "training_args.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
-            write_complete_marker(tmp)  # the manifest: a file damaged later is found before anything loads
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        self.acc.wait_for_everyone()
-        return final if self.is_main else None
+        state = self.acc.get_state_dict(self.model) if self.sharded else None  # collective: every process
+
+        def write_files(tmp: Path) -> None:
+            self._save_judge(tmp, state, merge_adapter=self.cfg.merge_lora)
+            atomic_write_json(tmp / "training_args.json", self.cfg.to_dict())
+
+        return write_final_model(self.out / FINAL_DIR, write_files, self.is_main, self.acc.wait_for_everyone)
 
     # ---- main loop ---------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
-        from trainers.foundation.distributed import StopRequest
-        from trainers.foundation.files import append_jsonl
-
         c = self.cfg
         self.prepare_output_dir()
         tracking = init_tracking(self.acc, "ourrec_ppo", c)
@@ -708,8 +648,6 @@ class PPOTrainer:
             if self.is_main:
                 print(f"final model: {self.out / FINAL_DIR}")
             if self.is_main and not c.no_plot and (self.out / "metrics.jsonl").exists():
-                from trainers.foundation.plotting import plot_training
-
                 plot_training(self.out / "metrics.jsonl", self.out / "training.png")
         if c.write_param_checksums:
             (self.out / f"param_checksum_rank{self.rank}.txt").write_text(param_checksum(self.judge) + "\n")
@@ -719,8 +657,6 @@ class PPOTrainer:
         return {"last": last, "final_validation": final_val, "max_steps": self.max_steps, "stopped_by": stopped_by}
 
     def _log_tokens(self, step: int, lengths: list[list[int]] | None) -> None:
-        from trainers.foundation.files import append_jsonl
-
         gathered = gather_objects(self.acc, lengths)
         if self.is_main:
             flat = [n for per_rank in gathered for per_user in (per_rank or []) for n in per_user]
@@ -732,8 +668,6 @@ class PPOTrainer:
 # ---------------------------------------------------------------------------------------------- helpers
 def judge_checkpoint_files() -> list[tuple[str, ...]]:
     """What a complete train.py checkpoint must hold (any one of each group)."""
-    from paths import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, HEADS_FILE, TOKENIZER_FILES, WEIGHT_FILES
-
     return [("config.json", ADAPTER_CONFIG_FILE), tuple(WEIGHT_FILES) + tuple(ADAPTER_WEIGHT_FILES),
             tuple(TOKENIZER_FILES), (HEADS_FILE,), ("optimizer.pt", SHARDED_STATE_DIR), ("scheduler.pt",),
             ("trainer_state.json",), ("args.json",)]
@@ -741,41 +675,21 @@ def judge_checkpoint_files() -> list[tuple[str, ...]]:
 
 def output_dir_artifacts(out: Path, token_log: Path | None) -> list[Path]:
     """What a run writes into --output_dir (and --overwrite_output_dir may remove)."""
-    arts = [p for p in out.glob("checkpoint-*")] + [p for p in out.glob(".tmp-*")]
-    arts += [out / n for n in ("metrics.jsonl", "training.png", "token_lengths.jsonl", "args.json", FINAL_DIR)]
-    arts += list(out.glob("param_checksum_rank*.txt"))
-    if token_log is not None:
-        arts.append(token_log)
-    return [p for p in arts if p.exists()]
-
-
-def check_output_dir(cfg: PPOConfig) -> None:
-    out = check_output_path(cfg.output_dir, "--output_dir", kind="dir")
-    if cfg.resume_from is None and not cfg.overwrite_output_dir and out.is_dir() and \
-            any(p.name != LOCK_FILE for p in out.iterdir()):
-        raise UserInputError(f"--output_dir {out}: not empty, it holds an earlier run; pass --resume_from auto to continue it "
-                             "or --overwrite_output_dir to start afresh")
+    names = ["metrics.jsonl", "training.png", "token_lengths.jsonl", "args.json", FINAL_DIR,
+             *(p.name for p in out.glob("param_checksum_rank*.txt"))]
+    return run_files(out, names + ([token_log] if token_log is not None else []))
 
 
 def run_training(cfg: PPOConfig) -> dict[str, Any]:
-    """Validate, lock the output dir, build, train, release. Raises UserInputError on bad input (on every
-    process, so all of them stop)."""
-    cfg.validate()
-    check_output_dir(cfg)
-    acc = build_accelerator(cfg, cfg.gradient_accumulation_steps)
-    with locked_run(acc, cfg.output_dir):
-        return PPOTrainer(cfg, acc).train()
+    """train.py's entry point: validate, lock the output dir, build, train, release (foundation run_trainer)."""
+    return run_trainer(cfg, PPOTrainer)
 
 
 def build_parser():
     """train.py's flags: one per PPOConfig field."""
-    from trainers.foundation.config import build_parser as config_parser
-
     return config_parser(PPOConfig, description="PL-PPO training of the binary judge (DESIGN.md section 5).")
 
 
 def parse_config(argv: Sequence[str] | None = None) -> PPOConfig:
     """train.py's flags -> PPOConfig (validated later, inside run_training, so errors are one line)."""
-    from trainers.foundation.config import config_from_args
-
     return config_from_args(PPOConfig, build_parser().parse_args(argv), validate=False)

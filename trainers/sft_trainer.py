@@ -9,21 +9,35 @@ model (or LoRA adapter with --use_lora; merged with --merge_lora) and tokenizer 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from dataclasses import dataclass
 
-from trainers.foundation.config import TrainerConfig, option, require
-from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import check_output_path
+import torch
 
-LORA = "LoRA"
+from models.abstract_models import (
+    LoraSettings,
+    apply_lora,
+    check_model_dir,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_attn_implementation,
+    resolve_device,
+    save_lm,
+)
+from trainers.data.sft import SFTCollator, SFTDataset, validate_sft_records
+from trainers.foundation.checkpoints import resolve_checkpoint
+from trainers.foundation.config import G_LORA, G_PRECISION, ModelConfig, option, require
+from trainers.foundation.errors import UserInputError
+from trainers.foundation.files import append_jsonl, check_output_path, read_jsonl
 
 
 @dataclass
-class SFTConfig(TrainerConfig):
-    """Every setting of an SFT run; sft_train/train_sft.py turns each field into a flag."""
+class SFTConfig(ModelConfig):
+    """Every setting of an SFT run; sft_train/train_sft.py turns each field into a flag (the model settings, LoRA
+    included, are trainers/foundation/config.ModelConfig's)."""
 
     model_name_or_path: str = option("Qwen2.5-3B-Instruct", "model dir or a name known to paths.py")
     data_file: str = option("sft_train/ourrec_sft_alpaca.json", "alpaca or sharegpt JSON from process_sft_data.py")
@@ -38,41 +52,33 @@ class SFTConfig(TrainerConfig):
     warmup_ratio: float = option(0.05, "fraction of the total optimizer steps used for linear warmup")
     lr_scheduler_type: str = option("cosine", "transformers scheduler name, e.g. cosine|linear|constant_with_warmup")
     bf16: bool = option(False, "bf16 mixed precision on GPU (autocast; master weights stay fp32)")
-    gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, more compute")
     seed: int = option(42, "seed of data order and initialisation")
     save_steps: int = option(500, "write {output_dir}/checkpoint-{step} every N optimizer steps")
     save_total_limit: int | None = option(None, "keep only the newest N checkpoints (default: keep all)")
     logging_steps: int = option(10, "append a metrics.jsonl row every N optimizer steps")
-    resume_from_checkpoint: str | None = option(None, "checkpoint dir, or 'last' (newest in output_dir)")
-    device: str = option("auto", "auto|cpu|cuda[:N] (multi-GPU: launch with accelerate launch/torchrun)")
-    attn_implementation: str = option("auto", "auto|flash_attention_2|sdpa|flex_attention|eager; auto = "
-                                              "flash_attention_2 when usable, else sdpa")
-    trust_remote_code: bool = option(False, "allow custom model/tokenizer code shipped with the checkpoint")
+    resume_from_checkpoint: str | None = option(None, "checkpoint dir, 'last' (newest complete one in output_dir) "
+                                                      "or 'auto' (that, else a fresh start)")
     overwrite_output_dir: bool = option(False, "train into a non-empty --output_dir without "
                                                "--resume_from_checkpoint anyway")
-    use_lora: bool = option(False, "train LoRA adapters (peft) instead of all weights", group=LORA)
-    lora_r: int = option(8, "LoRA rank", group=LORA)
-    lora_alpha: float = option(16.0, "LoRA alpha (scale = alpha / r)", group=LORA)
-    lora_dropout: float = option(0.05, "LoRA dropout", group=LORA)
-    lora_target_modules: str = option("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-                                      "comma-separated module names that get adapters", group=LORA)
-    merge_lora: bool = option(False, "save the final model with the adapters merged in (a full model)", group=LORA)
+    device: str = option("auto", "auto|cpu|cuda[:N] (multi-GPU: launch with accelerate launch/torchrun)",
+                         group=G_PRECISION)
+    attn_implementation: str = option("auto", "auto|flash_attention_2|sdpa|flex_attention|eager; auto = "
+                                              "flash_attention_2 when usable, else sdpa", group=G_PRECISION)
+    lora_dropout: float = option(0.05, "LoRA dropout", group=G_LORA)
+    merge_lora: bool = option(False, "save the final model with the adapters merged in (a full model)", group=G_LORA)
 
     def validate(self) -> None:
+        self.validate_model()
         for flag in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps"):
             require(getattr(self, flag) >= 1, f"--{flag} {getattr(self, flag)}: must be >= 1")
         require(self.max_length >= 2, f"--max_length {self.max_length}: must be >= 2")
         require(self.learning_rate > 0, f"--learning_rate {self.learning_rate}: must be > 0")
         require(0 <= self.warmup_ratio < 1, f"--warmup_ratio {self.warmup_ratio}: must be in [0, 1)")
         require(self.max_steps > 0 or self.num_train_epochs > 0, "--max_steps <= 0 needs --num_train_epochs > 0")
-        require(not (self.merge_lora and not self.use_lora), "--merge_lora needs --use_lora")
 
 
 def load_records(path: str) -> list[dict]:
     """The JSON list written by process_sft_data.py (a JSONL file of records is accepted too)."""
-    from trainers.data.sft import validate_sft_records
-    from trainers.foundation.files import read_jsonl
-
     if not os.path.isfile(path):
         raise UserInputError(f"--data_file {path}: file not found; run sft_train/process_sft_data.py first")
     try:
@@ -97,22 +103,8 @@ def load_records(path: str) -> list[dict]:
 def train_sft(cfg: "SFTConfig") -> str:
     """Run SFT; return the output directory holding the final model (or LoRA adapter) and tokenizer."""
     args = cfg
-    import torch
+    # here, not at the top: transformers takes seconds to import, and `train_sft.py --help` should not wait for it
     from transformers import Trainer, TrainerCallback, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from models.abstract_models import (
-        LoraSettings,
-        apply_lora,
-        check_model_dir,
-        load_causal_lm,
-        load_tokenizer,
-        resolve_attn_implementation,
-        resolve_device,
-        save_lm,
-    )
-    from trainers.data.sft import SFTCollator, SFTDataset
-    from trainers.foundation.files import append_jsonl
 
     path = check_model_dir(args.model_name_or_path)
     check_output_path(args.output_dir, "--output_dir", kind="dir")
@@ -133,17 +125,12 @@ def train_sft(cfg: "SFTConfig") -> str:
     if args.use_lora:
         model = apply_lora(model, LoraSettings.from_flags(args.lora_r, args.lora_alpha, args.lora_dropout,
                                                           args.lora_target_modules))
-    resume = args.resume_from_checkpoint
-    if resume == "last":
-        resume = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
-        if resume is None:
-            raise UserInputError(f"--resume_from_checkpoint last: no checkpoint-* in {args.output_dir}")
-    elif resume and not os.path.isdir(resume):
-        raise UserInputError(f"--resume_from_checkpoint {resume}: directory not found")
+    # HF Trainer's checkpoint-N directories, found by the one resolver (auto | last | PATH)
+    resume = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir, flag="--resume_from_checkpoint",
+                                where=f"--output_dir {args.output_dir}")
+    resume = str(resume) if resume is not None else None
 
     # transformers >= 5.x renamed gradient_checkpointing to activation_checkpointing (old name deprecated).
-    import dataclasses
-
     gc_name = ("activation_checkpointing" if "activation_checkpointing" in
                {f.name for f in dataclasses.fields(TrainingArguments)} else "gradient_checkpointing")
     ckpt_kwargs = {gc_name: args.gradient_checkpointing}

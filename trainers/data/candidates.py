@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from trainers.foundation.errors import UserInputError
+from trainers.foundation.seeding import numpy_rng
 
 
 def sample_candidates(
@@ -31,7 +32,7 @@ def sample_candidates(
             f"--K {K} needs {K - 1} negatives but only {n_allowed} items are eligible "
             f"(catalogue of {n_items} items minus history and target); lower --K"
         )
-    rng = np.random.default_rng([int(seed), int(interaction_id)])
+    rng = numpy_rng(seed, interaction_id)
     negatives: list[int] = []
     chosen: set[int] = set()
     # Rejection sampling is fast because K << n_items in practice; fall back to an exact draw otherwise.

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import numpy as np
-
 from prompters.answer_parsing import ANSWER_TAG_RE, parse_yes_no, strip_think
 from trainers.data.candidates import sample_candidates
 from trainers.foundation.errors import UserInputError
 from trainers.foundation.files import check_output_path
+from trainers.foundation.seeding import numpy_rng
 
 LABELS = ("Yes", "No")
 FORMATS = ("alpaca", "sharegpt")
@@ -54,10 +53,6 @@ def canonical_output(response: str, label: str) -> str:
 
 
 # ---- prompt sampling ---------------------------------------------------------------------------
-def _rng(seed: int, *stream: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), *[int(s) for s in stream]])
-
-
 def sample_sft_prompts(dataset, prompter, split: str, num_samples: int, match_ratio: float, seed: int = 42,
                        K: int = 20) -> list[dict]:
     """num_samples (user, candidate, label) prompt rows from one split.
@@ -77,7 +72,7 @@ def sample_sft_prompts(dataset, prompter, split: str, num_samples: int, match_ra
     ds = dataset.split(split)
     if len(ds) == 0:
         raise UserInputError(f"--split {split}: the split is empty")
-    rng = np.random.default_rng(int(seed))
+    rng = numpy_rng(seed)
     order: list[int] = []
     while len(order) < num_samples:
         order.extend(int(i) for i in rng.permutation(len(ds)))
@@ -94,7 +89,7 @@ def sample_sft_prompts(dataset, prompter, split: str, num_samples: int, match_ra
         else:
             cands = sample_candidates(target, ex["history_item_id"], dataset.n_items, K, seed, iid)
             negs = [c for c in cands if c != target]
-            item = negs[int(_rng(seed, iid, n).integers(len(negs)))]
+            item = negs[int(numpy_rng(seed, iid, n).integers(len(negs)))]
         user_msg = prompter.user_message(ex, item)
         out.append({
             "id": n, "interaction_id": iid, "user_id": ex["user_id"], "item_id": item, "target_item_id": target,

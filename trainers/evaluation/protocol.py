@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-import numpy as np
-
 from trainers.data.candidates import sample_candidates
 from trainers.evaluation.metrics import DEFAULT_KS, metrics_from_ranks, target_rank
 from trainers.foundation.errors import UserInputError
-from trainers.foundation.seeding import derived_seed
+from trainers.foundation.seeding import derived_seed, numpy_rng
 
 Item = tuple[dict, list[int]]
 
@@ -23,7 +21,7 @@ def build_eval_items(dataset, split: str, num_samples: int | None, K: int, seed:
                      reference: dict | None = None) -> list[Item]:
     """(example, candidates) pairs to evaluate.
 
-    Without a reference: the split is shuffled with np.random.default_rng(seed) (so a subset is
+    Without a reference: the split is shuffled with numpy_rng(seed) (so a subset is
     representative, not the earliest users) and the first num_samples examples (None or <= 0 = all) get
     K candidates from sample_candidates. With a reference result JSON: exactly its interaction ids and
     candidate lists, in its order (num_samples, if > 0, keeps the first num_samples of them).
@@ -35,7 +33,7 @@ def build_eval_items(dataset, split: str, num_samples: int | None, K: int, seed:
         return _items_from_reference(ds, split, num_samples, K, reference)
     if K > dataset.n_items:
         raise UserInputError(f"--K {K}: the item catalogue of this dataset has only {dataset.n_items} items; lower --K")
-    order = np.random.default_rng(int(seed)).permutation(len(ds))
+    order = numpy_rng(seed).permutation(len(ds))
     if num_samples is not None and num_samples > 0:
         order = order[:num_samples]
     rows = ds.select([int(i) for i in order]).to_list() if len(order) else []
@@ -80,7 +78,7 @@ def sanity_rows(samples: Sequence[dict], dataset, seed: int, ks: Iterable[int] =
     for s in samples:
         cands = [int(c) for c in s["candidates"]]
         t_idx = cands.index(int(s["target_item_id"]))
-        rng = np.random.default_rng(derived_seed(seed, int(s["interaction_id"]), 4))
+        rng = numpy_rng(derived_seed(seed, int(s["interaction_id"]), 4))
         rand_ranks.append(target_rank(rng.random(len(cands)), t_idx))
         pop_ranks.append(target_rank([pop[c] if c < len(pop) else 0.0 for c in cands], t_idx))
     return {"random": metrics_from_ranks(rand_ranks, ks), "popularity": metrics_from_ranks(pop_ranks, ks)}

@@ -11,8 +11,9 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from trainers.evaluation.metrics import metrics_from_ranks
 from trainers.foundation.errors import UserInputError
@@ -212,3 +213,36 @@ class ResultWriter:
             for part in partial_paths(self.path):
                 part.unlink()
         return data
+
+
+@contextmanager
+def sharded_results(state, path: str | os.PathLike, meta: dict[str, Any], items: list, fresh: bool,
+                    flush_every: int, load: Callable[[list], Any] | None = None, flag: str = "--output_dir",
+                    check_saved: Callable[[ResultWriter], None] | None = None):
+    """An evaluation's result file shared by every process of a launch (accelerate PartialState `state`), held
+    for the evaluation: one evaluation per result file at a time (a run lock beside it), each process's writer
+    resuming unless `fresh`, `check_saved(writer)` on what is saved, then `load(todo)` (the model and its
+    prompts) BEFORE anything is cleared, so a damaged checkpoint fails with the old results intact; then the old
+    files are cleared once (fresh) and the meta block written before the first new sample. Yields (this
+    process's ResultWriter, the order of all interaction ids, the items still to rank, load's result or None)."""
+    from trainers.foundation.distributed import locked_run
+
+    path = Path(path)
+    with locked_run(state, str(path.parent), flag=flag, lock_name=f".{path.name}.lock"):
+        rank = state.process_index
+        flush = max(1, flush_every)
+        writer = None if fresh else ResultWriter(path, meta, flush_every=flush, rank=rank)
+        if writer is not None and check_saved is not None:
+            check_saved(writer)
+        order = [int(ex["interaction_id"]) for ex, _ in items]
+        todo = [it for it in items if writer is None or int(it[0]["interaction_id"]) not in writer.done_ids]
+        loaded = load(todo) if load is not None and todo else None
+        if writer is None:
+            if rank == 0:
+                ResultWriter(path, meta, resume=False)  # clears the old files once, before any process appends
+            state.wait_for_everyone()
+            writer = ResultWriter(path, meta, flush_every=flush, rank=rank)
+        if len(todo) < len(items) and rank == 0:
+            print(f"resuming {path}: {len(items) - len(todo)} of {len(items)} samples already done")
+        writer.write(order=order)
+        yield writer, order, todo, loaded

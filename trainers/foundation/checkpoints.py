@@ -27,13 +27,16 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import atomic_write_json
+from trainers.foundation.files import LOCK_FILE, atomic_write_json, check_output_path, truncate_jsonl_after
+
+if TYPE_CHECKING:
+    from trainers.foundation.config import RunConfig
 
 COMPLETE_MARKER = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
@@ -90,14 +93,22 @@ def manifest_problem(d: Path, training: bool = False) -> str | None:
     return None
 
 
+def is_hf_trainer_checkpoint(d: Path) -> bool:
+    """A checkpoint HF's Trainer wrote (upstream R2ec's, train_sft.py's): its trainer_state.json has "global_step" and
+    it has no COMPLETE marker, being complete as HF wrote it. Ours write "step" and the marker last."""
+    try:
+        return "global_step" in json.loads((d / TRAINER_STATE).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def checkpoint_problem(d: Path, required: Sequence[Requirement] = (), training: bool = False) -> str | None:
     """Why d is not a usable checkpoint (no COMPLETE marker when it is a training checkpoint, a required file
     missing or empty, a file its manifest lists missing or of another size), or None. `training`: a resumed run
     reads it, so the optimiser/scheduler/RNG state of the manifest must be there too."""
     if not d.is_dir():
         return "not a directory"
-    # our trainers write trainer_state.json + args.json and the marker last (HF Trainer checkpoints have no args.json)
-    if (d / TRAINER_STATE).is_file() and (d / ARGS_FILE).is_file() and not (d / COMPLETE_MARKER).is_file():
+    if (d / TRAINER_STATE).is_file() and not (d / COMPLETE_MARKER).is_file() and not is_hf_trainer_checkpoint(d):
         return f"no {COMPLETE_MARKER} marker (interrupted save?)"
     for alternatives in required:
         present = [n for n in alternatives if (d / n).exists()]
@@ -176,6 +187,39 @@ def check_resume_settings(ckpt: Path, current: dict, keys: Sequence[str], allowe
     return diff
 
 
+# ---------------------------------------------------------------------------------------------- the run directory
+def check_output_dir(output_dir: str | os.PathLike, resume_from: str | None, overwrite: bool) -> None:
+    """Before anything runs: --output_dir is a directory or absent, and a non-empty one (an earlier run) is used only
+    with --resume_from (continue it) or --overwrite_output_dir (start afresh)."""
+    out = check_output_path(output_dir, "--output_dir", kind="dir")
+    if not resume_from and not overwrite and out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
+        raise UserInputError(f"--output_dir {out}: not empty, it holds an earlier run; pass --resume_from auto to "
+                             "continue it or --overwrite_output_dir to start afresh")
+
+
+def run_files(output_dir: str | os.PathLike, names: Sequence[str | os.PathLike]) -> list[Path]:
+    """What a run wrote into output_dir: its checkpoint-N and temp dirs plus the named files and dirs (relative to
+    output_dir, or absolute) that exist."""
+    out = Path(output_dir)
+    found = list(out.glob("checkpoint-*")) + list(out.glob(".tmp-*")) + [out / n for n in names]
+    return [p for p in dict.fromkeys(found) if p.exists()]
+
+
+def prepare_output_dir(output_dir: str | os.PathLike, args: dict, overwrite_files: Sequence[Path] = (),
+                       logs: Sequence[Path] = (), keep_records_through: int | None = None) -> None:
+    """A run's output dir once every check has passed (main process only): created; overwrite_files (the old run's,
+    --overwrite_output_dir) removed; the JSONL logs cut after step keep_records_through (a resume: the records of
+    steps after the checkpoint go, so the logs read like one uninterrupted run); args.json written."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in overwrite_files:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    if keep_records_through is not None:
+        for log in logs:
+            truncate_jsonl_after(log, keep_records_through)
+    atomic_write_json(out / ARGS_FILE, args)
+
+
 # ---------------------------------------------------------------------------------------------- writing
 def tmp_checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
     return Path(output_dir) / f".tmp-checkpoint-{step}"
@@ -183,16 +227,15 @@ def tmp_checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
 
 def write_checkpoint(output_dir: str | os.PathLike, step: int, write_files: Callable[[Path], None],
                      trainer_state: dict, args: dict, rank: int, barrier: Callable[[], None],
-                     save_total_limit: int | None = None) -> Path:
+                     save_total_limit: int | None = None, keep_step: int | None = None) -> Path:
     """The one checkpoint writer: a temp dir, write_files(tmp) on EVERY rank (it decides what each rank writes,
     so collective saves such as FSDP state dicts work), this rank's RNG state, then on the main rank the state
-    files, the COMPLETE marker, an atomic rename and rotation. Returns the final directory."""
+    files, the COMPLETE marker, an atomic rename and rotation (rotate_checkpoints: keep_step's checkpoint, e.g.
+    the best model, is never rotated away). Returns the final directory."""
     tmp = tmp_checkpoint_dir(output_dir, step)
     is_main = rank == 0
     if is_main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        _empty_dir(tmp)
     barrier()
     write_files(tmp)
     torch.save(capture_rng_state(), tmp / f"rng_state_rank{rank}.pt")
@@ -202,13 +245,39 @@ def write_checkpoint(output_dir: str | os.PathLike, step: int, write_files: Call
         atomic_write_json(tmp / TRAINER_STATE, trainer_state)
         atomic_write_json(tmp / ARGS_FILE, args)
         write_complete_marker(tmp, step)
-        if final.exists():  # re-saving the same step (e.g. after a resume): replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(Path(output_dir))
-        rotate_checkpoints(output_dir, save_total_limit)
+        _install_dir(tmp, final)  # re-saving the same step (e.g. after a resume) replaces it
+        rotate_checkpoints(output_dir, save_total_limit, keep_step)
     barrier()
     return final
+
+
+def write_final_model(final: Path, write_files: Callable[[Path], None], is_main: bool,
+                      barrier: Callable[[], None]) -> Path | None:
+    """The finished model of a run ({output_dir}/final for PL-PPO, final_checkpoint for RRec), written like a
+    checkpoint: write_files(tmp) on the main process into {output_dir}/.tmp-{name}, its COMPLETE manifest, then
+    renamed into place, so a kill leaves the previous one or a temp dir. Every process waits for it; returns the directory on the main one."""
+    if is_main:
+        tmp = final.parent / f".tmp-{final.name}"
+        _empty_dir(tmp)
+        write_files(tmp)
+        write_complete_marker(tmp)  # the manifest: a file damaged later is found before anything loads
+        _install_dir(tmp, final)
+    barrier()
+    return final if is_main else None
+
+
+def _empty_dir(d: Path) -> None:
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+
+
+def _install_dir(tmp: Path, final: Path) -> None:
+    """Replace final by the complete directory tmp (an atomic rename once final is gone)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
 
 
 def _fsync_dir(d: Path) -> None:
@@ -222,15 +291,18 @@ def _fsync_dir(d: Path) -> None:
         pass
 
 
-def rotate_checkpoints(output_dir: str | os.PathLike, save_total_limit: int | None) -> None:
-    """Keep the newest save_total_limit complete checkpoints; drop stale temp dirs."""
+def rotate_checkpoints(output_dir: str | os.PathLike, save_total_limit: int | None,
+                       keep_step: int | None = None) -> None:
+    """Keep the newest save_total_limit complete checkpoints; drop stale temp dirs. keep_step's checkpoint (RRec's
+    best model) is kept whatever its age and counts towards the limit (at least one other is kept)."""
     d = Path(output_dir)
     for p in d.glob(".tmp-checkpoint-*"):
         shutil.rmtree(p, ignore_errors=True)
     if save_total_limit is None or save_total_limit <= 0:
         return
-    ckpts = checkpoint_dirs(d)
-    for _, p in ckpts[:-save_total_limit]:
+    others = [p for s, p in checkpoint_dirs(d) if s != keep_step]
+    kept = 1 if keep_step is not None and (d / f"checkpoint-{keep_step}").is_dir() else 0
+    for p in others[:max(0, len(others) - max(save_total_limit - kept, 1))]:
         shutil.rmtree(p, ignore_errors=True)
 
 
@@ -285,6 +357,34 @@ def check_same_model_shape(base_model_dir: str | os.PathLike, ckpt: Path, flag: 
     if diff:
         raise UserInputError(f"{flag} {ckpt}: checkpoint was made from a different model shape than "
                              f"--model_name_or_path {base_model_dir} ({'; '.join(diff)})")
+
+
+def open_resume(cfg: RunConfig, required: Sequence[Requirement], base_model_dir: str | os.PathLike
+                ) -> tuple[Path | None, dict, list[str]]:
+    """The first part of every trainer's resume, before anything is built: the checkpoint cfg.resume_from names
+    in cfg.output_dir (cfg: a foundation.config.RunConfig), checked against the base model's shape and the run's
+    trajectory settings. Returns (checkpoint or None for a fresh start, its trainer state, the changed settings
+    --allow_changed_settings permits)."""
+    out = Path(cfg.output_dir)
+    # training=True: a resumed run also needs the optimiser/scheduler/RNG files its COMPLETE manifest lists
+    ckpt = resolve_checkpoint(cfg.resume_from, out, required=required, where=f"--output_dir {out}", training=True)
+    if ckpt is None:
+        return None, {}, []
+    check_same_model_shape(base_model_dir, ckpt)
+    state = read_trainer_state(ckpt)
+    changed = check_resume_settings(ckpt, cfg.to_dict(), cfg.trajectory_settings(), cfg.allowed_changes())
+    return ckpt, state, changed
+
+
+def apply_base_lrs(optimizer, scheduler, base_lrs: Sequence[float]) -> None:
+    """After a checkpoint's optimizer and (LambdaLR) scheduler state is loaded: the run's learning rates, possibly
+    changed with --allow_changed_settings, win over the saved ones at the schedule's current position, and
+    get_last_lr() (the logged lr) reports them."""
+    scheduler.base_lrs = [float(lr) for lr in base_lrs]
+    for group, base_lr, lam in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = base_lr
+        group["lr"] = base_lr * lam(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
 def finish_resume(ckpt: Path, rank: int, world: int, trainer_state: dict, changed: Sequence[str],

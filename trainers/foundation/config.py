@@ -132,21 +132,13 @@ REPORT_TO = ("none", "tensorboard", "wandb")
 
 
 @dataclass
-class RunConfig(TrainerConfig):
-    """The settings every trainer shares: precision, attention, LoRA, the output directory and its resumption,
-    tracking. Trainers subclass it (a subclass may redeclare a field to change its default or help)."""
-
-    # Settings that do not change what a run computes (the resume check ignores them); subclasses extend it.
-    OPERATIONAL = ("output_dir", "overwrite_output_dir", "resume_from", "allow_changed_settings", "report_to",
-                   "device", "attn_implementation", "trust_remote_code", "gradient_checkpointing", "merge_lora")
+class ModelConfig(TrainerConfig):
+    """The settings of the model every trainer trains: device, attention, remote code, activation checkpointing and
+    LoRA. RunConfig (PL-PPO, RRec) and the SFT trainer's config build on it (a subclass may redeclare a field to
+    change its default or help)."""
 
     device: str = option("auto", "auto|cpu|cuda|cuda:N (under accelerate launch/torchrun each process takes its "
                                  "GPU)", group=G_PRECISION)
-    dtype: str = option("auto", "compute precision: auto (bf16 autocast on GPU, fp32 on CPU)|bf16|fp16|fp32; "
-                                "master weights and optimiser state stay fp32 unless --pure_bf16", group=G_PRECISION)
-    pure_bf16: bool = option(False, "store the weights and AdamW state in bf16 (half the memory). Costs accuracy: "
-                                    "updates below bf16's resolution (~0.4%% of a weight) are lost, so at small "
-                                    "learning rates most weights never change", group=G_PRECISION)
     attn_implementation: str = option("auto", "auto|prefix_split|flex_attention|sdpa|eager|flash_attention_2, "
                                               "chosen once per run (auto: prefix_split when candidates are packed "
                                               "(--scoring shared), else FlashAttention-2 when installed, else sdpa)",
@@ -163,6 +155,29 @@ class RunConfig(TrainerConfig):
                                       "comma-separated module names that get adapters", group=G_LORA)
     merge_lora: bool = option(False, "write the final model as a full model with the adapters merged in "
                                      "(checkpoints keep the adapter)", group=G_LORA)
+
+    def validate_model(self) -> None:
+        """The checks of the model settings (subclasses call it from validate())."""
+        require(self.lora_r >= 1, f"--lora_r {self.lora_r}: must be >= 1")
+        require(self.lora_alpha > 0, f"--lora_alpha {self.lora_alpha}: must be > 0")
+        require(0 <= self.lora_dropout < 1, f"--lora_dropout {self.lora_dropout}: must be in [0, 1)")
+        require(not (self.merge_lora and not self.use_lora), "--merge_lora needs --use_lora")
+
+
+@dataclass
+class RunConfig(ModelConfig):
+    """The settings every RL trainer shares: the model's (ModelConfig), precision, the output directory and its
+    resumption, tracking. Trainers subclass it (a subclass may redeclare a field to change its default or help)."""
+
+    # Settings that do not change what a run computes (the resume check ignores them); subclasses extend it.
+    OPERATIONAL = ("output_dir", "overwrite_output_dir", "resume_from", "allow_changed_settings", "report_to",
+                   "device", "attn_implementation", "trust_remote_code", "gradient_checkpointing", "merge_lora")
+
+    dtype: str = option("auto", "compute precision: auto (bf16 autocast on GPU, fp32 on CPU)|bf16|fp16|fp32; "
+                                "master weights and optimiser state stay fp32 unless --pure_bf16", group=G_PRECISION)
+    pure_bf16: bool = option(False, "store the weights and AdamW state in bf16 (half the memory). Costs accuracy: "
+                                    "updates below bf16's resolution (~0.4%% of a weight) are lost, so at small "
+                                    "learning rates most weights never change", group=G_PRECISION)
     output_dir: str = option("outputs/run", "checkpoint-N/ directories, the final model, metrics.jsonl, args.json",
                              group=G_RUN)
     overwrite_output_dir: bool = option(False, "start afresh in a non-empty --output_dir (its checkpoints and logs "
@@ -181,12 +196,9 @@ class RunConfig(TrainerConfig):
         for flag, allowed in (("dtype", DTYPES), ("report_to", REPORT_TO)):
             require(getattr(self, flag) in allowed, f"--{flag} {getattr(self, flag)!r}: must be one of "
                                                     f"{'|'.join(allowed)}")
-        require(self.lora_r >= 1, f"--lora_r {self.lora_r}: must be >= 1")
-        require(self.lora_alpha > 0, f"--lora_alpha {self.lora_alpha}: must be > 0")
-        require(0 <= self.lora_dropout < 1, f"--lora_dropout {self.lora_dropout}: must be in [0, 1)")
+        self.validate_model()
         require(not (self.resume_from and self.overwrite_output_dir),
                 "--resume_from and --overwrite_output_dir exclude each other")
-        require(not (self.merge_lora and not self.use_lora), "--merge_lora needs --use_lora")
         require(not (self.pure_bf16 and self.dtype in ("fp16", "fp32")),
                 f"--pure_bf16 with --dtype {self.dtype}: pure bf16 computes in bf16; drop --dtype")
 

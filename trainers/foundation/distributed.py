@@ -1,13 +1,20 @@
 """Helpers around accelerate's process group: sharding work, gathering results, stopping together on a signal.
 
 Data parallelism and sharding themselves come from accelerate (DDP/FSDP/DeepSpeed); nothing here reduces
-gradients by hand.
+gradients by hand. torch, accelerate and the checkpoint module (which needs torch) are imported inside the
+functions that use them: the API scripts import this module too and never need torch.
 """
 from __future__ import annotations
 
 import signal
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
+
+from trainers.foundation.errors import UserInputError
+
+if TYPE_CHECKING:
+    from trainers.foundation.config import RunConfig
 
 T = TypeVar("T")
 
@@ -103,11 +110,17 @@ def locked_run(accelerator, output_dir: str, flag: str = "--output_dir", lock_na
                 dist.destroy_process_group()
 
 
+def is_sharded(accelerator) -> bool:
+    """Whether the run shards weights and optimiser state (FSDP or DeepSpeed), so saving, loading and gradient
+    clipping must be collective."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
 def resolve_device(device: str | None = None):
     """auto -> cuda when available, else cpu; an explicit device is checked (one-line error)."""
     import torch
-
-    from trainers.foundation.errors import UserInputError
 
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -151,3 +164,40 @@ def init_tracking(accelerator, project: str, cfg) -> bool:
     accelerator.init_trackers(project, config={k: v for k, v in cfg.to_dict().items()
                                                if isinstance(v, (int, float, str, bool))})
     return True
+
+
+def mean_over_processes(accelerator, stats: dict[str, float]) -> dict[str, float]:
+    """The mean of each scalar over all processes (float64, one all-reduce), keys in stats' order (the same code
+    builds stats on every process, so the order agrees)."""
+    import torch
+
+    if not stats:
+        return {}
+    t = torch.tensor([float(v) for v in stats.values()], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(stats, accelerator.reduce(t, reduction="mean").cpu().tolist()))
+
+
+class TrainerProcess:
+    """What one process of a training run knows about itself; the trainers (PL-PPO, RRec) build on it."""
+
+    def __init__(self, cfg: RunConfig, accelerator) -> None:
+        self.cfg, self.acc = cfg, accelerator
+        self.out = Path(cfg.output_dir)
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.is_main = accelerator.is_main_process
+
+    def train(self) -> dict[str, Any]:  # pragma: no cover - every trainer implements it
+        raise NotImplementedError
+
+
+def run_trainer(cfg: RunConfig, make_trainer: Callable[[Any, Any], TrainerProcess]) -> dict[str, Any]:
+    """A training run from a validated-on-the-spot config (a foundation.config.RunConfig): the output dir checked,
+    the accelerator built, the run lock held while make_trainer(cfg, accelerator).train() runs. Bad input raises
+    UserInputError on every process, so all of them stop."""
+    from trainers.foundation.checkpoints import check_output_dir
+
+    cfg.validate()
+    check_output_dir(cfg.output_dir, cfg.resume_from, cfg.overwrite_output_dir)
+    accelerator = build_accelerator(cfg, getattr(cfg, "gradient_accumulation_steps", 1))
+    with locked_run(accelerator, cfg.output_dir):
+        return make_trainer(cfg, accelerator).train()

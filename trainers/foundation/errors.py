@@ -2,9 +2,11 @@
 of secrets (API keys) that every text written to disk or printed passes."""
 from __future__ import annotations
 
+import os
 import re
 import sys
-from typing import Any, NoReturn
+from contextlib import contextmanager
+from typing import Any, Iterator, NoReturn
 
 
 class UserInputError(ValueError):
@@ -16,6 +18,18 @@ def die(msg: str) -> NoReturn:
     prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "ourrec"
     print(f"{prog}: error: {' '.join(str(msg).split())}", file=sys.stderr)
     raise SystemExit(2)
+
+
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """A script's main body: a UserInputError raised inside becomes `die` (one line, exit 2). Under a multi-process
+    launch (accelerate launch/torchrun set RANK) only rank 0 prints it; the other processes exit 2 quietly."""
+    try:
+        yield
+    except UserInputError as e:
+        if int(os.environ.get("RANK", "0") or 0) == 0:
+            die(str(e))
+        raise SystemExit(2)
 
 
 # A masked key as dashboards and servers print it: "sk-adv-****777", "sk-ad...777", "****777".

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -61,27 +62,33 @@ def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
         os.fsync(f.fileno())
 
 
+def parse_json_lines(lines: Sequence[str | bytes]) -> Iterator[tuple[int, Any, ValueError | None]]:
+    """(1-based line number, parsed value or None, the JSON error or None) for every non-blank line: the one
+    line-by-line JSONL parse; each reader decides what a bad line means for it."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line), None
+        except ValueError as e:
+            yield n, None, e
+
+
 def iter_jsonl(path: str | os.PathLike, flag: str = "--input_file", skip_bad_lines: bool = False,
                tolerate_partial_tail: bool = True, report: bool = True) -> Iterator[dict]:
     """Yield JSON objects from a JSONL file. A malformed line is an error naming file and line number,
     unless skip_bad_lines (then it is reported on stderr, unless not report, and skipped). An unterminated
     last line (a killed writer) is ignored when tolerate_partial_tail."""
-    import sys
-
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"{flag} {path}: file not found")
     with open(path, encoding="utf-8") as f:
         lines = f.readlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            if tolerate_partial_tail and n == len(lines) and not line.endswith("\n"):
+    for n, obj, e in parse_json_lines(lines):
+        if e is None and not isinstance(obj, dict):
+            e = ValueError("not a JSON object")
+        if e is not None:
+            if tolerate_partial_tail and n == len(lines) and not lines[-1].endswith("\n"):
                 continue
             if skip_bad_lines:
                 if report:
@@ -114,12 +121,8 @@ def read_answer_rows(output_file: str | os.PathLike, content_key: str = "content
     tail = lines.pop()  # b"" when the file ends with a newline
     rows: list[dict] = []
     fix = f"if it is an answer file of this script, delete that line and rerun, else use another {flag}"
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
+    for n, row, e in parse_json_lines(lines):
+        if e is not None:
             raise UserInputError(f"{flag} {path}:{n}: not a row of an answer file (malformed JSON: {e}); {fix}")
         if not isinstance(row, dict) or "id" not in row or (content_key not in row and "error" not in row):
             raise UserInputError(f"{flag} {path}:{n}: not a row of an answer file (no 'id' and '{content_key}'); {fix}")

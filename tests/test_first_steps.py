@@ -1,0 +1,112 @@
+"""A newcomer's first steps with the original README's interface (../shared/ORIGINAL_README.md):
+
+* train.sh and test.sh take every variable the original README names ("RL 训练", "测试流程") and hand each to its
+  flag. A stand-in interpreter (PYTHON=...) records the command line instead of running it, so this checks exactly
+  the variable -> flag mapping in milliseconds;
+* test.py fills the prompt settings test.sh leaves unset from the checkpoint's training args;
+* what the documented steps write with their default paths is git-ignored (a fresh clone stays clean).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# the original README's variables and the flag each must reach
+TRAIN_SH = {"dataset_path": "--dataset_path", "dataset_type": "--dataset_type",
+            "model_name_or_path": "--model_name_or_path", "output_dir": "--output_dir",
+            "max_len_per_item": "--max_len_per_item", "user_window_size": "--user_window_size",
+            "print_every": "--print_every", "save_every": "--save_every", "token_log_path": "--token_log_path"}
+TEST_SH = {"device": "--device", "output_dir": "--output_dir", "dataset_path": "--dataset_path",
+           "dataset_type": "--dataset_type", "model_name_or_path": "--model_name_or_path",
+           "resume_from": "--resume_from", "num_samples": "--num_samples", "gen_mode": "--gen_mode",
+           "max_len_per_item": "--max_len_per_item", "user_window_size": "--user_window_size",
+           "print_every_text": "--print_every_text"}
+VALUES = {"dataset_path": "/data/x", "dataset_type": "movies", "model_name_or_path": "/models/m", "output_dir": "/o/run",
+          "max_len_per_item": "17", "user_window_size": "7", "print_every": "13", "save_every": "11",
+          "token_log_path": "/o/tok.jsonl", "device": "cpu", "resume_from": "/o/run/checkpoint-3",
+          "num_samples": "23", "gen_mode": "all", "print_every_text": "5"}
+
+
+def _argv_of(script: str, env_vars: dict, tmp_path: Path) -> list[str]:
+    """The argv the launcher hands to the interpreter, recorded by a stand-in PYTHON."""
+    record = tmp_path / "argv.json"
+    shim = tmp_path / "python"
+    shim.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {record}\n")
+    shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHON": str(shim), "CUDA_VISIBLE_DEVICES": "",
+           **env_vars}
+    r = subprocess.run(["bash", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return record.read_text().splitlines()
+
+
+def _flag_values(argv: list[str]) -> dict[str, str]:
+    return {a: b for a, b in zip(argv, argv[1:]) if a.startswith("--")}
+
+
+def test_train_sh_passes_every_original_readme_variable(tmp_path):
+    argv = _argv_of("train.sh", {k: VALUES[k] for k in TRAIN_SH} | {"device": "cpu"}, tmp_path)
+    assert argv[0] == "train.py"
+    got = _flag_values(argv)
+    assert {flag: got.get(flag) for flag in TRAIN_SH.values()} == {flag: VALUES[k] for k, flag in TRAIN_SH.items()}
+    assert got["--resume_from"] == "auto" and got["--device"] == "cpu"
+
+
+def test_test_sh_passes_every_original_readme_variable(tmp_path):
+    argv = _argv_of("test.sh", {k: VALUES[k] for k in TEST_SH}, tmp_path)
+    assert argv[0] == "test.py"
+    got = _flag_values(argv)
+    assert {flag: got.get(flag) for flag in TEST_SH.values()} == {flag: VALUES[k] for k, flag in TEST_SH.items()}
+    # the original README's bare GPU index
+    assert _flag_values(_argv_of("test.sh", {"dataset_path": "/d", "device": "1"}, tmp_path))["--device"] == "cuda:1"
+
+
+def test_test_sh_leaves_prompt_settings_to_the_checkpoint(tmp_path):
+    """Unset, the prompt settings are not passed: test.py then reads them from the checkpoint's training args."""
+    got = _flag_values(_argv_of("test.sh", {"dataset_path": "/d", "resume_from": "/ckpt"}, tmp_path))
+    assert not {"--dataset_type", "--max_len_per_item", "--user_window_size"} & set(got)
+    assert got["--resume_from"] == "/ckpt"
+
+
+def test_test_py_takes_unset_prompt_settings_from_the_checkpoint(tmp_path, capsys):
+    """What test.sh relies on: an unset prompt setting comes from the checkpoint's training args (train.py's
+    args.json, or final/'s training_args.json); an explicit different value wins with a warning on stderr."""
+    from tests.fixtures.scripts import load_script
+
+    test_py = load_script("test.py")
+    for name in ("args.json", "training_args.json"):
+        ckpt = tmp_path / name.split(".")[0]
+        ckpt.mkdir()
+        (ckpt / name).write_text('{"max_len_per_item": 1, "user_window_size": 3, "dataset_type": "movies"}')
+        args = test_py.build_parser().parse_args(["--user_window_size", "5"])
+        used = test_py.apply_trained_settings(args, str(ckpt))
+        assert (args.max_len_per_item, args.dataset_type, args.user_window_size) == (1, "movies", 5)
+        assert used == {"max_len_per_item": 1, "dataset_type": "movies"}
+        err = capsys.readouterr().err
+        assert "--user_window_size 5 differs from the checkpoint's training setting 3" in err
+    args = test_py.build_parser().parse_args([])
+    test_py.apply_trained_settings(args, None)  # no checkpoint: test.py's own defaults
+    assert (args.max_len_per_item, args.user_window_size) == (64, 10)
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="not a git checkout")
+def test_default_outputs_of_the_documented_steps_are_ignored():
+    from paths import DEFAULT_MODEL_ROOT
+    from tests.fixtures.scripts import load_script
+
+    outputs = [load_script("sft_train/generate_prompts.py").build_parser().get_default("output_file"),
+               load_script("sft_train/get_response_by_deepseek.py").build_parser().get_default("output_file"),
+               *(load_script("sft_train/process_sft_data.py").default_output(f) for f in ("alpaca", "sharegpt")),
+               "sft_train/dataset_info.json", "sft_train/sft.yaml",  # shipped: must stay tracked (below)
+               f"{DEFAULT_MODEL_ROOT}/Qwen2.5-3B-Instruct/model.safetensors", "demo/tiny-qwen/config.json",
+               "outputs/ppo_tiny-qwen_Video_Games_5_2021-1-2023-12/checkpoint-100/COMPLETE", "data/raw/x.csv.gz"]
+    r = subprocess.run(["git", "check-ignore", "--no-index", *outputs], cwd=REPO, capture_output=True, text=True)
+    ignored = set(r.stdout.split())
+    assert ignored == set(outputs) - {"sft_train/dataset_info.json", "sft_train/sft.yaml"}, ignored
