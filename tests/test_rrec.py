@@ -283,7 +283,8 @@ def test_defaults_are_upstream_launch_settings():
 def test_upstream_eval_interval_best_model_and_early_stopping(tmp_path):
     from types import SimpleNamespace
 
-    from trainers.GRecTrainer import GRecTrainer, rotate_keeping_best, upstream_eval_steps
+    from trainers.foundation.checkpoints import rotate_checkpoints
+    from trainers.GRecTrainer import GRecTrainer, upstream_eval_steps
 
     # floor(n_train / (3 * batch) / 8): 3675 / 12 = 306.25 -> 306.25 // 8 = 38; tiny splits still evaluate
     assert upstream_eval_steps(3675, 4) == 38 and upstream_eval_steps(960, 4) == 10
@@ -303,11 +304,11 @@ def test_upstream_eval_interval_best_model_and_early_stopping(tmp_path):
     for step in range(1, 8):
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "COMPLETE").write_text(str(step))
-    rotate_keeping_best(tmp_path, 5, best_step=2)
+    rotate_checkpoints(tmp_path, 5, keep_step=2)
     assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == [2, 4, 5, 6, 7]
-    rotate_keeping_best(tmp_path, 5, best_step=None)
+    rotate_checkpoints(tmp_path, 5, keep_step=None)
     assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == [2, 4, 5, 6, 7]
-    rotate_keeping_best(tmp_path, 3, best_step=6)
+    rotate_checkpoints(tmp_path, 3, keep_step=6)
     assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == [5, 6, 7]
 
 
