@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--paired", default=None, metavar="NAME",
                    help="also print the margin of row NAME over every other row (sanity rows included) with its "
                         "paired standard error over the same samples")
-    p.add_argument("--paired_metric", default="NDCG@10", help="metric of --paired: NDCG@k, HR@k or MRR (default: NDCG@10)")
+    p.add_argument("--paired_metric", default="NDCG@10",
+                   help="metric of --paired: NDCG@k, HR@k or MRR (default: NDCG@10)")
     a = p.parse_args(argv)
     try:
         print(compare(a.paths, a.names, a.K_eval, a.markdown, a.paired, a.paired_metric))

@@ -124,7 +124,8 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, fl
     return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
-def paired_margins(ranks: dict[str, Sequence[int]], reference: str, metric: str = "NDCG@10") -> dict[str, tuple[float, float]]:
+def paired_margins(ranks: dict[str, Sequence[int]], reference: str,
+                   metric: str = "NDCG@10") -> dict[str, tuple[float, float]]:
     """For every other method: (margin of `reference` over it in `metric`, paired SE). `ranks` maps method name
     -> target ranks of the same samples in the same order."""
     if reference not in ranks:
