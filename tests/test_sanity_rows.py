@@ -56,6 +56,14 @@ def test_popularity_counts_each_train_interaction_once():
     # by hand: item 1 = a@10, b@25, b@35; item 2 = a@20, b@15; item 3 = a@30; items 4, 5 only after training
     assert pop.tolist() == [0, 3, 2, 1, 0, 0]
     assert pop.sum() == 6  # distinct (user, item, time) among train targets and train histories
+    # the same rows stored in two Arrow chunks, or selected out of a longer split, count the same
+    from datasets import concatenate_datasets
+
+    chunked = _dataset(train)
+    chunked.splits["train"] = concatenate_datasets([_split(train[:2]), _split(train[2:])])
+    selected = _dataset(train)
+    selected.splits["train"] = _split(train + [("c", 4, 50, [(5, 40)], 9)]).select(range(4))
+    assert chunked.popularity.tolist() == selected.popularity.tolist() == pop.tolist()
 
 
 def test_popularity_ties_are_broken_by_a_seeded_random_order():

@@ -50,7 +50,6 @@ class ProcessedDataset:
         in the shown history of train examples, or both (a train target reappears in the histories of that user's
         later examples; counting both would count it twice). Valid/test interactions never count, except those in
         a train example's history (they precede a train target, so they are train-time interactions)."""
-        import pyarrow as pa
         import pyarrow.compute as pc
 
         tr = self.splits["train"]
@@ -60,10 +59,11 @@ class ProcessedDataset:
         if len(tr) == 0:
             return pop
         table = tr.data.table if hasattr(tr.data, "table") else tr.data
-        users = pc.dictionary_encode(table.column("user_id")).combine_chunks().indices.to_numpy()
+        user_col = table.column("user_id")  # users as integer codes (one code per distinct id, across chunks)
+        users = pc.index_in(user_col, value_set=pc.unique(user_col)).to_numpy(zero_copy_only=False)
         hist_len = pc.list_value_length(table.column("history_item_id")).to_numpy(zero_copy_only=False)
         hist_len = np.nan_to_num(hist_len.astype(np.float64)).astype(np.int64)  # a null list has no items
-        flat = lambda col: pa.chunked_array(pc.list_flatten(table.column(col))).to_numpy()  # noqa: E731
+        flat = lambda col: pc.list_flatten(table.column(col)).to_numpy()  # noqa: E731
         u = np.concatenate([users, np.repeat(users, hist_len)]).astype(np.int64)
         i = np.concatenate([table.column("item_id").to_numpy(), flat("history_item_id")]).astype(np.int64)
         t = np.concatenate([table.column("timestamp").to_numpy(), flat("history_timestamp")]).astype(np.int64)
