@@ -13,8 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from trainers.data.candidates import sample_candidates
 from prompters.binary_prompter import item_raw_text
+from trainers.data.candidates import sample_candidates
 from trainers.evaluation.metrics import DEFAULT_KS, metrics_from_ranks, target_rank, target_rank_random_ties
 from trainers.foundation.errors import UserInputError
 from trainers.foundation.seeding import derived_seed
