@@ -325,6 +325,9 @@ def test_script_mirror_layout(tmp_path):
     out = tmp_path / "data" / f"{CAT}_5_2021-1-2023-12"
     stats = json.loads((out / "stats.json").read_text())
     assert stats["users"] > 100 and "test" in r.stdout and str(out) in r.stdout
+    # the script's stats.json and summary report the repeat purchases (none planted here)
+    assert stats["repeats"] == {"repeat_purchases_removed": 0, "examples_with_target_in_shown_history": 0,
+                                "examples_dropped": 0} and "repeats (--repeat_policy first_only)" in r.stdout
 
 
 def test_review_jsonl_layouts(tmp_path, processed):
