@@ -48,8 +48,7 @@ class ProcessedDataset:
     def popularity(self) -> np.ndarray:
         """Train interactions per item id: each (user, item, timestamp) counted once, whether it is a train target,
         in the shown history of train examples, or both (a train target reappears in the histories of that user's
-        later examples; counting both would count it twice). Valid/test interactions never count, except those in
-        a train example's history (they precede a train target, so they are train-time interactions)."""
+        later examples; counting both would count it twice). Valid and test targets never count."""
         import pyarrow.compute as pc
 
         tr = self.splits["train"]

@@ -102,9 +102,9 @@ def sanity_ranks(samples: Sequence[dict], dataset, seed: int) -> dict[str, list[
         rng = np.random.default_rng(derived_seed(seed, iid, 4))
         out["random"].append(target_rank(rng.random(len(cands)), t_idx))
         ties = np.random.default_rng(derived_seed(seed, iid, 5)).random(len(cands))
-        out["popularity"].append(target_rank_random_ties([pop[c] if c < len(pop) else 0.0 for c in cands], t_idx, ties))
-        out["content-tfidf"].append(target_rank_random_ties(content_scores(tfidf, cands, history),
-                                                            t_idx, ties))
+        counts = [pop[c] if c < len(pop) else 0.0 for c in cands]
+        out["popularity"].append(target_rank_random_ties(counts, t_idx, ties))
+        out["content-tfidf"].append(target_rank_random_ties(content_scores(tfidf, cands, history), t_idx, ties))
     return out
 
 
@@ -129,7 +129,8 @@ def item_text_for_content(row: dict) -> str:
 
 def item_tfidf(dataset):
     """L2-normalised TF-IDF vectors (scipy CSR, row i = item id i) of every item's text, fitted on the item table
-    alone: no example, split or label enters, so the row cannot leak the target. Empty texts give zero rows."""
+    alone: no example, split or label enters, so the row cannot leak the target. scikit-learn's defaults otherwise
+    (lower-cased words of 2+ letters, smooth idf). Empty texts give zero rows."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     texts = [item_text_for_content(r) for r in dataset.item_rows]
