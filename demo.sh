@@ -8,14 +8,14 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
 OUT=${OUT:-outputs/demo}
 DATA=demo/data/Video_Games_5_2021-1-2023-12
-NUM_SAMPLES=${NUM_SAMPLES:-300}
+NUM_SAMPLES=${NUM_SAMPLES:-0}  # 0 = the whole test split
 export TOKENIZERS_PARALLELISM=false
 
 echo "== 1/7 synthetic raw data + tiny model"
 "$PYTHON" tools/make_demo.py --out_dir demo
 echo "== 2/7 preprocess"
 "$PYTHON" preprocess.py --category Video_Games --K 5 --st_year 2021 --st_month 1 --ed_year 2023 --ed_month 12 \
-    --raw_dir demo/raw --data_root_dir demo/data --min_items 50 --overwrite_output_dir
+    --raw_dir demo/raw --data_root_dir demo/data --min_items 50 --window_size 3 --overwrite_output_dir
 echo "== 3/7 train (PL-PPO, tiny model, CPU)"
 output_dir=$OUT/train bash train.sh --overwrite_output_dir
 echo "== 4/7 evaluate the untrained and the trained judge on the same candidates"
@@ -39,5 +39,5 @@ for _ in $(seq 50); do [[ -s $port_file ]] && break; sleep 0.2; done
 echo "== 7/7 one table, identical candidates"
 "$PYTHON" tools/compare_results.py "$OUT/test_untrained/results.json" "$OUT/test_trained/results.json" \
     "$OUT/rrec_eval/results.json" "$OUT/api_standin/results.json" \
-    --names untrained-judge trained-judge rrec api-standin
+    --names untrained-judge trained-judge rrec api-standin --paired trained-judge
 echo "training curve: $OUT/train/training.png"

@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> dict | None:
     from prompters.binary_prompter import BinaryPrompter
     from trainers.evaluation.judge import rank_examples
     from trainers.evaluation.metrics import eval_ks, format_metrics_table, metrics_from_ranks
-    from trainers.evaluation.protocol import sanity_rows
+    from trainers.evaluation.protocol import sanity_results
     from trainers.evaluation.results import sharded_results
     from trainers.foundation.distributed import shard
 
@@ -283,10 +283,11 @@ def run(args: argparse.Namespace) -> dict | None:
         samples = writer.ordered_samples(order)
         ks = eval_ks(args.K_eval)
         metrics = metrics_from_ranks([s["target_rank"] for s in samples], ks)
-        sanity = sanity_rows(samples, dataset, args.seed, ks)
+        extra = sanity_results(samples, dataset, args.seed, ks)
+        sanity = extra["sanity_rows"]
         writer.meta["eval_seconds_this_run"] = round(elapsed, 2)
         writer.meta["processes"] = world
-        data = writer.finalize(metrics, extra={"sanity_rows": sanity}, order=order)
+        data = writer.finalize(metrics, extra=extra, order=order)
         name = f"model ({args.mode})" if not checkpoint else f"{Path(checkpoint).name} ({args.mode})"
         print(f"\n{args.split} split of {meta['dataset']}: {len(samples)} samples, K={args.K}, seed={args.seed}")
         print(format_metrics_table({name: metrics, **sanity}, ks))

@@ -224,7 +224,7 @@ def evaluate(args, dataset, items, ckpt, base, settings, category, out, meta) ->
     import time
 
     from trainers.evaluation.metrics import eval_ks, format_metrics_table
-    from trainers.evaluation.protocol import sanity_rows
+    from trainers.evaluation.protocol import sanity_results
     from trainers.evaluation.results import sharded_results
     from trainers.evaluation.rrec import FULL_RANKING_KS, rrec_metrics
     from trainers.foundation.distributed import shard
@@ -251,8 +251,8 @@ def evaluate(args, dataset, items, ckpt, base, settings, category, out, meta) ->
         samples = writer.ordered_samples(order)
         check_saved(writer)
         rows = rrec_metrics(samples, args.K_eval, args.full_ranking)
-        sanity = sanity_rows(samples, dataset, args.seed, eval_ks(args.K_eval))
-        extra = {"sanity": sanity}
+        extra = sanity_results(samples, dataset, args.seed, eval_ks(args.K_eval))
+        sanity = extra["sanity_rows"]
         if args.full_ranking:
             extra["full_ranking_metrics"] = rows["rrec (full catalogue)"]
         writer.meta.update({"eval_seconds_this_run": round(time.time() - t0, 2), "processes": world})

@@ -224,7 +224,7 @@ def test_full_run_every_sample_recorded_and_counted(full_run, oracle):
             counts["ok"], counts["partial"], counts["unparseable"], 0)
         assert m["parse_unparseable"] > 0 and m["parse_partial"] > 0 and m["n"] == n
         assert m["HR@1"] == pytest.approx((n - counts["unparseable"]) / n)
-        assert set(data["sanity_rows"]) == {"random", "popularity"}
+        assert set(data["sanity_rows"]) == {"random", "popularity", "content-tfidf"} == set(data["sanity_ranks"])
         assert data["meta"]["split"] == ("test" if name == "" else "valid") and data["meta"]["K"] == K
         assert "api_key" not in data["meta"]
     assert_no_key(out, r.stdout, r.stderr)

@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 
 from trainers.evaluation.judge import evaluate_split, rank_examples
-from trainers.evaluation.metrics import metrics_from_ranks, rank_from_ranking, target_rank
-from trainers.evaluation.protocol import build_eval_items, sanity_rows
+from trainers.evaluation.metrics import (
+    metrics_from_ranks,
+    paired_difference,
+    per_sample_metric,
+    rank_from_ranking,
+    target_rank,
+)
+from trainers.evaluation.protocol import SANITY_ROWS, build_eval_items, sanity_rows
 from trainers.foundation.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,11 +166,7 @@ def test_sanity_rows_and_evaluate_split(judge, dataset):
     assert metrics == metrics_from_ranks([s["target_rank"] for s in samples], (1, 3, 5, 10))
     rows = sanity_rows(samples, dataset, seed=2)
     assert rows == sanity_rows(samples, dataset, seed=2)
-    pop = dataset.popularity
-    want = [target_rank([pop[c] for c in s["candidates"]], s["candidates"].index(s["target_item_id"]))
-            for s in samples]
-    assert rows["popularity"] == metrics_from_ranks(want)
-    assert rows["random"]["n"] == 5
+    assert set(rows) == set(SANITY_ROWS) and all(m["n"] == 5 for m in rows.values())
     # DDP validation: rank 1 of 2 takes every second item of the same seeded list
     shard, m = evaluate_split(judge, prompter, dataset, "valid", 4, K, 3, seed=2, rank=1, world_size=2,
                               progress=False)
@@ -184,7 +186,7 @@ def full_run(tiny_model, data_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "full"
     r = _run([sys.executable, "test.py", *_args(tiny_model, data_dir, out)])
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "popularity" in r.stdout and "random" in r.stdout and "NDCG@10" in r.stdout
+    assert all(name in r.stdout for name in SANITY_ROWS) and "NDCG@10" in r.stdout
     return out / "results.json"
 
 
@@ -198,8 +200,10 @@ def test_test_py_writes_valid_results(full_run, dataset):
     assert [s["interaction_id"] for s in samples] == [e["interaction_id"] for e, _ in items]
     assert [s["candidates"] for s in samples] == [c for _, c in items]
     assert data["metrics"] == metrics_from_ranks([s["target_rank"] for s in samples], (1, 3, 5, 10))
-    assert set(data["sanity_rows"]) == {"random", "popularity"}
+    assert set(data["sanity_rows"]) == set(SANITY_ROWS) == set(data["sanity_ranks"])
     assert data["sanity_rows"]["popularity"]["n"] == 6
+    assert data["sanity_rows"] == sanity_rows(samples, dataset, 42, (1, 3, 5, 10))
+    assert all(set(r) == {str(s["interaction_id"]) for s in samples} for r in data["sanity_ranks"].values())
 
 
 def test_test_py_resumes_after_kill(full_run, tiny_model, data_dir, tmp_path, capsys):
@@ -304,7 +308,7 @@ def test_compare_results(full_run, tmp_path):
     r = _run([sys.executable, "tools/compare_results.py", str(full_run), str(full_run), "--names", "a", "b"])
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert [ln.split()[0] for ln in lines] == ["method", "a", "b", "random", "popularity"]
+    assert [ln.split()[0] for ln in lines] == ["method", "a", "b", *SANITY_ROWS]
     m = metrics_from_ranks([s["target_rank"] for s in json.loads(full_run.read_text())["samples"]])
     assert f"{m['NDCG@10']:.4f}" in lines[1] and lines[1].split()[1:] == lines[2].split()[1:]
 
@@ -317,6 +321,18 @@ def test_compare_results(full_run, tmp_path):
     same.write_text(json.dumps(data))
     r = _run([sys.executable, "tools/compare_results.py", str(full_run), str(same), "--markdown"])
     assert r.returncode == 0 and "| 1.0000 |" in r.stdout and r.stdout.startswith("| method |")
+
+    # --paired: the margin of one row over each other row, with its paired SE, sanity rows included
+    r = _run([sys.executable, "tools/compare_results.py", str(full_run), str(same), "--names", "a", "perfect",
+              "--paired", "perfect"])
+    assert r.returncode == 0, r.stderr
+    margins = {ln.split()[0]: ln.split()[1:] for ln in r.stdout.split("minus each method")[1].splitlines()[1:]}
+    assert set(margins) == {"a", *SANITY_ROWS}
+    ours = per_sample_metric([s["target_rank"] for s in json.loads(full_run.read_text())["samples"]])
+    want, se = paired_difference(np.ones_like(ours), ours)
+    assert margins["a"][:3] == [f"{want:+.4f}", "SE", f"{se:.4f}"]
+    r = _run([sys.executable, "tools/compare_results.py", str(full_run), "--paired", "nobody"])
+    assert r.returncode == 2 and "--paired" in r.stderr
 
     # one changed candidate -> refused in one line
     data["samples"][0]["candidates"][0] = 10 ** 6

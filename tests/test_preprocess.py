@@ -124,6 +124,69 @@ def test_planted_preference(raw_flat):
     assert df.groupby("user_id").size().min() == 1  # some single-interaction users
 
 
+def test_synonyms_preference_is_planted(tmp_path):
+    """preference="synonyms": a title names its family with one of the family's words (all of them in use), the
+    description and features name none, users stick to a family (not to a word), families are balanced."""
+    from trainers.data.synthetic import SYNONYMS
+
+    raw = tmp_path / "raw"
+    write_amazon_raw(raw, CAT, n_users=300, n_items=120, n_subcats=4, preference="synonyms")
+    family = {w: f for f, words in enumerate(SYNONYMS) for w in words}
+    with gzip.open(raw / f"meta_{CAT}.jsonl.gz", "rt") as f:
+        metas = [json.loads(line) for line in f]
+    word = {m["parent_asin"]: title_subcategory(valid_title(m["title"]) or "") for m in metas}
+    assert set(word.values()) - {None} == set(family)  # every synonym of every family is used
+    for m in metas:
+        text = " ".join(m["description"] + m["features"]).replace(".", " ").split()
+        assert not {w.capitalize() for w in text} & set(SUBCATEGORIES)
+    df = _raw_interactions(raw)
+    df = df[df["parent_asin"].map(word).notna()]
+    per_user: dict[str, Counter] = defaultdict(Counter)
+    words_of_user: dict[str, set] = defaultdict(set)
+    for u, a in zip(df["user_id"], df["parent_asin"]):
+        per_user[u][family[word[a]]] += 1
+        words_of_user[u].add(word[a])
+    big = [u for u, c in per_user.items() if sum(c.values()) >= 8]
+    shares = [per_user[u].most_common(1)[0][1] / sum(per_user[u].values()) for u in big]
+    assert np.mean(shares) == pytest.approx(0.87, abs=0.05)
+    # loyal to a family but not to a word: the favourite family shows up with all three of its words
+    fav_words = [sum(1 for w in words_of_user[u] if family[w] == per_user[u].most_common(1)[0][0]) for u in big]
+    assert np.mean([n == 3 for n in fav_words]) > 0.8
+    totals = Counter(family[word[a]] for a in df["parent_asin"])
+    assert len(totals) == 4 and max(totals.values()) < 1.4 * min(totals.values())
+
+
+def test_synonyms_defeat_word_overlap_but_not_a_reader_of_the_history(tmp_path):
+    """What the demo table relies on, with no model: on the demo's data (preference="synonyms", histories of 3)
+    popularity and the TF-IDF content row stay far below a rule that reads the history and knows the families,
+    and even below one that counts the history titles sharing the candidate's exact word."""
+    from trainers.data.dataset import load_processed_dataset
+    from trainers.data.synthetic import SYNONYMS
+    from trainers.evaluation.metrics import metrics_from_ranks, target_rank_random_ties
+    from trainers.evaluation.protocol import build_eval_items, sanity_rows
+
+    raw = tmp_path / "raw"
+    write_amazon_raw(raw, CAT, n_users=400, n_items=240, n_subcats=4, preference="synonyms")
+    out, _ = run_preprocess(_cfg(raw, tmp_path / "data", window_size=3, min_items=50))
+    ds = load_processed_dataset(out)
+    family = {w: f for f, words in enumerate(SYNONYMS) for w in words}
+    word = [title_subcategory(t or "") for t in ds.titles]
+    rng, samples, ranks = np.random.default_rng(0), [], {"family": [], "exact word": []}
+    for ex, cands in build_eval_items(ds, "test", None, 20, seed=0):
+        hist, t = ex["history_item_id"], cands.index(ex["item_id"])
+        ties = rng.random(len(cands))  # ties in random order, like the sanity rows
+        for name, key in (("family", lambda i: family.get(word[i])), ("exact word", lambda i: word[i])):
+            score = [sum(key(c) is not None and key(c) == key(h) for h in hist) for c in cands]
+            ranks[name].append(target_rank_random_ties(score, t, ties))
+        samples.append({"interaction_id": ex["interaction_id"], "target_item_id": ex["item_id"], "candidates": cands})
+    rows = sanity_rows(samples, ds, seed=0)
+    reader = {name: metrics_from_ranks(r)["NDCG@10"] for name, r in ranks.items()}
+    assert len(samples) > 400 and reader["family"] > reader["exact word"] + 0.04
+    for name in ("random", "popularity", "content-tfidf"):
+        assert reader["family"] > rows[name]["NDCG@10"] + 0.15, name
+        assert reader["exact word"] > rows[name]["NDCG@10"] + 0.08, name
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def test_cleaning_helpers():
@@ -262,6 +325,9 @@ def test_script_mirror_layout(tmp_path):
     out = tmp_path / "data" / f"{CAT}_5_2021-1-2023-12"
     stats = json.loads((out / "stats.json").read_text())
     assert stats["users"] > 100 and "test" in r.stdout and str(out) in r.stdout
+    # the script's stats.json and summary report the repeat purchases (none planted here)
+    assert stats["repeats"] == {"repeat_purchases_removed": 0, "examples_with_target_in_shown_history": 0,
+                                "examples_dropped": 0} and "repeats (--repeat_policy first_only)" in r.stdout
 
 
 def test_review_jsonl_layouts(tmp_path, processed):

@@ -860,6 +860,22 @@ def test_upstream_layout_dataset_read_by_every_script(tiny_model, dataset_dir, t
     assert [s["target_item_id"] for s in r_u] == [s["target_item_id"] for s in r_o]
     assert r_u[0]["prompt"].count(" ago: [") == 3
     assert p_o == p_u and len(p_u) == 3 and [s["ranking"] for s in a_o] == [s["ranking"] for s in a_u]
+    # Every script reports the same sanity rows beside its model (the same candidates, either layout) ...
+    from trainers.evaluation.protocol import SANITY_ROWS
+
+    printed = capsys.readouterr().out
+    for line in ("popularity ", "random ", "content-tfidf "):
+        assert printed.count(line) >= 6, line  # 3 scripts x 2 layouts
+    for name in ("ours", "upstream"):
+        files = [tmp_path / name / "test" / "results.json", tmp_path / name / "rrec.json",
+                 tmp_path / name / "api" / "results.json"]
+        for f in files:
+            data = json.loads(f.read_text())
+            assert set(data["sanity_rows"]) == set(SANITY_ROWS) == set(data["sanity_ranks"]), f
+    # ... and the rows depend on the candidates only, not on the layout on disk
+    rows = {n: json.loads((tmp_path / n / "test" / "results.json").read_text())["sanity_rows"]
+            for n in ("ours", "upstream")}
+    assert rows["ours"] == rows["upstream"]
 
 
 def test_item_ids_that_cannot_be_mapped_are_refused():

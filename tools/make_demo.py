@@ -5,7 +5,10 @@
 
 writes demo/raw/ (Video_Games.csv.gz, meta_Video_Games.jsonl.gz) and demo/tiny-qwen/; with --preprocess also
 the processed dataset demo/data/Video_Games_5_2021-1-2023-12 (through preprocess.py, the real command).
-The data carry a planted preference, so training has something real to learn. Everything is offline and seeded.
+The data carry a planted preference (trainers/data/synthetic.py, preference "synonyms": users stick to a family
+of sub-categories that titles name with one of three words; popularity and word overlap stay weak), so training
+has something real to learn. Histories keep the 3 items the tiny judge reads (--window_size 3), so every method
+and sanity row sees the same history. Everything is offline and seeded.
 """
 from __future__ import annotations
 
@@ -15,12 +18,13 @@ import sys
 from pathlib import Path
 
 from models.tiny import build_random_qwen, build_tiny_qwen
-from trainers.data.synthetic import synthetic_corpus, write_amazon_raw
+from trainers.data.synthetic import PREFERENCES, SUBCATEGORIES, SYNONYMS, synthetic_corpus, write_amazon_raw
+from trainers.foundation.errors import die
 
 REPO = Path(__file__).resolve().parents[1]
 # The demo's preprocessing window and settings (demo.sh runs the same command).
 PREPROCESS = ["--K", "5", "--st_year", "2021", "--st_month", "1", "--ed_year", "2023", "--ed_month", "12",
-              "--min_items", "50"]
+              "--min_items", "50", "--window_size", "3"]
 
 
 def demo_dataset_dir(out_dir: Path, category: str) -> Path:
@@ -33,6 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--category", default="Video_Games", help="category name of the raw files (default: Video_Games)")
     ap.add_argument("--n_users", type=int, default=400, help="synthetic users (default: 400)")
     ap.add_argument("--n_items", type=int, default=240, help="synthetic items (default: 240)")
+    ap.add_argument("--n_subcats", type=int, default=4,
+                    help="sub-categories of the items, families of them with --preference synonyms (default: 4)")
+    ap.add_argument("--preference", choices=PREFERENCES, default="synonyms",
+                    help="how titles name the sub-category (trainers/data/synthetic.py; default: synonyms)")
+    ap.add_argument("--repeat_rate", type=float, default=0.02,
+                    help="share of purchases bought again later (default: 0.02): preprocess.py's default "
+                         "--repeat_policy first_only removes them and reports them in stats.json[\"repeats\"]")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data and the random model weights (default: 0)")
     ap.add_argument("--hidden_size", type=int, default=64, help="hidden size of the tiny Qwen2 (default: 64)")
     ap.add_argument("--num_hidden_layers", type=int, default=2, help="layers of the tiny Qwen2 (default: 2)")
@@ -44,11 +55,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--preprocess", action="store_true",
                     help="also run preprocess.py on the raw files into OUT_DIR/data (the demo's dataset)")
     args = ap.parse_args(argv)
+    most = len(SYNONYMS) if args.preference == "synonyms" else len(SUBCATEGORIES)
+    if not 1 <= args.n_subcats <= most:
+        die(f"--n_subcats {args.n_subcats}: must be in 1..{most} with --preference {args.preference}")
+    if not 0.0 <= args.repeat_rate <= 1.0:
+        die(f"--repeat_rate {args.repeat_rate}: must be in [0, 1]")
+    if args.n_items < args.n_subcats or args.n_users < 1:
+        die(f"--n_items {args.n_items} / --n_users {args.n_users}: need n_items >= n_subcats and n_users >= 1")
     out = Path(args.out_dir)
     raw_ok = (out / "raw" / f"{args.category}.csv.gz").is_file() and (out / "raw" / f"meta_{args.category}.jsonl.gz").is_file()
     if not (args.skip_existing and raw_ok):
         files = write_amazon_raw(out / "raw", category=args.category, n_users=args.n_users, n_items=args.n_items,
-                                 seed=args.seed)
+                                 n_subcats=args.n_subcats, seed=args.seed, preference=args.preference,
+                                 repeat_rate=args.repeat_rate)
         for f in files.values():
             print(f"raw file: {f}")
     model = out / "tiny-qwen"

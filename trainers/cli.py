@@ -163,7 +163,7 @@ def _split_outputs(args, script: str, split: str) -> tuple[Path, Path, dict]:
 def _evaluate_split(args, script: str, client, dataset, split: str, items, prompter) -> dict:
     from trainers.evaluation.api import api_metrics, evaluate_with_api
     from trainers.evaluation.metrics import eval_ks, format_metrics_table
-    from trainers.evaluation.protocol import sanity_rows
+    from trainers.evaluation.protocol import sanity_results
     from trainers.evaluation.results import ResultWriter
     from trainers.foundation.files import replaced_after_success
 
@@ -178,8 +178,9 @@ def _evaluate_split(args, script: str, client, dataset, split: str, items, promp
             progress=not args.no_progress, desc=f"{args.model_name} ({split})")
     ks = eval_ks(args.K_eval)
     metrics = api_metrics(samples, ks)
-    sanity = sanity_rows(samples, dataset, args.seed, ks)
-    writer.finalize(metrics, extra={"sanity_rows": sanity}, order=[int(ex["interaction_id"]) for ex, _ in items])
+    extra = sanity_results(samples, dataset, args.seed, ks)
+    sanity = extra["sanity_rows"]
+    writer.finalize(metrics, extra=extra, order=[int(ex["interaction_id"]) for ex, _ in items])
     print(f"\n{split} split of {meta['dataset']}: {len(samples)} samples, K={args.K}, seed={args.seed}")
     print(format_metrics_table({args.model_name: metrics, **sanity}, ks))
     print(f"answers: {metrics['parse_ok']} ok, {metrics['parse_partial']} partial, "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -55,23 +54,55 @@ class ProcessedDataset:
 
     @cached_property
     def popularity(self) -> np.ndarray:
-        """Train-split interaction counts per item id (targets and histories of train examples)."""
-        counts: Counter = Counter()
+        """Train interactions per item id: each (user, item, timestamp) counted once, whether it is a train target,
+        in the shown history of train examples, or both (a train target reappears in the histories of that user's
+        later examples; counting both would count it twice). Valid and test targets never count."""
+        import pyarrow.compute as pc
+
         tr = self.splits["train"]
-        counts.update(int(i) for i in tr["item_id"])
-        # Histories overlap heavily between examples; count each user's distinct (item, ts) once.
-        seen = set()
-        for uid, hist, ts in zip(tr["user_id"], tr["history_item_id"], tr["history_timestamp"]):
-            for i, t in zip(hist, ts):
-                key = (uid, int(i), int(t))
-                if key not in seen:
-                    seen.add(key)
-                    counts[int(i)] += 1
+        if getattr(tr, "_indices", None) is not None:  # a select()ed split: read the selected rows only
+            tr = tr.flatten_indices()
         pop = np.zeros(len(self.item_info), dtype=np.float64)
-        for i, c in counts.items():
-            if 0 <= i < len(pop):
-                pop[i] = c
+        if len(tr) == 0:
+            return pop
+        table = tr.data.table if hasattr(tr.data, "table") else tr.data
+        user_col = table.column("user_id")  # users as integer codes (one code per distinct id, across chunks)
+        users = pc.index_in(user_col, value_set=pc.unique(user_col)).to_numpy(zero_copy_only=False)
+        hist_len = pc.list_value_length(table.column("history_item_id")).to_numpy(zero_copy_only=False)
+        hist_len = np.nan_to_num(hist_len.astype(np.float64)).astype(np.int64)  # a null list has no items
+        flat = lambda col: pc.list_flatten(table.column(col)).to_numpy()  # noqa: E731
+        u = np.concatenate([users, np.repeat(users, hist_len)]).astype(np.int64)
+        i = np.concatenate([table.column("item_id").to_numpy(), flat("history_item_id")]).astype(np.int64)
+        t = np.concatenate([table.column("timestamp").to_numpy(), flat("history_timestamp")]).astype(np.int64)
+        once = np.unique(np.stack([u, i, t], axis=1), axis=0)[:, 1]
+        once = once[(once >= 0) & (once < len(pop))]
+        pop += np.bincount(once, minlength=len(pop))[: len(pop)]
         return pop
+
+    @cached_property
+    def _interaction_index(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """Per split: (name, sorted interaction ids, their row numbers), for histories_of."""
+        out = []
+        for name, ds in self.splits.items():
+            ids = np.asarray(ds["interaction_id"], dtype=np.int64) if len(ds) else np.zeros(0, dtype=np.int64)
+            order = np.argsort(ids, kind="stable")
+            out.append((name, ids[order], order))
+        return out
+
+    def histories_of(self, interaction_ids: Sequence[int]) -> list[list[int]]:
+        """The stored history_item_id list of each interaction id (any split; [] for an unknown id)."""
+        want = np.asarray([int(i) for i in interaction_ids], dtype=np.int64)
+        out: list[list[int]] = [[] for _ in range(len(want))]
+        for name, ids, rows in self._interaction_index:
+            if not len(ids):
+                continue
+            pos = np.clip(np.searchsorted(ids, want), 0, len(ids) - 1)
+            hit = np.nonzero(ids[pos] == want)[0]
+            if len(hit):
+                hist = self.splits[name].select([int(rows[pos[h]]) for h in hit])["history_item_id"]
+                for h, lst in zip(hit, hist):
+                    out[int(h)] = [int(x) for x in lst]
+        return out
 
     def longest_history(self) -> int:
         """The longest history_item_id list over all splits (Arrow compute, no Python rows)."""

@@ -24,6 +24,23 @@ def target_rank(scores: Sequence[float], target_index: int) -> int:
     return 1 + int(np.sum(others >= t))
 
 
+def target_rank_random_ties(scores: Sequence[float], target_index: int, tiebreak: Sequence[float]) -> int:
+    """1-based rank of candidates[target_index] under descending scores, ties broken by descending `tiebreak`
+    (a seeded random draw per candidate). For the non-learned sanity rows only: a heuristic whose scores often
+    tie (popularity counts, zero TF-IDF overlap) should be reported at the expected value of its ranking rule,
+    not at its worst case; model scores keep the against-the-target rule of target_rank."""
+    s = np.asarray(scores, dtype=np.float64)
+    u = np.asarray(tiebreak, dtype=np.float64)
+    if s.shape != u.shape:
+        raise ValueError(f"scores {s.shape} and tiebreak {u.shape} differ in shape")
+    t, ut = s[target_index], u[target_index]
+    if np.isnan(t):
+        return len(s)
+    ahead = (s > t) | ((s == t) & (u > ut))
+    ahead[target_index] = False
+    return 1 + int(np.sum(ahead))
+
+
 def rank_from_ranking(ranking: Sequence[int], target_item_id: int) -> int:
     """1-based position of the target in an explicit ranking (len+1... -> last if absent)."""
     ranking = list(ranking)
@@ -81,6 +98,50 @@ def metrics_from_ranks(ranks: Iterable[int], ks: Iterable[int] = DEFAULT_KS) -> 
     out["MRR"] = float(np.mean(1.0 / r))
     out["n"] = int(len(r))
     return out
+
+
+def per_sample_metric(ranks: Iterable[int], metric: str = "NDCG@10") -> np.ndarray:
+    """One value per sample of NDCG@k, HR@k or MRR (the terms whose mean metrics_from_ranks reports)."""
+    r = np.asarray(list(ranks), dtype=np.float64)
+    if metric == "MRR":
+        return 1.0 / r
+    name, _, k = metric.partition("@")
+    if name not in ("NDCG", "HR") or not k.isdigit():
+        raise ValueError(f"metric {metric!r}: expected NDCG@k, HR@k or MRR")
+    k = int(k)
+    if name == "NDCG":
+        return np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)
+    return (r <= k).astype(np.float64)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """(mean of a - b, its standard error) over paired samples: the same examples and candidates ranked by two
+    methods. The SE is std(a - b, ddof=1) / sqrt(n); pairing removes the between-example variance that two
+    independent means would carry."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.ndim != 1 or len(d) < 2:
+        raise ValueError(f"paired_difference needs two equally long 1-d sequences of >= 2 samples, got {d.shape}")
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def paired_margins(ranks: dict[str, Sequence[int]], reference: str,
+                   metric: str = "NDCG@10") -> dict[str, tuple[float, float]]:
+    """For every other method: (margin of `reference` over it in `metric`, paired SE). `ranks` maps method name
+    -> target ranks of the same samples in the same order."""
+    if reference not in ranks:
+        raise ValueError(f"{reference!r} is not one of the methods {sorted(ranks)}")
+    ref = per_sample_metric(ranks[reference], metric)
+    return {name: paired_difference(ref, per_sample_metric(r, metric))
+            for name, r in ranks.items() if name != reference}
+
+
+def format_paired_margins(margins: dict[str, tuple[float, float]], reference: str, metric: str = "NDCG@10") -> str:
+    """One line per method: the margin, its paired SE and whether the margin exceeds two SEs."""
+    w = max([len(n) for n in margins] + [6])
+    lines = [f"{metric}: {reference} minus each method (paired over the same samples; clear = margin > 2 SE)"]
+    for name, (m, se) in margins.items():
+        lines.append(f"  {name.ljust(w)}  {m:+.4f}  SE {se:.4f}  {'clear' if m > 2 * se else 'NOT clear'}")
+    return "\n".join(lines)
 
 
 def eval_ks(K_eval: int | None = None) -> tuple[int, ...]:
