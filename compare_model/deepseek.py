@@ -10,7 +10,8 @@ The prompt (prompters/api_prompter.py) shows the user's last --user_window_size 
 the candidates numbered 1..K; the answer is parsed robustly (prompters/answer_parsing.py). Partial answers rank
 the missing candidates after the named ones, unparseable answers and requests that failed after all retries
 rank the target last; all are counted in the metrics (parse_ok / parse_partial / parse_unparseable /
-api_errors), none stops the run.
+api_errors), none stops the run. A split in which every request failed is still saved, but the run then exits 1
+with one line (such a table ranks every target last: it is not a result).
 
 Candidates: --candidate_mode random samples them as test.py does (trainers.evaluation.protocol.build_eval_items
 with --K and --seed: the same seed gives the same candidates as test.py); --candidate_mode json (the default

@@ -286,3 +286,16 @@ def test_redaction_covers_masked_forms():
     assert "0123456789" not in out and "777" not in out and "sk-ad" not in out
     assert out.endswith("; 3 * 4 ... ok **bold**") and out.count("***") == 5
     assert redact_json({"a": [key, {"b": "sk-adv-****777"}], "n": 3}, key) == {"a": ["***", {"b": "***"}], "n": 3}
+
+
+def test_redaction_covers_escaped_forms():
+    """A raw JSON body or an ensure_ascii dump can carry the key with escaped characters (sk\\u002d...)."""
+    from trainers.foundation.errors import redact
+
+    key, short = "sk-adv-0123456789abcdef777", "k-12"
+    for text in ['{"auth": "sk\\u002dadv-0123456789abcdef777"}', "sk\\u002Dadv\\u002D0123456789abcdef777",
+                 "sk\\x2dadv-0123456789ABCDEF777", json.dumps({"a": "Bearer " + key}, ensure_ascii=True)]:
+        out = redact(text, key)
+        assert "0123456789" not in out.lower() and "***" in out, (text, out)
+    assert redact('x "k\\u002d12" y', short) == 'x "***" y'
+    assert redact("k-13 and k\\u002d13 stay", short) == "k-13 and k\\u002d13 stay"

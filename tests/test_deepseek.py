@@ -304,7 +304,10 @@ def test_api_errors_are_recorded_then_retried_on_rerun(data_dir, oracle, tmp_pat
     with lb.LoopbackAPI(responder) as api:
         args = base_args(api, data_dir, out, "--test_only", "--max_retries", "1")
         r = run_script(args)
-        assert r.returncode == 0, r.stderr[-3000:]
+        # every request failed: the failures are saved, but the run is not a result (exit 1, one line)
+        assert r.returncode == 1, r.stderr[-3000:]
+        err = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+        assert len(err) == 1 and "every request of the test (10 requests) split failed" in err[0]
         data = json.loads((out / "results.json").read_text())
         assert data["metrics"]["api_errors"] == 10 and data["metrics"]["HR@1"] == 0.0
         assert all(s["target_rank"] == K for s in data["samples"])

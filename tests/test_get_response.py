@@ -229,3 +229,22 @@ def test_echoed_key_never_reaches_disk_or_output(tmp_path, monkeypatch, capsys):
             texts.append(p.read_text())
     for t in texts:
         assert key not in t and masked not in t and "SECRET" not in t
+
+
+@pytest.mark.parametrize("script", ["sft_train/get_response_by_deepseek.py", "tools/run_r1.py"])
+def test_second_run_on_the_same_output_file_is_refused(script, tmp_path, monkeypatch, capsys):
+    """A run appending answers to --output_file holds a lock beside it: a second run on that file (another
+    shell, a resubmitted job) would ask and pay for every request again, so it is refused with one line."""
+    from trainers.foundation.files import RunLock
+
+    inp, out = tmp_path / "prompts.jsonl", tmp_path / "responses.jsonl"
+    write_prompts(inp, n=4)
+    with LoopbackAPI(responder) as api:
+        args = ["--input_file", str(inp), "--output_file", str(out), "--api_base", api.url, "--no_progress", *FAST]
+        with RunLock(out.parent, flag="--output_file", name=f".{out.name}.lock", label=out):  # the other run
+            code, _, err = run_main(script, args, monkeypatch, capsys, key=KEY)
+            assert code == 2 and len(err.strip().splitlines()) == 1, err
+            assert f"--output_file {out}: in use by another run" in err and not out.exists() and api.calls == 0
+        code, _, err = run_main(script, args, monkeypatch, capsys, key=KEY)  # the lock is gone: it runs
+        assert code == 0, err
+        assert api.calls == 4 and len(read_rows(out)) == 4 and not (tmp_path / f".{out.name}.lock").exists()

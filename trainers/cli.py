@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -62,12 +63,17 @@ def api_script_errors(args) -> Iterator[None]:
 
 
 def answer_jobs(args, jobs: Sequence[ApiJob], model: str, content_key: str = "content") -> dict[str, dict]:
-    """run_jobs with a client built from the add_client_args/add_prompt_file_args flags (then closed)."""
+    """run_jobs with a client built from the add_client_args/add_prompt_file_args flags (then closed), holding a
+    lock beside --output_file: a second run appending to the same file would ask (and pay for) each request twice."""
+    from trainers.foundation.files import RunLock, check_output_path
+
+    out = check_output_path(args.output_file, "--output_file")  # before the lock creates its folder
     client = client_from_args(args, model)
     try:
-        return run_jobs(client, jobs, args.output_file, concurrency=args.concurrency, content_key=content_key,
-                        retry_errors=not args.no_retry_errors, redo_changed=args.redo_changed, desc=model,
-                        progress=not args.no_progress)
+        with RunLock(out.parent, flag="--output_file", name=f".{out.name}.lock", label=out):
+            return run_jobs(client, jobs, args.output_file, concurrency=args.concurrency, content_key=content_key,
+                            retry_errors=not args.no_retry_errors, redo_changed=args.redo_changed, desc=model,
+                            progress=not args.no_progress)
     finally:
         client.close()
 
@@ -185,8 +191,6 @@ def _evaluate_split(args, script: str, client, dataset, split: str, items, promp
     print(format_metrics_table({args.model_name: metrics, **sanity}, ks))
     print(f"answers: {metrics['parse_ok']} ok, {metrics['parse_partial']} partial, "
           f"{metrics['parse_unparseable']} unparseable, {metrics['api_errors']} API errors")
-    if metrics["api_errors"] == len(samples):
-        print(f"warning: every request of the {split} split failed (see {responses}); rerun to ask them again")
     print(f"wrote {results} and {responses}")
     return metrics
 
@@ -241,4 +245,10 @@ def run_dataset_eval(args: argparse.Namespace, script: str, with_valid_pass: boo
                 out[split] = _evaluate_split(args, script, client, dataset, split, items[split], prompter)
     finally:
         client.close()
+    failed = [f"{split} ({len(items[split])} requests)" for split, m in out.items()
+              if m["api_errors"] == len(items[split])]
+    if failed:  # a table of only failed requests ranks every target last: not a result, so not a success
+        print(f"error: every request of the {', '.join(failed)} split failed after retries; the failures are saved in "
+              f"{args.output_dir} and a rerun of the same command asks them again", file=sys.stderr)
+        raise SystemExit(1)
     return out

@@ -2,6 +2,7 @@
 of secrets (API keys) that every text written to disk or printed passes."""
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -55,20 +56,35 @@ def _redact_masked(text: str, secret: str) -> str:
 _LOOSE_MIN_LEN = 16  # keys at least this long are also found in any letter case and split by whitespace
 
 
+def _char_forms(c: str) -> str:
+    """c itself or its JSON/Python escape (\\u002d, \\x2d, either hex case): a raw response body or a
+    json.dumps(ensure_ascii) text can hold a key character escaped."""
+    n = ord(c)
+    forms = [c] + ([f"\\u{n:04x}", f"\\u{n:04X}"] if n < 0x10000 else [])
+    forms += [f"\\x{n:02x}", f"\\x{n:02X}"] if n < 0x100 else []
+    return "(?:" + "|".join(re.escape(f) for f in dict.fromkeys(forms)) + ")"
+
+
+@functools.lru_cache(maxsize=64)
+def _escaped_pattern(secret: str) -> re.Pattern:
+    return re.compile("".join(_char_forms(c) for c in secret))
+
+
+@functools.lru_cache(maxsize=64)
 def _loose_pattern(secret: str) -> re.Pattern:
-    return re.compile(r"\s*".join(re.escape(c) for c in secret), re.IGNORECASE)
+    return re.compile(r"\s*".join(_char_forms(c) for c in secret), re.IGNORECASE)
 
 
 def redact(text: str, *secrets: str | None) -> str:
     """Replace every non-empty secret in text, and every masked form of it (a prefix and/or suffix of at least 3
     of its characters around a run of *, •, … or ...), by '***'. A real API key (16+ characters) is also found
-    in another letter case and with whitespace or line breaks inside it (a server that echoes it reformatted).
+    in another letter case and with whitespace or line breaks inside it (a server that echoes it reformatted);
+    any key also with characters written as \\u00XX or \\xXX escapes (a raw JSON body that echoes it).
     Keys must never reach logs or files."""
     text = str(text)
     for s in sorted({s for s in secrets if s}, key=len, reverse=True):
         text = text.replace(s, "***")
-        if len(s) >= _LOOSE_MIN_LEN:
-            text = _loose_pattern(s).sub("***", text)
+        text = (_loose_pattern(s) if len(s) >= _LOOSE_MIN_LEN else _escaped_pattern(s)).sub("***", text)
         if len(s) > _MIN_VISIBLE:
             text = _redact_masked(text, s)
     return text

@@ -214,10 +214,12 @@ class RunLock:
     second run on the same output is refused with one line; a stale lock left by a dead process on this host is
     taken over. Release removes it."""
 
-    def __init__(self, output_dir: str | os.PathLike, flag: str = "--output_dir", name: str = LOCK_FILE) -> None:
+    def __init__(self, output_dir: str | os.PathLike, flag: str = "--output_dir", name: str = LOCK_FILE,
+                 label: str | os.PathLike | None = None) -> None:
         self.dir = Path(output_dir)
         self.path = self.dir / name
         self.flag = flag
+        self.label = str(label if label is not None else self.dir)  # what the flag named, for the messages
         self.held = False
 
     def acquire(self) -> "RunLock":
@@ -238,14 +240,14 @@ class RunLock:
                         self.path.unlink(missing_ok=True)
                         continue
                 raise UserInputError(
-                    f"{self.flag} {self.dir}: in use by another run (pid {owner.get('pid')} on {owner.get('host')}, "
+                    f"{self.flag} {self.label}: in use by another run (pid {owner.get('pid')} on {owner.get('host')}, "
                     f"started {owner.get('started')}); wait for it or use another {self.flag} "
                     f"(delete {self.path} if that run is gone)")
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.held = True
             return self
-        raise UserInputError(f"{self.flag} {self.dir}: cannot take {self.path}")
+        raise UserInputError(f"{self.flag} {self.label}: cannot take {self.path}")
 
     def _owner(self) -> dict | None:
         try:
