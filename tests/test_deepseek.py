@@ -306,7 +306,7 @@ def test_api_errors_are_recorded_then_retried_on_rerun(data_dir, oracle, tmp_pat
         r = run_script(args)
         # every request failed: the failures are saved, but the run is not a result (exit 1, one line)
         assert r.returncode == 1, r.stderr[-3000:]
-        err = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+        err = [x for x in r.stderr.splitlines() if x.startswith("deepseek.py: error:")]
         assert len(err) == 1 and "every request of the test (10 requests) split failed" in err[0]
         data = json.loads((out / "results.json").read_text())
         assert data["metrics"]["api_errors"] == 10 and data["metrics"]["HR@1"] == 0.0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -248,7 +247,6 @@ def run_dataset_eval(args: argparse.Namespace, script: str, with_valid_pass: boo
     failed = [f"{split} ({len(items[split])} requests)" for split, m in out.items()
               if m["api_errors"] == len(items[split])]
     if failed:  # a table of only failed requests ranks every target last: not a result, so not a success
-        print(f"error: every request of the {', '.join(failed)} split failed after retries; the failures are saved in "
-              f"{args.output_dir} and a rerun of the same command asks them again", file=sys.stderr)
-        raise SystemExit(1)
+        die(f"every request of the {', '.join(failed)} split failed after retries; the failures are saved in "
+            f"{args.output_dir} and a rerun of the same command asks them again", status=1)
     return out

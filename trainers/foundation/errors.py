@@ -14,11 +14,12 @@ class UserInputError(ValueError):
     """Bad input detected inside library code; scripts turn it into `die`."""
 
 
-def die(msg: str) -> NoReturn:
-    """Print `error: msg` on one line to stderr and exit with status 2 (argparse's convention)."""
+def die(msg: str, status: int = 2) -> NoReturn:
+    """Print `error: msg` on one line to stderr and exit with `status`: 2 (argparse's convention) for bad input,
+    1 for a run that went through but produced no result."""
     prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "ourrec"
     print(f"{prog}: error: {' '.join(str(msg).split())}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(status)
 
 
 @contextmanager
