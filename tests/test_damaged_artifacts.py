@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -27,6 +28,21 @@ def _damage(f: Path, how: str) -> None:
         f.write_bytes(b"")
 
 
+def _fresh_copy(src: Path, dest: Path) -> Path:
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(src, dest)
+    return dest
+
+
+def _damaged_copies(src: Path, dest: Path, rels, under: str = "") -> Iterator[tuple[Any, str]]:
+    """For every file in rels (relative to src/under) and every damage: a fresh copy of src at dest with that one
+    file damaged. Yields (rel, damage)."""
+    for rel in rels:
+        for how in DAMAGES:
+            _damage(_fresh_copy(src, dest) / under / rel, how)
+            yield rel, how
+
+
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
     return build_dataset(tmp_path_factory.mktemp("damaged_ds"), n_users=60, n_items=40, n_subcats=2)
@@ -40,27 +56,20 @@ def test_every_file_of_a_dataset_dir_deleted_truncated_or_emptied_is_named(datas
     files = [f for f in files if f.name != "stats.json"]  # preprocess.py's report: no consumer needs it
     assert len(files) >= 13
     failures = []
-    for rel in files:
-        for how in DAMAGES:
-            d = tmp_path / "ds"
-            shutil.rmtree(d, ignore_errors=True)
-            shutil.copytree(dataset_dir, d)
-            _damage(d / rel, how)
-            try:
-                load_processed_dataset(d)
-                failures.append(f"{how} {rel}: loaded")
-            except UserInputError as e:
-                msg = str(e)
-                named = rel.as_posix() in msg or rel.name in msg or f"the {rel.parts[0]} split" in msg
-                if "\n" in msg or not named or not msg.startswith(f"--dataset_path {d}"):
-                    failures.append(f"{how} {rel}: {msg}")
-            except Exception as e:  # noqa: BLE001 - the point of the test
-                failures.append(f"{how} {rel}: {type(e).__name__}: {e}")
+    d = tmp_path / "ds"
+    for rel, how in _damaged_copies(dataset_dir, d, files):
+        try:
+            load_processed_dataset(d)
+            failures.append(f"{how} {rel}: loaded")
+        except UserInputError as e:
+            msg = str(e)
+            named = rel.as_posix() in msg or rel.name in msg or f"the {rel.parts[0]} split" in msg
+            if "\n" in msg or not named or not msg.startswith(f"--dataset_path {d}"):
+                failures.append(f"{how} {rel}: {msg}")
+        except Exception as e:  # noqa: BLE001 - the point of the test
+            failures.append(f"{how} {rel}: {type(e).__name__}: {e}")
     for split in ("train", "valid", "test", "item_info"):
-        d = tmp_path / "ds"
-        shutil.rmtree(d, ignore_errors=True)
-        shutil.copytree(dataset_dir, d)
-        shutil.rmtree(d / split)
+        shutil.rmtree(_fresh_copy(dataset_dir, d) / split)
         with pytest.raises(UserInputError, match=f"the {split} split folder is missing"):
             load_processed_dataset(d)
     assert not failures, "\n".join(failures)
@@ -161,25 +170,21 @@ def test_every_file_of_a_checkpoint_deleted_truncated_or_emptied_is_named(ppo_ru
     assert {"model.safetensors", "heads.safetensors", "optimizer.pt", "rng_state_rank0.pt", "chat_template.jinja",
             "tokenizer.json", "args.json"} <= set(manifest)
     failures = []
-    for rel in manifest:
-        for how in DAMAGES:
-            run = tmp_path / "run"
-            shutil.rmtree(run, ignore_errors=True)
-            shutil.copytree(ppo_run, run)
-            ck = run / "checkpoint-2"
-            _damage(ck / rel, how)
-            optional = how == "delete" and any(Path(rel).match(p) for p in TRAINING_STATE_FILES)
-            for who, required, training in (("train", judge_checkpoint_files(), True),
-                                            ("test", test_script.judge_dir_files(), False)):
-                try:
-                    got = resolve_checkpoint(str(ck), run, required, training=training)
-                    if not (who == "test" and optional and got == ck):
-                        failures.append(f"{who}: {how} {rel}: accepted")
-                except UserInputError as e:
-                    if rel not in str(e) or "\n" in str(e):
-                        failures.append(f"{who}: {how} {rel}: {e}")
-            if resolve_checkpoint("auto", run, judge_checkpoint_files(), training=True) != run / "checkpoint-1":
-                failures.append(f"auto: {how} {rel}: did not fall back to checkpoint-1")
+    run = tmp_path / "run"
+    ck = run / "checkpoint-2"
+    for rel, how in _damaged_copies(ppo_run, run, manifest, under="checkpoint-2"):
+        optional = how == "delete" and any(Path(rel).match(p) for p in TRAINING_STATE_FILES)
+        for who, required, training in (("train", judge_checkpoint_files(), True),
+                                        ("test", test_script.judge_dir_files(), False)):
+            try:
+                got = resolve_checkpoint(str(ck), run, required, training=training)
+                if not (who == "test" and optional and got == ck):
+                    failures.append(f"{who}: {how} {rel}: accepted")
+            except UserInputError as e:
+                if rel not in str(e) or "\n" in str(e):
+                    failures.append(f"{who}: {how} {rel}: {e}")
+        if resolve_checkpoint("auto", run, judge_checkpoint_files(), training=True) != run / "checkpoint-1":
+            failures.append(f"auto: {how} {rel}: did not fall back to checkpoint-1")
     assert not failures, "\n".join(failures)
     assert "skipping incomplete" in capsys.readouterr().err
     # the final model carries the manifest too (test.py --resume_from .../final)
