@@ -313,6 +313,14 @@ class AbstractRecModel(torch.nn.Module):
     def output_head(self) -> torch.nn.Module:
         return self.base_lm().get_output_embeddings()
 
+    def output_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Float32 next-token logits from final hidden states h [..., H], with the model's final logit soft-capping
+        when its config has one (Gemma-2: 30), as the causal LM's own forward and HF generate compute them: the one
+        place every sampled or scored token distribution (reasoning log-probs, decoding, RRec) comes from."""
+        logits = self.output_head()(h).float()
+        cap = getattr(self.base_lm().config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def lm_head_weight(self) -> torch.Tensor:
         return self.output_head().weight
 

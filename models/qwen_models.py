@@ -190,8 +190,7 @@ class BinaryJudge(AbstractRecModel):
                       sampling: SamplingSettings | None = None) -> torch.Tensor:
         """log p(target_ids | h) under the distribution the tokens were sampled from (SamplingSettings.warp);
         h [N, H], target_ids [N] -> [N]."""
-        logits = self.output_head()(h)
-        logits = (sampling or SamplingSettings(1.0, 0, 1.0)).warp(logits)
+        logits = (sampling or SamplingSettings(1.0, 0, 1.0)).warp(self.output_logits(h))
         return torch.log_softmax(logits, -1).gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
 
     def forward(self, batch: Sequence[UserPrompt], scoring: str = "naive", with_values: bool = False,

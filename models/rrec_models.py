@@ -208,10 +208,7 @@ class RRecModel(AbstractRecModel):
         logps = None
         if logprob_mask is not None:
             pred_mask = logprob_mask[:, 1:]  # the token at position t is predicted by the hidden state at t-1
-            logits = self.output_head()(h[:, :-1][pred_mask]).float()
-            cap = getattr(self.base_lm().config, "final_logit_softcapping", None)
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
+            logits = self.output_logits(h[:, :-1][pred_mask])
             targets = input_ids[:, 1:][pred_mask]
             logps = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         return emb, logps

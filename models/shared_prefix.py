@@ -506,7 +506,6 @@ def _generate_chunk(judge, users, max_new_tokens, do_sample, sampling, pad, eos,
     cache, mask, rows_plen, slens, _, hs = _run_suffixes(judge, users)
     ar = torch.arange(R, device=dev)
     h_last = hs[ar, slens - 1]
-    head = judge.output_head()
     # The mask grows into a preallocated buffer (no concatenation per step).
     width = mask.shape[1]
     full_mask = torch.zeros((R, width + max_new_tokens), dtype=mask.dtype, device=dev)
@@ -519,8 +518,8 @@ def _generate_chunk(judge, users, max_new_tokens, do_sample, sampling, pad, eos,
     next_pos = rows_plen + slens
     n = 0
     for step in range(max_new_tokens):
-        logits = head(h_last)
-        tok = sampling.sample(logits) if do_sample else logits.float().argmax(-1)
+        logits = judge.output_logits(h_last)
+        tok = sampling.sample(logits) if do_sample else logits.argmax(-1)
         tok = torch.where(done, torch.full_like(tok, pad), tok)
         gen[:, step] = tok
         n = step + 1

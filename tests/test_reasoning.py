@@ -74,3 +74,27 @@ def test_evaluation_samples_like_training_by_default():
     for key in ("gen_temperature", "gen_top_k", "gen_top_p", "max_new_tokens", "max_len_per_item",
                 "user_window_size", "dataset_type"):
         assert test_script.TRAINED_SETTINGS[key] == getattr(cfg, key), key
+
+
+def test_reasoning_logprobs_follow_the_models_logit_softcapping(ppo_assets):
+    """A judge over a Gemma-2 model (final logit soft-capping) takes the PPO log-probs of its reasoning tokens from
+    the capped logits, as the causal LM's own forward and HF generate do (AbstractRecModel.output_logits)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from models.abstract_models import load_tokenizer
+    from models.qwen_models import BinaryJudge
+
+    _, model = ppo_assets
+    tok = load_tokenizer(str(model))
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("gemma2", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                               final_logit_softcapping=0.5, pad_token_id=tok.pad_token_id)
+    lm = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    judge = BinaryJudge(lm, tok, yes_id=5, no_id=6)
+    ids = torch.tensor([tok("I think so. Answer:", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        h = judge.backbone()(input_ids=ids).last_hidden_state[0, :-1]
+        got = judge.token_logprob(h, ids[0, 1:])
+        want = torch.log_softmax(lm(input_ids=ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
