@@ -162,7 +162,7 @@ def test_synonyms_defeat_word_overlap_but_not_a_reader_of_the_history(tmp_path):
     and even below one that counts the history titles sharing the candidate's exact word."""
     from trainers.data.dataset import load_processed_dataset
     from trainers.data.synthetic import SYNONYMS
-    from trainers.evaluation.metrics import metrics_from_ranks, target_rank_random_ties
+    from trainers.evaluation.metrics import metrics_from_ranks, target_rank
     from trainers.evaluation.protocol import build_eval_items, sanity_rows
 
     raw = tmp_path / "raw"
@@ -177,7 +177,7 @@ def test_synonyms_defeat_word_overlap_but_not_a_reader_of_the_history(tmp_path):
         ties = rng.random(len(cands))  # ties in random order, like the sanity rows
         for name, key in (("family", lambda i: family.get(word[i])), ("exact word", lambda i: word[i])):
             score = [sum(key(c) is not None and key(c) == key(h) for h in hist) for c in cands]
-            ranks[name].append(target_rank_random_ties(score, t, ties))
+            ranks[name].append(target_rank(score, t, ties))
         samples.append({"interaction_id": ex["interaction_id"], "target_item_id": ex["item_id"], "candidates": cands})
     rows = sanity_rows(samples, ds, seed=0)
     reader = {name: metrics_from_ranks(r)["NDCG@10"] for name, r in ranks.items()}

@@ -12,7 +12,6 @@ from trainers.evaluation.metrics import (
     paired_margins,
     per_sample_metric,
     target_rank,
-    target_rank_random_ties,
 )
 from trainers.evaluation.protocol import SANITY_ROWS, item_tfidf, sanity_ranks, sanity_results, sanity_rows
 
@@ -79,8 +78,8 @@ def test_popularity_ties_are_broken_by_a_seeded_random_order():
     # Strict order still wins over the tie-break, and model scores keep the against-the-target rule.
     ds.popularity[2] = 8.0
     assert set(sanity_ranks(samples, ds, seed=0)["popularity"]) == {1}
-    assert target_rank([7, 7, 7], 1) == 3 and target_rank_random_ties([7, 7, 7], 1, [0.1, 0.9, 0.5]) == 1
-    assert target_rank_random_ties([7, 8, 7], 0, [0.9, 0.1, 0.5]) == 2
+    assert target_rank([7, 7, 7], 1) == 3 and target_rank([7, 7, 7], 1, [0.1, 0.9, 0.5]) == 1
+    assert target_rank([7, 8, 7], 0, [0.9, 0.1, 0.5]) == 2
 
 
 def test_content_row_ranks_word_overlap_with_the_history_first():

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from trainers.foundation.errors import UserInputError
+from trainers.foundation.errors import UserInputError, die
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,9 +46,9 @@ def main(argv: list[str] | None = None) -> None:
         res = client.chat(messages)
         client.close()
     if res.error:  # a rejected key is bad input (exit 2, as in every API script); anything else a failed request
-        print(f"{os.path.basename(sys.argv[0])}: error: request failed after {res.attempts} attempt(s): {res.error}"
-              + ("; check --api_key or DEEPSEEK_API_KEY" if res.error_status in AUTH_STATUS else ""), file=sys.stderr)
-        raise SystemExit(2 if res.error_status in AUTH_STATUS else 1)
+        auth = res.error_status in AUTH_STATUS
+        die(f"request failed after {res.attempts} attempt(s): {res.error}"
+            + ("; check --api_key or DEEPSEEK_API_KEY" if auth else ""), status=2 if auth else 1)
     print("=== reasoning ===")
     print(res.reasoning_content if res.reasoning_content else "(the model returned no reasoning_content)")
     print("=== answer ===")

@@ -28,10 +28,10 @@ from models.abstract_models import (
     save_lm,
 )
 from trainers.data.sft import SFTCollator, SFTDataset, validate_sft_records
-from trainers.foundation.checkpoints import resolve_checkpoint
+from trainers.foundation.checkpoints import check_output_dir, resolve_checkpoint
 from trainers.foundation.config import G_LORA, G_PRECISION, ModelConfig, option, require
 from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import append_jsonl, check_output_path, read_jsonl
+from trainers.foundation.files import append_jsonl, read_jsonl
 
 
 @dataclass
@@ -107,11 +107,8 @@ def train_sft(cfg: "SFTConfig") -> str:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     path = check_model_dir(args.model_name_or_path)
-    check_output_path(args.output_dir, "--output_dir", kind="dir")
-    if (os.path.isdir(args.output_dir) and os.listdir(args.output_dir) and not args.resume_from_checkpoint
-            and not args.overwrite_output_dir):
-        raise UserInputError(f"--output_dir {args.output_dir}: exists and is not empty; pass "
-                             "--resume_from_checkpoint last to continue, or --overwrite_output_dir to start afresh")
+    check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir,
+                     resume_hint="--resume_from_checkpoint last")
     records = load_records(args.data_file)
     device = resolve_device(args.device)
     if args.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():

@@ -14,29 +14,22 @@ import numpy as np
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 
 
-def target_rank(scores: Sequence[float], target_index: int) -> int:
-    """1-based rank of candidates[target_index] under descending scores, ties against the target."""
+def target_rank(scores: Sequence[float], target_index: int, tiebreak: Sequence[float] | None = None) -> int:
+    """1-based rank of candidates[target_index] under descending scores. Ties go against the target (model
+    scores: a constant scorer must not look good), or, given `tiebreak` (a seeded random draw per candidate), to
+    the higher draw: for the non-learned sanity rows, whose scores often tie (popularity counts, zero TF-IDF
+    overlap), so they are reported at the expected value of their ranking rule, not at its worst case."""
     s = np.asarray(scores, dtype=np.float64)
     t = s[target_index]
     if np.isnan(t):
         return len(s)
-    others = np.delete(s, target_index)
-    return 1 + int(np.sum(others >= t))
-
-
-def target_rank_random_ties(scores: Sequence[float], target_index: int, tiebreak: Sequence[float]) -> int:
-    """1-based rank of candidates[target_index] under descending scores, ties broken by descending `tiebreak`
-    (a seeded random draw per candidate). For the non-learned sanity rows only: a heuristic whose scores often
-    tie (popularity counts, zero TF-IDF overlap) should be reported at the expected value of its ranking rule,
-    not at its worst case; model scores keep the against-the-target rule of target_rank."""
-    s = np.asarray(scores, dtype=np.float64)
-    u = np.asarray(tiebreak, dtype=np.float64)
-    if s.shape != u.shape:
-        raise ValueError(f"scores {s.shape} and tiebreak {u.shape} differ in shape")
-    t, ut = s[target_index], u[target_index]
-    if np.isnan(t):
-        return len(s)
-    ahead = (s > t) | ((s == t) & (u > ut))
+    if tiebreak is None:
+        ahead = s >= t
+    else:
+        u = np.asarray(tiebreak, dtype=np.float64)
+        if s.shape != u.shape:
+            raise ValueError(f"scores {s.shape} and tiebreak {u.shape} differ in shape")
+        ahead = (s > t) | ((s == t) & (u > u[target_index]))
     ahead[target_index] = False
     return 1 + int(np.sum(ahead))
 
@@ -91,11 +84,8 @@ def metrics_from_ranks(ranks: Iterable[int], ks: Iterable[int] = DEFAULT_KS) -> 
         out["MRR"] = float("nan")
         out["n"] = 0
         return out
-    for k in ks:
-        out[f"NDCG@{k}"] = float(np.mean(np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)))
-    for k in ks:
-        out[f"HR@{k}"] = float(np.mean(r <= k))
-    out["MRR"] = float(np.mean(1.0 / r))
+    for name in [f"NDCG@{k}" for k in ks] + [f"HR@{k}" for k in ks] + ["MRR"]:
+        out[name] = float(np.mean(per_sample_metric(r, name)))
     out["n"] = int(len(r))
     return out
 

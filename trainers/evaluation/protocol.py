@@ -15,7 +15,7 @@ import numpy as np
 
 from prompters.binary_prompter import item_raw_text
 from trainers.data.candidates import sample_candidates
-from trainers.evaluation.metrics import DEFAULT_KS, metrics_from_ranks, target_rank, target_rank_random_ties
+from trainers.evaluation.metrics import DEFAULT_KS, metrics_from_ranks, target_rank
 from trainers.foundation.errors import UserInputError
 from trainers.foundation.seeding import derived_seed, numpy_rng
 
@@ -103,8 +103,8 @@ def sanity_ranks(samples: Sequence[dict], dataset, seed: int) -> dict[str, list[
         out["random"].append(target_rank(rng.random(len(cands)), t_idx))
         ties = numpy_rng(derived_seed(seed, iid, 5)).random(len(cands))
         counts = [pop[c] if c < len(pop) else 0.0 for c in cands]
-        out["popularity"].append(target_rank_random_ties(counts, t_idx, ties))
-        out["content-tfidf"].append(target_rank_random_ties(content_scores(tfidf, cands, history), t_idx, ties))
+        out["popularity"].append(target_rank(counts, t_idx, ties))
+        out["content-tfidf"].append(target_rank(content_scores(tfidf, cands, history), t_idx, ties))
     return out
 
 

@@ -188,12 +188,13 @@ def check_resume_settings(ckpt: Path, current: dict, keys: Sequence[str], allowe
 
 
 # ---------------------------------------------------------------------------------------------- the run directory
-def check_output_dir(output_dir: str | os.PathLike, resume_from: str | None, overwrite: bool) -> None:
+def check_output_dir(output_dir: str | os.PathLike, resume_from: str | None, overwrite: bool,
+                     resume_hint: str = "--resume_from auto") -> None:
     """Before anything runs: --output_dir is a directory or absent, and a non-empty one (an earlier run) is used only
-    with --resume_from (continue it) or --overwrite_output_dir (start afresh)."""
+    with a resume flag (continue it; resume_hint names it) or --overwrite_output_dir (start afresh)."""
     out = check_output_path(output_dir, "--output_dir", kind="dir")
     if not resume_from and not overwrite and out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
-        raise UserInputError(f"--output_dir {out}: not empty, it holds an earlier run; pass --resume_from auto to "
+        raise UserInputError(f"--output_dir {out}: not empty, it holds an earlier run; pass {resume_hint} to "
                              "continue it or --overwrite_output_dir to start afresh")
 
 

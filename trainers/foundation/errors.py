@@ -84,7 +84,6 @@ def redact(text: str, *secrets: str | None) -> str:
     Keys must never reach logs or files."""
     text = str(text)
     for s in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(s, "***")
         text = (_loose_pattern(s) if len(s) >= _LOOSE_MIN_LEN else _escaped_pattern(s)).sub("***", text)
         if len(s) > _MIN_VISIBLE:
             text = _redact_masked(text, s)
