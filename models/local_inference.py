@@ -21,7 +21,7 @@ from models.abstract_models import (
     resolve_device,
     resolve_dtype,
 )
-from prompters.rendering import render_chat
+from prompters.rendering import generation_prompt
 from trainers.foundation.config import finite_float
 from trainers.foundation.errors import UserInputError
 
@@ -48,9 +48,7 @@ class LocalGenerator:
                                     merge_adapter=True, flag=flag).eval()
 
     def chat_text(self, messages: Sequence[dict]) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return render_chat(self.tokenizer, list(messages), add_generation_prompt=True)
-        return "\n".join(m["content"] for m in messages) + "\n"
+        return generation_prompt(self.tokenizer, list(messages))
 
     @torch.no_grad()
     def generate(self, batch_messages: Sequence[Sequence[dict]], max_new_tokens: int = 256,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from prompters import prompts
-from prompters.rendering import render_chat, safe_item_rows
+from prompters.rendering import generation_prompt, safe_item_rows
 from trainers.foundation.errors import UserInputError
 
 _SENTINEL = "\u2063CANDIDATE\u2063"  # invisible separator: never occurs in item text
@@ -119,9 +119,7 @@ class BinaryPrompter:
         self._suffix_cache: dict[int, list[int]] = {}
 
     def _apply_chat(self, user_msg: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return render_chat(self.tokenizer, [{"role": "user", "content": user_msg}], add_generation_prompt=True)
-        return user_msg + "\n"
+        return generation_prompt(self.tokenizer, [{"role": "user", "content": user_msg}])
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -103,3 +103,12 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]], **kw: Any) -> st
         raise UserInputError(f"{where}: its chat template cannot render the prompt ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}); the tokenizer files are damaged or the "
                              "template is not a chat template")
+
+
+def generation_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The text a model continues from: the chat template with its generation prompt, or, for a tokenizer without
+    a template (a base model), the message contents one per line. Every prompt we generate or score from (judge,
+    RRec, SFT data, local inference) is built here, so all of them agree token for token."""
+    if getattr(tokenizer, "chat_template", None):
+        return render_chat(tokenizer, messages, add_generation_prompt=True)
+    return "\n".join(m["content"] for m in messages) + "\n"

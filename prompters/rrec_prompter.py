@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from prompters import prompts
-from prompters.rendering import render_chat, safe_item_rows
+from prompters.rendering import generation_prompt, render_chat, safe_item_rows
 from trainers.foundation.errors import UserInputError
 
 MODEL_TYPES = ("qwen", "gemma")
@@ -153,11 +153,11 @@ class RRecPrompter:
     def chat(self, user_msg: str, assistant_prefix: str | None = None) -> str:
         """One user turn through the chat template; with assistant_prefix the assistant turn holds it and is left
         open (continue_final_message), otherwise the template's generation prompt ends the text."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            return user_msg + "\n" + (assistant_prefix or "")
         messages = [{"role": "user", "content": user_msg}]
         if assistant_prefix is None:
-            return render_chat(self.tokenizer, messages, add_generation_prompt=True)
+            return generation_prompt(self.tokenizer, messages)
+        if not getattr(self.tokenizer, "chat_template", None):
+            return user_msg + "\n" + assistant_prefix
         messages.append({"role": "assistant", "content": assistant_prefix})
         return render_chat(self.tokenizer, messages, continue_final_message=True)
 

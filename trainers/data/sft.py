@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from prompters.answer_parsing import ANSWER_TAG_RE, parse_yes_no, strip_think
+from prompters.rendering import generation_prompt
 from trainers.data.candidates import sample_candidates
 from trainers.foundation.errors import UserInputError
 from trainers.foundation.files import check_output_path
@@ -330,11 +331,7 @@ def record_to_messages(rec: dict) -> tuple[list[dict], str]:
 def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     """Prompt token ids exactly as the judge builds them: chat template text with the generation prompt,
     encoded without extra special tokens (prompters.binary_prompter.BinaryPrompter does the same)."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        text = "\n".join(m["content"] for m in messages) + "\n"
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(generation_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
 
 
 def encode_sft_example(tokenizer, rec: dict, max_length: int) -> dict:
