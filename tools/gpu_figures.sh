@@ -125,9 +125,9 @@ for run in ("full", "lora"):
     print(line)
 f = fig / "rrec_metrics.jsonl"
 if f.exists():
-    recs = [json.loads(x) for x in f.read_text().splitlines() if x.strip() and "step_time_s" in x]
+    recs = [json.loads(x) for x in f.read_text().splitlines() if x.strip() and "step_seconds" in x]
     if recs:
-        s = statistics.median(r["step_time_s"] for r in recs[1:] or recs)
+        s = statistics.median(r["step_seconds"] for r in recs[1:] or recs)
         mem = max(r.get("peak_mem_gb", 0.0) for r in recs)
         gen = statistics.mean(r.get("generated_tokens", 0) for r in recs)
         print(f"RRec (train_rrec.py, LoRA): {len(recs)} steps, {s:.2f} s/step (median of steps 2..), "

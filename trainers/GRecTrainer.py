@@ -43,7 +43,7 @@ from trainers.foundation.checkpoints import (apply_base_lrs, check_optimizer_sta
                                              write_checkpoint, write_final_model)
 from trainers.foundation.config import RunConfig, option, require
 from trainers.foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
-                                             is_sharded, mean_over_processes, shard)
+                                             is_sharded, mean_over_processes, shard, step_resources)
 from trainers.foundation.errors import UserInputError
 from trainers.foundation.files import append_jsonl, atomic_write_json
 from trainers.foundation.seeding import numpy_rng
@@ -513,11 +513,8 @@ class GRecTrainer(TrainerProcess):
                 lr = self.scheduler.get_last_lr()[0]
                 stats = self.training_step(step, next(batches))
                 stats = mean_over_processes(self.acc, stats)
-                last = {"step": step, **stats, "lr": lr, "step_time_s": time.time() - t,
+                last = {"step": step, **stats, "lr": lr, **step_resources(self.acc.device, t),
                         "wall_time_s": wall0 + time.time() - t0}
-                if self.acc.device.type == "cuda":  # this process's peak since the previous step
-                    last["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.acc.device) / 2**30
-                    torch.cuda.reset_peak_memory_stats(self.acc.device)
                 if step % c.logging_steps == 0 or step == self.total_steps:
                     self.log(last)
                 bar.update(1)

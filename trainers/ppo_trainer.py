@@ -50,7 +50,7 @@ from trainers.foundation.checkpoints import (apply_base_lrs, capture_rng_state, 
 from trainers.foundation.config import RunConfig, config_from_args, option, require
 from trainers.foundation.config import build_parser as config_parser
 from trainers.foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
-                                             is_sharded, mean_over_processes, run_trainer, shard)
+                                             is_sharded, mean_over_processes, run_trainer, shard, step_resources)
 from trainers.foundation.errors import UserInputError
 from trainers.foundation.files import append_jsonl, atomic_write_json
 from trainers.foundation.plotting import plot_training
@@ -498,13 +498,11 @@ class PPOTrainer(TrainerProcess):
         passes = 1 + c.ppo_epochs + (1 if rollout.ref_logp is not None else 0)
         tokens = sum(p.n_tokens(c.scoring == "shared") for p in rollout.prompts) * passes
         tokens = int(self.acc.reduce(torch.tensor(tokens, device=self.acc.device), reduction="sum").item())
-        dt = time.time() - t0
+        res = step_resources(self.acc.device, t0)
+        dt = max(res["step_seconds"], 1e-9)
         rec = {"step": step, **mean, "lr_actor": lr[0], "lr_critic": lr[1],
-               "samples_per_s": len(rollout.prompts) * self.world / max(dt, 1e-9), "step_seconds": dt,
-               "tokens": tokens, "tokens_per_s": tokens / max(dt, 1e-9)}
-        if self.acc.device.type == "cuda":  # this process's peak since the previous step
-            rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.acc.device) / 2**30
-            torch.cuda.reset_peak_memory_stats(self.acc.device)
+               "samples_per_s": len(rollout.prompts) * self.world / dt, **res,
+               "tokens": tokens, "tokens_per_s": tokens / dt}
         return rec, rollout
 
     # ---- validation, examples, checkpoints -----------------------------------------------------

@@ -7,6 +7,7 @@ functions that use them: the API scripts import this module too and never need t
 from __future__ import annotations
 
 import signal
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
@@ -164,6 +165,18 @@ def init_tracking(accelerator, project: str, cfg) -> bool:
     accelerator.init_trackers(project, config={k: v for k, v in cfg.to_dict().items()
                                                if isinstance(v, (int, float, str, bool))})
     return True
+
+
+def step_resources(device, started: float) -> dict[str, float]:
+    """What one training step took, for metrics.jsonl: step_seconds since `started` (time.time()) and, on CUDA,
+    this process's peak_mem_gb since the previous call (the peak is reset for the next step)."""
+    import torch
+
+    out = {"step_seconds": time.time() - started}
+    if torch.device(device).type == "cuda":
+        out["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
+    return out
 
 
 def mean_over_processes(accelerator, stats: dict[str, float]) -> dict[str, float]:
