@@ -43,6 +43,12 @@ class PackedLayout:
     n_tokens: int
 
 
+def compute_dtype(device: torch.device, fallback: torch.dtype) -> torch.dtype:
+    """The dtype attention runs in: autocast's under mixed precision (fp32 master weights), else `fallback` (the
+    weights' dtype)."""
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else fallback
+
+
 def build_layout(prefix_lens: Sequence[int], suffix_lens: Sequence[Sequence[int]], device: torch.device) -> PackedLayout:
     """The layout of users laid end to end: user u = prefix (prefix_lens[u]) then its candidates in order."""
     U = len(prefix_lens)
@@ -97,8 +103,7 @@ def prefix_split_attention(module: torch.nn.Module, query: torch.Tensor, key: to
     H, d = query.shape[1], query.shape[3]
     # Under autocast with fp32 master weights RoPE leaves q, k in fp32 while v is bf16; SDPA with a CausalBias is
     # dispatched before autocast would cast them, so cast here to what autocast would have used.
-    dev = query.device.type
-    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else value.dtype
+    dtype = compute_dtype(query.device, value.dtype)
     q, k, v = (t[0].transpose(0, 1).to(dtype) for t in (query, key, value))  # [N, heads, d]
     pre = layout.prefix_index
     kp, vp = k[pre].transpose(1, 2), v[pre].transpose(1, 2)  # [U, H_kv, P_max, d]

@@ -54,13 +54,14 @@ end-of-sequence token or once its text contains ``prompts.ANSWER_PREFIX``.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from models.packed_attention import (LAYOUT_KWARG, PREFIX_SPLIT, build_layout, flex_block_mask, flex_bucket,
-                                     no_mask_mapping)
+from models.packed_attention import (LAYOUT_KWARG, PREFIX_SPLIT, build_layout, compute_dtype, flex_block_mask,
+                                     flex_bucket, no_mask_mapping)
 from prompters import prompts
 from prompters.binary_prompter import UserPrompt
 
@@ -98,14 +99,6 @@ def _mask_attention(judge) -> str:
         raise ValueError("shared-prefix packing needs a mask-capable attention implementation (sdpa, "
                          "flex_attention, eager); this model was loaded with flash_attention_2")
     return impl
-
-
-def _compute_dtype(judge) -> torch.dtype:
-    """The dtype attention scores are computed in (the autocast dtype under mixed precision)."""
-    dev = judge.device.type
-    if torch.is_autocast_enabled(dev):
-        return torch.get_autocast_dtype(dev)
-    return judge.base_lm().dtype
 
 
 def _pad_id(judge) -> int:
@@ -299,17 +292,23 @@ def _packed_forward(judge, users: Sequence[UserPrompt], with_token_logprobs: boo
                  use_cache=False).last_hidden_state
     else:  # dense block mask, one row per user (sdpa / eager): the reference path
         ids, pos, seg, g = build_packed(users, _pad_id(judge), judge.device, with_token_logprobs)
-        mask = packed_mask(seg, impl, _compute_dtype(judge))
+        mask = packed_mask(seg, impl, compute_dtype(judge.device, judge.base_lm().dtype))
         h = body(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
     return h.reshape(-1, h.shape[-1]), g
 
 
 # ---- cache method -----------------------------------------------------------------------------
-def _cache_kwarg(body) -> str:
-    """The KV-cache argument of the backbone's forward: `cache` (transformers >= 5.2x) or `past_key_values`."""
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg_of(forward_cls: type) -> str:
     import inspect
 
-    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(forward_cls.forward).parameters else "past_key_values"
+
+
+def _cache_kwarg(body) -> str:
+    """The KV-cache argument of the backbone's forward: `cache` (transformers >= 5.2x) or `past_key_values`
+    (looked up once per model class, not at every decode step)."""
+    return _cache_kwarg_of(type(body))
 
 
 def _run_with_cache(body, cache, **inputs):
