@@ -367,6 +367,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     bar = tqdm(total=len(args.Ks) * len(args.modes) * len(paths_all), desc="benchmark", disable=args.quiet)
     for K in args.Ks:
         users = synth_users(args.users, K, args.history_items, args.tokens_per_item, vocab, args.seed + K)
+        works = {path: work(users, path, args.scoring_chunk_size) for path in paths_all}  # same for every mode
         for mode in args.modes:
             judge = train if mode == "train" else infer
             step = None
@@ -384,7 +385,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 if path == "naive" and args.naive_max_K and K > args.naive_max_K:
                     continue
                 set_backend(judge, naive_impl if path == "naive" else path.split(":", 1)[1])
-                w = work(users, path, args.scoring_chunk_size)
+                w = works[path]
                 row = {"K": K, "mode": mode, "path": path, "users": len(users), **w}
                 try:
                     m = measure(_row_fn(mode, path, judge, users, step, args, autocast), device, args.repeats,
@@ -484,6 +485,17 @@ COLUMNS = ["K", "mode", "path", "cands/s", "tok/s", "gen tok/s", "ratio", "bound
            "+mem GB", "GB/user", "MFU", "HFU"]
 
 
+def _cells(r: dict) -> dict[str, str]:
+    """One result row's figures, formatted once for both tables."""
+    pct = lambda v: None if v is None else v * 100  # noqa: E731
+    return {"cand": _fmt(r.get("cands_per_s"), ".1f"), "tok": _fmt(r.get("tokens_per_s"), ",.0f"),
+            "gen": _fmt(r.get("gen_tokens_per_s"), ",.0f"), "ratio": _fmt(r.get("ratio"), ".2f", "x"),
+            "bound": _fmt(r.get("token_bound"), ".2f", "x"), "of_bound": _fmt(pct(r.get("of_bound")), ".0f", "%"),
+            "sec": _fmt(r.get("seconds"), ".3f"), "peak": _fmt(r.get("peak_gb"), ".2f"),
+            "mem": _fmt(r.get("mem_increase_gb"), ".3f"), "mem_user": _fmt(r.get("mem_per_user_gb"), ".3f"),
+            "mfu": _fmt(pct(r.get("mfu")), ".1f", "%"), "hfu": _fmt(pct(r.get("hfu")), ".1f", "%")}
+
+
 def format_table(result: dict) -> str:
     m = result["meta"]
     head = (f"shape={m['shape']} params={m['params'] / 1e6:.1f}M (non-emb {m['non_embedding_params'] / 1e6:.1f}M) "
@@ -495,18 +507,13 @@ def format_table(result: dict) -> str:
     width[2] = 21
     lines = [head, " | ".join(f"{c:>{w}}" for c, w in zip(COLUMNS, width))]
     lines.append("-" * len(lines[-1]))
-    pct = lambda v: None if v is None else v * 100  # noqa: E731
     for r in result["rows"]:
         if r.get("oom"):
             vals = [str(r["K"]), r["mode"], r["path"]] + ["OOM"] + [""] * (len(COLUMNS) - 4)
         else:
-            vals = [str(r["K"]), r["mode"], r["path"], _fmt(r.get("cands_per_s"), ".1f"),
-                    _fmt(r.get("tokens_per_s"), ".0f"), _fmt(r.get("gen_tokens_per_s"), ".0f"),
-                    _fmt(r.get("ratio"), ".2f", "x"), _fmt(r.get("token_bound"), ".2f", "x"),
-                    _fmt(pct(r.get("of_bound")), ".0f", "%"), _fmt(r.get("seconds"), ".3f"),
-                    _fmt(r.get("peak_gb"), ".2f"), _fmt(r.get("mem_increase_gb"), ".3f"),
-                    _fmt(r.get("mem_per_user_gb"), ".3f"), _fmt(pct(r.get("mfu")), ".1f", "%"),
-                    _fmt(pct(r.get("hfu")), ".1f", "%")]
+            c = _cells(r)
+            vals = [str(r["K"]), r["mode"], r["path"]] + [c[k] for k in (
+                "cand", "tok", "gen", "ratio", "bound", "of_bound", "sec", "peak", "mem", "mem_user", "mfu", "hfu")]
         lines.append(" | ".join(f"{v:>{w}}" for v, w in zip(vals, width)))
     lines += result.get("summary", [])
     return "\n".join(lines)
@@ -515,7 +522,6 @@ def format_table(result: dict) -> str:
 def markdown_table(result: dict) -> str:
     """The README's table, built from a --json_out file."""
     m = result["meta"]
-    pct = lambda v: None if v is None else v * 100  # noqa: E731
     out = [f"{m['device_name']}, shape {m['shape']} ({m['params'] / 1e6:.0f}M params), {m['users']} users, "
            f"inference weights {m['dtype']}, training: {m['train_weights']} weights, autocast {m['autocast']}"
            f"{', gradient checkpointing' if m['gradient_checkpointing'] else ''}", "",
@@ -525,12 +531,10 @@ def markdown_table(result: dict) -> str:
         if r.get("oom"):
             out.append(f"| {r['K']} | {r['mode']} | {r['path']} | OOM |" + " |" * 9)
             continue
-        tok = r.get("gen_tokens_per_s") if r["mode"] == "generate" else r.get("tokens_per_s")
-        vals = [r["K"], r["mode"], r["path"], _fmt(r.get("cands_per_s"), ".1f"), _fmt(tok, ",.0f"),
-                _fmt(r.get("ratio"), ".2f", "x"), _fmt(r.get("token_bound"), ".2f", "x"),
-                _fmt(pct(r.get("of_bound")), ".0f", "%"), _fmt(r.get("seconds"), ".3f"), _fmt(r.get("peak_gb"), ".2f"),
-                _fmt(r.get("mem_per_user_gb"), ".3f"), _fmt(pct(r.get("mfu")), ".1f", "%"),
-                _fmt(pct(r.get("hfu")), ".1f", "%")]
+        c = _cells(r)
+        vals = [r["K"], r["mode"], r["path"]] + [c[k] for k in (
+            "cand", "gen" if r["mode"] == "generate" else "tok", "ratio", "bound", "of_bound", "sec", "peak",
+            "mem_user", "mfu", "hfu")]
         out.append("| " + " | ".join(str(v) for v in vals) + " |")
     out += [""] + [f"- {line}" for line in result.get("summary", [])]
     return "\n".join(out)
