@@ -65,7 +65,7 @@ def build_judges(args: argparse.Namespace, tmp: Path):
     from models.abstract_models import resolve_device, resolve_dtype
     from models.packed_attention import register_prefix_split
     from models.qwen_models import BinaryJudge
-    from models.tiny import build_tiny_qwen, build_tiny_tokenizer
+    from models.tiny import build_tiny_qwen, build_tiny_tokenizer, random_qwen
     from trainers.data.synthetic import synthetic_corpus
 
     register_prefix_split()
@@ -77,14 +77,8 @@ def build_judges(args: argparse.Namespace, tmp: Path):
         train = BinaryJudge.load(str(path), device=str(device), dtype=torch.float32, attn_implementation="sdpa",
                                  scoring_chunk_size=args.scoring_chunk_size)
     else:
-        from transformers import Qwen2ForCausalLM
-
         tok = build_tiny_tokenizer(tmp / "tok")  # only pad/eos/Yes/No ids: the inputs are synthetic ids
-        config = shape_config(args.shape)
-        config.pad_token_id = tok.pad_token_id
-        config.eos_token_id = tok.eos_token_id
-        with torch.device(device):
-            lm = Qwen2ForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+        lm = random_qwen(shape_config(args.shape), tok, args.seed, device=str(device), attn_implementation="sdpa")
         train = BinaryJudge.from_model(lm, tok, device=device, scoring_chunk_size=args.scoring_chunk_size)
     train.generation_batch_rows = args.gen_batch_size
     if dtype == torch.float32:
