@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 from models.api_client import DEFAULT_API_BASE, DEFAULT_KEY_ENV, ApiJob, ChatClient, run_jobs
 from trainers.foundation.config import finite_float
-from trainers.foundation.errors import UserInputError, die, redact
+from trainers.foundation.errors import UserInputError, die, exit_on_user_error
 from trainers.foundation.files import check_output_path
 
 
@@ -52,19 +52,17 @@ def add_prompt_file_args(parser) -> None:
 
 @contextmanager
 def api_script_errors(args) -> Iterator[None]:
-    """An API script's main body: a UserInputError ends it through die() (one line, exit 2) with the API key
-    (from --api_key or the environment) redacted from the message."""
-    try:
+    """An API script's main body: exit_on_user_error with the API key (from --api_key or the environment)
+    redacted from the message."""
+    key = (args.api_key or "").strip() or os.environ.get(DEFAULT_KEY_ENV, "").strip() or None
+    with exit_on_user_error(key, args.api_key):
         yield
-    except UserInputError as e:
-        key = (args.api_key or "").strip() or os.environ.get(DEFAULT_KEY_ENV, "").strip() or None
-        die(redact(str(e), key, args.api_key))
 
 
 def answer_jobs(args, jobs: Sequence[ApiJob], model: str, content_key: str = "content") -> dict[str, dict]:
     """run_jobs with a client built from the add_client_args/add_prompt_file_args flags (then closed), holding a
     lock beside --output_file: a second run appending to the same file would ask (and pay for) each request twice."""
-    from trainers.foundation.files import RunLock, check_output_path
+    from trainers.foundation.files import RunLock
 
     out = check_output_path(args.output_file, "--output_file")  # before the lock creates its folder
     client = client_from_args(args, model)
@@ -165,14 +163,14 @@ def _split_outputs(args, script: str, split: str) -> tuple[Path, Path, dict]:
     return responses, results, meta
 
 
-def _evaluate_split(args, script: str, client, dataset, split: str, items, prompter) -> dict:
+def _evaluate_split(args, client, dataset, split: str, items, prompter, outputs: tuple[Path, Path, dict]) -> dict:
     from trainers.evaluation.api import api_metrics, evaluate_with_api
     from trainers.evaluation.metrics import eval_ks, format_metrics_table
     from trainers.evaluation.protocol import sanity_results
     from trainers.evaluation.results import ResultWriter
     from trainers.foundation.files import replaced_after_success
 
-    responses, results, meta = _split_outputs(args, script, split)
+    responses, results, meta = outputs  # _split_outputs, checked before the first split ran
     old = [responses, results, results.with_name(results.name + ".partial.jsonl")] if args.overwrite_output_dir else []
     # --overwrite_output_dir: the old answers go only once this run has recorded its own (a rejected key or any
     # other failure before the first answer leaves them where they were)
@@ -229,19 +227,19 @@ def run_dataset_eval(args: argparse.Namespace, script: str, with_valid_pass: boo
                                   max_len_per_item=args.max_len_per_item, dataset_type=args.dataset_type,
                                   template_file=args.prompt_template, system_prompt=args.system_prompt)
     check_output_path(args.output_dir, "--output_dir", kind="dir")
-    items = {}
+    items, outputs = {}, {}
     for split in splits:  # every split's candidates and output checked before the first request
         items[split] = build_eval_items(dataset, split, args.test_samples, args.K, args.seed, reference=reference)
         if not items[split]:
             raise UserInputError(f"split {split!r} of {args.dataset_dir} has no examples")
-        _split_outputs(args, script, split)
+        outputs[split] = _split_outputs(args, script, split)
     out = {}
     from trainers.foundation.files import RunLock
 
     try:  # one run per output dir at a time: a second one would ask (and pay for) every request twice
         with RunLock(args.output_dir):
             for split in splits:
-                out[split] = _evaluate_split(args, script, client, dataset, split, items[split], prompter)
+                out[split] = _evaluate_split(args, client, dataset, split, items[split], prompter, outputs[split])
     finally:
         client.close()
     failed = [f"{split} ({len(items[split])} requests)" for split, m in out.items()

@@ -23,14 +23,15 @@ def die(msg: str, status: int = 2) -> NoReturn:
 
 
 @contextmanager
-def exit_on_user_error() -> Iterator[None]:
-    """A script's main body: a UserInputError raised inside becomes `die` (one line, exit 2). Under a multi-process
-    launch (accelerate launch/torchrun set RANK) only rank 0 prints it; the other processes exit 2 quietly."""
+def exit_on_user_error(*secrets: str | None) -> Iterator[None]:
+    """A script's main body: a UserInputError raised inside becomes `die` (one line, exit 2), with `secrets` (an
+    API key) redacted from it. Under a multi-process launch (accelerate launch/torchrun set RANK) only rank 0
+    prints it; the other processes exit 2 quietly."""
     try:
         yield
     except UserInputError as e:
         if int(os.environ.get("RANK", "0") or 0) == 0:
-            die(str(e))
+            die(redact(str(e), *secrets))
         raise SystemExit(2)
 
 
