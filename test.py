@@ -166,25 +166,6 @@ def apply_trained_settings(args: argparse.Namespace, checkpoint: str | None) -> 
     return used
 
 
-def check_existing(out_path: Path, meta: dict, items_by_iid: dict[int, list[int]]) -> None:
-    """Refuse to resume into results made with other settings (meta) or other candidates (partial samples)."""
-    from trainers.evaluation.results import check_resume_settings, load_result_json, partial_paths, sample_problem
-    from trainers.foundation.files import iter_jsonl
-
-    check_resume_settings(out_path, meta, RESUME_KEYS)
-    sources = load_result_json(out_path, flag="--output_dir", check_samples=False)["samples"] \
-        if out_path.is_file() else []
-    for part in partial_paths(out_path):
-        sources += list(iter_jsonl(part, flag="--output_dir", skip_bad_lines=True))
-    for s in sources:
-        if sample_problem(s, complete=False):  # unusable rows are recomputed (ResultWriter says so)
-            continue
-        iid = int(s["interaction_id"])
-        if iid in items_by_iid and [int(c) for c in s["candidates"]] != items_by_iid[iid]:
-            raise UserInputError(f"--output_dir {out_path.parent}: existing sample {iid} has other candidates than "
-                                 "this run (different dataset/K/seed?); pass --overwrite_output_dir")
-
-
 def main(argv: list[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
     with exit_on_user_error():  # one line from the main process, exit status 2 on every process
@@ -231,8 +212,10 @@ def run(args: argparse.Namespace) -> dict | None:
         "model": args.model_name_or_path, "checkpoint": checkpoint, "script": "test.py",
         "settings_from_checkpoint": from_ckpt,
     }
-    if not args.overwrite_output_dir:
-        check_existing(out_path, meta, {int(ex["interaction_id"]): c for ex, c in items})
+    if not args.overwrite_output_dir:  # saved samples' candidates are checked by sharded_results
+        from trainers.evaluation.results import check_resume_settings
+
+        check_resume_settings(out_path, meta, RESUME_KEYS)
 
     import torch  # noqa: F401  (heavy imports only after the cheap checks)
     from models.qwen_models import SamplingSettings, load_judge_from_checkpoint

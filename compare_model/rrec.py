@@ -238,6 +238,7 @@ def evaluate(args, dataset, items, ckpt, base, settings, category, out, meta) ->
     state = PartialState(cpu=args.device == "cpu")
     rank, world = state.process_index, state.num_processes
     with sharded_results(state, out, meta, items, args.no_resume, args.batch_size, check_saved=check_saved,
+                         fresh_flag="--no_resume",
                          flag="--output_file" if args.output_file else "--output_dir",
                          load=lambda todo: load_for_ranking(args, dataset, ckpt, base, settings, category, state)
                          ) as (writer, order, todo, loaded):

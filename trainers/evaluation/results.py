@@ -218,10 +218,13 @@ class ResultWriter:
 @contextmanager
 def sharded_results(state, path: str | os.PathLike, meta: dict[str, Any], items: list, fresh: bool,
                     flush_every: int, load: Callable[[list], Any] | None = None, flag: str = "--output_dir",
-                    check_saved: Callable[[ResultWriter], None] | None = None):
+                    check_saved: Callable[[ResultWriter], None] | None = None,
+                    fresh_flag: str = "--overwrite_output_dir"):
     """An evaluation's result file shared by every process of a launch (accelerate PartialState `state`), held
     for the evaluation: one evaluation per result file at a time (a run lock beside it), each process's writer
-    resuming unless `fresh`, `check_saved(writer)` on what is saved, then `load(todo)` (the model and its
+    resuming unless `fresh` (a saved sample of another candidate list than `items` refuses the resume: it was made
+    with another dataset, K or seed; `fresh_flag` names the way out), `check_saved(writer)` on what is saved, then
+    `load(todo)` (the model and its
     prompts) BEFORE anything is cleared, so a damaged checkpoint fails with the old results intact; then the old
     files are cleared once (fresh) and the meta block written before the first new sample. Yields (this
     process's ResultWriter, the order of all interaction ids, the items still to rank, load's result or None)."""
@@ -232,8 +235,14 @@ def sharded_results(state, path: str | os.PathLike, meta: dict[str, Any], items:
         rank = state.process_index
         flush = max(1, flush_every)
         writer = None if fresh else ResultWriter(path, meta, flush_every=flush, rank=rank)
-        if writer is not None and check_saved is not None:
-            check_saved(writer)
+        if writer is not None:
+            wanted = {int(ex["interaction_id"]): [int(c) for c in cands] for ex, cands in items}
+            for iid, saved in writer.samples.items():
+                if iid in wanted and [int(c) for c in saved["candidates"]] != wanted[iid]:
+                    raise UserInputError(f"{flag} {path.parent}: saved sample {iid} has other candidates than this "
+                                         f"run (another dataset, K or seed?); pass {fresh_flag} to start afresh")
+            if check_saved is not None:
+                check_saved(writer)
         order = [int(ex["interaction_id"]) for ex, _ in items]
         todo = [it for it in items if writer is None or int(it[0]["interaction_id"]) not in writer.done_ids]
         loaded = load(todo) if load is not None and todo else None
