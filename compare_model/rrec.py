@@ -25,7 +25,6 @@ settings resumes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -95,53 +94,6 @@ def main(argv: list[str] | None = None) -> dict | None:
         return run(args)
 
 
-def resolve_rrec_checkpoint(spec: str) -> Path:
-    """The model directory --checkpoint_path names (module docstring); one whose COMPLETE manifest no longer
-    matches its files is refused."""
-    from trainers.foundation.checkpoints import manifest_problem
-
-    chosen = _resolve_rrec_checkpoint(spec)
-    problem = manifest_problem(chosen)
-    if problem:
-        raise UserInputError(f"--checkpoint_path {spec}: damaged checkpoint {chosen}: {problem}; pick another one")
-    return chosen
-
-
-def _resolve_rrec_checkpoint(spec: str) -> Path:
-    from paths import resolve_model_path
-    from trainers.foundation.checkpoints import TRAINER_STATE, checkpoint_dirs, checkpoint_problem
-    from trainers.GRecTrainer import FINAL_DIR as RREC_FINAL_DIR
-
-    p = Path(resolve_model_path(spec, flag="--checkpoint_path")) if not Path(spec).exists() else Path(spec)
-    if not p.is_dir():
-        raise UserInputError(f"--checkpoint_path {spec}: not a directory")
-    if (p / RREC_FINAL_DIR).is_dir():
-        return p / RREC_FINAL_DIR
-    ckpts = checkpoint_dirs(p, complete_only=False)
-    if ckpts and not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
-        usable = [d for _, d in ckpts if checkpoint_problem(d) is None]
-        if not usable:
-            raise UserInputError(f"--checkpoint_path {spec}: no final_checkpoint and no complete checkpoint-N "
-                                 "(interrupted saves only); point it at a checkpoint directory")
-        newest = usable[-1]
-        try:  # the best so far: ours records best_step, HF's trainer_state.json best_model_checkpoint
-            state = json.loads((newest / TRAINER_STATE).read_text())
-        except (OSError, ValueError):
-            state = {}
-        best = state.get("best_step")
-        best_dir = p / f"checkpoint-{best}" if best is not None else (
-            p / Path(state["best_model_checkpoint"]).name if state.get("best_model_checkpoint") else None)
-        chosen = best_dir if best_dir is not None and checkpoint_problem(best_dir) is None else newest
-        print(f"--checkpoint_path {spec}: no {RREC_FINAL_DIR}; evaluating {chosen.name} "
-              f"({'the best by valid NDCG@10 so far' if chosen == best_dir else 'the newest'})", file=sys.stderr)
-        return chosen
-    problem = checkpoint_problem(p)
-    if problem:
-        raise UserInputError(f"--checkpoint_path {spec}: incomplete checkpoint ({problem}); pick an older one or the "
-                             "run directory")
-    return p
-
-
 def describe_checkpoint(ckpt: Path) -> str:
     from models.abstract_models import is_adapter_dir
     from models.rrec_models import RREC_CONFIG_FILE
@@ -177,6 +129,7 @@ def run(args: argparse.Namespace) -> dict | None:
     from trainers.data.dataset import load_processed_dataset
     from trainers.evaluation.protocol import build_eval_items
     from trainers.evaluation.results import check_resume_settings, load_result_json
+    from trainers.GRecTrainer import resolve_trained_model
 
     check_args(args)
     dataset = load_processed_dataset(args.dataset_dir, flag="--dataset_dir")
@@ -186,7 +139,7 @@ def run(args: argparse.Namespace) -> dict | None:
     items = build_eval_items(dataset, args.split, args.num_samples, args.K, args.seed, reference=reference)
     if not items:
         raise UserInputError(f"--split {args.split}: no examples to evaluate in {args.dataset_dir}")
-    ckpt = resolve_rrec_checkpoint(args.checkpoint_path)
+    ckpt = resolve_trained_model(args.checkpoint_path)
     check_model_dir(ckpt, flag="--checkpoint_path")
     base = None
     if is_adapter_dir(ckpt):

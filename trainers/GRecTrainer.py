@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +39,10 @@ from prompters.rrec_prompter import RRecPrompter, category_from_dataset_dir
 from trainers.data.dataset import load_processed_dataset
 from trainers.evaluation.protocol import build_eval_items
 from trainers.evaluation.rrec import compute_item_table, rank_with_rrec, rrec_metrics
-from trainers.foundation.checkpoints import (apply_base_lrs, check_optimizer_state_fits, finish_resume,
-                                             load_torch_state, open_resume, prepare_output_dir, run_files,
-                                             write_checkpoint, write_final_model)
+from trainers.foundation.checkpoints import (TRAINER_STATE, apply_base_lrs, check_optimizer_state_fits,
+                                             checkpoint_dirs, checkpoint_problem, finish_resume, load_torch_state,
+                                             open_resume, prepare_output_dir, run_files, write_checkpoint,
+                                             write_final_model)
 from trainers.foundation.config import RunConfig, option, require
 from trainers.foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
                                              is_sharded, mean_over_processes, shard, step_resources)
@@ -227,6 +229,42 @@ def rrec_checkpoint_files() -> list[tuple[str, ...]]:
     return [("config.json", ADAPTER_CONFIG_FILE), tuple(WEIGHT_FILES) + tuple(ADAPTER_WEIGHT_FILES),
             tuple(TOKENIZER_FILES), (RREC_CONFIG_FILE,), ("optimizer.pt",), ("scheduler.pt",), (ITEM_TABLE_FILE,),
             ("trainer_state.json",), ("args.json",)]
+
+
+def resolve_trained_model(spec: str, flag: str = "--checkpoint_path") -> Path:
+    """The model directory an RRec evaluation reads from `spec`: a run directory's final_checkpoint; without one,
+    its best usable checkpoint-N so far (ours record best_step, HF's trainer_state.json best_model_checkpoint), else
+    the newest usable one; or a model / adapter / checkpoint directory itself. Anything incomplete or damaged (no
+    COMPLETE marker, its manifest no longer matching its files) is refused or skipped, never half-loaded."""
+    from paths import resolve_model_path
+
+    p = Path(spec) if Path(spec).exists() else Path(resolve_model_path(spec, flag=flag))
+    if not p.is_dir():
+        raise UserInputError(f"{flag} {spec}: not a directory")
+    ckpts = checkpoint_dirs(p, complete_only=False)
+    if not (p / FINAL_DIR).is_dir() and ckpts and not (p / "config.json").is_file() \
+            and not (p / ADAPTER_CONFIG_FILE).is_file():
+        newest = next((d for _, d in reversed(ckpts) if checkpoint_problem(d) is None), None)
+        if newest is None:
+            raise UserInputError(f"{flag} {spec}: no {FINAL_DIR} and no complete checkpoint-N (interrupted saves "
+                                 "only); point it at a checkpoint directory")
+        try:
+            state = json.loads((newest / TRAINER_STATE).read_text())
+        except (OSError, ValueError):
+            state = {}
+        best = state.get("best_step")
+        best_dir = p / f"checkpoint-{best}" if best is not None else (
+            p / Path(state["best_model_checkpoint"]).name if state.get("best_model_checkpoint") else None)
+        chosen = best_dir if best_dir is not None and checkpoint_problem(best_dir) is None else newest
+        print(f"{flag} {spec}: no {FINAL_DIR}; evaluating {chosen.name} "
+              f"({'the best by valid NDCG@10 so far' if chosen == best_dir else 'the newest'})", file=sys.stderr)
+        return chosen
+    chosen = p / FINAL_DIR if (p / FINAL_DIR).is_dir() else p
+    problem = checkpoint_problem(chosen)
+    if problem:
+        raise UserInputError(f"{flag} {spec}: damaged or incomplete checkpoint {chosen} ({problem}); pick another "
+                             "one or the run directory")
+    return chosen
 
 
 def output_dir_artifacts(out: Path) -> list[Path]:
