@@ -12,51 +12,10 @@ from __future__ import annotations
 
 import argparse
 
-from trainers.evaluation.metrics import (
-    eval_ks,
-    format_metrics_table,
-    format_paired_margins,
-    metrics_from_ranks,
-    paired_margins,
-    rank_from_ranking,
-)
-from trainers.evaluation.results import load_result_json
+from trainers.evaluation.metrics import (eval_ks, format_metrics_table, format_paired_margins, metrics_from_ranks,
+                                         paired_margins)
+from trainers.evaluation.results import check_same_candidates, load_result_json, sample_rank
 from trainers.foundation.errors import UserInputError, die
-
-
-def candidate_sets(data: dict) -> dict[int, frozenset]:
-    return {int(s["interaction_id"]): frozenset(int(c) for c in s["candidates"]) for s in data["samples"]}
-
-
-def sample_rank(s: dict) -> int:
-    """target_rank, or (older/partial files) the target's position in the ranking."""
-    if s.get("target_rank"):
-        return int(s["target_rank"])
-    if s.get("ranking"):
-        return rank_from_ranking(s["ranking"], s["target_item_id"])
-    raise UserInputError(f"sample {s.get('interaction_id')} has neither target_rank nor ranking")
-
-
-def check_same_candidates(paths: list[str], datas: list[dict]) -> None:
-    ref = candidate_sets(datas[0])
-    for path, data in zip(paths[1:], datas[1:]):
-        other = candidate_sets(data)
-        only_ref, only_other = ref.keys() - other.keys(), other.keys() - ref.keys()
-        differ = [i for i in ref.keys() & other.keys() if ref[i] != other[i]]
-        if only_ref or only_other or differ:
-            raise UserInputError(
-                f"{path} does not rank the same candidates as {paths[0]}: {len(only_ref)} interaction(s) only in the "
-                f"first, {len(only_other)} only in this one, {len(differ)} with other candidates; rerun it with "
-                f"--reference_json {paths[0]}")
-
-
-def markdown_table(rows: dict[str, dict], ks) -> str:
-    cols = [f"NDCG@{k}" for k in ks] + [f"HR@{k}" for k in ks] + ["MRR", "n"]
-    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for name, m in rows.items():
-        cells = [str(int(m.get(c, 0))) if c == "n" else f"{m.get(c, float('nan')):.4f}" for c in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def compare(paths: list[str], names: list[str] | None = None, K_eval: int | None = None,
@@ -87,7 +46,7 @@ def compare(paths: list[str], names: list[str] | None = None, K_eval: int | None
         per_sample = (datas[0].get("sanity_ranks") or {}).get(k)
         if per_sample is not None and all(str(j) in per_sample for j in order):
             ranks[k] = [int(per_sample[str(j)]) for j in order]
-    text = markdown_table(rows, ks) if markdown else format_metrics_table(rows, ks)
+    text = format_metrics_table(rows, ks, markdown=markdown)
     if paired:
         if paired not in ranks:
             raise UserInputError(f"--paired {paired!r}: not a row name; rows: {', '.join(rows)}")

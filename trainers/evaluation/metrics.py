@@ -142,16 +142,17 @@ def eval_ks(K_eval: int | None = None) -> tuple[int, ...]:
     return tuple(sorted(ks))
 
 
-def format_metrics_table(rows: dict[str, dict[str, float]], ks: Iterable[int] = DEFAULT_KS) -> str:
-    """A fixed-width table: one row per method, columns NDCG@k, HR@k, MRR, n."""
+def format_metrics_table(rows: dict[str, dict[str, float]], ks: Iterable[int] = DEFAULT_KS,
+                         markdown: bool = False) -> str:
+    """One row per method, columns NDCG@k, HR@k, MRR, n: fixed-width text, or a markdown table (the README's)."""
     ks = sorted(set(ks))
     cols = [f"NDCG@{k}" for k in ks] + [f"HR@{k}" for k in ks] + ["MRR", "n"]
+    cells = {name: [str(int(m.get(c, 0) if markdown else m.get(c, float("nan")))) if c == "n"
+                    else f"{m.get(c, float('nan')):.4f}" for c in cols] for name, m in rows.items()}
+    if markdown:
+        lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+        return "\n".join(lines + [f"| {name} | " + " | ".join(c) + " |" for name, c in cells.items()])
     name_w = max([len("method")] + [len(n) for n in rows])
     lines = ["method".ljust(name_w) + "  " + "  ".join(c.rjust(8) for c in cols)]
-    for name, m in rows.items():
-        cells = []
-        for c in cols:
-            v = m.get(c, float("nan"))
-            cells.append(str(int(v)).rjust(8) if c == "n" else f"{v:8.4f}")
-        lines.append(name.ljust(name_w) + "  " + "  ".join(cells))
+    lines += [name.ljust(name_w) + "  " + "  ".join(v.rjust(8) for v in c) for name, c in cells.items()]
     return "\n".join(lines)

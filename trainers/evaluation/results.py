@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
-from trainers.evaluation.metrics import metrics_from_ranks
+from trainers.evaluation.metrics import metrics_from_ranks, rank_from_ranking
 from trainers.foundation.errors import UserInputError
 from trainers.foundation.files import append_jsonl, atomic_write_json, iter_jsonl, repair_jsonl_tail
 
@@ -255,3 +255,31 @@ def sharded_results(state, path: str | os.PathLike, meta: dict[str, Any], items:
             print(f"resuming {path}: {len(items) - len(todo)} of {len(items)} samples already done")
         writer.write(order=order)
         yield writer, order, todo, loaded
+
+
+def candidate_sets(data: dict) -> dict[int, frozenset]:
+    """interaction id -> its candidate set, of a loaded result JSON."""
+    return {int(s["interaction_id"]): frozenset(int(c) for c in s["candidates"]) for s in data["samples"]}
+
+
+def sample_rank(s: dict) -> int:
+    """target_rank, or (older/partial files) the target's position in the ranking."""
+    if s.get("target_rank"):
+        return int(s["target_rank"])
+    if s.get("ranking"):
+        return rank_from_ranking(s["ranking"], s["target_item_id"])
+    raise UserInputError(f"sample {s.get('interaction_id')} has neither target_rank nor ranking")
+
+
+def check_same_candidates(paths: list[str], datas: list[dict]) -> None:
+    """Result files are comparable only when they rank the same candidates of the same interactions."""
+    ref = candidate_sets(datas[0])
+    for path, data in zip(paths[1:], datas[1:]):
+        other = candidate_sets(data)
+        only_ref, only_other = ref.keys() - other.keys(), other.keys() - ref.keys()
+        differ = [i for i in ref.keys() & other.keys() if ref[i] != other[i]]
+        if only_ref or only_other or differ:
+            raise UserInputError(
+                f"{path} does not rank the same candidates as {paths[0]}: {len(only_ref)} interaction(s) only in the "
+                f"first, {len(only_other)} only in this one, {len(differ)} with other candidates; rerun it with "
+                f"--reference_json {paths[0]}")
