@@ -11,7 +11,11 @@ exactly that, chosen once per run through the model's attention implementation
   per user, one SDPA call whose K query blocks attend to [the user's prefix keys; their own suffix keys] with a
   lower-right causal bias (torch.nn.attention.bias.causal_lower_right: no mask tensor is built). Nothing grows with
   the square of K: the only per-candidate memory is the K-fold view of the prefix keys/values inside one layer.
-  Calls without a packed layout (naive scoring, generation) are plain SDPA.
+  Calls without a packed layout or a decode store (naive scoring) are plain SDPA.
+  Reasoning generation under prefix_split decodes against a ``SharedPrefixKV``: each user's prefix keys/values
+  stored once, each row's own tokens in a buffer preallocated for the whole generation (a static cache), every
+  decode step attending to [prefix; own tokens] as two partial attentions merged by log-sum-exp (Hydragen), so a
+  step reads each prefix once per user instead of once per candidate and nothing is concatenated per step.
 * ``flex_attention``: torch's flex_attention with a BlockMask built (compiled) from segment offsets over the flat
   sequence, padded to a length bucket so that new lengths rarely recompile; masked tiles are skipped.
 * ``sdpa`` / ``eager``: one row per user with a dense [U, 1, T, T] block mask (models/shared_prefix.packed_mask):
@@ -29,6 +33,7 @@ import torch.nn.functional as F
 
 PREFIX_SPLIT = "prefix_split"
 LAYOUT_KWARG = "shared_prefix_layout"  # forwarded by transformers from the model call to every attention call
+DECODE_KWARG = "shared_prefix_kv"  # likewise: the SharedPrefixKV a generation forward reads and writes
 FLEX_BUCKET = 1024  # flex sequence lengths are padded to a multiple of this (bounded recompiles)
 
 
@@ -92,6 +97,9 @@ def prefix_split_attention(module: torch.nn.Module, query: torch.Tensor, key: to
                            **kwargs) -> tuple[torch.Tensor, None]:
     """A transformers attention function: query [1, H, N, d], key/value [1, H_kv, N, d] -> ([1, N, H, d], None)."""
     layout: PackedLayout | None = kwargs.pop(LAYOUT_KWARG, None)
+    store: SharedPrefixKV | None = kwargs.pop(DECODE_KWARG, None)
+    if store is not None:
+        return store.attend(module.layer_idx, query, key, value, scaling), None
     if layout is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -118,6 +126,109 @@ def prefix_split_attention(module: torch.nn.Module, query: torch.Tensor, key: to
         out = _sdpa(q[sidx].transpose(1, 2), ks, vs, scaling, mask=_lower_right(S, P + S))
         rows.append(out.transpose(1, 2).reshape(-1, H, d))
     return torch.cat(rows)[layout.inverse].unsqueeze(0), None
+
+
+class SharedPrefixKV:
+    """The KV cache of shared-prefix generation under prefix_split: U users, K rows (candidates) per user.
+
+    Per layer it holds each user's prefix keys/values once, [U, H_kv, P, d], and every row's own tokens (its suffix,
+    then what it generates) in a buffer allocated once for the whole generation, [U*K, H_kv, capacity, d]. A forward
+    is either the prefix forward (right-padded [U, P]: causal SDPA, keys stored) or a rows forward ([U*K, L]: the new
+    keys are written at the same buffer offset for every row, `valid` marks which of them are real tokens, so padded
+    suffixes leave holes that are never attended). Query i of a row sees its user's prefix and its own valid tokens
+    up to itself: for the suffix forward (L > 1) one SDPA call per user over [prefix; own tokens] with a boolean mask;
+    for a decode step (L == 1) the prefix part is one batched product per user (its K*g query rows against the
+    prefix read once) and the own-token part one per row, merged exactly through their log-sum-exps.
+
+    Use: ``begin(L, valid)`` before each forward (prefix first), ``advance()`` after it."""
+
+    def __init__(self, prefix_lens: torch.Tensor, K: int, capacity: int) -> None:
+        self.prefix_lens, self.K, self.capacity = prefix_lens, int(K), int(capacity)
+        self.U = int(prefix_lens.shape[0])
+        self.prefix: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.row_valid = torch.zeros((self.U * self.K, self.capacity), dtype=torch.bool, device=prefix_lens.device)
+        self.written = 0  # buffer slots used by earlier rows forwards
+        self.n_new = 0
+        self.in_prefix = True
+
+    def begin(self, n_new: int, valid: torch.Tensor | None = None) -> None:
+        """Announce a forward of n_new tokens per row; valid [U*K, n_new] (rows forwards; default all real)."""
+        self.n_new = int(n_new)
+        if self.in_prefix:
+            return
+        if self.written + self.n_new > self.capacity:
+            raise ValueError(f"SharedPrefixKV: {self.written + self.n_new} tokens per row exceed the capacity "
+                             f"{self.capacity}")
+        w = self.written
+        self.row_valid[:, w:w + self.n_new] = True if valid is None else valid.to(torch.bool)
+
+    def advance(self) -> None:
+        if self.in_prefix:
+            self.in_prefix = False
+            p = int(self.prefix_lens.max())
+            self.prefix_valid = torch.arange(p, device=self.prefix_lens.device)[None, :] < self.prefix_lens[:, None]
+        else:
+            self.written += self.n_new
+
+    def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scaling: float | None) -> torch.Tensor:
+        """query [B, H, L, d], key/value [B, H_kv, L, d] (RoPE applied) -> [B, L, H, d]."""
+        dtype = compute_dtype(query.device, value.dtype)
+        q, k, v = query.to(dtype), key.to(dtype), value.to(dtype)
+        scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+        if self.in_prefix:  # right-padded prefixes: causal attention is exact for every real token
+            self.prefix[layer] = (k, v)
+            return _sdpa(q, k, v, scale, is_causal=True).transpose(1, 2)
+        if layer not in self.rows:
+            R, Hkv, _, d = k.shape
+            self.rows[layer] = (k.new_zeros((R, Hkv, self.capacity, d)), v.new_zeros((R, Hkv, self.capacity, d)))
+        kr, vr = self.rows[layer]
+        w, L = self.written, q.shape[2]
+        kr[:, :, w:w + L], vr[:, :, w:w + L] = k, v
+        n = w + L
+        own = self.row_valid[:, None, :n] & (torch.arange(n, device=q.device)[None, :] <=
+                                              torch.arange(w, n, device=q.device)[:, None])[None]  # [R, L, n]
+        kp, vp = self.prefix[layer]
+        if L > 1:
+            return self._attend_per_user(q, kp, vp, kr[:, :, :n], vr[:, :, :n], own, scale)
+        return self._attend_merged(q, kp, vp, kr[:, :, :n], vr[:, :, :n], own, scale)
+
+    def _attend_per_user(self, q, kp, vp, kr, vr, own, scale) -> torch.Tensor:
+        K, P = self.K, kp.shape[2]
+        out = []
+        for u in range(self.U):
+            rows = slice(u * K, (u + 1) * K)
+            ks = torch.cat([kp[u:u + 1].expand(K, -1, -1, -1), kr[rows]], dim=2)
+            vs = torch.cat([vp[u:u + 1].expand(K, -1, -1, -1), vr[rows]], dim=2)
+            pre = self.prefix_valid[u, None, None, :].expand(K, own.shape[1], P)
+            mask = torch.cat([pre, own[rows]], dim=2)[:, None]  # [K, 1, L, P + n]; the prefix is never empty
+            out.append(_sdpa(q[rows], ks, vs, scale, mask=mask))
+        return torch.cat(out).transpose(1, 2)
+
+    def _attend_merged(self, q, kp, vp, kr, vr, own, scale) -> torch.Tensor:
+        U, K = self.U, self.K
+        R, H, _, d = q.shape
+        Hkv = kp.shape[1]
+        g = H // Hkv  # query head h reads key/value head h // g (transformers' repeat_kv order)
+        neg = torch.finfo(torch.float32).min
+        # prefix part: per user, its K*g query rows against the prefix keys, read once
+        qp = q.view(U, K, Hkv, g, d).permute(0, 2, 1, 3, 4).reshape(U, Hkv, K * g, d)
+        s1 = torch.matmul(qp, kp.transpose(-1, -2)).float() * scale  # [U, Hkv, K*g, P]
+        s1 = s1.masked_fill(~self.prefix_valid[:, None, None, :], neg)
+        lse1 = torch.logsumexp(s1, -1, keepdim=True)
+        o1 = torch.matmul(torch.exp(s1 - lse1).to(vp.dtype), vp).float()
+        o1 = o1.view(U, Hkv, K, g, d).permute(0, 2, 1, 3, 4).reshape(R, H, d)
+        lse1 = lse1.view(U, Hkv, K, g).permute(0, 2, 1, 3).reshape(R, H, 1)
+        # own part: every row against its own tokens
+        qr = q.view(R, Hkv, g, d)
+        s2 = torch.matmul(qr, kr.transpose(-1, -2)).float() * scale  # [R, Hkv, g, n]
+        s2 = s2.masked_fill(~own[:, None, :, :], neg)  # own [R, 1, n] -> [R, 1, 1, n]
+        lse2 = torch.logsumexp(s2, -1, keepdim=True)
+        o2 = torch.matmul(torch.exp(s2 - lse2).to(vr.dtype), vr).float().reshape(R, H, d)
+        a = torch.sigmoid(lse1 - lse2.reshape(R, H, 1))  # the prefix's share of the softmax mass
+        out = o2 + a * (o1 - o2)
+        return out.to(q.dtype)[:, None]  # [R, 1, H, d]
 
 
 @lru_cache(maxsize=4096)

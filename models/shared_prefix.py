@@ -46,11 +46,14 @@ users into one forward until the padded token count would exceed that same
 budget (override with the judge attribute ``shared_tokens_per_forward``); one
 user always fits, however long.
 
-Generation (``generate_shared_prefix``): the prefix KV cache of each user is
-computed once, repeated over its K candidates, the suffixes are run as one
-batch against it, and then a manual decode loop samples all K*users rows
-together (2D mask with holes + explicit position ids), stopping a row at an
-end-of-sequence token or once its text contains ``prompts.ANSWER_PREFIX``.
+Generation (``generate_shared_prefix``): the prefix of each user is computed
+once, the suffixes are run as one batch against it, and then a manual decode
+loop samples all K*users rows together, stopping a row at an end-of-sequence
+token or once its text contains ``prompts.ANSWER_PREFIX``. Under prefix_split
+the cache is a ``SharedPrefixKV`` (each prefix stored once, static per-row
+buffers, prefix and own-token attention merged by log-sum-exp); under any
+other attention the prefix DynamicCache is repeated over the K rows (2D mask
+with holes + explicit position ids).
 """
 from __future__ import annotations
 
@@ -60,8 +63,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from models.packed_attention import (LAYOUT_KWARG, PREFIX_SPLIT, build_layout, compute_dtype, flex_block_mask,
-                                     flex_bucket, no_mask_mapping)
+from models.packed_attention import (DECODE_KWARG, LAYOUT_KWARG, PREFIX_SPLIT, SharedPrefixKV, build_layout,
+                                     compute_dtype, flex_block_mask, flex_bucket, no_mask_mapping)
 from prompters import prompts
 from prompters.binary_prompter import UserPrompt
 
@@ -497,24 +500,75 @@ def _first_stop(tokens: list[int], start: int, eos: set[int], stopper: _StopStri
     return None
 
 
+class _RepeatedPrefixCache:
+    """Decoding state for any attention implementation: the prefix DynamicCache repeated over each user's K rows,
+    a 2D mask with holes (grown into a preallocated buffer) and explicit position ids."""
+
+    def __init__(self, judge, users: Sequence[UserPrompt], max_new_tokens: int) -> None:
+        self.body = judge.backbone()
+        self.cache, mask, rows_plen, slens, _, hs = _run_suffixes(judge, users)
+        self.h_last = hs[torch.arange(hs.shape[0], device=hs.device), slens - 1]
+        self.width = mask.shape[1]
+        self.mask = torch.zeros((hs.shape[0], self.width + max_new_tokens), dtype=mask.dtype, device=mask.device)
+        self.mask[:, :self.width] = mask
+        self.next_pos = rows_plen + slens
+
+    def step(self, tok: torch.Tensor, t: int) -> torch.Tensor:
+        """Feed the t-th generated token of every row; the next hidden states [R, H]."""
+        self.mask[:, self.width + t] = 1
+        out = _run_with_cache(self.body, self.cache, input_ids=tok[:, None],
+                              attention_mask=self.mask[:, :self.width + t + 1], position_ids=self.next_pos[:, None])
+        self.next_pos = self.next_pos + 1
+        return out.last_hidden_state[:, -1]
+
+
+class _SharedPrefixCache:
+    """Decoding state under prefix_split: a SharedPrefixKV (each prefix stored once, static per-row buffers)."""
+
+    def __init__(self, judge, users: Sequence[UserPrompt], max_new_tokens: int) -> None:
+        dev, pad, K = judge.device, _pad_id(judge), users[0].K
+        self.body = judge.backbone()
+        plens = torch.tensor([len(p.prefix_ids) for p in users], dtype=torch.long)
+        P = int(plens.max())
+        ids = torch.full((len(users), P), pad, dtype=torch.long)
+        for u, p in enumerate(users):
+            ids[u, :len(p.prefix_ids)] = torch.tensor(p.prefix_ids, dtype=torch.long)
+        sids, smask, slens = _suffix_batch(users, pad)
+        S = sids.shape[1]
+        plens, sids, smask, slens = plens.to(dev), sids.to(dev), smask.to(dev), slens.to(dev)
+        self.kv = SharedPrefixKV(plens, K, S + max_new_tokens)
+        self._forward(ids.to(dev), torch.arange(P, device=dev)[None].expand(len(users), -1))
+        rows_plen = plens.repeat_interleave(K)
+        hs = self._forward(sids, rows_plen[:, None] + torch.arange(S, device=dev)[None, :], valid=smask)
+        self.h_last = hs[torch.arange(hs.shape[0], device=dev), slens - 1]
+        self.next_pos = rows_plen + slens
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        self.kv.begin(ids.shape[1], valid)
+        out = self.body(input_ids=ids, attention_mask=no_mask_mapping(self.body.config), position_ids=pos,
+                        use_cache=False, **{DECODE_KWARG: self.kv})
+        self.kv.advance()
+        return out.last_hidden_state
+
+    def step(self, tok: torch.Tensor, t: int) -> torch.Tensor:
+        h = self._forward(tok[:, None], self.next_pos[:, None])
+        self.next_pos = self.next_pos + 1
+        return h[:, -1]
+
+
 def _generate_chunk(judge, users, max_new_tokens, do_sample, sampling, pad, eos, stopper):
     K, dev = users[0].K, judge.device
     R = len(users) * K
     if max_new_tokens <= 0:
         return [[[] for _ in range(K)] for _ in users]
-    cache, mask, rows_plen, slens, _, hs = _run_suffixes(judge, users)
-    ar = torch.arange(R, device=dev)
-    h_last = hs[ar, slens - 1]
-    # The mask grows into a preallocated buffer (no concatenation per step).
-    width = mask.shape[1]
-    full_mask = torch.zeros((R, width + max_new_tokens), dtype=mask.dtype, device=dev)
-    full_mask[:, :width] = mask
+    state_cls = _SharedPrefixCache if _attn_impl(judge) == PREFIX_SPLIT else _RepeatedPrefixCache
+    state = state_cls(judge, users, max_new_tokens)
+    h_last = state.h_last
     gen = torch.full((R, max_new_tokens), pad, dtype=torch.long, device=dev)
     done = torch.zeros(R, dtype=torch.bool, device=dev)
     eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=dev) if eos else None
     ends: list[int | None] = [None] * R  # generated length of each row once it has stopped
     scanned = [0] * R
-    next_pos = rows_plen + slens
     n = 0
     for step in range(max_new_tokens):
         logits = judge.output_logits(h_last)
@@ -538,11 +592,7 @@ def _generate_chunk(judge, users, max_new_tokens, do_sample, sampling, pad, eos,
                 break
         if n == max_new_tokens:
             break
-        full_mask[:, width + step] = 1
-        out = _run_with_cache(judge.backbone(), cache, input_ids=tok[:, None],
-                              attention_mask=full_mask[:, :width + step + 1], position_ids=next_pos[:, None])
-        h_last = out.last_hidden_state[:, -1]
-        next_pos = next_pos + 1
+        h_last = state.step(tok, step)
     host = gen[:, :n].tolist()
     gens = [host[r][:ends[r] if ends[r] is not None else n] for r in range(R)]
     return [gens[u * K:(u + 1) * K] for u in range(len(users))]

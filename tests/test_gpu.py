@@ -1,6 +1,7 @@
 """GPU-only checks (skipped without CUDA): every packing backend equals the naive path on CUDA (fp32: scores,
 values, reasoning log-probs and gradients to 1e-4, with and without gradient checkpointing), bf16 inference, and
-FlashAttention-2 for naive scoring when installed."""
+FlashAttention-2 for naive scoring when installed, and generation (shared-prefix decode) against HF generate and
+the repeated-prefix cache."""
 import importlib.util
 
 import pytest
@@ -86,3 +87,20 @@ def test_generation_greedy_shared_equals_hf_generate_on_cuda(tiny_dir):
     got = generate_shared_prefix(judge, batch, max_new_tokens=12, do_sample=False)
     strip = lambda s: [t for t in s if t != pad]  # noqa: E731
     assert [[strip(g) for g in u] for u in got] == [[strip(g) for g in u] for u in ref]
+
+
+@pytest.mark.parametrize("dtype,tol", [("fp32", 1e-4), ("bf16", 5e-2)])
+@torch.no_grad()
+def test_shared_prefix_kv_decode_equals_repeated_cache_on_cuda(tiny_dir, dtype, tol):
+    """prefix_split decoding (each prefix stored once, static buffers, log-sum-exp merge) against the repeated-prefix
+    DynamicCache decode of the same weights, step by step."""
+    from models.shared_prefix import _RepeatedPrefixCache, _SharedPrefixCache
+
+    ref, shared = _judge(tiny_dir, "sdpa", dtype), _judge(tiny_dir, "prefix_split", dtype)
+    batch = make_batch(41, ref.lm.config.vocab_size, B=3, K=4)
+    a, b = _RepeatedPrefixCache(ref, batch, 8), _SharedPrefixCache(shared, batch, 8)
+    torch.testing.assert_close(b.h_last.float(), a.h_last.float(), atol=tol, rtol=tol)
+    g = torch.Generator().manual_seed(3)
+    for t in range(8):
+        tok = torch.randint(3, 200, (12,), generator=g).cuda()
+        torch.testing.assert_close(b.step(tok, t).float(), a.step(tok, t).float(), atol=tol, rtol=tol)

@@ -188,7 +188,7 @@ def _strip_pad(seq, pad):
     return seq
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("impl", ["sdpa", "eager", "prefix_split"])
 def test_generate_greedy_matches_hf_generate(tiny_dir, impl):
     judge = get_judge(tiny_dir, impl)
     batch = make_batch(13, judge.lm.config.vocab_size, B=2, K=3)
@@ -251,3 +251,51 @@ def test_mixed_precision_fp32_weights_under_bf16_autocast(tiny_dir, impl):
     grads = [p.grad for p in judge.lm.parameters() if p.grad is not None]
     assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
     judge.zero_grad(set_to_none=True)
+
+
+def _decoders(tiny_dir, batch, max_new_tokens):
+    from models.shared_prefix import _RepeatedPrefixCache, _SharedPrefixCache
+
+    ref, shared = get_judge(tiny_dir, "sdpa"), get_judge(tiny_dir, "prefix_split")
+    shared.load_state_dict(ref.state_dict())
+    return _RepeatedPrefixCache(ref, batch, max_new_tokens), _SharedPrefixCache(shared, batch, max_new_tokens)
+
+
+@torch.no_grad()
+def test_shared_prefix_kv_decode_equals_repeated_cache(tiny_dir):
+    """Under prefix_split, decoding reads each prefix once (stored once per user) from buffers allocated once, and
+    every step's hidden states equal the repeated-prefix DynamicCache path's (ragged prefixes and suffixes, GQA)."""
+    batch = make_batch(41, get_judge(tiny_dir, "sdpa").lm.config.vocab_size, B=3, K=4)
+    ref, shared = _decoders(tiny_dir, batch, 6)
+    torch.testing.assert_close(shared.h_last, ref.h_last, atol=1e-5, rtol=0)
+    kv = shared.kv
+    k0, _ = kv.rows[0]
+    assert kv.prefix[0][0].shape[0] == 3 and k0.shape[0] == 12  # prefixes: one per user; buffers: one per row
+    ptr = k0.data_ptr()
+    g = torch.Generator().manual_seed(3)
+    for t in range(6):
+        tok = torch.randint(3, 200, (12,), generator=g)
+        torch.testing.assert_close(shared.step(tok, t), ref.step(tok, t), atol=1e-5, rtol=0)
+    assert kv.rows[0][0].data_ptr() == ptr  # static: written in place, never reallocated or concatenated
+    with pytest.raises(ValueError, match="capacity"):
+        shared.step(tok, 6)
+
+
+def test_shared_prefix_kv_sampling_and_autocast(tiny_dir):
+    """Sampling draws the same tokens as the repeated-cache path for the same seed, and the training precision
+    (fp32 weights under bf16 autocast) decodes to the same hidden states within bf16 tolerance."""
+    sdpa, split = get_judge(tiny_dir, "sdpa"), get_judge(tiny_dir, "prefix_split")
+    split.load_state_dict(sdpa.state_dict())
+    batch = make_batch(43, sdpa.lm.config.vocab_size, B=2, K=5)
+    sampling = SamplingSettings(1.3, 20)
+    torch.manual_seed(5)
+    a = generate_shared_prefix(sdpa, batch, max_new_tokens=9, do_sample=True, sampling=sampling)
+    torch.manual_seed(5)
+    b = generate_shared_prefix(split, batch, max_new_tokens=9, do_sample=True, sampling=sampling)
+    assert a == b and len({tuple(g) for user in b for g in user}) > 1
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, shared = _decoders(tiny_dir, batch, 3)
+        tok = torch.randint(3, 200, (10,))
+        h_ref, h = ref.step(tok, 0), shared.step(tok, 0)
+    assert h.dtype == h_ref.dtype and torch.isfinite(h).all()
+    torch.testing.assert_close(h.float(), h_ref.float(), atol=5e-2, rtol=5e-2)
