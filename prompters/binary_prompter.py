@@ -42,6 +42,13 @@ class UserPrompt:
         suffix = sum(len(s) for s in self.suffix_ids)
         return len(self.prefix_ids) * (1 if shared else self.K) + suffix
 
+    def n_attended_pairs(self, shared: bool) -> int:
+        """Causal (query, key) pairs one scoring pass must compute: each candidate sees its prefix and itself; the
+        prefix's own pairs once (shared) or once per candidate."""
+        P = len(self.prefix_ids)
+        own = sum(P * len(s) + len(s) * (len(s) + 1) // 2 for s in self.suffix_ids)
+        return P * (P + 1) // 2 * (1 if shared else self.K) + own
+
 
 def read_template(dataset_type: str, template_file: str | None, movies_tmpl: str,
                   other_tmpl: str) -> tuple[str, str, set[str]]:

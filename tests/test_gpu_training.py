@@ -34,4 +34,9 @@ def test_accelerate_configs_train_in_bf16_mixed_precision(ppo_assets, tmp_path, 
     assert r.returncode == 0, r.stderr[-4000:]
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in recs] == [1, 2] and all(x["grad_norm"] == x["grad_norm"] for x in recs)
+    # MFU where the GPU's peak is known (models/flops.PEAK_TFLOPS): a fraction of it
+    from models.flops import peak_tflops
+
+    if peak_tflops("cuda"):
+        assert all(0 < x["mfu"] < 1 for x in recs)
     assert (out / "checkpoint-2" / "COMPLETE").is_file() and (out / "final" / "heads.safetensors").is_file()

@@ -29,7 +29,7 @@ FAST = ["--K", "4", "--K_eval", "3", "--batch_size", "2", "--max_len_per_item", 
         "--eval_every", "3", "--save_every", "2", "--save_total_limit", "2", "--print_every", "0",
         "--gradient_accumulation_steps", "2", "--lr_scheduler", "cosine", "--warmup_steps", "2", "--seed", "5",
         "--max_steps", str(N_STEPS)]
-VOLATILE = {"wall_time", "samples_per_s", "step_seconds", "tokens_per_s"}
+VOLATILE = {"wall_time", "samples_per_s", "step_seconds", "tokens_per_s", "tflops_per_s", "mfu"}
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,23 @@ def _same_as_reference(ref, out):
     ra, rb = _records(ref), _records(out)
     assert [x["step"] for x in rb] == list(range(1, N_STEPS + 1))
     assert ra == rb
+
+
+def test_metrics_record_model_flops(assets, reference_run):
+    """Every step logs the model FLOPs it did (models/flops.py): at least a forward's 2 FLOPs per non-embedding
+    weight for every token counted, at most a training pass's 6 plus attention; no MFU without a known GPU peak."""
+    from transformers import AutoModelForCausalLM
+
+    from models.flops import ModelFlops
+
+    fl = ModelFlops.of(AutoModelForCausalLM.from_pretrained(assets[1]))
+    recs = [json.loads(x) for x in (reference_run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    steps = [r for r in recs if "tflops_per_s" in r]
+    assert len(steps) == N_STEPS
+    for r in steps:
+        per_token = r["tflops_per_s"] * 1e12 * r["step_seconds"] / r["tokens"]
+        assert 2 * fl.non_embedding <= per_token <= 6 * fl.non_embedding + 12 * fl.layers * fl.hidden * 512
+        assert "mfu" not in r
 
 
 def test_kill_and_resume_matches_uninterrupted_run(assets, reference_run, tmp_path):

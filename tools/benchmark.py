@@ -39,11 +39,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from models.flops import ModelFlops, param_counts, peak_tflops
 from trainers.foundation.errors import UserInputError, die
 
-# Dense bf16 peak TFLOP/s by (substring of) torch.cuda.get_device_name(); first match wins.
-PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0),
-               ("A100", 312.0), ("L40S", 362.0), ("A10G", 70.0), ("L4", 121.0), ("4090", 165.0)]
 SHAPES = ("tiny", "small", "qwen2.5-0.5b", "qwen2.5-3b")
 MODES = ("score", "train", "generate")
 TEMPLATE_PREFIX_TOKENS = 40  # chat framing + instructions before/after the history
@@ -91,12 +89,6 @@ def build_judges(args: argparse.Namespace, tmp: Path):
     return infer, train
 
 
-def param_counts(judge) -> tuple[int, int]:
-    total = sum(p.numel() for p in judge.lm.parameters())
-    emb = judge.lm.get_input_embeddings().weight.numel()
-    return total, total - emb
-
-
 def set_backend(judge, impl: str) -> None:
     """Benchmarks only: one model, several kernels (a training run picks its kernel once, at load)."""
     judge.lm.config._attn_implementation = impl
@@ -135,22 +127,18 @@ def synth_users(n_users: int, K: int, history_items: int, tokens_per_item: int, 
 def work(users: Sequence, path: str, chunk: int) -> dict[str, int]:
     """Tokens and attended (query, key) pairs of one pass: `useful` is what the path must compute, `computed`
     what its kernels execute (padding, masked tiles)."""
-    tokens = pairs = comp_tokens = comp_pairs = 0
+    shared = path != "naive"
+    tokens = sum(p.n_tokens(shared) for p in users)
+    pairs = sum(p.n_attended_pairs(shared) for p in users)
+    comp_tokens = comp_pairs = 0
     if path == "naive":
         lens = [len(p.prefix_ids) + len(s) for p in users for s in p.suffix_ids]
-        tokens = sum(lens)
-        pairs = sum(L * (L + 1) // 2 for L in lens)
         for a in range(0, len(lens), chunk):  # right-padded chunks, padding mask: every tile is computed
             c = lens[a:a + chunk]
             comp_tokens += len(c) * max(c)
             comp_pairs += len(c) * max(c) ** 2
         return {"tokens": tokens, "pairs": pairs, "computed_tokens": comp_tokens, "computed_pairs": comp_pairs}
     backend = path.split(":", 1)[1]
-    for p in users:
-        P = len(p.prefix_ids)
-        S = [len(s) for s in p.suffix_ids]
-        tokens += P + sum(S)
-        pairs += P * (P + 1) // 2 + sum(P * s + s * (s + 1) // 2 for s in S)
     if backend == "sdpa":  # dense mask, one padded row per user: every (T x T) tile
         T = max(len(p.prefix_ids) + sum(len(s) for s in p.suffix_ids) for p in users)
         comp_tokens, comp_pairs = len(users) * T, len(users) * T * T
@@ -190,12 +178,6 @@ def _flex_block_pairs(users: Sequence) -> int:
             if bool(same.any()):
                 blocks += 1
     return blocks * FLEX_BLOCK * FLEX_BLOCK
-
-
-def flops(judge, tokens: int, pairs: int, passes: float) -> float:
-    cfg = judge.lm.config
-    _, non_emb = param_counts(judge)
-    return (2.0 * non_emb * tokens + 4.0 * cfg.num_hidden_layers * cfg.hidden_size * pairs) * passes
 
 
 class TrainStep:
@@ -307,18 +289,6 @@ def measure(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: i
     return {"seconds": statistics.median(times), "peak_gb": peak, "mem_increase_gb": inc, "result": out}
 
 
-def peak_tflops(override: float | None, device: torch.device) -> float | None:
-    if override:
-        return float(override)
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, v in PEAK_TFLOPS:
-        if key in name:
-            return v
-    return None
-
-
 def _row_fn(mode: str, path: str, judge, users, step: TrainStep | None, args, autocast):
     scoring = "naive" if path == "naive" else "shared"
     if mode == "score":
@@ -346,7 +316,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         infer, train = build_judges(args, Path(tmp))
     device = infer.device
-    peak = peak_tflops(args.peak_tflops, device)
+    peak = peak_tflops(device, args.peak_tflops)
     vocab = infer.lm.config.vocab_size
     backends = args.backends or available_backends(device)
     naive_impl = "flash_attention_2" if _fa2_usable(device) else "sdpa"
@@ -404,9 +374,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                     row["cands_per_s"] = len(users) * K / s
                     row["tokens_per_s"] = w["tokens"] / s
                     ckpt = args.gradient_checkpointing and mode == "train"
-                    useful = flops(judge, w["tokens"], w["pairs"], 3.0 if mode == "train" else 1.0)
-                    hw = flops(judge, w["computed_tokens"], w["computed_pairs"],
-                               (4.0 if ckpt else 3.0) if mode == "train" else 1.0)
+                    fl = ModelFlops.of(judge.lm)
+                    useful = fl.of_pass(w["tokens"], w["pairs"], train=mode == "train")
+                    hw = fl.of_pass(w["computed_tokens"], w["computed_pairs"], train=mode == "train")
+                    if ckpt:  # checkpointing runs the forward a second time in the backward
+                        hw += fl.of_pass(w["computed_tokens"], w["computed_pairs"])
                     row["tflops_per_s"] = useful / s / 1e12
                     row["mfu"] = useful / s / 1e12 / peak if peak else None
                     row["hfu"] = hw / s / 1e12 / peak if peak else None
@@ -429,7 +401,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
 def _meta(args, infer, train, backends, naive_impl, peak) -> dict:
     device = infer.device
-    total, non_emb = param_counts(infer)
+    total, non_emb, _ = param_counts(infer.lm)
     meta = {k: v for k, v in vars(args).items()}
     meta.update(device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 dtype=str(infer.lm.dtype).replace("torch.", ""), train_weights=str(train.lm.dtype).replace("torch.", ""),

@@ -86,42 +86,25 @@ stage rrec $PY compare_model/train_rrec.py --model_name_or_path "$RBIG" --datase
   --num_eval_samples 16 --eval_steps 100000 --no-eval_on_start --gradient_checkpointing --no-progress
 cp "$WORK/rrec/metrics.jsonl" "$FIG/rrec_metrics.jsonl" 2>/dev/null
 
-# one summary: s/step (median over steps 2..), tokens/s, peak memory, MFU from the 6N rule (attention excluded)
-stage summary $PY - "$FIG" "$BIG" "$RBIG" <<'EOF'
+# one summary: s/step (median over steps 2..), tokens/s, peak memory, MFU as train.py logs it (models/flops.py)
+stage summary $PY - "$FIG" <<'EOF'
 import json, statistics, sys
 from pathlib import Path
-fig, big, rbig = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-def n_params(d):
-    cfg = json.loads((Path(d) / "config.json").read_text())
-    h, L, i, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"], cfg["vocab_size"]
-    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
-    return L * (h * h * 2 + 2 * h * kv + 3 * h * i)  # non-embedding weights of a Qwen2 layer stack
-try:
-    import torch
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-except Exception:
-    name = "cpu"
-peak = 989e12 if ("H100" in name or "H200" in name) else None
+fig = Path(sys.argv[1])
 for run in ("full", "lora"):
     f = fig / f"ppo_{run}_metrics.jsonl"
     if not f.exists():
         print(run, "no metrics"); continue
-    recs = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    recs = [json.loads(x) for x in f.read_text().splitlines() if x.strip() and "step_seconds" in x]
     steady = recs[1:] or recs
     s = statistics.median(r["step_seconds"] for r in steady)
     tok = statistics.median(r["tokens_per_s"] for r in steady)
     mem = max(r.get("peak_mem_gb", 0.0) for r in recs)
-    N = n_params(big)
-    # tokens = one rollout pass + 2 PPO passes. A training token costs 6N (full fine-tune: forward, input and weight
-    # gradients) or 4N (LoRA: no gradients of the frozen weights); HFU adds checkpointing's second forward (2N).
-    per_pass = tok / 3
-    train = 4 * N if run == "lora" else 6 * N
-    model = 2 * N * per_pass + 2 * train * per_pass
-    hw = model + 2 * 2 * N * per_pass
     line = (f"PPO {run}: {len(recs)} steps, {s:.2f} s/step (median of steps 2..), {tok:,.0f} tokens/s, "
             f"peak {mem:.1f} GB")
-    if peak:
-        line += f", MFU {model / peak * 100:.1f}%, HFU {hw / peak * 100:.1f}% (weights' FLOPs only)"
+    for key, fmt in (("tflops_per_s", "{:.0f} model TFLOP/s"), ("mfu", "MFU {:.1%}")):
+        if all(key in r for r in steady):  # metrics of a train.py that logs them
+            line += ", " + fmt.format(statistics.median(r[key] for r in steady))
     print(line)
 f = fig / "rrec_metrics.jsonl"
 if f.exists():

@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from models.abstract_models import LoraSettings, check_model_dir, disable_dropout
+from models.flops import ModelFlops, peak_tflops
 from models.qwen_models import BinaryJudge, SamplingSettings
 from paths import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, HEADS_FILE, TOKENIZER_FILES, WEIGHT_FILES
 from prompters.binary_prompter import BinaryPrompter, load_template
@@ -308,6 +309,8 @@ class PPOTrainer(TrainerProcess):
         optimizer = torch.optim.AdamW([{"params": actor, "lr": cfg.lr_actor, "name": "actor"},
                                        {"params": critic, "lr": cfg.lr_critic, "name": "critic"}],
                                       weight_decay=cfg.weight_decay)
+        self.model_flops = ModelFlops.of(self.judge.lm)  # counted before sharding hides weights
+        self.peak_tflops = peak_tflops(accelerator.device)
         ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
         if ds_plugin is not None:  # no dataloader is prepared, so DeepSpeed is told the micro-batch size here
             ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
@@ -495,14 +498,24 @@ class PPOTrainer(TrainerProcess):
             "value_loss": stats.value_loss, "kl": stats.kl, "clipfrac": stats.clipfrac,
             "value_mean": float(rollout.old_values.mean()), "grad_norm": stats.grad_norm})
         # Tokens through the model this step, all processes: the rollout pass, the PPO passes (and the reference).
-        passes = 1 + c.ppo_epochs + (1 if rollout.ref_logp is not None else 0)
-        tokens = sum(p.n_tokens(c.scoring == "shared") for p in rollout.prompts) * passes
-        tokens = int(self.acc.reduce(torch.tensor(tokens, device=self.acc.device), reduction="sum").item())
+        shared = c.scoring == "shared"
+        forwards = 1 + (1 if rollout.ref_logp is not None else 0) + (1 if c.reasoning else 0)
+        passes = forwards - (1 if c.reasoning else 0) + c.ppo_epochs
+        tokens = sum(p.n_tokens(shared) for p in rollout.prompts)
+        pairs = sum(p.n_attended_pairs(shared) for p in rollout.prompts)
+        # Model FLOPs (models/flops.py): forward passes (generation counted as one forward over the final
+        # sequences) and ppo_epochs training passes; checkpointing's recompute is not model work.
+        flops = (self.model_flops.of_pass(tokens, pairs) * forwards
+                 + self.model_flops.of_pass(tokens, pairs, train=True) * c.ppo_epochs)
+        tokens, flops = self.acc.reduce(torch.tensor([tokens * passes, flops], dtype=torch.float64,
+                                                     device=self.acc.device), reduction="sum").tolist()
         res = step_resources(self.acc.device, t0)
         dt = max(res["step_seconds"], 1e-9)
         rec = {"step": step, **mean, "lr_actor": lr[0], "lr_critic": lr[1],
                "samples_per_s": len(rollout.prompts) * self.world / dt, **res,
-               "tokens": tokens, "tokens_per_s": tokens / dt}
+               "tokens": int(tokens), "tokens_per_s": tokens / dt, "tflops_per_s": flops / dt / 1e12}
+        if self.peak_tflops:  # all processes' model FLOPs against all their GPUs' dense bf16 peak
+            rec["mfu"] = rec["tflops_per_s"] / (self.peak_tflops * self.world)
         return rec, rollout
 
     # ---- validation, examples, checkpoints -----------------------------------------------------

@@ -1,0 +1,54 @@
+"""Model FLOPs (models/flops.py), the count behind MFU in tools/benchmark.py and the trainers' metrics.jsonl."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.flops import ModelFlops, param_counts, peak_tflops
+
+
+def _qwen2(tie: bool):
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    cfg = Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=300, tie_word_embeddings=tie)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg)
+
+
+def _qwen2_non_embedding(h=64, i=96, L=3, kv=32) -> int:
+    """By hand: q/k/v with biases, o without, the gated MLP, two RMSNorms per layer, the final norm."""
+    per_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * i + 2 * h
+    return L * per_layer + h
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_non_embedding_count_by_hand(tie):
+    lm = _qwen2(tie)
+    total, non_emb, trainable = param_counts(lm)
+    assert non_emb == _qwen2_non_embedding()  # neither the embedding nor an untied head
+    assert total == non_emb + 300 * 64 * (1 if tie else 2)
+    assert trainable == non_emb
+
+
+def test_pass_flops_forward_training_and_lora():
+    lm = _qwen2(True)
+    fl = ModelFlops.of(lm)
+    N = _qwen2_non_embedding()
+    assert fl.of_pass(10, 0) == 2 * N * 10
+    assert fl.of_pass(0, 7) == 4 * 3 * 64 * 7  # QK^T and AV per attended pair, every layer
+    assert fl.of_pass(10, 7, train=True) == 3 * fl.of_pass(10, 7)  # full fine-tune: forward + 2x backward
+
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(lm, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    fl_lora = ModelFlops.of(lora)
+    adapters = sum(p.numel() for n, p in lora.named_parameters() if "lora_" in n)
+    assert fl_lora.trainable == adapters and fl_lora.non_embedding == N + adapters
+    # frozen base: no weight gradients, so a training token costs 4 FLOPs per weight + 2 per adapter weight
+    assert fl_lora.of_pass(1, 0, train=True) == 4 * (N + adapters) + 2 * adapters
+
+
+def test_peak_is_known_only_for_gpus():
+    assert peak_tflops("cpu") is None
+    assert peak_tflops("cpu", override=100.0) == 100.0
