@@ -50,24 +50,31 @@ def flash_attn_usable(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def resolve_attn_implementation(requested: str | None, device: torch.device, dtype: torch.dtype,
-                                packed_mask: bool = False) -> str:
+                                packed_mask: bool = False, softcap: float | None = None) -> str:
     """The run's one attention implementation (printed once per process when auto chose it).
 
     auto: prefix_split when the run packs each user's candidates (packed_mask, i.e. --scoring shared): linear
     memory in K and SDPA's fused kernels inside (tools/benchmark.py compares it with flex_attention and the dense
     mask); otherwise flash_attention_2 when usable, else sdpa. An explicit flash_attention_2 with packed_mask is
-    refused: FA2 takes no block mask."""
+    refused: FA2 takes no block mask. A model that caps its attention logits (softcap: Gemma-2's
+    attn_logit_softcapping, see attention_softcap) gets eager instead of SDPA-based kernels, which cannot apply it."""
     if requested in (None, "", "auto"):
-        if packed_mask:
+        if packed_mask and not softcap:
             impl, why = "prefix_split", "shared-prefix packing, linear memory in K"
-        elif flash_attn_usable(device, dtype):
+        elif flash_attn_usable(device, dtype) and not packed_mask:
             impl, why = "flash_attention_2", "flash-attn installed, CUDA, 16-bit compute"
+        elif softcap:
+            impl, why = "eager", "the model caps its attention logits, which SDPA cannot apply"
         else:
             impl, why = "sdpa", "flash-attn not usable here"
         _announce(impl, why)
         requested = impl
     if requested not in ATTN_IMPLEMENTATIONS:
         raise UserInputError(f"--attn_implementation {requested!r}: must be {'|'.join(ATTN_IMPLEMENTATIONS)}")
+    if softcap and requested in ("prefix_split", "sdpa"):
+        raise UserInputError(f"--attn_implementation {requested}: this model caps its attention logits "
+                             f"(attn_logit_softcapping={softcap:g}), which SDPA-based kernels do not apply; use eager "
+                             "(or flex_attention on CUDA)")
     if requested == "flash_attention_2":
         if packed_mask:
             raise UserInputError("--attn_implementation flash_attention_2 cannot run --scoring shared (FA2 takes no "
@@ -97,6 +104,28 @@ def _announce(impl: str, why: str) -> None:
 # ---------------------------------------------------------------------------------------------- directories
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG_FILE).is_file()
+
+
+def model_config(path: str | Path, base_model: str | None = None) -> dict:
+    """config.json of a model directory, or of an adapter's base model; {} when it cannot be read (loading the
+    model reports that with its own message)."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file() and is_adapter_dir(path):
+        try:
+            cfg = adapter_base_path(path, base_model) / "config.json"
+        except UserInputError:
+            return {}
+    try:
+        return json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def attention_softcap(path: str | Path, base_model: str | None = None) -> float | None:
+    """The model's attention-logit soft-capping (Gemma-2: 50), None when it has none."""
+    cfg = model_config(path, base_model)
+    value = cfg.get("attn_logit_softcapping", (cfg.get("text_config") or {}).get("attn_logit_softcapping"))
+    return float(value) if value else None
 
 
 def adapter_base_path(adapter_dir: str | Path, base_model: str | None = None,

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from models.abstract_models import (
+    attention_softcap,
     load_causal_lm,
     load_tokenizer,
     resolve_attn_implementation,
@@ -41,7 +42,8 @@ class LocalGenerator:
         tok_path = str(check_model_dir(tokenizer_path, flag=flag)) if tokenizer_path else self.path
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        attn = resolve_attn_implementation(attn_implementation, self.device, self.dtype)
+        attn = resolve_attn_implementation(attn_implementation, self.device, self.dtype,
+                                           softcap=attention_softcap(self.path, base_model))
         self.tokenizer = load_tokenizer(tok_path, trust_remote_code)
         self.tokenizer.padding_side = "left"  # generation continues from the last real token of every row
         self.model = load_causal_lm(self.path, self.device, self.dtype, attn, trust_remote_code, base_model=base_model,

@@ -98,6 +98,8 @@ def prefix_split_attention(module: torch.nn.Module, query: torch.Tensor, key: to
     """A transformers attention function: query [1, H, N, d], key/value [1, H_kv, N, d] -> ([1, N, H, d], None)."""
     layout: PackedLayout | None = kwargs.pop(LAYOUT_KWARG, None)
     store: SharedPrefixKV | None = kwargs.pop(DECODE_KWARG, None)
+    if kwargs.get("softcap") is not None:  # Gemma-2: resolve_attn_implementation picks eager for such models
+        raise ValueError("prefix_split attention cannot apply attention-logit soft-capping; use eager")
     if store is not None:
         return store.attend(module.layer_idx, query, key, value, scaling), None
     if layout is None:

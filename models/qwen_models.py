@@ -21,7 +21,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from models.abstract_models import (AbstractRecModel, LoraSettings, apply_lora, check_model_dir, is_adapter_dir,
+from models.abstract_models import (AbstractRecModel, LoraSettings, apply_lora, attention_softcap, check_model_dir,
+                                    is_adapter_dir,
                                     load_causal_lm, load_tokenizer, pad_left, pad_right, resolve_attn_implementation,
                                     resolve_device, resolve_dtype, save_lm)
 from prompters import prompts
@@ -131,7 +132,7 @@ class BinaryJudge(AbstractRecModel):
         compute = resolve_dtype(None if isinstance(dtype, torch.dtype) else dtype, dev)
         weights = dtype if isinstance(dtype, torch.dtype) else compute
         attn = resolve_attn_implementation(attn_implementation, dev, compute if dev.type == "cuda" else weights,
-                                           packed_mask=packed_mask)
+                                           packed_mask=packed_mask, softcap=attention_softcap(path, base_model))
         tok = load_tokenizer(path, trust_remote_code, flag=flag)
         lm = load_causal_lm(path, dev, weights, attn, trust_remote_code, base_model=base_model,
                             adapter_trainable=trainable, flag=flag)

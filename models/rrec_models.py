@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from models.abstract_models import (
     AbstractRecModel,
     LoraSettings,
-    adapter_base_path,
     apply_lora,
+    attention_softcap,
     check_model_dir,
     is_adapter_dir,
     load_causal_lm,
     load_tokenizer,
+    model_config,
     pad_left,
     pad_right,
     resolve_attn_implementation,
@@ -114,16 +115,7 @@ class RRecSettings:
 
 def model_family(path: Path, base_model: str | None) -> str | None:
     """config.json's model_type of a model dir, or of an adapter's base model."""
-    cfg = path / "config.json"
-    if not cfg.is_file() and is_adapter_dir(path):
-        try:
-            cfg = adapter_base_path(path, base_model) / "config.json"
-        except UserInputError:
-            return None
-    try:
-        return json.loads(cfg.read_text()).get("model_type")
-    except (OSError, ValueError):
-        return None
+    return model_config(path, base_model).get("model_type")
 
 
 class RRecModel(AbstractRecModel):
@@ -154,7 +146,8 @@ class RRecModel(AbstractRecModel):
         dev = resolve_device(device)
         compute = resolve_dtype(None if isinstance(dtype, torch.dtype) else dtype, dev)
         weights = dtype if isinstance(dtype, torch.dtype) else compute
-        attn = resolve_attn_implementation(attn_implementation, dev, compute if dev.type == "cuda" else weights)
+        attn = resolve_attn_implementation(attn_implementation, dev, compute if dev.type == "cuda" else weights,
+                                           softcap=attention_softcap(path, base_model))
         saved = RRecSettings.load(path)
         if saved is None:
             saved = RRecSettings(model_type=model_type_of(model_family(path, base_model)))

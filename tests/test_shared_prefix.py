@@ -299,3 +299,80 @@ def test_shared_prefix_kv_sampling_and_autocast(tiny_dir):
         h_ref, h = ref.step(tok, 0), shared.step(tok, 0)
     assert h.dtype == h_ref.dtype and torch.isfinite(h).all()
     torch.testing.assert_close(h.float(), h_ref.float(), atol=5e-2, rtol=5e-2)
+
+
+@pytest.fixture(scope="module")
+def gemma2_dir(tiny_dir, tmp_path_factory):
+    """A saved Gemma-2 model (attention-logit soft-capping) with the tiny tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from models.abstract_models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("gemma2", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                               attn_logit_softcapping=2.0, pad_token_id=tok.pad_token_id)
+    out = tmp_path_factory.mktemp("gemma2")
+    lm = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():  # attention logits well past the cap, so that ignoring it changes the scores (by ~0.2)
+        for name, w in lm.named_parameters():
+            if "q_proj" in name or "k_proj" in name:
+                w.mul_(30)
+    lm.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_attention_softcap_model_gets_a_kernel_that_applies_it(gemma2_dir):
+    """SDPA-based kernels (prefix_split, sdpa) cannot cap attention logits: auto picks eager for such a model
+    (shared scoring too) and an explicit SDPA kernel is refused with one line, so scores are the model's own."""
+    from transformers import AutoModelForCausalLM
+
+    from models.abstract_models import attention_softcap, resolve_attn_implementation
+    from models.rrec_models import RRecModel
+    from trainers.foundation.errors import UserInputError
+
+    assert attention_softcap(gemma2_dir) == 2.0
+    cpu = torch.device("cpu")
+    assert resolve_attn_implementation("auto", cpu, torch.float32, packed_mask=True, softcap=2.0) == "eager"
+    assert resolve_attn_implementation("auto", cpu, torch.float32, softcap=2.0) == "eager"
+    for impl in ("prefix_split", "sdpa"):
+        with pytest.raises(UserInputError, match=f"--attn_implementation {impl}: .*attn_logit_softcapping=2"):
+            BinaryJudge.load(str(gemma2_dir), device="cpu", dtype="fp32", attn_implementation=impl, packed_mask=True)
+    judge = BinaryJudge.load(str(gemma2_dir), device="cpu", dtype="fp32", packed_mask=True).eval()
+    assert judge.attn_implementation == "eager"
+    batch = make_batch(47, judge.lm.config.vocab_size, B=2, K=3)
+    with torch.no_grad():
+        naive = judge.score_candidates(batch, scoring="naive")
+        shared = judge.score_candidates(batch, scoring="shared")
+        # the reference: the causal LM's own eager forward of one full prompt
+        ref_lm = AutoModelForCausalLM.from_pretrained(gemma2_dir, attn_implementation="eager").eval()
+        ids = torch.tensor([batch[0].full_ids(1)])
+        logits = ref_lm(input_ids=ids).logits[0, -1].float()
+    torch.testing.assert_close(shared.scores, naive.scores, atol=TOL, rtol=0)
+    want = logits[judge.yes_id] - logits[judge.no_id]
+    torch.testing.assert_close(naive.scores[0, 1], want, atol=TOL, rtol=0)
+    # the cap matters here (without it the scores differ), and the prefix_split kernel refuses it if forced
+    attn = [m for m in judge.lm.modules() if hasattr(m, "attn_logit_softcapping")]
+    try:
+        for m in attn:
+            m.attn_logit_softcapping = None
+        with torch.no_grad():
+            uncapped = judge.score_candidates(batch, scoring="naive")
+    finally:
+        for m in attn:
+            m.attn_logit_softcapping = 2.0
+    assert (uncapped.scores - naive.scores).abs().max() > 0.05
+    from models.packed_attention import register_prefix_split
+
+    register_prefix_split()
+    judge.lm.config._attn_implementation = "prefix_split"
+    try:
+        with torch.no_grad(), pytest.raises(ValueError, match="soft-capping"):
+            judge.score_candidates(batch, scoring="shared")
+    finally:
+        judge.lm.config._attn_implementation = "eager"
+    # the RRec baseline's loader too (it used to pick sdpa, which transformers refuses for Gemma-2 at run time)
+    rrec = RRecModel.load(str(gemma2_dir), device="cpu", dtype="fp32")
+    assert rrec.base_lm().config._attn_implementation == "eager"

@@ -20,6 +20,7 @@ import torch
 from models.abstract_models import (
     LoraSettings,
     apply_lora,
+    attention_softcap,
     check_model_dir,
     load_causal_lm,
     load_tokenizer,
@@ -118,7 +119,8 @@ def train_sft(cfg: "SFTConfig") -> str:
     # Weights load in fp32: the Trainer's bf16 flag is mixed precision (autocast), which keeps fp32 master weights.
     model = load_causal_lm(path, torch.device("cpu"), torch.float32,
                            resolve_attn_implementation(args.attn_implementation, device, torch.bfloat16 if args.bf16
-                                                       else torch.float32), args.trust_remote_code)
+                                                       else torch.float32, softcap=attention_softcap(path)),
+                           args.trust_remote_code)
     if args.use_lora:
         model = apply_lora(model, LoraSettings.from_flags(args.lora_r, args.lora_alpha, args.lora_dropout,
                                                           args.lora_target_modules))
