@@ -57,7 +57,8 @@ def resolve_attn_implementation(requested: str | None, device: torch.device, dty
     memory in K and SDPA's fused kernels inside (tools/benchmark.py compares it with flex_attention and the dense
     mask); otherwise flash_attention_2 when usable, else sdpa. An explicit flash_attention_2 with packed_mask is
     refused: FA2 takes no block mask. A model that caps its attention logits (softcap: Gemma-2's
-    attn_logit_softcapping, see attention_softcap) gets eager instead of SDPA-based kernels, which cannot apply it."""
+    attn_logit_softcapping, see attention_softcap) gets eager instead of SDPA-based kernels, which cannot apply it
+    (FA2, when usable for a run without packing, applies it)."""
     if requested in (None, "", "auto"):
         if packed_mask and not softcap:
             impl, why = "prefix_split", "shared-prefix packing, linear memory in K"

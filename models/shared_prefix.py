@@ -343,7 +343,7 @@ def _prefix_cache(judge, users: Sequence[UserPrompt]):
 def _suffix_batch(users: Sequence[UserPrompt], pad_id: int):
     """Right-padded suffix ids [U*K, S], their mask and lengths."""
     K = users[0].K
-    S = max(len(s) for p in users for s in p.suffix_ids)
+    S = max(1, max(len(s) for p in users for s in p.suffix_ids))  # one (masked) slot even if every suffix is empty
     ids = torch.full((len(users) * K, S), pad_id, dtype=torch.long)
     mask = torch.zeros((len(users) * K, S), dtype=torch.long)
     for u, p in enumerate(users):
@@ -500,14 +500,21 @@ def _first_stop(tokens: list[int], start: int, eos: set[int], stopper: _StopStri
     return None
 
 
+def _rows_last_hidden(hs: torch.Tensor, slens: torch.Tensor, h_prefix: torch.Tensor, K: int) -> torch.Tensor:
+    """Each row's hidden state at its last real token: the suffix's last, or the prefix's when the suffix is empty."""
+    rows = torch.arange(hs.shape[0], device=hs.device)
+    h = hs[rows, (slens - 1).clamp_min(0)]
+    return torch.where((slens > 0)[:, None], h, h_prefix.repeat_interleave(K, 0).to(h.dtype))
+
+
 class _RepeatedPrefixCache:
     """Decoding state for any attention implementation: the prefix DynamicCache repeated over each user's K rows,
     a 2D mask with holes (grown into a preallocated buffer) and explicit position ids."""
 
     def __init__(self, judge, users: Sequence[UserPrompt], max_new_tokens: int) -> None:
         self.body = judge.backbone()
-        self.cache, mask, rows_plen, slens, _, hs = _run_suffixes(judge, users)
-        self.h_last = hs[torch.arange(hs.shape[0], device=hs.device), slens - 1]
+        self.cache, mask, rows_plen, slens, h_prefix, hs = _run_suffixes(judge, users)
+        self.h_last = _rows_last_hidden(hs, slens, h_prefix, users[0].K)
         self.width = mask.shape[1]
         self.mask = torch.zeros((hs.shape[0], self.width + max_new_tokens), dtype=mask.dtype, device=mask.device)
         self.mask[:, :self.width] = mask
@@ -537,10 +544,11 @@ class _SharedPrefixCache:
         S = sids.shape[1]
         plens, sids, smask, slens = plens.to(dev), sids.to(dev), smask.to(dev), slens.to(dev)
         self.kv = SharedPrefixKV(plens, K, S + max_new_tokens)
-        self._forward(ids.to(dev), torch.arange(P, device=dev)[None].expand(len(users), -1))
+        hp = self._forward(ids.to(dev), torch.arange(P, device=dev)[None].expand(len(users), -1))
+        h_prefix = hp[torch.arange(len(users), device=dev), plens - 1]
         rows_plen = plens.repeat_interleave(K)
         hs = self._forward(sids, rows_plen[:, None] + torch.arange(S, device=dev)[None, :], valid=smask)
-        self.h_last = hs[torch.arange(hs.shape[0], device=dev), slens - 1]
+        self.h_last = _rows_last_hidden(hs, slens, h_prefix, K)
         self.next_pos = rows_plen + slens
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

@@ -52,3 +52,36 @@ def test_pass_flops_forward_training_and_lora():
 def test_peak_is_known_only_for_gpus():
     assert peak_tflops("cpu") is None
     assert peak_tflops("cpu", override=100.0) == 100.0
+
+
+def test_attention_flops_use_heads_times_head_dim():
+    """Gemma-2's attention width (heads x head_dim) is not its hidden size: the per-pair count follows the former,
+    as torch's own FLOP counter of the attention products does."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model("gemma2", vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=2, num_key_value_heads=1, head_dim=64)
+    lm = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    fl = ModelFlops.of(lm)
+    assert fl.attn_dim == 128 and fl.of_pass(0, 1) == 4 * 2 * 128
+    # measured: two prompt lengths differ only in attention pairs and tokens
+    counted = []
+    for n in (8, 16):
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            lm.model(input_ids=torch.randint(0, 100, (1, n)))
+        counted.append(fc.get_total_flops())
+    # FLOPs(n) = a n + b n^2 (eager computes the full n x n score matrix: b per (query, key) entry, masked or not)
+    b = (counted[1] - 2 * counted[0]) / (16 ** 2 - 2 * 8 ** 2)
+    assert b == fl.of_pass(0, 1)
+
+
+def test_zero3_partitioned_weights_count_in_full():
+    """Under DeepSpeed ZeRO-3 (zero3_init_flag) a loaded weight is an empty local shard with ds_numel = its size."""
+    lm = _qwen2(True)
+    before = param_counts(lm)
+    for p in lm.parameters():
+        n = p.numel()
+        p.data = torch.empty(0)
+        p.ds_numel = n
+    assert param_counts(lm) == before

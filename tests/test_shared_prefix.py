@@ -207,6 +207,18 @@ def test_generate_greedy_matches_hf_generate(tiny_dir, impl):
     assert [p.reasoning_spans for p in a] == [p.reasoning_spans for p in b]
 
 
+@pytest.mark.parametrize("impl", ["sdpa", "prefix_split"])
+def test_generate_after_an_empty_suffix_continues_the_prefix(tiny_dir, impl):
+    """A row whose suffix is empty decodes from the prefix's last token, like HF generate on the prefix alone."""
+    judge = get_judge(tiny_dir, impl)
+    batch = make_batch(53, judge.lm.config.vocab_size, B=2, K=3)
+    batch[1].suffix_ids[2] = []
+    pad = judge.tokenizer.pad_token_id
+    ref = judge._generate_naive(batch, 6, False, SamplingSettings())
+    got = generate_shared_prefix(judge, batch, max_new_tokens=6, do_sample=False)
+    assert [[_strip_pad(g, pad) for g in u] for u in got] == [[_strip_pad(g, pad) for g in u] for u in ref]
+
+
 def test_generate_sampling_seeded_and_stops(tiny_dir):
     judge = get_judge(tiny_dir, "sdpa")
     batch = make_batch(17, judge.lm.config.vocab_size, B=3, K=2)

@@ -515,7 +515,8 @@ class GRecTrainer(TrainerProcess):
         training_state = {"optimizer.pt", "scheduler.pt", ITEM_TABLE_FILE, "trainer_state.json", "args.json",
                           "COMPLETE"}
         if self.cfg.merge_lora:
-            lm = load_causal_lm(ckpt, torch.device("cpu"), torch.float32, "sdpa", self.cfg.trust_remote_code,
+            # eager: a load-and-save merge runs no forward, and every architecture accepts it (Gemma-2 refuses sdpa)
+            lm = load_causal_lm(ckpt, torch.device("cpu"), torch.float32, "eager", self.cfg.trust_remote_code,
                                 base_model=str(self.base_model_dir), merge_adapter=True)
             lm.save_pretrained(dst)
             training_state |= {"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"}
