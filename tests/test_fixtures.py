@@ -30,3 +30,28 @@ def test_tiny_qwen_is_seeded(tmp_path):
     b = AutoModelForCausalLM.from_pretrained(build_tiny_qwen(tmp_path / "b", seed=1))
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(p, q), n
+
+
+def test_tiny_tokenizer_does_not_depend_on_where_the_repo_is(tmp_path):
+    """The tokenizer (hence the demo model and every demo figure) is the same from any checkout path: its
+    training texts are the prompt constants and the corpus, never a module's __file__."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    elsewhere = tmp_path / "another place" / "checkout"
+    for name in ("models", "prompters", "trainers"):
+        shutil.copytree(repo / name, elsewhere / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(repo / "paths.py", elsewhere / "paths.py")
+    code = ("import sys; from models.tiny import build_tiny_tokenizer; "
+            "import models.tiny as t; assert t.__file__.startswith(sys.argv[2]), t.__file__; "
+            "build_tiny_tokenizer(sys.argv[1], corpus=['Racing game', 'Puzzle box'])")
+    texts = []
+    for where, out in ((repo, tmp_path / "a"), (elsewhere, tmp_path / "b")):
+        r = subprocess.run([sys.executable, "-c", code, str(out), str(where)], cwd=where, capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        texts.append((out / "tokenizer.json").read_text())
+    assert texts[0] == texts[1]
