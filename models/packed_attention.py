@@ -162,8 +162,21 @@ class SharedPrefixKV:
         if self.written + self.n_new > self.capacity:
             raise ValueError(f"SharedPrefixKV: {self.written + self.n_new} tokens per row exceed the capacity "
                              f"{self.capacity}")
-        w = self.written
-        self.row_valid[:, w:w + self.n_new] = True if valid is None else valid.to(torch.bool)
+        w, n = self.written, self.written + self.n_new
+        self.row_valid[:, w:n] = True if valid is None else valid.to(torch.bool)
+        # What query i (buffer slot w + i) of every row may see among its own slots; the same for every layer of
+        # this forward, so built here once rather than in each layer's attention call.
+        dev = self.row_valid.device
+        self.own = self.row_valid[:, None, :n] & (torch.arange(n, device=dev)[None, :] <=
+                                                   torch.arange(w, n, device=dev)[:, None])[None]  # [R, L, n]
+        if self.n_new > 1:  # the suffix forward: per user, the mask over [prefix; own slots] of its K rows
+            P = self.prefix_valid.shape[1]
+            self.user_masks = [torch.cat([self.prefix_valid[u, None, None, :].expand(self.K, self.n_new, P),
+                                          self.own[u * self.K:(u + 1) * self.K]], dim=2)[:, None]
+                               for u in range(self.U)]  # [K, 1, L, P + n]; the prefix is never empty
+        else:  # a decode step: the masked-out keys of the two partial attentions
+            self.prefix_off = ~self.prefix_valid[:, None, None, :]  # [U, 1, 1, P]
+            self.own_off = ~self.own[:, None, :, :]  # [R, 1, 1, n]
 
     def advance(self) -> None:
         if self.in_prefix:
@@ -189,26 +202,22 @@ class SharedPrefixKV:
         w, L = self.written, q.shape[2]
         kr[:, :, w:w + L], vr[:, :, w:w + L] = k, v
         n = w + L
-        own = self.row_valid[:, None, :n] & (torch.arange(n, device=q.device)[None, :] <=
-                                              torch.arange(w, n, device=q.device)[:, None])[None]  # [R, L, n]
         kp, vp = self.prefix[layer]
         if L > 1:
-            return self._attend_per_user(q, kp, vp, kr[:, :, :n], vr[:, :, :n], own, scale)
-        return self._attend_merged(q, kp, vp, kr[:, :, :n], vr[:, :, :n], own, scale)
+            return self._attend_per_user(q, kp, vp, kr[:, :, :n], vr[:, :, :n], scale)
+        return self._attend_merged(q, kp, vp, kr[:, :, :n], vr[:, :, :n], scale)
 
-    def _attend_per_user(self, q, kp, vp, kr, vr, own, scale) -> torch.Tensor:
-        K, P = self.K, kp.shape[2]
+    def _attend_per_user(self, q, kp, vp, kr, vr, scale) -> torch.Tensor:
+        K = self.K
         out = []
         for u in range(self.U):
             rows = slice(u * K, (u + 1) * K)
             ks = torch.cat([kp[u:u + 1].expand(K, -1, -1, -1), kr[rows]], dim=2)
             vs = torch.cat([vp[u:u + 1].expand(K, -1, -1, -1), vr[rows]], dim=2)
-            pre = self.prefix_valid[u, None, None, :].expand(K, own.shape[1], P)
-            mask = torch.cat([pre, own[rows]], dim=2)[:, None]  # [K, 1, L, P + n]; the prefix is never empty
-            out.append(_sdpa(q[rows], ks, vs, scale, mask=mask))
+            out.append(_sdpa(q[rows], ks, vs, scale, mask=self.user_masks[u]))
         return torch.cat(out).transpose(1, 2)
 
-    def _attend_merged(self, q, kp, vp, kr, vr, own, scale) -> torch.Tensor:
+    def _attend_merged(self, q, kp, vp, kr, vr, scale) -> torch.Tensor:
         U, K = self.U, self.K
         R, H, _, d = q.shape
         Hkv = kp.shape[1]
@@ -217,7 +226,7 @@ class SharedPrefixKV:
         # prefix part: per user, its K*g query rows against the prefix keys, read once
         qp = q.view(U, K, Hkv, g, d).permute(0, 2, 1, 3, 4).reshape(U, Hkv, K * g, d)
         s1 = torch.matmul(qp, kp.transpose(-1, -2)).float() * scale  # [U, Hkv, K*g, P]
-        s1 = s1.masked_fill(~self.prefix_valid[:, None, None, :], neg)
+        s1 = s1.masked_fill(self.prefix_off, neg)
         lse1 = torch.logsumexp(s1, -1, keepdim=True)
         o1 = torch.matmul(torch.exp(s1 - lse1).to(vp.dtype), vp).float()
         o1 = o1.view(U, Hkv, K, g, d).permute(0, 2, 1, 3, 4).reshape(R, H, d)
@@ -225,7 +234,7 @@ class SharedPrefixKV:
         # own part: every row against its own tokens
         qr = q.view(R, Hkv, g, d)
         s2 = torch.matmul(qr, kr.transpose(-1, -2)).float() * scale  # [R, Hkv, g, n]
-        s2 = s2.masked_fill(~own[:, None, :, :], neg)  # own [R, 1, n] -> [R, 1, 1, n]
+        s2 = s2.masked_fill(self.own_off, neg)
         lse2 = torch.logsumexp(s2, -1, keepdim=True)
         o2 = torch.matmul(torch.exp(s2 - lse2).to(vr.dtype), vr).float().reshape(R, H, d)
         a = torch.sigmoid(lse1 - lse2.reshape(R, H, 1))  # the prefix's share of the softmax mass

@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from models.abstract_models import pad_left, pad_right
 from models.packed_attention import (DECODE_KWARG, LAYOUT_KWARG, PREFIX_SPLIT, SharedPrefixKV, build_layout,
                                      compute_dtype, flex_block_mask, flex_bucket, no_mask_mapping)
 from prompters import prompts
@@ -323,33 +324,18 @@ def _prefix_cache(judge, users: Sequence[UserPrompt]):
     """Left-padded prefix forward with a DynamicCache: (cache, prefix mask [U, P], prefix lens [U], h_last [U, H])."""
     from transformers import DynamicCache
 
-    dev, pad = judge.device, _pad_id(judge)
-    U = len(users)
-    P = max(len(p.prefix_ids) for p in users)
-    ids = torch.full((U, P), pad, dtype=torch.long)
-    mask = torch.zeros((U, P), dtype=torch.long)
-    for u, p in enumerate(users):
-        n = len(p.prefix_ids)
-        ids[u, P - n:] = torch.tensor(p.prefix_ids, dtype=torch.long)
-        mask[u, P - n:] = 1
+    dev = judge.device
+    ids, mask = pad_left([p.prefix_ids for p in users], _pad_id(judge))
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
     cache = DynamicCache(config=judge.base_lm().config)
     out = _run_with_cache(judge.backbone(), cache, input_ids=ids, attention_mask=mask, position_ids=pos)
-    lens = torch.tensor([len(p.prefix_ids) for p in users], dtype=torch.long, device=dev)
-    return cache, mask, lens, out.last_hidden_state[:, -1]
+    return cache, mask, mask.sum(-1), out.last_hidden_state[:, -1]
 
 
 def _suffix_batch(users: Sequence[UserPrompt], pad_id: int):
     """Right-padded suffix ids [U*K, S], their mask and lengths."""
-    K = users[0].K
-    S = max(1, max(len(s) for p in users for s in p.suffix_ids))  # one (masked) slot even if every suffix is empty
-    ids = torch.full((len(users) * K, S), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(users) * K, S), dtype=torch.long)
-    for u, p in enumerate(users):
-        for k, s in enumerate(p.suffix_ids):
-            ids[u * K + k, :len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[u * K + k, :len(s)] = 1
+    ids, mask = pad_right([s for p in users for s in p.suffix_ids], pad_id)  # one masked slot if all are empty
     return ids, mask, mask.sum(-1)
 
 
@@ -535,11 +521,8 @@ class _SharedPrefixCache:
     def __init__(self, judge, users: Sequence[UserPrompt], max_new_tokens: int) -> None:
         dev, pad, K = judge.device, _pad_id(judge), users[0].K
         self.body = judge.backbone()
-        plens = torch.tensor([len(p.prefix_ids) for p in users], dtype=torch.long)
-        P = int(plens.max())
-        ids = torch.full((len(users), P), pad, dtype=torch.long)
-        for u, p in enumerate(users):
-            ids[u, :len(p.prefix_ids)] = torch.tensor(p.prefix_ids, dtype=torch.long)
+        ids, pmask = pad_right([p.prefix_ids for p in users], pad)
+        plens, P = pmask.sum(-1), ids.shape[1]
         sids, smask, slens = _suffix_batch(users, pad)
         S = sids.shape[1]
         plens, sids, smask, slens = plens.to(dev), sids.to(dev), smask.to(dev), slens.to(dev)
