@@ -499,14 +499,14 @@ class PPOTrainer(TrainerProcess):
             "value_mean": float(rollout.old_values.mean()), "grad_norm": stats.grad_norm})
         # Tokens through the model this step, all processes: the rollout pass, the PPO passes (and the reference).
         shared = c.scoring == "shared"
-        forwards = 1 + (1 if rollout.ref_logp is not None else 0) + (1 if c.reasoning else 0)
-        passes = forwards - (1 if c.reasoning else 0) + c.ppo_epochs
+        scoring_forwards = 1 + (1 if rollout.ref_logp is not None else 0)
         tokens = sum(p.n_tokens(shared) for p in rollout.prompts)
         pairs = sum(p.n_attended_pairs(shared) for p in rollout.prompts)
-        # Model FLOPs (models/flops.py): forward passes (generation counted as one forward over the final
-        # sequences) and ppo_epochs training passes; checkpointing's recompute is not model work.
-        flops = (self.model_flops.of_pass(tokens, pairs) * forwards
+        # Model FLOPs (models/flops.py): the scoring forwards, reasoning generation counted as one more forward over
+        # the final sequences, and ppo_epochs training passes; checkpointing's recompute is not model work.
+        flops = (self.model_flops.of_pass(tokens, pairs) * (scoring_forwards + (1 if c.reasoning else 0))
                  + self.model_flops.of_pass(tokens, pairs, train=True) * c.ppo_epochs)
+        passes = scoring_forwards + c.ppo_epochs
         tokens, flops = self.acc.reduce(torch.tensor([tokens * passes, flops], dtype=torch.float64,
                                                      device=self.acc.device), reduction="sum").tolist()
         res = step_resources(self.acc.device, t0)
