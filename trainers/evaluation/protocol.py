@@ -110,7 +110,7 @@ def sanity_ranks(samples: Sequence[dict], dataset, seed: int) -> dict[str, list[
 
 def sanity_rows(samples: Sequence[dict], dataset, seed: int, ks: Iterable[int] = DEFAULT_KS) -> dict[str, dict]:
     """Metrics of the sanity rankings (sanity_ranks) on the same candidates."""
-    return {name: metrics_from_ranks(r, ks) for name, r in sanity_ranks(samples, dataset, seed).items()}
+    return sanity_results(samples, dataset, seed, ks)["sanity_rows"]
 
 
 def sanity_results(samples: Sequence[dict], dataset, seed: int, ks: Iterable[int] = DEFAULT_KS) -> dict[str, dict]:
