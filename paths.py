@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 # What a saved model directory holds (kept here, torch-free, so scripts can check directories before heavy imports).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")

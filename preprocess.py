@@ -12,7 +12,7 @@ import argparse
 import os
 
 from trainers.data.amazon_interactions import REPEAT_POLICIES, TIMESTAMP_UNITS
-from trainers.foundation.errors import UserInputError, die
+from foundation.errors import UserInputError, die
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,9 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from trainers.foundation.config import add_model_loading_args, finite_float
-from trainers.foundation.errors import UserInputError, exit_on_user_error
-from trainers.foundation.files import check_output_path
+from foundation.config import add_model_loading_args, finite_float
+from foundation.errors import UserInputError, exit_on_user_error
+from foundation.files import check_output_path
 
 # Settings that change candidates or scores: a resumed run must match the existing file on all of them.
 RESUME_KEYS = ("dataset", "split", "K", "seed", "reference_json", "model", "checkpoint", "mode", "max_new_tokens",
@@ -131,7 +131,7 @@ def judge_dir_files() -> list[tuple[str, ...]]:
 
 def resolve_checkpoint_arg(resume_from: str | None, checkpoint_dir: str | None, output_dir: str) -> str | None:
     """None, an explicit complete checkpoint dir, or the newest complete checkpoint-N for 'last'."""
-    from trainers.foundation.checkpoints import resolve_checkpoint
+    from foundation.checkpoints import resolve_checkpoint
 
     if not resume_from:
         return None
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> dict | None:
         if is_adapter_dir(checkpoint):
             check_model_dir(args.model_name_or_path)  # the adapter's base
         elif args.model_name_or_path and Path(args.model_name_or_path).is_dir():
-            from trainers.foundation.checkpoints import check_same_model_shape
+            from foundation.checkpoints import check_same_model_shape
 
             # A checkpoint of another architecture would silently evaluate a different model than asked for.
             check_same_model_shape(check_model_dir(args.model_name_or_path), Path(checkpoint))
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> dict | None:
     from trainers.evaluation.metrics import eval_ks, format_metrics_table, metrics_from_ranks
     from trainers.evaluation.protocol import sanity_results
     from trainers.evaluation.results import sharded_results
-    from trainers.foundation.distributed import shard
+    from foundation.distributed import shard
 
     from accelerate import PartialState
 

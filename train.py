@@ -7,7 +7,7 @@ Preemptible jobs:  python train.py ... --resume_from auto   (continues from the 
 """
 from __future__ import annotations
 
-from trainers.foundation.errors import exit_on_user_error
+from foundation.errors import exit_on_user_error
 from trainers.ppo_trainer import build_parser, parse_config, run_training  # noqa: F401 (build_parser: --help tests)
 
 

@@ -28,9 +28,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainers.foundation.config import add_model_loading_args, finite_float
-from trainers.foundation.errors import UserInputError, exit_on_user_error
-from trainers.foundation.files import check_output_path
+from foundation.config import add_model_loading_args, finite_float
+from foundation.errors import UserInputError, exit_on_user_error
+from foundation.files import check_output_path
 
 # Settings that change candidates or scores: a rerun on the same result JSON must match them.
 RESUME_KEYS = ("model", "model_files", "base_model", "dataset", "split", "seed", "K", "candidate_source", "category",
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> dict | None:
     from trainers.data.dataset import load_processed_dataset
     from trainers.evaluation.protocol import build_eval_items
     from trainers.evaluation.results import check_resume_settings, load_result_json
-    from trainers.GRecTrainer import resolve_trained_model
+    from trainers.grec_trainer import resolve_trained_model
 
     check_args(args)
     dataset = load_processed_dataset(args.dataset_dir, flag="--dataset_dir")
@@ -180,7 +180,7 @@ def evaluate(args, dataset, items, ckpt, base, settings, category, out, meta) ->
     from trainers.evaluation.protocol import sanity_results
     from trainers.evaluation.results import sharded_results
     from trainers.evaluation.rrec import FULL_RANKING_KS, rrec_metrics
-    from trainers.foundation.distributed import shard
+    from foundation.distributed import shard
 
     def check_saved(writer) -> None:
         if args.full_ranking and any("full_rank" not in s for s in writer.samples.values()):
@@ -244,7 +244,7 @@ def load_for_ranking(args, dataset, ckpt, base, settings, category, state) -> tu
 def rank_items(args, dataset, mine, model, prompter, settings, writer, state) -> None:
     """This process's share: compute (its share of) the item table, rank its examples."""
     from trainers.evaluation.rrec import compute_item_table, rank_with_rrec
-    from trainers.foundation.distributed import gather_objects
+    from foundation.distributed import gather_objects
 
     rank, world = state.process_index, state.num_processes
     show = not args.no_progress and rank == 0

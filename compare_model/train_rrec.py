@@ -1,4 +1,4 @@
-"""Train the R2ec ("RRec") baseline with RecPO (trainers/RecPOTrainer.py), reproducing upstream R2ec by default.
+"""Train the R2ec ("RRec") baseline with RecPO (trainers/recpo_trainer.py), reproducing upstream R2ec by default.
 
 Single process:    python compare_model/train_rrec.py --model_name_or_path MODEL --dataset_dir DATA --output_dir OUT
 Several GPUs:      accelerate launch --num_processes N compare_model/train_rrec.py ...   (DDP)
@@ -11,26 +11,26 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
-from trainers.foundation.errors import exit_on_user_error
-from trainers.GRecTrainer import RRecTrainingArguments
+from foundation.errors import exit_on_user_error
+from trainers.grec_trainer import RRecTrainingArguments
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainers.foundation.config import build_parser as config_parser
+    from foundation.config import build_parser as config_parser
 
     return config_parser(RRecTrainingArguments, description=__doc__.split("\n\n")[0])
 
 
 def parse_config(argv: Sequence[str] | None = None) -> RRecTrainingArguments:
     """Flags -> settings (validated later, inside the run, so errors are one line)."""
-    from trainers.foundation.config import config_from_args
+    from foundation.config import config_from_args
 
     return config_from_args(RRecTrainingArguments, build_parser().parse_args(argv), validate=False)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     with exit_on_user_error():  # one line from the main process, exit status 2 on every process
-        from trainers.RecPOTrainer import run_training
+        from trainers.recpo_trainer import run_training
 
         return run_training(parse_config(argv))
 

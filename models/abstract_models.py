@@ -21,8 +21,8 @@ import torch
 
 from paths import (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, HEADS_FILE, TOKENIZER_FILES,  # noqa: F401 (re-exported)
                    WEIGHT_FILES, resolve_model_path)
-from trainers.foundation.distributed import resolve_device  # noqa: F401 (re-exported: models load on it)
-from trainers.foundation.errors import UserInputError
+from foundation.distributed import resolve_device  # noqa: F401 (re-exported: models load on it)
+from foundation.errors import UserInputError
 
 ATTN_IMPLEMENTATIONS = ("auto", "prefix_split", "flash_attention_2", "sdpa", "flex_attention", "eager")
 # Can run the packed shared-prefix layout (models/packed_attention.py): prefix_split and flex_attention with linear

@@ -22,7 +22,7 @@
 
 The API key comes from an explicit argument or an environment variable (DEEPSEEK_API_KEY by default). Every
 text the server sends back (answers, reasoning, errors, model names) passes the one redaction
-(trainers.foundation.errors.redact: the key and its masked forms) before anything can store or print it.
+(foundation.errors.redact: the key and its masked forms) before anything can store or print it.
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from trainers.foundation.errors import UserInputError, redact, redact_json
-from trainers.foundation.files import atomic_write_text, parse_json_lines, read_answer_rows
+from foundation.errors import UserInputError, redact, redact_json
+from foundation.files import atomic_write_text, parse_json_lines, read_answer_rows
 
 DEFAULT_API_BASE = "https://api.deepseek.com"
 DEFAULT_KEY_ENV = "DEEPSEEK_API_KEY"
@@ -341,7 +341,7 @@ def run_jobs(
     """
     from tqdm.auto import tqdm
 
-    from trainers.foundation.files import append_jsonl
+    from foundation.files import append_jsonl
 
     if concurrency < 1:
         raise UserInputError(f"--concurrency {concurrency}: must be >= 1")

@@ -23,8 +23,8 @@ from models.abstract_models import (
     resolve_dtype,
 )
 from prompters.rendering import generation_prompt
-from trainers.foundation.config import finite_float
-from trainers.foundation.errors import UserInputError
+from foundation.config import finite_float
+from foundation.errors import UserInputError
 
 
 class LocalGenerator:
@@ -90,7 +90,7 @@ def row_messages(row: dict) -> list[dict]:
 def done_ids(output_file: str | Path) -> set[int]:
     """Ids already in the output. The file is validated as an answer file first; only then is a partial last
     line left by a kill cut off."""
-    from trainers.foundation.files import read_answer_rows, repair_jsonl_tail
+    from foundation.files import read_answer_rows, repair_jsonl_tail
 
     rows, partial_tail = read_answer_rows(output_file, content_key="response", flag="--output_file")
     if partial_tail:
@@ -115,7 +115,7 @@ def run_prompt_file(model_path: str, input_file: str, output_file: str, device: 
     from tqdm import tqdm
 
     from prompters.answer_parsing import parse_yes_no
-    from trainers.foundation.files import append_jsonl, read_jsonl
+    from foundation.files import append_jsonl, read_jsonl
 
     if batch_size < 1:
         raise UserInputError(f"--batch_size {batch_size}: must be >= 1")
@@ -167,7 +167,7 @@ def inference_cli(argv: list[str] | None, description: str, model_path: str, inp
     defaults): parse flags, run run_prompt_file, print a summary; bad input exits with status 2."""
     import argparse
 
-    from trainers.foundation.errors import die
+    from foundation.errors import die
 
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", default=model_path, help="model dir or a name known to paths.py")

@@ -14,7 +14,6 @@ the LM of a full-model directory; the value head is only needed to continue trai
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -27,57 +26,11 @@ from models.abstract_models import (AbstractRecModel, LoraSettings, apply_lora, 
                                     resolve_device, resolve_dtype, save_lm)
 from prompters import prompts
 from prompters.binary_prompter import UserPrompt
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
+from models.judge_types import SamplingSettings, ScoreOutput  # noqa: F401 (re-exported: the judge's value types)
+from models.shared_prefix import generate_shared_prefix, score_shared_prefix
 
 SCORING_MODES = ("naive", "shared")
-# A token outside the top-k / top-p set gets this logit: probability exactly 0 in fp32, log-prob finite.
-_EXCLUDED_LOGIT = -1e4
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How reasoning tokens are sampled, and therefore under which distribution their log-probs are computed:
-    logits / temperature, then top-k, then top-p (HF's processor order). No repetition penalty or other
-    processor from the model's generation_config is applied: the PPO ratio needs the exact distribution."""
-
-    temperature: float = 1.0
-    top_k: int = 50  # 0 = off
-    top_p: float = 1.0  # 1 = off
-
-    def warp(self, logits: torch.Tensor) -> torch.Tensor:
-        """Float32 logits of the sampling distribution (excluded tokens at a large negative value)."""
-        x = logits.float() / max(float(self.temperature), 1e-6)
-        V = x.shape[-1]
-        if self.top_k and 0 < self.top_k < V:
-            kth = torch.topk(x, self.top_k, dim=-1).values[..., -1:]
-            x = x.masked_fill(x < kth, _EXCLUDED_LOGIT)
-        if self.top_p < 1.0:
-            sorted_x, order = torch.sort(x, dim=-1, descending=False)
-            cum = torch.softmax(sorted_x, -1).cumsum(-1)
-            drop_sorted = cum <= (1.0 - self.top_p)
-            drop_sorted[..., -1] = False  # always keep the most likely token
-            drop = drop_sorted.scatter(-1, order, drop_sorted)
-            x = x.masked_fill(drop, _EXCLUDED_LOGIT)
-        return x
-
-    def sample(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.multinomial(torch.softmax(self.warp(logits), -1), 1, generator=generator).squeeze(-1)
-
-    def validate(self) -> "SamplingSettings":
-        if not self.temperature > 0:
-            raise UserInputError(f"--gen_temperature {self.temperature}: must be > 0")
-        if self.top_k < 0:
-            raise UserInputError(f"--gen_top_k {self.top_k}: must be >= 0 (0 = off)")
-        if not 0 < self.top_p <= 1:
-            raise UserInputError(f"--gen_top_p {self.top_p}: must be in (0, 1]")
-        return self
-
-
-@dataclass
-class ScoreOutput:
-    scores: torch.Tensor  # [B, K] float32: logit(Yes) - logit(No)
-    values: torch.Tensor | None = None  # [B] critic value at the end of the shared prefix
-    token_logprobs: torch.Tensor | None = None  # [B, K] summed log-probs of reasoning tokens
 
 
 class ValueHead(nn.Module):
@@ -204,7 +157,6 @@ class BinaryJudge(AbstractRecModel):
         if len(Ks) != 1:
             raise ValueError(f"all users in a batch need the same K, got {sorted(Ks)}")
         if scoring == "shared":
-            from models.shared_prefix import score_shared_prefix
 
             return score_shared_prefix(self, batch, with_values=with_values, with_token_logprobs=with_token_logprobs,
                                        sampling=sampling)
@@ -264,7 +216,6 @@ class BinaryJudge(AbstractRecModel):
         suffixes end with it plus the answer prefix, with reasoning_spans marking exactly the generated tokens."""
         sampling = sampling or SamplingSettings()
         if scoring == "shared":
-            from models.shared_prefix import generate_shared_prefix
 
             gens = generate_shared_prefix(self, batch, max_new_tokens, do_sample, sampling)
         else:

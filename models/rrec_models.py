@@ -40,7 +40,7 @@ from models.abstract_models import (
 )
 from prompters import prompts
 from prompters.rrec_prompter import DEFAULT_USER_WINDOW, check_model_type, model_type_of
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 RREC_CONFIG_FILE = "rrec_config.json"
 SIMILARITY_TYPES = ("dot", "cosine", "L2")

@@ -59,18 +59,17 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 
-from models.abstract_models import pad_left, pad_right
+from models.abstract_models import AbstractRecModel, pad_left, pad_right
 from models.packed_attention import (DECODE_KWARG, LAYOUT_KWARG, PREFIX_SPLIT, SharedPrefixKV, build_layout,
                                      compute_dtype, flex_block_mask, flex_bucket, no_mask_mapping)
 from prompters import prompts
 from prompters.binary_prompter import UserPrompt
 
-if TYPE_CHECKING:  # import cycle: qwen_models imports this module lazily
-    from models.qwen_models import BinaryJudge, SamplingSettings, ScoreOutput
+from models.judge_types import SamplingSettings, ScoreOutput
 
 METHODS = ("auto", "packed", "cache")
 _LOGPROB_CHUNK = 1024  # reasoning positions per log-softmax over the vocab
@@ -377,11 +376,10 @@ def _cache_forward(judge, users: Sequence[UserPrompt], with_token_logprobs: bool
 
 
 # ---- public: scoring --------------------------------------------------------------------------
-def score_shared_prefix(judge: "BinaryJudge", batch: Sequence[UserPrompt], with_values: bool = False,
+def score_shared_prefix(judge: AbstractRecModel, batch: Sequence[UserPrompt], with_values: bool = False,
                         with_token_logprobs: bool = False, method: str = "auto",
                         sampling: "SamplingSettings | None" = None) -> "ScoreOutput":
     """Same ScoreOutput as BinaryJudge._score_naive, computing each user's prefix once. Differentiable."""
-    from models.qwen_models import ScoreOutput
 
     B, K = len(batch), batch[0].K
     method = resolve_method(judge, method)
@@ -452,7 +450,7 @@ GEN_CHECK_EVERY = 8  # decode steps between host-side stop checks (sampled token
 
 
 @torch.no_grad()
-def generate_shared_prefix(judge: "BinaryJudge", batch: Sequence[UserPrompt], max_new_tokens: int,
+def generate_shared_prefix(judge: AbstractRecModel, batch: Sequence[UserPrompt], max_new_tokens: int,
                            do_sample: bool = True, sampling: "SamplingSettings | None" = None) -> list[list[list[int]]]:
     """Per user, per candidate: the generated token ids (up to and including the stop token).
 
@@ -460,7 +458,6 @@ def generate_shared_prefix(judge: "BinaryJudge", batch: Sequence[UserPrompt], ma
     step holds at most max(K, judge.generation_batch_rows) rows, independent of the scoring chunk size.
     Sampling follows `sampling` exactly (temperature, top-k, top-p; no other logits processor), greedy otherwise.
     """
-    from models.qwen_models import SamplingSettings
 
     if not batch:
         return []

@@ -12,7 +12,7 @@ from typing import Sequence
 from prompters import prompts
 from prompters.binary_prompter import _fmt_rating, item_raw_text, read_template
 from prompters.rendering import safe_item_rows
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 PLACEHOLDERS = {"history", "candidates", "n"}
 

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from prompters import prompts
 from prompters.rendering import generation_prompt, safe_item_rows
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 _SENTINEL = "\u2063CANDIDATE\u2063"  # invisible separator: never occurs in item text
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 ZERO_WIDTH_SPACE = "\u200b"
 # Special-token spellings of common chat-model families (used whatever the tokenizer).

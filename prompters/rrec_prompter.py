@@ -30,7 +30,7 @@ from typing import Sequence
 
 from prompters import prompts
 from prompters.rendering import generation_prompt, render_chat, safe_item_rows
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 MODEL_TYPES = ("qwen", "gemma")
 END_OF_TURN = {"qwen": "<|im_end|>", "gemma": "<end_of_turn>"}

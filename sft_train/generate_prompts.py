@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from trainers.foundation.config import finite_float
-from trainers.foundation.errors import UserInputError, die
+from foundation.config import finite_float
+from foundation.errors import UserInputError, die
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         from prompters.binary_prompter import BinaryPrompter
         from trainers.data.dataset import load_processed_dataset
         from trainers.data.sft import check_prompt_output, sample_sft_prompts
-        from trainers.foundation.files import atomic_write_text
+        from foundation.files import atomic_write_text
 
         check_prompt_output(args.output_file)
         ds = load_processed_dataset(args.dataset_dir, flag="--dataset_dir")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 
 def build_parser() -> argparse.ArgumentParser:

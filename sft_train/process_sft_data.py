@@ -23,7 +23,7 @@ import argparse
 import json
 import os
 
-from trainers.foundation.errors import UserInputError, die
+from foundation.errors import UserInputError, die
 
 
 def default_output(fmt: str) -> str:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             read_dataset_info,
             render_dataset_info,
         )
-        from trainers.foundation.files import atomic_write_json, atomic_write_text, iter_jsonl
+        from foundation.files import atomic_write_json, atomic_write_text, iter_jsonl
 
         if os.path.abspath(out) == os.path.abspath(args.input_file):
             raise UserInputError("--output_file must differ from --input_file")

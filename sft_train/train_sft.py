@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 
-from trainers.foundation.config import build_parser as config_parser
-from trainers.foundation.config import config_from_args
-from trainers.foundation.errors import UserInputError, die
+from foundation.config import build_parser as config_parser
+from foundation.config import config_from_args
+from foundation.errors import UserInputError, die
 from trainers.sft_trainer import SFTConfig, train_sft
 
 

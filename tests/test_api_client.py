@@ -1,4 +1,4 @@
-"""models/api_client.py against a real loopback OpenAI-compatible HTTP server (models/loopback_server.py)."""
+"""models/api_client.py against a real loopback OpenAI-compatible HTTP server (fixtures/loopback_server.py)."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from models.api_client import ApiJob, ChatClient, load_done, resolve_api_key, run_jobs
-from models.loopback_server import LoopbackAPI
+from fixtures.loopback_server import LoopbackAPI
 from trainers.cli import public_args
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -278,7 +278,7 @@ def test_rejected_key_stops_the_run_recording_nothing(tmp_path):
 
 
 def test_redaction_covers_masked_forms():
-    from trainers.foundation.errors import redact, redact_json
+    from foundation.errors import redact, redact_json
 
     key = "sk-adv-0123456789abcdef777"
     text = f"Bearer {key}; shown as sk-adv-****777, sk-ad...777, ****777 or sk-adv-••••; 3 * 4 ... ok **bold**"
@@ -290,7 +290,7 @@ def test_redaction_covers_masked_forms():
 
 def test_redaction_covers_escaped_forms():
     """A raw JSON body or an ensure_ascii dump can carry the key with escaped characters (sk\\u002d...)."""
-    from trainers.foundation.errors import redact
+    from foundation.errors import redact
 
     key, short = "sk-adv-0123456789abcdef777", "k-12"
     for text in ['{"auth": "sk\\u002dadv-0123456789abcdef777"}', "sk\\u002Dadv\\u002D0123456789abcdef777",

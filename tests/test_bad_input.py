@@ -149,7 +149,7 @@ def ctx(tmp_path_factory) -> dict:
     """Tiny model, processed data and one of each kind of bad file, all under one root."""
     from tests.fixtures.assets import build_tiny_qwen
     from trainers.data.amazon import PreprocessConfig, run_preprocess
-    from trainers.data.synthetic import write_amazon_raw
+    from fixtures.synthetic_amazon import write_amazon_raw
 
     root = tmp_path_factory.mktemp("badinput")
     c: dict = {"root": root}
@@ -221,7 +221,7 @@ def _damaged_fixtures(c: dict, root: Path) -> None:
 
     from datasets import load_from_disk
 
-    from trainers.foundation.checkpoints import write_complete_marker
+    from foundation.checkpoints import write_complete_marker
 
     name = Path(c["data"]).name
     c["ds_truncated"] = root / "ds_truncated" / name

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import pytest
 
 from tests.fixtures.ppo_train import build_dataset
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 DAMAGES = ("delete", "truncate", "empty")
 
@@ -163,7 +163,7 @@ def test_every_file_of_a_checkpoint_deleted_truncated_or_emptied_is_named(ppo_ru
     space) refuse a checkpoint whose files no longer match the manifest its COMPLETE marker holds; 'auto' falls
     back to the newest intact checkpoint with a warning."""
     import test as test_script
-    from trainers.foundation.checkpoints import TRAINING_STATE_FILES, resolve_checkpoint
+    from foundation.checkpoints import TRAINING_STATE_FILES, resolve_checkpoint
     from trainers.ppo_trainer import judge_checkpoint_files
 
     manifest = json.loads((ppo_run / "checkpoint-2" / "COMPLETE").read_text())["files"]
@@ -196,7 +196,7 @@ def test_every_file_of_a_checkpoint_deleted_truncated_or_emptied_is_named(ppo_ru
 
 
 def test_manifest_is_written_last_and_old_markers_still_work(tmp_path):
-    from trainers.foundation.checkpoints import checkpoint_problem, write_checkpoint
+    from foundation.checkpoints import checkpoint_problem, write_checkpoint
 
     def files(d: Path) -> None:
         (d / "model.safetensors").write_bytes(b"x" * 10)
@@ -257,7 +257,7 @@ def test_damaged_reference_json_is_one_line(tmp_path):
 def test_a_damaged_metrics_log_is_trimmed_not_fatal(tmp_path, capsys):
     """A resumed run trims metrics.jsonl to its step; a record whose step is not an integer (or a line that is not
     a record) is dropped with a warning instead of a traceback on every rerun."""
-    from trainers.foundation.files import truncate_jsonl_after
+    from foundation.files import truncate_jsonl_after
 
     log = tmp_path / "metrics.jsonl"
     log.write_text('{"step": 1}\n{"step": "abc"}\n[1, 2]\n{"step": null}\n{"step": 2}\n{"step": 3}\n{"step": 4, "x"')

@@ -11,7 +11,7 @@ import pytest
 
 from tests.fixtures.scripts import load_script
 from trainers.data.amazon import download
-from trainers.data.synthetic import build_processed_dataset
+from fixtures.synthetic_amazon import build_processed_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CAT = "Video_Games"
@@ -42,7 +42,7 @@ def test_analyze(dataset_dir):
 
 
 def test_analyze_with_tokenizer(dataset_dir, tmp_path):
-    tiny = pytest.importorskip("models.tiny")
+    tiny = pytest.importorskip("fixtures.tiny_model")
     tok_dir = tmp_path / "tok"
     tiny.build_tiny_tokenizer(tok_dir)
     p = _tool("analyze_processed_dataset.py", "--dataset_dir", str(dataset_dir), "--tokenizer", str(tok_dir))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import models.loopback_server as lb
+import fixtures.loopback_server as lb
 from prompters.answer_parsing import fallback_ranking, parse_ranking, strip_think
 from trainers.evaluation.api import sample_from_row
 
@@ -336,7 +336,7 @@ def test_missing_key_and_bad_flags_exit_2(data_dir, tmp_path):
 
 def test_api_prompter_renders_window_candidates_and_text(tmp_path):
     from prompters.api_prompter import ApiRankingPrompter
-    from trainers.foundation.errors import UserInputError
+    from foundation.errors import UserInputError
 
     rows = [{"title": "pad"}] + [{"title": f"Game {i}", "description": [f"desc {i} one two three"], "features": []}
                                  for i in range(1, 8)]

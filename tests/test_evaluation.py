@@ -20,7 +20,7 @@ from trainers.evaluation.metrics import (
     target_rank,
 )
 from trainers.evaluation.protocol import SANITY_ROWS, build_eval_items, sanity_rows
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    from trainers.data.synthetic import write_amazon_raw
+    from fixtures.synthetic_amazon import write_amazon_raw
 
     root = tmp_path_factory.mktemp("amazon")
     write_amazon_raw(root / "raw", category="Video_Games", n_users=120, n_items=80, seed=0)

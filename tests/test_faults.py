@@ -58,7 +58,7 @@ def _kill_after(argv: list[str], partial: Path, n_lines: int, timeout: float = 2
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     from tests.fixtures.assets import build_tiny_qwen
-    from trainers.data.synthetic import write_amazon_raw
+    from fixtures.synthetic_amazon import write_amazon_raw
 
     root = tmp_path_factory.mktemp("faults")
     model = build_tiny_qwen(root / "tiny")
@@ -142,7 +142,7 @@ def _save_ckpt(judge, d: Path, complete: bool) -> None:
 def test_last_skips_truncated_checkpoints(assets, tmp_path, capsys):
     import test as test_script
     from models.qwen_models import load_judge_from_checkpoint
-    from trainers.foundation.checkpoints import resolve_checkpoint, rotate_checkpoints
+    from foundation.checkpoints import resolve_checkpoint, rotate_checkpoints
 
     model, data = assets
     judge = load_judge_from_checkpoint(str(model), device="cpu", dtype="fp32", attn_implementation="sdpa")
@@ -169,7 +169,7 @@ def test_last_skips_truncated_checkpoints(assets, tmp_path, capsys):
     assert left == ["checkpoint-10", "checkpoint-4", "checkpoint-6"]  # the incomplete one is never counted
 
     # An explicit incomplete checkpoint is a one-line error for the trainers.
-    from trainers.foundation.errors import UserInputError
+    from foundation.errors import UserInputError
 
     with pytest.raises(UserInputError, match="COMPLETE"):
         resolve_checkpoint(str(run / "checkpoint-6"), run)
@@ -189,7 +189,7 @@ WRITER = textwrap.dedent("""
 
 def test_result_writer_survives_sigkill(tmp_path):
     from trainers.evaluation.results import ResultWriter, load_result_json
-    from trainers.foundation.files import iter_jsonl
+    from foundation.files import iter_jsonl
 
     path = tmp_path / "res.json"
     partial = Path(str(path) + ".partial.jsonl")

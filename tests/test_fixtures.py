@@ -42,11 +42,11 @@ def test_tiny_tokenizer_does_not_depend_on_where_the_repo_is(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     elsewhere = tmp_path / "another place" / "checkout"
-    for name in ("models", "prompters", "trainers"):
+    for name in ("foundation", "prompters", "models", "trainers", "fixtures"):
         shutil.copytree(repo / name, elsewhere / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(repo / "paths.py", elsewhere / "paths.py")
-    code = ("import sys; from models.tiny import build_tiny_tokenizer; "
-            "import models.tiny as t; assert t.__file__.startswith(sys.argv[2]), t.__file__; "
+    code = ("import sys; from fixtures.tiny_model import build_tiny_tokenizer; "
+            "import fixtures.tiny_model as t; assert t.__file__.startswith(sys.argv[2]), t.__file__; "
             "build_tiny_tokenizer(sys.argv[1], corpus=['Racing game', 'Puzzle box'])")
     texts = []
     for where, out in ((repo, tmp_path / "a"), (elsewhere, tmp_path / "b")):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from models.loopback_server import LoopbackAPI, prompt_text
+from fixtures.loopback_server import LoopbackAPI, prompt_text
 from tests.fixtures.scripts import run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,7 +235,7 @@ def test_echoed_key_never_reaches_disk_or_output(tmp_path, monkeypatch, capsys):
 def test_second_run_on_the_same_output_file_is_refused(script, tmp_path, monkeypatch, capsys):
     """A run appending answers to --output_file holds a lock beside it: a second run on that file (another
     shell, a resubmitted job) would ask and pay for every request again, so it is refused with one line."""
-    from trainers.foundation.files import RunLock
+    from foundation.files import RunLock
 
     inp, out = tmp_path / "prompts.jsonl", tmp_path / "responses.jsonl"
     write_prompts(inp, n=4)

@@ -1,6 +1,6 @@
 """Acceptance test: PL-PPO training of the tiny model learns the planted preference of the synthetic data.
 
-The data is the demo's: trainers/data/synthetic.py with preference="synonyms". Users stick to a family of
+The data is the demo's: fixtures/synthetic_amazon.py with preference="synonyms". Users stick to a family of
 sub-categories (~87% of their purchases) that each title names with one of three words (Racing / Sports / Rhythm,
 ...); descriptions name none. Popularity is uninformative and word overlap with the history (the TF-IDF content
 row) is weak; a model that reads the history and learns which words belong together wins. Histories hold the 3

@@ -38,7 +38,7 @@ def _prompts(path: Path, n: int) -> Path:
 def test_batched_equals_single_greedy(tiny, tmp_path):
     """Left padding must not change greedy outputs: batch of 4 == one prompt at a time (fp32)."""
     from models.local_inference import LocalGenerator, run_prompt_file
-    from trainers.foundation.files import read_jsonl
+    from foundation.files import read_jsonl
 
     gen = LocalGenerator(str(tiny), device="cpu", dtype="fp32")
     inp = _prompts(tmp_path / "p.jsonl", 6)
@@ -69,7 +69,7 @@ def _tool(name: str):
 
 
 def test_baseline_script_in_process(tiny, tmp_path, capsys):
-    from trainers.foundation.files import read_jsonl
+    from foundation.files import read_jsonl
 
     inp, out = _prompts(tmp_path / "p.jsonl", 3), tmp_path / "o.jsonl"
     s = _tool("run_qwen_baseline").main(["--model_path", str(tiny), "--input_file", str(inp), "--output_file",

@@ -1,7 +1,7 @@
 import pytest
 
 import paths
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 
 def test_existing_directory_is_returned(tmp_path):

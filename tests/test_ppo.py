@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from trainers.foundation.errors import UserInputError
-from trainers.foundation.seeding import derived_seed
+from foundation.errors import UserInputError
+from foundation.seeding import derived_seed
 from trainers.ppo_trainer import lr_lambda_factory, sample_step_indices, step_candidate_seed
 from trainers.rl.advantages import normalize_advantages
 from trainers.rl.kl import kl_penalty

@@ -29,8 +29,8 @@ from trainers.data.amazon import (
 )
 from trainers.data.amazon_interactions import kcore_mask
 from trainers.data.candidates import sample_candidates
-from trainers.data.synthetic import SUBCATEGORIES, synthetic_corpus, title_subcategory, write_amazon_raw
-from trainers.foundation.errors import UserInputError
+from fixtures.synthetic_amazon import SUBCATEGORIES, synthetic_corpus, title_subcategory, write_amazon_raw
+from foundation.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
 CAT = "Video_Games"
@@ -127,7 +127,7 @@ def test_planted_preference(raw_flat):
 def test_synonyms_preference_is_planted(tmp_path):
     """preference="synonyms": a title names its family with one of the family's words (all of them in use), the
     description and features name none, users stick to a family (not to a word), families are balanced."""
-    from trainers.data.synthetic import SYNONYMS
+    from fixtures.synthetic_amazon import SYNONYMS
 
     raw = tmp_path / "raw"
     write_amazon_raw(raw, CAT, n_users=300, n_items=120, n_subcats=4, preference="synonyms")
@@ -161,7 +161,7 @@ def test_synonyms_defeat_word_overlap_but_not_a_reader_of_the_history(tmp_path):
     popularity and the TF-IDF content row stay far below a rule that reads the history and knows the families,
     and even below one that counts the history titles sharing the candidate's exact word."""
     from trainers.data.dataset import load_processed_dataset
-    from trainers.data.synthetic import SYNONYMS
+    from fixtures.synthetic_amazon import SYNONYMS
     from trainers.evaluation.metrics import metrics_from_ranks, target_rank
     from trainers.evaluation.protocol import build_eval_items, sanity_rows
 

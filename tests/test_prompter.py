@@ -4,7 +4,7 @@ import pytest
 from prompters.binary_prompter import BinaryPrompter, load_template
 from tests.fixtures.assets import build_tiny_tokenizer
 from trainers.data.candidates import sample_candidates
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 ITEMS = [{"title": "pad_title", "description": [], "features": []}] + [
     {"title": f"Racing Turbo {i}", "description": ["fast cars " * 40], "features": [f"feature {i}"]}

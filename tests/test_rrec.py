@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainers.RecPOTrainer import rec_loss, recpo_reward, relabel_mask, token_loss
+from trainers.recpo_trainer import rec_loss, recpo_reward, relabel_mask, token_loss
 from trainers.rl.advantages import group_advantages
 
 CAT = "Video_Games"
@@ -35,7 +35,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    from trainers.data.synthetic import build_processed_dataset
+    from fixtures.synthetic_amazon import build_processed_dataset
 
     return build_processed_dataset(tmp_path_factory.mktemp("rrec_raw"), tmp_path_factory.mktemp("rrec_data"), CAT,
                                    n_users=120, n_items=60, n_subcats=3, min_items=10)
@@ -64,7 +64,7 @@ def resumed(trained, tiny_model, dataset_dir, tmp_path_factory):
     """The same run stopped by SIGTERM during step 2, a stale record of step 3 left in its log, then continued
     with --resume_from auto (and --merge_lora, which only changes how final_checkpoint is written)."""
     from compare_model import train_rrec
-    from trainers.RecPOTrainer import RecPOTrainer
+    from trainers.recpo_trainer import RecPOTrainer
 
     out = tmp_path_factory.mktemp("rrec_resumed") / "run"
     original = RecPOTrainer.training_step
@@ -81,7 +81,7 @@ def resumed(trained, tiny_model, dataset_dir, tmp_path_factory):
         first = train_rrec.main(train_argv(tiny_model, dataset_dir, out))
     finally:
         mp.undo()
-    from trainers.foundation.files import append_jsonl
+    from foundation.files import append_jsonl
 
     append_jsonl(out / "metrics.jsonl", [{"step": 3, "loss": 123.0}])  # logged by a run killed before its save
     return out, first
@@ -283,8 +283,8 @@ def test_defaults_are_upstream_launch_settings():
 def test_upstream_eval_interval_best_model_and_early_stopping(tmp_path):
     from types import SimpleNamespace
 
-    from trainers.foundation.checkpoints import rotate_checkpoints
-    from trainers.GRecTrainer import GRecTrainer, upstream_eval_steps
+    from foundation.checkpoints import rotate_checkpoints
+    from trainers.grec_trainer import GRecTrainer, upstream_eval_steps
 
     # floor(n_train / (3 * batch) / 8): 3675 / 12 = 306.25 -> 306.25 // 8 = 38; tiny splits still evaluate
     assert upstream_eval_steps(3675, 4) == 38 and upstream_eval_steps(960, 4) == 10
@@ -388,7 +388,7 @@ def test_rollout_settings_and_greedy_single_rollout():
     from types import SimpleNamespace
 
     from compare_model.train_rrec import parse_config
-    from trainers.RecPOTrainer import RecPOTrainer
+    from trainers.recpo_trainer import RecPOTrainer
 
     calls = []
 
@@ -559,10 +559,10 @@ def test_recpo_step_mini_batches_duplicate_targets_and_fp32_lora(tiny_model, dat
     --no-step_per_mini_batch; the trainable weights are the LoRA adapters, in fp32."""
     from collections import defaultdict
 
-    import trainers.RecPOTrainer as recpo
+    import trainers.recpo_trainer as recpo
     from compare_model import train_rrec
     from trainers.data.dataset import load_processed_dataset
-    from trainers.GRecTrainer import GRecTrainer
+    from trainers.grec_trainer import GRecTrainer
 
     rows = load_processed_dataset(dataset_dir).split("train").to_list()
     by_target = defaultdict(list)
@@ -611,7 +611,7 @@ def test_gathered_negatives_line_up_users_with_their_targets(monkeypatch):
     target's column (duplicates included), and every gathered target's row of the item table gets its vector."""
     from types import SimpleNamespace
 
-    import trainers.RecPOTrainer as recpo
+    import trainers.recpo_trainer as recpo
     from compare_model.train_rrec import parse_config
     from models.rrec_models import RRecSettings
 
@@ -816,7 +816,7 @@ def test_upstream_layout_dataset_read_by_every_script(tiny_model, dataset_dir, t
     same candidates, the same titles in every prompt, the same scores."""
     from datasets import load_from_disk
 
-    import models.loopback_server as lb
+    import fixtures.loopback_server as lb
     import test as test_script
     from compare_model import deepseek
     from trainers.data.dataset import load_processed_dataset
@@ -882,7 +882,7 @@ def test_item_ids_that_cannot_be_mapped_are_refused():
     from datasets import Dataset
 
     from trainers.data.dataset import item_info_by_id
-    from trainers.foundation.errors import UserInputError
+    from foundation.errors import UserInputError
 
     info, layout = item_info_by_id(Dataset.from_dict({"item_id": [2, 0, 1], "title": ["b", "pad", "a"]}))
     assert layout == "by item_id" and info["title"] == ["pad", "a", "b"]

@@ -1,6 +1,6 @@
 """The SFT chain (DESIGN.md section 7) on the synthetic dataset and the tiny model, offline on CPU:
 
-generate_prompts -> get_response_by_deepseek (real HTTP against models/loopback_server.py, answering
+generate_prompts -> get_response_by_deepseek (real HTTP against fixtures/loopback_server.py, answering
 correctly / wrongly / unparseably / with an API error by prompt id) -> process_sft_data -> train_sft ->
 train.py starting from the SFT model. Plus unit checks: match_ratio within a binomial 4-sigma bound, the
 Yes/No parser, drop counts, LLaMA-Factory file consistency and the prompt loss mask.
@@ -26,7 +26,7 @@ from trainers.data.sft import (
     encode_sft_example,
     filter_sft_rows,
 )
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    from trainers.data.synthetic import build_processed_dataset
+    from fixtures.synthetic_amazon import build_processed_dataset
 
     return build_processed_dataset(tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("data"), CAT,
                                    n_users=120, n_items=80, n_subcats=3, min_items=10)
@@ -343,7 +343,7 @@ def _api_answers(prompts: list[dict]):
 
 
 def _get_responses(prompts_file: Path, out: Path, prompts: list[dict]) -> None:
-    from models.loopback_server import LoopbackAPI
+    from fixtures.loopback_server import LoopbackAPI
 
     script = REPO / "sft_train/get_response_by_deepseek.py"
     with LoopbackAPI(_api_answers(prompts)) as api:
@@ -366,7 +366,7 @@ def _script(name: str):
 
 
 def test_full_chain(tiny, dataset_dir, tmp_path, capsys):
-    from trainers.foundation.files import read_jsonl
+    from foundation.files import read_jsonl
 
     prompts_file, resp, sft_json = tmp_path / "prompts.jsonl", tmp_path / "resp.jsonl", tmp_path / "sft.json"
     _script("generate_prompts").main(["--dataset_dir", str(dataset_dir), "--num_samples", "24",

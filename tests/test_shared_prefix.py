@@ -163,7 +163,7 @@ def test_flash_attention_2_never_gets_the_block_mask(tiny_dir):
     kernels mid-run (checkpoint recompute would then run another kernel than the forward). Exercised on CPU by
     relabelling the config."""
     from models.abstract_models import resolve_attn_implementation
-    from trainers.foundation.errors import UserInputError
+    from foundation.errors import UserInputError
 
     with pytest.raises(UserInputError, match="flash_attention_2 cannot run --scoring shared"):
         resolve_attn_implementation("flash_attention_2", torch.device("cpu"), torch.bfloat16, packed_mask=True)
@@ -343,7 +343,7 @@ def test_attention_softcap_model_gets_a_kernel_that_applies_it(gemma2_dir):
 
     from models.abstract_models import attention_softcap, resolve_attn_implementation
     from models.rrec_models import RRecModel
-    from trainers.foundation.errors import UserInputError
+    from foundation.errors import UserInputError
 
     assert attention_softcap(gemma2_dir) == 2.0
     cpu = torch.device("cpu")

@@ -21,7 +21,7 @@ from tests.fixtures.ppo_train import (
     train_cmd,
     train_env,
 )
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 N_STEPS = 8
 FAST = ["--K", "4", "--K_eval", "3", "--batch_size", "2", "--max_len_per_item", "4", "--user_window_size", "3",
@@ -177,7 +177,7 @@ def test_resume_refuses_changed_settings_and_damaged_checkpoints(assets, referen
     with pytest.raises(UserInputError, match="optimizer.pt has .* bytes but was written with"):  # the manifest
         run_training(_args(data, model, run, *FAST, "--resume_from", str(broken),
                            "--allow_changed_settings", "lr_actor,max_steps"))
-    from trainers.foundation.checkpoints import write_complete_marker
+    from foundation.checkpoints import write_complete_marker
 
     write_complete_marker(broken, N_STEPS + 1)  # as if written so: the shape check at load time still refuses it
     with pytest.raises(UserInputError, match="optimizer.pt state 'exp_avg' has shape"):
@@ -189,7 +189,7 @@ def test_one_run_per_output_dir(assets, tmp_path):
     import os
     import socket
 
-    from trainers.foundation.files import RunLock
+    from foundation.files import RunLock
 
     data, model = assets
     out = tmp_path / "locked"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from trainers.foundation.errors import UserInputError, die
+from foundation.errors import UserInputError, die
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     try:
         from trainers.data.sft import accuracy_report, format_accuracy_report
-        from trainers.foundation.files import iter_jsonl
+        from foundation.files import iter_jsonl
 
         rep = accuracy_report(iter_jsonl(args.input_file, skip_bad_lines=args.skip_bad_lines))
         if rep["n"] == 0:

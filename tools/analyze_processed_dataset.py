@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from trainers.data.dataset import SPLITS, load_processed_dataset
-from trainers.foundation.errors import exit_on_user_error
+from foundation.errors import exit_on_user_error
 
 
 def _date(ms: int) -> str:

@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from models.flops import ModelFlops, param_counts, peak_tflops
-from trainers.foundation.errors import UserInputError, die
+from foundation.errors import UserInputError, die
 
 SHAPES = ("tiny", "small", "qwen2.5-0.5b", "qwen2.5-3b")
 MODES = ("score", "train", "generate")
@@ -52,7 +52,7 @@ FLEX_BLOCK = 128
 
 # ---- model --------------------------------------------------------------------------------------
 def shape_config(shape: str):
-    from models.tiny import PUBLISHED_SHAPES, published_shape_config
+    from fixtures.tiny_model import PUBLISHED_SHAPES, published_shape_config
 
     if shape not in PUBLISHED_SHAPES or shape == "qwen2.5-7b":
         raise UserInputError(f"--shape {shape!r}: must be one of {'|'.join(SHAPES)}")
@@ -65,8 +65,8 @@ def build_judges(args: argparse.Namespace, tmp: Path):
     from models.abstract_models import resolve_device, resolve_dtype
     from models.packed_attention import register_prefix_split
     from models.qwen_models import BinaryJudge
-    from models.tiny import build_tiny_qwen, build_tiny_tokenizer, random_qwen
-    from trainers.data.synthetic import synthetic_corpus
+    from fixtures.tiny_model import build_tiny_qwen, build_tiny_tokenizer, random_qwen
+    from fixtures.synthetic_amazon import synthetic_corpus
 
     register_prefix_split()
     device = resolve_device(args.device)
@@ -391,7 +391,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 train.zero_grad(set_to_none=True)
             _add_ratios(rows, K, mode)
             if args.json_out:  # as it goes: a run stopped by a time limit keeps what it measured
-                from trainers.foundation.files import atomic_write_json
+                from foundation.files import atomic_write_json
 
                 atomic_write_json(args.json_out, {"meta": _meta(args, infer, train, backends, naive_impl, peak),
                                                   "rows": rows, "summary": summarize(rows), "partial": True})
@@ -591,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         die(str(e))
     print(format_table(result))
     if args.json_out:
-        from trainers.foundation.files import atomic_write_json
+        from foundation.files import atomic_write_json
 
         atomic_write_json(args.json_out, result)
         print(f"wrote {args.json_out}")

@@ -8,7 +8,7 @@ import argparse
 from itertools import combinations
 
 from trainers.data.dataset import SPLITS, load_processed_dataset
-from trainers.foundation.errors import exit_on_user_error
+from foundation.errors import exit_on_user_error
 
 
 def split_users(dataset_dir: str, flag: str = "--dataset_dir") -> dict[str, set[str]]:

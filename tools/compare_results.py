@@ -15,7 +15,7 @@ import argparse
 from trainers.evaluation.metrics import (eval_ks, format_metrics_table, format_paired_margins, metrics_from_ranks,
                                          paired_margins)
 from trainers.evaluation.results import check_same_candidates, load_result_json, sample_rank
-from trainers.foundation.errors import UserInputError, die
+from foundation.errors import UserInputError, die
 
 
 def compare(paths: list[str], names: list[str] | None = None, K_eval: int | None = None,

@@ -8,7 +8,7 @@ import argparse
 from datetime import datetime, timezone
 
 from trainers.data.dataset import SPLITS, load_processed_dataset
-from trainers.foundation.errors import UserInputError, exit_on_user_error
+from foundation.errors import UserInputError, exit_on_user_error
 
 
 def user_history(dataset_dir: str, user_id: str) -> list[dict]:

@@ -17,7 +17,7 @@ import re
 import time
 from pathlib import Path
 
-from models.loopback_server import LoopbackAPI, good_answer, history_block, parse_prompt_candidates, prompt_text
+from fixtures.loopback_server import LoopbackAPI, good_answer, history_block, parse_prompt_candidates, prompt_text
 
 _WORD = re.compile(r"[A-Za-z]{3,}")
 

@@ -5,7 +5,7 @@
 
 writes demo/raw/ (Video_Games.csv.gz, meta_Video_Games.jsonl.gz) and demo/tiny-qwen/; with --preprocess also
 the processed dataset demo/data/Video_Games_5_2021-1-2023-12 (through preprocess.py, the real command).
-The data carry a planted preference (trainers/data/synthetic.py, preference "synonyms": users stick to a family
+The data carry a planted preference (fixtures/synthetic_amazon.py, preference "synonyms": users stick to a family
 of sub-categories that titles name with one of three words; popularity and word overlap stay weak), so training
 has something real to learn. Histories keep the 3 items the tiny judge reads (--window_size 3), so every method
 and sanity row sees the same history. Everything is offline and seeded.
@@ -17,9 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from models.tiny import build_random_qwen, build_tiny_qwen
-from trainers.data.synthetic import PREFERENCES, SUBCATEGORIES, SYNONYMS, synthetic_corpus, write_amazon_raw
-from trainers.foundation.errors import die
+from fixtures.tiny_model import build_random_qwen, build_tiny_qwen
+from fixtures.synthetic_amazon import PREFERENCES, SUBCATEGORIES, SYNONYMS, synthetic_corpus, write_amazon_raw
+from foundation.errors import die
 
 REPO = Path(__file__).resolve().parents[1]
 # The demo's preprocessing window and settings (demo.sh runs the same command).
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n_subcats", type=int, default=4,
                     help="sub-categories of the items, families of them with --preference synonyms (default: 4)")
     ap.add_argument("--preference", choices=PREFERENCES, default="synonyms",
-                    help="how titles name the sub-category (trainers/data/synthetic.py; default: synonyms)")
+                    help="how titles name the sub-category (fixtures/synthetic_amazon.py; default: synonyms)")
     ap.add_argument("--repeat_rate", type=float, default=0.02,
                     help="share of purchases bought again later (default: 0.02): preprocess.py's default "
                          "--repeat_policy first_only removes them and reports them in stats.json[\"repeats\"]")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from trainers.foundation.errors import UserInputError, die
-from trainers.foundation.files import check_output_path
+from foundation.errors import UserInputError, die
+from foundation.files import check_output_path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output", default=None, help="PNG path (default: training.png next to the metrics file)")
     p.add_argument("--smooth", type=int, default=20, help="moving-average window of the reward curve")
     args = p.parse_args(argv)
-    from trainers.foundation.plotting import plot_training
+    from foundation.plotting import plot_training
 
     out = args.output or os.path.join(os.path.dirname(os.path.abspath(args.metrics_file)), "training.png")
     try:

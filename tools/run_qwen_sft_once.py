@@ -16,8 +16,8 @@ import argparse
 import os
 import sys
 
-from trainers.foundation.config import finite_float
-from trainers.foundation.errors import UserInputError, die
+from foundation.config import finite_float
+from foundation.errors import UserInputError, die
 
 # The built-in example: a short history and one candidate, rendered with the judge's own templates.
 EXAMPLE_HISTORY = [("Turbo Racing Quest", 5.0), ("Neon Racing Saga", 4.0), ("Wild Racing Rally", 5.0)]
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.resume_from:
             from models.abstract_models import is_adapter_dir
             from paths import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, WEIGHT_FILES
-            from trainers.foundation.checkpoints import resolve_checkpoint
+            from foundation.checkpoints import resolve_checkpoint
 
             base = resolve_model_path(args.model_dir, flag="--model_dir")
             spec = args.resume_from

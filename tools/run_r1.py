@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from trainers.foundation.errors import UserInputError, die
+from foundation.errors import UserInputError, die
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from models.api_client import DEFAULT_API_BASE, DEFAULT_KEY_ENV, ApiJob, ChatClient, run_jobs
-from trainers.foundation.config import finite_float
-from trainers.foundation.errors import UserInputError, die, exit_on_user_error
-from trainers.foundation.files import check_output_path
+from foundation.config import finite_float
+from foundation.errors import UserInputError, die, exit_on_user_error
+from foundation.files import check_output_path
 
 
 def add_client_args(parser, model_default: str = "deepseek-chat", model_flag: str = "--model_name",
@@ -62,7 +62,7 @@ def api_script_errors(args) -> Iterator[None]:
 def answer_jobs(args, jobs: Sequence[ApiJob], model: str, content_key: str = "content") -> dict[str, dict]:
     """run_jobs with a client built from the add_client_args/add_prompt_file_args flags (then closed), holding a
     lock beside --output_file: a second run appending to the same file would ask (and pay for) each request twice."""
-    from trainers.foundation.files import RunLock
+    from foundation.files import RunLock
 
     out = check_output_path(args.output_file, "--output_file")  # before the lock creates its folder
     client = client_from_args(args, model)
@@ -168,7 +168,7 @@ def _evaluate_split(args, client, dataset, split: str, items, prompter, outputs:
     from trainers.evaluation.metrics import eval_ks, format_metrics_table
     from trainers.evaluation.protocol import sanity_results
     from trainers.evaluation.results import ResultWriter
-    from trainers.foundation.files import replaced_after_success
+    from foundation.files import replaced_after_success
 
     responses, results, meta = outputs  # _split_outputs, checked before the first split ran
     old = [responses, results, results.with_name(results.name + ".partial.jsonl")] if args.overwrite_output_dir else []
@@ -234,7 +234,7 @@ def run_dataset_eval(args: argparse.Namespace, script: str, with_valid_pass: boo
             raise UserInputError(f"split {split!r} of {args.dataset_dir} has no examples")
         outputs[split] = _split_outputs(args, script, split)
     out = {}
-    from trainers.foundation.files import RunLock
+    from foundation.files import RunLock
 
     try:  # one run per output dir at a time: a second one would ask (and pay for) every request twice
         with RunLock(args.output_dir):

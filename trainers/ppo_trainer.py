@@ -45,17 +45,17 @@ from trainers.data.dataset import check_dataset_type, load_processed_dataset
 from trainers.evaluation.judge import rank_examples
 from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, ndcg_at, ndcg_reward, target_rank
 from trainers.evaluation.protocol import build_eval_items
-from trainers.foundation.checkpoints import (apply_base_lrs, capture_rng_state, check_optimizer_state_fits,
+from foundation.checkpoints import (apply_base_lrs, capture_rng_state, check_optimizer_state_fits,
                                              finish_resume, load_torch_state, open_resume, prepare_output_dir,
                                              restore_rng_state, run_files, write_checkpoint, write_final_model)
-from trainers.foundation.config import RunConfig, config_from_args, option, require
-from trainers.foundation.config import build_parser as config_parser
-from trainers.foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
+from foundation.config import RunConfig, config_from_args, option, require
+from foundation.config import build_parser as config_parser
+from foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
                                              is_sharded, mean_over_processes, run_trainer, shard, step_resources)
-from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import append_jsonl, atomic_write_json
-from trainers.foundation.plotting import plot_training
-from trainers.foundation.seeding import derived_seed, numpy_rng
+from foundation.errors import UserInputError
+from foundation.files import append_jsonl, atomic_write_json
+from foundation.plotting import plot_training
+from foundation.seeding import derived_seed, numpy_rng
 from trainers.rl.advantages import normalize_advantages
 from trainers.rl.kl import kl_penalty
 from trainers.rl.losses import clipped_surrogate, clipped_value_loss
@@ -70,7 +70,7 @@ SHARDED_STATE_DIR = "accelerate_state"  # FSDP/DeepSpeed optimizer and model sha
 @dataclass
 class PPOConfig(RunConfig):
     """Every setting of a PL-PPO run; train.py turns each field into a flag (the shared precision, LoRA and run
-    settings come from trainers/foundation/config.RunConfig)."""
+    settings come from foundation/config.RunConfig)."""
 
     OPERATIONAL = RunConfig.OPERATIONAL + ("save_every", "save_total_limit", "print_every", "eval_every",
                                            "num_valid_samples", "token_log_path", "no_plot", "write_param_checksums",

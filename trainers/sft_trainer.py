@@ -29,16 +29,16 @@ from models.abstract_models import (
     save_lm,
 )
 from trainers.data.sft import SFTCollator, SFTDataset, validate_sft_records
-from trainers.foundation.checkpoints import check_output_dir, resolve_checkpoint
-from trainers.foundation.config import G_LORA, G_PRECISION, ModelConfig, option, require
-from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import append_jsonl, read_jsonl
+from foundation.checkpoints import check_output_dir, resolve_checkpoint
+from foundation.config import G_LORA, G_PRECISION, ModelConfig, option, require
+from foundation.errors import UserInputError
+from foundation.files import append_jsonl, read_jsonl
 
 
 @dataclass
 class SFTConfig(ModelConfig):
     """Every setting of an SFT run; sft_train/train_sft.py turns each field into a flag (the model settings, LoRA
-    included, are trainers/foundation/config.ModelConfig's)."""
+    included, are foundation/config.ModelConfig's)."""
 
     model_name_or_path: str = option("Qwen2.5-3B-Instruct", "model dir or a name known to paths.py")
     data_file: str = option("sft_train/ourrec_sft_alpaca.json", "alpaca or sharegpt JSON from process_sft_data.py")

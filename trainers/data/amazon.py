@@ -47,8 +47,8 @@ from trainers.data.amazon_interactions import (
     sort_and_dedupe,
 )
 from trainers.data.amazon_items import ITEM_COLUMNS, ITEM_DROP_REASONS, clean_text, load_items, parse_price, valid_title
-from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import RunLock, check_output_path
+from foundation.errors import UserInputError
+from foundation.files import RunLock, check_output_path
 
 __all__ = ["EXAMPLE_COLUMNS", "ITEM_COLUMNS", "PreprocessConfig", "clean_text", "download", "format_summary",
            "output_dir", "parse_price", "run_preprocess", "split_sizes", "valid_title", "validate_config"]

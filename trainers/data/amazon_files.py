@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 HOST = "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_2023"
 CORRUPT_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)

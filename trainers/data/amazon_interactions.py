@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trainers.data.amazon_files import CORRUPT_ERRORS, ByteBar, corrupt_file_error, is_gzip, iter_lines, open_text
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 RATING_COLUMNS = ["user_id", "parent_asin", "rating", "timestamp"]
 REPEAT_POLICIES = ("first_only", "drop_example", "keep")

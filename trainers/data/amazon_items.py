@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 from trainers.data.amazon_files import iter_lines
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 MAX_TITLE_WORDS = 20
 ITEM_COLUMNS = [

@@ -11,8 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from trainers.foundation.errors import UserInputError
-from trainers.foundation.seeding import numpy_rng
+from foundation.errors import UserInputError
+from foundation.seeding import numpy_rng
 
 
 def sample_candidates(

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 SPLITS = ("train", "valid", "test")
 LAYOUTS = ("ours", "upstream", "by item_id")  # pad item first / pad item last / any other row order

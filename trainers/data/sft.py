@@ -20,9 +20,9 @@ from typing import Any, Iterable, Sequence
 from prompters.answer_parsing import ANSWER_TAG_RE, parse_yes_no, strip_think
 from prompters.rendering import generation_prompt
 from trainers.data.candidates import sample_candidates
-from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import check_output_path
-from trainers.foundation.seeding import numpy_rng
+from foundation.errors import UserInputError
+from foundation.files import check_output_path
+from foundation.seeding import numpy_rng
 
 LABELS = ("Yes", "No")
 FORMATS = ("alpaca", "sharegpt")

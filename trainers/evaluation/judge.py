@@ -12,8 +12,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, rank_from_ranking, ranking_from_scores, target_rank
 from trainers.evaluation.protocol import Item, build_eval_items
-from trainers.foundation.errors import UserInputError
-from trainers.foundation.seeding import derived_seed
+from foundation.errors import UserInputError
+from foundation.seeding import derived_seed
 from trainers.rl.pl import gumbel_topk_sample
 
 MODES = ("greedy", "rollout")

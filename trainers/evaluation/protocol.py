@@ -16,8 +16,8 @@ import numpy as np
 from prompters.binary_prompter import item_raw_text
 from trainers.data.candidates import sample_candidates
 from trainers.evaluation.metrics import DEFAULT_KS, metrics_from_ranks, target_rank
-from trainers.foundation.errors import UserInputError
-from trainers.foundation.seeding import derived_seed, numpy_rng
+from foundation.errors import UserInputError
+from foundation.seeding import derived_seed, numpy_rng
 
 Item = tuple[dict, list[int]]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainers.evaluation.metrics import metrics_from_ranks, rank_from_ranking
-from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import append_jsonl, atomic_write_json, iter_jsonl, repair_jsonl_tail
+from foundation.errors import UserInputError
+from foundation.files import append_jsonl, atomic_write_json, iter_jsonl, repair_jsonl_tail
 
 SAMPLE_KEYS = ("interaction_id", "user_id", "target_item_id", "candidates", "scores", "ranking", "target_rank")
 
@@ -228,7 +228,7 @@ def sharded_results(state, path: str | os.PathLike, meta: dict[str, Any], items:
     prompts) BEFORE anything is cleared, so a damaged checkpoint fails with the old results intact; then the old
     files are cleared once (fresh) and the meta block written before the first new sample. Yields (this
     process's ResultWriter, the order of all interaction ids, the items still to rank, load's result or None)."""
-    from trainers.foundation.distributed import locked_run
+    from foundation.distributed import locked_run
 
     path = Path(path)
     with locked_run(state, str(path.parent), flag=flag, lock_name=f".{path.name}.lock"):

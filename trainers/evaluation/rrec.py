@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, ranking_from_scores, target_rank
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 FULL_RANKING_KS = (5, 10, 20)  # the paper's full-catalogue cut-offs
 
@@ -57,7 +57,7 @@ def compute_item_table(model, prompter, n_items: int, batch_size: int = 128, pro
                        rank: int = 0, world: int = 1, gather: Callable[[Any], list] | None = None) -> torch.Tensor:
     """Vectors of every item id 0..n_items ([n_items+1, H] float32, row = item id; row 0 is the pad item and
     never ranked), computed in eval mode. With world > 1 each process encodes ids rank::world and `gather`
-    (trainers.foundation.distributed.gather_objects bound to the accelerator) assembles the table everywhere."""
+    (foundation.distributed.gather_objects bound to the accelerator) assembles the table everywhere."""
     from tqdm.auto import tqdm
 
     was_training = model.training

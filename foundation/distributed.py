@@ -12,10 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 if TYPE_CHECKING:
-    from trainers.foundation.config import RunConfig
+    from foundation.config import RunConfig
 
 T = TypeVar("T")
 
@@ -87,8 +87,8 @@ def locked_run(accelerator, output_dir: str, flag: str = "--output_dir", lock_na
     """A run's hold on its output dir: the main process takes the run lock (checkpoints.RunLock; `lock_name`, e.g.
     one per result file, instead of the dir's .lock) and every process raises the same one-line UserInputError when
     another run holds it; on exit the lock is released and the process group torn down."""
-    from trainers.foundation.files import LOCK_FILE, RunLock
-    from trainers.foundation.errors import UserInputError
+    from foundation.files import LOCK_FILE, RunLock
+    from foundation.errors import UserInputError
 
     lock = RunLock(output_dir, flag=flag, name=lock_name or LOCK_FILE)
     err = None
@@ -207,7 +207,7 @@ def run_trainer(cfg: RunConfig, make_trainer: Callable[[Any, Any], TrainerProces
     """A training run from a validated-on-the-spot config (a foundation.config.RunConfig): the output dir checked,
     the accelerator built, the run lock held while make_trainer(cfg, accelerator).train() runs. Bad input raises
     UserInputError on every process, so all of them stop."""
-    from trainers.foundation.checkpoints import check_output_dir
+    from foundation.checkpoints import check_output_dir
 
     cfg.validate()
     check_output_dir(cfg.output_dir, cfg.resume_from, cfg.overwrite_output_dir)

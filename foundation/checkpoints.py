@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from trainers.foundation.errors import UserInputError
-from trainers.foundation.files import LOCK_FILE, atomic_write_json, check_output_path, truncate_jsonl_after
+from foundation.errors import UserInputError
+from foundation.files import LOCK_FILE, atomic_write_json, check_output_path, truncate_jsonl_after
 
 if TYPE_CHECKING:
-    from trainers.foundation.config import RunConfig
+    from foundation.config import RunConfig
 
 COMPLETE_MARKER = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"

@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
 
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 T = TypeVar("T", bound="TrainerConfig")
 

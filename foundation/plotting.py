@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 
 def plot_training(metrics_file: str | os.PathLike, output: str | os.PathLike, smooth: int = 20) -> Path:
@@ -15,7 +15,7 @@ def plot_training(metrics_file: str | os.PathLike, output: str | os.PathLike, sm
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from trainers.foundation.files import read_jsonl
+    from foundation.files import read_jsonl
 
     recs = [r for r in read_jsonl(metrics_file, flag="--metrics_file", skip_bad_lines=True) if "step" in r]
     if not recs:

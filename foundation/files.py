@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from trainers.foundation.errors import UserInputError
+from foundation.errors import UserInputError
 
 LOCK_FILE = ".lock"
 

@@ -1,0 +1,222 @@
+"""RecPO (../shared/RRec.md): RRec's RL step on top of GRecTrainer, upstream's algorithm by default.
+
+One step, per process, for its --train_batch_size users:
+1. rollouts: G = --group_size reasoning texts per user, sampled (temperature 2.0, top-k 50, top-p 1.0, the
+   model's repetition penalty; greedy when G = 1, as upstream) until <answer> or --max_new_tokens; each becomes
+   a user sequence ending in <answer> (prompters/rrec_prompter.py, text round trip as upstream);
+2. reward (no gradient, current weights): user vectors against the item table, the pad item and the user's
+   history items masked; reward = (1-w) NDCG@1000(rank of the target) + w softmax(scores)[target], w = 0.05
+   (a target that is itself a history item, possible in upstream-built data, is masked and earns 0);
+3. advantages per user group (trainers/rl/advantages.py: gaussian (r-mean)/(std+1e-8), G=1 -> 1), and the
+   relabel mask: the --relabel_topk rollouts with the largest advantage per user;
+4. update, in mini-batches of min(--mini_batch_size, --train_batch_size) rollouts (upstream's cap), each one
+   forward over [its user sequences + the batch's target item prompts, duplicates kept] and one backward:
+     token loss = clipped surrogate over the completion tokens (<answer> included), token mean, / rows
+     rec loss   = clipped surrogate of log softmax(scores(users, in-batch targets))[own target], weighted by
+                  advantage x relabel mask, mean over rows; users and targets of the other processes are
+                  gathered (detached) as extra rows and negatives
+   (trainers/rl/losses.clipped_surrogate for both; with one pass (--ppo_epochs 1) the ratio is 1, so this is the
+   advantage-weighted policy gradient); the targets' fresh vectors replace their rows of the item table;
+   after each mini-batch's backward the gradients are clipped to 1.0 and the optimiser steps (upstream's
+   DeepSpeed launch: accelerate's DeepSpeed backward calls engine.step() every time, and with gradient
+   accumulation 1 each call is an optimiser step; --no-step_per_mini_batch: one step after the last
+   mini-batch). The learning-rate schedule advances once per training step.
+Upstream drops the last token of each mini-batch's longest sequence; we do not.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from models.abstract_models import pad_right
+from trainers.evaluation.metrics import ndcg_at
+from trainers.evaluation.rrec import catalogue_ranks, masked_scores
+from foundation.seeding import derived_seed
+from foundation.distributed import run_trainer
+from trainers.grec_trainer import GRecTrainer, RRecTrainingArguments
+from trainers.rl.advantages import group_advantages
+from trainers.rl.losses import clipped_surrogate
+
+
+# ------------------------------------------------------------------------------------ pure pieces
+def recpo_reward(masked: torch.Tensor, targets: torch.Tensor, ndcg_k: int, softmax_weight: float
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """reward = (1-w) NDCG@k + w softmax(masked)[target] per row. masked [R, N+1]: scores (already divided by the
+    similarity temperature) with masked columns at -inf; targets [R] item ids. Ranks count ties against the
+    target; a masked target gets NDCG 0 and probability 0. Returns (reward [R], {"ndcg", "softmax", "rank"})."""
+    masked = masked.detach().float()
+    ranks = catalogue_ranks(masked, targets.tolist())
+    ndcg = torch.tensor([0.0 if r is None else ndcg_at(r, ndcg_k) for r in ranks], device=masked.device)
+    prob = torch.softmax(masked, dim=-1).gather(1, targets.view(-1, 1).to(masked.device)).squeeze(1)
+    prob = torch.nan_to_num(prob, nan=0.0)  # a row with every column masked
+    rank = torch.tensor([float(r) if r is not None else float("nan") for r in ranks], device=masked.device)
+    reward = (1.0 - softmax_weight) * ndcg + softmax_weight * prob
+    return reward, {"ndcg": ndcg, "softmax": prob, "rank": rank}
+
+
+def relabel_mask(advantages: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, G] bool: the min(k, G) rollouts with the largest advantage in each group (torch.topk, as upstream)."""
+    top = torch.topk(advantages, k=min(int(k), advantages.shape[1]), dim=1).indices
+    return torch.zeros_like(advantages, dtype=torch.bool).scatter_(1, top, True)
+
+
+def token_loss(logps: torch.Tensor, old_logps: torch.Tensor, token_advantages: torch.Tensor, rows: int,
+               clip_low: float, clip_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upstream's token loss of one mini-batch: the clipped surrogate summed over its completion tokens, divided
+    by their number and by the mini-batch's row count. Returns (loss, clip fraction)."""
+    loss, clipfrac = clipped_surrogate(logps, old_logps, token_advantages, clip_low, clip_high)
+    return loss / max(1, rows), clipfrac
+
+
+def rec_loss(scores: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, old_logp: torch.Tensor | None,
+             clip_low: float, clip_high: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Upstream's recommendation loss: for each user row, p = softmax(scores[row])[label] over the in-batch items;
+    the clipped surrogate of log p with weight = advantage x relabel mask, averaged over all rows (rows of weight
+    0 included). old_logp None: the ratio is taken against the current value (1). Returns (loss, clip fraction,
+    log p detached, for later epochs)."""
+    logp = torch.log_softmax(scores.float(), dim=-1).gather(1, labels.view(-1, 1)).squeeze(1)
+    old = logp.detach() if old_logp is None else old_logp
+    loss, clipfrac = clipped_surrogate(logp, old, weights.float(), clip_low, clip_high)
+    return loss, clipfrac, logp.detach()
+
+
+# ------------------------------------------------------------------------------------ the trainer
+class RecPOTrainer(GRecTrainer):
+    """GRecTrainer + the RecPO step."""
+
+    def _across_processes(self, t: torch.Tensor, keep_local: bool = True) -> torch.Tensor:
+        """[n, ...] on each process -> [world*n, ...] in rank order; this process's block keeps its autograd graph
+        (the others arrive detached)."""
+        if self.world == 1:
+            return t
+        everything = self.acc.gather(t.detach().contiguous())
+        if not keep_local:
+            return everything
+        n = t.shape[0]
+        return torch.cat([everything[:self.rank * n], t, everything[(self.rank + 1) * n:]])
+
+    def _rollouts(self, step: int, examples: list[dict]) -> tuple[list[list[int]], list[int], list[int]]:
+        """(user sequences, completion start of each, generated token counts), G consecutive rollouts per user."""
+        c, s = self.cfg, self.rrec.settings
+        prompts = [self.prompter.user_ids(ex) for ex in examples]
+        torch.manual_seed(derived_seed(c.seed, step, self.rank, 2))  # sampling replays on resume
+        with self.acc.autocast():  # G = 1: greedy, as upstream (its vLLM and HF paths both switch sampling off)
+            texts, counts = self.rrec.generate_reasoning(
+                prompts, s.max_new_tokens, do_sample=c.group_size > 1, temperature=c.gen_temperature,
+                top_k=c.gen_top_k,
+                top_p=c.gen_top_p, stop_token_ids=self.prompter.stop_token_ids(), num_return_sequences=c.group_size,
+                batch_size=max(c.eval_batch_size, c.group_size))
+        seqs, starts = [], []
+        for i, text in enumerate(texts):
+            b = i // c.group_size
+            ids, start = self.prompter.user_sequence_ids(examples[b], text, prompts[b])
+            seqs.append(ids)
+            starts.append(start)
+        return seqs, starts, counts
+
+    def training_step(self, step: int, examples: list[dict]) -> dict[str, float]:
+        c = self.cfg
+        G, B = c.group_size, len(examples)
+        dev = self.acc.device
+        seqs, starts, counts = self._rollouts(step, examples)
+        targets = [int(ex["item_id"]) for ex in examples]
+        item_seqs = [self.prompter.item_ids(t) for t in targets]  # the batch's targets, duplicates kept
+
+        # ---- rewards and advantages (current weights, no gradient) ----
+        self.rrec.eval()
+        with torch.no_grad(), self.acc.autocast():
+            h = self.rrec.embed_sequences(seqs, batch_size=c.eval_batch_size)
+            scores = self.rrec.similarity(h, self.item_table)
+        hist = [ex["history_item_id"] for ex in examples for _ in range(G)]
+        t_rep = torch.tensor(targets, device=dev).repeat_interleave(G)
+        rewards, parts = recpo_reward(masked_scores(scores, hist), t_rep, c.reward_ndcg_k, c.reward_softmax_weight)
+        adv = group_advantages(rewards.view(B, G), c.advantage_type)
+        relabel = relabel_mask(adv, c.relabel_topk)
+        adv_flat, weight_flat = adv.reshape(-1), (adv * relabel.float()).reshape(-1)
+
+        # ---- update: mini-batches of rollouts, each with the batch's target items ----
+        self.model.train()
+        n_rows = B * G
+        m = min(c.mini_batch_size, c.train_batch_size)
+        chunks = [list(range(a, min(a + m, n_rows))) for a in range(0, n_rows, m)]
+        old_tok: dict[int, torch.Tensor] = {}
+        old_rec: dict[int, torch.Tensor] = {}
+        sums = {"loss": 0.0, "token_loss": 0.0, "rec_loss": 0.0, "token_clipfrac": 0.0, "rec_clipfrac": 0.0}
+        norms: list[float] = []
+        for epoch in range(c.ppo_epochs):
+            self.optimizer.zero_grad(set_to_none=True)
+            for ci, rows in enumerate(chunks):
+                last = ci == len(chunks) - 1
+                sync = last or self.world == 1 or c.step_per_mini_batch
+                with nullcontext() if sync else self.acc.no_sync(self.model):
+                    parts_mb = self._mini_batch_loss(ci, rows, seqs, starts, item_seqs, targets, adv_flat,
+                                                     weight_flat, old_tok, old_rec)
+                for k in sums:
+                    sums[k] += parts_mb[k] / (len(chunks) * c.ppo_epochs)
+                if c.step_per_mini_batch or last:
+                    norms.append(self._optimizer_step())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()  # once per training step (HF Trainer's schedule counts batches, not mini-batches)
+        grad_norm = sum(norms) / len(norms) if norms else 0.0
+        n_comp = [len(s) - st for s, st in zip(seqs, starts)]
+        return {**sums, "grad_norm": grad_norm,
+                "reward": float(rewards.mean()),
+                "reward_std": float(rewards.view(B, G).std(1).mean()) if G > 1 else 0.0,
+                "reward_ndcg": float(parts["ndcg"].mean()), "reward_softmax": float(parts["softmax"].mean()),
+                "target_rank_mean": float(torch.nanmean(parts["rank"])) if parts["rank"].numel() else 0.0,
+                "advantage_mean": float(adv.mean()), "generated_tokens": sum(counts) / len(counts),
+                "completion_tokens": sum(n_comp) / len(n_comp)}
+
+    def _optimizer_step(self) -> float:
+        """Clip (--max_grad_norm), step, zero the gradients; returns the gradient norm before clipping (0 when
+        clipping is off)."""
+        norm = 0.0
+        if self.cfg.max_grad_norm > 0:
+            norm = float(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def _mini_batch_loss(self, ci: int, rows: list[int], seqs, starts, item_seqs, targets, adv_flat, weight_flat,
+                         old_tok: dict, old_rec: dict) -> dict[str, float]:
+        """Forward + backward of one mini-batch (the losses of the module docstring); updates the item table rows
+        of the batch's targets. old_tok/old_rec hold the first epoch's log-probs per chunk."""
+        c, dev, G = self.cfg, self.acc.device, self.cfg.group_size
+        user_seqs = [seqs[r] for r in rows]
+        ids, mask = pad_right(user_seqs + item_seqs, self.rrec.tokenizer.pad_token_id)
+        lp_mask = torch.zeros_like(mask, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            lp_mask[i, starts[r]:len(seqs[r])] = True
+        emb, logps = self.model(ids.to(dev), mask.to(dev), lp_mask.to(dev))
+        u, v = emb[:len(rows)], emb[len(rows):]
+        rows_t = torch.tensor(rows, device=dev)
+        n_tok = lp_mask[:len(rows)].sum(1).to(dev)
+        if ci not in old_tok:
+            old_tok[ci] = logps.detach()
+        tok, tok_clip = token_loss(logps, old_tok[ci], adv_flat[rows_t].repeat_interleave(n_tok), len(rows),
+                                   c.clip_eps_low, c.clip_eps_high)
+        labels = (rows_t // G) + self.rank * len(item_seqs)  # a rollout's own target among the gathered items
+        if c.gather_negs_across_processes:
+            U, V = self._across_processes(u), self._across_processes(v)
+            labels, weights = self._across_processes(labels), self._across_processes(weight_flat[rows_t])
+        else:
+            U, V, weights = u, v, weight_flat[rows_t]
+            labels = labels - self.rank * len(item_seqs)
+        rec, rec_clip, logp = rec_loss(self.rrec.similarity(U, V), labels, weights, old_rec.get(ci),
+                                       c.clip_eps_low, c.clip_eps_high)
+        old_rec.setdefault(ci, logp)
+        loss = c.token_loss_weight * tok + c.rec_loss_weight * rec
+        self.acc.backward(loss)
+        with torch.no_grad():  # upstream: the targets' rows of the item table take their fresh vectors
+            all_v = self._across_processes(v.detach(), keep_local=False)
+            all_t = self._across_processes(torch.tensor(targets, device=dev), keep_local=False)
+            self.item_table[all_t] = all_v.float().to(self.item_table.device)
+        return {"loss": float(loss.detach()), "token_loss": float(tok.detach()), "rec_loss": float(rec.detach()),
+                "token_clipfrac": float(tok_clip), "rec_clipfrac": float(rec_clip)}
+
+
+def run_training(cfg: RRecTrainingArguments) -> dict[str, Any]:
+    """compare_model/train_rrec.py's entry point: validate, lock, train with RecPO."""
+    return run_trainer(cfg, RecPOTrainer)
