@@ -7,7 +7,8 @@
   an upstream PEFT adapter      adapter_config.json + adapter_model.safetensors; its recorded base model path
                                 usually points at the authors' disk: pass --base_model_name_or_path
 Foreign checkpoints carry no rrec_config.json: upstream's settings apply (cosine similarity / 0.02, window 20,
-640 reasoning tokens, the model's repetition penalty), each overridable by its flag.
+640 reasoning tokens, the model's repetition penalty, item prompts with their rating fields), each overridable
+by its flag.
 
 Per example: greedy reasoning after RRec's user prompt until <answer>, the user vector there, scores against
 every item's vector, and the ranking of the example's K candidates: exactly those of --reference_json (same
@@ -35,9 +36,10 @@ from foundation.files import check_output_path
 # Settings that change candidates or scores: a rerun on the same result JSON must match them.
 RESUME_KEYS = ("model", "model_files", "base_model", "dataset", "split", "seed", "K", "candidate_source", "category",
                "model_type", "user_window_size", "max_new_tokens", "repetition_penalty", "similarity_type",
-               "similarity_temperature", "similarity_normalization", "save_prompts", "rank_repeat_targets")
+               "similarity_temperature", "similarity_normalization", "item_rating_stats", "save_prompts",
+               "rank_repeat_targets")
 SETTING_FLAGS = ("model_type", "similarity_type", "similarity_temperature", "similarity_normalization",
-                 "user_window_size", "max_new_tokens", "repetition_penalty")
+                 "user_window_size", "max_new_tokens", "repetition_penalty", "item_rating_stats")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_new_tokens", type=int, default=None, help="greedy reasoning length limit (upstream 640)")
     g.add_argument("--repetition_penalty", type=finite_float, default=None,
                    help="of the greedy reasoning (upstream: the model's generation_config.json)")
+    g.add_argument("--item_rating_stats", action=argparse.BooleanOptionalAction, default=None,
+                   help="show average_rating / rating_number in the item prompt (upstream: on; a checkpoint trained "
+                        "with --no-item_rating_stats is evaluated without them). On real Amazon data they are "
+                        "crawl-time totals that include the test period: a popularity signal from the future")
     g = p.add_argument_group("data and candidates")
     g.add_argument("--dataset_dir", default="demo/data/Video_Games_5_2021-1-2023-12",
                    help="processed dataset (ours or upstream R2ec's layout)")
@@ -237,7 +243,7 @@ def load_for_ranking(args, dataset, ckpt, base, settings, category, state) -> tu
     model.eval()
     prompter = RRecPrompter(model.tokenizer, dataset.item_rows, category, user_window_size=settings.user_window_size,
                             model_type=settings.model_type, emb_token=settings.emb_token,
-                            emb_end_token=settings.emb_end_token)
+                            emb_end_token=settings.emb_end_token, item_rating_stats=settings.item_rating_stats)
     return model, prompter
 
 

@@ -1,4 +1,4 @@
-"""The R2ec ("RRec") model (../shared/RRec.md): one causal LM used two ways.
+"""The R2ec ("RRec") model (docs/rrec.md): one causal LM used two ways.
 
 - LM head: writes the user's reasoning (sampled in training, greedy in evaluation), stopping at <answer>.
 - Recommendation head: the final hidden state (after the final norm) at the last token of a sequence. Users:
@@ -61,6 +61,7 @@ class RRecSettings:
     repetition_penalty: float | None = None
     emb_token: str = prompts.RREC_EMB_TOKEN
     emb_end_token: str = prompts.RREC_EMB_END_TOKEN
+    item_rating_stats: bool = True  # the item prompt shows average_rating / rating_number (upstream's)
 
     @classmethod
     def load(cls, path: str | Path) -> "RRecSettings | None":
@@ -99,6 +100,8 @@ class RRecSettings:
             raise UserInputError(f"--max_new_tokens {self.max_new_tokens}: must be >= 0")
         if self.repetition_penalty is not None and not self.repetition_penalty > 0:
             raise UserInputError(f"--repetition_penalty {self.repetition_penalty}: must be > 0")
+        if not isinstance(self.item_rating_stats, bool):
+            raise UserInputError(f"item_rating_stats {self.item_rating_stats!r}: must be true or false")
         return self
 
     def similarity(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -39,8 +39,8 @@ NO_TOKEN_TEXT = " No"
 HISTORY_ITEM_TMPL = "{index}. {title} (rating: {rating}){text}"
 CANDIDATE_ITEM_TMPL = "{title}{text}"
 
-# R2ec ("RRec") prompts, byte for byte upstream's (../shared/RRec.md, prompters/prompts.py + rrec_prompter.py
-# there). {emb}/{emb_end} are the answer tags; the user and item vectors are read at {emb}.
+# R2ec ("RRec") prompts, byte for byte upstream's (docs/rrec.md; upstream's prompters/prompts.py +
+# rrec_prompter.py). {emb}/{emb_end} are the answer tags; the user and item vectors are read at {emb}.
 RREC_EMB_TOKEN = "<answer>"
 RREC_EMB_END_TOKEN = "</answer>"
 RREC_USER_PROMPT_TMPL = (
@@ -56,6 +56,13 @@ RREC_ITEM_PROMPT_TMPL = (
     "Summarize key attributes of the following {category_singular} inside {emb} and {emb_end}.\n"
     "\n"
     "Title: {title}\nUser Rating: {average_rating}\nNumber of Buyers: {rating_number}\nDescription: {description}"
+)
+# The same without the two rating lines (train_rrec.py --no-item_rating_stats): on real Amazon data
+# average_rating / rating_number are crawl-time totals that include the valid/test period.
+RREC_ITEM_PROMPT_NO_RATING_STATS_TMPL = (
+    "Summarize key attributes of the following {category_singular} inside {emb} and {emb_end}.\n"
+    "\n"
+    "Title: {title}\nDescription: {description}"
 )
 # (plural, singular) as upstream names them; upstream refuses any other category (we fall back to
 # prompters.rrec_prompter.GENERIC_CATEGORY_NAMES, and add Movies_and_TV).

@@ -1,4 +1,4 @@
-"""R2ec ("RRec") prompts (../shared/RRec.md), rendered as upstream renders them, through the tokenizer's chat
+"""R2ec ("RRec") prompts (docs/rrec.md), rendered as upstream renders them, through the tokenizer's chat
 template.
 
 User turn: four lines (the third empty) asking for a recommendation inside <answer> and </answer>, then one
@@ -13,7 +13,9 @@ No system message is sent (a template that adds a default one, as Qwen's does, a
 Item turn: "Summarize key attributes of the following {singular} inside <answer> and </answer>.", a blank
 line, then Title / User Rating / Number of Buyers / Description (the description list joined in reverse
 order with spaces; over 100 words it is cut to 100 words followed by "..."). The assistant turn is pre-filled
-with "<answer>" and left open, so the item vector is read at the same kind of token.
+with "<answer>" and left open, so the item vector is read at the same kind of token. item_rating_stats=False
+leaves out the User Rating and Number of Buyers lines (on real Amazon data they are crawl-time totals, counting
+ratings from the valid/test period: a popularity signal from the future).
 
 As upstream, the reasoning is decoded to text (special tokens dropped) and the whole user sequence is
 tokenised again; its completion tokens (the assistant turn's content, <answer> included) are what the
@@ -104,7 +106,8 @@ class RRecPrompter:
 
     def __init__(self, tokenizer, item_rows: Sequence[dict], category: str,
                  user_window_size: int = DEFAULT_USER_WINDOW, model_type: str = "qwen",
-                 emb_token: str = prompts.RREC_EMB_TOKEN, emb_end_token: str = prompts.RREC_EMB_END_TOKEN) -> None:
+                 emb_token: str = prompts.RREC_EMB_TOKEN, emb_end_token: str = prompts.RREC_EMB_END_TOKEN,
+                 item_rating_stats: bool = True) -> None:
         if user_window_size < 1:
             raise UserInputError(f"--user_window_size {user_window_size}: must be >= 1")
         self.tokenizer = tokenizer
@@ -114,6 +117,7 @@ class RRecPrompter:
         self.user_window_size = user_window_size
         self.model_type = check_model_type(model_type)
         self.emb_token, self.emb_end_token = emb_token, emb_end_token
+        self.item_rating_stats = bool(item_rating_stats)
         self._item_ids_cache: dict[int, list[int]] = {}
         self.chat("probe")  # a chat template that cannot render our turns fails here, before any work
         self.chat("probe", self.emb_token)
@@ -137,7 +141,9 @@ class RRecPrompter:
 
     def item_message(self, item_id: int) -> str:
         row = self.item_rows[int(item_id)]
-        return prompts.RREC_ITEM_PROMPT_TMPL.format(
+        template = prompts.RREC_ITEM_PROMPT_TMPL if self.item_rating_stats else \
+            prompts.RREC_ITEM_PROMPT_NO_RATING_STATS_TMPL
+        return template.format(
             category_singular=self.category_singular, emb=self.emb_token, emb_end=self.emb_end_token,
             title=row.get("title"), average_rating=row.get("average_rating"), rating_number=row.get("rating_number"),
             description=format_description(row.get("description")))

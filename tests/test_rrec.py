@@ -1,4 +1,4 @@
-"""The RRec (R2ec) baseline against upstream's behaviour (../shared/RRec.md): golden prompts, reward, advantages
+"""The RRec (R2ec) baseline against upstream's behaviour (docs/rrec.md): golden prompts, reward, advantages
 and both losses by hand; the defaults = upstream's launch settings; evaluation interval, best model and early
 stopping, checkpoint rotation; split sizes and end month; rollout settings (greedy at G = 1), stopping at <answer>
 and the vector positions; token log-probs = the LM's own (Gemma-2 soft-capping); one RecPO step (a step per
@@ -42,8 +42,11 @@ def dataset_dir(tmp_path_factory) -> Path:
 
 
 def train_argv(tiny_model, dataset_dir, out, *extra) -> list[str]:
+    # --relabel_topk 1: with G = 2 the default top 2 relabels whole groups, whose gaussian advantages sum to 0, so
+    # under upstream's broadcast (the default) neither loss would give any gradient but rounding noise
     return ["--model_name_or_path", str(tiny_model), "--dataset_dir", str(dataset_dir), "--output_dir", str(out),
             "--device", "cpu", "--max_steps", "3", "--group_size", "2", "--train_batch_size", "2",
+            "--relabel_topk", "1",
             "--max_new_tokens", "6", "--user_window_size", "3", "--K", "5", "--num_eval_samples", "4",
             "--eval_steps", "2", "--eval_batch_size", "16", "--item_emb_batch_size", "64", "--learning_rate", "5e-3",
             "--no-gradient_checkpointing", "--no-progress", "--seed", "0", *extra]
@@ -138,6 +141,10 @@ def test_golden_prompts(tiny_model):
     long = " ".join([f"v{i}" for i in range(60)] + [f"w{i}" for i in range(40)]) + "..."  # reversed, 100 words
     assert p.item_prompt(3).endswith(f"Description: {long}<|im_end|>\n<|im_start|>assistant\n<answer>")
     assert "Description: a\nb<|im_end|>" in p.item_prompt(4)  # under 100 words the text is kept verbatim
+    # --no-item_rating_stats: the same prompt without the crawl-time rating totals
+    bare = RRecPrompter(tok, _item_rows(), CAT, user_window_size=3, item_rating_stats=False)
+    assert bare.item_prompt(1) == GOLDEN_ITEM_ZELDA.replace("User Rating: 4.5\nNumber of Buyers: 120\n", "")
+    assert bare.user_prompt(ex) == GOLDEN_USER
     # the user vector is read after the reasoning, cut at (and including) its first <answer>, or after an
     # appended <answer> when the model never wrote one
     assert p.user_sequence(ex, "I like RPGs. <answer>Zelda</answer>") == GOLDEN_USER + "I like RPGs. <answer>"
@@ -210,21 +217,28 @@ def test_advantages_and_relabel_hand_computed():
 
 def test_token_loss_hand_computed():
     old = torch.zeros(4)
-    new = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5])).requires_grad_()
-    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
-    loss, frac = token_loss(new, old, adv, rows=2, clip_low=0.2, clip_high=0.28)
-    # per token -min(rA, clip(r)A) = -1.28, 1.5, -0.5, 0.8; token mean, then / 2 rows (upstream's normalisation)
-    assert loss.item() == pytest.approx((-1.28 + 1.5 - 0.5 + 0.8) / 4 / 2, rel=1e-5)
-    assert frac.item() == pytest.approx(0.5)
-    loss.backward()
-    assert new.grad.tolist() == pytest.approx([0.0, 1.5 / 8, -0.5 / 8, 0.0], abs=1e-6)
+    new = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5])).requires_grad_()  # ratios 1.5, 1.5, 0.5, 0.5
+    adv, n_tok = torch.tensor([1.0, -1.0]), torch.tensor([1, 3])  # row 0: token 0; row 1: tokens 1-3
+    # per_row: token t of row j weighted by A_j: -min(rA, clip(r)A) = -1.28, 1.5, 0.8, 0.8; / 4 tokens / 2 rows
+    loss, frac = token_loss(new, old, adv, n_tok, 0.2, 0.28, "per_row")
+    assert loss.item() == pytest.approx((-1.28 + 1.5 + 0.8 + 0.8) / 4 / 2, rel=1e-5)
+    assert frac.item() == pytest.approx(3 / 4)  # tokens 0, 2, 3 take the clipped term
+    (grad,) = torch.autograd.grad(loss, new)
+    assert grad.tolist() == pytest.approx([0.0, 1.5 / 8, 0.0, 0.0], abs=1e-6)  # d(-rA)/dlogp = -rA if unclipped
+    # upstream: every token weighted by both advantages and summed ([B,B,L]), / 4 tokens / 2 rows
+    loss, frac = token_loss(new, old, adv, n_tok, 0.2, 0.28, "upstream")
+    per_adv = [[-1.28, -1.28, -0.5, -0.5], [1.5, 1.5, 0.8, 0.8]]  # -min(rA, clip(r)A) with A = 1, then A = -1
+    assert loss.item() == pytest.approx(sum(map(sum, per_adv)) / 4 / 2, rel=1e-5)
+    assert frac.item() == pytest.approx(4 / 8)  # A = 1: tokens 0-1 clipped; A = -1: tokens 2-3
+    (grad,) = torch.autograd.grad(loss, new)
+    assert grad.tolist() == pytest.approx([1.5 / 8, 1.5 / 8, -0.5 / 8, -0.5 / 8], abs=1e-6)
 
 
 def test_rec_loss_hand_computed():
     scores = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], requires_grad=True)
     labels = torch.tensor([0, 1, 0])
     weights = torch.tensor([1.5, 0.0, -0.5])  # advantage x relabel mask: row 1 is not relabelled
-    loss, frac, logp = rec_loss(scores, labels, weights, None, 0.2, 0.28)
+    loss, frac, logp = rec_loss(scores, labels, weights, None, 0.2, 0.28, "per_row")
     assert loss.item() == pytest.approx(-(1.5 - 0.5) / 3)  # ratio 1: -mean(weight), rows of weight 0 included
     assert frac.item() == 0.0
     loss.backward()
@@ -236,10 +250,20 @@ def test_rec_loss_hand_computed():
     # a later epoch: row 0's ratio 1.5 is above 1 + 0.28 with a positive weight -> clipped, no gradient
     s2 = scores.detach().clone().requires_grad_()
     old = logp - torch.tensor([math.log(1.5), 0.0, 0.0])
-    loss2, frac2, _ = rec_loss(s2, labels, weights, old, 0.2, 0.28)
+    loss2, frac2, _ = rec_loss(s2, labels, weights, old, 0.2, 0.28, "per_row")
     assert loss2.item() == pytest.approx(-(1.28 * 1.5 - 0.5) / 3, rel=1e-5) and frac2.item() == pytest.approx(1 / 3)
     loss2.backward()
     assert s2.grad[0].tolist() == [0.0, 0.0]
+    # upstream: every row weighted by every row's weight ([N,N,1]): at ratio 1 each row by mean(weight) = 1/3
+    s3 = scores.detach().clone().requires_grad_()
+    loss3, _, _ = rec_loss(s3, labels, weights, None, 0.2, 0.28, "upstream")
+    assert loss3.item() == pytest.approx(-(1.5 - 0.5) / 3)  # the same value at ratio 1 ...
+    loss3.backward()
+    p1, p2 = torch.softmax(torch.tensor([0.0, 1.0]), 0), torch.softmax(torch.tensor([1.0, 1.0]), 0)
+    expected = [-(1 / 3) / 3 * (torch.tensor(onehot) - p) for onehot, p in
+                (([1.0, 0.0], p0), ([0.0, 1.0], p1), ([1.0, 0.0], p2))]
+    for row, g in enumerate(expected):  # ... another gradient: row 1 (not relabelled) is pulled to its target too
+        assert s3.grad[row].tolist() == pytest.approx(g.tolist(), abs=1e-6)
 
 
 def test_similarity_settings():
@@ -255,7 +279,7 @@ def test_similarity_settings():
 
 # ----------------------------------------------------------------------------- upstream's settings and rules
 def test_defaults_are_upstream_launch_settings():
-    """train_rrec.py with no flags = upstream's train.py + launch_train.sh (../shared/RRec.md), value by value."""
+    """train_rrec.py with no flags = upstream's train.py + launch_train.sh (docs/rrec.md), value by value."""
     from compare_model.train_rrec import parse_config
 
     c = parse_config([])
@@ -271,7 +295,8 @@ def test_defaults_are_upstream_launch_settings():
         "reward_ndcg_k": 1000, "reward_softmax_weight": 0.05, "advantage_type": "gaussian",
         "clip_eps_low": 0.2, "clip_eps_high": 0.28, "mini_batch_size": 8, "ppo_epochs": 1,
         "step_per_mini_batch": True, "gather_negs_across_processes": True, "token_loss_weight": 1.0,
-        "rec_loss_weight": 1.0, "item_refresh_steps": 0,
+        "rec_loss_weight": 1.0, "item_refresh_steps": 0, "advantage_broadcast": "upstream",
+        "item_rating_stats": True,
         "eval_on_start": True, "eval_steps": -1, "num_eval_samples": -1, "load_best_model_at_end": True,
         "early_stopping_patience": 8, "save_total_limit": 5, "rank_repeat_targets": False,
     }
@@ -583,8 +608,8 @@ def test_recpo_step_mini_batches_duplicate_targets_and_fp32_lora(tiny_model, dat
 
     rec_loss = recpo.rec_loss
 
-    def recording_rec_loss(scores, labels, weights, old_logp, lo, hi):
-        out = rec_loss(scores, labels, weights, old_logp, lo, hi)
+    def recording_rec_loss(scores, labels, weights, old_logp, *rest):
+        out = rec_loss(scores, labels, weights, old_logp, *rest)
         seen["rec"].append((scores.detach().clone(), labels.tolist(), out[2].clone()))
         return out
 
@@ -603,6 +628,23 @@ def test_recpo_step_mini_batches_duplicate_targets_and_fp32_lora(tiny_model, dat
             assert torch.allclose(scores[:, 0], scores[:, 1], atol=1e-4)  # the same item twice
             assert bool((logp <= math.log(0.5) + 1e-4).all())
     assert seen["trainable"] and all("lora_" in n and dt == torch.float32 for n, dt in seen["trainable"])
+
+
+def test_real_step_gives_the_reasoning_no_gradient_under_upstreams_broadcast(tiny_model, dataset_dir, tmp_path):
+    """tools/rrec_loss_forms.py on one real RecPO step (mini-batch = one user's group of 2): the token loss's
+    gradient is rounding noise under the default, a real one per rollout under per_row (docs/rrec.md)."""
+    from tools.rrec_loss_forms import main as loss_forms
+
+    argv = train_argv(tiny_model, dataset_dir, tmp_path / "run", "--no-eval_on_start")
+    argv[argv.index("--max_steps") + 1] = "1"
+    argv[argv.index("--num_eval_samples") + 1] = "0"
+    records = loss_forms(argv)
+    assert len(records) == 2  # 2 users x G = 2 rollouts, mini-batches of min(8, 2) = one group
+    untied = [r for r in records if abs(r["advantage"][0]) > 1e-3]  # tied rewards train nothing in either form
+    assert untied
+    for r in untied:
+        assert max(r["token_grad_row_max/upstream"]) < 1e-6 < min(r["token_grad_row_max/per_row"])
+        assert r["token_grad_norm/upstream"] < 1e-4 < r["token_grad_norm/per_row"]
 
 
 def test_gathered_negatives_line_up_users_with_their_targets(monkeypatch):
@@ -642,11 +684,12 @@ def test_gathered_negatives_line_up_users_with_their_targets(monkeypatch):
                                                 similarity=RRecSettings(similarity_normalization=False,
                                                                         similarity_temperature=1.0).similarity))
     fake._across_processes = lambda t, keep_local=True: recpo.RecPOTrainer._across_processes(fake, t, keep_local)
+    fake._losses = lambda *a: recpo.RecPOTrainer._losses(fake, *a)
     seen = {}
 
-    def recording_rec_loss(scores, labels, weights, old, lo, hi):
+    def recording_rec_loss(scores, labels, weights, old, *rest):
         seen.update(scores=scores, labels=labels.tolist(), weights=weights.tolist())
-        return rec_loss(scores, labels, weights, old, lo, hi)
+        return rec_loss(scores, labels, weights, old, *rest)
 
     monkeypatch.setattr(recpo, "rec_loss", recording_rec_loss)
     seqs = [[1, 2, 9], [1, 2, 8], [3, 4, 9], [3, 4, 7]]  # user 0's two rollouts, user 1's two
@@ -691,6 +734,35 @@ def test_sigterm_then_auto_resume_replays_the_run(trained, resumed, tiny_model, 
         (run / "checkpoint-3" / "adapter_model.safetensors").read_bytes()
     final = out / "final_checkpoint"  # --merge_lora: a full model, from the best checkpoint
     assert (final / "model.safetensors").is_file() and not (final / "adapter_config.json").exists()
+
+
+def test_item_rating_stats_off_in_training_travels_to_evaluation(tiny_model, dataset_dir, tmp_path, monkeypatch,
+                                                                 capsys):
+    """A run trained with --no-item_rating_stats never shows the rating fields, records the setting (args.json,
+    rrec_config.json), and rrec.py evaluates it without them unless told otherwise (with a warning)."""
+    from compare_model import train_rrec
+    from prompters.rrec_prompter import RRecPrompter
+
+    shown: list[str] = []
+    item_prompt = RRecPrompter.item_prompt
+    monkeypatch.setattr(RRecPrompter, "item_prompt", lambda self, i: shown.append(item_prompt(self, i)) or shown[-1])
+    run = tmp_path / "run"
+    argv = train_argv(tiny_model, dataset_dir, run, "--no-item_rating_stats", "--no-eval_on_start")
+    argv[argv.index("--max_steps") + 1] = "1"
+    argv[argv.index("--eval_steps") + 1] = "1"
+    train_rrec.main(argv)
+    assert shown and not any("User Rating:" in t or "Number of Buyers:" in t for t in shown)
+    assert json.loads((run / "final_checkpoint" / "rrec_config.json").read_text())["item_rating_stats"] is False
+    assert json.loads((run / "args.json").read_text())["item_rating_stats"] is False
+    shown.clear()
+    base = ["--checkpoint_path", str(run), "--dataset_dir", str(dataset_dir), "--num_samples", "2", "--K", "5"]
+    data = _eval(base + ["--output_file", str(tmp_path / "eval.json")])
+    assert data["meta"]["item_rating_stats"] is False
+    assert shown and not any("User Rating:" in t for t in shown)
+    shown.clear()
+    data = _eval(base + ["--output_file", str(tmp_path / "eval_with.json"), "--item_rating_stats"])
+    assert data["meta"]["item_rating_stats"] is True and all("User Rating:" in t for t in shown)
+    assert "--item_rating_stats True differs from the checkpoint's False" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- compare_model/rrec.py

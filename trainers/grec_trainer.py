@@ -1,4 +1,4 @@
-"""RRec's base trainer (../shared/RRec.md): settings, model, data order, the item table, evaluation with best-
+"""RRec's base trainer (docs/rrec.md): settings, model, data order, the item table, evaluation with best-
 checkpoint selection and early stopping, checkpoints, logs. The RL step lives in trainers/recpo_trainer.py.
 
 A plain torch loop on accelerate (one process, or one per GPU with DDP under `accelerate launch`/torchrun).
@@ -54,6 +54,10 @@ from trainers.rl.advantages import ADVANTAGE_TYPES
 FINAL_DIR = "final_checkpoint"  # upstream's name for the trained (best) model
 ITEM_TABLE_FILE = "item_table.pt"
 OPTIMIZERS = ("adamw", "paged_adamw_8bit")
+# How RecPO's losses weight a mini-batch's rollouts by advantage (trainers/recpo_trainer.py, docs/rrec.md):
+# "upstream" = what upstream's code computes (every rollout weighted by the sum of the mini-batch's advantages),
+# "per_row" = the paper's equations (each rollout weighted by its own advantage).
+ADVANTAGE_BROADCASTS = ("upstream", "per_row")
 G_DATA, G_LORA, G_SIM, G_ROLL, G_RECPO, G_OPT, G_EVAL = (
     "data and model", "LoRA", "similarity", "rollouts", "RecPO", "optimisation", "evaluation and checkpoints")
 
@@ -75,6 +79,13 @@ class RRecTrainingArguments(RunConfig):
     model_type: str = option("", "qwen|gemma: the family's end-of-turn stop token (default: from the model's "
                                  "config.json)", group=G_DATA)
     user_window_size: int = option(20, "history items in the user prompt (upstream 20)", group=G_DATA)
+    item_rating_stats: bool = option(True, "show each item's average_rating ('User Rating') and rating_number "
+                                           "('Number of Buyers') in the item prompt, as upstream does; "
+                                           "--no-item_rating_stats leaves both out: on real Amazon data they are "
+                                           "crawl-time totals that include the valid/test period, a popularity "
+                                           "signal from the future (docs/rrec.md). Recorded in the checkpoint; "
+                                           "compare_model/rrec.py evaluates with the trained setting",
+                                     group=G_DATA)
     attn_implementation: str = option("auto", "auto|flash_attention_2|sdpa|eager (auto: FA2 on GPU when installed)",
                                       group=G_DATA)
     gradient_checkpointing: bool = option(True, "recompute activations in backward (upstream: on); "
@@ -118,6 +129,14 @@ class RRecTrainingArguments(RunConfig):
                                  group=G_RECPO, choices=ADVANTAGE_TYPES)
     relabel_topk: int = option(2, "rollouts per user (largest advantage) that get the recommendation loss "
                                   "(upstream launch script: 2)", group=G_RECPO)
+    advantage_broadcast: str = option(
+        "upstream", "how the token and recommendation losses weight rollouts by advantage. upstream: as upstream's "
+                    "code computes them (its [B,1] advantages, unsqueezed again, broadcast against the [B,L] token "
+                    "ratios and [B,1] item probabilities): every rollout is weighted by the sum of all advantages of "
+                    "its mini-batch (the gathered, relabel-masked ones for the rec loss); with one gaussian group per "
+                    "mini-batch (the default settings) the reasoning tokens get no gradient and the rec loss pulls "
+                    "all G rollouts to the target. per_row: the paper's equations, each rollout weighted by its own "
+                    "advantage (docs/rrec.md)", group=G_RECPO, choices=ADVANTAGE_BROADCASTS)
     clip_eps_low: float = option(0.2, "surrogate ratio clip below 1", group=G_RECPO)
     clip_eps_high: float = option(0.28, "surrogate ratio clip above 1", group=G_RECPO)
     mini_batch_size: int = option(8, "rollouts per forward/backward in the update; upstream caps it at "
@@ -186,7 +205,8 @@ class RRecTrainingArguments(RunConfig):
         if self.K_eval is None:
             self.K_eval = min(10, self.K)
         self.validate_run()
-        for flag, allowed in (("model_type", ("", "qwen", "gemma")), ("similarity_type", ("dot", "cosine", "L2"))):
+        for flag, allowed in (("model_type", ("", "qwen", "gemma")), ("similarity_type", ("dot", "cosine", "L2")),
+                              ("advantage_broadcast", ADVANTAGE_BROADCASTS)):
             require(getattr(self, flag) in allowed, f"--{flag} {getattr(self, flag)!r}: must be one of "
                                                     f"{'|'.join(a for a in allowed if a)}")
         require(self.K >= 2, f"--K {self.K}: must be >= 2 (the target plus at least one negative)")
@@ -310,7 +330,7 @@ class GRecTrainer(TrainerProcess):
                     "similarity_temperature": cfg.similarity_temperature,
                     "similarity_normalization": cfg.similarity_normalization,
                     "user_window_size": cfg.user_window_size, "max_new_tokens": cfg.max_new_tokens,
-                    "repetition_penalty": cfg.repetition_penalty}
+                    "repetition_penalty": cfg.repetition_penalty, "item_rating_stats": cfg.item_rating_stats}
         src = self.resume_ckpt or self.base_model_dir
         self.rrec = RRecModel.load(
             str(src), device=str(accelerator.device), dtype=torch.bfloat16 if cfg.pure_bf16 else torch.float32,
@@ -325,7 +345,8 @@ class GRecTrainer(TrainerProcess):
         self.prompter = RRecPrompter(self.rrec.tokenizer, self.dataset.item_rows,
                                      cfg.category or category_from_dataset_dir(cfg.dataset_dir),
                                      user_window_size=s.user_window_size, model_type=s.model_type,
-                                     emb_token=s.emb_token, emb_end_token=s.emb_end_token)
+                                     emb_token=s.emb_token, emb_end_token=s.emb_end_token,
+                                     item_rating_stats=s.item_rating_stats)
 
         # ---- optimiser, schedule, accelerate ----
         params = [p for p in self.rrec.parameters() if p.requires_grad]

@@ -1,4 +1,4 @@
-"""RecPO (../shared/RRec.md): RRec's RL step on top of GRecTrainer, upstream's algorithm by default.
+"""RecPO (docs/rrec.md): RRec's RL step on top of GRecTrainer, upstream's algorithm by default.
 
 One step, per process, for its --train_batch_size users:
 1. rollouts: G = --group_size reasoning texts per user, sampled (temperature 2.0, top-k 50, top-p 1.0, the
@@ -11,10 +11,13 @@ One step, per process, for its --train_batch_size users:
    relabel mask: the --relabel_topk rollouts with the largest advantage per user;
 4. update, in mini-batches of min(--mini_batch_size, --train_batch_size) rollouts (upstream's cap), each one
    forward over [its user sequences + the batch's target item prompts, duplicates kept] and one backward:
-     token loss = clipped surrogate over the completion tokens (<answer> included), token mean, / rows
-     rec loss   = clipped surrogate of log softmax(scores(users, in-batch targets))[own target], weighted by
-                  advantage x relabel mask, mean over rows; users and targets of the other processes are
-                  gathered (detached) as extra rows and negatives
+     token loss = clipped surrogate over the completion tokens (<answer> included), / tokens, / rows
+     rec loss   = clipped surrogate of log softmax(scores(users, in-batch targets))[own target] with weight
+                  advantage x relabel mask, averaged; users and targets of the other processes are gathered
+                  (detached) as extra rows and negatives
+   with the advantage weighting of --advantage_broadcast (token_loss, rec_loss): "upstream" (default) as
+   upstream's code computes it, every rollout weighted by every advantage of the mini-batch (so by their sum),
+   "per_row" as the paper's equations read, each rollout by its own
    (trainers/rl/losses.clipped_surrogate for both; with one pass (--ppo_epochs 1) the ratio is 1, so this is the
    advantage-weighted policy gradient); the targets' fresh vectors replace their rows of the item table;
    after each mini-batch's backward the gradients are clipped to 1.0 and the optimiser steps (upstream's
@@ -35,7 +38,7 @@ from trainers.evaluation.metrics import ndcg_at
 from trainers.evaluation.rrec import catalogue_ranks, masked_scores
 from foundation.seeding import derived_seed
 from foundation.distributed import run_trainer
-from trainers.grec_trainer import GRecTrainer, RRecTrainingArguments
+from trainers.grec_trainer import ADVANTAGE_BROADCASTS, GRecTrainer, RRecTrainingArguments
 from trainers.rl.advantages import group_advantages
 from trainers.rl.losses import clipped_surrogate
 
@@ -62,23 +65,59 @@ def relabel_mask(advantages: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(advantages, dtype=torch.bool).scatter_(1, top, True)
 
 
-def token_loss(logps: torch.Tensor, old_logps: torch.Tensor, token_advantages: torch.Tensor, rows: int,
-               clip_low: float, clip_high: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upstream's token loss of one mini-batch: the clipped surrogate summed over its completion tokens, divided
-    by their number and by the mini-batch's row count. Returns (loss, clip fraction)."""
-    loss, clipfrac = clipped_surrogate(logps, old_logps, token_advantages, clip_low, clip_high)
-    return loss / max(1, rows), clipfrac
+def mini_batches(n_rows: int, mini_batch_size: int, train_batch_size: int) -> list[list[int]]:
+    """The update's mini-batches of rollout rows (G consecutive rows per user): consecutive slices of
+    min(mini_batch_size, train_batch_size) rows, as upstream caps and slices them."""
+    m = min(mini_batch_size, train_batch_size)
+    return [list(range(a, min(a + m, n_rows))) for a in range(0, n_rows, m)]
+
+
+def _check_broadcast(broadcast: str) -> None:
+    if broadcast not in ADVANTAGE_BROADCASTS:
+        raise ValueError(f"advantage broadcast {broadcast!r}: must be one of {'|'.join(ADVANTAGE_BROADCASTS)}")
+
+
+def token_loss(logps: torch.Tensor, old_logps: torch.Tensor, row_advantages: torch.Tensor,
+               tokens_per_row: torch.Tensor, clip_low: float, clip_high: float, broadcast: str = "upstream"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token loss of one mini-batch of B rollouts. logps/old_logps: flat [M] completion-token log-probs, row
+    after row; tokens_per_row [B] (summing to M); row_advantages [B]. With r_jt the ratio of token t of row j:
+      per_row   sum_j sum_t -min(r_jt A_j, clip(r_jt) A_j) / M / B            (the paper's equations)
+      upstream  sum_i sum_j sum_t -min(r_jt A_i, clip(r_jt) A_i) / M / B      (upstream's code: [B,1,1] advantages
+                times [B,L] ratios broadcast to [B,B,L]) = the mean over the [B, M] products.
+    At ratio 1 a token's gradient is -A_j / (M B) (per_row) or -sum_i A_i / (M B) (upstream: 0 on every token
+    when the mini-batch is whole gaussian groups, whose advantages sum to 0). Returns (loss, clip fraction)."""
+    _check_broadcast(broadcast)
+    B = int(row_advantages.shape[0])
+    if broadcast == "per_row":
+        adv = row_advantages.repeat_interleave(tokens_per_row.to(row_advantages.device))
+        loss, clipfrac = clipped_surrogate(logps, old_logps, adv, clip_low, clip_high)
+        return loss / max(1, B), clipfrac
+    M = int(logps.shape[0])
+    return clipped_surrogate(logps.expand(B, M), old_logps.expand(B, M), row_advantages[:, None].expand(B, M),
+                             clip_low, clip_high)
 
 
 def rec_loss(scores: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, old_logp: torch.Tensor | None,
-             clip_low: float, clip_high: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Upstream's recommendation loss: for each user row, p = softmax(scores[row])[label] over the in-batch items;
-    the clipped surrogate of log p with weight = advantage x relabel mask, averaged over all rows (rows of weight
-    0 included). old_logp None: the ratio is taken against the current value (1). Returns (loss, clip fraction,
-    log p detached, for later epochs)."""
+             clip_low: float, clip_high: float, broadcast: str = "upstream"
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The recommendation loss of N user rows (gathered ones included): log p_j = log softmax(scores[j])[labels[j]]
+    over the in-batch items, ratio c_j against old_logp (None: the current value, ratio 1), weights w = advantage x
+    relabel mask:
+      per_row   mean_j -min(c_j w_j, clip(c_j) w_j)                            (the paper's equations)
+      upstream  mean_ij -min(c_j w_i, clip(c_j) w_i)                           (upstream's code: [N,1,1] weights
+                times [N,1] probabilities broadcast to [N,N,1]): every row weighted by every row's weight.
+    Returns (loss, clip fraction, log p detached, for later epochs)."""
+    _check_broadcast(broadcast)
     logp = torch.log_softmax(scores.float(), dim=-1).gather(1, labels.view(-1, 1)).squeeze(1)
     old = logp.detach() if old_logp is None else old_logp
-    loss, clipfrac = clipped_surrogate(logp, old, weights.float(), clip_low, clip_high)
+    w = weights.float()
+    if broadcast == "per_row":
+        loss, clipfrac = clipped_surrogate(logp, old, w, clip_low, clip_high)
+    else:
+        N = int(logp.shape[0])
+        loss, clipfrac = clipped_surrogate(logp.expand(N, N), old.expand(N, N), w[:, None].expand(N, N),
+                                           clip_low, clip_high)
     return loss, clipfrac, logp.detach()
 
 
@@ -138,9 +177,7 @@ class RecPOTrainer(GRecTrainer):
 
         # ---- update: mini-batches of rollouts, each with the batch's target items ----
         self.model.train()
-        n_rows = B * G
-        m = min(c.mini_batch_size, c.train_batch_size)
-        chunks = [list(range(a, min(a + m, n_rows))) for a in range(0, n_rows, m)]
+        chunks = mini_batches(B * G, c.mini_batch_size, c.train_batch_size)
         old_tok: dict[int, torch.Tensor] = {}
         old_rec: dict[int, torch.Tensor] = {}
         sums = {"loss": 0.0, "token_loss": 0.0, "rec_loss": 0.0, "token_clipfrac": 0.0, "rec_clipfrac": 0.0}
@@ -195,8 +232,6 @@ class RecPOTrainer(GRecTrainer):
         n_tok = lp_mask[:len(rows)].sum(1).to(dev)
         if ci not in old_tok:
             old_tok[ci] = logps.detach()
-        tok, tok_clip = token_loss(logps, old_tok[ci], adv_flat[rows_t].repeat_interleave(n_tok), len(rows),
-                                   c.clip_eps_low, c.clip_eps_high)
         labels = (rows_t // G) + self.rank * len(item_seqs)  # a rollout's own target among the gathered items
         if c.gather_negs_across_processes:
             U, V = self._across_processes(u), self._across_processes(v)
@@ -204,8 +239,8 @@ class RecPOTrainer(GRecTrainer):
         else:
             U, V, weights = u, v, weight_flat[rows_t]
             labels = labels - self.rank * len(item_seqs)
-        rec, rec_clip, logp = rec_loss(self.rrec.similarity(U, V), labels, weights, old_rec.get(ci),
-                                       c.clip_eps_low, c.clip_eps_high)
+        tok, tok_clip, rec, rec_clip, logp = self._losses(logps, old_tok[ci], adv_flat[rows_t], n_tok,
+                                                          self.rrec.similarity(U, V), labels, weights, old_rec.get(ci))
         old_rec.setdefault(ci, logp)
         loss = c.token_loss_weight * tok + c.rec_loss_weight * rec
         self.acc.backward(loss)
@@ -215,6 +250,17 @@ class RecPOTrainer(GRecTrainer):
             self.item_table[all_t] = all_v.float().to(self.item_table.device)
         return {"loss": float(loss.detach()), "token_loss": float(tok.detach()), "rec_loss": float(rec.detach()),
                 "token_clipfrac": float(tok_clip), "rec_clipfrac": float(rec_clip)}
+
+    def _losses(self, logps, old_logps, row_advantages, tokens_per_row, scores, labels, weights, old_rec_logp
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(token loss, its clip fraction, rec loss, its clip fraction, rec log p) of one mini-batch under
+        --advantage_broadcast; tools/rrec_loss_forms.py measures both forms here."""
+        c = self.cfg
+        tok, tok_clip = token_loss(logps, old_logps, row_advantages, tokens_per_row, c.clip_eps_low,
+                                   c.clip_eps_high, c.advantage_broadcast)
+        rec, rec_clip, logp = rec_loss(scores, labels, weights, old_rec_logp, c.clip_eps_low, c.clip_eps_high,
+                                       c.advantage_broadcast)
+        return tok, tok_clip, rec, rec_clip, logp
 
 
 def run_training(cfg: RRecTrainingArguments) -> dict[str, Any]:
