@@ -417,7 +417,8 @@ def run_sequential(cfg: SequentialConfig, script: str = "compare_model/sasrec.py
     valid_items = [] if cfg.valid_samples == 0 else \
         build_eval_items(dataset, "valid", None if cfg.valid_samples < 0 else cfg.valid_samples, cfg.K, cfg.seed)
     out = check_output_path(cfg.output_dir, "--output_dir", kind="dir")
-    result_file = Path(cfg.output_file or out / ("results.json" if cfg.split == "test" else f"results_{cfg.split}.json"))
+    result_file = Path(cfg.output_file or out / ("results.json" if cfg.split == "test"
+                                                 else f"results_{cfg.split}.json"))
     check_output_path(result_file, "--output_file" if cfg.output_file else "--output_dir")
     device = resolve_device(cfg.device)
 
@@ -461,7 +462,7 @@ def rank_and_write(cfg: SequentialConfig, dataset, items: list, model: Sequentia
 
     from trainers.evaluation.metrics import eval_ks, format_metrics_table
     from trainers.evaluation.protocol import sanity_results
-    from trainers.evaluation.results import sharded_results
+    from trainers.evaluation.results import check_resume_settings, sharded_results
     from trainers.evaluation.rrec import FULL_RANKING_KS, rrec_metrics
     from trainers.evaluation.sequential import rank_with_sequential
 
@@ -471,8 +472,6 @@ def rank_and_write(cfg: SequentialConfig, dataset, items: list, model: Sequentia
         if cfg.full_ranking and any("full_rank" not in s for s in writer.samples.values()):
             raise UserInputError(f"{result_file}: earlier samples were ranked without --full_ranking; pass "
                                  "--overwrite_output_dir")
-
-    from trainers.evaluation.results import check_resume_settings
 
     check_resume_settings(result_file, meta, RESULT_KEYS + tuple(cfg.trajectory_settings()), flag=flag)
     state = PartialState(cpu=next(model.parameters()).device.type == "cpu")

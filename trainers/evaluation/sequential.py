@@ -49,7 +49,8 @@ def rank_with_sequential(model, items: Sequence[tuple[dict, list[int]]], batch_s
                 s = [float(x) for x in cand_scores[b].tolist()]
                 sample = {"interaction_id": int(ex["interaction_id"]), "user_id": ex["user_id"],
                           "target_item_id": target, "candidates": cs, "scores": s,
-                          "ranking": ranking_from_scores(cs, s, target), "target_rank": target_rank(s, cs.index(target))}
+                          "ranking": ranking_from_scores(cs, s, target),
+                          "target_rank": target_rank(s, cs.index(target))}
                 if full is not None:
                     sample["full_rank"] = full[b]
                 out.append(sample)
