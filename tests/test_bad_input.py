@@ -351,6 +351,8 @@ TRREC = ["compare_model/train_rrec.py", "--model_name_or_path", "{model}", "--da
 TRAIN = ["train.py", "--model_name_or_path", "{model}", "--dataset_path", "{data}", "--dataset_type", "other",
          "--K", "5", "--K_eval", "3", "--device", "cpu", "--max_steps", "1", "--batch_size", "2",
          "--max_len_per_item", "4", "--user_window_size", "3", "--output_dir", "{fresh_out}", "--no_plot"]
+SASREC = ["compare_model/sasrec.py", "--dataset_dir", "{data}", "--K", "5", "--device", "cpu", "--num_epochs", "1",
+          "--output_dir", "{fresh_out}", "--no_progress"]
 GEN = ["sft_train/generate_prompts.py", "--dataset_dir", "{data}", "--tokenizer", "{model}", "--num_samples", "4",
        "--K", "5", "--max_len_per_item", "4", "--user_window_size", "3", "--output_file", "{fresh_out}/p.jsonl"]
 PRE = ["preprocess.py", "--category", "Video_Games", "--K", "5", "--st_year", "2021", "--st_month", "1",
@@ -434,6 +436,16 @@ CASES = [
     ("rrec-no-tokenizer", _set(RREC, checkpoint_path="{notok}"), "tokenizer", False),
     ("rrec-only-incomplete-ckpts", _set(RREC, checkpoint_path="{runs}"), "--checkpoint_path", False),
     ("rrec-existing-other-settings", _set(RREC, output_dir="{root}/rrec_out"), "--overwrite_output_dir", False),
+    # ---- compare_model/sasrec.py
+    ("sasrec-dataset-missing", _set(SASREC, dataset_dir="{root}/nope"), "--dataset_dir", True),
+    ("sasrec-model", _set(SASREC, model="bert4rec"), "--model", False),
+    ("sasrec-K-catalogue", _set(SASREC, K="500"), "--K", False),
+    ("sasrec-dropout", _set(SASREC, dropout="1.5"), "--dropout", False),
+    ("sasrec-reference-broken", _set(SASREC, reference_json="{not_json}"), "--reference_json", False),
+    ("sasrec-existing-other-settings", _set(SASREC, output_dir="{root}/rrec_out"), "--overwrite_output_dir", False),
+    ("sasrec-foreign-checkpoints", _set(SASREC, output_dir="{runs}"), "did not write", False),
+    ("sasrec-output-in-use", _set(SASREC, output_dir="{eval_locked}"), "in use by another run", False),
+    ("sasrec-dataset-bad-ids", _set(SASREC, dataset_dir="{ds_bad_ids}"), "test.item_id holds item id 9999", False),
     # ---- compare_model/train_rrec.py
     ("trrec-dataset-missing", _set(TRREC, dataset_dir="{root}/nope"), "--dataset_dir", False),
     ("trrec-K_eval", _set(TRREC, K_eval="9"), "--K_eval", True),

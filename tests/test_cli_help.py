@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(
     ["train.py", "test.py", "preprocess.py",
      "compare_model/rrec.py", "compare_model/deepseek.py", "compare_model/train_rrec.py",
+     "compare_model/sasrec.py",
      "sft_train/generate_prompts.py", "sft_train/process_sft_data.py", "sft_train/train_sft.py",
      "sft_train/get_response_by_deepseek.py"]
     + [str(p.relative_to(REPO)) for p in (REPO / "tools").glob("*.py") if not p.name.startswith("_")]

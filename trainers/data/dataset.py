@@ -53,18 +53,20 @@ class ProcessedDataset:
         return list(self.item_info["title"])
 
     @cached_property
-    def popularity(self) -> np.ndarray:
-        """Train interactions per item id: each (user, item, timestamp) counted once, whether it is a train target,
-        in the shown history of train examples, or both (a train target reappears in the histories of that user's
-        later examples; counting both would count it twice). Valid and test targets never count."""
+    def train_interactions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The train split's interactions, each (user, item, timestamp) once whether it is a train target, in the
+        shown history of train examples, or both (a train target reappears in the histories of that user's later
+        examples): (user codes, item ids, timestamps), int64 arrays sorted by user, then time, then item id (items
+        with one timestamp have no other order). Valid and test targets never appear. Arrow compute and numpy over
+        the columns, no Python rows: the one source of the popularity row and of the ID-based sequential models'
+        training sequences (trainers/data/sequences.py)."""
         import pyarrow.compute as pc
 
         tr = self.splits["train"]
         if getattr(tr, "_indices", None) is not None:  # a select()ed split: read the selected rows only
             tr = tr.flatten_indices()
-        pop = np.zeros(len(self.item_info), dtype=np.float64)
         if len(tr) == 0:
-            return pop
+            return tuple(np.zeros(0, dtype=np.int64) for _ in range(3))  # type: ignore[return-value]
         table = tr.data.table if hasattr(tr.data, "table") else tr.data
         user_col = table.column("user_id")  # users as integer codes (one code per distinct id, across chunks)
         users = pc.index_in(user_col, value_set=pc.unique(user_col)).to_numpy(zero_copy_only=False)
@@ -74,9 +76,21 @@ class ProcessedDataset:
         u = np.concatenate([users, np.repeat(users, hist_len)]).astype(np.int64)
         i = np.concatenate([table.column("item_id").to_numpy(), flat("history_item_id")]).astype(np.int64)
         t = np.concatenate([table.column("timestamp").to_numpy(), flat("history_timestamp")]).astype(np.int64)
-        once = np.unique(np.stack([u, i, t], axis=1), axis=0)[:, 1]
-        once = once[(once >= 0) & (once < len(pop))]
-        pop += np.bincount(once, minlength=len(pop))[: len(pop)]
+        order = np.lexsort((i, t, u))
+        u, i, t = u[order], i[order], t[order]
+        first = np.ones(len(u), dtype=bool)  # drop repeats of the row before: each (user, item, time) once
+        first[1:] = (u[1:] != u[:-1]) | (i[1:] != i[:-1]) | (t[1:] != t[:-1])
+        return u[first], i[first], t[first]
+
+    @cached_property
+    def popularity(self) -> np.ndarray:
+        """Train interactions per item id (train_interactions: each (user, item, timestamp) counted once, whether
+        it is a train target, in the shown history of train examples, or both). Valid and test targets never
+        count."""
+        pop = np.zeros(len(self.item_info), dtype=np.float64)
+        items = self.train_interactions[1]
+        items = items[(items >= 0) & (items < len(pop))]
+        pop += np.bincount(items, minlength=len(pop))[: len(pop)]
         return pop
 
     @cached_property

@@ -149,12 +149,14 @@ def rank_with_rrec(model, prompter, items: Sequence[tuple[dict, list[int]]], ite
     return out
 
 
-def rrec_metrics(samples: Sequence[dict], K_eval: int | None, full_ranking: bool = False) -> dict[str, dict]:
+def rrec_metrics(samples: Sequence[dict], K_eval: int | None, full_ranking: bool = False,
+                 name: str = "rrec") -> dict[str, dict]:
     """Candidate metrics (NDCG/HR@{1,5,10,K_eval}, MRR) and, with full_ranking, full-catalogue ones
-    (NDCG/HR@5/10/20 plus the candidate cut-offs; a masked target, full_rank None, is a miss)."""
-    rows = {"rrec": metrics_from_ranks([s["target_rank"] for s in samples], eval_ks(K_eval))}
+    (NDCG/HR@5/10/20 plus the candidate cut-offs; a masked target, full_rank None, is a miss), as rows `name` and
+    "`name` (full catalogue)" (the sequential baselines' rows come from here too)."""
+    rows = {name: metrics_from_ranks([s["target_rank"] for s in samples], eval_ks(K_eval))}
     if full_ranking:
         ks = sorted(set(FULL_RANKING_KS) | set(eval_ks(K_eval)))
         ranks = [math.inf if s["full_rank"] is None else s["full_rank"] for s in samples if "full_rank" in s]
-        rows["rrec (full catalogue)"] = metrics_from_ranks(ranks, ks)
+        rows[f"{name} (full catalogue)"] = metrics_from_ranks(ranks, ks)
     return rows
