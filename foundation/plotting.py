@@ -7,8 +7,15 @@ from pathlib import Path
 from foundation.errors import UserInputError
 
 
+def validation_label(key: str) -> str:
+    """'val_NDCG@10_K20' -> 'validation NDCG@10, K=20 candidates' (older logs without _K: 'validation NDCG@10')."""
+    metric, _, k = key[len("val_"):].partition("_K")
+    return f"validation {metric}, K={k} candidates" if k else f"validation {metric}"
+
+
 def plot_training(metrics_file: str | os.PathLike, output: str | os.PathLike, smooth: int = 20) -> Path:
-    """Draw reward (raw and moving average) and every val_NDCG@k column against step into a PNG."""
+    """Draw reward (raw and moving average) and every val_NDCG@k_KN column (NDCG@k of greedy rankings of N
+    validation candidates; the last one is the final validation) against step into a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,7 +39,7 @@ def plot_training(metrics_file: str | os.PathLike, output: str | os.PathLike, sm
     val_keys = sorted({k for r in recs for k in r if k.startswith("val_NDCG")})
     for k, c in zip(val_keys, ("tab:red", "tab:green", "tab:purple")):
         pts = [(r["step"], r[k]) for r in recs if k in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=c, lw=2, label=f"validation {k[4:]}")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=c, lw=2, label=validation_label(k))
     ax.set_xlabel("step")
     ax.set_ylabel("NDCG")
     ax.grid(alpha=0.3)
