@@ -13,6 +13,17 @@ def validation_label(key: str) -> str:
     return f"validation {metric}, K={k} candidates" if k else f"validation {metric}"
 
 
+def reward_label(run_dir: Path) -> str:
+    """The reward curve's label, with the cut-off and training K from the run's args.json when it is there."""
+    import json
+
+    try:
+        args = json.loads((run_dir / "args.json").read_text())
+        return f"reward (rollout NDCG@{int(args['K_eval'])}, K={int(args['K'])} training candidates)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "reward (rollout NDCG)"
+
+
 def plot_training(metrics_file: str | os.PathLike, output: str | os.PathLike, smooth: int = 20) -> Path:
     """Draw reward (raw and moving average) and every val_NDCG@k_KN column (NDCG@k of greedy rankings of N
     validation candidates; the last one is the final validation) against step into a PNG."""
@@ -31,7 +42,7 @@ def plot_training(metrics_file: str | os.PathLike, output: str | os.PathLike, sm
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if any("reward" in r for r in recs):
         rs = np.array([r.get("reward", np.nan) for r in recs], dtype=float)
-        ax.plot(steps, rs, color="tab:blue", alpha=0.3, lw=1, label="reward (rollout NDCG)")
+        ax.plot(steps, rs, color="tab:blue", alpha=0.3, lw=1, label=reward_label(Path(metrics_file).parent))
         w = max(1, min(smooth, len(rs)))
         if w > 1:
             ma = np.convolve(np.nan_to_num(rs), np.ones(w) / w, mode="valid")

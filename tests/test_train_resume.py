@@ -135,6 +135,7 @@ def test_final_validation_with_default_eval_every_and_kl_to_the_reference(assets
     monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
     plotting.plot_training(out / "metrics.jsonl", tmp_path / "training.png")
     assert ("validation NDCG@3, K=6 candidates", [2], [recs[-1]["val_NDCG@3_K6"]]) in drawn
+    assert "reward (rollout NDCG@3, K=4 training candidates)" in [label for label, _, _ in drawn]
     assert (tmp_path / "training.png").stat().st_size > 0
 
 
