@@ -4,6 +4,7 @@
 #   untrained and trained judge -> RRec baseline -> SASRec and GRU4Rec baselines -> API baseline (local
 #   stand-in server) -> one table.
 # Run through `bash setup.sh demo` (installs first) or directly inside an environment that has requirements.txt.
+# ADVANTAGE_ESTIMATOR=critic|rloo|grpo and SEED reach train.py through train.sh (tools/seed_sweep.sh: several).
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}

@@ -3,6 +3,8 @@
 # demo assets first if they are missing. Every variable below can be set from the environment, e.g.
 #   CUDA_VISIBLE_DEVICES=0,1 model_name_or_path=Qwen2.5-3B-Instruct dataset_path=data/Video_Games_5_2021-1-2023-12 bash train.sh
 # Extra arguments are passed through to train.py (e.g. bash train.sh --use_lora --gradient_checkpointing).
+# ADVANTAGE_ESTIMATOR (or advantage_estimator) = critic|rloo|grpo and SEED (or seed) pick train.py's
+# --advantage_estimator and --seed (tools/seed_sweep.sh runs several of each).
 #
 # Distribution (GPU runs go through `accelerate launch`, one process per visible GPU per node):
 #   ACCELERATE_CONFIG  ddp (default) | fsdp | zero2 | zero3 | a path: configs/accelerate/<name>.yaml
@@ -40,6 +42,9 @@ token_log_path=${token_log_path:-$output_dir/token_lengths.jsonl}
 batch_size=${batch_size:-$d_batch}
 K=${K:-$d_K}
 K_eval=${K_eval:-10}
+eval_K=${eval_K:-20}
+advantage_estimator=${advantage_estimator:-${ADVANTAGE_ESTIMATOR:-critic}}
+seed=${seed:-${SEED:-42}}
 lr_actor=${lr_actor:-$d_lr_actor}
 lr_critic=${lr_critic:-$d_lr_critic}
 max_steps=${max_steps:-$d_steps}
@@ -74,8 +79,9 @@ done
 args=(--dataset_path "$dataset_path" --dataset_type "$dataset_type" --model_name_or_path "$model_name_or_path"
       --output_dir "$output_dir" --max_len_per_item "$max_len_per_item" --user_window_size "$user_window_size"
       --print_every "$print_every" --save_every "$save_every" --token_log_path "$token_log_path"
-      --batch_size "$batch_size" --K "$K" --K_eval "$K_eval" --lr_actor "$lr_actor" --lr_critic "$lr_critic"
-      --max_steps "$max_steps" --device "$device" "${resume[@]}")
+      --batch_size "$batch_size" --K "$K" --K_eval "$K_eval" --eval_K "$eval_K" --lr_actor "$lr_actor"
+      --lr_critic "$lr_critic" --max_steps "$max_steps" --device "$device"
+      --advantage_estimator "$advantage_estimator" --seed "$seed" "${resume[@]}")
 
 if [[ $nproc -gt 1 || $NNODES -gt 1 ]]; then
   config=$ACCELERATE_CONFIG

@@ -403,6 +403,41 @@ def finish_resume(ckpt: Path, rank: int, world: int, trainer_state: dict, change
         print(f"resuming {ckpt} with changed settings: {', '.join(changed)}")
 
 
+def select_param_groups(state: dict, optimizer, ckpt: Path) -> dict:
+    """The saved optimizer state with its param groups matched to the optimizer's by their "name": a group the run
+    no longer has is dropped (the critic's, once an estimator without critic takes over), a group the checkpoint
+    lacks starts without state (the critic's, the other way round). Unchanged when the names agree or a group is
+    unnamed; a named group whose size changed is kept as saved, for check_optimizer_state_fits to refuse."""
+    try:
+        saved_groups, saved_state = state["param_groups"], state["state"]
+    except (KeyError, TypeError):
+        return state
+    saved_names = [g.get("name") for g in saved_groups]
+    names = [g.get("name") for g in optimizer.param_groups]
+    if saved_names == names or None in saved_names or None in names:
+        return state
+    by_name = {g["name"]: g for g in saved_groups}
+    groups, kept, start = [], {}, 0
+    for g in optimizer.param_groups:
+        n, old = len(g["params"]), by_name.get(g["name"])
+        ids = list(range(start, start + n))
+        if old is None:
+            groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ids})
+        elif len(old["params"]) != n:
+            groups.append(old)
+        else:
+            for i, j in zip(old["params"], ids):
+                st = saved_state.get(i, saved_state.get(str(i)))
+                if st is not None:
+                    kept[j] = st
+            groups.append({**old, "params": ids})
+        start += n
+    dropped = [n for n in saved_names if n not in names]
+    if dropped:
+        print(f"{ckpt}: optimizer state of {', '.join(dropped)} not used by this run")
+    return {"state": kept, "param_groups": groups}
+
+
 def check_optimizer_state_fits(state: dict, optimizer, ckpt: Path) -> None:
     """Refuse optimiser state whose tensors have other shapes than this run's parameters (at load time, not at
     the first step)."""

@@ -190,6 +190,16 @@ def mean_over_processes(accelerator, stats: dict[str, float]) -> dict[str, float
     return dict(zip(stats, accelerator.reduce(t, reduction="mean").cpu().tolist()))
 
 
+def max_over_processes(accelerator, stats: dict[str, float]) -> dict[str, float]:
+    """The maximum of each scalar over all processes (one gather), keys in stats' order."""
+    import torch
+
+    if not stats:
+        return {}
+    t = torch.tensor([float(v) for v in stats.values()], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(stats, accelerator.gather(t[None]).max(0).values.cpu().tolist()))
+
+
 class TrainerProcess:
     """What one process of a training run knows about itself; the trainers (PL-PPO, RRec) build on it."""
 

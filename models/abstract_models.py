@@ -10,6 +10,7 @@ for every forward of the run: rollout, update and the recompute of checkpointed 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -321,6 +322,25 @@ def disable_dropout(module: torch.nn.Module) -> None:
         for k in ("attention_dropout", "hidden_dropout", "dropout"):
             if hasattr(cfg, k):
                 setattr(cfg, k, 0.0)
+
+
+def gathered_parameters(*params: torch.Tensor | None):
+    """Context in which parameters partitioned by DeepSpeed ZeRO-3 (numel 0 outside their module's forward) hold
+    their full values, for code that reads a weight directly; a no-op for every other parameter."""
+    held = [p for p in params if p is not None]
+    if any(p.numel() == 0 and hasattr(p, "ds_id") for p in held):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(held, modifier_rank=None)
+    return contextlib.nullcontext()
+
+
+def fp32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T + bias in fp32 whatever the dtypes of x and the weights, outside any autocast (which would cast
+    the product back to bf16). For the judge's scores and the critic's values: numbers that are ranked, enter the
+    PL log-prob or every advantage, where bf16's ~0.4% rounding makes close candidates tie."""
+    with gathered_parameters(weight, bias), torch.autocast(x.device.type, enabled=False):
+        return torch.nn.functional.linear(x.float(), weight.float(), None if bias is None else bias.float())
 
 
 class AbstractRecModel(torch.nn.Module):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from models.abstract_models import (AbstractRecModel, LoraSettings, apply_lora, attention_softcap, check_model_dir,
+                                    fp32_linear, gathered_parameters,
                                     is_adapter_dir,
                                     load_causal_lm, load_tokenizer, pad_left, pad_right, resolve_attn_implementation,
                                     resolve_device, resolve_dtype, save_lm)
@@ -41,8 +42,9 @@ class ValueHead(nn.Module):
         self.net = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, 1))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        x = h.detach().to(self.net[0].weight.dtype)
-        return self.net(x).squeeze(-1).float()
+        """V [...] in fp32 whatever the weights' dtype (it enters every advantage: bf16 rounding would be noise)."""
+        l1, l2 = self.net[0], self.net[2]
+        return fp32_linear(torch.tanh(fp32_linear(h.detach(), l1.weight, l1.bias)), l2.weight, l2.bias).squeeze(-1)
 
 
 def single_token_id(tokenizer, text: str) -> int:
@@ -122,23 +124,17 @@ class BinaryJudge(AbstractRecModel):
 
     # ---- scoring -------------------------------------------------------------------------------
     def yes_minus_no(self, h: torch.Tensor) -> torch.Tensor:
-        """logit(Yes) - logit(No) from final hidden states h [..., H]."""
+        """logit(Yes) - logit(No) from final hidden states h [..., H], in fp32 whatever the weights' dtype or an
+        enclosing autocast: the scores are ranked (ties count against the target) and enter the PL log-prob, and a
+        bf16 product rounds them to ~0.4% of their size, so close candidates would tie. Only two rows of the head
+        matter: h @ (w_yes - w_no) instead of the full vocabulary projection."""
         head = self.output_head()
-        w = head.weight
-        if w.numel() == 0:  # parameters partitioned (DeepSpeed ZeRO-3): go through the module so hooks gather them
-            out = []
-            flat = h.reshape(-1, h.shape[-1])
-            for a in range(0, flat.shape[0], 256):
-                logits = head(flat[a:a + 256]).float()
-                out.append(logits[:, self.yes_id] - logits[:, self.no_id])
-            return torch.cat(out).view(h.shape[:-1])
-        # Only two rows of the head matter: h @ (w_yes - w_no) instead of the full vocabulary projection.
-        diff = (w[self.yes_id] - w[self.no_id]).to(h.dtype)
-        s = h @ diff
         bias = getattr(head, "bias", None)
-        if bias is not None:
-            s = s + (bias[self.yes_id] - bias[self.no_id])
-        return s.float()
+        with gathered_parameters(head.weight, bias):
+            w = head.weight
+            diff = (w[self.yes_id].float() - w[self.no_id].float())[None]
+            b = None if bias is None else (bias[self.yes_id].float() - bias[self.no_id].float())[None]
+            return fp32_linear(h, diff, b)[..., 0]
 
     def token_logprob(self, h: torch.Tensor, target_ids: torch.Tensor,
                       sampling: SamplingSettings | None = None) -> torch.Tensor:

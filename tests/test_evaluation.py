@@ -342,6 +342,38 @@ def test_compare_results(full_run, tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "same candidates" in r.stderr
 
 
+def test_compare_results_several_training_seeds(full_run, tmp_path):
+    """One method's result files of several training seeds: the table shows their mean, a block the mean +- std
+    over seeds, --paired one margin and paired SE per seed; a repeated --names entry and NAME=FILE1,FILE2 agree."""
+    data = json.loads(full_run.read_text())
+    for s in data["samples"]:
+        s["target_rank"] = 1  # a second "seed" that ranks every target first
+    perfect = tmp_path / "seed2.json"
+    perfect.write_text(json.dumps(data))
+    base = per_sample_metric([s["target_rank"] for s in json.loads(full_run.read_text())["samples"]])
+    m1 = float(base.mean())
+    by_names = _run([sys.executable, "tools/compare_results.py", str(full_run), str(perfect), str(full_run),
+                     "--names", "ours", "ours", "base", "--paired", "ours"])
+    assert by_names.returncode == 0, by_names.stderr
+    by_groups = _run([sys.executable, "tools/compare_results.py", f"ours={full_run},{perfect}", f"base={full_run}",
+                      "--paired", "ours"])
+    assert by_groups.returncode == 0, by_groups.stderr
+    assert by_names.stdout == by_groups.stdout
+    out = by_names.stdout
+    table = {ln.split()[0]: ln.split()[1:] for ln in out.split("\n\n")[0].splitlines()[1:]}
+    assert table["ours"][2] == f"{(m1 + 1) / 2:.4f}" and table["base"][2] == f"{m1:.4f}"  # NDCG@10 column
+    spread = [ln for ln in out.splitlines() if ln.strip().startswith("ours ") and "seeds:" in ln]
+    assert spread and f"{(m1 + 1) / 2:.4f} +- {abs(1 - m1) / np.sqrt(2):.4f}  (2 seeds: {m1:.4f}, 1.0000)" in spread[0]
+    margin = [ln for ln in out.split("minus each method")[1].splitlines() if ln.strip().startswith("base ")][0]
+    want, se = paired_difference(np.ones_like(base), base)
+    assert f"+0.0000 (SE 0.0000), {want:+.4f} (SE {se:.4f}) | clear in 1 of 2" in margin
+    assert margin.split()[1:4] == [f"{want / 2:+.4f}", "+-", f"{want / np.sqrt(2):.4f}"]
+    for bad, needle in ((["x="], "NAME=FILE1"), ([f"a={full_run}", f"a={full_run}"], "given twice"),
+                        ([str(full_run), "--names", "a", "b"], "--names")):
+        r = _run([sys.executable, "tools/compare_results.py", *bad])
+        assert r.returncode == 2 and needle in r.stderr, r.stderr
+
+
 def test_resume_with_other_candidates_is_refused(tmp_path):
     """test.py and compare_model/rrec.py resume through sharded_results: a saved sample whose candidates differ
     from this run's (another dataset, K or seed) must not be mixed into the new result file."""

@@ -59,6 +59,16 @@ def test_train_sh_passes_every_original_readme_variable(tmp_path):
     assert got["--resume_from"] == "auto" and got["--device"] == "cpu"
 
 
+def test_train_sh_passes_the_estimator_and_seed(tmp_path):
+    """What a seed sweep (tools/seed_sweep.sh) sets: ADVANTAGE_ESTIMATOR and SEED reach train.py; by default the
+    critic, seed 42, and validation on test.py's 20 candidates."""
+    got = _flag_values(_argv_of("train.sh", {"dataset_path": "/d", "ADVANTAGE_ESTIMATOR": "rloo", "SEED": "7"},
+                                tmp_path))
+    assert (got["--advantage_estimator"], got["--seed"]) == ("rloo", "7")
+    got = _flag_values(_argv_of("train.sh", {"dataset_path": "/d"}, tmp_path))
+    assert (got["--advantage_estimator"], got["--seed"], got["--eval_K"]) == ("critic", "42", "20")
+
+
 def test_test_sh_passes_every_original_readme_variable(tmp_path):
     argv = _argv_of("test.sh", {k: VALUES[k] for k in TEST_SH}, tmp_path)
     assert argv[0] == "test.py"

@@ -167,3 +167,19 @@ def test_ndcg_reward_equals_eval_metric():
     assert got.dtype == torch.float32
     assert got.tolist() == pytest.approx(want, abs=1e-6)
     assert (got[torch.tensor(ranks) > k] == 0).all()
+
+
+def test_seed_statistics_by_hand():
+    from trainers.evaluation.metrics import mean_and_std, mean_over_seeds, seed_paired_margins
+
+    mean, std = mean_and_std([0.30, 0.34, 0.32])
+    assert mean == pytest.approx(0.32) and std == pytest.approx(0.02)  # sample std, ddof 1
+    assert np.isnan(mean_and_std([0.3])[1])
+    assert mean_over_seeds([{"NDCG@10": 0.2, "n": 4}, {"NDCG@10": 0.4, "n": 4}]) == {"NDCG@10": pytest.approx(0.3),
+                                                                                       "n": 4}
+    # HR@1 per sample: ours seed 1 (1, 0, 1, 0), seed 2 (1, 1, 1, 0); other's two seeds average to (.5, .5, .5, .5)
+    ranks = {"ours": [[1, 2, 1, 3], [1, 1, 1, 2]], "other": [[1, 1, 2, 2], [2, 2, 1, 1]]}
+    m = seed_paired_margins(ranks, "ours", "HR@1")
+    d1, d2 = np.array([0.5, -0.5, 0.5, -0.5]), np.array([0.5, 0.5, 0.5, -0.5])
+    want = [(d.mean(), d.std(ddof=1) / 2) for d in (d1, d2)]
+    assert m == {"other": [pytest.approx(w) for w in want]}

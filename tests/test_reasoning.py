@@ -121,3 +121,6 @@ def test_train_py_reasoning_run_decodes_with_the_shared_prefix_kv(ppo_assets, tm
     assert len(lengths) == 2 * 2 * 4 and max(lengths) > 0 and all(0 <= n <= 6 for n in lengths)
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     assert [x["step"] for x in recs if "tflops_per_s" in x] == [1, 2]
+    # the KL between rollout and updated policy, whole (what the ratio uses) and split into ranking and reasoning
+    for x in recs:
+        assert min(x["approx_kl"], x["approx_kl_ranking"], x["approx_kl_reasoning"]) >= 0

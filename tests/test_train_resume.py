@@ -5,6 +5,7 @@ are refused in one line; bad input fails in one line."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -87,6 +88,57 @@ def test_metrics_record_model_flops(assets, reference_run):
         assert "mfu" not in r
 
 
+def test_validation_and_rl_diagnostics_are_logged(assets, reference_run):
+    """Validation ranks --eval_K candidates (default 20, test.py's K) and says so in its name; the last step's
+    validation (the final one) reaches metrics.jsonl and trainer_state.json; every step logs the RL diagnostics of
+    docs/training.md, and no KL to a reference when there is none (--kl_coef 0)."""
+    recs = [json.loads(x) for x in (reference_run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert [r["step"] for r in recs if "val_NDCG@3_K20" in r] == [3, 6, N_STEPS]  # --eval_every 3, and the last
+    assert not [k for r in recs for k in r if k.startswith("val_") and k != "val_NDCG@3_K20"]
+    state = json.loads((reference_run / f"checkpoint-{N_STEPS}" / "trainer_state.json").read_text())
+    assert state["validation"]["step"] == N_STEPS and state["validation"]["K"] == 20
+    assert state["validation"]["NDCG@3"] == recs[-1]["val_NDCG@3_K20"] and state["validation"]["n"] == 6
+    for r in recs:
+        assert "kl" not in r and "kl_ref" not in r
+        assert 0 <= r["clipfrac"] <= 1 and r["approx_kl"] >= 0 and r["grad_norm_max"] >= r["grad_norm"] > 0
+        assert 0 < r["ratio_mean"] <= r["ratio_max"] and r["grad_norm_critic"] > 0
+        # the Monte-Carlo estimate may exceed its bound log K! on a few samples; the exact first-pick one may not
+        assert 0 < r["pl_entropy_top1"] <= math.log(4) + 1e-6 and r["pl_entropy_mc"] > 0
+        assert r["explained_variance"] <= 1
+    # the policy moves during the update: some step's ratios leave 1
+    assert max(r["ratio_max"] for r in recs) > 1
+
+
+def test_final_validation_with_default_eval_every_and_kl_to_the_reference(assets, tmp_path, monkeypatch):
+    """--eval_every 0 (the default): only the last step validates, and training.png draws that point; with
+    --kl_coef > 0 the KL to the reference is logged as kl_ref."""
+    from foundation import plotting
+    from trainers.ppo_trainer import run_training
+
+    data, model = assets
+    out = tmp_path / "run"
+    result = run_training(_args(data, model, out, "--max_steps", "2", "--batch_size", "2", "--num_valid_samples", "4",
+                                "--eval_K", "6", "--kl_coef", "0.1", "--ppo_epochs", "1"))
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(k for k in r if k.startswith("val_")) for r in recs] == [[], ["val_NDCG@3_K6"]]
+    assert result["final_validation"]["NDCG@3"] == recs[-1]["val_NDCG@3_K6"]
+    assert all(r["kl_ref"] >= 0 for r in recs)
+    drawn = []
+    import matplotlib.axes
+
+    orig = matplotlib.axes.Axes.plot
+
+    def record(ax, *a, **kw):
+        drawn.append((kw.get("label"), list(a[0]), list(a[1])))
+        return orig(ax, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
+    plotting.plot_training(out / "metrics.jsonl", tmp_path / "training.png")
+    assert ("validation NDCG@3, K=6 candidates", [2], [recs[-1]["val_NDCG@3_K6"]]) in drawn
+    assert "reward (rollout NDCG@3, K=4 training candidates)" in [label for label, _, _ in drawn]
+    assert (tmp_path / "training.png").stat().st_size > 0
+
+
 def test_kill_and_resume_matches_uninterrupted_run(assets, reference_run, tmp_path):
     data, model = assets
     ref = reference_run
@@ -104,7 +156,7 @@ def test_kill_and_resume_matches_uninterrupted_run(assets, reference_run, tmp_pa
     assert r.returncode == 0, r.stderr[-3000:]
 
     _same_as_reference(ref, out)
-    assert any("val_NDCG@3" in x for x in _records(out))
+    assert any("val_NDCG@3_K20" in x for x in _records(out))
     # rotation keeps the newest two complete checkpoints
     assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{N_STEPS - 2}", f"checkpoint-{N_STEPS}"]
 
@@ -244,6 +296,8 @@ def test_bad_input_is_a_one_line_error(assets, tmp_path):
     cases = [
         (["--K_eval", "5"], "--K_eval"),
         (["--K", "1000"], "catalogue"),
+        (["--eval_K", "1000"], "--eval_K 1000: larger than the catalogue"),
+        (["--eval_K", "2"], "--eval_K 2: must be >= 2 and >= --K_eval"),
         (["--user_window_size", "0"], "--user_window_size"),
         (["--max_len_per_item", "0"], "--max_len_per_item"),
         (["--dataset_type", "books"], "--dataset_type"),

@@ -4,13 +4,15 @@ One training step reads as: make_experience(step) -> Rollout -> update(rollout) 
 
   make_experience: every process takes its share of the step's users (batch_size x gradient_accumulation_steps
     per process, drawn from one global seeded draw), K candidates each, binary prompts; under no_grad: optional
-    reasoning generation, scores s, critic values V; --rankings_per_user Gumbel-top-K rankings of s/τ (noise
-    seeded per user), old log-prob log PL(σ|s) (+ reasoning token log-probs under the sampling distribution),
-    reward R = NDCG@K_eval of the target, advantage A = R - V (normalised over the global batch), optional
-    reference log-probs for the KL penalty.
+    reasoning generation, scores s, critic values V (only with --advantage_estimator critic);
+    --rankings_per_user Gumbel-top-K rankings of s/τ (noise seeded per user), old log-prob log PL(σ|s) (+ reasoning
+    token log-probs under the sampling distribution), reward R = NDCG@K_eval of the target, advantage A from the
+    estimator (trainers/rl/advantages.py: R - V, leave-one-out or group-normalised; then normalised over the global
+    batch), optional reference log-probs for the KL penalty.
   update: --ppo_epochs passes; each accumulates --gradient_accumulation_steps micro-batches of --batch_size
     users (HF's meaning: one optimiser step sees batch_size x accumulation x processes users) through
-    accelerator.accumulate; clipped PL surrogate + clipped value loss (+ KL), gradient clipping, AdamW.
+    accelerator.accumulate; clipped PL surrogate + clipped value loss (+ KL), gradient clipping, AdamW. The RL
+    diagnostics (trainers/rl/diagnostics.py, docs/training.md) stay on the device until the step's one read.
 
 Distribution and precision belong to accelerate: DDP by default under `accelerate launch`/torchrun, FSDP or
 DeepSpeed ZeRO through the config files in configs/accelerate/; fp32 master weights with bf16 autocast on CUDA
@@ -47,17 +49,21 @@ from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, ndcg_at, nd
 from trainers.evaluation.protocol import build_eval_items
 from foundation.checkpoints import (apply_base_lrs, capture_rng_state, check_optimizer_state_fits,
                                              finish_resume, load_torch_state, open_resume, prepare_output_dir,
-                                             restore_rng_state, run_files, write_checkpoint, write_final_model)
+                                             restore_rng_state, run_files, select_param_groups, write_checkpoint,
+                                             write_final_model)
 from foundation.config import RunConfig, config_from_args, option, require
 from foundation.config import build_parser as config_parser
 from foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
-                                             is_sharded, mean_over_processes, run_trainer, shard, step_resources)
+                                             is_sharded, max_over_processes, mean_over_processes, run_trainer, shard,
+                                             step_resources)
 from foundation.errors import UserInputError
 from foundation.files import append_jsonl, atomic_write_json
 from foundation.plotting import plot_training
 from foundation.seeding import derived_seed, numpy_rng
-from trainers.rl.advantages import normalize_advantages
-from trainers.rl.kl import kl_penalty
+from trainers.rl.advantages import (ADVANTAGE_ESTIMATORS, estimator_uses_critic, get_advantage_estimator,
+                                    normalize_advantages)
+from trainers.rl.diagnostics import StepStats, explained_variance, pl_entropy_mc, pl_first_position_entropy
+from trainers.rl.kl import approx_kl_k3, kl_penalty
 from trainers.rl.losses import clipped_surrogate, clipped_value_loss
 from trainers.rl.pl import gumbel_topk_sample, pl_log_prob
 
@@ -73,8 +79,8 @@ class PPOConfig(RunConfig):
     settings come from foundation/config.RunConfig)."""
 
     OPERATIONAL = RunConfig.OPERATIONAL + ("save_every", "save_total_limit", "print_every", "eval_every",
-                                           "num_valid_samples", "token_log_path", "no_plot", "write_param_checksums",
-                                           "scoring_chunk_size")
+                                           "num_valid_samples", "eval_K", "token_log_path", "no_plot",
+                                           "write_param_checksums", "scoring_chunk_size")
     G_DATA = "data and model"
     # data and model
     model_name_or_path: str = option("demo/tiny-qwen", "base model directory or known name (paths.py); a PEFT "
@@ -93,6 +99,9 @@ class PPOConfig(RunConfig):
     # ranking and reward
     K: int = option(20, "candidates per user (target + K-1 negatives)", group="ranking and reward")
     K_eval: int = option(10, "NDCG cut-off of the reward and validation metric", group="ranking and reward")
+    eval_K: int = option(20, "candidates per validation example (target + eval_K-1 negatives), as test.py's --K "
+                             "(default 20): validation ranks what evaluation ranks, whatever the training --K; its "
+                             "metrics are named with both, e.g. val_NDCG@10_K20", group="ranking and reward")
     temperature: float = option(1.0, "PL temperature τ on the scores", group="ranking and reward")
     scoring: str = option("naive", "naive|shared: per-prompt or shared-prefix scoring", group="ranking and reward")
     max_new_tokens: int = option(0, "reasoning tokens per candidate (0 = direct mode)", group="ranking and reward")
@@ -114,6 +123,12 @@ class PPOConfig(RunConfig):
     clip_eps: float = option(0.2, "PPO ratio clip (also the value clip)", group="optimisation")
     rankings_per_user: int = option(4, "PL rankings sampled per user from one scoring pass: more samples, lower-"
                                        "variance gradients at almost no extra cost", group="optimisation")
+    advantage_estimator: str = option("critic", "critic: A = R - V with the value head as the baseline (PPO, trains "
+                                                "the value head); rloo: R minus the mean reward of the user's other "
+                                                "rankings; grpo: (R - mean) / std over the user's rankings. rloo and "
+                                                "grpo need --rankings_per_user >= 2 and do not run or train the value "
+                                                "head (no value loss, --lr_critic and --vf_coef unused)",
+                                      group="optimisation")
     kl_coef: float = option(0.0, "KL penalty to the frozen initial model (0 = none; with LoRA the reference is "
                                  "the base model with adapters disabled)", group="optimisation")
     vf_coef: float = option(1.0, "weight of the value loss", group="optimisation")
@@ -123,8 +138,8 @@ class PPOConfig(RunConfig):
     warmup_steps: int = option(0, "linear learning-rate warmup steps before --lr_scheduler takes over",
                                group="optimisation")
     lr_scheduler: str = option("constant", "constant|cosine (after warmup)", group="optimisation")
-    max_grad_norm: float = option(1.0, "gradient clipping, actor and critic separately (<= 0: off)",
-                                  group="optimisation")
+    max_grad_norm: float = option(1.0, "gradient clipping, actor and critic separately (<= 0: off; the pre-clip "
+                                       "norm is logged either way)", group="optimisation")
     normalize_advantage: bool = option(True, "standardise advantages over the global batch (needs >= 2 "
                                              "samples in it)", group="optimisation")
     seed: int = option(42, "seed of model init, batch order, candidates and PL/reasoning sampling",
@@ -134,7 +149,7 @@ class PPOConfig(RunConfig):
     save_total_limit: int = option(3, "keep the newest N checkpoints (<= 0: all)", group="logging and checkpoints")
     print_every: int = option(50, "print example rankings every N steps (0 = never)",
                               group="logging and checkpoints")
-    eval_every: int = option(0, "validation NDCG every N steps (0 = only at the end)",
+    eval_every: int = option(0, "validation NDCG every N steps and at the last step (0 = only at the last step)",
                              group="logging and checkpoints")
     num_valid_samples: int = option(200, "validation examples (<= 0: all)", group="logging and checkpoints")
     token_log_path: str | None = option(None, "JSONL of reasoning output lengths (default "
@@ -151,6 +166,11 @@ class PPOConfig(RunConfig):
     def reasoning(self) -> bool:
         return self.max_new_tokens > 0
 
+    @property
+    def uses_critic(self) -> bool:
+        """Whether the advantage estimator needs the value head (else it is neither run nor trained)."""
+        return estimator_uses_critic(self.advantage_estimator)
+
     def validate(self) -> None:
         check_dataset_type(self.dataset_type)
         self.validate_run()
@@ -159,6 +179,13 @@ class PPOConfig(RunConfig):
                                                     f"{'|'.join(allowed)}")
         require(self.K >= 2, f"--K {self.K}: must be >= 2 (the target plus at least one negative)")
         require(1 <= self.K_eval <= self.K, f"--K_eval {self.K_eval}: must be in 1..--K ({self.K})")
+        require(self.eval_K >= self.K_eval and self.eval_K >= 2,
+                f"--eval_K {self.eval_K}: must be >= 2 and >= --K_eval ({self.K_eval})")
+        require(self.advantage_estimator in ADVANTAGE_ESTIMATORS,
+                f"--advantage_estimator {self.advantage_estimator!r}: must be one of {'|'.join(ADVANTAGE_ESTIMATORS)}")
+        require(self.uses_critic or self.rankings_per_user >= 2,
+                f"--advantage_estimator {self.advantage_estimator} compares the rankings of one user: it needs "
+                f"--rankings_per_user >= 2 (got {self.rankings_per_user})")
         for flag in ("max_len_per_item", "user_window_size", "batch_size", "ppo_epochs", "save_every",
                      "rankings_per_user", "gradient_accumulation_steps", "scoring_chunk_size", "gen_batch_size"):
             require(getattr(self, flag) >= 1, f"--{flag} {getattr(self, flag)}: must be >= 1")
@@ -229,22 +256,15 @@ class Rollout:
     rankings: torch.Tensor  # [B, M, K] candidate indices, best first
     target_index: torch.Tensor  # [B]
     scores: torch.Tensor  # [B, K] judge scores at rollout time
-    old_logp: torch.Tensor  # [B, M] log π_old(ranking) (+ reasoning log-probs)
+    old_logp: torch.Tensor  # [B, M] log π_old(ranking) (+ reasoning log-probs): what the PPO ratio uses
+    old_pl_logp: torch.Tensor  # [B, M] the PL part of old_logp
+    old_token_logp: torch.Tensor | None  # [B, 1] the reasoning part (all K texts of a user), or None
     ref_logp: torch.Tensor | None  # [B, M] under the frozen reference (KL), or None
     rewards: torch.Tensor  # [B, M] NDCG@K_eval of the target
-    old_values: torch.Tensor  # [B]
-    returns: torch.Tensor  # [B] mean reward of a user's rankings (the critic's target)
+    old_values: torch.Tensor | None  # [B] (None: the estimator uses no critic)
+    returns: torch.Tensor | None  # [B] the critic's regression target (None without a critic)
     advantages: torch.Tensor  # [B, M]
     token_lengths: list[list[int]] | None
-
-
-@dataclass
-class UpdateStats:
-    policy_loss: float
-    value_loss: float
-    kl: float
-    clipfrac: float
-    grad_norm: float
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
@@ -262,6 +282,8 @@ class PPOTrainer(TrainerProcess):
         self.train_split = self.dataset.split("train")
         require(len(self.train_split) > 0, f"--dataset_path {cfg.dataset_path}: the train split is empty")
         self.dataset.check_K(cfg.K)
+        if len(self.dataset.split("valid")) > 0:
+            self.dataset.check_K(cfg.eval_K, flag="--eval_K")
         base = check_model_dir(cfg.model_name_or_path)
         self.base_model_dir = base
         self.resume_ckpt, self.state, self.changed = open_resume(cfg, judge_checkpoint_files(), base)
@@ -303,12 +325,15 @@ class PPOTrainer(TrainerProcess):
                                        max_len_per_item=cfg.max_len_per_item, user_window_size=cfg.user_window_size,
                                        template_file=cfg.prompt_template, reasoning=cfg.reasoning)
 
-        # ---- optimiser (actor and critic groups), schedule, accelerate ----
+        # ---- optimiser (actor and, with a critic, critic groups), schedule, accelerate ----
         actor = [p for p in self.judge.lm.parameters() if p.requires_grad]
-        critic = list(self.judge.value_head.parameters())
-        optimizer = torch.optim.AdamW([{"params": actor, "lr": cfg.lr_actor, "name": "actor"},
-                                       {"params": critic, "lr": cfg.lr_critic, "name": "critic"}],
-                                      weight_decay=cfg.weight_decay)
+        groups = [{"params": actor, "lr": cfg.lr_actor, "name": "actor"}]
+        if cfg.uses_critic:
+            groups.append({"params": list(self.judge.value_head.parameters()), "lr": cfg.lr_critic, "name": "critic"})
+        else:  # rloo/grpo: the value head stays as loaded (it is saved, so checkpoints keep one layout), untrained
+            self.judge.value_head.requires_grad_(False)
+        self.base_lrs = [g["lr"] for g in groups]
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         self.model_flops = ModelFlops.of(self.judge.lm)  # counted before sharding hides weights
         self.peak_tflops = peak_tflops(accelerator.device)
         ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
@@ -319,7 +344,7 @@ class PPOTrainer(TrainerProcess):
         if self.ref_judge is not None:
             self.ref_judge.to(accelerator.device)
         self.actor_params = [p for p in self.judge.lm.parameters() if p.requires_grad]
-        self.critic_params = list(self.judge.value_head.parameters())
+        self.critic_params = list(self.judge.value_head.parameters()) if cfg.uses_critic else []
         # Stepped once per training step by us (accelerate's scheduler wrapper steps once per process).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
@@ -340,7 +365,8 @@ class PPOTrainer(TrainerProcess):
         if self.sharded:
             self.acc.load_state(str(ckpt / SHARDED_STATE_DIR))
         else:
-            opt_state = load_torch_state(ckpt / "optimizer.pt", map_location=self.acc.device)
+            opt_state = select_param_groups(load_torch_state(ckpt / "optimizer.pt", map_location=self.acc.device),
+                                            self.optimizer, ckpt)
             check_optimizer_state_fits(opt_state, self.optimizer, ckpt)
             try:
                 self.optimizer.load_state_dict(opt_state)
@@ -351,7 +377,7 @@ class PPOTrainer(TrainerProcess):
             self.scheduler.load_state_dict(load_torch_state(ckpt / "scheduler.pt"))
         except (ValueError, RuntimeError, KeyError, TypeError) as e:
             raise UserInputError(f"--resume_from {ckpt}: scheduler.pt does not fit this run ({e})")
-        apply_base_lrs(self.optimizer, self.scheduler, [self.cfg.lr_actor, self.cfg.lr_critic])
+        apply_base_lrs(self.optimizer, self.scheduler, self.base_lrs)
         finish_resume(ckpt, self.rank, self.world, self.state, self.changed, self.is_main)
 
     # ---- output directory ----------------------------------------------------------------------
@@ -379,13 +405,18 @@ class PPOTrainer(TrainerProcess):
         prompts = [self.prompter.build(ex, cs) for ex, cs in zip(examples, cands)]
         return examples, cands, prompts
 
+    def _policy_logp_parts(self, out, rankings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(PL log-prob of each ranking [B, M], the log-prob of the user's K reasoning texts [B, 1] or None)."""
+        scores = out.scores.float().unsqueeze(1).expand(-1, rankings.shape[1], -1)
+        pl = pl_log_prob(scores, rankings, self.cfg.temperature)
+        if self.cfg.reasoning and out.token_logprobs is not None:
+            return pl, out.token_logprobs.float().sum(-1, keepdim=True)
+        return pl, None
+
     def _policy_logp(self, out, rankings: torch.Tensor) -> torch.Tensor:
         """log π(ranking) [B, M]: PL log-prob of each ranking (+ the reasoning texts' log-probs in reasoning mode)."""
-        scores = out.scores.float().unsqueeze(1).expand(-1, rankings.shape[1], -1)
-        lp = pl_log_prob(scores, rankings, self.cfg.temperature)
-        if self.cfg.reasoning and out.token_logprobs is not None:
-            lp = lp + out.token_logprobs.float().sum(-1, keepdim=True)
-        return lp
+        pl, tok = self._policy_logp_parts(out, rankings)
+        return pl if tok is None else pl + tok
 
     def _score(self, prompts, with_values: bool):
         return self.model(prompts, scoring=self.cfg.scoring, with_values=with_values,
@@ -415,7 +446,7 @@ class PPOTrainer(TrainerProcess):
                 prompts = self.judge.generate_reasoning(prompts, c.max_new_tokens, do_sample=True,
                                                         sampling=self.sampling, scoring=c.scoring)
                 token_lengths = [[int(e - s) for s, e in p.reasoning_spans] for p in prompts]
-            out = self._score(prompts, with_values=True)
+            out = self._score(prompts, with_values=c.uses_critic)
         M = c.rankings_per_user
         # Gumbel noise seeded per (step, user): the rankings of a user do not depend on the process layout.
         rankings = torch.stack([
@@ -423,80 +454,110 @@ class PPOTrainer(TrainerProcess):
                                generator=torch.Generator().manual_seed(
                                    derived_seed(c.seed, step, int(ex["interaction_id"]), 1)))
             for b, ex in enumerate(examples)]).to(dev)  # [B, M, K]
-        old_logp = self._policy_logp(out, rankings)
+        old_pl_logp, old_token_logp = self._policy_logp_parts(out, rankings)
+        old_logp = old_pl_logp if old_token_logp is None else old_pl_logp + old_token_logp
         target_idx = torch.tensor([cs.index(int(ex["item_id"])) for ex, cs in zip(examples, cands)], device=dev)
         rewards = ndcg_reward(rankings, target_idx.unsqueeze(1).expand(-1, M), c.K_eval).to(dev)  # [B, M]
-        old_values = out.values.float()
-        returns = rewards.mean(1)  # the critic estimates a user's expected reward
-        adv = rewards - old_values.unsqueeze(1)
+        old_values = out.values.float() if c.uses_critic else None
+        adv, returns = get_advantage_estimator(c.advantage_estimator)(rewards, old_values)
         if c.normalize_advantage:
             adv = normalize_advantages(adv, all_reduce_sum=self._all_reduce_sum if self.world > 1 else None)
         with self.acc.autocast():
             ref_logp = self._reference_logp(prompts, rankings)
         return Rollout(examples=examples, candidates=cands, prompts=prompts, rankings=rankings,
-                       target_index=target_idx, scores=out.scores.float(), old_logp=old_logp, ref_logp=ref_logp,
-                       rewards=rewards, old_values=old_values, returns=returns, advantages=adv,
-                       token_lengths=token_lengths)
+                       target_index=target_idx, scores=out.scores.float(), old_logp=old_logp,
+                       old_pl_logp=old_pl_logp, old_token_logp=old_token_logp, ref_logp=ref_logp, rewards=rewards,
+                       old_values=old_values, returns=returns, advantages=adv, token_lengths=token_lengths)
 
     # ---- update ------------------------------------------------------------------------------
-    def _clip_gradients(self) -> float:
+    def _clip_gradients(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Clip to --max_grad_norm (<= 0: measure only); returns the pre-clip norms (actor or whole model, critic)
+        as device tensors."""
         c = self.cfg
-        if c.max_grad_norm <= 0:
-            return 0.0
+        limit = c.max_grad_norm if c.max_grad_norm > 0 else float("inf")
         if self.sharded:  # FSDP/DeepSpeed clip the whole (sharded) model at once
-            gn = self.acc.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
-            return float(gn) if gn is not None else float("nan")
+            gn = self.acc.clip_grad_norm_(self.model.parameters(), limit)
+            return (torch.as_tensor(gn if gn is not None else float("nan"), device=self.acc.device), None)
         # Actor and critic separately: the value head's gradients must not shrink the actor's.
-        gn = self.acc.clip_grad_norm_(self.actor_params, c.max_grad_norm)
-        self.acc.clip_grad_norm_(self.critic_params, c.max_grad_norm)
-        return float(gn)
+        gn = self.acc.clip_grad_norm_(self.actor_params, limit)
+        cn = self.acc.clip_grad_norm_(self.critic_params, limit) if self.critic_params else None
+        return gn, cn
 
-    def update(self, r: Rollout) -> UpdateStats:
+    def update(self, r: Rollout) -> dict[str, float]:
+        """--ppo_epochs passes over the rollout; returns the step's losses and diagnostics (docs/training.md): means
+        over the micro-batches (grad norms: over the optimiser steps) and maxima, read from the device once."""
         c = self.cfg
         self.model.train()
         bs = c.batch_size
         micro = [list(range(i, min(i + bs, len(r.prompts)))) for i in range(0, len(r.prompts), bs)]
-        sums = {"policy_loss": 0.0, "value_loss": 0.0, "kl": 0.0, "clipfrac": 0.0, "grad_norm": 0.0}
-        n = len(micro) * c.ppo_epochs
+        stats = StepStats()
         for _epoch in range(c.ppo_epochs):
             for mb in micro:
                 ix = torch.tensor(mb, device=self.acc.device)
                 with self.acc.accumulate(self.model):
-                    new = self._score([r.prompts[i] for i in mb], with_values=True)
-                    new_logp = self._policy_logp(new, r.rankings[ix])
-                    pol, clipfrac = clipped_surrogate(new_logp, r.old_logp[ix], r.advantages[ix], c.clip_eps)
-                    vloss = clipped_value_loss(new.values.float(), r.old_values[ix], r.returns[ix], c.clip_eps)
-                    loss = pol + c.vf_coef * vloss
-                    kl = torch.zeros((), device=self.acc.device)
+                    new = self._score([r.prompts[i] for i in mb], with_values=c.uses_critic)
+                    new_pl, new_tok = self._policy_logp_parts(new, r.rankings[ix])
+                    new_logp = new_pl if new_tok is None else new_pl + new_tok
+                    old_logp = r.old_logp[ix]
+                    pol, clipfrac = clipped_surrogate(new_logp, old_logp, r.advantages[ix], c.clip_eps)
+                    loss = pol
+                    stats.mean("policy_loss", pol)
+                    if c.uses_critic:
+                        vloss = clipped_value_loss(new.values.float(), r.old_values[ix], r.returns[ix], c.clip_eps)
+                        loss = loss + c.vf_coef * vloss
+                        stats.mean("value_loss", vloss)
                     if r.ref_logp is not None:
                         kl = kl_penalty(new_logp, r.ref_logp[ix])
                         loss = loss + c.kl_coef * kl
+                        stats.mean("kl_ref", kl)
                     self.acc.backward(loss)
                     if self.acc.sync_gradients:
-                        sums["grad_norm"] += self._clip_gradients() / c.ppo_epochs
+                        actor_norm, critic_norm = self._clip_gradients()
+                        stats.mean("grad_norm", actor_norm)
+                        stats.max("grad_norm_max", actor_norm)
+                        if critic_norm is not None:
+                            stats.mean("grad_norm_critic", critic_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                sums["policy_loss"] += float(pol.detach()) / n
-                sums["value_loss"] += float(vloss.detach()) / n
-                sums["kl"] += float(kl.detach()) / n
-                sums["clipfrac"] += float(clipfrac) / n
+                # rollout policy -> current policy, on the rollout's samples (before this micro-batch's step)
+                ratio = torch.exp((new_logp - old_logp).detach().float())
+                stats.mean("clipfrac", clipfrac)
+                stats.mean("approx_kl", approx_kl_k3(old_logp, new_logp))
+                if new_tok is not None:
+                    stats.mean("approx_kl_ranking", approx_kl_k3(r.old_pl_logp[ix], new_pl))
+                    stats.mean("approx_kl_reasoning", approx_kl_k3(r.old_token_logp[ix], new_tok))
+                stats.mean("ratio_mean", ratio.mean())
+                stats.max("ratio_max", ratio)
         self.scheduler.step()
         self.model.eval()
-        return UpdateStats(**sums)
+        return stats.read()
 
     # ---- one step, logged --------------------------------------------------------------------
     def training_step(self, step: int) -> tuple[dict[str, Any], Rollout]:
         t0 = time.time()
         lr = self.scheduler.get_last_lr()
         rollout = self.make_experience(step)
-        stats = self.update(rollout)
         c = self.cfg
+        # What the rollout says about the policy before the update (PL entropies) and about the critic
+        rollout_stats = StepStats()
+        rollout_stats.mean("reward", rollout.rewards.mean())
+        rollout_stats.mean("pl_entropy_mc", pl_entropy_mc(rollout.old_pl_logp))
+        rollout_stats.mean("pl_entropy_top1", pl_first_position_entropy(rollout.scores, c.temperature))
+        if rollout.old_values is not None:
+            rollout_stats.mean("value_mean", rollout.old_values.mean())
+        explained = None
+        if rollout.old_values is not None:  # of each ranking's reward by V (what the baseline removes), global batch
+            explained = explained_variance(rollout.rewards, rollout.old_values.unsqueeze(1),
+                                           all_reduce_sum=self._all_reduce_sum if self.world > 1 else None)
+        stats = self.update(rollout)
         greedy = float(np.mean([ndcg_at(target_rank(s.tolist(), int(t)), c.K_eval)
                                 for s, t in zip(rollout.scores.cpu(), rollout.target_index.cpu())]))
-        mean = mean_over_processes(self.acc, {
-            "reward": float(rollout.rewards.mean()), "ndcg": greedy, "policy_loss": stats.policy_loss,
-            "value_loss": stats.value_loss, "kl": stats.kl, "clipfrac": stats.clipfrac,
-            "value_mean": float(rollout.old_values.mean()), "grad_norm": stats.grad_norm})
+        local = {**rollout_stats.read(), "ndcg": greedy, **stats}
+        maxima = {k: local.pop(k) for k in [k for k in local if k.endswith("_max")]}
+        mean = mean_over_processes(self.acc, local)
+        mean.update(max_over_processes(self.acc, maxima))
+        if explained is not None:
+            mean["explained_variance"] = explained
         # Tokens through the model this step, all processes: the rollout pass, the PPO passes (and the reference).
         shared = c.scoring == "shared"
         scoring_forwards = 1 + (1 if rollout.ref_logp is not None else 0)
@@ -511,7 +572,8 @@ class PPOTrainer(TrainerProcess):
                                                      device=self.acc.device), reduction="sum").tolist()
         res = step_resources(self.acc.device, t0)
         dt = max(res["step_seconds"], 1e-9)
-        rec = {"step": step, **mean, "lr_actor": lr[0], "lr_critic": lr[1],
+        lrs = {"lr_actor": lr[0], **({"lr_critic": lr[1]} if c.uses_critic else {})}
+        rec = {"step": step, **mean, **lrs,
                "samples_per_s": len(rollout.prompts) * self.world / dt, **res,
                "tokens": int(tokens), "tokens_per_s": tokens / dt, "tflops_per_s": flops / dt / 1e12}
         if self.peak_tflops:  # all processes' model FLOPs against all their GPUs' dense bf16 peak
@@ -519,16 +581,22 @@ class PPOTrainer(TrainerProcess):
         return rec, rollout
 
     # ---- validation, examples, checkpoints -----------------------------------------------------
+    @property
+    def val_key(self) -> str:
+        """The validation metric's name: NDCG@K_eval of greedy rankings of eval_K candidates on the valid split."""
+        return f"val_NDCG@{self.cfg.K_eval}_K{self.cfg.eval_K}"
+
     def validate(self) -> dict[str, float] | None:
-        """Greedy NDCG on --num_valid_samples validation examples, sharded over the processes (each scores its
-        share; shards are padded to equal length so every process runs the same forwards)."""
+        """Greedy NDCG on --num_valid_samples validation examples of --eval_K candidates (test.py's protocol),
+        sharded over the processes (each scores its share; shards are padded to equal length so every process runs
+        the same forwards)."""
         c = self.cfg
         if len(self.dataset.split("valid")) == 0:
             if self.is_main:
                 print(f"warning: the valid split of {c.dataset_path} is empty; no validation")
             return None
         rng = capture_rng_state()  # evaluation must not perturb training randomness
-        items = build_eval_items(self.dataset, "valid", c.num_valid_samples, c.K, c.seed)
+        items = build_eval_items(self.dataset, "valid", c.num_valid_samples, c.eval_K, c.seed)
         mine = shard(items, self.rank, self.world)
         per = math.ceil(len(items) / self.world)
         padded = mine + [mine[-1] if mine else items[0]] * (per - len(mine))
@@ -588,6 +656,8 @@ class PPOTrainer(TrainerProcess):
         state = {"step": step, "world_size": self.world, "max_steps": self.max_steps,
                  "wall_time": self.state.get("wall_time", 0.0), "base_model": str(self.base_model_dir),
                  "lora": self.judge.lora_settings_dict()}
+        if "validation" in self.state:  # the latest validation (the final one in the last checkpoint)
+            state["validation"] = self.state["validation"]
         return write_checkpoint(self.out, step, self._write_checkpoint_files, state, self.cfg.to_dict(),
                                 rank=self.rank, barrier=self.acc.wait_for_everyone,
                                 save_total_limit=self.cfg.save_total_limit)
@@ -618,10 +688,12 @@ class PPOTrainer(TrainerProcess):
         with StopRequest() as stop:
             for step in range(self.start_step + 1, self.max_steps + 1):
                 rec, rollout = self.training_step(step)
-                if c.eval_every > 0 and step % c.eval_every == 0:
-                    m = self.validate()
+                if (c.eval_every > 0 and step % c.eval_every == 0) or step == self.max_steps:
+                    m = self.validate()  # the last step's is the final validation: logged, tracked, checkpointed
                     if m is not None:
-                        rec[f"val_NDCG@{c.K_eval}"] = m[f"NDCG@{c.K_eval}"]
+                        rec[self.val_key] = m[f"NDCG@{c.K_eval}"]
+                        self.state["validation"] = {"step": step, "split": "valid", "K": c.eval_K, "n": m["n"],
+                                                    **{k: v for k, v in m.items() if k != "n"}}
                 rec["wall_time"] = wall_offset + time.time() - t_start
                 if c.reasoning and self.token_log is not None:
                     self._log_tokens(step, rollout.token_lengths)
@@ -629,7 +701,7 @@ class PPOTrainer(TrainerProcess):
                     append_jsonl(self.out / "metrics.jsonl", [rec])
                     bar.update(1)
                     bar.set_postfix(reward=f"{rec['reward']:.3f}", ndcg=f"{rec['ndcg']:.3f}",
-                                    vloss=f"{rec['value_loss']:.3f}")
+                                    kl=f"{rec['approx_kl']:.2g}")
                     if c.print_every and step % c.print_every == 0:
                         self.print_examples(step, rec, rollout, bar.write)
                 if tracking:
@@ -650,11 +722,11 @@ class PPOTrainer(TrainerProcess):
                 print(f"train.py: stopped by {stopped_by} after step {saved_step}; checkpoint-{saved_step} is "
                       f"complete; rerun with --resume_from auto to continue")
         else:
-            if c.eval_every == 0 or self.max_steps % max(c.eval_every, 1) != 0:
-                final_val = self.validate()
-                if final_val is not None and self.is_main:
-                    print(f"validation at step {self.max_steps}: NDCG@{c.K_eval} = "
-                          f"{final_val[f'NDCG@{c.K_eval}']:.4f} (n={final_val['n']})")
+            final_val = self.state.get("validation")
+            final_val = final_val if final_val is not None and final_val.get("step") == self.max_steps else None
+            if final_val is not None and self.is_main:
+                print(f"validation at step {self.max_steps}: NDCG@{c.K_eval} of {final_val['K']} candidates = "
+                      f"{final_val[f'NDCG@{c.K_eval}']:.4f} (n={final_val['n']}; metrics.jsonl: {self.val_key})")
             self.save_final()
             if self.is_main:
                 print(f"final model: {self.out / FINAL_DIR}")

@@ -134,6 +134,65 @@ def format_paired_margins(margins: dict[str, tuple[float, float]], reference: st
     return "\n".join(lines)
 
 
+# ---- several training seeds per method (one result file each, the same samples and candidates) ------------------
+def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation with ddof 1) of one number per training seed; the std is NaN for one seed."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+
+def mean_over_seeds(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The metrics of several seeds' runs on the same samples averaged key by key (n: the shared sample count)."""
+    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "n"}
+    out["n"] = rows[0]["n"]
+    return out
+
+
+def seed_paired_margins(ranks: dict[str, Sequence[Sequence[int]]], reference: str,
+                        metric: str = "NDCG@10") -> dict[str, list[tuple[float, float]]]:
+    """For every other method: one (margin, paired SE) per training seed of `reference`. `ranks` maps method ->
+    one list of target ranks per seed (same samples, same order). A method with several seeds is compared through
+    its per-sample metric averaged over its seeds, so the SE covers the sampling of examples, not of seeds."""
+    if reference not in ranks:
+        raise ValueError(f"{reference!r} is not one of the methods {sorted(ranks)}")
+    refs = [per_sample_metric(r, metric) for r in ranks[reference]]
+    out = {}
+    for name, seeds in ranks.items():
+        if name == reference:
+            continue
+        other = np.mean([per_sample_metric(r, metric) for r in seeds], axis=0)
+        out[name] = [paired_difference(ref, other) for ref in refs]
+    return out
+
+
+def format_seed_margins(margins: dict[str, list[tuple[float, float]]], reference: str,
+                        metric: str = "NDCG@10") -> str:
+    """One line per method: the margin's mean +- std over the reference's seeds, then each seed's margin with its
+    paired SE (clear = margin > 2 SE)."""
+    w = max([len(n) for n in margins] + [6])
+    n_seeds = len(next(iter(margins.values()))) if margins else 0
+    lines = [f"{metric}: {reference} minus each method, {n_seeds} training seeds of {reference}: mean +- std over "
+             f"seeds | per seed: margin (paired SE over the same samples), clear = margin > 2 SE"]
+    for name, per_seed in margins.items():
+        mean, std = mean_and_std([m for m, _ in per_seed])
+        seeds = ", ".join(f"{m:+.4f} (SE {se:.4f})" for m, se in per_seed)
+        clear = sum(m > 2 * se for m, se in per_seed)
+        lines.append(f"  {name.ljust(w)}  {mean:+.4f} +- {std:.4f} | {seeds} | clear in {clear} of {len(per_seed)}")
+    return "\n".join(lines)
+
+
+def format_seed_spread(values: dict[str, Sequence[float]], metric: str = "NDCG@10") -> str:
+    """One line per method with several training seeds: mean +- std over seeds and each seed's value."""
+    w = max([len(n) for n in values] + [6])
+    lines = [f"{metric} over training seeds (mean +- sample std over seeds; the paired SEs cover only the sampling "
+             f"of examples):"]
+    for name, v in values.items():
+        mean, std = mean_and_std(v)
+        lines.append(f"  {name.ljust(w)}  {mean:.4f} +- {std:.4f}  ({len(v)} seeds: "
+                     f"{', '.join(f'{x:.4f}' for x in v)})")
+    return "\n".join(lines)
+
+
 def eval_ks(K_eval: int | None = None) -> tuple[int, ...]:
     """The reported cut-offs: 1, 5, 10 plus K_eval."""
     ks = set(DEFAULT_KS)

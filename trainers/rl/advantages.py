@@ -1,4 +1,5 @@
-"""Advantages: batch normalisation for PL-PPO (critic baseline) and per-group baselines for RecPO (GRPO, RLOO)."""
+"""Advantages: the PL-PPO estimators (a registry: critic, rloo, grpo), batch normalisation, and per-group
+baselines for RecPO (GRPO, RLOO)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -54,3 +55,61 @@ def group_advantages(rewards: torch.Tensor, advantage_type: str = "gaussian", ep
     if advantage_type == "upstream_leave_one_out":
         return r * (1.0 + 1.0 / G) - r.mean(1, keepdim=True)
     raise ValueError(f"unknown advantage_type {advantage_type!r}: must be one of {'|'.join(ADVANTAGE_TYPES)}")
+
+
+# ---------------------------------------------------------------------------------------------- PL-PPO estimators
+# A registry in the manner of verl's core_algos (a name -> function table filled by a decorator), so train.py's
+# --advantage_estimator picks one by name and a new estimator is one decorated function. One signature:
+#   rewards [B, M] (M = --rankings_per_user rankings of each of B users), values [B] or None
+#   -> (advantages [B, M], returns [B]: the critic's regression target, or None)
+AdvantageEstimator = Callable[[torch.Tensor, "torch.Tensor | None"], "tuple[torch.Tensor, torch.Tensor | None]"]
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+_USES_CRITIC: set[str] = set()
+
+
+def register_advantage_estimator(name: str, uses_critic: bool = False) -> Callable[[AdvantageEstimator],
+                                                                                    AdvantageEstimator]:
+    """Decorator: add an estimator under `name`; uses_critic: it needs the value head's values (else the value
+    head is neither run nor trained)."""
+    def add(fn: AdvantageEstimator) -> AdvantageEstimator:
+        if ADVANTAGE_ESTIMATORS.get(name, fn) is not fn:
+            raise ValueError(f"advantage estimator {name!r} is already registered")
+        ADVANTAGE_ESTIMATORS[name] = fn
+        if uses_critic:
+            _USES_CRITIC.add(name)
+        return fn
+    return add
+
+
+def get_advantage_estimator(name: str) -> AdvantageEstimator:
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {name!r}: must be one of {'|'.join(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[name]
+
+
+def estimator_uses_critic(name: str) -> bool:
+    get_advantage_estimator(name)
+    return name in _USES_CRITIC
+
+
+@register_advantage_estimator("critic", uses_critic=True)
+def critic_advantages(rewards: torch.Tensor, values: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A = R - V(user): the value head's estimate of a user's expected reward is the baseline of each of the
+    user's rankings; its regression target is the mean reward of the user's rankings."""
+    if values is None:
+        raise ValueError("the 'critic' advantage estimator needs the value head's values")
+    return rewards.float() - values.float().unsqueeze(1), rewards.float().mean(1)
+
+
+@register_advantage_estimator("rloo")
+def rloo_advantages(rewards: torch.Tensor, values: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+    """REINFORCE leave-one-out: A_i = R_i - mean of the user's other M-1 rewards (needs M >= 2)."""
+    return group_advantages(rewards, "rloo"), None
+
+
+@register_advantage_estimator("grpo")
+def grpo_advantages(rewards: torch.Tensor, values: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+    """GRPO: A_i = (R_i - mean) / (std + 1e-8) over the user's M rewards (unbiased std; equal rewards give 0)."""
+    if rewards.shape[1] < 2:
+        raise ValueError("the 'grpo' advantage estimator needs at least 2 rankings per user")
+    return group_advantages(rewards, "gaussian"), None
