@@ -51,7 +51,6 @@ class PackedLayout:
 
     prefix_index: torch.Tensor  # [U, P_max] flat positions of each prefix (right-padded with its last position)
     suffix_index: torch.Tensor  # [R, S_max] flat positions of each row's suffix (padded likewise)
-    row_keys: torch.Tensor  # [R, P_max + S_max] the keys row r reads: its user's prefix_index, then its suffix_index
     row_prefix_len: torch.Tensor  # [R] real prefix tokens of row r's user
     inverse: torch.Tensor  # [N] row of each flat position in cat(prefix rows [U*P_max], suffix rows [R*S_max])
     n_tokens: int
@@ -99,7 +98,6 @@ def build_layout(prefix_lens: Sequence[int], suffix_lens: Sequence[Sequence[int]
     inverse = np.repeat(base, seg) + within
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
     return PackedLayout(prefix_index=as_t(pre), suffix_index=as_t(suf),
-                        row_keys=as_t(np.concatenate([pre[row_user], suf], axis=1)),
                         row_prefix_len=as_t(P[row_user]), inverse=as_t(inverse), n_tokens=N)
 
 
@@ -154,13 +152,17 @@ def prefix_split_attention(module: torch.nn.Module, query: torch.Tensor, key: to
     # autocast would cast them, so cast here to what autocast would have used.
     dtype = compute_dtype(query.device, value.dtype)
     q, k, v = (t[0].transpose(0, 1).to(dtype) for t in (query, key, value))  # [N, heads, d]
-    pre = layout.prefix_index
-    out_pre = _sdpa(q[pre].transpose(1, 2), k[pre].transpose(1, 2), v[pre].transpose(1, 2), scaling,
-                    is_causal=True)  # [U, H, P_max, d]; right padding: every real row is exact
-    R, S = layout.suffix_index.shape
-    keys = layout.row_keys
-    out = grouped_sdpa(q[layout.suffix_index].transpose(1, 2), k[keys].transpose(1, 2), v[keys].transpose(1, 2),
-                       layout.suffix_mask(H // key.shape[1], dtype), scaling)  # [R, H, S_max, d]
+    pre, suf = layout.prefix_index, layout.suffix_index
+    kp, vp = k[pre].transpose(1, 2), v[pre].transpose(1, 2)  # [U, H_kv, P_max, d]
+    out_pre = _sdpa(q[pre].transpose(1, 2), kp, vp, scaling, is_causal=True)  # right padding: real rows exact
+    U, Hkv, P, _ = kp.shape
+    R, S = suf.shape
+    # Row r = u*K + k reads [user u's prefix; its own suffix]: the prefix repeated K times by expand (its gradient
+    # is a sum over the K rows, not a scatter), then the suffix keys.
+    rows_of = lambda pk, t: torch.cat([pk[:, None].expand(U, R // U, Hkv, P, d).reshape(R, Hkv, P, d),  # noqa: E731
+                                       t[suf].transpose(1, 2)], dim=2)
+    out = grouped_sdpa(q[suf].transpose(1, 2), rows_of(kp, k), rows_of(vp, v),
+                       layout.suffix_mask(H // Hkv, dtype), scaling)  # [R, H, S_max, d]
     rows = torch.cat([out_pre.transpose(1, 2).reshape(-1, H, d), out.transpose(1, 2).reshape(R * S, H, d)])
     return rows[layout.inverse].unsqueeze(0), None
 
