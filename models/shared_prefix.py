@@ -307,8 +307,12 @@ class PackedInputs:
 
 # Recent chunks' packed inputs, keyed by the users' tokens: the rollout's scoring pass builds them and every later
 # pass over the same users (the reference model's, the PPO epochs') finds them here, whoever calls and however the
-# prompt lists are rebuilt. Keyed by content, not identity, so an edited prompt can never get a stale layout.
+# prompt lists are rebuilt. Keyed by content, not identity, so an edited prompt can never get a stale layout. The
+# index tensors are small; prefix_split's suffix masks are not (R x g*S_max x (P_max + S_max) in the compute dtype,
+# ~0.45 GB at 16 users, K=20, Qwen2.5-3B in bf16), so only the MASKS_KEPT most recently used chunks keep theirs (a
+# mask is rebuilt in a few ops).
 PACKED_CACHE_SIZE = 16
+MASKS_KEPT = 2
 _packed_cache: OrderedDict = OrderedDict()
 
 
@@ -332,6 +336,7 @@ def packed_inputs(judge, users: Sequence[UserPrompt], with_token_logprobs: bool)
     hit = _packed_cache.get(key)
     if hit is not None:
         _packed_cache.move_to_end(key)
+        _drop_old_masks()
         return hit
     if impl == PREFIX_SPLIT:
         ids, pos, _, _, g = build_flat(users, pad, dev, with_token_logprobs)
@@ -348,7 +353,14 @@ def packed_inputs(judge, users: Sequence[UserPrompt], with_token_logprobs: bool)
     _packed_cache[key] = out
     while len(_packed_cache) > PACKED_CACHE_SIZE:
         _packed_cache.popitem(last=False)
+    _drop_old_masks()
     return out
+
+
+def _drop_old_masks() -> None:
+    for x in list(_packed_cache.values())[:-MASKS_KEPT]:
+        if x.layout is not None:
+            x.layout.masks.clear()
 
 
 def _packed_forward(judge, users: Sequence[UserPrompt], with_token_logprobs: bool):

@@ -98,6 +98,23 @@ def test_packed_layout_built_once_for_every_pass(one_forward, monkeypatch):
     assert (edited.scores[1, 2] - first.scores[1, 2]).abs() > 1e-4
 
 
+def test_only_recent_chunks_keep_their_masks(one_forward):
+    """The suffix masks (the large part of a layout) stay with the MASKS_KEPT most recently used chunks; an older
+    chunk rebuilds its mask when it comes back, with the same scores."""
+    judge = one_forward
+    shared_prefix.clear_packed_cache()
+    batches = [make_batch(90 + i, judge.lm.config.vocab_size, B=2, K=3) for i in range(3)]
+    kept = lambda: [bool(x.layout.masks) for x in shared_prefix._packed_cache.values()]  # noqa: E731
+    with torch.no_grad():
+        first = judge.score_candidates(batches[0], scoring="shared")
+        for b in batches[1:]:
+            judge.score_candidates(b, scoring="shared")
+        assert shared_prefix.MASKS_KEPT == 2 and kept() == [False, True, True]
+        again = judge.score_candidates(batches[0], scoring="shared")
+    assert kept() == [False, True, True]  # batches 1 (dropped), 2, 0 (rebuilt)
+    torch.testing.assert_close(again.scores, first.scores, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("impl", ["prefix_split", "sdpa"])
 def test_empty_candidate_is_scored_at_the_end_of_the_prefix(tiny_dir, impl):
     """A candidate with no suffix tokens scores the prompt `prefix` alone, like the naive path (it used to read the
