@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from paths import (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, HEADS_FILE, TOKENIZER_FILES,  # noqa: F401 (re-exported)
@@ -290,25 +291,23 @@ def save_lm(lm, out_dir: str | Path, merge_adapter: bool = False, state_dict: di
 
 def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and attention mask: real tokens keep positions 0..len-1 (for forward passes)."""
-    L = max(1, max(len(s) for s in seqs))
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids, mask
+    return _pad(seqs, pad_id, max(1, max(len(s) for s in seqs)), left=False)
 
 
 def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ids and attention mask [N, L] (L = longest sequence): what `generate` needs, so that new
     tokens start at column L for every row."""
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, L - len(s):] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, L - len(s):] = 1
-    return ids, mask
+    return _pad(seqs, pad_id, max(len(s) for s in seqs), left=True)
+
+
+def _pad(seqs: Sequence[Sequence[int]], pad_id: int, L: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Filled in numpy on the host (no tensor op per sequence), then one tensor each."""
+    lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    col = np.arange(L)[None, :]
+    mask = col >= (L - lens)[:, None] if left else col < lens[:, None]
+    ids = np.full((len(seqs), L), pad_id, dtype=np.int64)
+    ids[mask] = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(lens.sum()))
+    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
 
 def disable_dropout(module: torch.nn.Module) -> None:

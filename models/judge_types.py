@@ -39,7 +39,13 @@ class SamplingSettings:
         return x
 
     def sample(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.multinomial(torch.softmax(self.warp(logits), -1), 1, generator=generator).squeeze(-1)
+        """One token per row of logits [..., V] from the sampling distribution. torch.multinomial's own one-sample
+        algorithm (exponential noise q, argmax of p / q): the same tokens as torch.multinomial(p, 1) for the same
+        generator state, without its host-side validity check, so a decode step never waits for the GPU and can
+        be captured in a CUDA graph."""
+        p = torch.softmax(self.warp(logits), -1)
+        q = torch.empty_like(p).exponential_(1, generator=generator)
+        return (p / q).argmax(-1)
 
     def validate(self) -> "SamplingSettings":
         if not self.temperature > 0:

@@ -58,14 +58,16 @@ with holes + explicit position ids).
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from models.abstract_models import AbstractRecModel, pad_left, pad_right
-from models.packed_attention import (DECODE_KWARG, LAYOUT_KWARG, PREFIX_SPLIT, SharedPrefixKV, build_layout,
-                                     compute_dtype, flex_block_mask, flex_bucket, no_mask_mapping)
+from models.packed_attention import (DECODE_KWARG, LAYOUT_KWARG, PREFIX_SPLIT, PackedLayout, SharedPrefixKV,
+                                     build_layout, compute_dtype, flex_block_mask, flex_bucket, no_mask_mapping)
 from prompters import prompts
 from prompters.binary_prompter import UserPrompt
 
@@ -180,40 +182,81 @@ def _reasoning_items(p: UserPrompt, k: int):
     return [(t, p.suffix_ids[k][t]) for t in range(a, b)]
 
 
-# ---- packed method ----------------------------------------------------------------------------
-def build_packed(users: Sequence[UserPrompt], pad_id: int, device: torch.device, with_token_logprobs: bool):
-    """Packed ids, position ids, segment ids ([U, T]; segment 0 = prefix, k+1 = candidate k, -1 = pad)
-    and the gather indices into h.view(U*T, H)."""
+# ---- packed inputs: built once per chunk of users (numpy on the host), reused by every pass -------------------
+@dataclass
+class _Flat:
+    """Users laid end to end in one flat sequence, as numpy arrays: what every packed layout is derived from."""
+
+    ids: np.ndarray  # [N]
+    pos: np.ndarray  # [N] position ids: a candidate's restart at its prefix length
+    user_of: np.ndarray  # [N]
+    seg: np.ndarray  # [N] 0 = prefix, k + 1 = candidate k
+    user_start: np.ndarray  # [U]
+    user_len: np.ndarray  # [U] packed length of each user
+    prefix_last: np.ndarray  # [U] flat index of each prefix's last token
+    cand_last: np.ndarray  # [U*K] flat index of each candidate's last token (the prefix's for an empty suffix)
+    lp_pos: np.ndarray  # [M] flat index predicting each reasoning token
+    lp_tgt: np.ndarray  # [M]
+    lp_row: np.ndarray  # [M]
+
+
+def _flat(users: Sequence[UserPrompt], with_token_logprobs: bool) -> _Flat:
     U, K = len(users), users[0].K
-    T = max(packed_length(p) for p in users)
-    ids = torch.full((U, T), pad_id, dtype=torch.long)
-    pos = torch.zeros((U, T), dtype=torch.long)
-    seg = torch.full((U, T), -1, dtype=torch.long)
-    prefix_last, cand_last, lp_pos, lp_tgt, lp_row = [], [], [], [], []
-    for u, p in enumerate(users):
-        P = len(p.prefix_ids)
-        ids[u, :P] = torch.tensor(p.prefix_ids, dtype=torch.long)
-        pos[u, :P] = torch.arange(P)
-        seg[u, :P] = 0
-        prefix_last.append(u * T + P - 1)
-        start = P
-        for k, s in enumerate(p.suffix_ids):
-            n = len(s)
-            ids[u, start:start + n] = torch.tensor(s, dtype=torch.long)
-            pos[u, start:start + n] = torch.arange(P, P + n)
-            seg[u, start:start + n] = k + 1
-            cand_last.append(u * T + start + n - 1)
-            if with_token_logprobs:
-                for t, tok in _reasoning_items(p, k):
-                    lp_pos.append(u * T + (start + t - 1 if t > 0 else P - 1))
-                    lp_tgt.append(tok)
-                    lp_row.append(u * K + k)
-            start += n
-        if start < T:  # padding: distinct positions keep RoPE finite; never attended by real tokens
-            pos[u, start:] = torch.arange(T - start)
-    as_t = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
-    g = _Gather(as_t(prefix_last), as_t(cand_last), as_t(lp_pos), as_t(lp_tgt), as_t(lp_row))
-    return ids.to(device), pos.to(device), seg.to(device), g
+    P = np.fromiter((len(p.prefix_ids) for p in users), dtype=np.int64, count=U)
+    S = np.fromiter((len(s) for p in users for s in p.suffix_ids), dtype=np.int64, count=U * K).reshape(U, K)
+    seg_len = np.concatenate([P[:, None], S], axis=1).reshape(-1)  # segments in flat order: prefix, candidates
+    seg_start = np.concatenate([[0], np.cumsum(seg_len)[:-1]])
+    N = int(seg_len.sum())
+    ids = np.fromiter((t for p in users for s in (p.prefix_ids, *p.suffix_ids) for t in s), dtype=np.int64, count=N)
+    within = np.arange(N) - np.repeat(seg_start, seg_len)
+    pos0 = np.concatenate([np.zeros((U, 1), np.int64), np.repeat(P[:, None], K, 1)], axis=1).reshape(-1)
+    starts = seg_start.reshape(U, K + 1)
+    prefix_last = starts[:, 0] + P - 1
+    row_start, row_len = starts[:, 1:].reshape(-1), S.reshape(-1)
+    row_user = np.repeat(np.arange(U), K)
+    cand_last = np.where(row_len > 0, row_start + row_len - 1, prefix_last[row_user])
+    lp_pos = lp_tgt = lp_row = np.zeros(0, np.int64)
+    if with_token_logprobs:
+        spans = np.array([p.reasoning_spans[k] if p.reasoning_spans else (0, 0) for p in users for k in range(K)],
+                         dtype=np.int64).reshape(-1, 2)
+        n = spans[:, 1] - spans[:, 0]
+        lp_row = np.repeat(np.arange(U * K), n)
+        t = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n) + np.repeat(spans[:, 0], n)  # suffix index
+        rs = np.repeat(row_start, n)
+        lp_pos = np.where(t > 0, rs + t - 1, prefix_last[row_user][lp_row])
+        lp_tgt = ids[rs + t]
+    return _Flat(ids=ids, pos=within + np.repeat(pos0, seg_len),
+                 user_of=np.repeat(np.repeat(np.arange(U), K + 1), seg_len),
+                 seg=np.repeat(np.tile(np.arange(K + 1), U), seg_len), user_start=starts[:, 0], user_len=P + S.sum(1),
+                 prefix_last=prefix_last, cand_last=cand_last, lp_pos=lp_pos, lp_tgt=lp_tgt, lp_row=lp_row)
+
+
+def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+
+def _gather(f: _Flat, device: torch.device, index: np.ndarray | None = None) -> _Gather:
+    """The gather indices of f, its positions mapped through `index` (flat position -> row of the hidden states)."""
+    at = (lambda a: a) if index is None else (lambda a: index[a])  # noqa: E731
+    t = lambda a: _tensor(a, device)  # noqa: E731
+    return _Gather(t(at(f.prefix_last)), t(at(f.cand_last)), t(at(f.lp_pos)), t(f.lp_tgt), t(f.lp_row))
+
+
+def build_packed(users: Sequence[UserPrompt], pad_id: int, device: torch.device, with_token_logprobs: bool):
+    """One right-padded row per user [U, T]: ids, position ids, segment ids (segment 0 = prefix, k+1 = candidate k,
+    -1 = pad) and the gather indices into h.view(U*T, H)."""
+    f = _flat(users, with_token_logprobs)
+    U, T = len(users), int(f.user_len.max())
+    dense = f.user_of * T + np.arange(len(f.ids)) - f.user_start[f.user_of]  # flat position -> row-major [U, T]
+    ids = np.full(U * T, pad_id, np.int64)
+    ids[dense] = f.ids
+    # padding: distinct positions keep RoPE finite; never attended by real tokens
+    pos = (np.arange(T)[None, :] - f.user_len[:, None]).reshape(-1)
+    pos[dense] = f.pos
+    seg = np.full(U * T, -1, np.int64)
+    seg[dense] = f.seg
+    shape = lambda a: _tensor(a.reshape(U, T), device)  # noqa: E731
+    return shape(ids), shape(pos), shape(seg), _gather(f, device, dense)
 
 
 def packed_allowed(seg: torch.Tensor) -> torch.Tensor:
@@ -240,64 +283,95 @@ def build_flat(users: Sequence[UserPrompt], pad_id: int, device: torch.device, w
                pad_to: int | None = None):
     """Users laid end to end in one row [1, N] (N padded to pad_to): ids, position ids, user and segment of every
     token (-1 = padding) and the gather indices into h.view(N, H)."""
-    N = sum(packed_length(p) for p in users)
+    f = _flat(users, with_token_logprobs)
+    N = len(f.ids)
     T = max(N, pad_to or N)
-    ids = torch.full((T,), pad_id, dtype=torch.long)
-    pos = torch.arange(T, dtype=torch.long) - N  # padding: distinct positions keep RoPE finite
-    user_of = torch.full((T,), -1, dtype=torch.long)
-    seg = torch.full((T,), -1, dtype=torch.long)
-    K = users[0].K
-    prefix_last, cand_last, lp_pos, lp_tgt, lp_row = [], [], [], [], []
-    start = 0
-    for u, p in enumerate(users):
-        P = len(p.prefix_ids)
-        ids[start:start + P] = torch.tensor(p.prefix_ids, dtype=torch.long)
-        pos[start:start + P] = torch.arange(P)
-        user_of[start:start + P] = u
-        seg[start:start + P] = 0
-        prefix_last.append(start + P - 1)
-        pre_end = start + P - 1
-        start += P
-        for k, s in enumerate(p.suffix_ids):
-            n = len(s)
-            ids[start:start + n] = torch.tensor(s, dtype=torch.long)
-            pos[start:start + n] = torch.arange(P, P + n)
-            user_of[start:start + n] = u
-            seg[start:start + n] = k + 1
-            cand_last.append(start + n - 1)
-            if with_token_logprobs:
-                for t, tok in _reasoning_items(p, k):
-                    lp_pos.append(start + t - 1 if t > 0 else pre_end)
-                    lp_tgt.append(tok)
-                    lp_row.append(u * K + k)
-            start += n
-    if T > N:
-        pos[N:] = torch.arange(T - N)
-    as_t = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
-    g = _Gather(as_t(prefix_last), as_t(cand_last), as_t(lp_pos), as_t(lp_tgt), as_t(lp_row))
-    return (ids.to(device)[None], pos.to(device)[None], user_of.to(device), seg.to(device), g)
+    fill = lambda a, pad: np.concatenate([a, np.full(T - N, pad, np.int64)])  # noqa: E731
+    pos = np.concatenate([f.pos, np.arange(T - N)])  # padding: distinct positions keep RoPE finite
+    return (_tensor(fill(f.ids, pad_id), device)[None], _tensor(pos, device)[None],
+            _tensor(fill(f.user_of, -1), device), _tensor(fill(f.seg, -1), device), _gather(f, device))
+
+
+@dataclass
+class PackedInputs:
+    """One packed forward of a chunk of users, everything but the weights: ids and position ids, what the attention
+    implementation reads (prefix_split's PackedLayout, flex's BlockMask or the dense mask) and the gather indices of
+    scores, values and reasoning log-probs."""
+
+    ids: torch.Tensor
+    pos: torch.Tensor
+    gather: _Gather
+    layout: PackedLayout | None = None  # prefix_split
+    attention_mask: object = None  # flex: BlockMask; sdpa/eager: the dense [U, 1, T, T] mask
+
+
+# Recent chunks' packed inputs, keyed by the users' tokens: the rollout's scoring pass builds them and every later
+# pass over the same users (the reference model's, the PPO epochs') finds them here, whoever calls and however the
+# prompt lists are rebuilt. Keyed by content, not identity, so an edited prompt can never get a stale layout. The
+# index tensors are small; prefix_split's suffix masks are not (R x g*S_max x (P_max + S_max) in the compute dtype,
+# ~0.45 GB at 16 users, K=20, Qwen2.5-3B in bf16), so only the MASKS_KEPT most recently used chunks keep theirs (a
+# mask is rebuilt in a few ops).
+PACKED_CACHE_SIZE = 16
+MASKS_KEPT = 2
+_packed_cache: OrderedDict = OrderedDict()
+
+
+def clear_packed_cache() -> None:
+    _packed_cache.clear()
+
+
+def _content_key(users: Sequence[UserPrompt], with_token_logprobs: bool) -> tuple:
+    return tuple((tuple(p.prefix_ids), tuple(map(tuple, p.suffix_ids)),
+                  tuple(map(tuple, p.reasoning_spans)) if with_token_logprobs and p.reasoning_spans else None)
+                 for p in users)
+
+
+def packed_inputs(judge, users: Sequence[UserPrompt], with_token_logprobs: bool) -> PackedInputs:
+    """The packed inputs of this chunk of users for the judge's attention implementation, built on first use and
+    reused from then on (PACKED_CACHE_SIZE chunks kept)."""
+    impl = _mask_attention(judge)
+    dev, pad = judge.device, _pad_id(judge)
+    dtype = compute_dtype(dev, judge.base_lm().dtype) if impl not in (PREFIX_SPLIT, "flex_attention") else None
+    key = (impl, str(dev), pad, dtype, with_token_logprobs, _content_key(users, with_token_logprobs))
+    hit = _packed_cache.get(key)
+    if hit is not None:
+        _packed_cache.move_to_end(key)
+        _drop_old_masks()
+        return hit
+    if impl == PREFIX_SPLIT:
+        ids, pos, _, _, g = build_flat(users, pad, dev, with_token_logprobs)
+        layout = build_layout([len(p.prefix_ids) for p in users], [[len(s) for s in p.suffix_ids] for p in users],
+                              dev)
+        out = PackedInputs(ids, pos, g, layout=layout)
+    elif impl == "flex_attention":
+        N = sum(packed_length(p) for p in users)
+        ids, pos, user_of, seg, g = build_flat(users, pad, dev, with_token_logprobs, pad_to=flex_bucket(N))
+        out = PackedInputs(ids, pos, g, attention_mask=flex_block_mask(user_of, seg))
+    else:  # dense block mask, one row per user (sdpa / eager): the reference path
+        ids, pos, seg, g = build_packed(users, pad, dev, with_token_logprobs)
+        out = PackedInputs(ids, pos, g, attention_mask=packed_mask(seg, impl, dtype))
+    _packed_cache[key] = out
+    while len(_packed_cache) > PACKED_CACHE_SIZE:
+        _packed_cache.popitem(last=False)
+    _drop_old_masks()
+    return out
+
+
+def _drop_old_masks() -> None:
+    for x in list(_packed_cache.values())[:-MASKS_KEPT]:
+        if x.layout is not None:
+            x.layout.masks.clear()
 
 
 def _packed_forward(judge, users: Sequence[UserPrompt], with_token_logprobs: bool):
-    impl = _mask_attention(judge)
+    x = packed_inputs(judge, users, with_token_logprobs)
     body = judge.backbone()
-    if impl == PREFIX_SPLIT:
-        ids, pos, _, _, g = build_flat(users, _pad_id(judge), judge.device, with_token_logprobs)
-        layout = build_layout([len(p.prefix_ids) for p in users], [[len(s) for s in p.suffix_ids] for p in users],
-                              judge.device)
-        h = body(input_ids=ids, attention_mask=no_mask_mapping(body.config), position_ids=pos, use_cache=False,
-                 **{LAYOUT_KWARG: layout}).last_hidden_state
-    elif impl == "flex_attention":
-        N = sum(packed_length(p) for p in users)
-        ids, pos, user_of, seg, g = build_flat(users, _pad_id(judge), judge.device, with_token_logprobs,
-                                               pad_to=flex_bucket(N))
-        h = body(input_ids=ids, attention_mask=flex_block_mask(user_of, seg), position_ids=pos,
-                 use_cache=False).last_hidden_state
-    else:  # dense block mask, one row per user (sdpa / eager): the reference path
-        ids, pos, seg, g = build_packed(users, _pad_id(judge), judge.device, with_token_logprobs)
-        mask = packed_mask(seg, impl, compute_dtype(judge.device, judge.base_lm().dtype))
-        h = body(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
-    return h.reshape(-1, h.shape[-1]), g
+    if x.layout is not None:
+        h = body(input_ids=x.ids, attention_mask=no_mask_mapping(body.config), position_ids=x.pos, use_cache=False,
+                 **{LAYOUT_KWARG: x.layout}).last_hidden_state
+    else:
+        h = body(input_ids=x.ids, attention_mask=x.attention_mask, position_ids=x.pos, use_cache=False).last_hidden_state
+    return h.reshape(-1, h.shape[-1]), x.gather
 
 
 # ---- cache method -----------------------------------------------------------------------------
@@ -513,11 +587,16 @@ class _RepeatedPrefixCache:
 
 
 class _SharedPrefixCache:
-    """Decoding state under prefix_split: a SharedPrefixKV (each prefix stored once, static per-row buffers)."""
+    """Decoding state under prefix_split: a SharedPrefixKV (each prefix stored once, static per-row buffers). A
+    decode step is static (fixed shapes, write slot and positions in device tensors, no host sync): what
+    _CudaGraphStep captures."""
+
+    static = True
 
     def __init__(self, judge, users: Sequence[UserPrompt], max_new_tokens: int) -> None:
         dev, pad, K = judge.device, _pad_id(judge), users[0].K
         self.body = judge.backbone()
+        self.no_mask = no_mask_mapping(self.body.config)
         ids, pmask = pad_right([p.prefix_ids for p in users], pad)
         plens, P = pmask.sum(-1), ids.shape[1]
         sids, smask, slens = _suffix_batch(users, pad)
@@ -529,58 +608,127 @@ class _SharedPrefixCache:
         rows_plen = plens.repeat_interleave(K)
         hs = self._forward(sids, rows_plen[:, None] + torch.arange(S, device=dev)[None, :], valid=smask)
         self.h_last = _rows_last_hidden(hs, slens, h_prefix, K)
-        self.next_pos = rows_plen + slens
+        self.next_pos = rows_plen + slens  # [R] position of the token each row feeds next (updated in place)
+        self.kv.start_decode()
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         self.kv.begin(ids.shape[1], valid)
-        out = self.body(input_ids=ids, attention_mask=no_mask_mapping(self.body.config), position_ids=pos,
-                        use_cache=False, **{DECODE_KWARG: self.kv})
+        out = self.body(input_ids=ids, attention_mask=self.no_mask, position_ids=pos, use_cache=False,
+                        **{DECODE_KWARG: self.kv})
         self.kv.advance()
         return out.last_hidden_state
 
-    def step(self, tok: torch.Tensor, t: int) -> torch.Tensor:
-        h = self._forward(tok[:, None], self.next_pos[:, None])
-        self.next_pos = self.next_pos + 1
-        return h[:, -1]
+    def step(self, tok: torch.Tensor, t: int | None = None) -> torch.Tensor:
+        """Feed one token per row, tok [R]; the next hidden states [R, H]. `t` is unused (the slot is on device)."""
+        self.kv.begin_step()
+        out = self.body(input_ids=tok[:, None], attention_mask=self.no_mask, position_ids=self.next_pos[:, None],
+                        use_cache=False, **{DECODE_KWARG: self.kv})
+        self.kv.end_step()
+        self.next_pos += 1
+        return out.last_hidden_state[:, -1]
+
+
+class _DecodeLoop:
+    """The device side of decoding, in static buffers: the last token of every row, the generated tokens, which rows
+    are done and the next column to fill. ``emit(h)`` samples the next token from hidden states h (greedy or
+    SamplingSettings.sample: no host sync) and writes it; ``step()`` feeds the last token to the model and emits the
+    next. Under prefix_split a step has static shapes and touches no host state, so it can be captured."""
+
+    def __init__(self, judge, state, R: int, max_new_tokens: int, do_sample: bool, sampling: SamplingSettings,
+                 pad: int, eos: set[int]) -> None:
+        dev = judge.device
+        self.judge, self.state, self.do_sample, self.sampling, self.pad = judge, state, do_sample, sampling, pad
+        self.tok = torch.full((R,), pad, dtype=torch.long, device=dev)
+        self.gen = torch.full((R, max_new_tokens), pad, dtype=torch.long, device=dev)
+        self.done = torch.zeros(R, dtype=torch.bool, device=dev)
+        self.col = torch.zeros((), dtype=torch.long, device=dev)
+        self.eos = torch.tensor(sorted(eos), dtype=torch.long, device=dev) if eos else None
+        self.t = 0  # host-side step count: the repeated-prefix cache's mask column (static steps ignore it)
+
+    def emit(self, h: torch.Tensor) -> None:
+        logits = self.judge.output_logits(h)
+        tok = self.sampling.sample(logits) if self.do_sample else logits.argmax(-1)
+        tok = torch.where(self.done, self.pad, tok)
+        self.tok.copy_(tok)
+        self.gen.index_copy_(1, self.col.view(1), tok[:, None])
+        self.col += 1
+        if self.eos is not None:
+            self.done |= (tok[:, None] == self.eos[None, :]).any(-1)
+
+    def step(self) -> None:
+        self.emit(self.state.step(self.tok, self.t))
+        self.t += 1
+
+
+class _CudaGraphStep:
+    """Runs a static step (fixed shapes, no host sync, all state in device tensors) eagerly for `warmup` calls on a
+    side stream, then captures it once in a CUDA graph and replays the graph for every later call: one launch per
+    decode step instead of one per op. Under autocast the warm-up has filled the autocast weight-cast cache, which
+    the graph then reads (the cache lives as long as the caller's autocast region, which holds the whole call)."""
+
+    def __init__(self, fn, warmup: int = 2) -> None:
+        self.fn, self.warmup, self.calls = fn, warmup, 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def __call__(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        if self.calls < self.warmup:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.fn()
+            torch.cuda.current_stream().wait_stream(side)
+            self.calls += 1
+            return
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):  # records the step without running it
+            self.fn()
+        self.graph.replay()
+
+
+def _use_cuda_graph(judge, state, steps: int) -> bool:
+    """Decode steps replayed from a CUDA graph: on CUDA, under prefix_split, unless judge.decode_cuda_graph is False,
+    and when there are steps left to replay after the warm-up and the capture."""
+    return (judge.device.type == "cuda" and getattr(state, "static", False)
+            and getattr(judge, "decode_cuda_graph", True) and steps > GRAPH_WARMUP_STEPS + 1)
+
+
+GRAPH_WARMUP_STEPS = 2
 
 
 def _generate_chunk(judge, users, max_new_tokens, do_sample, sampling, pad, eos, stopper):
-    K, dev = users[0].K, judge.device
+    K = users[0].K
     R = len(users) * K
     if max_new_tokens <= 0:
         return [[[] for _ in range(K)] for _ in users]
     state_cls = _SharedPrefixCache if _attn_impl(judge) == PREFIX_SPLIT else _RepeatedPrefixCache
     state = state_cls(judge, users, max_new_tokens)
-    h_last = state.h_last
-    gen = torch.full((R, max_new_tokens), pad, dtype=torch.long, device=dev)
-    done = torch.zeros(R, dtype=torch.bool, device=dev)
-    eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=dev) if eos else None
+    loop = _DecodeLoop(judge, state, R, max_new_tokens, do_sample, sampling, pad, eos)
+    loop.emit(state.h_last)
+    step = _CudaGraphStep(loop.step, GRAPH_WARMUP_STEPS) if _use_cuda_graph(judge, state, max_new_tokens - 1) \
+        else loop.step
     ends: list[int | None] = [None] * R  # generated length of each row once it has stopped
     scanned = [0] * R
-    n = 0
-    for step in range(max_new_tokens):
-        logits = judge.output_logits(h_last)
-        tok = sampling.sample(logits) if do_sample else logits.argmax(-1)
-        tok = torch.where(done, torch.full_like(tok, pad), tok)
-        gen[:, step] = tok
-        n = step + 1
-        if eos_t is not None:
-            done |= torch.isin(tok, eos_t)
+    n = 1  # tokens generated per row so far
+    while True:
         # Stop strings need the text: check on the host every few steps only (one sync), then cut exactly.
         if n % GEN_CHECK_EVERY == 0 or n == max_new_tokens:
-            host = gen[:, :n].tolist()
+            host = loop.gen[:, :n].tolist()
             for r in range(R):
                 if ends[r] is None:
                     e = _first_stop(host[r], scanned[r], eos, stopper)
                     scanned[r] = n
                     if e is not None:
                         ends[r] = e
-            done = torch.tensor([e is not None for e in ends], device=dev)
+            loop.done.copy_(torch.tensor([e is not None for e in ends]))
             if all(e is not None for e in ends):
                 break
         if n == max_new_tokens:
             break
-        h_last = state.step(tok, step)
-    host = gen[:, :n].tolist()
+        step()
+        n += 1
+    host = loop.gen[:, :n].tolist()
     gens = [host[r][:ends[r] if ends[r] is not None else n] for r in range(R)]
     return [gens[u * K:(u + 1) * K] for u in range(len(users))]

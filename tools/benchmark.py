@@ -142,13 +142,12 @@ def work(users: Sequence, path: str, chunk: int) -> dict[str, int]:
     if backend == "sdpa":  # dense mask, one padded row per user: every (T x T) tile
         T = max(len(p.prefix_ids) + sum(len(s) for s in p.suffix_ids) for p in users)
         comp_tokens, comp_pairs = len(users) * T, len(users) * T * T
-    elif backend == "prefix_split":  # causal prefix (half skipped) + K padded suffix blocks over [prefix; suffix]
+    elif backend == "prefix_split":  # causal padded prefixes (half skipped) + every (user, candidate) row's padded
+        # suffix against [its user's padded prefix; its padded suffix] under a mask (every tile computed)
         P_max = max(len(p.prefix_ids) for p in users)
+        S_max = max(len(s) for p in users for s in p.suffix_ids)
         comp_tokens = tokens
-        comp_pairs = len(users) * P_max * (P_max + 1) // 2
-        for p in users:
-            S_max = max(len(s) for s in p.suffix_ids)
-            comp_pairs += p.K * (S_max * len(p.prefix_ids) + S_max * (S_max + 1) // 2)
+        comp_pairs = len(users) * P_max * (P_max + 1) // 2 + sum(p.K for p in users) * S_max * (P_max + S_max)
     else:  # flex: the blocks that hold an allowed pair, over the bucket-padded flat sequence
         from models.packed_attention import flex_bucket
 
@@ -270,10 +269,16 @@ def _peak_gb(device: torch.device, reset_ok: bool) -> float | None:
 
 
 def measure(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1) -> dict:
-    """Median seconds over `repeats` timed calls after `warmup` untimed ones; peak memory over the timed calls and
-    its increase over what was held before them."""
-    for _ in range(warmup):
+    """Median seconds over `repeats` timed calls after `warmup` untimed ones (the first of which is timed apart:
+    compilation, e.g. flex_attention's, lands there); peak memory over the timed calls and its increase over what
+    was held before them."""
+    first = None
+    for i in range(warmup):
+        t0 = time.perf_counter()
         fn()
+        if i == 0:
+            _sync(device)
+            first = time.perf_counter() - t0
     _sync(device)
     ok = _reset_peak(device)
     before = _memory_now(device)
@@ -286,7 +291,8 @@ def measure(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: i
         times.append(time.perf_counter() - t0)
     peak = _peak_gb(device, ok)
     inc = (peak - before) if peak is not None and before is not None else None
-    return {"seconds": statistics.median(times), "peak_gb": peak, "mem_increase_gb": inc, "result": out}
+    return {"seconds": statistics.median(times), "first_call_s": first, "peak_gb": peak, "mem_increase_gb": inc,
+            "result": out}
 
 
 def _row_fn(mode: str, path: str, judge, users, step: TrainStep | None, args, autocast):
@@ -363,7 +369,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                     rows.append(row)
                     continue
                 s = m["seconds"]
-                row.update(seconds=s, peak_gb=m["peak_gb"], mem_increase_gb=m["mem_increase_gb"])
+                row.update(seconds=s, first_call_s=m["first_call_s"], peak_gb=m["peak_gb"],
+                           mem_increase_gb=m["mem_increase_gb"])
                 if m["mem_increase_gb"] is not None:
                     row["mem_per_user_gb"] = m["mem_increase_gb"] / len(users)
                 if mode == "generate":

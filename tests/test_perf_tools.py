@@ -1,0 +1,64 @@
+"""tools/perf/: the device script runs every stage in its --smoke mode on a CPU and writes every result file, and the
+CPU op counter compares trees side by side."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(**extra) -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHON": sys.executable, **extra}
+
+
+def test_gpu_perf_smoke_runs_every_stage(tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", "tools/perf/gpu_perf.sh", "--smoke", "--out", str(out)], cwd=REPO, text=True,
+                       capture_output=True, env=_env(WORK=str(tmp_path / "work")), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    limits = re.search(r"stage limits: (.*) \(total (\d+) s\)", r.stdout)
+    assert limits and int(limits.group(2)) <= 480 and len(limits.group(1).split()) == 6
+    assert all(f"== {s}: rc=0" in r.stdout for s in ("env", "assets", "step_bs4", "step_bs16_fused", "decode",
+                                                      "flex", "summary")), r.stdout[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["missing"] == []
+    for tag, fused in (("bs4", None), ("bs16_fused", True)):
+        step = json.loads((out / f"step_{tag}.json").read_text())
+        assert step["optimizer"]["fused"] == fused and step["s_per_step"] > 0
+        phases = step["phase_s"]  # CPU: host clock
+        for p in ("rollout_scoring", "ppo_forward", "ppo_backward_with_recompute", "optimizer_step"):
+            assert phases[p] > 0, p
+        assert phases["update (total)"] >= phases["ppo_forward"] + phases["optimizer_step"]
+        assert step["train_py_record"]["tokens"] > 0  # what train.py logs, copied as it is
+    assert summary["step_bs16_fused"]["tokens"] > summary["step_bs4"]["tokens"]  # more users per step
+    decode = summary["decode_tiny_u2_k5"]
+    assert decode["eager_generate_s"] > 0 and decode["hf_generate_s"] > 0 and "graph_generate_s" not in decode
+    assert {(r["mode"], r["path"]) for r in summary["flex"]["rows"]} >= {("score", "shared:prefix_split")}
+    assert (out / "logs.tgz").is_file()
+
+
+def test_gpu_perf_refuses_an_unknown_flag(tmp_path):
+    r = subprocess.run(["bash", "tools/perf/gpu_perf.sh", "--smok"], cwd=REPO, text=True, capture_output=True,
+                       env=_env(WORK=str(tmp_path)), timeout=60)
+    assert r.returncode == 2 and "--smok" in r.stderr
+
+
+def test_count_ops_table(tmp_path):
+    js = tmp_path / "ops.json"
+    r = subprocess.run([sys.executable, "tools/perf/count_ops.py", "--users", "1", "3", "--K", "2",
+                        "--history_items", "1", "--tokens_per_item", "4", "--json_out", str(js)], cwd=REPO,
+                       text=True, capture_output=True, env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    by = json.loads(js.read_text())["results"]["this"]["by_users"]
+    for key in ("attention_ops_per_layer", "score_ops_per_layer", "train_ops_per_layer", "step_ops"):
+        assert by["1"][key] == by["3"][key] > 0, key  # this checkout: nothing grows with the users
+    assert "| step: 1 scoring + 2 training passes, 36 layers |" in r.stdout
+    bad = subprocess.run([sys.executable, "tools/perf/count_ops.py", "--vs", str(tmp_path)], cwd=REPO, text=True,
+                         capture_output=True, env=_env(), timeout=60)
+    assert bad.returncode == 2 and "--vs" in bad.stderr
