@@ -328,6 +328,15 @@ class AbstractRecModel(torch.nn.Module):
 
     HEADS_FILE = HEADS_FILE
 
+    # What accelerate's FSDP2 preparation asks of the module it wraps (here the judge/RRec model, not the LM):
+    # the decoder-layer classes to shard one by one, and re-tying embeddings after its move to the meta device.
+    @property
+    def _no_split_modules(self):
+        return getattr(self.base_lm(), "_no_split_modules", None)
+
+    def tie_weights(self, **kwargs) -> None:
+        self.base_lm().tie_weights(**kwargs)
+
     def base_lm(self):
         """The transformers model under any PEFT wrapper."""
         lm = self.lm

@@ -50,8 +50,10 @@ from foundation.checkpoints import (apply_base_lrs, capture_rng_state, check_opt
                                              restore_rng_state, run_files, write_checkpoint, write_final_model)
 from foundation.config import RunConfig, config_from_args, option, require
 from foundation.config import build_parser as config_parser
-from foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
-                                             is_sharded, mean_over_processes, run_trainer, shard, step_resources)
+from foundation.distributed import (StopRequest, TrainerProcess, any_process, configure_deepspeed,
+                                             full_weights_on_every_process, gather_objects, init_tracking,
+                                             is_sharded, log_metrics, log_to_trackers, mean_over_processes, run_trainer, shard,
+                                             step_resources, uses_deepspeed)
 from foundation.errors import UserInputError
 from foundation.files import append_jsonl, atomic_write_json
 from foundation.plotting import plot_training
@@ -292,11 +294,12 @@ class PPOTrainer(TrainerProcess):
         disable_dropout(self.judge)
         self.ref_judge = None
         if cfg.kl_coef > 0 and not cfg.use_lora:  # frozen initial model (LoRA: the base with adapters disabled)
-            self.ref_judge = BinaryJudge.load(str(base), device="cpu", dtype=weights_dtype,
-                                              attn_implementation=self.judge.attn_implementation,
-                                              packed_mask=cfg.scoring == "shared",
-                                              trust_remote_code=cfg.trust_remote_code, load_heads=False,
-                                              scoring_chunk_size=cfg.scoring_chunk_size)
+            with full_weights_on_every_process():  # never prepared, so never given rank 0's weights
+                self.ref_judge = BinaryJudge.load(str(base), device="cpu", dtype=weights_dtype,
+                                                  attn_implementation=self.judge.attn_implementation,
+                                                  packed_mask=cfg.scoring == "shared",
+                                                  trust_remote_code=cfg.trust_remote_code, load_heads=False,
+                                                  scoring_chunk_size=cfg.scoring_chunk_size)
             disable_dropout(self.ref_judge)
             self.ref_judge.eval().requires_grad_(False)
         self.prompter = BinaryPrompter(self.judge.tokenizer, self.dataset.item_rows, dataset_type=cfg.dataset_type,
@@ -311,9 +314,7 @@ class PPOTrainer(TrainerProcess):
                                       weight_decay=cfg.weight_decay)
         self.model_flops = ModelFlops.of(self.judge.lm)  # counted before sharding hides weights
         self.peak_tflops = peak_tflops(accelerator.device)
-        ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-        if ds_plugin is not None:  # no dataloader is prepared, so DeepSpeed is told the micro-batch size here
-            ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+        configure_deepspeed(accelerator, cfg.batch_size, cfg.max_grad_norm)  # no-op unless DeepSpeed
         self.model, self.optimizer = accelerator.prepare(self.judge, optimizer)
         self.judge = accelerator.unwrap_model(self.model)
         if self.ref_judge is not None:
@@ -337,6 +338,11 @@ class PPOTrainer(TrainerProcess):
 
     # ---- resume ------------------------------------------------------------------------------
     def _load_training_state(self, ckpt: Path) -> None:
+        if self.sharded != (ckpt / SHARDED_STATE_DIR).is_dir():
+            raise UserInputError(f"--resume_from {ckpt}: written {'without' if self.sharded else 'with'} sharded "
+                                 f"optimiser state ({SHARDED_STATE_DIR}/), this run is "
+                                 f"{self.distribution.get('mode') or 'another distribution'}; resume it under the "
+                                 "accelerate config that wrote it")
         if self.sharded:
             self.acc.load_state(str(ckpt / SHARDED_STATE_DIR))
         else:
@@ -359,7 +365,7 @@ class PPOTrainer(TrainerProcess):
         """Every check has passed: now (and only now) --overwrite_output_dir removes the old run's files, and a
         resumed run's logs lose the records of steps after its checkpoint ('auto' without one: all of them)."""
         if self.is_main:
-            prepare_output_dir(self.out, self.cfg.to_dict(),
+            prepare_output_dir(self.out, self.run_args(),
                                overwrite_files=output_dir_artifacts(self.out, self.token_log)
                                if self.cfg.overwrite_output_dir else (),
                                logs=[p for p in (self.out / "metrics.jsonl", self.token_log) if p is not None],
@@ -443,10 +449,10 @@ class PPOTrainer(TrainerProcess):
         c = self.cfg
         if c.max_grad_norm <= 0:
             return 0.0
-        if self.sharded:  # FSDP/DeepSpeed clip the whole (sharded) model at once
+        if uses_deepspeed(self.acc):  # DeepSpeed clips in its engine (build_accelerator set it to --max_grad_norm)
             gn = self.acc.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
             return float(gn) if gn is not None else float("nan")
-        # Actor and critic separately: the value head's gradients must not shrink the actor's.
+        # Actor and critic separately (DDP and FSDP alike): the value head's gradients must not shrink the actor's.
         gn = self.acc.clip_grad_norm_(self.actor_params, c.max_grad_norm)
         self.acc.clip_grad_norm_(self.critic_params, c.max_grad_norm)
         return float(gn)
@@ -625,15 +631,13 @@ class PPOTrainer(TrainerProcess):
                 rec["wall_time"] = wall_offset + time.time() - t_start
                 if c.reasoning and self.token_log is not None:
                     self._log_tokens(step, rollout.token_lengths)
+                log_metrics(self.acc, self.out / "metrics.jsonl", rec, tracking)
                 if self.is_main:
-                    append_jsonl(self.out / "metrics.jsonl", [rec])
                     bar.update(1)
                     bar.set_postfix(reward=f"{rec['reward']:.3f}", ndcg=f"{rec['ndcg']:.3f}",
                                     vloss=f"{rec['value_loss']:.3f}")
                     if c.print_every and step % c.print_every == 0:
                         self.print_examples(step, rec, rollout, bar.write)
-                if tracking:
-                    self.acc.log({k: v for k, v in rec.items() if k != "step"}, step=step)
                 last = rec
                 if any_process(self.acc, stop.requested):
                     stopped_by = stop.signal_name or "a signal on another process"
@@ -652,6 +656,8 @@ class PPOTrainer(TrainerProcess):
         else:
             if c.eval_every == 0 or self.max_steps % max(c.eval_every, 1) != 0:
                 final_val = self.validate()
+                if final_val is not None and tracking:  # the trackers' copy of the final validation
+                    log_to_trackers(self.acc, {"step": self.max_steps, "final_validation": final_val})
                 if final_val is not None and self.is_main:
                     print(f"validation at step {self.max_steps}: NDCG@{c.K_eval} = "
                           f"{final_val[f'NDCG@{c.K_eval}']:.4f} (n={final_val['n']})")
