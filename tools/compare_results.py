@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from trainers.evaluation.api import api_row_label
 from trainers.evaluation.metrics import (eval_ks, format_metrics_table, format_paired_margins, metrics_from_ranks,
                                          paired_margins)
 from trainers.evaluation.results import check_same_candidates, load_result_json, sample_rank
@@ -35,6 +36,9 @@ def compare(paths: list[str], names: list[str] | None = None, K_eval: int | None
     ranks: dict[str, list[int]] = {}  # per sample, in the first file's order: what the paired margins compare
     for i, (p, d) in enumerate(zip(paths, datas)):
         name = names[i] if names else p
+        asked, served = (d.get("meta") or {}).get("model") or "", (d.get("meta") or {}).get("served_model") or []
+        if not names and any(m != asked for m in served):  # an API run answered by another model (the stand-in)
+            name = f"{p} ({api_row_label(asked, served)})"
         if name in rows:
             name = f"{name} [{i + 1}]"
         by_id = {int(s["interaction_id"]): sample_rank(s) for s in d["samples"]}
