@@ -156,9 +156,9 @@ def refuse_unavailable_distribution(device_type: str, fsdp_on_cpu: bool = True) 
     it (fsdp_on_cpu)."""
     req = requested_distribution()
     if req["kind"] == "deepspeed" and device_type != "cuda":
-        raise UserInputError(f"the accelerate config asks for DeepSpeed ZeRO-{req['zero_stage']}, which needs CUDA GPUs; "
-                             f"this run is on the {device_type}, so it is refused rather than run as plain DDP (on a "
-                             "CPU use configs/accelerate/fsdp.yaml, which shards, or ddp.yaml)")
+        raise UserInputError(f"the accelerate config asks for DeepSpeed ZeRO-{req['zero_stage']}, which needs CUDA "
+                             f"GPUs; this run is on the {device_type}, so it is refused rather than run as plain DDP "
+                             "(on a CPU use configs/accelerate/fsdp.yaml, which shards, or ddp.yaml)")
     if req["kind"] == "fsdp" and device_type == "cpu":
         if not fsdp_on_cpu:
             raise UserInputError("the accelerate config asks for FSDP, which this trainer runs only on GPUs; on a CPU "
@@ -342,23 +342,6 @@ def log_metrics(accelerator, path: str | Path, record: dict[str, Any], tracking:
         append_jsonl(path, [record])
     if tracking:
         log_to_trackers(accelerator, record)
-
-
-@contextmanager
-def full_weights_on_every_process() -> Iterator[None]:
-    """Loads inside it read the weights on every process. Under an FSDP launch with cpu_ram_efficient_loading,
-    transformers loads real weights on local rank 0 only and leaves them uninitialised elsewhere, expecting
-    accelerator.prepare to broadcast rank 0's; a model that is never prepared (a frozen reference) needs this."""
-    key = "FSDP_CPU_RAM_EFFICIENT_LOADING"
-    old = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
 
 
 def step_resources(device, started: float) -> dict[str, float]:

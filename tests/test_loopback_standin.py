@@ -55,11 +55,9 @@ def test_prompts_that_are_not_rankings_get_a_well_formed_answer(standin, monkeyp
     # the binary judge's Yes/No prompt (sft_train/generate_prompts.py renders it): a parseable answer
     from prompters import prompts
     from prompters.answer_parsing import parse_yes_no
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        from loopback_llm_server import word_overlap_answer
-    finally:
-        sys.path.remove(str(REPO / "tools"))
+    from tests.fixtures.scripts import load_script
+
+    word_overlap_answer = load_script("tools/loopback_llm_server.py").word_overlap_answer
 
     def ask(history: str, candidate: str) -> str | None:
         text = prompts.BINARY_PROMPT_TMPL_OTHER.format(history=history, candidate=candidate,

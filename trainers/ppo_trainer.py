@@ -50,10 +50,9 @@ from foundation.checkpoints import (apply_base_lrs, capture_rng_state, check_opt
                                              restore_rng_state, run_files, write_checkpoint, write_final_model)
 from foundation.config import RunConfig, config_from_args, option, require
 from foundation.config import build_parser as config_parser
-from foundation.distributed import (StopRequest, TrainerProcess, any_process, configure_deepspeed,
-                                             full_weights_on_every_process, gather_objects, init_tracking,
-                                             is_sharded, log_metrics, log_to_trackers, mean_over_processes, run_trainer, shard,
-                                             step_resources, uses_deepspeed)
+from foundation.distributed import (StopRequest, TrainerProcess, any_process, configure_deepspeed, gather_objects,
+                                             init_tracking, is_sharded, log_metrics, log_to_trackers,
+                                             mean_over_processes, run_trainer, shard, step_resources, uses_deepspeed)
 from foundation.errors import UserInputError
 from foundation.files import append_jsonl, atomic_write_json
 from foundation.plotting import plot_training
@@ -294,12 +293,11 @@ class PPOTrainer(TrainerProcess):
         disable_dropout(self.judge)
         self.ref_judge = None
         if cfg.kl_coef > 0 and not cfg.use_lora:  # frozen initial model (LoRA: the base with adapters disabled)
-            with full_weights_on_every_process():  # never prepared, so never given rank 0's weights
-                self.ref_judge = BinaryJudge.load(str(base), device="cpu", dtype=weights_dtype,
-                                                  attn_implementation=self.judge.attn_implementation,
-                                                  packed_mask=cfg.scoring == "shared",
-                                                  trust_remote_code=cfg.trust_remote_code, load_heads=False,
-                                                  scoring_chunk_size=cfg.scoring_chunk_size)
+            self.ref_judge = BinaryJudge.load(str(base), device="cpu", dtype=weights_dtype,
+                                              attn_implementation=self.judge.attn_implementation,
+                                              packed_mask=cfg.scoring == "shared",
+                                              trust_remote_code=cfg.trust_remote_code, load_heads=False,
+                                              scoring_chunk_size=cfg.scoring_chunk_size)
             disable_dropout(self.ref_judge)
             self.ref_judge.eval().requires_grad_(False)
         self.prompter = BinaryPrompter(self.judge.tokenizer, self.dataset.item_rows, dataset_type=cfg.dataset_type,
