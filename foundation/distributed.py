@@ -285,8 +285,9 @@ def distribution_line(d: dict[str, Any]) -> str:
     mode = d["mode"] + (f" ({d['sharding']})" if d.get("sharding") else "")
     if d.get("gradient_clipping") is not None:
         mode += f" (clipping {d['gradient_clipping']})"
-    line = (f"distribution: {mode}, {d['processes']} process{'es' if d['processes'] != 1 else ''} "
-            f"({d['backend']} on {d['device']}), mixed precision {d['mixed_precision']}")
+    where = d["device"] if d["backend"] == "none" else f"{d['backend']} on {d['device']}"
+    line = (f"distribution: {mode}, {d['processes']} process{'es' if d['processes'] != 1 else ''} ({where}), "
+            f"mixed precision {d['mixed_precision']}")
     if d.get("weights"):
         line += f", {d['weights']} weights"
     if d.get("attention"):
