@@ -50,9 +50,10 @@ from foundation.checkpoints import (apply_base_lrs, capture_rng_state, check_opt
                                              restore_rng_state, run_files, write_checkpoint, write_final_model)
 from foundation.config import RunConfig, config_from_args, option, require
 from foundation.config import build_parser as config_parser
-from foundation.distributed import (StopRequest, TrainerProcess, any_process, configure_deepspeed, gather_objects,
-                                             init_tracking, is_sharded, log_metrics, log_to_trackers,
-                                             mean_over_processes, run_trainer, shard, step_resources, uses_deepspeed)
+from foundation.distributed import (StopRequest, TrainerProcess, any_process, configure_deepspeed,
+                                             describe_distribution, gather_objects, init_tracking, is_sharded,
+                                             log_metrics, log_to_trackers, mean_over_processes, run_trainer, shard,
+                                             step_resources, uses_deepspeed)
 from foundation.errors import UserInputError
 from foundation.files import append_jsonl, atomic_write_json
 from foundation.plotting import plot_training
@@ -339,8 +340,8 @@ class PPOTrainer(TrainerProcess):
         if self.sharded != (ckpt / SHARDED_STATE_DIR).is_dir():
             raise UserInputError(f"--resume_from {ckpt}: written {'without' if self.sharded else 'with'} sharded "
                                  f"optimiser state ({SHARDED_STATE_DIR}/), this run is "
-                                 f"{self.distribution.get('mode') or 'another distribution'}; resume it under the "
-                                 "accelerate config that wrote it")
+                                 f"{describe_distribution(self.acc)['mode']}; resume it under the accelerate config "
+                                 "that wrote it")
         if self.sharded:
             self.acc.load_state(str(ckpt / SHARDED_STATE_DIR))
         else:
