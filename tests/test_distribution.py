@@ -5,6 +5,7 @@ model loads with from_pretrained); DeepSpeed (zero2/zero3) is refused in one lin
 distribution a run got is printed and recorded in args.json."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -176,3 +177,15 @@ def test_deepspeed_off_cuda_is_refused_in_one_line(assets, tmp_path):
                        timeout=60)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "DeepSpeed" in r.stderr, r.stderr
     assert not out.exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed (accelerate "
+                    "launch then stops before train.py with its own ImportError)")
+def test_accelerate_launch_with_a_zero_config_on_cpu_is_refused(assets, tmp_path):
+    """The real launch: each process stops with the one-line refusal (torchrun then reports the failed children)."""
+    data, model = assets
+    out = tmp_path / "zero2"
+    r = run_train(train_cmd(data, model, out, *FAST, "--max_steps", "1", nproc=2, accelerate_config="zero2"))
+    assert r.returncode != 0 and not out.exists()
+    ours = [ln for ln in r.stderr.splitlines() if ln.startswith("train.py: error:")]
+    assert len(ours) == 1 and "DeepSpeed ZeRO-2" in ours[0] and "refused" in ours[0], r.stderr[-3000:]
