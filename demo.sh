@@ -43,7 +43,7 @@ trap 'kill $server 2>/dev/null || true; rm -f "$port_file"' EXIT
 for _ in $(seq 50); do [[ -s $port_file ]] && break; sleep 0.2; done
 "$PYTHON" compare_model/deepseek.py --dataset_dir "$DATA" --candidate_mode json \
     --candidate_json_path "$OUT/test_trained/results.json" --api_base "http://127.0.0.1:$(cat "$port_file")/v1" \
-    --api_key local --model_name stand-in --output_dir "$OUT/api_standin" --overwrite_output_dir --no_progress
+    --api_key local --model_name loopback-standin --output_dir "$OUT/api_standin" --overwrite_output_dir --no_progress
 echo "== 8/8 one table, identical candidates"
 "$PYTHON" tools/compare_results.py "$OUT/test_untrained/results.json" "$OUT/test_trained/results.json" \
     "$OUT/rrec_eval/results.json" "$OUT/sasrec/results.json" "$OUT/gru4rec/results.json" \

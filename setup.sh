@@ -21,9 +21,9 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
       || "$PY" -m pip install -q "torch>=2.4,<2.15" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
+# The dependencies and (its last line, `-e .`) the project itself, editable: scripts in subfolders (compare_model/,
+# tools/, sft_train/) import its packages. Run from the repository root (this script cd's there above).
 "$PY" -m pip install -q -r requirements.txt
-# The project itself, editable: scripts in subfolders (compare_model/, tools/, sft_train/) import its packages.
-"$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || "$PY" -m pip install -q --no-deps -e .
 export PATH="$(dirname "$PY"):$PATH"
 case "$mode" in
   test)

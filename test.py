@@ -122,11 +122,13 @@ def check_args(a: argparse.Namespace) -> None:
 
 
 def judge_dir_files() -> list[tuple[str, ...]]:
-    """What a model directory test.py can evaluate must hold."""
-    from paths import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, HEADS_FILE, TOKENIZER_FILES, WEIGHT_FILES
+    """What a model directory test.py can evaluate must hold: a full model or a PEFT adapter with a tokenizer. The
+    value head (heads.safetensors) is only needed to continue training, so ours, LLaMA-Factory's and any other
+    save_pretrained output evaluate alike."""
+    from paths import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, TOKENIZER_FILES, WEIGHT_FILES
 
     return [("config.json", ADAPTER_CONFIG_FILE), tuple(WEIGHT_FILES) + tuple(ADAPTER_WEIGHT_FILES),
-            tuple(TOKENIZER_FILES), (HEADS_FILE,)]
+            tuple(TOKENIZER_FILES)]
 
 
 def resolve_checkpoint_arg(resume_from: str | None, checkpoint_dir: str | None, output_dir: str) -> str | None:

@@ -7,7 +7,9 @@
 # --advantage_estimator and --seed (tools/seed_sweep.sh runs several of each).
 #
 # Distribution (GPU runs go through `accelerate launch`, one process per visible GPU per node):
-#   ACCELERATE_CONFIG  ddp (default) | fsdp | zero2 | zero3 | a path: configs/accelerate/<name>.yaml
+#   ACCELERATE_CONFIG  ddp (default) | fsdp | zero2 | zero3 | a path: configs/accelerate/<name>.yaml. fsdp and zero*
+#                      always go through accelerate launch (also with one process); fsdp runs on a CPU too
+#                      (device=cpu nproc_per_node=2 ACCELERATE_CONFIG=fsdp bash train.sh), zero* needs CUDA GPUs.
 #   NNODES=1 NODE_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500   several nodes: run this script on every node
 #                                                                  with the same values but its own NODE_RANK
 #   nproc_per_node     processes per node (default: the number of visible GPUs)
@@ -55,6 +57,16 @@ MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-ddp}
 
+config=$ACCELERATE_CONFIG
+[[ -f $config ]] || config=configs/accelerate/$ACCELERATE_CONFIG.yaml
+[[ -f $config ]] || { echo "train.sh: ACCELERATE_CONFIG=$ACCELERATE_CONFIG: no such config (ddp|fsdp|zero2|zero3 or a file)" >&2; exit 2; }
+sharded=0
+grep -Eq '^distributed_type: *(FSDP|DEEPSPEED)' "$config" && sharded=1
+if [[ $device == cpu ]] && grep -Eq '^distributed_type: *DEEPSPEED' "$config"; then
+  echo "train.sh: ACCELERATE_CONFIG=$ACCELERATE_CONFIG is DeepSpeed, which needs CUDA GPUs; on a CPU use fsdp (sharded) or ddp" >&2
+  exit 2
+fi
+
 if [[ $demo == 1 ]]; then
   "$PYTHON" tools/make_demo.py --out_dir demo --skip_existing --preprocess  # seconds; nothing if present
 fi
@@ -83,10 +95,7 @@ args=(--dataset_path "$dataset_path" --dataset_type "$dataset_type" --model_name
       --lr_critic "$lr_critic" --max_steps "$max_steps" --device "$device"
       --advantage_estimator "$advantage_estimator" --seed "$seed" "${resume[@]}")
 
-if [[ $nproc -gt 1 || $NNODES -gt 1 ]]; then
-  config=$ACCELERATE_CONFIG
-  [[ -f $config ]] || config=configs/accelerate/$ACCELERATE_CONFIG.yaml
-  [[ -f $config ]] || { echo "train.sh: ACCELERATE_CONFIG=$ACCELERATE_CONFIG: no such config (ddp|fsdp|zero2|zero3 or a file)" >&2; exit 2; }
+if [[ $nproc -gt 1 || $NNODES -gt 1 || $sharded == 1 ]]; then
   exec "$PYTHON" -m accelerate.commands.launch --config_file "$config" --num_machines "$NNODES" \
     --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \
     --num_processes $((nproc * NNODES)) train.py "${args[@]}" "$@"

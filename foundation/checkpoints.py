@@ -142,8 +142,15 @@ def resolve_checkpoint(spec: str | None, search_dir: str | os.PathLike, required
     p = Path(spec)
     if not p.is_dir():
         raise UserInputError(f"{flag} {spec}: directory does not exist (use 'auto', 'last' or a checkpoint-N dir)")
-    if not CKPT_RE.match(p.name) and checkpoint_dirs(p, complete_only=False):
-        found = resolve_checkpoint("last", p, required, flag, where=str(p), training=training)
+    # A run directory: its newest complete checkpoint-N. A directory that holds a model itself (LLaMA-Factory's and
+    # HF Trainer's output: the final model beside checkpoint-N/) is read as it is when only a model is asked for.
+    model_itself = bool(required) and not training and checkpoint_problem(p, required) is None
+    if not CKPT_RE.match(p.name) and checkpoint_dirs(p, complete_only=False) and not model_itself:
+        try:
+            found = resolve_checkpoint("last", p, required, flag, where=str(p), training=training)
+        except UserInputError:
+            raise UserInputError(f"{flag} {spec}: neither a model directory ({checkpoint_problem(p, required)}) "
+                                 "nor a run directory with a complete checkpoint-N")
         assert found is not None
         return found
     problem = checkpoint_problem(p, required, training)

@@ -1,4 +1,6 @@
-"""Helpers around accelerate's process group: sharding work, gathering results, stopping together on a signal.
+"""Helpers around accelerate's process group: the accelerator a launch asked for (DDP, FSDP2 also on CPU,
+DeepSpeed only on CUDA), the one line saying which distribution a run got, metrics to metrics.jsonl and the
+trackers, sharding work, gathering results, stopping together on a signal.
 
 Data parallelism and sharding themselves come from accelerate (DDP/FSDP/DeepSpeed); nothing here reduces
 gradients by hand. torch, accelerate and the checkpoint module (which needs torch) are imported inside the
@@ -6,6 +8,8 @@ functions that use them: the API scripts import this module too and never need t
 """
 from __future__ import annotations
 
+import math
+import os
 import signal
 import time
 from contextlib import contextmanager
@@ -133,14 +137,63 @@ def resolve_device(device: str | None = None):
         raise UserInputError(f"--device {device!r}: {e}")
 
 
-def build_accelerator(cfg, gradient_accumulation_steps: int = 1):
-    """accelerate's Accelerator for a run (cfg: a RunConfig): CPU or GPU, mixed precision from --dtype/--pure_bf16,
-    gradient accumulation, trackers."""
+def requested_distribution() -> dict[str, Any]:
+    """What `accelerate launch --config_file X` asked for, from the environment it sets for every process:
+    {"kind": "fsdp"|"deepspeed"|"ddp"|"single", plus "fsdp_version" / "zero_stage" / "gradient_clipping"}."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return {"kind": "deepspeed", "zero_stage": env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "?"),
+                "gradient_clipping": env.get("ACCELERATE_GRADIENT_CLIPPING")}
+    if env.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return {"kind": "fsdp", "fsdp_version": env.get("FSDP_VERSION", "1")}
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    return {"kind": "ddp" if world > 1 else "single"}
+
+
+def refuse_unavailable_distribution(device_type: str, fsdp_on_cpu: bool = True) -> dict[str, Any]:
+    """The launch's request, or a one-line UserInputError where it cannot run here, instead of accelerate's silent
+    fallback to DDP: DeepSpeed needs CUDA; FSDP on a CPU needs FSDP2 (fsdp_version: 2) and a trainer that supports
+    it (fsdp_on_cpu)."""
+    req = requested_distribution()
+    if req["kind"] == "deepspeed" and device_type != "cuda":
+        raise UserInputError(f"the accelerate config asks for DeepSpeed ZeRO-{req['zero_stage']}, which needs CUDA "
+                             f"GPUs; this run is on the {device_type}, so it is refused rather than run as plain DDP "
+                             "(on a CPU use configs/accelerate/fsdp.yaml, which shards, or ddp.yaml)")
+    if req["kind"] == "fsdp" and device_type == "cpu":
+        if not fsdp_on_cpu:
+            raise UserInputError("the accelerate config asks for FSDP, which this trainer runs only on GPUs; on a CPU "
+                                 "launch it with configs/accelerate/ddp.yaml")
+        if req["fsdp_version"] != "2":
+            raise UserInputError(f"the accelerate config asks for FSDP version {req['fsdp_version']}; on a CPU only "
+                                 "FSDP2 runs (fsdp_version: 2, as in configs/accelerate/fsdp.yaml)")
+    return req
+
+
+def _enable_fsdp_on_cpu(accelerator) -> None:
+    """accelerate turns an FSDP launch into plain DDP (MULTI_CPU) on a CPU: its state switches to FSDP only for
+    accelerator devices. FSDP2 itself (fully_shard) runs over gloo, so the state is set to what the launch asked
+    for, with the plugin built from the launch's environment, before anything is prepared."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()  # reads FSDP_* as accelerate launch set them
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP  # AcceleratorState's shared state
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def build_accelerator(cfg, gradient_accumulation_steps: int = 1, fsdp_on_cpu: bool = True):
+    """accelerate's Accelerator for a run (cfg: a RunConfig): CPU or GPU, the distribution the launch asked for (FSDP2
+    also on a CPU; DeepSpeed refused off CUDA), mixed precision from --dtype/--pure_bf16, gradient accumulation,
+    trackers writing into --output_dir."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
     dev = resolve_device(cfg.device)
+    req = refuse_unavailable_distribution(dev.type, fsdp_on_cpu=fsdp_on_cpu)
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)
     if cfg.pure_bf16:
@@ -152,19 +205,144 @@ def build_accelerator(cfg, gradient_accumulation_steps: int = 1):
     # Buffers (rotary tables) are constant: not broadcasting them keeps every forward free of collectives, so
     # processes may run different numbers of no-grad forwards (evaluation) without deadlock.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-    return Accelerator(cpu=dev.type == "cpu", mixed_precision=mixed,
-                       gradient_accumulation_steps=gradient_accumulation_steps, kwargs_handlers=[ddp],
-                       log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.output_dir)
+    accelerator = Accelerator(cpu=dev.type == "cpu", mixed_precision=mixed,
+                              gradient_accumulation_steps=gradient_accumulation_steps, kwargs_handlers=[ddp],
+                              log_with=None if cfg.report_to == "none" else cfg.report_to,
+                              project_dir=cfg.output_dir)
+    if req["kind"] == "fsdp" and dev.type == "cpu":
+        _enable_fsdp_on_cpu(accelerator)
+    return accelerator
+
+
+def uses_deepspeed(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def configure_deepspeed(accelerator, micro_batch_size: int, max_grad_norm: float) -> None:
+    """What DeepSpeed must know before prepare() when no dataloader is prepared: the micro-batch size, and the
+    gradient clipping, which DeepSpeed applies in its engine. --max_grad_norm is the one clipping setting: a config
+    file with its own gradient_clipping is refused unless the two agree (0 = off in both)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    given = requested_distribution().get("gradient_clipping")
+    if given not in (None, "", "auto", "none") and not math.isclose(float(given), max(0.0, max_grad_norm)):
+        raise UserInputError(f"the accelerate config sets gradient_clipping {given}, but --max_grad_norm "
+                             f"{max_grad_norm} is this run's clipping; remove gradient_clipping from the config "
+                             "(or pass the same value)")
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    plugin.deepspeed_config["gradient_clipping"] = max(0.0, float(max_grad_norm))
+
+
+def describe_distribution(accelerator, model=None) -> dict[str, Any]:
+    """What a run actually got, after accelerator.prepare: the mode (single process, DDP, FSDP2 with its units,
+    DeepSpeed ZeRO-n), processes, backend and device, the weights' dtype and mixed precision, the attention
+    kernel. model: the prepared model (default: the first one accelerate prepared)."""
+    from accelerate.utils import DistributedType
+
+    if model is None and getattr(accelerator, "_models", None):
+        model = accelerator._models[0]
+    kind = accelerator.distributed_type
+    out: dict[str, Any] = {"processes": accelerator.num_processes, "device": accelerator.device.type,
+                           "backend": getattr(accelerator.state, "backend", None) or "none"}
+    if kind == DistributedType.FSDP:
+        plugin = accelerator.state.fsdp_plugin
+        out["mode"] = f"FSDP{plugin.fsdp_version}"
+        if model is not None:
+            try:
+                from torch.distributed.fsdp import FSDPModule
+                units = [type(m).__name__.removeprefix("FSDP") for m in model.modules()
+                         if isinstance(m, FSDPModule) and m is not model]
+            except ImportError:
+                units = []
+            out["sharding"] = (f"fully_shard on {len(units)} {'/'.join(sorted(set(units))) or 'modules'} + root; "
+                               f"{str(plugin.state_dict_type).split('.')[-1]} checkpoints")
+    elif kind == DistributedType.DEEPSPEED:
+        cfg = accelerator.state.deepspeed_plugin.deepspeed_config
+        out["mode"] = f"DeepSpeed ZeRO-{cfg.get('zero_optimization', {}).get('stage', '?')}"
+        out["gradient_clipping"] = cfg.get("gradient_clipping")
+    elif kind == DistributedType.NO:
+        out["mode"] = "single process"
+    else:
+        out["mode"] = "DDP"
+    out["mixed_precision"] = accelerator.mixed_precision
+    if model is not None:
+        inner = accelerator.unwrap_model(model)
+        p = next(inner.parameters(), None)
+        out["weights"] = str(p.dtype).removeprefix("torch.") if p is not None else None
+        attn = getattr(inner, "attn_implementation", None)
+        if attn is None:
+            config = getattr(getattr(inner, "base_lm", lambda: inner)(), "config", None)
+            attn = getattr(config, "_attn_implementation", None)
+        out["attention"] = attn
+    return out
+
+
+def distribution_line(d: dict[str, Any]) -> str:
+    """describe_distribution's dict as the one line a trainer prints at start."""
+    mode = d["mode"] + (f" ({d['sharding']})" if d.get("sharding") else "")
+    if d.get("gradient_clipping") is not None:
+        mode += f" (clipping {d['gradient_clipping']})"
+    where = d["device"] if d["backend"] == "none" else f"{d['backend']} on {d['device']}"
+    line = (f"distribution: {mode}, {d['processes']} process{'es' if d['processes'] != 1 else ''} ({where}), "
+            f"mixed precision {d['mixed_precision']}")
+    if d.get("weights"):
+        line += f", {d['weights']} weights"
+    if d.get("attention"):
+        line += f", attention {d['attention']}"
+    return line
 
 
 def init_tracking(accelerator, project: str, cfg) -> bool:
-    """accelerate's experiment trackers (--report_to) with the run's scalar settings as their config; returns
-    whether tracking is on (then accelerator.log and accelerator.end_training apply)."""
+    """accelerate's experiment trackers (--report_to) with the run's scalar settings as their config, writing into
+    --output_dir (tensorboard: {output_dir}/{project}/, wandb: {output_dir}/wandb/, never the working directory);
+    returns whether tracking is on (then log_metrics forwards every record and accelerator.end_training applies)."""
     if getattr(cfg, "report_to", "none") == "none":
         return False
+    init_kwargs = {}
+    if cfg.report_to == "wandb":
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("WANDB_DIR", str(Path(cfg.output_dir).resolve()))
+        init_kwargs["wandb"] = {"dir": str(Path(cfg.output_dir).resolve())}
     accelerator.init_trackers(project, config={k: v for k, v in cfg.to_dict().items()
-                                               if isinstance(v, (int, float, str, bool))})
+                                               if isinstance(v, (int, float, str, bool))},
+                              init_kwargs=init_kwargs)
     return True
+
+
+def tracker_scalars(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a metrics record as trackers take them: nested dicts flattened to 'a/b' keys, booleans as
+    0/1, everything else (strings, lists, None, NaN) left out; 'step' is the x-axis, not a value."""
+    out: dict[str, float] = {}
+    for k, v in record.items():
+        key = f"{prefix}{k}"
+        if key == "step":
+            continue
+        if isinstance(v, dict):
+            out.update(tracker_scalars(v, f"{key}/"))
+        elif isinstance(v, (int, float)) and (isinstance(v, bool) or math.isfinite(v)):
+            out[key] = float(v)
+    return out
+
+
+def log_to_trackers(accelerator, record: dict[str, Any]) -> None:
+    """Every number of a metrics record to the trackers (init_tracking), at record['step']."""
+    step = record.get("step")
+    accelerator.log(tracker_scalars(record), step=int(step) if step is not None else None)
+
+
+def log_metrics(accelerator, path: str | Path, record: dict[str, Any], tracking: bool) -> None:
+    """The one way a trainer logs a metrics record: appended to metrics.jsonl by the main process and, when
+    tracking (init_tracking), sent to the trackers, so any key a trainer adds reaches TensorBoard/wandb too.
+    Call it on every process."""
+    from foundation.files import append_jsonl
+
+    if accelerator.is_main_process:
+        append_jsonl(path, [record])
+    if tracking:
+        log_to_trackers(accelerator, record)
 
 
 def step_resources(device, started: float) -> dict[str, float]:
@@ -208,6 +386,11 @@ class TrainerProcess:
         self.out = Path(cfg.output_dir)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.is_main = accelerator.is_main_process
+        self.distribution: dict[str, Any] = {}  # describe_distribution, set by run_trainer once the model is prepared
+
+    def run_args(self) -> dict[str, Any]:
+        """What args.json records: the settings and the distribution the run actually got."""
+        return {**self.cfg.to_dict(), "distribution": self.distribution}
 
     def train(self) -> dict[str, Any]:  # pragma: no cover - every trainer implements it
         raise NotImplementedError
@@ -223,4 +406,8 @@ def run_trainer(cfg: RunConfig, make_trainer: Callable[[Any, Any], TrainerProces
     check_output_dir(cfg.output_dir, cfg.resume_from, cfg.overwrite_output_dir)
     accelerator = build_accelerator(cfg, getattr(cfg, "gradient_accumulation_steps", 1))
     with locked_run(accelerator, cfg.output_dir):
-        return make_trainer(cfg, accelerator).train()
+        trainer = make_trainer(cfg, accelerator)
+        trainer.distribution = describe_distribution(accelerator)
+        if trainer.is_main:
+            print(distribution_line(trainer.distribution), flush=True)
+        return trainer.train()

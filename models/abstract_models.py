@@ -274,9 +274,22 @@ def is_peft_model(lm) -> bool:
     return hasattr(lm, "peft_config") and hasattr(lm, "disable_adapter")
 
 
+def portable_model_ref(recorded: str | None) -> str | None:
+    """A base-model reference that resolves from any working directory: a relative directory becomes absolute; a
+    name paths.py resolves (or an absolute path) stays as it is."""
+    if recorded and not Path(recorded).is_absolute() and Path(recorded).is_dir():
+        return str(Path(recorded).resolve())
+    return recorded
+
+
 def save_lm(lm, out_dir: str | Path, merge_adapter: bool = False, state_dict: dict | None = None) -> None:
-    """save_pretrained: a full model, or (LoRA) the adapter only unless merge_adapter writes the merged model."""
+    """save_pretrained: a full model, or (LoRA) the adapter only unless merge_adapter writes the merged model. An
+    adapter records its base portably (portable_model_ref), so plain peft (AutoPeftModelForCausalLM) loads it from
+    any working directory."""
     out_dir = Path(out_dir)
+    if is_peft_model(lm) and not merge_adapter:
+        for cfg in lm.peft_config.values():
+            cfg.base_model_name_or_path = portable_model_ref(cfg.base_model_name_or_path)
     if is_peft_model(lm) and merge_adapter:
         import copy
 
@@ -346,6 +359,15 @@ class AbstractRecModel(torch.nn.Module):
     """Base of our recommenders: a causal LM backbone (`self.lm`, possibly a PEFT model) plus task heads."""
 
     HEADS_FILE = HEADS_FILE
+
+    # What accelerate's FSDP2 preparation asks of the module it wraps (here the judge/RRec model, not the LM):
+    # the decoder-layer classes to shard one by one, and re-tying embeddings after its move to the meta device.
+    @property
+    def _no_split_modules(self):
+        return getattr(self.base_lm(), "_no_split_modules", None)
+
+    def tie_weights(self, **kwargs) -> None:
+        self.base_lm().tie_weights(**kwargs)
 
     def base_lm(self):
         """The transformers model under any PEFT wrapper."""

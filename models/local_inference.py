@@ -71,12 +71,10 @@ class LocalGenerator:
 
 
 def _check_config(path: str, flag: str) -> Path:
-    from paths import resolve_model_path
+    """A model or PEFT adapter directory whose tokenizer comes from elsewhere."""
+    from models.abstract_models import check_model_dir
 
-    p = Path(resolve_model_path(str(path), flag=flag))
-    if not (p / "config.json").is_file():
-        raise UserInputError(f"{flag} {path}: no config.json in {p}; not a saved transformers model")
-    return p
+    return check_model_dir(path, flag=flag, need_tokenizer=False)
 
 
 def row_messages(row: dict) -> list[dict]:

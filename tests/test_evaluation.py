@@ -242,7 +242,7 @@ def test_resume_from_last_checkpoint(judge, tiny_model, data_dir, tmp_path):
     run = tmp_path / "run"
     judge.save(run / "checkpoint-3")
     judge.save(run / "checkpoint-7")
-    (run / "checkpoint-7" / "heads.safetensors").unlink()  # interrupted save: must be skipped
+    (run / "checkpoint-7" / "model.safetensors").unlink()  # interrupted save, no weights: must be skipped
     data = test_script.main(_args(tiny_model, data_dir, run / "test", "--resume_from", "last", "--num_samples", "2"))
     assert data["meta"]["checkpoint"].endswith("checkpoint-3") and len(data["samples"]) == 2
 
@@ -272,7 +272,8 @@ def test_test_py_bad_input(change, needle, tiny_model, data_dir, tmp_path, capsy
         change = {"--model_name_or_path": str(d)}
     if change.get("--resume_from") == "INCOMPLETE":
         d = tmp_path / "ckpt"
-        shutil.copytree(tiny_model, d)  # a model dir without heads.safetensors
+        shutil.copytree(tiny_model, d)  # a model dir without weights (the value head is not needed to evaluate)
+        (d / "model.safetensors").unlink()
         change = {"--resume_from": str(d)}
     for flag, value in change.items():
         if flag in args:

@@ -575,6 +575,9 @@ def test_recpo_training_run(trained):
     assert lora_b and all(float(v.abs().sum()) > 0 for v in lora_b), "the adapters did not train"
     table = torch.load(ck3 / "item_table.pt", weights_only=True)
     assert table.shape[1] == 64 and table.dtype == torch.float32
+    # the distribution the run got (printed at start) is recorded beside its settings
+    got = json.loads((run / "args.json").read_text())["distribution"]
+    assert (got["mode"], got["processes"], got["device"], got["weights"]) == ("single process", 1, "cpu", "float32")
 
 
 def test_recpo_step_mini_batches_duplicate_targets_and_fp32_lora(tiny_model, dataset_dir, tmp_path, monkeypatch):

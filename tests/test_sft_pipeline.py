@@ -270,6 +270,45 @@ def test_llamafactory_loads_our_data(fmt, system, tiny, tmp_path, capsys):
         assert row["response"] in answer and row["prompt"] in tok.decode(ex["input_ids"])
 
 
+def _llamafactory_cli() -> str | None:
+    """llamafactory-cli: OURREC_LLAMAFACTORY_CLI (an installation in its own environment: its pinned transformers
+    and peft differ from ours), else one on PATH."""
+    import shutil
+
+    return os.environ.get("OURREC_LLAMAFACTORY_CLI") or shutil.which("llamafactory-cli")
+
+
+@pytest.mark.skipif(_llamafactory_cli() is None, reason="LLaMA-Factory is not installed (OURREC_LLAMAFACTORY_CLI)")
+def test_llamafactory_cli_trains_with_the_shipped_yaml_on_cpu(tiny, tmp_path, capsys):
+    """The README's CPU command, `llamafactory-cli train sft_train/sft.yaml bf16=false` (+ this test's model, data
+    and length), trains a few steps on our SFT data, and its output is a train.py --model_name_or_path."""
+    rows = [{"id": i, "prompt": f"The user bought Racing games. Will the user like item {i}?",
+             "label": "Yes" if i % 2 else "No", "response": f"Answer: {'Yes' if i % 2 else 'No'}"} for i in range(8)]
+    capsys.readouterr()
+    load_script("sft_train/process_sft_data.py").main(
+        ["--input_file", str(_write_jsonl(tmp_path / "responses.jsonl", rows)), "--output_file",
+         str(tmp_path / "data" / "ourrec_sft_alpaca.json"), "--format", "alpaca"])
+    out = tmp_path / "lf_out"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO]
+    if extra:  # what the caller put on the path for that environment, without this repository
+        env["PYTHONPATH"] = os.pathsep.join(extra)
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", WANDB_DISABLED="true")
+    r = subprocess.run([_llamafactory_cli(), "train", "sft_train/sft.yaml", "bf16=false",
+                        f"model_name_or_path={tiny}", f"dataset_dir={tmp_path / 'data'}", f"output_dir={out}",
+                        "max_steps=2", "save_steps=2", "logging_steps=1", "cutoff_len=256",
+                        "preprocessing_num_workers=1"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    from models.abstract_models import check_model_dir
+
+    check_model_dir(out)
+    before, after = load_file(str(tiny / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert any(not (before[k] == after[k]).all() for k in before if k in after)
+
+
 def test_loss_mask_exactly_on_prompt(prompter):
     from prompters.prompts import ANSWER_PREFIX
     from trainers.data.sft import sample_sft_prompts
@@ -403,6 +442,8 @@ def test_full_chain(tiny, dataset_dir, tmp_path, capsys):
     logs = read_jsonl(sft_out / "metrics.jsonl")
     assert [l["step"] for l in logs if "loss" in l] == [1, 2] and all(math.isfinite(l["loss"]) for l in logs if "loss" in l)
     assert (sft_out / "checkpoint-2").is_dir() and (sft_out / "config.json").is_file()
+    got = json.loads((sft_out / "sft_args.json").read_text())["distribution"]
+    assert (got["mode"], got["processes"], got["mixed_precision"]) == ("single process", 1, "no")
     from safetensors.torch import load_file
 
     before, after = load_file(str(tiny / "model.safetensors")), load_file(str(sft_out / "model.safetensors"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from trainers.evaluation.api import api_row_label
 from trainers.evaluation.metrics import (eval_ks, format_metrics_table, format_paired_margins, format_seed_margins,
                                          format_seed_spread, mean_over_seeds, metrics_from_ranks, per_sample_metric,
                                          seed_paired_margins)
@@ -76,8 +77,14 @@ def compare(paths: list[str], names: list[str] | None = None, K_eval: int | None
     ranks: dict[str, list[list[int]]] = {}  # per seed, per sample in the first file's order: what margins compare
     for name, fs in groups.items():
         ranks[name] = []
-        for _ in fs:
-            by_id = {int(s["interaction_id"]): sample_rank(s) for s in next(data_of)["samples"]}
+        for f in fs:
+            d = next(data_of)
+            meta = d.get("meta") or {}
+            asked, served = meta.get("model") or "", meta.get("served_model") or []
+            if name == f and any(m != asked for m in served):  # an unnamed API run answered by another model
+                name = f"{f} ({api_row_label(asked, served)})"
+                ranks[name] = ranks.pop(f)
+            by_id = {int(s["interaction_id"]): sample_rank(s) for s in d["samples"]}
             ranks[name].append([by_id[j] for j in order])
         rows[name] = mean_over_seeds([metrics_from_ranks(r, ks) for r in ranks[name]])
     # Sanity rows were computed on the first file's candidates, which all files share.

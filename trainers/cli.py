@@ -164,7 +164,7 @@ def _split_outputs(args, script: str, split: str) -> tuple[Path, Path, dict]:
 
 
 def _evaluate_split(args, client, dataset, split: str, items, prompter, outputs: tuple[Path, Path, dict]) -> dict:
-    from trainers.evaluation.api import api_metrics, evaluate_with_api
+    from trainers.evaluation.api import api_metrics, api_row_label, evaluate_with_api, served_models
     from trainers.evaluation.metrics import eval_ks, format_metrics_table
     from trainers.evaluation.protocol import sanity_results
     from trainers.evaluation.results import ResultWriter
@@ -183,9 +183,10 @@ def _evaluate_split(args, client, dataset, split: str, items, prompter, outputs:
     metrics = api_metrics(samples, ks)
     extra = sanity_results(samples, dataset, args.seed, ks)
     sanity = extra["sanity_rows"]
+    writer.meta["served_model"] = served_models(samples)
     writer.finalize(metrics, extra=extra, order=[int(ex["interaction_id"]) for ex, _ in items])
     print(f"\n{split} split of {meta['dataset']}: {len(samples)} samples, K={args.K}, seed={args.seed}")
-    print(format_metrics_table({args.model_name: metrics, **sanity}, ks))
+    print(format_metrics_table({api_row_label(args.model_name, writer.meta["served_model"]): metrics, **sanity}, ks))
     print(f"answers: {metrics['parse_ok']} ok, {metrics['parse_partial']} partial, "
           f"{metrics['parse_unparseable']} unparseable, {metrics['api_errors']} API errors")
     print(f"wrote {results} and {responses}")

@@ -45,9 +45,9 @@ from foundation.checkpoints import (TRAINER_STATE, apply_base_lrs, check_optimiz
                                              write_final_model)
 from foundation.config import RunConfig, option, require
 from foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
-                                             is_sharded, mean_over_processes, shard, step_resources)
+                                             is_sharded, log_metrics, mean_over_processes, shard, step_resources)
 from foundation.errors import UserInputError
-from foundation.files import append_jsonl, atomic_write_json
+from foundation.files import atomic_write_json
 from foundation.seeding import numpy_rng
 from trainers.rl.advantages import ADVANTAGE_TYPES
 
@@ -467,18 +467,14 @@ class GRecTrainer(TrainerProcess):
 
     # ---- logging, output dir -------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
-        if self.is_main:
-            append_jsonl(self.out / "metrics.jsonl", [record])
-        if self.cfg.report_to != "none":
-            self.acc.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"},
-                         step=int(record["step"]))
+        log_metrics(self.acc, self.out / "metrics.jsonl", record, self.cfg.report_to != "none")
 
     def prepare_output_dir(self) -> None:
         """Every check has passed: now (and only now) --overwrite_output_dir removes the old run's files, and a
         resumed run's metrics.jsonl loses the records of steps after its checkpoint ('auto' without one: all of
         them, the step-0 evaluation included)."""
         if self.is_main:
-            prepare_output_dir(self.out, self.cfg.to_dict(),
+            prepare_output_dir(self.out, self.run_args(),
                                overwrite_files=output_dir_artifacts(self.out) if self.cfg.overwrite_output_dir else (),
                                logs=[self.out / "metrics.jsonl"],
                                keep_records_through=(self.start_step if self.resume_ckpt else -1)

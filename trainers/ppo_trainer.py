@@ -53,9 +53,10 @@ from foundation.checkpoints import (apply_base_lrs, capture_rng_state, check_opt
                                              write_final_model)
 from foundation.config import RunConfig, config_from_args, option, require
 from foundation.config import build_parser as config_parser
-from foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
-                                             is_sharded, max_over_processes, mean_over_processes, run_trainer, shard,
-                                             step_resources)
+from foundation.distributed import (StopRequest, TrainerProcess, any_process, configure_deepspeed,
+                                    describe_distribution, gather_objects, init_tracking, is_sharded, log_metrics,
+                                    max_over_processes, mean_over_processes, run_trainer, shard, step_resources,
+                                    uses_deepspeed)
 from foundation.errors import UserInputError
 from foundation.files import append_jsonl, atomic_write_json
 from foundation.plotting import plot_training
@@ -336,9 +337,7 @@ class PPOTrainer(TrainerProcess):
         optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         self.model_flops = ModelFlops.of(self.judge.lm)  # counted before sharding hides weights
         self.peak_tflops = peak_tflops(accelerator.device)
-        ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-        if ds_plugin is not None:  # no dataloader is prepared, so DeepSpeed is told the micro-batch size here
-            ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+        configure_deepspeed(accelerator, cfg.batch_size, cfg.max_grad_norm)  # no-op unless DeepSpeed
         self.model, self.optimizer = accelerator.prepare(self.judge, optimizer)
         self.judge = accelerator.unwrap_model(self.model)
         if self.ref_judge is not None:
@@ -362,6 +361,11 @@ class PPOTrainer(TrainerProcess):
 
     # ---- resume ------------------------------------------------------------------------------
     def _load_training_state(self, ckpt: Path) -> None:
+        if self.sharded != (ckpt / SHARDED_STATE_DIR).is_dir():
+            raise UserInputError(f"--resume_from {ckpt}: written {'without' if self.sharded else 'with'} sharded "
+                                 f"optimiser state ({SHARDED_STATE_DIR}/), this run is "
+                                 f"{describe_distribution(self.acc)['mode']}; resume it under the accelerate config "
+                                 "that wrote it")
         if self.sharded:
             self.acc.load_state(str(ckpt / SHARDED_STATE_DIR))
         else:
@@ -385,7 +389,7 @@ class PPOTrainer(TrainerProcess):
         """Every check has passed: now (and only now) --overwrite_output_dir removes the old run's files, and a
         resumed run's logs lose the records of steps after its checkpoint ('auto' without one: all of them)."""
         if self.is_main:
-            prepare_output_dir(self.out, self.cfg.to_dict(),
+            prepare_output_dir(self.out, self.run_args(),
                                overwrite_files=output_dir_artifacts(self.out, self.token_log)
                                if self.cfg.overwrite_output_dir else (),
                                logs=[p for p in (self.out / "metrics.jsonl", self.token_log) if p is not None],
@@ -475,10 +479,10 @@ class PPOTrainer(TrainerProcess):
         as device tensors."""
         c = self.cfg
         limit = c.max_grad_norm if c.max_grad_norm > 0 else float("inf")
-        if self.sharded:  # FSDP/DeepSpeed clip the whole (sharded) model at once
+        if uses_deepspeed(self.acc):  # DeepSpeed clips in its engine (build_accelerator set it to --max_grad_norm)
             gn = self.acc.clip_grad_norm_(self.model.parameters(), limit)
             return (torch.as_tensor(gn if gn is not None else float("nan"), device=self.acc.device), None)
-        # Actor and critic separately: the value head's gradients must not shrink the actor's.
+        # Actor and critic separately (DDP and FSDP alike): the value head's gradients must not shrink the actor's.
         gn = self.acc.clip_grad_norm_(self.actor_params, limit)
         cn = self.acc.clip_grad_norm_(self.critic_params, limit) if self.critic_params else None
         return gn, cn
@@ -697,15 +701,13 @@ class PPOTrainer(TrainerProcess):
                 rec["wall_time"] = wall_offset + time.time() - t_start
                 if c.reasoning and self.token_log is not None:
                     self._log_tokens(step, rollout.token_lengths)
+                log_metrics(self.acc, self.out / "metrics.jsonl", rec, tracking)
                 if self.is_main:
-                    append_jsonl(self.out / "metrics.jsonl", [rec])
                     bar.update(1)
                     bar.set_postfix(reward=f"{rec['reward']:.3f}", ndcg=f"{rec['ndcg']:.3f}",
                                     kl=f"{rec['approx_kl']:.2g}")
                     if c.print_every and step % c.print_every == 0:
                         self.print_examples(step, rec, rollout, bar.write)
-                if tracking:
-                    self.acc.log({k: v for k, v in rec.items() if k != "step"}, step=step)
                 last = rec
                 if any_process(self.acc, stop.requested):
                     stopped_by = stop.signal_name or "a signal on another process"

@@ -31,6 +31,7 @@ from models.abstract_models import (
 from trainers.data.sft import SFTCollator, SFTDataset, validate_sft_records
 from foundation.checkpoints import check_output_dir, resolve_checkpoint
 from foundation.config import G_LORA, G_PRECISION, ModelConfig, option, require
+from foundation.distributed import describe_distribution, distribution_line, refuse_unavailable_distribution
 from foundation.errors import UserInputError
 from foundation.files import append_jsonl, read_jsonl
 
@@ -112,6 +113,8 @@ def train_sft(cfg: "SFTConfig") -> str:
                      resume_hint="--resume_from_checkpoint last")
     records = load_records(args.data_file)
     device = resolve_device(args.device)
+    # transformers' Trainer would run an FSDP/DeepSpeed launch as plain DDP on a CPU: refused instead
+    refuse_unavailable_distribution(device.type, fsdp_on_cpu=False)
     if args.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserInputError("--bf16: this GPU does not support bf16")
     tok = load_tokenizer(path, args.trust_remote_code)
@@ -158,9 +161,19 @@ def train_sft(cfg: "SFTConfig") -> str:
                 append_jsonl(metrics_path, [{"step": state.global_step, "epoch": state.epoch,
                                              "wall_time": round(time.time() - t0, 3), **logs}])
 
+    distribution: dict = {}
+
+    class Distribution(TrainerCallback):
+        """The one line saying what the run got, once the Trainer has prepared the model."""
+
+        def on_train_begin(self, a, state, control, **kw):
+            distribution.update(describe_distribution(trainer.accelerator, trainer.model_wrapped))
+            if state.is_world_process_zero:
+                print(distribution_line(distribution), flush=True)
+
     # remove_unused_columns=False: the collator reads only input_ids/labels, so prompt_len never reaches the model.
     trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=SFTCollator(tok.pad_token_id),
-                      processing_class=tok, callbacks=[MetricsJsonl()])
+                      processing_class=tok, callbacks=[MetricsJsonl(), Distribution()])
     n_resp = sum(sum(1 for l in it["labels"] if l != -100) for it in data.items)
     print(f"SFT on {len(data)} examples ({n_resp} response tokens) from {args.data_file}; model {path}; "
           f"{total} optimizer steps", flush=True)
@@ -170,5 +183,5 @@ def train_sft(cfg: "SFTConfig") -> str:
         save_lm(trainer.accelerator.unwrap_model(trainer.model), args.output_dir, merge_adapter=args.merge_lora)
         tok.save_pretrained(args.output_dir)
         with open(os.path.join(args.output_dir, "sft_args.json"), "w", encoding="utf-8") as f:
-            json.dump(cfg.to_dict(), f, indent=1)
+            json.dump({**cfg.to_dict(), "distribution": distribution}, f, indent=1)
     return args.output_dir

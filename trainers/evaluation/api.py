@@ -30,11 +30,25 @@ def sample_from_row(example: dict, candidates: Sequence[int], row: dict, titles:
     for pos, i in enumerate(idx):
         scores[i] = float(K - pos)
     outputs: dict[str, Any] = {"response": row.get("content"), "parse_status": status}
+    if row.get("model"):
+        outputs["served_model"] = row["model"]  # what the server says answered (a stand-in says so)
     if row.get("error"):
         outputs["error"] = row["error"]
     return {"interaction_id": int(example["interaction_id"]), "user_id": example["user_id"],
             "target_item_id": target, "candidates": cands, "scores": scores, "ranking": [cands[i] for i in idx],
             "target_rank": target_rank(scores, t_idx), "outputs": outputs}
+
+
+def served_models(samples: Sequence[dict]) -> list[str]:
+    """The model names the server reported for these samples' answers."""
+    return sorted({s["outputs"]["served_model"] for s in samples if s.get("outputs", {}).get("served_model")})
+
+
+def api_row_label(requested: str, served: Sequence[str]) -> str:
+    """An API run's row name: the model asked for, and what the server reported when that differs (e.g. the
+    offline stand-in, tools/loopback_llm_server.py: 'deepseek-chat (served as loopback-standin)')."""
+    other = [m for m in served if m != requested]
+    return f"{requested} (served as {', '.join(other)})" if other else requested
 
 
 def api_metrics(samples: Sequence[dict], ks: Iterable[int]) -> dict:
