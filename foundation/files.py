@@ -93,23 +93,40 @@ _WRITE_HINTS = {
     errno.ENOENT: "a folder on the path is missing (removed while the run was going?)",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
 }
-_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")  # how Rust-backed writers (safetensors, tokenizers) report it
+# how Rust-backed writers (safetensors, tokenizers) report it, and pyarrow when it leaves errno unset
+_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)|\[Errno (\d+)\]")
 
 
 def as_os_error(e: BaseException) -> OSError | None:
     """The OSError behind e: e itself, or one a library wrapped into its own exception type (safetensors and
     tokenizers raise their own error carrying '(os error 28)')."""
-    if isinstance(e, OSError):
+    if isinstance(e, OSError) and e.errno is not None:
         return e
     m = _OS_ERROR_IN_TEXT.search(str(e))
     if m:
-        code = int(m.group(1))
-        return OSError(code, os.strerror(code))
-    return None
+        code = int(m.group(1) or m.group(2))
+        return OSError(code, os.strerror(code), getattr(e, "filename", None))
+    return e if isinstance(e, OSError) else None
+
+
+def _on_the_way(e: OSError, path: str | os.PathLike) -> OSError:
+    """mkdir reports a folder on the path that is a symlink loop or a file as EEXIST ('File exists'): the error of
+    the first ancestor that cannot be a folder says what is wrong (ELOOP, or ENOTDIR naming the file)."""
+    if e.errno not in (errno.EEXIST, errno.ENOTDIR, errno.ENOENT):
+        return e
+    full = Path(path).absolute()
+    for p in [*reversed(full.parents), full]:
+        problem = _stat_problem(p)
+        if problem is not None and problem.errno != errno.ENOENT:
+            return OSError(problem.errno, problem.strerror, str(p))
+        if problem is None and p != full and not p.is_dir():
+            return OSError(errno.ENOTDIR, "a file where a folder should be", str(p))
+    return e
 
 
 def write_error(e: OSError, path: str | os.PathLike) -> OutputError:
     """The one-line OutputError of a refused write: the path (the OS's, else `path`), the reason, what to do."""
+    e = _on_the_way(e, e.filename if e.filename is not None else path)
     hint = _WRITE_HINTS.get(e.errno or -1)
     return OutputError(f"cannot write {os_error_message(e, path)}" + (f"; {hint}" if hint else ""))
 

@@ -258,6 +258,10 @@ def weight_file_of(model_dir: Path, tensor: str, adapter: bool = False) -> Path:
     return model_dir / names[0]
 
 
+# Buffers some older checkpoints saved, which a model recomputes: never a reason to refuse a load.
+BUFFER_SUFFIXES = (".inv_freq", ".masked_bias")
+
+
 def check_loaded_tensors(model_dir: Path, missing, unexpected, mismatched, flag: str, adapter: bool = False,
                          file: Path | None = None) -> None:
     """A load must use every tensor of the files and find every tensor the model has: a missing one would run
@@ -265,7 +269,10 @@ def check_loaded_tensors(model_dir: Path, missing, unexpected, mismatched, flag:
     One line naming the first such tensor and its file (tied weights such as an lm_head shared with the
     embeddings, and buffers such as rotary inv_freq, are never reported: transformers and peft leave them out).
     file: the one file all tensors come from (a value head's), instead of looking it up in model_dir."""
-    missing, unexpected, mismatched = sorted(missing), sorted(unexpected), sorted(mismatched)
+    # a tied lm_head is missing only because the embedding it shares is: name the embedding first
+    missing = sorted(missing, key=lambda k: (k.startswith("lm_head"), k))
+    unexpected, mismatched = sorted(unexpected), sorted(mismatched)
+    unexpected = [k for k in unexpected if not k.endswith(BUFFER_SUFFIXES)]  # older saves kept these buffers
     if not (missing or unexpected or mismatched):
         return
     what = "adapter tensor" if adapter else "tensor"
