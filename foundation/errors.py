@@ -54,6 +54,22 @@ def os_error_message(e: OSError, path: Any = None) -> str:
     return f"{where}: {text}" if where is not None else text
 
 
+# how Rust-backed writers (safetensors, tokenizers) report an OS error, and pyarrow when it leaves errno unset
+_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)|\[Errno (\d+)\]")
+
+
+def as_os_error(e: BaseException) -> OSError | None:
+    """The OSError behind e: e itself, or one a library wrapped into its own exception type (safetensors and
+    tokenizers raise their own error carrying '(os error 28)'); None when e is no OS error."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e
+    m = _OS_ERROR_IN_TEXT.search(str(e))
+    if m:
+        code = int(m.group(1) or m.group(2))
+        return OSError(code, os.strerror(code), getattr(e, "filename", None))
+    return e if isinstance(e, OSError) else None
+
+
 def _on_sigterm(signum, frame) -> None:  # noqa: ARG001
     raise Interrupted(signum)
 
@@ -101,8 +117,11 @@ def exit_on_user_error(*secrets: str | None) -> Iterator[None]:
         fail(str(e), 2)
     except OutputError as e:
         fail(str(e), 1)
-    except OSError as e:
-        fail(os_error_message(e), 1)
+    except Exception as e:  # noqa: BLE001 - only OS errors (also ones a library wrapped) become the line
+        os_error = as_os_error(e)
+        if os_error is None:
+            raise
+        fail(os_error_message(os_error), 1)
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         name = signal.Signals(signum).name

@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import socket
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from foundation.errors import OutputError, UserInputError, os_error_message
+from foundation.errors import OutputError, UserInputError, as_os_error, os_error_message
 
 LOCK_FILE = ".lock"
 
@@ -93,22 +92,6 @@ _WRITE_HINTS = {
     errno.ENOENT: "a folder on the path is missing (removed while the run was going?)",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
 }
-# how Rust-backed writers (safetensors, tokenizers) report it, and pyarrow when it leaves errno unset
-_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)|\[Errno (\d+)\]")
-
-
-def as_os_error(e: BaseException) -> OSError | None:
-    """The OSError behind e: e itself, or one a library wrapped into its own exception type (safetensors and
-    tokenizers raise their own error carrying '(os error 28)')."""
-    if isinstance(e, OSError) and e.errno is not None:
-        return e
-    m = _OS_ERROR_IN_TEXT.search(str(e))
-    if m:
-        code = int(m.group(1) or m.group(2))
-        return OSError(code, os.strerror(code), getattr(e, "filename", None))
-    return e if isinstance(e, OSError) else None
-
-
 def _on_the_way(e: OSError, path: str | os.PathLike) -> OSError:
     """mkdir reports a folder on the path that is a symlink loop or a file as EEXIST ('File exists'): the error of
     the first ancestor that cannot be a folder says what is wrong (ELOOP, or ENOTDIR naming the file)."""

@@ -529,7 +529,7 @@ def test_every_dropped_row_counted_by_reason(tmp_path):
         "missing_user_id": [f",A,5.0,{T0}", f",,5.0,{T0}"],  # the first reason wins
         "missing_item_id": [f"U3,,5.0,{T0}"],
         "bad_rating": [f"U3,A,five,{T0}", f"U3,A,nan,{T0}"],
-        "rating_out_of_range": [f"U3,A,0,{T0}", f"U3,A,-1,{T0}", f"U3,A,99,{T0}", f"U3,A,1e308,{T0}", f"U3,A,5.01,{T0}"],
+        "rating_out_of_range": [f"U3,A,{r},{T0}" for r in ("0", "-1", "99", "1e308", "5.01")],
         "bad_timestamp": ["U3,A,5.0,soon", "U3,A,5.0,"],
         "duplicate": [good[0]],
         "item_not_in_metadata": [f"U3,Z,5.0,{T0}"],
