@@ -113,12 +113,9 @@ def model_files(ckpt: Path) -> dict[str, list[int]]:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.batch_size < 1 or args.item_batch_size < 1:
-        raise UserInputError(f"--batch_size {args.batch_size} / --item_batch_size {args.item_batch_size}: must be >= 1")
+    """What argparse cannot check (each integer flag's own domain it does)."""
     if args.split not in ("train", "valid", "test"):
         raise UserInputError(f"--split {args.split!r}: must be one of train|valid|test")
-    if args.K < 2:
-        raise UserInputError(f"--K {args.K}: must be >= 2")
     if args.K_eval is None:
         args.K_eval = min(10, args.K)
     if not 1 <= args.K_eval <= args.K:

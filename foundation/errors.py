@@ -79,7 +79,9 @@ def _signals_as_errors() -> Iterator[None]:
     """While the block runs: SIGTERM raises Interrupted (only where nothing else handles it: a trainer's StopRequest,
     entered inside, installs its own and puts this one back); SIGXFSZ (a write past `ulimit -f`) is ignored, so the
     write fails with EFBIG, which the block reports and cleans up after, instead of killing the process."""
-    wanted = {signal.SIGTERM: _on_sigterm, signal.SIGXFSZ: signal.SIG_IGN}
+    wanted = {signal.SIGTERM: _on_sigterm}
+    if hasattr(signal, "SIGXFSZ"):  # POSIX only
+        wanted[signal.SIGXFSZ] = signal.SIG_IGN
     if threading.current_thread() is not threading.main_thread():
         yield
         return

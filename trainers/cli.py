@@ -138,10 +138,6 @@ def _check_dataset_eval_args(a: argparse.Namespace) -> None:
         raise UserInputError("--candidate_mode json needs --candidate_json_path (a result JSON from test.py)")
     if a.candidate_mode == "random" and a.candidate_json_path:
         raise UserInputError("--candidate_json_path is only used with --candidate_mode json")
-    if a.K is not None and a.K < 2:
-        raise UserInputError(f"--K {a.K}: must be >= 2")
-    if a.K_eval is not None and a.K_eval < 1:
-        raise UserInputError(f"--K_eval {a.K_eval}: must be >= 1")
 
 
 def _split_outputs(args, script: str, split: str) -> tuple[Path, Path, dict]:
