@@ -20,15 +20,15 @@ an explicit value that differs is used, with a warning.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from foundation.config import add_model_loading_args, finite_float
+from foundation.config import (add_model_loading_args, finite_float, int_range, nonnegative_int, positive_int,
+                               seed_int)
 from foundation.errors import UserInputError, exit_on_user_error
-from foundation.files import check_output_path
+from foundation.files import check_output_path, read_json
 
 # Settings that change candidates or scores: a resumed run must match the existing file on all of them.
 RESUME_KEYS = ("dataset", "split", "K", "seed", "reference_json", "model", "checkpoint", "mode", "max_new_tokens",
@@ -56,35 +56,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset_type", default=None, help="movies|other: picks the prompt template "
                                                          "(default: the checkpoint's, else other)")
     g.add_argument("--split", default="test", help="train|valid|test")
-    g.add_argument("--num_samples", type=int, default=None, help="examples to evaluate (seeded order); <=0 or unset = all")
-    g.add_argument("--K", type=int, default=20, help="candidates per example (target + K-1 negatives)")
-    g.add_argument("--K_eval", type=int, default=10, help="extra NDCG/HR cut-off reported besides 1, 5, 10")
-    g.add_argument("--seed", type=int, default=42,
+    g.add_argument("--num_samples", type=int, default=None,
+                   help="examples to evaluate (seeded order); <=0 or unset = all")
+    g.add_argument("--K", type=int_range(2), default=20, help="candidates per example (target + K-1 negatives)")
+    g.add_argument("--K_eval", type=positive_int, default=10, help="extra NDCG/HR cut-off reported besides 1, 5, 10")
+    g.add_argument("--seed", type=seed_int, default=42,
                    help="seed of the example order, the candidate negatives and rollout sampling")
     g.add_argument("--reference_json", default=None, help="rank exactly the candidates of this result JSON")
     g = p.add_argument_group("prompt and scoring (defaults: the checkpoint's training settings)")
-    g.add_argument("--max_len_per_item", type=int, default=None, help="tokens of item text per item (else 64)")
-    g.add_argument("--user_window_size", type=int, default=None, help="history items shown in the prompt (else 10)")
+    g.add_argument("--max_len_per_item", type=positive_int, default=None, help="tokens of item text per item (else 64)")
+    g.add_argument("--user_window_size", type=positive_int, default=None,
+                   help="history items shown in the prompt (else 10)")
     g.add_argument("--prompt_template", default=None, help="file with a custom binary template")
     g.add_argument("--mode", default="greedy", help="greedy (argsort) | rollout (one PL sample)")
     g.add_argument("--scoring", default="naive", help="naive | shared (shared-prefix packing)")
-    g.add_argument("--max_new_tokens", type=int, default=None, help="0 = answer directly; N = reason for up to N "
-                                                                    "tokens (else 0)")
+    g.add_argument("--max_new_tokens", type=nonnegative_int, default=None,
+                   help="0 = answer directly; N = reason for up to N tokens (else 0)")
     g.add_argument("--gen_temperature", type=finite_float, default=None,
                    help="reasoning sampling temperature in rollout mode (else 1.0)")
-    g.add_argument("--gen_top_k", type=int, default=None, help="reasoning sampling top-k, 0 = off (else 50)")
+    g.add_argument("--gen_top_k", type=nonnegative_int, default=None,
+                   help="reasoning sampling top-k, 0 = off (else 50)")
     g.add_argument("--gen_top_p", type=finite_float, default=None, help="reasoning sampling top-p, 1 = off (else 1.0)")
     g.add_argument("--temperature", type=finite_float, default=1.0, help="PL temperature for --mode rollout")
-    g.add_argument("--batch_size", type=int, default=8, help="users per scoring batch")
-    g.add_argument("--scoring_chunk_size", "--micro_batch_size", dest="scoring_chunk_size", type=int, default=32,
-                   help="prompts per forward pass in naive scoring (--micro_batch_size is the old name)")
-    g.add_argument("--gen_batch_size", type=int, default=256,
+    g.add_argument("--batch_size", type=positive_int, default=8, help="users per scoring batch")
+    g.add_argument("--scoring_chunk_size", "--micro_batch_size", dest="scoring_chunk_size", type=positive_int,
+                   default=32, help="prompts per forward pass in naive scoring (--micro_batch_size is the old name)")
+    g.add_argument("--gen_batch_size", type=positive_int, default=256,
                    help="(user, candidate) rows decoded together in reasoning generation with --scoring shared")
     g = p.add_argument_group("output")
     g.add_argument("--output_dir", default="outputs/test", help="results.json goes here")
     g.add_argument("--overwrite_output_dir", action="store_true", help="discard existing results instead of resuming")
     g.add_argument("--gen_mode", default="top1", help="which reasoning texts to keep: top1|random|all")
-    g.add_argument("--print_every_text", type=int, default=50, help="print an example every N samples (0 = never)")
+    g.add_argument("--print_every_text", type=nonnegative_int, default=50,
+                   help="print an example every N samples (0 = never)")
     g.add_argument("--no_progress", action="store_true", help="no tqdm bar")
     return p
 
@@ -100,21 +104,18 @@ def check_args(a: argparse.Namespace) -> None:
                           ("split", ("train", "valid", "test"))):
         if getattr(a, flag) not in allowed:
             raise UserInputError(f"--{flag} {getattr(a, flag)!r}: must be one of {'|'.join(allowed)}")
-    for flag in ("max_len_per_item", "user_window_size", "batch_size", "scoring_chunk_size", "gen_batch_size"):
-        if getattr(a, flag) < 1:
+    # (each integer flag's own domain is checked by argparse; these may also come from the checkpoint's args.json)
+    for flag in ("max_len_per_item", "user_window_size"):
+        if not isinstance(getattr(a, flag), int) or getattr(a, flag) < 1:
             raise UserInputError(f"--{flag} {getattr(a, flag)}: must be >= 1")
-    if a.K < 2:
-        raise UserInputError(f"--K {a.K}: must be >= 2")
     if not 1 <= a.K_eval <= a.K:
         raise UserInputError(f"--K_eval {a.K_eval}: must be between 1 and --K {a.K}")
-    if a.max_new_tokens < 0:
+    if not isinstance(a.max_new_tokens, int) or a.max_new_tokens < 0:
         raise UserInputError(f"--max_new_tokens {a.max_new_tokens}: must be >= 0")
     for flag in ("temperature", "gen_temperature"):
         v = getattr(a, flag)
         if not (v > 0 and math.isfinite(v)):
             raise UserInputError(f"--{flag} {v}: must be a finite number > 0")
-    if a.print_every_text < 0:
-        raise UserInputError(f"--print_every_text {a.print_every_text}: must be >= 0")
     if a.prompt_template:
         from prompters.binary_prompter import load_template
 
@@ -151,8 +152,10 @@ def apply_trained_settings(args: argparse.Namespace, checkpoint: str | None) -> 
             f = Path(checkpoint) / name
             if f.is_file():
                 try:
-                    saved = json.loads(f.read_text())
-                except ValueError as e:
+                    saved = read_json(f)
+                    if not isinstance(saved, dict):
+                        raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+                except (OSError, ValueError) as e:
                     raise UserInputError(f"--resume_from {checkpoint}: {name} is damaged ({e})")
                 break
     used = {}

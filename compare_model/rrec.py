@@ -29,7 +29,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from foundation.config import add_model_loading_args, finite_float
+from foundation.config import (add_model_loading_args, finite_float, int_range, nonnegative_int, positive_int,
+                               seed_int)
 from foundation.errors import UserInputError, exit_on_user_error
 from foundation.files import check_output_path
 
@@ -56,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--similarity_temperature", type=finite_float, default=None, help="scores / this (upstream 0.02)")
     g.add_argument("--similarity_normalization", action=argparse.BooleanOptionalAction, default=None,
                    help="L2-normalise the vectors first (upstream: on)")
-    g.add_argument("--user_window_size", type=int, default=None, help="history items in the user prompt (upstream 20)")
-    g.add_argument("--max_new_tokens", type=int, default=None, help="greedy reasoning length limit (upstream 640)")
+    g.add_argument("--user_window_size", type=positive_int, default=None,
+                   help="history items in the user prompt (upstream 20)")
+    g.add_argument("--max_new_tokens", type=nonnegative_int, default=None,
+                   help="greedy reasoning length limit (upstream 640)")
     g.add_argument("--repetition_penalty", type=finite_float, default=None,
                    help="of the greedy reasoning (upstream: the model's generation_config.json)")
     g.add_argument("--item_rating_stats", action=argparse.BooleanOptionalAction, default=None,
@@ -71,18 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--category", default="", help="category for the prompts (default: from the dataset dir name)")
     g.add_argument("--split", default="test", help="train|valid|test")
     g.add_argument("--num_samples", type=int, default=1000, help="examples to evaluate (<= 0: all)")
-    g.add_argument("--seed", type=int, default=42, help="seed of example choice and negative sampling")
+    g.add_argument("--seed", type=seed_int, default=42, help="seed of example choice and negative sampling")
     g.add_argument("--reference_json", default=None, help="rank exactly this result JSON's candidates")
-    g.add_argument("--K", type=int, default=20, help="candidates per example (must match --reference_json)")
-    g.add_argument("--K_eval", type=int, default=None, help="extra metric cut-off (default: min(10, --K))")
+    g.add_argument("--K", type=int_range(2), default=20, help="candidates per example (must match --reference_json)")
+    g.add_argument("--K_eval", type=positive_int, default=None, help="extra metric cut-off (default: min(10, --K))")
     g.add_argument("--full_ranking", action="store_true",
                    help="also rank the whole catalogue, history masked (the paper's NDCG/HR@5/10/20)")
     g.add_argument("--rank_repeat_targets", action="store_true",
                    help="full ranking: keep a target that is also a history item rankable (upstream masks it with "
                         "the rest of the history: a miss; only upstream-built data has such targets)")
     g = p.add_argument_group("run")
-    g.add_argument("--batch_size", type=int, default=8, help="users per generation/forward batch")
-    g.add_argument("--item_batch_size", type=int, default=32, help="items per forward for the item table")
+    g.add_argument("--batch_size", type=positive_int, default=8, help="users per generation/forward batch")
+    g.add_argument("--item_batch_size", type=positive_int, default=32, help="items per forward for the item table")
     g.add_argument("--output_dir", default="outputs/rrec_eval", help="where the result JSON goes")
     g.add_argument("--output_file", default=None,
                    help="result JSON path (default {output_dir}/results.json; results_{split}.json for other splits)")
@@ -116,12 +119,9 @@ def model_files(ckpt: Path) -> dict[str, list[int]]:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.batch_size < 1 or args.item_batch_size < 1:
-        raise UserInputError(f"--batch_size {args.batch_size} / --item_batch_size {args.item_batch_size}: must be >= 1")
+    """What argparse cannot check (each integer flag's own domain it does)."""
     if args.split not in ("train", "valid", "test"):
         raise UserInputError(f"--split {args.split!r}: must be one of train|valid|test")
-    if args.K < 2:
-        raise UserInputError(f"--K {args.K}: must be >= 2")
     if args.K_eval is None:
         args.K_eval = min(10, args.K)
     if not 1 <= args.K_eval <= args.K:

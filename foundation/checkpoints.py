@@ -26,14 +26,16 @@ import random
 import re
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from foundation.errors import UserInputError
-from foundation.files import LOCK_FILE, atomic_write_json, check_output_path, truncate_jsonl_after
+from foundation.files import (LOCK_FILE, atomic_write_json, atomic_write_text, check_output_path, read_json,
+                              require_dir, truncate_jsonl_after, writing)
 
 if TYPE_CHECKING:
     from foundation.config import RunConfig
@@ -69,20 +71,22 @@ def write_complete_marker(d: Path, step: int | None = None) -> None:
     *.md, are left out: deleting or editing one breaks nothing)."""
     files = {p.relative_to(d).as_posix(): p.stat().st_size for p in sorted(d.rglob("*"))
              if p.is_file() and p.name != COMPLETE_MARKER and p.suffix != ".md"}
-    (d / COMPLETE_MARKER).write_text(json.dumps({"step": step, "files": files}, indent=1))
+    atomic_write_text(d / COMPLETE_MARKER, json.dumps({"step": step, "files": files}, indent=1))
 
 
 def manifest_problem(d: Path, training: bool = False) -> str | None:
     """A file the COMPLETE manifest lists that is missing or has another size now, or None (also None for a marker
     without a manifest: older checkpoints, HF ones). Without `training`, missing TRAINING_STATE_FILES are fine."""
     try:
-        data = json.loads((d / COMPLETE_MARKER).read_text())
+        data = read_json(d / COMPLETE_MARKER)
     except (OSError, ValueError):
         return None
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(files, dict):
         return None
     for rel, size in files.items():
+        if not isinstance(rel, str) or rel.startswith("/") or ".." in Path(rel).parts:
+            return f"its {COMPLETE_MARKER} manifest lists {rel!r}, which is not a file of the checkpoint (damaged?)"
         f = d / rel
         if not f.is_file():
             if not training and any(fnmatch.fnmatch(rel, pat) for pat in TRAINING_STATE_FILES):
@@ -97,7 +101,7 @@ def is_hf_trainer_checkpoint(d: Path) -> bool:
     """A checkpoint HF's Trainer wrote (upstream R2ec's, train_sft.py's): its trainer_state.json has "global_step" and
     it has no COMPLETE marker, being complete as HF wrote it. Ours write "step" and the marker last."""
     try:
-        return "global_step" in json.loads((d / TRAINER_STATE).read_text())
+        return "global_step" in read_json(d / TRAINER_STATE)
     except (OSError, ValueError, TypeError):
         return False
 
@@ -139,9 +143,7 @@ def resolve_checkpoint(spec: str | None, search_dir: str | os.PathLike, required
             return None
         raise UserInputError(f"{flag} last: no complete checkpoint-N in {where}; start without {flag} "
                              "(or use 'auto', which starts fresh when there is none)")
-    p = Path(spec)
-    if not p.is_dir():
-        raise UserInputError(f"{flag} {spec}: directory does not exist (use 'auto', 'last' or a checkpoint-N dir)")
+    p = require_dir(spec, flag, hint="use 'auto', 'last' or a checkpoint-N dir")
     # A run directory: its newest complete checkpoint-N. A directory that holds a model itself (LLaMA-Factory's and
     # HF Trainer's output: the final model beside checkpoint-N/) is read as it is when only a model is asked for.
     model_itself = bool(required) and not training and checkpoint_problem(p, required) is None
@@ -161,8 +163,9 @@ def resolve_checkpoint(spec: str | None, search_dir: str | os.PathLike, required
 
 def read_trainer_state(ckpt: Path, flag: str = "--resume_from") -> dict:
     try:
-        state = json.loads((ckpt / TRAINER_STATE).read_text())
-        int(state["step"])
+        state = read_json(ckpt / TRAINER_STATE)
+        if type(state["step"]) is not int or state["step"] < 0:
+            raise ValueError(f"step {state['step']!r} is not a step number")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserInputError(f"{flag} {ckpt}: {TRAINER_STATE} is damaged ({type(e).__name__}: {e})")
     return state
@@ -170,7 +173,10 @@ def read_trainer_state(ckpt: Path, flag: str = "--resume_from") -> dict:
 
 def read_saved_args(ckpt: Path, flag: str = "--resume_from") -> dict:
     try:
-        return json.loads((ckpt / ARGS_FILE).read_text())
+        saved = read_json(ckpt / ARGS_FILE)
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+        return saved
     except (OSError, ValueError) as e:
         raise UserInputError(f"{flag} {ckpt}: {ARGS_FILE} is damaged ({type(e).__name__}: {e})")
 
@@ -219,13 +225,14 @@ def prepare_output_dir(output_dir: str | os.PathLike, args: dict, overwrite_file
     --overwrite_output_dir) removed; the JSONL logs cut after step keep_records_through (a resume: the records of
     steps after the checkpoint go, so the logs read like one uninterrupted run); args.json written."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for p in overwrite_files:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    if keep_records_through is not None:
-        for log in logs:
-            truncate_jsonl_after(log, keep_records_through)
-    atomic_write_json(out / ARGS_FILE, args)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        for p in overwrite_files:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if keep_records_through is not None:
+            for log in logs:
+                truncate_jsonl_after(log, keep_records_through)
+        atomic_write_json(out / ARGS_FILE, args)
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -239,21 +246,26 @@ def write_checkpoint(output_dir: str | os.PathLike, step: int, write_files: Call
     """The one checkpoint writer: a temp dir, write_files(tmp) on EVERY rank (it decides what each rank writes,
     so collective saves such as FSDP state dicts work), this rank's RNG state, then on the main rank the state
     files, the COMPLETE marker, an atomic rename and rotation (rotate_checkpoints: keep_step's checkpoint, e.g.
-    the best model, is never rotated away). Returns the final directory."""
+    the best model, is never rotated away). Returns the final directory.
+
+    A write the operating system refuses (disk full, ...) is an OutputError naming the file; the temp dir is
+    removed and the checkpoints written before stay as they were, so the run can continue from them."""
     tmp = tmp_checkpoint_dir(output_dir, step)
     is_main = rank == 0
-    if is_main:
-        _empty_dir(tmp)
-    barrier()
-    write_files(tmp)
-    torch.save(capture_rng_state(), tmp / f"rng_state_rank{rank}.pt")
-    barrier()
     final = Path(output_dir) / f"checkpoint-{step}"
+    with _assembling(tmp):
+        if is_main:
+            _empty_dir(tmp)
+        barrier()
+        write_files(tmp)
+        save_torch(capture_rng_state(), tmp / f"rng_state_rank{rank}.pt")
+        barrier()
+        if is_main:
+            atomic_write_json(tmp / TRAINER_STATE, trainer_state)
+            atomic_write_json(tmp / ARGS_FILE, args)
+            write_complete_marker(tmp, step)
+            _install_dir(tmp, final)  # re-saving the same step (e.g. after a resume) replaces it
     if is_main:
-        atomic_write_json(tmp / TRAINER_STATE, trainer_state)
-        atomic_write_json(tmp / ARGS_FILE, args)
-        write_complete_marker(tmp, step)
-        _install_dir(tmp, final)  # re-saving the same step (e.g. after a resume) replaces it
         rotate_checkpoints(output_dir, save_total_limit, keep_step)
     barrier()
     return final
@@ -266,12 +278,57 @@ def write_final_model(final: Path, write_files: Callable[[Path], None], is_main:
     renamed into place, so a kill leaves the previous one or a temp dir. Every process waits for it; returns the directory on the main one."""
     if is_main:
         tmp = final.parent / f".tmp-{final.name}"
-        _empty_dir(tmp)
-        write_files(tmp)
-        write_complete_marker(tmp)  # the manifest: a file damaged later is found before anything loads
-        _install_dir(tmp, final)
+        with _assembling(tmp):
+            _empty_dir(tmp)
+            write_files(tmp)
+            write_complete_marker(tmp)  # the manifest: a file damaged later is found before anything loads
+            _install_dir(tmp, final)
     barrier()
     return final if is_main else None
+
+
+@contextmanager
+def _assembling(tmp: Path) -> Iterator[None]:
+    """A directory assembled in tmp: every write inside goes through files.writing (an OSError, also one wrapped by
+    torch, safetensors or tokenizers, becomes one OutputError naming the file); on any failure the temp dir goes,
+    leaving the earlier checkpoints as they were (a full disk also gets its space back)."""
+    try:
+        with writing(tmp):
+            yield
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class _WriteRecorder:
+    """A file object for torch.save that remembers the OSError of a refused write: torch reports it only as its
+    own RuntimeError ('unexpected pos ...'), which says nothing of a full disk."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save whose refused writes surface as the OSError (ENOSPC, EFBIG, ...) behind them: every torch file
+    of a checkpoint (optimizer, scheduler, RNG state, item table) is written with it."""
+    with writing(path), open(path, "wb", buffering=0) as f:
+        rec = _WriteRecorder(f)
+        try:
+            torch.save(obj, rec)
+        except RuntimeError:
+            if rec.error is not None:
+                raise rec.error from None
+            raise
 
 
 def _empty_dir(d: Path) -> None:
@@ -357,8 +414,10 @@ def check_same_model_shape(base_model_dir: str | os.PathLike, ckpt: Path, flag: 
     keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "intermediate_size", "vocab_size")
     try:
-        base = json.loads((Path(base_model_dir) / "config.json").read_text())
-        mine = json.loads((ckpt / "config.json").read_text())
+        base = read_json(Path(base_model_dir) / "config.json")
+        mine = read_json(ckpt / "config.json")
+        if not isinstance(base, dict) or not isinstance(mine, dict):
+            raise ValueError("config.json is not a JSON object")
     except (OSError, ValueError) as e:
         raise UserInputError(f"{flag} {ckpt}: cannot read config.json ({e})")
     diff = [f"{k}={mine.get(k)} vs {base.get(k)}" for k in keys if base.get(k) != mine.get(k)]

@@ -9,7 +9,10 @@
     cfg = config_from_args(MyConfig, parser.parse_args(argv))      # validated
 
 Booleans that default to True become --flag / --no-flag, the others plain switches; `aliases` add other spellings of a flag (e.g. the original README's names);
-`choices` are checked by argparse. Validation lives in the dataclass's validate(), in one place.
+`choices` are checked by argparse. A number's domain is part of its option (`min=`, `max=`: seeds 0..SEED_MAX,
+counts >= 0 or >= 1), checked at parse time (one line naming the flag, exit 2) and again when a config is built
+from a dict; scripts with hand-written argparse use the same checks as `type=` (int_range, seed_int, ...).
+Rules that involve several settings live in the dataclass's validate(), in one place.
 """
 from __future__ import annotations
 
@@ -24,11 +27,16 @@ from foundation.errors import UserInputError
 T = TypeVar("T", bound="TrainerConfig")
 
 
+# numpy's seeds are 0..2**32-1 (a negative or larger --seed would fail deep inside a run)
+SEED_MAX = 2 ** 32 - 1
+
+
 def option(default: Any, help: str, *, group: str | None = None, choices: Sequence[Any] | None = None,
-           aliases: Sequence[str] = (), metavar: str | None = None) -> Any:
-    """A dataclass field that becomes the flag --<name> with this help text."""
+           aliases: Sequence[str] = (), metavar: str | None = None, min: float | None = None,  # noqa: A002
+           max: float | None = None) -> Any:  # noqa: A002
+    """A dataclass field that becomes the flag --<name> with this help text; min/max: its domain (inclusive)."""
     meta = {"help": help, "group": group, "choices": tuple(choices) if choices else None, "aliases": tuple(aliases),
-            "metavar": metavar}
+            "metavar": metavar, "min": min, "max": max}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -68,6 +76,63 @@ def finite_float(text: str) -> float:
     return v
 
 
+def _domain_problem(value: float, lo: float | None, hi: float | None) -> str | None:
+    if lo is not None and hi is not None and not lo <= value <= hi:
+        return f"must be in {lo}..{hi}"
+    if lo is not None and value < lo:
+        return f"must be >= {lo}"
+    if hi is not None and value > hi:
+        return f"must be <= {hi}"
+    return None
+
+
+def int_range(lo: int | None = None, hi: int | None = None):
+    """argparse type of an integer flag with a domain (inclusive): `--seed -1` is refused at parse time with one
+    line ('argument --seed: must be in 0..4294967295, got -1'), exit 2, before anything runs."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
+        problem = _domain_problem(v, lo, hi)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {v}")
+        return v
+
+    parse.__name__ = "int"  # argparse names the type in its own messages
+    return parse
+
+
+def float_range(lo: float | None = None, hi: float | None = None):
+    """finite_float with a domain (inclusive)."""
+    def parse(text: str) -> float:
+        v = finite_float(text)
+        problem = _domain_problem(v, lo, hi)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+        return v
+
+    parse.__name__ = "float"
+    return parse
+
+
+seed_int = int_range(0, SEED_MAX)  # every --seed
+nonnegative_int = int_range(0)  # counts where 0 means none / off
+positive_int = int_range(1)  # counts of at least one (batch sizes, window sizes, K_eval)
+
+
+def check_domains(cfg: Any) -> None:
+    """UserInputError (one line naming the flag) for a field outside its option's min/max: a config built from a
+    dict (in-process callers) gets the same checks as the command line."""
+    for f in dataclasses.fields(cfg):
+        value, lo, hi = getattr(cfg, f.name), f.metadata.get("min"), f.metadata.get("max")
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        problem = _domain_problem(value, lo, hi)
+        if problem:
+            raise UserInputError(f"--{f.name} {value}: {problem}")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field of the dataclass cls, grouped by their `group` metadata."""
     hints = typing.get_type_hints(cls)
@@ -92,7 +157,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kw["choices"] = meta["choices"]
         if meta.get("metavar"):
             kw["metavar"] = meta["metavar"]
-        target.add_argument(*names, type=finite_float if tp is float else tp, **kw)
+        lo, hi = meta.get("min"), meta.get("max")
+        if tp is int:
+            typ = int_range(lo, hi) if lo is not None or hi is not None else int
+        elif tp is float:
+            typ = float_range(lo, hi) if lo is not None or hi is not None else finite_float
+        else:
+            typ = tp
+        target.add_argument(*names, type=typ, **kw)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -114,6 +186,7 @@ def config_from_args(cls: type[T], args: argparse.Namespace | dict, validate: bo
     if unknown:
         raise UserInputError(f"unknown setting(s) {unknown} for {cls.__name__}")
     cfg = cls(**values)
+    check_domains(cfg)
     if validate:
         cfg.validate()
     return cfg

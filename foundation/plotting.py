@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from foundation.errors import UserInputError
+from foundation.files import writing
 
 
 def validation_label(key: str) -> str:
@@ -58,7 +59,10 @@ def plot_training(metrics_file: str | os.PathLike, output: str | os.PathLike, sm
     ax.set_title(f"PL-PPO training ({Path(metrics_file).parent.name})")
     fig.tight_layout()
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        with writing(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(out, dpi=110)
+    finally:
+        plt.close(fig)
     return out

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +24,7 @@ from paths import (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, HEADS_FILE, TOKENI
                    WEIGHT_FILES, resolve_model_path)
 from foundation.distributed import resolve_device  # noqa: F401 (re-exported: models load on it)
 from foundation.errors import UserInputError
+from foundation.files import read_json
 
 ATTN_IMPLEMENTATIONS = ("auto", "prefix_split", "flash_attention_2", "sdpa", "flex_attention", "eager")
 # Can run the packed shared-prefix layout (models/packed_attention.py): prefix_split and flex_attention with linear
@@ -119,9 +119,10 @@ def model_config(path: str | Path, base_model: str | None = None) -> dict:
         except UserInputError:
             return {}
     try:
-        return json.loads(cfg.read_text())
+        data = read_json(cfg)
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def attention_softcap(path: str | Path, base_model: str | None = None) -> float | None:
@@ -138,9 +139,12 @@ def adapter_base_path(adapter_dir: str | Path, base_model: str | None = None,
     if base_model:
         return Path(resolve_model_path(base_model, flag=flag))
     try:
-        recorded = json.loads((Path(adapter_dir) / ADAPTER_CONFIG_FILE).read_text()).get("base_model_name_or_path")
+        config = read_json(Path(adapter_dir) / ADAPTER_CONFIG_FILE)
     except (OSError, ValueError) as e:
         raise UserInputError(f"{adapter_dir}: {ADAPTER_CONFIG_FILE} is not valid JSON ({e})")
+    recorded = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(recorded, str):
+        recorded = None
     if not recorded:
         raise UserInputError(f"{adapter_dir}: the adapter records no base model; pass {flag}")
     try:
@@ -215,22 +219,100 @@ def load_causal_lm(path: str | Path, device: torch.device, dtype: torch.dtype, a
 
     src = adapter_base_path(path, base_model) if is_adapter_dir(path) else Path(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=dtype, attn_implementation=attn_implementation,
-                                                     trust_remote_code=trust_remote_code)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(src), dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
+            output_loading_info=True)
     except LOAD_ERRORS as e:
         raise UserInputError(f"{flag} {src}: cannot load the model ({_first_line(e)}); the weights are damaged or "
                              "truncated, or not this architecture's")
+    check_loaded_tensors(src, info.get("missing_keys", ()), info.get("unexpected_keys", ()),
+                         [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())], flag)
     if is_adapter_dir(path):
         from peft import PeftModel
 
         try:
             model = PeftModel.from_pretrained(model, str(path), is_trainable=adapter_trainable)
+            missing, unexpected = adapter_key_problems(model, path)
         except LOAD_ERRORS as e:
             raise UserInputError(f"{flag} {path}: adapter does not fit base model {src}, or is damaged "
                                  f"({_first_line(e)})")
+        check_loaded_tensors(Path(path), missing, unexpected, (), flag, adapter=True)
         if merge_adapter:
             model = model.merge_and_unload()
     return model.to(device)
+
+
+def weight_file_of(model_dir: Path, tensor: str, adapter: bool = False) -> Path:
+    """The file of model_dir that holds (or should hold) `tensor`: the shard a *.index.json maps it to, else the
+    directory's weight file."""
+    names = ADAPTER_WEIGHT_FILES if adapter else WEIGHT_FILES
+    for name in names:
+        f = model_dir / name
+        if not f.is_file():
+            continue
+        if name.endswith(".index.json"):
+            try:
+                weight_map = read_json(f).get("weight_map") or {}
+                return model_dir / weight_map[tensor] if isinstance(weight_map.get(tensor), str) else f
+            except (OSError, ValueError, AttributeError):
+                return f
+        return f
+    return model_dir / names[0]
+
+
+# Buffers some older checkpoints saved, which a model recomputes: never a reason to refuse a load.
+BUFFER_SUFFIXES = (".inv_freq", ".masked_bias")
+
+
+def check_loaded_tensors(model_dir: Path, missing, unexpected, mismatched, flag: str, adapter: bool = False,
+                         file: Path | None = None) -> None:
+    """A load must use every tensor of the files and find every tensor the model has: a missing one would run
+    with transformers' (or peft's) random initialisation, an unexpected one means the files are another model's.
+    One line naming the first such tensor and its file (tied weights such as an lm_head shared with the
+    embeddings, and buffers such as rotary inv_freq, are never reported: transformers and peft leave them out).
+    file: the one file all tensors come from (a value head's), instead of looking it up in model_dir."""
+    # a tied lm_head is missing only because the embedding it shares is: name the embedding first
+    missing = sorted(missing, key=lambda k: (k.startswith("lm_head"), k))
+    unexpected, mismatched = sorted(unexpected), sorted(mismatched)
+    unexpected = [k for k in unexpected if not k.endswith(BUFFER_SUFFIXES)]  # older saves kept these buffers
+    if not (missing or unexpected or mismatched):
+        return
+    what = "adapter tensor" if adapter else "tensor"
+
+    def where(name: str) -> Path:
+        return file if file is not None else weight_file_of(model_dir, name, adapter)
+
+    counts = ", ".join(f"{len(v)} {k}" for k, v in (("missing", missing), ("unexpected", unexpected),
+                                                     ("of another shape", mismatched)) if v)
+    if missing:
+        name = missing[0]
+        problem = f"{what} {name} is missing from {where(name)}"
+    elif mismatched:
+        name = mismatched[0]
+        problem = f"{what} {name} in {where(name)} has another shape than the model's"
+    else:
+        name = unexpected[0]
+        problem = f"{where(name)} holds {what} {name}, which this model does not have"
+    raise UserInputError(f"{flag} {model_dir}: {problem} ({counts}); the weights are incomplete or another "
+                         "model's, and loading them would leave tensors randomly initialised")
+
+
+def adapter_key_problems(peft_model, adapter_dir: str | Path, adapter_name: str = "default") -> tuple[list, list]:
+    """(missing, unexpected) adapter tensors of an adapter directory loaded into peft_model, as peft's own
+    set_peft_model_state_dict reports them (PeftModel.from_pretrained only warns about missing ones and ignores
+    unexpected ones). Loads the same weights again (adapters are small): nothing changes in the model."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    try:  # the tuner's key prefix ("lora_"), as peft's load_adapter filters the missing keys with it
+        from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+    except ImportError:  # pragma: no cover - older peft
+        PEFT_TYPE_TO_PREFIX_MAPPING = {}
+    weights = load_peft_weights(str(adapter_dir), device="cpu")
+    result = set_peft_model_state_dict(peft_model, weights, adapter_name=adapter_name)
+    prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(peft_model.peft_config[adapter_name].peft_type, "")
+    missing = [k.replace(f".{adapter_name}.", ".", 1) for k in result.missing_keys  # as saved: no adapter name
+               if prefix in k and adapter_name in k]  # the base model's weights are not the adapter's job
+    return missing, list(result.unexpected_keys)
 
 
 # ---------------------------------------------------------------------------------------------- LoRA

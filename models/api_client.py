@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from foundation.errors import UserInputError, redact, redact_json
-from foundation.files import atomic_write_text, parse_json_lines, read_answer_rows
+from foundation.files import atomic_write_text, loads_json, parse_json_lines, read_answer_rows
 
 DEFAULT_API_BASE = "https://api.deepseek.com"
 DEFAULT_KEY_ENV = "DEEPSEEK_API_KEY"
@@ -129,7 +129,7 @@ def retry_after_seconds(headers: Any) -> float | None:
 def parse_chat_body(body: bytes) -> ChatResult:
     """A ChatResult from the raw body of a 200 answer; InvalidAnswerError if it is not a usable completion."""
     try:
-        data = json.loads(body)
+        data = loads_json(body)  # bounded nesting: a hostile body must not raise RecursionError
     except ValueError as e:
         snippet = body.strip()[:120].decode("utf-8", "replace")
         raise InvalidAnswerError(f"the API answered 200 with a body that is not JSON ({e}): {snippet!r}")
@@ -242,12 +242,14 @@ class ChatClient:
         return parse_chat_body(b"".join(chunks))
 
     def _attempt(self, messages: Messages) -> ChatResult:
-        """_request under a wall-clock deadline of self.timeout seconds."""
+        """_request under a wall-clock deadline of self.timeout seconds, covering everything done with the body:
+        receiving, parsing and redacting it (a hostile 30 MB answer is abandoned at the deadline like a slow one)."""
         cancelled, box = threading.Event(), {}
 
         def work() -> None:
             try:
-                box["result"] = self._request(messages, cancelled)
+                res = self._request(messages, cancelled)
+                box["result"] = None if res is None else ChatResult(**redact_json(vars(res), self.api_key))
             except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
                 box["error"] = e
 
@@ -263,7 +265,7 @@ class ChatClient:
 
     def chat(self, messages: Messages) -> ChatResult:
         """Send one chat request, retrying transient failures; never raises for API errors (see .error).
-        Every text of the result is redacted."""
+        Every text of the result is redacted (inside the attempt, under its deadline)."""
         import openai
 
         for attempt in range(self.max_retries + 1):
@@ -271,7 +273,7 @@ class ChatClient:
                 res = self._attempt(messages)
                 res.attempts = attempt + 1
                 res.model = res.model or self.model
-                return ChatResult(**redact_json(vars(res), self.api_key))
+                return res
             except Exception as e:  # noqa: BLE001 - every failure is recorded, none may crash a long run
                 error = self.redact(f"{type(e).__name__}: {e}")
                 status = e.status_code if isinstance(e, openai.APIStatusError) else None

@@ -23,7 +23,7 @@ from models.abstract_models import (
     resolve_dtype,
 )
 from prompters.rendering import generation_prompt
-from foundation.config import finite_float
+from foundation.config import finite_float, positive_int, seed_int
 from foundation.errors import UserInputError
 
 
@@ -165,7 +165,7 @@ def inference_cli(argv: list[str] | None, description: str, model_path: str, inp
     defaults): parse flags, run run_prompt_file, print a summary; bad input exits with status 2."""
     import argparse
 
-    from foundation.errors import die
+    from foundation.errors import exit_on_user_error
 
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", default=model_path, help="model dir or a name known to paths.py")
@@ -174,16 +174,16 @@ def inference_cli(argv: list[str] | None, description: str, model_path: str, inp
     p.add_argument("--device", default="auto", help="auto|cpu|cuda[:N]")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="weight dtype; auto = bf16 on CUDA (fp16 without bf16 support), fp32 on CPU (default: auto)")
-    p.add_argument("--batch_size", type=int, default=batch_size,
+    p.add_argument("--batch_size", type=positive_int, default=batch_size,
                    help=f"prompts generated per forward batch (default: {batch_size})")
-    p.add_argument("--max_new_tokens", type=int, default=max_new_tokens,
+    p.add_argument("--max_new_tokens", type=positive_int, default=max_new_tokens,
                    help=f"response length limit in tokens (default: {max_new_tokens})")
     p.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy")
     p.add_argument("--top_p", type=finite_float, default=1.0,
                    help="nucleus-sampling mass; only used when --temperature > 0 (default: 1.0)")
     p.add_argument("--prompt_id_min", type=int, default=None, help="first prompt id to answer (inclusive)")
     p.add_argument("--prompt_id_max", type=int, default=None, help="last prompt id to answer (inclusive)")
-    p.add_argument("--seed", type=int, default=42,
+    p.add_argument("--seed", type=seed_int, default=42,
                    help="sampling seed; each batch is seeded with seed + its first prompt id (default: 42)")
     p.add_argument("--attn_implementation", default="auto",
                    help="auto|flash_attention_2|sdpa|flex_attention|eager; auto = flash_attention_2 when usable, "
@@ -191,13 +191,11 @@ def inference_cli(argv: list[str] | None, description: str, model_path: str, inp
     p.add_argument("--base_model_name_or_path", default=None,
                    help="base model of a LoRA adapter --model_path (default: the base the adapter records)")
     args = p.parse_args(argv)
-    try:
+    with exit_on_user_error():
         s = run_prompt_file(args.model_path, args.input_file, args.output_file, args.device, args.dtype,
                             args.batch_size, args.max_new_tokens, args.temperature, args.top_p, args.prompt_id_min,
                             args.prompt_id_max, args.seed, args.attn_implementation,
                             base_model=args.base_model_name_or_path)
-    except UserInputError as e:
-        die(str(e))
     print(f"{s['total']} prompts in range: {s['skipped_done']} already done, {s['written']} written to "
           f"{args.output_file}")
     return s

@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from models.abstract_models import (AbstractRecModel, LoraSettings, apply_lora, attention_softcap, check_model_dir,
-                                    fp32_linear, gathered_parameters,
-                                    is_adapter_dir,
+                                    check_loaded_tensors, fp32_linear, gathered_parameters, is_adapter_dir,
                                     load_causal_lm, load_tokenizer, pad_left, pad_right, resolve_attn_implementation,
                                     resolve_device, resolve_dtype, save_lm)
 from prompters import prompts
@@ -291,6 +290,10 @@ class BinaryJudge(AbstractRecModel):
         except Exception as e:  # noqa: BLE001 - safetensors raises several types for damaged files
             raise UserInputError(f"{flag} {ckpt_dir}: cannot read {self.HEADS_FILE} ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0] if str(e) else ''})")
+        expected = self.value_head.state_dict()
+        check_loaded_tensors(Path(ckpt_dir), set(expected) - set(state), set(state) - set(expected),
+                             [k for k in state if k in expected and state[k].shape != expected[k].shape], flag,
+                             file=f)
         try:
             ref = self.value_head.net[0].weight
             self.value_head.load_state_dict({k: v.to(dtype=ref.dtype) for k, v in state.items()})

@@ -41,6 +41,7 @@ from models.abstract_models import (
 from prompters import prompts
 from prompters.rrec_prompter import DEFAULT_USER_WINDOW, check_model_type, model_type_of
 from foundation.errors import UserInputError
+from foundation.files import atomic_write_text, read_json
 
 RREC_CONFIG_FILE = "rrec_config.json"
 SIMILARITY_TYPES = ("dot", "cosine", "L2")
@@ -70,10 +71,10 @@ class RRecSettings:
         if not f.is_file():
             return None
         try:
-            data = json.loads(f.read_text())
+            data = read_json(f)
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
-        except ValueError as e:
+        except (OSError, ValueError) as e:
             raise UserInputError(f"{f}: not valid JSON ({e})")
         if "normalize" in data and "similarity_normalization" not in data:  # our earlier name
             data["similarity_normalization"] = data["normalize"]
@@ -282,4 +283,4 @@ class RRecModel(AbstractRecModel):
         out_dir.mkdir(parents=True, exist_ok=True)
         save_lm(self.lm, out_dir, merge_adapter=merge_adapter, state_dict=state_dict)
         self.tokenizer.save_pretrained(out_dir)
-        (out_dir / RREC_CONFIG_FILE).write_text(json.dumps(asdict(self.saved_settings()), indent=1))
+        atomic_write_text(out_dir / RREC_CONFIG_FILE, json.dumps(asdict(self.saved_settings()), indent=1))

@@ -14,9 +14,10 @@ ranks every candidate in original order with the target last.
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Iterable, Sequence
+
+from foundation.files import loads_json
 
 ANSWER_TAG_RE = re.compile(r"answer\s*[:：]?\s*\**\s*(yes|no)\b", re.I)
 _WORD_RE = re.compile(r"\b(yes|no)\b", re.I)
@@ -144,7 +145,7 @@ def _from_json(obj: Any, m: _Matcher) -> list[int]:
 
 def _loads(s: str) -> Any:
     try:
-        return json.loads(s)
+        return loads_json(s)  # bounded nesting: an answer is whatever a server sent
     except ValueError:
         return None
 

@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from foundation.config import finite_float
-from foundation.errors import UserInputError, die
+from foundation.config import finite_float, int_range, positive_int, seed_int
+from foundation.errors import exit_on_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_dir", required=True, help="processed dataset directory (preprocess.py output)")
-    p.add_argument("--num_samples", type=int, default=1000,
+    p.add_argument("--num_samples", type=positive_int, default=1000,
                    help="prompt rows to write (examples drawn without replacement, cycling if the split is smaller; "
                         "default: 1000)")
     p.add_argument("--match_ratio", type=finite_float, default=0.5,
@@ -41,15 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt JSONL to write (replaced atomically; default: sft_train/prompts.jsonl)")
     p.add_argument("--split", default="train", choices=["train", "valid", "test"],
                    help="dataset split the examples come from (default: train)")
-    p.add_argument("--seed", type=int, default=42,
+    p.add_argument("--seed", type=seed_int, default=42,
                    help="seed of the example order, the Yes/No draw and the candidates (default: 42)")
-    p.add_argument("--K", type=int, default=20, help="candidate set size the negative is drawn from")
+    p.add_argument("--K", type=int_range(2), default=20, help="candidate set size the negative is drawn from")
     p.add_argument("--prompt_template", default=None, help="template file overriding --dataset_type's")
     p.add_argument("--dataset_type", default="other", choices=["movies", "other"],
                    help="which built-in prompt template (prompters/prompts.py) to use (default: other)")
-    p.add_argument("--max_len_per_item", type=int, default=64,
+    p.add_argument("--max_len_per_item", type=positive_int, default=64,
                    help="tokens each item description is truncated to (default: 64)")
-    p.add_argument("--user_window_size", type=int, default=10,
+    p.add_argument("--user_window_size", type=positive_int, default=10,
                    help="most recent history items shown in the prompt (default: 10)")
     p.add_argument("--reasoning", action="store_true",
                    help='ask for brief reasoning ending in "Answer: Yes/No" instead of a bare Yes/No')
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on_user_error():
         import json
 
         from models.abstract_models import load_tokenizer
@@ -79,8 +79,6 @@ def main(argv: list[str] | None = None) -> None:
         rows = sample_sft_prompts(ds, prompter, args.split, args.num_samples, args.match_ratio, args.seed, args.K)
         # Whole file at once (atomic): a prompt file is an input to resumable steps and must never be half-written.
         atomic_write_text(args.output_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    except UserInputError as e:
-        die(str(e))
     c = Counter(r["label"] for r in rows)
     print(f"wrote {len(rows)} prompts to {args.output_file} (Yes {c['Yes']}, No {c['No']}; "
           f"match_ratio {args.match_ratio}, split {args.split}, tokenizer {tok_dir})")

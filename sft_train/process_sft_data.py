@@ -23,7 +23,7 @@ import argparse
 import json
 import os
 
-from foundation.errors import UserInputError, die
+from foundation.errors import UserInputError, exit_on_user_error
 
 
 def default_output(fmt: str) -> str:
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     out = args.output_file or default_output(args.format)
-    try:
+    with exit_on_user_error():
         from trainers.data.sft import (
             DATASET_INFO_FILE,
             DROP_REASONS,
@@ -85,8 +85,6 @@ def main(argv: list[str] | None = None) -> None:
         new_info = {**info, name: dataset_info_entry(args.format, file_name)}
         if new_info != info:  # the shipped sft_train/dataset_info.json is left untouched when it already agrees
             atomic_write_text(info_path, render_dataset_info(new_info))
-    except UserInputError as e:
-        die(str(e))
     total = sum(counts.values())
     dropped = total - counts["kept"]
     why = ", ".join(f"{r} {counts[r]}" for r in DROP_REASONS)

@@ -14,7 +14,7 @@ import argparse
 
 from foundation.config import build_parser as config_parser
 from foundation.config import config_from_args
-from foundation.errors import UserInputError, die
+from foundation.errors import exit_on_user_error
 from trainers.sft_trainer import SFTConfig, train_sft
 
 
@@ -24,10 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on_user_error():
         out = train_sft(config_from_args(SFTConfig, args))
-    except UserInputError as e:
-        die(str(e))
     print(f"saved SFT model to {out} (use it as --model_name_or_path for train.py)")
 
 

@@ -280,6 +280,47 @@ def _damaged_fixtures(c: dict, root: Path) -> None:
     me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"})
     for name in (".results.json.lock", ".lock", f".{Path(c['data']).name}.lock"):
         (c["eval_locked"] / name).write_text(me)
+    _issue27_fixtures(c, root)
+
+
+def _issue27_fixtures(c: dict, root: Path) -> None:
+    """Issue 27: weight files missing a tensor or holding a foreign one (the load would initialise at random),
+    a checkpoint whose value head lacks a tensor (manifest consistent: only the tensor is wrong), JSON nested
+    deeper than any parser stack."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from foundation.checkpoints import write_complete_marker
+
+    def copy_with(name: str, src: Path, weights: str, drop: str | None = None, add: str | None = None) -> Path:
+        dest = root / name
+        shutil.copytree(src, dest)
+        state = load_file(str(src / weights))
+        state.pop(drop, None)
+        if add:
+            state[add] = torch.zeros(2)
+        save_file(state, str(dest / weights), metadata={"format": "pt"})
+        return dest
+
+    c["model_missing_tensor"] = copy_with("model_missing_tensor", c["model"], "model.safetensors",
+                                          drop="model.norm.weight")
+    c["model_extra_tensor"] = copy_with("model_extra_tensor", c["model"], "model.safetensors",
+                                        add="model.layers.0.mlp.extra_proj.weight")
+    heads = root / "heads_src"
+    shutil.copytree(c["model"], heads)
+    save_file({"net.0.weight": torch.zeros(64, 64), "net.0.bias": torch.zeros(64), "net.2.weight": torch.zeros(1, 64),
+               "net.2.bias": torch.zeros(1)}, str(heads / "heads.safetensors"))
+    ck = copy_with("heads_missing/checkpoint-2", heads, "heads.safetensors", drop="net.2.bias")
+    for n in ("optimizer.pt", "scheduler.pt"):
+        torch.save({}, ck / n)
+    for n in ("trainer_state.json", "args.json"):
+        (ck / n).write_text('{"step": 2}')
+    write_complete_marker(ck, 2)
+    c["ckpt_heads_missing"] = ck
+    c["deep_json"] = root / "deep.json"
+    c["deep_json"].write_text("[" * 100_000 + "]" * 100_000)
+    c["deep_jsonl"] = root / "deep.jsonl"
+    c["deep_jsonl"].write_text('{"id": 1, "prompt": "hi"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
 
 
 def _rrec_fixtures(c: dict, root: Path) -> None:
@@ -547,6 +588,40 @@ CASES = [
                                       "{good_jsonl}", "--output_file", "{fresh_out}/o.jsonl", "--temperature", "nan"],
      "--temperature", False),
     ("ds-timeout-nan", _set(DS, timeout="nan"), "--timeout", False),
+    # ---- issue 27: a missing or foreign tensor is never initialised at random
+    ("test-model-missing-tensor", _set(TEST, model_name_or_path="{model_missing_tensor}"),
+     "tensor model.norm.weight is missing from", True),
+    ("rrec-model-foreign-tensor", _set(RREC, checkpoint_path="{model_extra_tensor}"), "which this model does not have",
+     False),
+    ("test-ckpt-value-head-missing-tensor", _set(TEST, resume_from="{ckpt_heads_missing}"),
+     "tensor net.2.bias is missing from", False),
+    # ---- issue 27: integer flags with a domain, refused at parse time
+    ("test-seed-negative", _set(TEST, seed="-1"), "--seed", True),
+    ("rrec-seed-too-large", _set(RREC, seed=str(2 ** 32)), "--seed", False),
+    ("ds-seed-negative", _set(DS, seed="-5"), "--seed", False),
+    ("train-seed-negative", _set(TRAIN, seed="-1"), "--seed", True),
+    ("trrec-seed-too-large", _set(TRREC, seed=str(2 ** 32)), "--seed", False),
+    ("gen-seed-negative", _set(GEN, seed="-1"), "--seed", False),
+    ("train_sft-seed-negative", ["sft_train/train_sft.py", "--model_name_or_path", "{model}", "--data_file",
+                                 "{sft_data}", "--output_dir", "{fresh_out}", "--device", "cpu", "--seed", "-1"],
+     "--seed", False),
+    ("run_qwen_sft-seed-negative", ["tools/run_qwen_sft.py", "--model_path", "{model}", "--input_file",
+                                    "{good_jsonl}", "--output_file", "{fresh_out}/o.jsonl", "--seed", "-1"],
+     "--seed", False),
+    ("ds-concurrency-zero", _set(DS, concurrency="0"), "--concurrency", False),
+    ("pre-K-negative", _set(PRE, K="-1"), "--K", False),
+    # ---- issue 27: a file where a directory is expected says so
+    ("test-dataset-is-file", _set(TEST, dataset_path="{a_file}"), "is a file, expected a directory", False),
+    ("test-resume-is-file", _set(TEST, resume_from="{a_file}"), "is a file, expected a directory", False),
+    ("pre-raw-dir-is-file", _set(PRE, raw_dir="{a_file}"), "is a file, expected a directory", False),
+    ("rrec-checkpoint-is-file", _set(RREC, checkpoint_path="{a_file}"), "is a file, expected a directory", False),
+    # ---- issue 27: JSON nested deeper than a parser stack is one line
+    ("test-reference-deep", _set(TEST, reference_json="{deep_json}"), "nested deeper than", False),
+    ("ds-reference-deep", _set(DS, candidate_mode="json", candidate_json_path="{deep_json}", K=None),
+     "nested deeper than", False),
+    ("run_r1-deep-jsonl", ["tools/run_r1.py", "--input_file", "{deep_jsonl}", "--output_file", "{fresh_out}/a.jsonl",
+                           "--api_key", KEY, "--api_base", "http://127.0.0.1:9/v1"], "deep.jsonl:2", False),
+    ("compare_results-deep", ["tools/compare_results.py", "{deep_json}"], "nested deeper than", False),
     ("pre-unreadable-numbers", _set(PRE, raw_dir="{raw_bad_numbers}", data_root_dir="{fresh_out}"), "bad_rating",
      False),
     ("pre-data-root-under-file", _set(PRE, data_root_dir="{a_file}/data"), "--data_root_dir", False),

@@ -264,3 +264,119 @@ def test_a_damaged_metrics_log_is_trimmed_not_fatal(tmp_path, capsys):
     truncate_jsonl_after(log, 2)
     assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2]
     assert capsys.readouterr().err.count("warning") == 3
+
+
+# ------------------------------------------------------------------------------------------ missing tensors (issue 27)
+def _save_without(src: Path, dest: Path, drop: str | None = None, add: str | None = None,
+                  weights: str = "model.safetensors") -> Path:
+    """A copy of the model dir src whose weight file lacks tensor `drop` and/or holds an extra tensor `add`."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    _fresh_copy(src, dest)
+    state = load_file(str(src / weights))
+    if drop is not None:
+        del state[drop]
+    if add is not None:
+        state[add] = torch.zeros(2, 2)
+    save_file(state, str(dest / weights), metadata={"format": "pt"})
+    return dest
+
+
+@pytest.fixture(scope="module")
+def small_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny Qwen2s without tokenizers (only load_causal_lm reads them): tied and untied output embeddings, and a
+    LoRA adapter on the tied one."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    root = tmp_path_factory.mktemp("tensors")
+    out = {}
+    for tied in (True, False):
+        cfg = Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=tied)
+        out["tied" if tied else "untied"] = root / ("tied" if tied else "untied")
+        Qwen2ForCausalLM(cfg).save_pretrained(out["tied" if tied else "untied"])
+    lm = Qwen2ForCausalLM.from_pretrained(out["tied"])
+    get_peft_model(lm, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+                   ).save_pretrained(root / "adapter")
+    out["adapter"] = root / "adapter"
+    return out
+
+
+def _load(path: Path, base: Path | None = None):
+    import torch
+
+    from models.abstract_models import load_causal_lm
+
+    return load_causal_lm(path, torch.device("cpu"), torch.float32, "sdpa", base_model=str(base) if base else None)
+
+
+def test_every_missing_or_foreign_tensor_is_named_never_randomly_initialised(small_models, tmp_path):
+    """Each tensor of a model's weight file deleted in turn, and a tensor of another model added: the load is one
+    UserInputError naming the tensor and the file (transformers would initialise the missing one at random and
+    evaluate it). A tied model legitimately has no lm_head.weight in its file, and an old save's rotary inv_freq
+    buffer is no foreign tensor: both load."""
+    from safetensors import safe_open
+
+    failures = []
+    for kind in ("tied", "untied"):
+        src = small_models[kind]
+        with safe_open(str(src / "model.safetensors"), "pt") as f:
+            names = sorted(f.keys())
+        assert ("lm_head.weight" in names) == (kind == "untied")
+        cases = [(n, None) for n in names] + [(None, "model.layers.0.mlp.extra_proj.weight")]
+        for drop, add in cases:
+            d = _save_without(src, tmp_path / "m", drop=drop, add=add)
+            try:
+                _load(d)
+                failures.append(f"{kind}: without {drop} / with {add}: loaded")
+            except UserInputError as e:
+                msg, name = str(e), drop or add
+                if name not in msg or str(d / "model.safetensors") not in msg or "\n" in msg:
+                    failures.append(f"{kind}: {name}: {msg}")
+    assert not failures, "\n".join(failures)
+    _load(_save_without(small_models["tied"], tmp_path / "buffer", add="model.layers.0.self_attn.rotary_emb.inv_freq"))
+
+
+def test_every_missing_or_foreign_adapter_tensor_is_named(small_models, tmp_path):
+    """The same for a LoRA adapter: peft's from_pretrained only warns about a missing adapter tensor (left at its
+    random or zero init) and ignores a foreign one."""
+    from safetensors import safe_open
+
+    src, base = small_models["adapter"], small_models["tied"]
+    _load(src, base)  # intact: loads
+    with safe_open(str(src / "adapter_model.safetensors"), "pt") as f:
+        names = sorted(f.keys())
+    assert len(names) == 4
+    foreign = "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"
+    failures = []
+    for drop, add in [(n, None) for n in names] + [(None, foreign)]:
+        d = _save_without(src, tmp_path / "a", drop=drop, add=add, weights="adapter_model.safetensors")
+        try:
+            _load(d, base)
+            failures.append(f"without {drop} / with {add}: loaded")
+        except UserInputError as e:
+            if (drop or add) not in str(e) or "adapter_model.safetensors" not in str(e):
+                failures.append(f"{drop or add}: {e}")
+    assert not failures, "\n".join(failures)
+
+
+def test_every_missing_or_foreign_value_head_tensor_is_named(ppo_run, tmp_path):
+    """train.py --resume_from and test.py load the value head from heads.safetensors: a tensor missing from it (or
+    a foreign one) is named, not left at its random init."""
+    from models.qwen_models import BinaryJudge
+
+    src = ppo_run / "checkpoint-2"
+    BinaryJudge.load(str(src), device="cpu", dtype="fp32", attn_implementation="sdpa")
+    failures = []
+    for drop, add in [(n, None) for n in ("net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias")] + \
+            [(None, "net.4.weight")]:
+        d = _save_without(src, tmp_path / "ck", drop=drop, add=add, weights="heads.safetensors")
+        try:
+            BinaryJudge.load(str(d), device="cpu", dtype="fp32", attn_implementation="sdpa", flag="--resume_from")
+            failures.append(f"without {drop} / with {add}: loaded")
+        except UserInputError as e:
+            if (drop or add) not in str(e) or "heads.safetensors" not in str(e) or "--resume_from" not in str(e):
+                failures.append(f"{drop or add}: {e}")
+    assert not failures, "\n".join(failures)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from foundation.errors import UserInputError, die
+from foundation.errors import UserInputError, exit_on_user_error
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -21,15 +21,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a table")
     p.add_argument("--skip_bad_lines", action="store_true", help="skip malformed JSONL lines instead of failing")
     args = p.parse_args(argv)
-    try:
+    with exit_on_user_error():
         from trainers.data.sft import accuracy_report, format_accuracy_report
         from foundation.files import iter_jsonl
 
         rep = accuracy_report(iter_jsonl(args.input_file, skip_bad_lines=args.skip_bad_lines))
         if rep["n"] == 0:
             raise UserInputError(f"--input_file {args.input_file}: no rows")
-    except UserInputError as e:
-        die(str(e))
     print(json.dumps(rep) if args.json else format_accuracy_report(rep))
     return rep
 

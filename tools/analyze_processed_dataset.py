@@ -5,7 +5,6 @@ python tools/analyze_processed_dataset.py --dataset_dir data/Video_Games_5_2021-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import Counter
@@ -15,6 +14,7 @@ import numpy as np
 
 from trainers.data.dataset import SPLITS, load_processed_dataset
 from foundation.errors import exit_on_user_error
+from foundation.files import read_json
 
 
 def _date(ms: int) -> str:
@@ -64,8 +64,10 @@ def analyze(dataset_dir: str, tokenizer: str | None = None) -> dict:
     stats = os.path.join(dataset_dir, "stats.json")
     if os.path.exists(stats):
         try:
-            with open(stats, encoding="utf-8") as f:
-                out["stats_json"] = json.load(f)
+            data = read_json(stats)
+            if not isinstance(data, dict) or not isinstance(data.get("used_window", {}), dict):
+                raise ValueError("not the JSON object preprocess.py writes")
+            out["stats_json"] = data
         except (OSError, ValueError) as e:  # preprocess.py's report only; the dataset itself loaded fine
             print(f"warning: {stats} is unreadable ({e}); summary without it", file=sys.stderr)
     return out

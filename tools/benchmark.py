@@ -40,7 +40,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from models.flops import ModelFlops, param_counts, peak_tflops
-from foundation.errors import UserInputError, die
+from foundation.config import int_range, nonnegative_int, positive_int, seed_int
+from foundation.errors import UserInputError, die, exit_on_user_error
 
 SHAPES = ("tiny", "small", "qwen2.5-0.5b", "qwen2.5-3b")
 MODES = ("score", "train", "generate")
@@ -521,24 +522,29 @@ def build_arg_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--shape", default=None, choices=SHAPES,
                     help="model shape (random weights); default: qwen2.5-3b on CUDA, small on CPU")
-    ap.add_argument("--Ks", type=int, nargs="+", default=[5, 10, 20, 50, 100], help="candidates per user")
+    ap.add_argument("--Ks", type=int_range(2), nargs="+", default=[5, 10, 20, 50, 100], help="candidates per user")
     ap.add_argument("--mode", default="both", choices=["score", "train", "generate", "both", "all"],
                     help="what to time: score, a PPO update, reasoning generation; both = score + train, "
                          "all = the three")
-    ap.add_argument("--users", type=int, default=None, help="users per batch (default: 4 on CUDA, 2 on CPU)")
-    ap.add_argument("--history_items", type=int, default=10, help="history items per synthetic user (shared prefix)")
-    ap.add_argument("--tokens_per_item", type=int, default=60,
+    ap.add_argument("--users", type=positive_int, default=None, help="users per batch (default: 4 on CUDA, 2 on CPU)")
+    ap.add_argument("--history_items", type=positive_int, default=10,
+                    help="history items per synthetic user (shared prefix)")
+    ap.add_argument("--tokens_per_item", type=positive_int, default=60,
                     help="approximate tokens per item text (drawn from 0.75x to 1.25x this)")
-    ap.add_argument("--K_eval", type=int, default=10, help="NDCG cut-off of the PPO reward")
+    ap.add_argument("--K_eval", type=positive_int, default=10, help="NDCG cut-off of the PPO reward")
     ap.add_argument("--backends", nargs="+", default=None, choices=["prefix_split", "flex_attention", "sdpa"],
                     help="packing backends to time (default: every one present; sdpa = dense block mask)")
-    ap.add_argument("--naive_max_K", type=int, default=None,
+    ap.add_argument("--naive_max_K", type=nonnegative_int, default=None,
                     help="skip the naive path above this K (default: 20 on CPU, where it is slow; none on CUDA)")
-    ap.add_argument("--gen_tokens", type=int, default=64, help="reasoning tokens per candidate in generate mode")
-    ap.add_argument("--gen_batch_size", type=int, default=256, help="rows per decode step of shared generation")
-    ap.add_argument("--repeats", type=int, default=3, help="timed calls per cell (median)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed calls per cell before timing (compiles, caches)")
-    ap.add_argument("--scoring_chunk_size", "--micro_batch_size", dest="scoring_chunk_size", type=int, default=32,
+    ap.add_argument("--gen_tokens", type=positive_int, default=64,
+                    help="reasoning tokens per candidate in generate mode")
+    ap.add_argument("--gen_batch_size", type=positive_int, default=256,
+                    help="rows per decode step of shared generation")
+    ap.add_argument("--repeats", type=positive_int, default=3, help="timed calls per cell (median)")
+    ap.add_argument("--warmup", type=nonnegative_int, default=1,
+                    help="untimed calls per cell before timing (compiles, caches)")
+    ap.add_argument("--scoring_chunk_size", "--micro_batch_size", dest="scoring_chunk_size", type=positive_int,
+                    default=32,
                     help="naive path: prompts per forward; the shared path packs the same token budget "
                          "(--micro_batch_size is the old name)")
     ap.add_argument("--quick", action="store_true",
@@ -549,7 +555,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default="auto", help="inference weights: auto|bf16|fp16|fp32 (auto: bf16 on CUDA, "
                                                     "fp32 on CPU); training keeps fp32 master weights")
     ap.add_argument("--peak_tflops", type=float, default=None, help="override the GPU's dense bf16 peak for MFU")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random weights and synthetic users")
+    ap.add_argument("--seed", type=seed_int, default=0, help="seed of the random weights and synthetic users")
     ap.add_argument("--json_out", default=None, help="also write the figures as JSON here (the README tables)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--markdown", default=None, metavar="JSON",
@@ -584,18 +590,16 @@ def validate_args(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     if args.markdown:
-        import json
+        from foundation.files import MAX_JSON_BYTES, read_json
 
         try:
-            print(markdown_table(json.loads(Path(args.markdown).read_text())))
-        except (OSError, ValueError, KeyError) as e:
+            print(markdown_table(read_json(args.markdown, MAX_JSON_BYTES)))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             die(f"--markdown {args.markdown}: not a readable benchmark JSON ({type(e).__name__}: {e})")
         return 0
-    try:
+    with exit_on_user_error():
         validate_args(args)
         result = run_benchmark(args)
-    except UserInputError as e:
-        die(str(e))
     print(format_table(result))
     if args.json_out:
         from foundation.files import atomic_write_json

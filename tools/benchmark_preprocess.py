@@ -36,6 +36,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from foundation.config import seed_int
+from foundation.errors import exit_on_user_error
+from foundation.files import read_json
+
 REPO = Path(__file__).resolve().parents[1]
 CATEGORY = "Video_Games"
 _ALNUM = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", dtype=np.uint8)
@@ -332,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[1_000_000, 3_000_000, 10_000_000],
                    help="numbers of ratings to generate and preprocess (e.g. 1M 3M 10M, 200k)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated files")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the generated files")
     p.add_argument("--work_dir", default=None,
                    help="where generated raw files and outputs go (default: a new folder in /tmp, removed at "
                         "the end); raw files already there for a size and seed are reused")
@@ -364,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
                 info = write_raw(raw, n, args.seed)
                 (raw / "done.json").write_text(json.dumps({k: v for k, v in info.items() if not isinstance(v, Path)}))
                 print(f"generated {n:,} ratings in {time.perf_counter() - t0:.0f} s: {raw}", flush=True)
-            info = json.loads((raw / "done.json").read_text())
+            info = read_json(raw / "done.json")
             runs = [("new", REPO)] + ([(f"{args.compare_commit}", old_tree)] if old_tree else [])
             for label, tree in runs:
                 out = work / f"out_{n}_{label}"
@@ -378,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
                     tail = log.read_text().strip().splitlines()[-3:]
                     print(f"{label} at {n:,}: failed (exit {r['rc']}): {' | '.join(tail)}")
                     continue
-                stats = json.loads(stats_files[0].read_text())
+                stats = read_json(stats_files[0])
                 r.update(label=label, n=n, lines=info["n_lines"], examples=stats["examples"],
                          users=stats["users"], items=stats["items"], out_gb=_du(out) / 1e9)
                 results.append(r)
@@ -414,4 +418,5 @@ def _table(results: list[dict], ref: str | None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_user_error():  # bad input, a refused write, Ctrl-C: one line
+        main()

@@ -27,7 +27,8 @@ from trainers.evaluation.metrics import (eval_ks, format_metrics_table, format_p
                                          format_seed_spread, mean_over_seeds, metrics_from_ranks, per_sample_metric,
                                          seed_paired_margins)
 from trainers.evaluation.results import check_same_candidates, load_result_json, sample_rank
-from foundation.errors import UserInputError, die
+from foundation.config import positive_int
+from foundation.errors import UserInputError, exit_on_user_error
 
 
 def method_files(paths: list[str], names: list[str] | None = None) -> dict[str, list[str]]:
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                         "files of one method's training seeds under NAME")
     p.add_argument("--names", nargs="+", default=None,
                    help="row names, one per file (default: the paths); a repeated name groups its files as seeds")
-    p.add_argument("--K_eval", type=int, default=None, help="extra cut-off besides 1, 5, 10")
+    p.add_argument("--K_eval", type=positive_int, default=None, help="extra cut-off besides 1, 5, 10")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--paired", default=None, metavar="NAME",
                    help="also print the margin of row NAME over every other row (sanity rows included) with its "
@@ -128,10 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--paired_metric", default="NDCG@10",
                    help="metric of --paired and of the spread over seeds: NDCG@k, HR@k or MRR (default: NDCG@10)")
     a = p.parse_args(argv)
-    try:
+    with exit_on_user_error():
         print(compare(a.paths, a.names, a.K_eval, a.markdown, a.paired, a.paired_metric))
-    except UserInputError as e:
-        die(str(e))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from fixtures.tiny_model import build_random_qwen, build_tiny_qwen
 from fixtures.synthetic_amazon import PREFERENCES, SUBCATEGORIES, SYNONYMS, synthetic_corpus, write_amazon_raw
-from foundation.errors import die
+from foundation.config import positive_int, seed_int
+from foundation.errors import die, exit_on_user_error
 
 REPO = Path(__file__).resolve().parents[1]
 # The demo's preprocessing window and settings (demo.sh runs the same command).
@@ -35,18 +36,19 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out_dir", default="demo", help="writes OUT_DIR/raw/ and OUT_DIR/tiny-qwen/ (default: demo)")
     ap.add_argument("--category", default="Video_Games", help="category name of the raw files (default: Video_Games)")
-    ap.add_argument("--n_users", type=int, default=400, help="synthetic users (default: 400)")
-    ap.add_argument("--n_items", type=int, default=240, help="synthetic items (default: 240)")
-    ap.add_argument("--n_subcats", type=int, default=4,
+    ap.add_argument("--n_users", type=positive_int, default=400, help="synthetic users (default: 400)")
+    ap.add_argument("--n_items", type=positive_int, default=240, help="synthetic items (default: 240)")
+    ap.add_argument("--n_subcats", type=positive_int, default=4,
                     help="sub-categories of the items, families of them with --preference synonyms (default: 4)")
     ap.add_argument("--preference", choices=PREFERENCES, default="synonyms",
                     help="how titles name the sub-category (fixtures/synthetic_amazon.py; default: synonyms)")
     ap.add_argument("--repeat_rate", type=float, default=0.02,
                     help="share of purchases bought again later (default: 0.02): preprocess.py's default "
                          "--repeat_policy first_only removes them and reports them in stats.json[\"repeats\"]")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the data and the random model weights (default: 0)")
-    ap.add_argument("--hidden_size", type=int, default=64, help="hidden size of the tiny Qwen2 (default: 64)")
-    ap.add_argument("--num_hidden_layers", type=int, default=2, help="layers of the tiny Qwen2 (default: 2)")
+    ap.add_argument("--seed", type=seed_int, default=0,
+                    help="seed of the data and the random model weights (default: 0)")
+    ap.add_argument("--hidden_size", type=positive_int, default=64, help="hidden size of the tiny Qwen2 (default: 64)")
+    ap.add_argument("--num_hidden_layers", type=positive_int, default=2, help="layers of the tiny Qwen2 (default: 2)")
     ap.add_argument("--model_shape", default=None, choices=["qwen2.5-0.5b", "qwen2.5-3b", "qwen2.5-7b"],
                     help="also write OUT_DIR/<shape>-random: a random-weight model of that published shape with the "
                          "demo tokenizer (GPU timing runs of train.py / train_rrec.py; built on the GPU if present)")
@@ -92,4 +94,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_user_error():  # bad input, a refused write, Ctrl-C: one line
+        main()

@@ -16,8 +16,8 @@ import argparse
 import os
 import sys
 
-from foundation.config import finite_float
-from foundation.errors import UserInputError, die
+from foundation.config import finite_float, positive_int, seed_int
+from foundation.errors import UserInputError, exit_on_user_error
 
 # The built-in example: a short history and one candidate, rendered with the judge's own templates.
 EXAMPLE_HISTORY = [("Turbo Racing Quest", 5.0), ("Neon Racing Saga", 4.0), ("Wild Racing Rally", 5.0)]
@@ -47,11 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--prompt", help="the user message (default: the built-in example prompt)")
     g.add_argument("--prompt_file", help="file whose whole text is the user message")
     p.add_argument("--system", default=None, help="optional system message")
-    p.add_argument("--max_new_tokens", type=int, default=256, help="response length limit in tokens (default: 256)")
+    p.add_argument("--max_new_tokens", type=positive_int, default=256,
+                   help="response length limit in tokens (default: 256)")
     p.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy")
-    p.add_argument("--seed", type=int, default=42, help="sampling seed, used when --temperature > 0 (default: 42)")
+    p.add_argument("--seed", type=seed_int, default=42, help="sampling seed, used when --temperature > 0 (default: 42)")
     args = p.parse_args(argv)
-    try:
+    with exit_on_user_error():
         from models.local_inference import LocalGenerator
         from paths import resolve_model_path
         from prompters.answer_parsing import parse_yes_no
@@ -92,8 +93,6 @@ def main(argv: list[str] | None = None) -> None:
         msgs = ([{"role": "system", "content": args.system}] if args.system else []) + \
             [{"role": "user", "content": prompt}]
         out = gen.generate([msgs], args.max_new_tokens, args.temperature, seed=args.seed)[0]
-    except UserInputError as e:
-        die(str(e))
     print(out)
     print(f"[parsed answer: {parse_yes_no(out)}]")
 

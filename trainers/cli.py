@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from models.api_client import DEFAULT_API_BASE, DEFAULT_KEY_ENV, ApiJob, ChatClient, run_jobs
-from foundation.config import finite_float
+from foundation.config import finite_float, int_range, nonnegative_int, positive_int, seed_int
 from foundation.errors import UserInputError, die, exit_on_user_error
 from foundation.files import check_output_path
 
@@ -22,9 +22,11 @@ def add_client_args(parser, model_default: str = "deepseek-chat", model_flag: st
     g.add_argument("--api_base", default=DEFAULT_API_BASE, help="OpenAI-compatible base URL (default: %(default)s)")
     g.add_argument("--api_key", default=None,
                    help=f"API key; default: the {DEFAULT_KEY_ENV} environment variable (never written to any file)")
-    g.add_argument(model_flag, dest=model_flag.lstrip("-"), default=model_default, help="model name (default: %(default)s)")
-    g.add_argument("--concurrency", type=int, default=concurrency, help="parallel requests (default: %(default)s)")
-    g.add_argument("--max_retries", type=int, default=5,
+    g.add_argument(model_flag, dest=model_flag.lstrip("-"), default=model_default,
+                   help="model name (default: %(default)s)")
+    g.add_argument("--concurrency", type=positive_int, default=concurrency,
+                   help="parallel requests (default: %(default)s)")
+    g.add_argument("--max_retries", type=nonnegative_int, default=5,
                    help="retries per request on 429/5xx/timeouts/connection errors/unusable 200 answers "
                         "(default: %(default)s)")
     g.add_argument("--timeout", type=finite_float, default=300.0,
@@ -35,7 +37,7 @@ def add_client_args(parser, model_default: str = "deepseek-chat", model_flag: st
     g.add_argument("--backoff_max", type=finite_float, default=60.0,
                    help="cap on one wait between attempts, also on a server's Retry-After (default: %(default)s)")
     g.add_argument("--temperature", type=finite_float, default=None, help="sampling temperature (default: the API's)")
-    g.add_argument("--max_tokens", type=int, default=None, help="answer token limit (default: the API's)")
+    g.add_argument("--max_tokens", type=positive_int, default=None, help="answer token limit (default: the API's)")
     g.add_argument("--no_retry_errors", action="store_true",
                    help="on a rerun, keep rows that failed earlier instead of asking again")
     g.add_argument("--redo_changed", action="store_true",
@@ -107,14 +109,15 @@ def add_dataset_eval_args(parser: argparse.ArgumentParser, output_default: str, 
                         "(default: json when --candidate_json_path is given, else random)")
     g.add_argument("--candidate_json_path", "--reference_json", dest="candidate_json_path", default=None,
                    help="result JSON (test.py or another baseline) whose candidates to rank, identical and in order")
-    g.add_argument("--K", type=int, default=None,
+    g.add_argument("--K", type=int_range(2), default=None,
                    help="candidates per example (default: 20; json mode: the reference's candidate count)")
-    g.add_argument("--K_eval", type=int, default=None,
+    g.add_argument("--K_eval", type=positive_int, default=None,
                    help="extra NDCG/HR cut-off besides 1, 5, 10 (default: min(10, K))")
-    g.add_argument("--seed", type=int, default=42, help="sample order and candidates (default: %(default)s)")
+    g.add_argument("--seed", type=seed_int, default=42, help="sample order and candidates (default: %(default)s)")
     g = parser.add_argument_group("prompt")
-    g.add_argument("--user_window_size", type=int, default=10, help="history items shown (default: %(default)s)")
-    g.add_argument("--max_len_per_item", type=int, default=0,
+    g.add_argument("--user_window_size", type=positive_int, default=10,
+                   help="history items shown (default: %(default)s)")
+    g.add_argument("--max_len_per_item", type=nonnegative_int, default=0,
                    help="words of description/features after each title; 0 = titles only (default: %(default)s)")
     g.add_argument("--prompt_template", default=None, help="file with a custom template ({history}, {candidates}, {n})")
     g.add_argument("--system_prompt", default=None, help="optional system message")
@@ -135,10 +138,6 @@ def _check_dataset_eval_args(a: argparse.Namespace) -> None:
         raise UserInputError("--candidate_mode json needs --candidate_json_path (a result JSON from test.py)")
     if a.candidate_mode == "random" and a.candidate_json_path:
         raise UserInputError("--candidate_json_path is only used with --candidate_mode json")
-    if a.K is not None and a.K < 2:
-        raise UserInputError(f"--K {a.K}: must be >= 2")
-    if a.K_eval is not None and a.K_eval < 1:
-        raise UserInputError(f"--K_eval {a.K_eval}: must be >= 1")
 
 
 def _split_outputs(args, script: str, split: str) -> tuple[Path, Path, dict]:

@@ -20,7 +20,6 @@ checkpoint and exit 0; --resume_from auto continues from the newest complete one
 """
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import sys
@@ -41,13 +40,13 @@ from trainers.evaluation.protocol import build_eval_items
 from trainers.evaluation.rrec import compute_item_table, rank_with_rrec, rrec_metrics
 from foundation.checkpoints import (TRAINER_STATE, apply_base_lrs, check_optimizer_state_fits,
                                              checkpoint_dirs, checkpoint_problem, finish_resume, load_torch_state,
-                                             open_resume, prepare_output_dir, run_files, write_checkpoint,
-                                             write_final_model)
-from foundation.config import RunConfig, option, require
+                                             open_resume, prepare_output_dir, run_files, save_torch,
+                                             write_checkpoint, write_final_model)
+from foundation.config import SEED_MAX, RunConfig, option, require
 from foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
                                              is_sharded, log_metrics, mean_over_processes, shard, step_resources)
 from foundation.errors import UserInputError
-from foundation.files import atomic_write_json
+from foundation.files import atomic_write_json, read_json, require_dir
 from foundation.seeding import numpy_rng
 from trainers.rl.advantages import ADVANTAGE_TYPES
 
@@ -167,7 +166,8 @@ class RRecTrainingArguments(RunConfig):
     num_train_epochs: float = option(3.0, "passes over the train split (upstream 3)", group=G_OPT)
     max_steps: int = option(-1, "stop after this many steps (> 0 overrides --num_train_epochs)", group=G_OPT)
     max_train_samples: int = option(-1, "use only the first N train examples (-1 = all)", group=G_OPT)
-    seed: int = option(42, "seed of data order, rollout sampling and validation candidates", group=G_OPT)
+    seed: int = option(42, "seed of data order, rollout sampling and validation candidates", group=G_OPT,
+                       min=0, max=SEED_MAX)
     # evaluation and checkpoints
     eval_steps: int = option(-1, "validate (and checkpoint) every N steps; -1 = upstream's "
                                  "floor(n_train / (3 * train_batch_size) / 8); 0 = only at the end", group=G_EVAL)
@@ -259,8 +259,7 @@ def resolve_trained_model(spec: str, flag: str = "--checkpoint_path") -> Path:
     from paths import resolve_model_path
 
     p = Path(spec) if Path(spec).exists() else Path(resolve_model_path(spec, flag=flag))
-    if not p.is_dir():
-        raise UserInputError(f"{flag} {spec}: not a directory")
+    require_dir(p, flag)
     ckpts = checkpoint_dirs(p, complete_only=False)
     if not (p / FINAL_DIR).is_dir() and ckpts and not (p / "config.json").is_file() \
             and not (p / ADAPTER_CONFIG_FILE).is_file():
@@ -269,12 +268,14 @@ def resolve_trained_model(spec: str, flag: str = "--checkpoint_path") -> Path:
             raise UserInputError(f"{flag} {spec}: no {FINAL_DIR} and no complete checkpoint-N (interrupted saves "
                                  "only); point it at a checkpoint directory")
         try:
-            state = json.loads((newest / TRAINER_STATE).read_text())
+            state = read_json(newest / TRAINER_STATE)
+            state = state if isinstance(state, dict) else {}
         except (OSError, ValueError):
             state = {}
         best = state.get("best_step")
-        best_dir = p / f"checkpoint-{best}" if best is not None else (
-            p / Path(state["best_model_checkpoint"]).name if state.get("best_model_checkpoint") else None)
+        recorded = state.get("best_model_checkpoint")
+        best_dir = p / f"checkpoint-{best}" if type(best) is int else (
+            p / Path(recorded).name if isinstance(recorded, str) and recorded else None)
         chosen = best_dir if best_dir is not None and checkpoint_problem(best_dir) is None else newest
         print(f"{flag} {spec}: no {FINAL_DIR}; evaluating {chosen.name} "
               f"({'the best by valid NDCG@10 so far' if chosen == best_dir else 'the newest'})", file=sys.stderr)
@@ -485,9 +486,9 @@ class GRecTrainer(TrainerProcess):
     def _write_checkpoint_files(self, tmp: Path) -> None:
         if self.is_main:
             self.rrec.save(tmp)
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save(self.item_table.detach().cpu(), tmp / ITEM_TABLE_FILE)
+            save_torch(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            save_torch(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            save_torch(self.item_table.detach().cpu(), tmp / ITEM_TABLE_FILE)
 
     def save_checkpoint(self, step: int, wall_time: float) -> Path:
         state = {"step": step, "world_size": self.world, "total_steps": self.total_steps, "wall_time": wall_time,
@@ -509,7 +510,7 @@ class GRecTrainer(TrainerProcess):
         info = {"source_step": source, "last_step": step, "best_step": self.best_step,
                 "best_valid_full/NDCG@10": self.best_metric, "merged": c.merge_lora}
         try:  # a rerun of a finished run: final_checkpoint is already this model (keep its files untouched)
-            done = json.loads((final / "final_info.json").read_text()) == info
+            done = read_json(final / "final_info.json") == info
         except (OSError, ValueError):
             done = False
         if done:

@@ -49,16 +49,16 @@ from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, ndcg_at, nd
 from trainers.evaluation.protocol import build_eval_items
 from foundation.checkpoints import (apply_base_lrs, capture_rng_state, check_optimizer_state_fits,
                                              finish_resume, load_torch_state, open_resume, prepare_output_dir,
-                                             restore_rng_state, run_files, select_param_groups, write_checkpoint,
-                                             write_final_model)
-from foundation.config import RunConfig, config_from_args, option, require
+                                    restore_rng_state, run_files, save_torch, select_param_groups,
+                                    write_checkpoint, write_final_model)
+from foundation.config import SEED_MAX, RunConfig, config_from_args, option, require
 from foundation.config import build_parser as config_parser
 from foundation.distributed import (StopRequest, TrainerProcess, any_process, configure_deepspeed,
                                     describe_distribution, gather_objects, init_tracking, is_sharded, log_metrics,
                                     max_over_processes, mean_over_processes, run_trainer, shard, step_resources,
                                     uses_deepspeed)
 from foundation.errors import UserInputError
-from foundation.files import append_jsonl, atomic_write_json
+from foundation.files import append_jsonl, atomic_write_json, atomic_write_text
 from foundation.plotting import plot_training
 from foundation.seeding import derived_seed, numpy_rng
 from trainers.rl.advantages import (ADVANTAGE_ESTIMATORS, estimator_uses_critic, get_advantage_estimator,
@@ -144,7 +144,7 @@ class PPOConfig(RunConfig):
     normalize_advantage: bool = option(True, "standardise advantages over the global batch (needs >= 2 "
                                              "samples in it)", group="optimisation")
     seed: int = option(42, "seed of model init, batch order, candidates and PL/reasoning sampling",
-                       group="optimisation")
+                       group="optimisation", min=0, max=SEED_MAX)
     # logging, validation, checkpoints
     save_every: int = option(100, "checkpoint every N steps (and at the end)", group="logging and checkpoints")
     save_total_limit: int = option(3, "keep the newest N checkpoints (<= 0: all)", group="logging and checkpoints")
@@ -652,9 +652,9 @@ class PPOTrainer(TrainerProcess):
                     f.unlink()  # pickles; our own rng_state_rank*.pt load with weights_only=True
         elif self.is_main:
             self._save_judge(tmp, None)
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            save_torch(self.optimizer.state_dict(), tmp / "optimizer.pt")
         if self.is_main:
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            save_torch(self.scheduler.state_dict(), tmp / "scheduler.pt")
 
     def save_checkpoint(self, step: int) -> Path:
         state = {"step": step, "world_size": self.world, "max_steps": self.max_steps,
@@ -735,7 +735,7 @@ class PPOTrainer(TrainerProcess):
             if self.is_main and not c.no_plot and (self.out / "metrics.jsonl").exists():
                 plot_training(self.out / "metrics.jsonl", self.out / "training.png")
         if c.write_param_checksums:
-            (self.out / f"param_checksum_rank{self.rank}.txt").write_text(param_checksum(self.judge) + "\n")
+            atomic_write_text(self.out / f"param_checksum_rank{self.rank}.txt", param_checksum(self.judge) + "\n")
         if tracking:
             self.acc.end_training()
         self.acc.wait_for_everyone()

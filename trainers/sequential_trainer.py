@@ -266,7 +266,6 @@ class SequentialTrainer:
             print(f"resuming {self.ckpt} (epoch {self.epoch} of {c.num_epochs})", file=sys.stderr)
         bar = tqdm(total=c.num_epochs, initial=self.epoch, desc=c.model, unit="epoch", disable=c.no_progress,
                    dynamic_ncols=True)
-        t0 = time.time()
         try:
             with StopRequest() as stop:
                 while not self.finished:

@@ -10,7 +10,6 @@ model (or LoRA adapter with --use_lora; merged with --merge_lora) and tokenizer 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -30,10 +29,10 @@ from models.abstract_models import (
 )
 from trainers.data.sft import SFTCollator, SFTDataset, validate_sft_records
 from foundation.checkpoints import check_output_dir, resolve_checkpoint
-from foundation.config import G_LORA, G_PRECISION, ModelConfig, option, require
+from foundation.config import G_LORA, G_PRECISION, SEED_MAX, ModelConfig, option, require
 from foundation.distributed import describe_distribution, distribution_line, refuse_unavailable_distribution
 from foundation.errors import UserInputError
-from foundation.files import append_jsonl, read_jsonl
+from foundation.files import append_jsonl, atomic_write_json, loads_json, read_jsonl, writing
 
 
 @dataclass
@@ -54,9 +53,9 @@ class SFTConfig(ModelConfig):
     warmup_ratio: float = option(0.05, "fraction of the total optimizer steps used for linear warmup")
     lr_scheduler_type: str = option("cosine", "transformers scheduler name, e.g. cosine|linear|constant_with_warmup")
     bf16: bool = option(False, "bf16 mixed precision on GPU (autocast; master weights stay fp32)")
-    seed: int = option(42, "seed of data order and initialisation")
+    seed: int = option(42, "seed of data order and initialisation", min=0, max=SEED_MAX)
     save_steps: int = option(500, "write {output_dir}/checkpoint-{step} every N optimizer steps")
-    save_total_limit: int | None = option(None, "keep only the newest N checkpoints (default: keep all)")
+    save_total_limit: int | None = option(None, "keep only the newest N checkpoints (default: keep all)", min=1)
     logging_steps: int = option(10, "append a metrics.jsonl row every N optimizer steps")
     resume_from_checkpoint: str | None = option(None, "checkpoint dir, 'last' (newest complete one in output_dir) "
                                                       "or 'auto' (that, else a fresh start)")
@@ -89,7 +88,7 @@ def load_records(path: str) -> list[dict]:
         raise UserInputError(f"--data_file {path}: not UTF-8 text ({e})")
     if text.lstrip().startswith("["):
         try:
-            recs = json.loads(text)
+            recs = loads_json(text)
         except ValueError as e:
             raise UserInputError(f"--data_file {path}: invalid JSON ({e})")
     else:
@@ -179,9 +178,10 @@ def train_sft(cfg: "SFTConfig") -> str:
           f"{total} optimizer steps", flush=True)
     trainer.train(resume_from_checkpoint=resume)
     if trainer.is_world_process_zero():
-        # the model (or the LoRA adapter, or with --merge_lora the merged model) + tokenizer via save_pretrained
-        save_lm(trainer.accelerator.unwrap_model(trainer.model), args.output_dir, merge_adapter=args.merge_lora)
-        tok.save_pretrained(args.output_dir)
-        with open(os.path.join(args.output_dir, "sft_args.json"), "w", encoding="utf-8") as f:
-            json.dump({**cfg.to_dict(), "distribution": distribution}, f, indent=1)
+        # the model (or the LoRA adapter, or with --merge_lora the merged model) + tokenizer via save_pretrained;
+        # a refused write (disk full, ...) is one line naming the file (the checkpoints written so far stay)
+        with writing(args.output_dir):
+            save_lm(trainer.accelerator.unwrap_model(trainer.model), args.output_dir, merge_adapter=args.merge_lora)
+            tok.save_pretrained(args.output_dir)
+        atomic_write_json(os.path.join(args.output_dir, "sft_args.json"), {**cfg.to_dict(), "distribution": distribution})
     return args.output_dir

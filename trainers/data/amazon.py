@@ -7,8 +7,9 @@ amazon_files (locating, downloading, reading), amazon_items (metadata -> item ro
 input raises `UserInputError` with a one-line message, before anything is written.
 
 Order of the stages (each drop is counted under its reason in stats.json["dropped"]): read rows (malformed
-line, missing user/item id, non-numeric rating/timestamp) -> exact duplicates -> items without usable
-metadata (not in the metadata file, no valid title, no valid price) -> time window -> repeat purchases
+line, missing user/item id, non-numeric rating, rating outside 1..5 stars, non-numeric timestamp) -> exact
+duplicates -> items without usable metadata (not in the metadata file, no valid title, a title without a visible
+character, no valid price) -> time window -> repeat purchases
 (--repeat_policy first_only) -> iterated K-core -> examples (--repeat_policy drop_example).
 
 Repeat purchases (--repeat_policy): candidate negatives exclude the user's shown history
@@ -48,7 +49,7 @@ from trainers.data.amazon_interactions import (
 )
 from trainers.data.amazon_items import ITEM_COLUMNS, ITEM_DROP_REASONS, clean_text, load_items, parse_price, valid_title
 from foundation.errors import UserInputError
-from foundation.files import RunLock, check_output_path
+from foundation.files import RunLock, atomic_write_json, check_output_path, require_dir, writing
 
 __all__ = ["EXAMPLE_COLUMNS", "ITEM_COLUMNS", "PreprocessConfig", "clean_text", "download", "format_summary",
            "output_dir", "parse_price", "run_preprocess", "split_sizes", "valid_title", "validate_config"]
@@ -108,7 +109,7 @@ def validate_config(cfg: PreprocessConfig) -> None:
     root = Path(cfg.data_root_dir)
     for p in (root, output_dir(cfg)):
         if p.exists() and not p.is_dir():
-            raise UserInputError(f"--data_root_dir {cfg.data_root_dir}: {p} exists and is not a directory")
+            raise UserInputError(f"--data_root_dir {cfg.data_root_dir}: {p} is a file, expected a directory")
     check_output_path(root, "--data_root_dir", kind="dir")
 
 
@@ -133,8 +134,7 @@ def run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
 
 def _run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     if cfg.raw_dir is not None:
-        if not Path(cfg.raw_dir).is_dir():
-            raise UserInputError(f"--raw_dir {cfg.raw_dir}: not a directory")
+        require_dir(cfg.raw_dir, "--raw_dir")
         files = locate_raw_files(cfg.raw_dir, cfg.category, allow_download=False)
     else:
         files = locate_raw_files(Path(cfg.data_root_dir) / "raw", cfg.category, allow_download=True)
@@ -149,7 +149,8 @@ def _run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     wanted = set(x.items.take(present_codes(x.item, len(x.items))).to_pylist())
     items, item_drops, item_counts = load_items(files.meta, cfg.keep_items_without_price, wanted)
     _stage(f"items: {item_counts['meta_rows']} in metadata, {item_counts['not_in_interactions']} never rated, "
-           f"{item_counts['kept']} kept ({item_counts['bad_title']} bad title, {item_counts['bad_price']} "
+           f"{item_counts['kept']} kept ({item_counts['bad_title']} bad title, {item_counts['invisible_title']} "
+           f"invisible title, {item_counts['bad_price']} "
            f"no valid price)", t0)
     n_valid = len(x)
     x = sort_and_dedupe(x)
@@ -201,12 +202,28 @@ def _run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
     item_rows = [items[a] for a in x.items.take(kept_codes).to_pylist()]
 
     out = output_dir(cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Assemble in a hidden sibling dir and rename into place: a kill mid-write never leaves a half dataset
-    # under the real name, and the previous one is replaced only once the new one is complete.
+    # under the real name, and the previous one is replaced only once the new one is complete. A write the OS
+    # refuses (disk full, ...) is one OutputError naming the file; the temp dir goes, the previous dataset stays.
     tmp = out.parent / f".tmp-{out.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    try:
+        with writing(tmp):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            stats = _write_output(cfg, files, x, win, index, n, n_valid, n_dedup, item_counts, item_rows,
+                                  item_code_to_id, kept_codes, tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _stage(f"saved {out}", t0)
+    return out, stats
+
+
+def _write_output(cfg: PreprocessConfig, files, x, win, index, n: int, n_valid: int, n_dedup: int, item_counts: dict,
+                  item_rows: list[dict], item_code_to_id: np.ndarray, kept_codes: np.ndarray, tmp: Path,
+                  out: Path) -> dict:
+    """The dataset and its stats.json into tmp, then renamed to out (replacing an older one); returns the stats."""
     fingerprint = json.dumps(asdict(cfg), sort_keys=True)
     splits = write_dataset(tmp, x, index, item_rows, item_code_to_id, fingerprint)
 
@@ -243,8 +260,7 @@ def _run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
         "rows_read": x.rows_read,
         "dropped": {"interactions": dropped, "examples": {"target_in_shown_history": index.dropped}},
     }
-    with open(tmp / "stats.json", "w", encoding="utf-8") as f:
-        json.dump(stats, f, indent=2)
+    atomic_write_json(tmp / "stats.json", stats, indent=2)
     if out.exists():
         old = out.parent / f".old-{out.name}"
         if old.exists():
@@ -254,8 +270,7 @@ def _run_preprocess(cfg: PreprocessConfig) -> tuple[Path, dict]:
         shutil.rmtree(old)
     else:
         os.rename(tmp, out)
-    _stage(f"saved {out}", t0)
-    return out, stats
+    return stats
 
 
 def format_summary(out: Path, stats: dict) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from foundation.errors import UserInputError
+from foundation.files import writing
 
 HOST = "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_2023"
 CORRUPT_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
@@ -36,8 +37,9 @@ def download(url: str, dest: Path, chunk: int = 1 << 20, timeout: float = 60.0) 
     dest = Path(dest)
     if dest.exists():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    with writing(part):  # a refused write (disk full, no permission): one line naming the file
+        dest.parent.mkdir(parents=True, exist_ok=True)
     done = part.stat().st_size if part.exists() else 0
     req = urllib.request.Request(url, headers={"User-Agent": "our-rec-preprocess"})
     if done:
@@ -56,16 +58,18 @@ def download(url: str, dest: Path, chunk: int = 1 << 20, timeout: float = 60.0) 
             done = 0
         length = resp.headers.get("Content-Length")
         total = int(length) + done if length else None
-        with open(part, "ab" if done else "wb") as f, tqdm(
-            total=total, initial=done, unit="B", unit_scale=True, desc=dest.name
-        ) as bar:
+        with writing(part):
+            f = open(part, "ab" if done else "wb")
+        with f, tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=dest.name) as bar:
             while True:
                 buf = resp.read(chunk)
                 if not buf:
                     break
-                f.write(buf)
+                with writing(part):  # the network's errors stay the download's; only the disk's are turned
+                    f.write(buf)
                 bar.update(len(buf))
-    part.rename(dest)
+    with writing(dest):
+        part.rename(dest)
     return dest
 
 
@@ -124,10 +128,15 @@ def locate_raw_files(raw_dir: str | Path, category: str, allow_download: bool = 
     return RawFiles(meta=meta, ratings=ratings, reviews=None if ratings is not None else reviews)
 
 
+# utf-8-sig: a UTF-8 byte-order mark at the start (an Excel or Windows export) is read as nothing, not as part of
+# the first column name or the first JSON line; pyarrow's readers skip it too.
+TEXT_ENCODING = "utf-8-sig"
+
+
 def open_text(path: Path):
     if is_gzip(path):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, "r", encoding="utf-8")
+        return gzip.open(path, "rt", encoding=TEXT_ENCODING)
+    return open(path, "r", encoding=TEXT_ENCODING)
 
 
 def corrupt_file_error(path: Path, e: Exception) -> UserInputError:
@@ -169,7 +178,7 @@ def iter_lines(path: Path, desc: str) -> Iterator[tuple[int, str]]:
     try:
         with open(path, "rb") as raw, ByteBar(raw, path, desc) as bar:
             stream = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip(path) else raw
-            for n, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8"), start=1):
+            for n, line in enumerate(io.TextIOWrapper(stream, encoding=TEXT_ENCODING), start=1):
                 if n % 4096 == 0:
                     bar.update()
                 yield n, line

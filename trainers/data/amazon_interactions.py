@@ -8,7 +8,9 @@ Decisions not fixed by the design:
 - every field is read as a string: user and item ids are taken verbatim ("NA", "null", "0" are ids);
   an empty id (or a JSON null) is a missing id and the row is dropped and counted;
 - a rating or timestamp is a decimal or scientific number, surrounding blanks allowed; anything else
-  (text, "nan", "inf", empty) drops the row and is counted;
+  (text, "nan", "inf", empty) drops the row and is counted (bad_rating, bad_timestamp);
+- a rating is a number of stars, 1..5 (RATING_RANGE, Amazon's scale; fractions such as 4.5 are kept): a number
+  outside it (0, -1, 99, 1e308) drops the row, counted as rating_out_of_range (it would reach the prompts);
 - timestamp units are decided per row (--timestamp_unit auto): a value below 1e11 is seconds (1e11 ms is
   1973-03-03, 1e11 s is the year 5138) and is multiplied by 1000; converted rows are counted. A timestamp
   outside 1970-01-01..9999-12-31 is an error naming the file and the row;
@@ -30,6 +32,7 @@ import pyarrow.compute as pc
 
 from trainers.data.amazon_files import CORRUPT_ERRORS, ByteBar, corrupt_file_error, is_gzip, iter_lines, open_text
 from foundation.errors import UserInputError
+from foundation.files import loads_json
 
 RATING_COLUMNS = ["user_id", "parent_asin", "rating", "timestamp"]
 REPEAT_POLICIES = ("first_only", "drop_example", "keep")
@@ -37,7 +40,9 @@ TIMESTAMP_UNITS = ("auto", "s", "ms")
 SECONDS_BELOW = 1e11
 MAX_MS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp() * 1000) + 999
 # Reasons a raw row is dropped while reading, in the order they are checked (one reason per row).
-READ_DROP_REASONS = ("malformed_line", "missing_user_id", "missing_item_id", "bad_rating", "bad_timestamp")
+READ_DROP_REASONS = ("malformed_line", "missing_user_id", "missing_item_id", "bad_rating", "rating_out_of_range",
+                     "bad_timestamp")
+RATING_RANGE = (1.0, 5.0)  # stars, both ends included
 _NUMBER = r"^\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*$"
 
 
@@ -165,8 +170,8 @@ def _review_columns_python(path: Path) -> tuple[dict[str, pa.Array], int, int]:
             continue
         rows += 1
         try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
+            r = loads_json(line)
+        except ValueError:
             r = None
         if not isinstance(r, dict):
             malformed += 1
@@ -191,11 +196,11 @@ def read_reviews_jsonl(path: Path) -> tuple[dict[str, pa.Array], int, int]:
         with open_text(path) as f:
             for line in f:
                 if line.strip():
-                    first = json.loads(line)
+                    first = loads_json(line)
                     break
     except CORRUPT_ERRORS as e:
         raise corrupt_file_error(path, e) from None
-    except json.JSONDecodeError as e:
+    except ValueError as e:
         raise UserInputError(f"{path}: the first line is not JSON ({e})") from None
     if not isinstance(first, dict) or any(c not in first for c in ("user_id", "rating", "timestamp")) or (
             "parent_asin" not in first and "asin" not in first):
@@ -233,7 +238,9 @@ def load_interactions(path: Path, reviews_jsonl: bool, timestamp_unit: str = "au
     dropped = Counter({"malformed_line": malformed})
     keep = np.ones(len(user), dtype=bool)
     for reason, bad in (("missing_user_id", _empty_code(users, user)), ("missing_item_id", _empty_code(items, item)),
-                        ("bad_rating", np.isnan(rating)), ("bad_timestamp", np.isnan(ts))):
+                        ("bad_rating", np.isnan(rating)),
+                        ("rating_out_of_range", (rating < RATING_RANGE[0]) | (rating > RATING_RANGE[1])),
+                        ("bad_timestamp", np.isnan(ts))):
         bad = bad & keep
         dropped[reason] += int(bad.sum())
         keep &= ~bad

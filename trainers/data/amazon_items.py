@@ -5,7 +5,9 @@ Decisions not fixed by the design:
   tags by a space and collapsing whitespace. A tag is `<` directly followed by a letter, `/letter` or `!`
   and running to the next `>` without another `<`: "<span id=x>", "</b>", "<br/>", "<!-- -->" go,
   while a literal "<" or ">" in text stays ("3 < 5 > 2", "I <3 it");
-- an item is dropped if its cleaned title is empty or longer than 20 words;
+- an item is dropped if its cleaned title is empty or longer than 20 words (no_title), or holds no visible
+  character: only zero-width spaces, joiners, other format or control characters, or combining marks, which
+  whitespace collapsing keeps (invisible_title);
 - a price is valid if it is a finite non-negative number or a string that parses as one after
   removing "$" and ","; "None", "—", null, "from 12.99" are invalid (the item is dropped unless
   --keep_items_without_price);
@@ -22,11 +24,13 @@ import html
 import json
 import math
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
 from trainers.data.amazon_files import iter_lines
 from foundation.errors import UserInputError
+from foundation.files import loads_json
 
 MAX_TITLE_WORDS = 20
 ITEM_COLUMNS = [
@@ -35,7 +39,9 @@ ITEM_COLUMNS = [
 ]
 PAD_ASIN, PAD_TITLE = "pad_asin", "pad_title"
 # Drop reasons of an item, in the order they are checked; also the per-interaction reasons "item_<reason>".
-ITEM_DROP_REASONS = ("no_title", "no_price")
+ITEM_DROP_REASONS = ("no_title", "invisible_title", "no_price")
+# Unicode categories that show something: letters, numbers, punctuation, symbols (not marks, separators, Cc/Cf/Co/Cn)
+_VISIBLE_CATEGORIES = ("L", "N", "P", "S")
 
 _TAG_RE = re.compile(r"<(?:/?[A-Za-z][^<>]*|![^<>]*)>")
 _ASIN_VALUE_RE = re.compile(r'"(?:parent_asin|asin)"\s*:\s*"([^"\\]*)"')
@@ -68,12 +74,26 @@ def parse_price(v) -> float | None:
     return x if math.isfinite(x) and x >= 0 else None
 
 
-def valid_title(raw) -> str | None:
-    """The cleaned title, or None if missing/empty/over MAX_TITLE_WORDS words."""
+def has_visible_character(text: str) -> bool:
+    """Whether text shows anything: a letter, number, punctuation mark or symbol (a title of zero-width spaces
+    does not)."""
+    return any(unicodedata.category(c)[0] in _VISIBLE_CATEGORIES for c in text)
+
+
+def title_problem(raw) -> tuple[str, str | None]:
+    """(cleaned title, None) or (cleaned title, the item drop reason: no_title, invisible_title)."""
     t = clean_text(raw)
     if not t or len(t.split()) > MAX_TITLE_WORDS:
-        return None
-    return t
+        return t, "no_title"
+    if not has_visible_character(t):
+        return t, "invisible_title"
+    return t, None
+
+
+def valid_title(raw) -> str | None:
+    """The cleaned title, or None if missing/empty/over MAX_TITLE_WORDS words/without a visible character."""
+    t, problem = title_problem(raw)
+    return None if problem else t
 
 
 def _str_list(v) -> list[str]:
@@ -138,13 +158,13 @@ def load_items(path: str | Path, keep_items_without_price: bool = False,
     Returns ({parent_asin: cleaned row} of kept items, {parent_asin: drop reason} of dropped items,
     counts). With `wanted` (the asins that occur in the interactions) other lines are skipped and
     counted as "not_in_interactions". counts: meta_rows = not_in_interactions + no_asin + bad_title +
-    bad_price + duplicate_asin + kept.
+    invisible_title + bad_price + duplicate_asin + kept.
     """
     path = Path(path)
     items: dict[str, dict] = {}
     dropped: dict[str, str] = {}
-    counts = Counter({k: 0 for k in ("meta_rows", "not_in_interactions", "no_asin", "bad_title", "bad_price",
-                                     "duplicate_asin")})
+    counts = Counter({k: 0 for k in ("meta_rows", "not_in_interactions", "no_asin", "bad_title", "invisible_title",
+                                     "bad_price", "duplicate_asin")})
     checked_layout = False
     for n, line in iter_lines(path, f"reading {path.name}"):
         if not line.strip():
@@ -154,8 +174,8 @@ def load_items(path: str | Path, keep_items_without_price: bool = False,
             counts["not_in_interactions"] += 1
             continue
         try:
-            m = json.loads(line)
-        except json.JSONDecodeError as e:
+            m = loads_json(line)
+        except ValueError as e:
             raise UserInputError(f"{path}: line {n} is not JSON ({e})") from None
         if not isinstance(m, dict) or (not checked_layout and "title" not in m):
             found = sorted(m)[:10] if isinstance(m, dict) else type(m).__name__
@@ -169,10 +189,10 @@ def load_items(path: str | Path, keep_items_without_price: bool = False,
         if wanted is not None and asin not in wanted:
             counts["not_in_interactions"] += 1
             continue
-        title = valid_title(m.get("title"))
-        if title is None:
-            counts["bad_title"] += 1
-            dropped.setdefault(asin, "no_title")
+        title, problem = title_problem(m.get("title"))
+        if problem is not None:
+            counts["bad_title" if problem == "no_title" else problem] += 1
+            dropped.setdefault(asin, problem)
             continue
         price = parse_price(m.get("price"))
         if price is None and not keep_items_without_price:

@@ -7,7 +7,6 @@ announced with one line on stderr.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from foundation.errors import UserInputError
+from foundation.files import read_json, require_dir
 
 SPLITS = ("train", "valid", "test")
 LAYOUTS = ("ours", "upstream", "by item_id")  # pad item first / pad item last / any other row order
@@ -153,10 +153,7 @@ def load_processed_dataset(path: str | os.PathLike, flag: str = "--dataset_path"
     catalogue, history lists of different lengths, repeated interaction ids (check_examples)."""
     p = Path(path)
     where = f"{flag} {path}"
-    if not p.exists():
-        raise UserInputError(f"{where}: directory does not exist; run preprocess.py first")
-    if not p.is_dir():
-        raise UserInputError(f"{where}: not a directory; point it at preprocess.py's output directory")
+    require_dir(p, flag, hint="point it at preprocess.py's output directory (run preprocess.py first)")
     if not (p / "dataset_dict.json").exists():
         raise UserInputError(f"{where}: not a saved DatasetDict (no dataset_dict.json); point it at preprocess.py's "
                              "output")
@@ -201,7 +198,7 @@ ITEM_INFO_COLUMNS = {"item_id": "integer", "title": "string"}
 
 def _read_json(f: Path, where: str, name: str):
     try:
-        return json.loads(f.read_text(encoding="utf-8"))
+        return read_json(f)
     except FileNotFoundError:
         raise UserInputError(f"{where}: {name} is missing; the dataset directory is damaged (rebuild it with "
                              "preprocess.py)")

@@ -21,7 +21,7 @@ from prompters.answer_parsing import ANSWER_TAG_RE, parse_yes_no, strip_think
 from prompters.rendering import generation_prompt
 from trainers.data.candidates import sample_candidates
 from foundation.errors import UserInputError
-from foundation.files import check_output_path
+from foundation.files import MAX_JSON_BYTES, check_output_path, loads_json, read_json
 from foundation.seeding import numpy_rng
 
 LABELS = ("Yes", "No")
@@ -184,7 +184,7 @@ def read_dataset_info(path: str | os.PathLike, flag: str) -> dict:
     if not p.exists():
         return {}
     try:
-        info = json.loads(p.read_text(encoding="utf-8"))
+        info = read_json(p)
     except (ValueError, OSError) as e:
         raise UserInputError(f"{flag}: {p} exists but is not a readable dataset_info.json ({e}); fix or remove it")
     if not isinstance(info, dict) or not all(isinstance(v, dict) for v in info.values()):
@@ -206,7 +206,7 @@ def check_prompt_output(path: str | os.PathLike, flag: str = "--output_file") ->
         try:
             with open(p, encoding="utf-8") as f:
                 for line in f:
-                    row = json.loads(line) if line.strip() else {k: None for k in PROMPT_FIELDS}
+                    row = loads_json(line) if line.strip() else {k: None for k in PROMPT_FIELDS}
                     if not isinstance(row, dict) or not all(k in row for k in PROMPT_FIELDS):
                         ours = False
                         break
@@ -223,7 +223,7 @@ def check_sft_output(path: str | os.PathLike, flag: str = "--output_file") -> No
     if not p.exists():
         return
     try:
-        recs = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+        recs = read_json(p, MAX_JSON_BYTES) if p.is_file() else None
     except (ValueError, OSError, UnicodeDecodeError):
         recs = None
     ours = isinstance(recs, list) and all(isinstance(r, dict) and (ALPACA_COLUMNS["prompt"] in r or

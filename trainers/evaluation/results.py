@@ -7,7 +7,6 @@ a killed run resumes without duplicating or losing samples.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from typing import Any, Callable
 
 from trainers.evaluation.metrics import metrics_from_ranks, rank_from_ranking
 from foundation.errors import UserInputError
-from foundation.files import append_jsonl, atomic_write_json, iter_jsonl, repair_jsonl_tail
+from foundation.files import MAX_JSON_BYTES, append_jsonl, atomic_write_json, iter_jsonl, read_json, repair_jsonl_tail
 
 SAMPLE_KEYS = ("interaction_id", "user_id", "target_item_id", "candidates", "scores", "ranking", "target_rank")
 
@@ -71,11 +70,11 @@ def load_result_json(path: str | os.PathLike, flag: str = "--reference_json", ch
     (sample_problem, complete=False), else a one-line error naming the sample."""
     p = Path(path)
     if not p.is_file():
-        raise UserInputError(f"{flag} {path}: file not found")
+        raise UserInputError(f"{flag} {path}: {'is a directory, expected a file' if p.is_dir() else 'file not found'}")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise UserInputError(f"{flag} {path}: not valid JSON ({e})")
+        data = read_json(p, MAX_JSON_BYTES)
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"{flag} {path}: not valid JSON ({type(e).__name__}: {e})")
     if not isinstance(data, dict) or not isinstance(data.get("samples"), list):
         raise UserInputError(f"{flag} {path}: not a result JSON (no 'samples' list)")
     if check_samples:
@@ -112,6 +111,9 @@ def check_resume_settings(path: str | os.PathLike, meta: dict, keys: tuple[str, 
     if not p.is_file():
         return
     old = load_result_json(p, flag=flag, check_samples=False).get("meta", {}) or {}
+    if not isinstance(old, dict) or not isinstance(old.get("args") or {}, dict):
+        raise UserInputError(f"{flag} {p.parent}: existing {p.name} has a damaged 'meta' (not an object); "
+                             "pass --overwrite_output_dir or another output directory")
     flat_old = {**(old.get("args") or {}), **old}
     flat_new = {**(meta.get("args") or {}), **meta}
     diff = [k for k in keys if k in flat_old and flat_old[k] != flat_new.get(k)]
