@@ -35,7 +35,8 @@ def _users(vocab: int, reasoning: bool) -> list[UserPrompt]:
     for _ in range(N_USERS):
         prefix = [rng.randrange(3, vocab) for _ in range(rng.randint(10, 30))]
         stem = [rng.randrange(3, vocab) for _ in range(4)]
-        suffixes = [stem + [rng.randrange(3, vocab)] + stem[:1] for _ in range(K)]
+        # distinct middle tokens: two identical candidates tie in any precision (that is not rounding)
+        suffixes = [stem + [t] + stem[:1] for t in rng.sample(range(3, vocab), K)]
         spans = [(4, 5)] * K if reasoning else None  # the differing token stands for a reasoning text
         users.append(UserPrompt(prefix_ids=prefix, suffix_ids=suffixes, candidates=list(range(K)),
                                 reasoning_spans=spans))
