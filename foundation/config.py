@@ -201,6 +201,9 @@ def require(ok: bool, message: str) -> None:
 # ---------------------------------------------------------------------------------------------- shared by trainers
 G_PRECISION, G_LORA, G_RUN = "precision and attention", "LoRA", "run: output, resume, tracking"
 DTYPES = ("auto", "bf16", "fp16", "fp32")
+# The judge's scoring paths (models/qwen_models.py): per prompt, shared-prefix packing, or auto (shared where it is
+# exact and fast on the model and backend, naive otherwise; models.qwen_models.resolve_scoring decides, once per run).
+SCORING_MODES = ("auto", "naive", "shared")
 REPORT_TO = ("none", "tensorboard", "wandb")
 
 
