@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
@@ -167,8 +168,20 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         target.add_argument(*names, type=typ, **kw)
 
 
+# a help text that already states its flag's default ("... (default: 8765)", "...; default: the API's")
+_STATES_DEFAULT = re.compile(r"(^|[(;,]\s*)default:", re.IGNORECASE)
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows every flag's default and keeps the description's line breaks (usage examples)."""
+    """--help shows every flag's default and keeps the description's line breaks (usage examples). A help text that
+    states its default in words keeps them alone, and an unset (None) default adds nothing: the help says what unset
+    means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or _STATES_DEFAULT.search(text):
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser(cls: type, description: str | None = None,
