@@ -9,6 +9,7 @@ import math
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -321,6 +322,37 @@ def test_one_run_per_output_dir(assets, tmp_path):
     assert not (out / ".lock").exists() and (out / "checkpoint-1" / "COMPLETE").is_file()
 
 
+def test_original_readme_example_shares_outputs_with_other_scripts(assets, tmp_path):
+    """The original README's `python train.py --model_name_or_path M --dataset_path D --dataset_type other
+    --output_dir ./outputs` (issue 28) runs although other scripts wrote into ./outputs (their run directories,
+    test.py's results.json): only another training run's files collide, and the refusal names them."""
+    from trainers.ppo_trainer import run_training
+
+    data, model = assets
+    clone = tmp_path / "clone"
+    foreign = {"demo/train/checkpoint-5/COMPLETE": "{}", "test_tiny-qwen/results.json": "{}", "results.json": "{}",
+               "notes.txt": "mine"}
+    for rel, text in foreign.items():
+        (clone / "outputs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (clone / "outputs" / rel).write_text(text)
+    readme = [sys.executable, str(REPO / "train.py"), "--model_name_or_path", str(model), "--dataset_path", str(data),
+              "--dataset_type", "other", "--output_dir", "./outputs"]
+    fast = ["--device", "cpu", "--K", "4", "--K_eval", "3", "--batch_size", "2", "--max_len_per_item", "4",
+            "--user_window_size", "3", "--max_steps", "1", "--num_valid_samples", "2", "--no_plot"]
+    r = subprocess.run([*readme, *fast], cwd=clone, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    outputs = clone / "outputs"
+    assert (outputs / "checkpoint-1" / "COMPLETE").is_file() and (outputs / "final").is_dir()
+    assert all((outputs / rel).read_text() == text for rel, text in foreign.items())
+    # the same command again collides with the run it made: refused, naming that run's files and no others
+    with pytest.raises(UserInputError) as e:
+        run_training(_args(data, model, outputs))
+    msg = str(e.value)
+    assert msg.startswith(f"--output_dir {outputs}: holds another training run's checkpoint-1/, args.json, final/, "
+                          "metrics.jsonl; pass --resume_from auto to continue it, --overwrite_output_dir")
+    assert "results.json" not in msg and "demo" not in msg and "notes.txt" not in msg
+
+
 def test_train_sh_rerun_continues_instead_of_overwriting(assets, tmp_path):
     """bash train.sh passes --resume_from auto: rerunning the same command after it finished (or was killed)
     keeps the checkpoints and has nothing left to do."""
@@ -371,7 +403,7 @@ def test_bad_input_is_a_one_line_error(assets, tmp_path):
 
     # A finished one-step run: the dir is now non-empty, an incomplete checkpoint is refused.
     run_training(_args(data, model, out, "--batch_size", "1", "--num_valid_samples", "2"))
-    with pytest.raises(UserInputError, match="not empty"):
+    with pytest.raises(UserInputError, match="holds another training run's checkpoint-1/, args.json, final/"):
         run_training(_args(data, model, out))
     broken = out / "checkpoint-9"
     shutil.copytree(out / "checkpoint-1", broken)
