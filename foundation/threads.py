@@ -3,9 +3,9 @@ script (foundation.errors.exit_on_user_error calls configure_threads on entry).
 
 torch's own default is one thread per core, whatever else runs on the machine. On a shared machine that
 oversubscribes the cores: OpenMP's threads spin at every parallel region's barrier waiting for a thread that the
-kernel has descheduled. On the demo's training step (2-core machine, other jobs running) torch's default ran 3-4x
-slower per step than one thread (docs/performance.md, "threads"). Our default therefore leaves half the cores to the
-rest of the machine and shares the other half among the processes of a node:
+kernel has descheduled. On the demo's training step (2-core machine shared with other jobs) torch's default ran
+5-6x slower per step and 3-4x per run than one thread (docs/performance.md, "Threads"). Our default therefore
+leaves half the cores to the rest of the machine and shares the other half among the processes of a node:
 
     threads = max(1, usable cores // (2 * LOCAL_WORLD_SIZE))
 

@@ -1,7 +1,7 @@
 """foundation/threads.py: every script sets torch's intra-op threads on entry (foundation.errors.exit_on_user_error)
 to half the usable cores shared among the node's processes, unless OURREC_THREADS or OMP_NUM_THREADS /
-MKL_NUM_THREADS say otherwise (issue 28: torch's one-thread-per-core default ran the demo 3-4x slower per step on a
-loaded 2-core machine, docs/performance.md "threads")."""
+MKL_NUM_THREADS say otherwise (issue 28: torch's one-thread-per-core default ran the demo's step 5-6x slower on a
+shared 2-core machine, docs/performance.md "Threads")."""
 from __future__ import annotations
 
 import os
