@@ -55,7 +55,8 @@ def resolve_scoring(scoring: str, model_name_or_path: str, attn_implementation: 
       (an explicit --attn_implementation eager --scoring shared is exact and is not refused);
     - a model_type transformers does not know (custom code): whether it honours a prepared 4D mask is unknown ->
       naive;
-    - otherwise shared (prefix_split under auto attention: equal to naive to ~1e-5 in fp32, tests/test_shared_prefix.py).
+    - otherwise shared (prefix_split under auto attention: equal to naive to ~1e-5 in fp32,
+      tests/test_shared_prefix.py).
     """
     if scoring not in SCORING_MODES:
         raise UserInputError(f"{flag} {scoring!r}: must be one of {'|'.join(SCORING_MODES)}")
@@ -79,7 +80,8 @@ def _auto_scoring(cfg: dict, attn: str, device: torch.device) -> tuple[str, str]
 
         config = AutoConfig.for_model(model_type, **{k: v for k, v in cfg.items() if k != "model_type"})
     except (ValueError, KeyError, TypeError):
-        return "naive", f"model_type {model_type!r} is not one transformers knows (custom code may ignore the block mask)"
+        return "naive", (f"model_type {model_type!r} is not one transformers knows (custom code may ignore the "
+                         "block mask)")
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     window = getattr(text, "sliding_window", None)
     layer_types = getattr(text, "layer_types", None)

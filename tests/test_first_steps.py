@@ -75,7 +75,8 @@ def test_train_sh_passes_the_estimator_and_seed(tmp_path):
 
 
 def test_launchers_default_to_scoring_auto(tmp_path):
-    """Fast by default (issue 28): train.sh (demo and real runs) and test.sh pass --scoring auto; `scoring` overrides."""
+    """Fast by default (issue 28): train.sh (demo and real runs) and test.sh pass --scoring auto; the variable
+    `scoring` overrides it."""
     for script, env in (("train.sh", {}), ("train.sh", {"dataset_path": "/d"}), ("test.sh", {"dataset_path": "/d"})):
         assert _flag_values(_argv_of(script, env, tmp_path))["--scoring"] == "auto", (script, env)
         assert _flag_values(_argv_of(script, env | {"scoring": "naive"}, tmp_path))["--scoring"] == "naive"
