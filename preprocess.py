@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 
 from trainers.data.amazon_interactions import REPEAT_POLICIES, TIMESTAMP_UNITS
-from foundation.config import int_range, nonnegative_int, positive_int
+from foundation.config import HelpFormatter, int_range, nonnegative_int, positive_int
 from foundation.errors import UserInputError, exit_on_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:
     from trainers.data.amazon import MAX_YEAR, MIN_YEAR
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--category", default="Video_Games", help="Amazon Reviews 2023 category, e.g. Video_Games")
     p.add_argument("--K", type=nonnegative_int, default=5,
                    help="iterated K-core threshold on users and items (0 = none)")

@@ -3,27 +3,40 @@
 #                      bash setup.sh test  -> install + run the test suite
 # Uses the active virtualenv if there is one, else creates ./.venv. On machines without CUDA the CPU
 # torch wheel is installed first so pip does not pull a multi-GB CUDA build.
+# Progress: a line per step with the time since the start, and pip's own lines (each package as it is collected,
+# downloaded and installed; the first install takes minutes, mostly torch).
 set -euo pipefail
 cd "$(dirname "$0")"
 mode="${1:-test}"
 PY="${PYTHON:-python3}"
+start=$SECONDS
+step() { printf 'setup.sh [%dm%02ds] %s\n' $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)) "$*"; }
+pip_install() { "$PY" -m pip install --progress-bar on "$@"; }
 if [ -z "${VIRTUAL_ENV:-}" ]; then
-  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  if [ ! -x .venv/bin/python ]; then step "creating the virtual environment ./.venv"; "$PY" -m venv .venv; fi
   PY="$PWD/.venv/bin/python"
 else
   PY="$(command -v python)"
 fi
+step "python: $PY"
 if ! "$PY" -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
-    "$PY" -m pip install -q "torch>=2.4,<2.15"
+    step "installing torch (CUDA build: the largest download of the set-up)"
+    pip_install "torch>=2.4,<2.15"
   else
-    "$PY" -m pip install -q torch==2.13.0 2>/dev/null \
-      || "$PY" -m pip install -q "torch>=2.4,<2.15" --index-url https://download.pytorch.org/whl/cpu
+    step "installing torch for the CPU"
+    if ! pip_install torch==2.13.0; then
+      step "torch==2.13.0 is not on the default index here: installing from PyTorch's CPU wheel index"
+      pip_install "torch>=2.4,<2.15" --index-url https://download.pytorch.org/whl/cpu
+    fi
   fi
+  step "torch installed"
 fi
 # The dependencies and (its last line, `-e .`) the project itself, editable: scripts in subfolders (compare_model/,
 # tools/, sft_train/) import its packages. Run from the repository root (this script cd's there above).
-"$PY" -m pip install -q -r requirements.txt
+step "installing requirements.txt (transformers, accelerate, peft, datasets, ... and this project, editable)"
+pip_install -r requirements.txt
+step "installed; running: $mode"
 export PATH="$(dirname "$PY"):$PATH"
 case "$mode" in
   test)

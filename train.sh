@@ -4,7 +4,8 @@
 #   CUDA_VISIBLE_DEVICES=0,1 model_name_or_path=Qwen2.5-3B-Instruct dataset_path=data/Video_Games_5_2021-1-2023-12 bash train.sh
 # Extra arguments are passed through to train.py (e.g. bash train.sh --use_lora --gradient_checkpointing).
 # ADVANTAGE_ESTIMATOR (or advantage_estimator) = critic|rloo|grpo and SEED (or seed) pick train.py's
-# --advantage_estimator and --seed (tools/seed_sweep.sh runs several of each).
+# --advantage_estimator and --seed (tools/seed_sweep.sh runs several of each). scoring = auto (default: shared-prefix
+# scoring where it is exact for the model, printed) | naive | shared.
 #
 # Distribution (GPU runs go through `accelerate launch`, one process per visible GPU per node):
 #   ACCELERATE_CONFIG  ddp (default) | fsdp | zero2 | zero3 | a path: configs/accelerate/<name>.yaml. fsdp and zero*
@@ -25,10 +26,12 @@ if [[ -z "${dataset_path:-}" && -z "${model_name_or_path:-}" ]]; then demo=1; fi
 
 # Demo defaults (tiny model, synthetic data, CPU, a few minutes) vs. defaults for real runs. The demo uses
 # the settings of tests/test_learning.py: lr 3e-4 with 4 PPO epochs was the steadiest in a sweep (higher
-# rates peak, then fall back); shared-prefix scoring halves the step time.
+# rates peak, then fall back). Scoring (both): auto = shared-prefix scoring where it is exact for the model (the
+# tiny Qwen2 and Qwen2.5: yes; it halves the demo's step time, and the README's GPU table has it ~5x faster per
+# step), printed by train.py.
 if [[ $demo == 1 ]]; then
   d_K=10; d_batch=32; d_lr_actor=3e-4; d_lr_critic=1e-3; d_steps=200; d_mlen=1; d_win=3; d_device=cpu
-  set -- --ppo_epochs 4 --scoring shared --scoring_chunk_size 160 --eval_every 50 --num_valid_samples 100 "$@"
+  set -- --ppo_epochs 4 --scoring_chunk_size 160 --eval_every 50 --num_valid_samples 100 "$@"
 else
   d_K=20; d_batch=4; d_lr_actor=1e-5; d_lr_critic=1e-4; d_steps=-1; d_mlen=64; d_win=10; d_device=auto
 fi
@@ -51,6 +54,7 @@ lr_actor=${lr_actor:-$d_lr_actor}
 lr_critic=${lr_critic:-$d_lr_critic}
 max_steps=${max_steps:-$d_steps}
 device=${device:-$d_device}
+scoring=${scoring:-auto}
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
@@ -93,7 +97,7 @@ args=(--dataset_path "$dataset_path" --dataset_type "$dataset_type" --model_name
       --print_every "$print_every" --save_every "$save_every" --token_log_path "$token_log_path"
       --batch_size "$batch_size" --K "$K" --K_eval "$K_eval" --eval_K "$eval_K" --lr_actor "$lr_actor"
       --lr_critic "$lr_critic" --max_steps "$max_steps" --device "$device"
-      --advantage_estimator "$advantage_estimator" --seed "$seed" "${resume[@]}")
+      --advantage_estimator "$advantage_estimator" --seed "$seed" --scoring "$scoring" "${resume[@]}")
 
 if [[ $nproc -gt 1 || $NNODES -gt 1 || $sharded == 1 ]]; then
   exec "$PYTHON" -m accelerate.commands.launch --config_file "$config" --num_machines "$NNODES" \

@@ -201,14 +201,44 @@ def check_resume_settings(ckpt: Path, current: dict, keys: Sequence[str], allowe
 
 
 # ---------------------------------------------------------------------------------------------- the run directory
+# What a training run writes at the top of its --output_dir (train.py, compare_model/train_rrec.py: the checkpoint
+# layout above, their logs, the final model, trackers). Another training run's entries among these collide with a
+# new run there: --resume_from auto would continue the other run's checkpoints, its logs would be appended to. Other
+# entries (other scripts' run directories, test.py's results.json) do not: several scripts may share ./outputs.
+TRAINING_RUN_ENTRIES = ("checkpoint-*", ".tmp-checkpoint-*", ARGS_FILE, TRAINER_STATE, "metrics.jsonl", "final",
+                        "final_checkpoint", "training.png", "token_lengths.jsonl", "param_checksum_rank*.txt",
+                        "wandb", "ourrec_*")
+
+
+def describe_entries(paths: Sequence[Path], limit: int = 6) -> str:
+    """'checkpoint-100/, metrics.jsonl, args.json' (directories end in '/', checkpoints in step order first; more
+    than `limit` entries: '... and N more')."""
+    def order(p: Path) -> tuple:
+        m = CKPT_RE.match(p.name)
+        return (0, int(m.group(1)), "") if m else (1, 0, p.name)
+
+    names = [p.name + ("/" if p.is_dir() else "") for p in sorted(paths, key=order)]
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def check_output_dir(output_dir: str | os.PathLike, resume_from: str | None, overwrite: bool,
-                     resume_hint: str = "--resume_from auto") -> None:
-    """Before anything runs: --output_dir is a directory or absent, and a non-empty one (an earlier run) is used only
-    with a resume flag (continue it; resume_hint names it) or --overwrite_output_dir (start afresh)."""
+                     resume_hint: str = "--resume_from auto", collides: Sequence[str] | None = None) -> None:
+    """Before anything runs: --output_dir is a directory or absent, and one that holds what this run would write is
+    used only with a resume flag (continue it; resume_hint names it) or --overwrite_output_dir (start afresh).
+    collides: name patterns of what this kind of run writes at the top of the directory (TRAINING_RUN_ENTRIES for
+    the RL trainers); None: every entry collides (a run that writes its model at the top, like train_sft.py). The
+    refusal names what is there."""
     out = check_output_path(output_dir, "--output_dir", kind="dir")
-    if not resume_from and not overwrite and out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
-        raise UserInputError(f"--output_dir {out}: not empty, it holds an earlier run; pass {resume_hint} to "
-                             "continue it or --overwrite_output_dir to start afresh")
+    if resume_from or overwrite or not out.is_dir():
+        return
+    entries = [p for p in out.iterdir() if p.name != LOCK_FILE]
+    if collides is not None:
+        entries = [p for p in entries if any(fnmatch.fnmatchcase(p.name, pat) for pat in collides)]
+    if entries:
+        what = "another training run's " if collides is not None else ""
+        raise UserInputError(f"--output_dir {out}: holds {what}{describe_entries(entries)}; pass {resume_hint} to "
+                             "continue it, --overwrite_output_dir to start afresh, or choose another --output_dir")
 
 
 def run_files(output_dir: str | os.PathLike, names: Sequence[str | os.PathLike]) -> list[Path]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
@@ -167,8 +168,20 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         target.add_argument(*names, type=typ, **kw)
 
 
+# a help text that already states its flag's default ("... (default: 8765)", "...; default: the API's")
+_STATES_DEFAULT = re.compile(r"(^|[(;,]\s*)default:", re.IGNORECASE)
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows every flag's default and keeps the description's line breaks (usage examples)."""
+    """--help shows every flag's default and keeps the description's line breaks (usage examples). A help text that
+    states its default in words keeps them alone, and an unset (None) default adds nothing: the help says what unset
+    means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or _STATES_DEFAULT.search(text):
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser(cls: type, description: str | None = None,
@@ -201,6 +214,9 @@ def require(ok: bool, message: str) -> None:
 # ---------------------------------------------------------------------------------------------- shared by trainers
 G_PRECISION, G_LORA, G_RUN = "precision and attention", "LoRA", "run: output, resume, tracking"
 DTYPES = ("auto", "bf16", "fp16", "fp32")
+# The judge's scoring paths (models/qwen_models.py): per prompt, shared-prefix packing, or auto (shared where it is
+# exact and fast on the model and backend, naive otherwise; models.qwen_models.resolve_scoring decides, once per run).
+SCORING_MODES = ("auto", "naive", "shared")
 REPORT_TO = ("none", "tensorboard", "wandb")
 
 

@@ -400,10 +400,10 @@ def run_trainer(cfg: RunConfig, make_trainer: Callable[[Any, Any], TrainerProces
     """A training run from a validated-on-the-spot config (a foundation.config.RunConfig): the output dir checked,
     the accelerator built, the run lock held while make_trainer(cfg, accelerator).train() runs. Bad input raises
     UserInputError on every process, so all of them stop."""
-    from foundation.checkpoints import check_output_dir
+    from foundation.checkpoints import TRAINING_RUN_ENTRIES, check_output_dir
 
     cfg.validate()
-    check_output_dir(cfg.output_dir, cfg.resume_from, cfg.overwrite_output_dir)
+    check_output_dir(cfg.output_dir, cfg.resume_from, cfg.overwrite_output_dir, collides=TRAINING_RUN_ENTRIES)
     accelerator = build_accelerator(cfg, getattr(cfg, "gradient_accumulation_steps", 1))
     with locked_run(accelerator, cfg.output_dir):
         trainer = make_trainer(cfg, accelerator)

@@ -104,7 +104,8 @@ def exit_on_user_error(*secrets: str | None) -> Iterator[None]:
     - Ctrl-C (SIGINT) or SIGTERM: 'interrupted', exit 130 / 143 (128 + the signal). What the script saved so far
       stays as it is (result files are written incrementally: rerunning the same command resumes).
     Under a multi-process launch (accelerate launch/torchrun set RANK) only rank 0 prints; the others exit quietly
-    with the same status."""
+    with the same status. On entry it sets the process's CPU threads (foundation.threads.configure_threads: every
+    script starts here, so every script gets the same thread default and overrides)."""
     quiet = int(os.environ.get("RANK", "0") or 0) != 0
 
     def fail(msg: str, status: int) -> NoReturn:
@@ -114,6 +115,7 @@ def exit_on_user_error(*secrets: str | None) -> Iterator[None]:
 
     try:
         with _signals_as_errors():
+            _configure_threads()
             yield
     except UserInputError as e:
         fail(str(e), 2)
@@ -129,6 +131,15 @@ def exit_on_user_error(*secrets: str | None) -> Iterator[None]:
         name = signal.Signals(signum).name
         fail(f"interrupted by {name}{' (Ctrl-C)' if name == 'SIGINT' else ''}; what was saved so far is kept "
              "(rerun the same command to continue where the script resumes)", 128 + int(signum))
+
+
+def _configure_threads() -> None:
+    from foundation.threads import configure_threads
+
+    try:
+        configure_threads()
+    except ValueError as e:  # a bad OURREC_THREADS / OMP_NUM_THREADS value
+        raise UserInputError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------- redaction

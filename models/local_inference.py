@@ -23,7 +23,7 @@ from models.abstract_models import (
     resolve_dtype,
 )
 from prompters.rendering import generation_prompt
-from foundation.config import finite_float, positive_int, seed_int
+from foundation.config import HelpFormatter, finite_float, positive_int, seed_int
 from foundation.errors import UserInputError
 
 
@@ -167,7 +167,7 @@ def inference_cli(argv: list[str] | None, description: str, model_path: str, inp
 
     from foundation.errors import exit_on_user_error
 
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     p.add_argument("--model_path", default=model_path, help="model dir or a name known to paths.py")
     p.add_argument("--input_file", default=input_file, help="prompt JSONL (generate_prompts.py output)")
     p.add_argument("--output_file", default=output_file, help="response JSONL; appended to and resumed")

@@ -14,6 +14,9 @@ the LM of a full-model directory; the value head is only needed to continue trai
 """
 from __future__ import annotations
 
+import functools
+import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -22,15 +25,90 @@ from torch import nn
 
 from models.abstract_models import (AbstractRecModel, LoraSettings, apply_lora, attention_softcap, check_model_dir,
                                     check_loaded_tensors, fp32_linear, gathered_parameters, is_adapter_dir,
-                                    load_causal_lm, load_tokenizer, pad_left, pad_right, resolve_attn_implementation,
-                                    resolve_device, resolve_dtype, save_lm)
+                                    load_causal_lm, load_tokenizer, model_config, pad_left, pad_right,
+                                    resolve_attn_implementation, resolve_device, resolve_dtype, save_lm)
 from prompters import prompts
 from prompters.binary_prompter import UserPrompt
+from foundation.config import SCORING_MODES  # noqa: F401 (re-exported: auto|naive|shared)
 from foundation.errors import UserInputError
 from models.judge_types import SamplingSettings, ScoreOutput  # noqa: F401 (re-exported: the judge's value types)
 from models.shared_prefix import generate_shared_prefix, score_shared_prefix
 
-SCORING_MODES = ("naive", "shared")
+RESOLVED_SCORING = ("naive", "shared")  # what a forward runs: auto is resolved before (resolve_scoring)
+
+
+def resolve_scoring(scoring: str, model_name_or_path: str, attn_implementation: str | None = "auto",
+                    device: str | torch.device | None = "auto", base_model: str | None = None,
+                    flag: str = "--scoring") -> str:
+    """The run's scoring path, decided once before the model loads (shared packs each user's candidates, so it
+    also decides the attention kernel: BinaryJudge.load(packed_mask=...)). naive and shared are returned as given;
+    auto is shared where shared-prefix scoring is exact and runs on its fast kernel for this model and backend,
+    naive otherwise, and prints one line `scoring: <path> (auto: <why>)` (main process):
+
+    - --attn_implementation flash_attention_2: FA2 takes no block mask -> naive;
+    - flex_attention off CUDA: inductor's CPU kernel does not compile the packed mask -> naive;
+    - a model with sliding-window layers (Gemma-2, Mistral v0.1, Qwen2 with use_sliding_window): the packed block
+      mask replaces the model's own masks, so the window would not be applied -> naive (exact only for prompts
+      shorter than the window);
+    - a model that caps its attention logits (Gemma-2) under auto attention: SDPA-based kernels (prefix_split)
+      cannot apply the cap, so shared would fall back to eager attention with a dense [T, T] mask -> naive
+      (an explicit --attn_implementation eager --scoring shared is exact and is not refused);
+    - a model_type transformers does not know (custom code): whether it honours a prepared 4D mask is unknown ->
+      naive;
+    - otherwise shared (prefix_split under auto attention: equal to naive to ~1e-5 in fp32,
+      tests/test_shared_prefix.py).
+    """
+    if scoring not in SCORING_MODES:
+        raise UserInputError(f"{flag} {scoring!r}: must be one of {'|'.join(SCORING_MODES)}")
+    if scoring != "auto":
+        return scoring
+    resolved, why = _auto_scoring(model_config(model_name_or_path, base_model), attn_implementation or "auto",
+                                  resolve_device(device))
+    _announce_scoring(resolved, why)
+    return resolved
+
+
+def _auto_scoring(cfg: dict, attn: str, device: torch.device) -> tuple[str, str]:
+    """(naive|shared, why) for a model's config.json (a dict) under an attention request on a device."""
+    if attn == "flash_attention_2":
+        return "naive", "--attn_implementation flash_attention_2 takes no block mask"
+    if attn == "flex_attention" and device.type != "cuda":
+        return "naive", "flex_attention packs candidates only on CUDA"
+    model_type = cfg.get("model_type")
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.for_model(model_type, **{k: v for k, v in cfg.items() if k != "model_type"})
+    except (ValueError, KeyError, TypeError):
+        return "naive", (f"model_type {model_type!r} is not one transformers knows (custom code may ignore the "
+                         "block mask)")
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None)
+    layer_types = getattr(text, "layer_types", None)
+    if window and (layer_types is None or "sliding_attention" in layer_types):
+        return "naive", (f"{model_type} has sliding-window attention ({window} tokens), which the packed block mask "
+                         "does not apply")
+    softcap = getattr(text, "attn_logit_softcapping", None)
+    if softcap and attn == "auto":
+        return "naive", (f"{model_type} caps its attention logits, so shared would run eager attention with a dense "
+                         "mask instead of prefix_split")
+    kernel = "prefix_split" if attn == "auto" else attn
+    return "shared", f"{model_type}: the shared prefix is computed once per user ({kernel})"
+
+
+def check_resolved_scoring(scoring: str) -> None:
+    """A forward runs naive or shared; auto must have been resolved (resolve_scoring) before the model loaded."""
+    if scoring == "auto":
+        raise ValueError("scoring 'auto' reached a forward: resolve it with models.qwen_models.resolve_scoring "
+                         "before loading the model (it decides the attention kernel too)")
+    if scoring not in RESOLVED_SCORING:
+        raise UserInputError(f"--scoring {scoring!r}: must be one of {'|'.join(SCORING_MODES)}")
+
+
+@functools.lru_cache(maxsize=None)
+def _announce_scoring(scoring: str, why: str) -> None:
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"scoring: {scoring} (auto: {why})", file=sys.stderr)
 
 
 class ValueHead(nn.Module):
@@ -146,8 +224,7 @@ class BinaryJudge(AbstractRecModel):
                 with_token_logprobs: bool = False, sampling: SamplingSettings | None = None) -> ScoreOutput:
         """Scores of the K candidates of each user (and optionally critic values and reasoning log-probs under
         `sampling`). Differentiable: call under torch.no_grad() for evaluation, with grad for PPO updates."""
-        if scoring not in SCORING_MODES:
-            raise UserInputError(f"--scoring {scoring!r}: must be one of {'|'.join(SCORING_MODES)}")
+        check_resolved_scoring(scoring)
         Ks = {p.K for p in batch}
         if len(Ks) != 1:
             raise ValueError(f"all users in a batch need the same K, got {sorted(Ks)}")
@@ -209,6 +286,7 @@ class BinaryJudge(AbstractRecModel):
                            sampling: SamplingSettings | None = None, scoring: str = "naive") -> list[UserPrompt]:
         """Sample (or greedily decode) a reasoning text for every (user, candidate); return prompts whose
         suffixes end with it plus the answer prefix, with reasoning_spans marking exactly the generated tokens."""
+        check_resolved_scoring(scoring)
         sampling = sampling or SamplingSettings()
         if scoring == "shared":
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from foundation.config import finite_float, int_range, positive_int, seed_int
+from foundation.config import HelpFormatter, finite_float, int_range, positive_int, seed_int
 from foundation.errors import exit_on_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dataset_dir", required=True, help="processed dataset directory (preprocess.py output)")
     p.add_argument("--num_samples", type=positive_int, default=1000,
                    help="prompt rows to write (examples drawn without replacement, cycling if the split is smaller; "

@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import os
 
+from foundation.config import HelpFormatter
 from foundation.errors import UserInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
     from trainers.cli import add_client_args, add_prompt_file_args
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--input_file", default="sft_train/prompts.jsonl", help="prompt JSONL (default: %(default)s)")
     p.add_argument("--output_file", default="sft_train/responses.jsonl", help="response JSONL (default: %(default)s)")
     p.add_argument("--prompt_id_min", type=int, default=None, help="first prompt id to ask (inclusive)")

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 
+from foundation.config import HelpFormatter
 from foundation.errors import UserInputError, exit_on_user_error
 
 
@@ -34,7 +35,7 @@ def default_output(fmt: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--input_file", default="sft_train/responses.jsonl",
                    help="response JSONL of get_response_by_deepseek.py (default: sft_train/responses.jsonl)")
     p.add_argument("--output_file", default=None,

@@ -204,6 +204,8 @@ def ctx(tmp_path_factory) -> dict:
     c["full_out"] = root / "full_out"
     c["full_out"].mkdir()
     (c["full_out"] / "keep.txt").write_text("earlier run")
+    (c["full_out"] / "metrics.jsonl").write_text('{"step": 3}\n')  # and another training run's files
+    (c["full_out"] / "checkpoint-3").mkdir()
     other = {"meta": {"seed": 999, "K": 5, "split": "test"}, "metrics": {}, "samples": []}
     for d, name in (("test_out", "results.json"), ("ds_out", "results.json"), ("rrec_out", "results.json")):
         (root / d).mkdir()
@@ -457,7 +459,8 @@ CASES = [
     ("train-ckpt-incomplete", _set(TRAIN, resume_from="{ckpt_incomplete}"), "--resume_from", False),
     ("train-ckpt-shape", _set(TRAIN, resume_from="{ckpt_shape}"), "different model shape", False),
     ("train-template", _set(TRAIN, prompt_template="{bad_template}"), "--prompt_template", False),
-    ("train-existing-output", _set(TRAIN, output_dir="{full_out}"), "--overwrite_output_dir", False),
+    ("train-existing-output", _set(TRAIN, output_dir="{full_out}"),
+     "holds another training run's checkpoint-3/, metrics.jsonl; pass --resume_from auto", False),
     # ---- compare_model/deepseek.py
     ("ds-dataset-missing", _set(DS, dataset_dir="{root}/nope"), "--dataset_dir", False),
     ("ds-dataset-type", _set(DS, dataset_type="books"), "--dataset_type", False),
@@ -492,7 +495,8 @@ CASES = [
     ("trrec-K_eval", _set(TRREC, K_eval="9"), "--K_eval", True),
     ("trrec-K-catalogue", _set(TRREC, K="500"), "--K", False),
     ("trrec-window", _set(TRREC, user_window_size="0"), "--user_window_size", False),
-    ("trrec-existing-output", _set(TRREC, output_dir="{full_out}"), "--overwrite_output_dir", False),
+    ("trrec-existing-output", _set(TRREC, output_dir="{full_out}"),
+     "holds another training run's checkpoint-3/, metrics.jsonl; pass", False),
     ("trrec-no-tokenizer", _set(TRREC, model_name_or_path="{notok}"), "tokenizer", False),
     ("trrec-ckpt-shape", _set(TRREC, resume_from="{rrec_ckpt_shape}", use_lora=None) + ["--no-use_lora"],
      "different model shape", False),
@@ -533,7 +537,7 @@ CASES = [
                                 "{bad_jsonl}", "--output_dir", "{fresh_out}", "--device", "cpu"], "tokenizer", False),
     ("train_sft-existing-output", ["sft_train/train_sft.py", "--model_name_or_path", "{model}", "--data_file",
                                    "{sft_data}", "--output_dir", "{full_out}", "--device", "cpu"],
-     "--overwrite_output_dir", False),
+     "holds checkpoint-3/, keep.txt, metrics.jsonl; pass --resume_from_checkpoint last", False),
     ("train_sft-null-instruction", ["sft_train/train_sft.py", "--model_name_or_path", "{model}", "--data_file",
                                     "{sft_null}", "--output_dir", "{fresh_out}", "--device", "cpu"],
      "record 0 'instruction' is missing or null", False),

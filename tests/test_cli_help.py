@@ -150,3 +150,49 @@ def test_help_runs_as_scripts(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.undo()
         missing = [o for a in parser._actions for o in a.option_strings if o not in got["stdout"]]
         assert not missing, f"{script} --help does not list {missing}"
+
+
+def defaults_not_shown(parser: argparse.ArgumentParser) -> list[str]:
+    """Options with a default (not None, not suppressed) whose --help text does not show it ('(default: 5)', or the
+    help's own '...; default: 5')."""
+    bad = []
+    for p in _all_parsers(parser):
+        formatter = p._get_formatter()
+        for a in p._actions:
+            if not a.option_strings or isinstance(a, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            if a.default is None or a.default is argparse.SUPPRESS or a.help is argparse.SUPPRESS:
+                continue
+            if not re.search(r"\bdefault:", formatter._expand_help(a), re.IGNORECASE):
+                bad.append("/".join(a.option_strings))
+    return bad
+
+
+# converted to option() configs over one evaluation runner on another branch (issue 28): their defaults show there
+CONVERTED_ELSEWHERE = {"compare_model/rrec.py", "compare_model/deepseek.py", "tools/run_r1.py"}
+
+
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.xfail(reason="converted on another branch"))
+                                    if s in CONVERTED_ELSEWHERE else s for s in SCRIPTS])
+def test_help_shows_every_default(script: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--help of every script shows each option's default (issue 28: preprocess.py's K 5, its 2017-2023 window,
+    window 10, min_items 10000 were invisible)."""
+    monkeypatch.chdir(REPO)
+    parser = get_parser(script, monkeypatch)
+    monkeypatch.undo()
+    missing = defaults_not_shown(parser)
+    assert not missing, f"{script} --help hides the default of {', '.join(missing)}"
+
+
+def test_defaults_not_shown_detects_a_hidden_default() -> None:
+    """The check itself can fail: a plain formatter hides defaults; %(default)s or the defaults formatter shows them."""
+    from foundation.config import HelpFormatter
+
+    plain = argparse.ArgumentParser()
+    plain.add_argument("--K", type=int, default=5, help="candidates")
+    plain.add_argument("--out", default=None, help="no default to show")
+    plain.add_argument("--win", default=10, help="window (default: %(default)s)")
+    assert defaults_not_shown(plain) == ["--K"]
+    shown = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    shown.add_argument("--K", type=int, default=5, help="candidates")
+    assert defaults_not_shown(shown) == [] and "(default: 5)" in shown.format_help()

@@ -36,6 +36,11 @@ VALUES = {"dataset_path": "/data/x", "dataset_type": "movies", "model_name_or_pa
 
 def _argv_of(script: str, env_vars: dict, tmp_path: Path) -> list[str]:
     """The argv the launcher hands to the interpreter, recorded by a stand-in PYTHON."""
+    return _run_launcher(script, env_vars, tmp_path)[0]
+
+
+def _run_launcher(script: str, env_vars: dict, tmp_path: Path) -> tuple[list[str], str]:
+    """(the argv of the launcher's last interpreter call, its stderr), the interpreter a recording stand-in."""
     record = tmp_path / "argv.json"
     shim = tmp_path / "python"
     shim.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {record}\n")
@@ -44,7 +49,7 @@ def _argv_of(script: str, env_vars: dict, tmp_path: Path) -> list[str]:
            **env_vars}
     r = subprocess.run(["bash", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    return record.read_text().splitlines()
+    return record.read_text().splitlines(), r.stderr
 
 
 def _flag_values(argv: list[str]) -> dict[str, str]:
@@ -67,6 +72,42 @@ def test_train_sh_passes_the_estimator_and_seed(tmp_path):
     assert (got["--advantage_estimator"], got["--seed"]) == ("rloo", "7")
     got = _flag_values(_argv_of("train.sh", {"dataset_path": "/d"}, tmp_path))
     assert (got["--advantage_estimator"], got["--seed"], got["--eval_K"]) == ("critic", "42", "20")
+
+
+def test_launchers_default_to_scoring_auto(tmp_path):
+    """Fast by default (issue 28): train.sh (demo and real runs) and test.sh pass --scoring auto; the variable
+    `scoring` overrides it."""
+    for script, env in (("train.sh", {}), ("train.sh", {"dataset_path": "/d"}), ("test.sh", {"dataset_path": "/d"})):
+        assert _flag_values(_argv_of(script, env, tmp_path))["--scoring"] == "auto", (script, env)
+        assert _flag_values(_argv_of(script, env | {"scoring": "naive"}, tmp_path))["--scoring"] == "naive"
+
+
+def test_test_sh_evaluates_the_demos_trained_checkpoint(tmp_path):
+    """`bash setup.sh demo` then `bash test.sh` (issue 28): test.sh evaluates the newest complete checkpoint of the
+    demo's training run ($OUT/train, demo.sh's), says so in one line, and says so when it falls back to the base
+    model. The repository's own outputs/ may hold a train.sh run: the demo run here is saved "later" than it."""
+    out = tmp_path / "demo_out"
+    old, new, partial = (out / "train" / f"checkpoint-{s}" for s in (100, 200, 300))
+    for d in (old, new, partial):
+        d.mkdir(parents=True)
+    (old / "COMPLETE").write_text("{}")
+    (new / "COMPLETE").write_text("{}")  # checkpoint-300 has no COMPLETE: a save that was cut off
+    future = 4_000_000_000  # 2096: newer than anything a real run left in the repository's outputs/
+    os.utime(old / "COMPLETE", (future - 10, future - 10))
+    os.utime(new / "COMPLETE", (future, future))
+    argv, err = _run_launcher("test.sh", {"OUT": str(out)}, tmp_path)
+    assert _flag_values(argv)["--resume_from"] == str(new)
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("test.sh:")]
+    assert line.startswith(f"test.sh: evaluating {new}, the newest complete checkpoint of the demo's training runs")
+
+    default_run = REPO / "outputs" / "ppo_tiny-qwen_Video_Games_5_2021-1-2023-12"
+    if not list(default_run.glob("checkpoint-*/COMPLETE")):  # a clean clone: nothing trained -> the base model
+        argv, err = _run_launcher("test.sh", {"OUT": str(tmp_path / "no_demo_run")}, tmp_path)
+        assert "--resume_from" not in argv and "--checkpoint_dir" not in argv
+        assert "evaluating the untrained base model demo/tiny-qwen" in err
+    # a model of one's own, no checkpoint: evaluated as given, said so
+    argv, err = _run_launcher("test.sh", {"dataset_path": "/d", "model_name_or_path": "/m"}, tmp_path)
+    assert "--resume_from" not in argv and "test.sh: evaluating /m as it is" in err
 
 
 def test_test_sh_passes_every_original_readme_variable(tmp_path):

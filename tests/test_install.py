@@ -75,3 +75,33 @@ def test_requirements_txt_alone_makes_subfolder_scripts_work(tmp_path):
     for script, *args in SCRIPTS:
         r = run([str(py), str(clone / script), *args], cwd=elsewhere)
         assert r.returncode == 0 and "usage:" in r.stdout, f"{script}: {r.stderr[-2000:]}"
+
+
+def test_setup_sh_reports_progress(tmp_path):
+    """The install step is never silent (issue 28: 4-14 minutes without a line): a timed line per step, and pip runs
+    without -q, so each package shows as it is collected, downloaded and installed. A stand-in `python` (the active
+    virtualenv's) records what setup.sh asks of it; torch counts as missing."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.txt"
+    fake = bin_dir / "python"
+    fake.write_text(f"""#!/bin/sh
+echo "$*" >> {log}
+case "$*" in
+  "-c import torch") exit 1 ;;
+  "-m pip install"*) echo "Collecting something"; exit 0 ;;
+esac
+exit 0
+""")
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "VIRTUAL_ENV": str(tmp_path)}
+    r = subprocess.run(["bash", str(REPO / "setup.sh"), "test", "-k", "nothing"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    steps = [ln for ln in r.stdout.splitlines() if ln.startswith("setup.sh [")]
+    assert [ln.split("] ", 1)[1].split(" ")[0:2] for ln in steps] == [
+        ["python:", f"{bin_dir}/python"], ["installing", "torch"], ["torch", "installed"],
+        ["installing", "requirements.txt"], ["installed;", "running:"]]
+    assert all(ln[len("setup.sh ["):].split("]")[0].endswith("s") for ln in steps)  # [0m03s]: time since the start
+    pip_calls = [c for c in log.read_text().splitlines() if c.startswith("-m pip install")]
+    assert len(pip_calls) == 2 and not any(" -q" in c for c in pip_calls) and "Collecting something" in r.stdout

@@ -388,3 +388,44 @@ def test_attention_softcap_model_gets_a_kernel_that_applies_it(gemma2_dir):
     # the RRec baseline's loader too (it used to pick sdpa, which transformers refuses for Gemma-2 at run time)
     rrec = RRecModel.load(str(gemma2_dir), device="cpu", dtype="fp32")
     assert rrec.base_lm().config._attn_implementation == "eager"
+
+
+def test_scoring_auto_resolves_once_to_the_exact_fast_path(tiny_dir, gemma2_dir, capsys):
+    """--scoring auto (issue 28): shared for a Qwen2 judge (prefix_split, exact), naive for a Gemma-2 model (its
+    sliding-window layers and attention soft-capping are not applied by the packed mask on the fast kernel), each
+    decision printed in one line; explicit modes pass through; a forward never sees auto."""
+    from foundation.errors import UserInputError
+    from models.qwen_models import _announce_scoring, _auto_scoring, resolve_scoring
+
+    _announce_scoring.cache_clear()
+    assert resolve_scoring("auto", str(tiny_dir), device="cpu") == "shared"
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["scoring: shared (auto: qwen2: the shared prefix is computed once per user (prefix_split))"]
+    assert resolve_scoring("auto", str(gemma2_dir), device="cpu") == "naive"
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("scoring: naive (auto: gemma2 has sliding-window attention")
+    for explicit in ("naive", "shared"):
+        assert resolve_scoring(explicit, str(gemma2_dir), device="cpu") == explicit
+    assert capsys.readouterr().err == ""  # only auto prints
+    with pytest.raises(UserInputError, match="--scoring 'fast': must be one of auto|naive|shared"):
+        resolve_scoring("fast", str(tiny_dir))
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    qwen = {"model_type": "qwen2", "num_hidden_layers": 2}
+    assert _auto_scoring(qwen, "auto", cpu)[0] == "shared"
+    assert _auto_scoring(qwen, "sdpa", cpu)[0] == "shared"  # the dense-mask reference, exact
+    assert _auto_scoring(qwen, "flash_attention_2", cuda)[0] == "naive"  # FA2 takes no block mask
+    assert _auto_scoring(qwen, "flex_attention", cpu)[0] == "naive"
+    assert _auto_scoring(qwen, "flex_attention", cuda)[0] == "shared"
+    windowed = {**qwen, "use_sliding_window": True, "sliding_window": 64, "max_window_layers": 0}
+    assert _auto_scoring(windowed, "auto", cpu)[0] == "naive"
+    # soft-capping alone (no window): naive under auto attention (eager + dense mask), shared when eager is asked for
+    capped = {"model_type": "gemma2", "sliding_window": None, "attn_logit_softcapping": 2.0}
+    assert _auto_scoring(capped, "auto", cpu) == ("naive", "gemma2 caps its attention logits, so shared would run "
+                                                           "eager attention with a dense mask instead of prefix_split")
+    assert _auto_scoring(capped, "eager", cpu)[0] == "shared"
+    assert _auto_scoring({"model_type": "my_custom_lm"}, "auto", cpu)[0] == "naive"
+
+    judge = get_judge(tiny_dir, "sdpa")
+    with pytest.raises(ValueError, match="resolve it with models.qwen_models.resolve_scoring"):
+        judge.score_candidates(make_batch(3, judge.lm.config.vocab_size, B=1, K=2), scoring="auto")

@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from foundation.config import HelpFormatter
 from foundation.errors import UserInputError, exit_on_user_error
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--input_file", default="outputs/sft_responses.jsonl",
                    help="response JSONL of run_qwen_sft.py / run_qwen_baseline.py (default: outputs/sft_responses.jsonl)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a table")

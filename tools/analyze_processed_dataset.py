@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from trainers.data.dataset import SPLITS, load_processed_dataset
+from foundation.config import HelpFormatter
 from foundation.errors import exit_on_user_error
 from foundation.files import read_json
 
@@ -74,7 +75,7 @@ def analyze(dataset_dir: str, tokenizer: str | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dataset_dir", required=True, help="preprocess.py output directory")
     p.add_argument("--tokenizer", default=None, help="tokenizer name/path: also report item text lengths in tokens")
     args = p.parse_args(argv)

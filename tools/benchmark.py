@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from models.flops import ModelFlops, param_counts, peak_tflops
-from foundation.config import int_range, nonnegative_int, positive_int, seed_int
+from foundation.config import HelpFormatter, int_range, nonnegative_int, positive_int, seed_int
 from foundation.errors import UserInputError, die, exit_on_user_error
 
 SHAPES = ("tiny", "small", "qwen2.5-0.5b", "qwen2.5-3b")
@@ -519,7 +519,7 @@ def markdown_table(result: dict) -> str:
 
 def build_arg_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--shape", default=None, choices=SHAPES,
                     help="model shape (random weights); default: qwen2.5-3b on CUDA, small on CPU")
     ap.add_argument("--Ks", type=int_range(2), nargs="+", default=[5, 10, 20, 50, 100], help="candidates per user")

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from foundation.config import seed_int
+from foundation.config import HelpFormatter, seed_int
 from foundation.errors import exit_on_user_error
 from foundation.files import read_json
 
@@ -333,7 +333,7 @@ def compare_engines(raw: Path, work: Path) -> None:
 # ============================================================================ main
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[1_000_000, 3_000_000, 10_000_000],
                    help="numbers of ratings to generate and preprocess (e.g. 1M 3M 10M, 200k)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the generated files")

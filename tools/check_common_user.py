@@ -8,6 +8,7 @@ import argparse
 from itertools import combinations
 
 from trainers.data.dataset import SPLITS, load_processed_dataset
+from foundation.config import HelpFormatter
 from foundation.errors import exit_on_user_error
 
 
@@ -32,7 +33,7 @@ def common_users(dataset_dir: str, other_dataset_dir: str | None = None) -> dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dataset_dir", required=True, help="processed dataset directory (preprocess.py output)")
     p.add_argument("--other_dataset_dir", default=None, help="second processed dataset to compare users with")
     args = p.parse_args(argv)

@@ -27,7 +27,7 @@ from trainers.evaluation.metrics import (eval_ks, format_metrics_table, format_p
                                          format_seed_spread, mean_over_seeds, metrics_from_ranks, per_sample_metric,
                                          seed_paired_margins)
 from trainers.evaluation.results import check_same_candidates, load_result_json, sample_rank
-from foundation.config import positive_int
+from foundation.config import HelpFormatter, positive_int
 from foundation.errors import UserInputError, exit_on_user_error
 
 
@@ -115,7 +115,8 @@ def compare(paths: list[str], names: list[str] | None = None, K_eval: int | None
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Compare result JSONs on identical candidate sets (several training "
-                                            "seeds per method: a repeated --names entry, or NAME=FILE1,FILE2).")
+                                            "seeds per method: a repeated --names entry, or NAME=FILE1,FILE2).",
+                                formatter_class=HelpFormatter)
     p.add_argument("paths", nargs="+", metavar="FILE|NAME=FILE1,FILE2",
                    help="result JSON files (test.py, compare_model/*.py); NAME=FILE1,FILE2,... groups the result "
                         "files of one method's training seeds under NAME")

@@ -8,6 +8,7 @@ import argparse
 from datetime import datetime, timezone
 
 from trainers.data.dataset import SPLITS, load_processed_dataset
+from foundation.config import HelpFormatter
 from foundation.errors import UserInputError, exit_on_user_error
 
 
@@ -39,7 +40,7 @@ def user_history(dataset_dir: str, user_id: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dataset_dir", required=True, help="processed dataset directory (preprocess.py output)")
     p.add_argument("--user_id", required=True, help="user id (as in the dataset's user_id column) to list")
     args = p.parse_args(argv)

@@ -20,7 +20,7 @@ import re
 import time
 from pathlib import Path
 
-from foundation.config import int_range
+from foundation.config import HelpFormatter, int_range
 from fixtures.loopback_server import LoopbackAPI, good_answer, history_block, parse_prompt_candidates, prompt_text
 from foundation.errors import die
 
@@ -53,7 +53,7 @@ def word_overlap_answer(req: dict, call_number: int) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--port", type=int_range(0, 65535), default=8765,
                     help="127.0.0.1 port to listen on (0 = any free port; default: 8765)")
     ap.add_argument("--model", default=STANDIN_MODEL,

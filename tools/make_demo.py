@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fixtures.tiny_model import build_random_qwen, build_tiny_qwen
 from fixtures.synthetic_amazon import PREFERENCES, SUBCATEGORIES, SYNONYMS, synthetic_corpus, write_amazon_raw
-from foundation.config import positive_int, seed_int
+from foundation.config import HelpFormatter, positive_int, seed_int
 from foundation.errors import die, exit_on_user_error
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def demo_dataset_dir(out_dir: Path, category: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--out_dir", default="demo", help="writes OUT_DIR/raw/ and OUT_DIR/tiny-qwen/ (default: demo)")
     ap.add_argument("--category", default="Video_Games", help="category name of the raw files (default: Video_Games)")
     ap.add_argument("--n_users", type=positive_int, default=400, help="synthetic users (default: 400)")

@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from foundation.config import finite_float, positive_int, seed_int
+from foundation.config import HelpFormatter, finite_float, positive_int, seed_int
 from foundation.errors import UserInputError, exit_on_user_error
 
 # The built-in example: a short history and one candidate, rendered with the judge's own templates.
@@ -36,7 +36,7 @@ def example_prompt() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model_dir", default="outputs/sft", help="base or SFT model dir (or a name known to paths.py)")
     p.add_argument("--resume_from", default=None,
                    help="checkpoint dir (absolute, or relative to --model_dir), or 'last' (the newest in --model_dir)")

@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import os
 
+from foundation.config import HelpFormatter
 from foundation.errors import UserInputError, die
 
 
 def build_parser() -> argparse.ArgumentParser:
     from trainers.cli import add_client_args
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the prompt text")
     src.add_argument("--prompt_file", help="a file holding the prompt text")
