@@ -26,7 +26,7 @@ from models.abstract_models import (AbstractRecModel, LoraSettings, apply_lora, 
                                     resolve_device, resolve_dtype, save_lm)
 from prompters import prompts
 from prompters.binary_prompter import UserPrompt
-from foundation.errors import UserInputError
+from foundation.errors import SettingError, UserInputError
 from models.judge_types import SamplingSettings, ScoreOutput  # noqa: F401 (re-exported: the judge's value types)
 from models.shared_prefix import generate_shared_prefix, score_shared_prefix
 
@@ -147,7 +147,7 @@ class BinaryJudge(AbstractRecModel):
         """Scores of the K candidates of each user (and optionally critic values and reasoning log-probs under
         `sampling`). Differentiable: call under torch.no_grad() for evaluation, with grad for PPO updates."""
         if scoring not in SCORING_MODES:
-            raise UserInputError(f"--scoring {scoring!r}: must be one of {'|'.join(SCORING_MODES)}")
+            raise SettingError("scoring", repr(scoring), f"must be one of {'|'.join(SCORING_MODES)}")
         Ks = {p.K for p in batch}
         if len(Ks) != 1:
             raise ValueError(f"all users in a batch need the same K, got {sorted(Ks)}")
