@@ -42,8 +42,8 @@ from prompters import prompts
 from prompters.rrec_prompter import DEFAULT_USER_WINDOW, check_model_type, model_type_of
 from foundation.errors import SettingError, UserInputError
 from foundation.files import atomic_write_text, read_json
+from models.resolution import RREC_CONFIG_FILE  # noqa: F401 (one home: what a model directory holds)
 
-RREC_CONFIG_FILE = "rrec_config.json"
 SIMILARITY_TYPES = ("dot", "cosine", "L2")
 UPSTREAM_MAX_NEW_TOKENS = 640
 

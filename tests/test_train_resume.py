@@ -201,7 +201,7 @@ def test_resume_refuses_changed_settings_and_damaged_checkpoints(assets, referen
     args[args.index("--lr_actor") + 1] = "5e-4"
     args[args.index("--max_steps") + 1] = str(N_STEPS + 1)
     run_training(_args(data, model, run, *args, "--allow_changed_settings", "lr_actor,max_steps"))
-    from trainers.ppo_trainer import lr_lambda_factory
+    from trainers.utils import lr_lambda_factory
 
     last = _records(run)[-1]
     schedule = lr_lambda_factory(2, N_STEPS + 1, "cosine")  # --warmup_steps 2, the new --max_steps
