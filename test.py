@@ -26,21 +26,21 @@ from foundation.config import build_parser as options_parser
 from foundation.config import config_from_args
 from foundation.errors import exit_on_user_error
 from foundation.files import check_output_path
-from trainers.evaluation.options import TestOptions
+from trainers.evaluation.options import JudgeEvalOptions
 
 
 def build_parser():
-    """The flags: one per TestOptions field (trainers/evaluation/options.py)."""
-    return options_parser(TestOptions, description=__doc__)
+    """The flags: one per JudgeEvalOptions field (trainers/evaluation/options.py)."""
+    return options_parser(JudgeEvalOptions, description=__doc__)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    opts = config_from_args(TestOptions, build_parser().parse_args(argv), validate=False)
+    opts = config_from_args(JudgeEvalOptions, build_parser().parse_args(argv), validate=False)
     with exit_on_user_error():  # one line from the main process, exit status 2 on every process
         return run(opts)
 
 
-def run(opts: TestOptions) -> dict | None:
+def run(opts: JudgeEvalOptions) -> dict | None:
     """Resolve the checkpoint and its training settings, check everything cheap, then rank through the evaluation
     runner (torch is imported only once the input is known to be good)."""
     from models.resolution import resolve_judge_checkpoint
@@ -73,7 +73,7 @@ def run(opts: TestOptions) -> dict | None:
     return run_evaluation(job, JudgeRanker(opts, checkpoint, dataset.item_rows), launch_state(opts.device == "cpu"))
 
 
-def check_model_dirs(opts: TestOptions, checkpoint: str | None) -> None:
+def check_model_dirs(opts: JudgeEvalOptions, checkpoint: str | None) -> None:
     """The model to evaluate exists: the checkpoint (and an adapter's base), or the base model itself; a full
     checkpoint of another architecture than --model_name_or_path is refused (it would silently evaluate a
     different model than asked for)."""

@@ -150,3 +150,32 @@ def test_help_runs_as_scripts(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.undo()
         missing = [o for a in parser._actions for o in a.option_strings if o not in got["stdout"]]
         assert not missing, f"{script} --help does not list {missing}"
+
+
+_HELP_WITHOUT_TORCH = r"""
+import contextlib, io, runpy, sys, time
+script = sys.argv[1]
+sys.argv = [script, "--help"]
+start = time.perf_counter()
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        assert e.code in (0, None), e.code
+heavy = [m for m in ("torch", "transformers", "accelerate", "datasets") if m in sys.modules]
+print(f"{time.perf_counter() - start:.3f} {','.join(heavy)}")
+"""
+
+
+@pytest.mark.parametrize("script", ["test.py", "compare_model/rrec.py", "compare_model/deepseek.py", "tools/run_r1.py",
+                                    "tools/run_r1_once.py", "sft_train/get_response_by_deepseek.py"])
+def test_evaluation_scripts_help_imports_no_torch(script: str) -> None:
+    """`--help` of the evaluation (and API) scripts builds the parser from their options dataclasses
+    (trainers/evaluation/options.py) alone: torch, transformers, accelerate and datasets are never imported (with
+    them `--help` takes seconds; measured without: ~0.15-0.3 s, printed by `pytest -s`)."""
+    r = subprocess.run([sys.executable, "-c", _HELP_WITHOUT_TORCH, script], cwd=REPO, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    seconds, heavy = r.stdout.split(" ", 1)
+    print(f"{script} --help: {seconds} s")
+    assert heavy.strip() == "", f"{script} --help imports {heavy.strip()}"

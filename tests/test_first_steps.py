@@ -90,12 +90,12 @@ def test_test_py_takes_unset_prompt_settings_from_the_checkpoint(tmp_path, capsy
     args.json, or final/'s training_args.json); an explicit different value wins with a warning on stderr."""
     from foundation.config import config_from_args
     from tests.fixtures.scripts import load_script
-    from trainers.evaluation.options import TestOptions
+    from trainers.evaluation.options import JudgeEvalOptions
 
     test_py = load_script("test.py")
 
     def options(argv):
-        return config_from_args(TestOptions, test_py.build_parser().parse_args(argv), validate=False)
+        return config_from_args(JudgeEvalOptions, test_py.build_parser().parse_args(argv), validate=False)
 
     for name in ("args.json", "training_args.json"):
         ckpt = tmp_path / name.split(".")[0]

@@ -1,7 +1,7 @@
 """The evaluation scripts' options: one dataclass per script, each flag declared once with foundation.config.option()
 (help text, group, aliases, domain), importable without torch so `--help` stays instant.
 
-    test.py                      TestOptions
+    test.py                      JudgeEvalOptions
     compare_model/rrec.py        RRecEvalOptions
     compare_model/deepseek.py    DeepseekOptions   (ApiEvalOptions + --test_only)
     tools/run_r1.py              RunR1Options      (ApiEvalOptions + the prompt-file mode)
@@ -68,7 +68,7 @@ G_PROMPT = "prompt and scoring (defaults: the checkpoint's training settings)"
 
 
 @dataclass
-class TestOptions(ModelLoadingOptions, CandidateOptions):
+class JudgeEvalOptions(ModelLoadingOptions, CandidateOptions):
     """test.py: the binary judge on K candidates per example."""
 
     # Settings that change candidates or scores: a resumed run must match the existing file on all of them.
