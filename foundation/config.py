@@ -8,7 +8,8 @@
     parser = build_parser(MyConfig, description=...)
     cfg = config_from_args(MyConfig, parser.parse_args(argv))      # validated
 
-Booleans that default to True or None become --flag / --no-flag, the others plain switches; `aliases` add other spellings of a flag (e.g. the original README's names);
+Booleans that default to True or None become --flag / --no-flag, the others plain switches; `aliases` add other
+spellings of a flag (e.g. the original README's names);
 `choices` are checked by argparse. A number's domain is part of its option (`min=`, `max=`: seeds 0..SEED_MAX,
 counts >= 0 or >= 1), checked at parse time (one line naming the flag, exit 2) and again when a config is built
 from a dict; scripts with hand-written argparse use the same checks as `type=` (int_range, seed_int, ...).

@@ -115,7 +115,8 @@ def test_rank_examples_greedy_and_rollout(judge, dataset):
     items = build_eval_items(dataset, "test", 4, K, seed=3)
     prompter = _prompter(judge, dataset)
     seen = []
-    greedy = rank_examples(judge, prompter, items, S(mode="greedy", batch_size=4, progress=False), on_sample=seen.append)
+    greedy = rank_examples(judge, prompter, items, S(mode="greedy", batch_size=4, progress=False),
+                           on_sample=seen.append)
     assert seen == greedy and len(greedy) == 4
     for s, (ex, cands) in zip(greedy, items):
         assert s["interaction_id"] == ex["interaction_id"] and s["candidates"] == cands and s["outputs"] == {}
@@ -129,7 +130,8 @@ def test_rank_examples_greedy_and_rollout(judge, dataset):
     np.testing.assert_allclose([s["scores"] for s in one], [s["scores"] for s in greedy[:2]], atol=1e-4)
 
     # rollout: seeded per interaction id, so it repeats and does not depend on batching or on the other items
-    r1 = rank_examples(judge, prompter, items, S(mode="rollout", temperature=0.01, seed=5, batch_size=4, progress=False))
+    r1 = rank_examples(judge, prompter, items, S(mode="rollout", temperature=0.01, seed=5, batch_size=4,
+                                                 progress=False))
     r2 = rank_examples(judge, prompter, items[2:], S(mode="rollout", temperature=0.01, seed=5, batch_size=1,
                                                      progress=False))
     assert [s["ranking"] for s in r1[2:]] == [s["ranking"] for s in r2]
@@ -258,6 +260,8 @@ def test_resume_from_last_checkpoint(judge, tiny_model, data_dir, tmp_path):
     ({"--max_len_per_item": "0"}, "--max_len_per_item"),
     ({"--K": "500"}, "--K"),
     ({"--mode": "beam"}, "--mode"),
+    ({"--temperature": "0"}, "--temperature 0.0: must be > 0"),
+    ({"--gen_top_p": "2"}, "--gen_top_p 2.0: must be in (0, 1]"),
     ({"--model_name_or_path": "NOTOK"}, "tokenizer"),
     ({"--resume_from": "INCOMPLETE"}, "--resume_from"),
     ({"--resume_from": "last"}, "no complete checkpoint"),

@@ -89,7 +89,8 @@ def format_example(sample: dict, ex: dict, titles: Sequence[str], top: int = 5) 
     hist = [titles[int(i)] for i in ex["history_item_id"]][-3:]
     lines = [f"--- interaction {sample['interaction_id']} (user {sample['user_id']})",
              f"  history (last {len(hist)}): " + " | ".join(hist),
-             f"  target: {titles[int(sample['target_item_id'])]}  -> rank {sample['target_rank']}/{len(sample['candidates'])}"]
+             f"  target: {titles[int(sample['target_item_id'])]}  -> rank {sample['target_rank']}/"
+             f"{len(sample['candidates'])}"]
     score_of = dict(zip(sample["candidates"], sample["scores"]))
     for n, c in enumerate(sample["ranking"][:top], 1):
         mark = " *" if c == sample["target_item_id"] else ""
@@ -183,10 +184,16 @@ class JudgeRanker(Ranker):
     """The binary judge (a base model, a train.py checkpoint or a final/ model) as the runner's ranker: test.py."""
 
     def __init__(self, opts, checkpoint: str | None, item_rows) -> None:
+        """opts: trainers.evaluation.options.JudgeEvalOptions (validated); the ranking and sampling settings are
+        checked here, before any model or result file is touched."""
         from models.judge_types import SamplingSettings
 
         self.opts, self.checkpoint, self.item_rows = opts, checkpoint, item_rows
-        self.sampling = SamplingSettings(opts.gen_temperature, opts.gen_top_k, opts.gen_top_p).validate()
+        sampling = SamplingSettings(opts.gen_temperature, opts.gen_top_k, opts.gen_top_p).validate()
+        self.settings = JudgeRankSettings(
+            mode=opts.mode, scoring=opts.scoring, batch_size=opts.batch_size, max_new_tokens=opts.max_new_tokens,
+            temperature=opts.temperature, seed=opts.seed, gen_mode=opts.gen_mode, sampling=sampling,
+            progress=not opts.no_progress, print_every_text=opts.print_every_text).validate()
         self.name = f"model ({opts.mode})" if not checkpoint else f"{Path(checkpoint).name} ({opts.mode})"
 
     def load(self, mine: list[Item], state):
@@ -210,12 +217,9 @@ class JudgeRanker(Ranker):
 
     def rank(self, loaded, mine: list[Item], on_sample, state) -> None:
         judge, prompter = loaded
-        o, main = self.opts, state.process_index == 0
-        rank_examples(judge, prompter, mine, JudgeRankSettings(
-            mode=o.mode, scoring=o.scoring, batch_size=o.batch_size, max_new_tokens=o.max_new_tokens,
-            temperature=o.temperature, seed=o.seed, gen_mode=o.gen_mode, sampling=self.sampling,
-            progress=not o.no_progress and main, print_every_text=o.print_every_text if main else 0),
-            on_sample=on_sample)
+        settings = self.settings if state.process_index == 0 else self.settings.replace(progress=False,
+                                                                                         print_every_text=0)
+        rank_examples(judge, prompter, mine, settings, on_sample=on_sample)
 
 
 def judge_job(opts, dataset, items: list[Item], result_file: Path, meta: dict) -> EvalJob:

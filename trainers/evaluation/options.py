@@ -20,7 +20,6 @@ validate() (CandidateOptions.resolve_K_eval: the extra cut-off K_eval within 1..
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from contextlib import contextmanager
@@ -157,10 +156,8 @@ class JudgeEvalOptions(ModelLoadingOptions, CandidateOptions):
             require(isinstance(v, int) and not isinstance(v, bool), f"--{flag} {v!r}: must be an integer")
         check_domains(self)  # each number's own domain, also for the values the checkpoint supplied
         self.resolve_K_eval()
-        for flag in ("temperature", "gen_temperature"):
-            v = getattr(self, flag)
-            require(isinstance(v, (int, float)) and v > 0 and math.isfinite(v),
-                    f"--{flag} {v}: must be a finite number > 0")
+        # (temperature, gen_temperature/top_k/top_p: checked where they are used, JudgeRankSettings and
+        # models.judge_types.SamplingSettings, when the ranker is made, before any model or result file is touched)
         if self.prompt_template:
             from prompters.binary_prompter import load_template
 

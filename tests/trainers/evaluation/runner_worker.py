@@ -48,7 +48,8 @@ class ScoreByIdRanker(Ranker):
             self.ranked.append(iid)
             on_sample({"interaction_id": iid, "user_id": ex["user_id"], "target_item_id": target,
                        "candidates": [int(c) for c in cands], "scores": s,
-                       "ranking": ranking_from_scores(cands, s, target), "target_rank": target_rank(s, cands.index(target)),
+                       "ranking": ranking_from_scores(cands, s, target),
+                       "target_rank": target_rank(s, cands.index(target)),
                        "outputs": {}})
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from foundation.config import build_parser, config_from_args
 from foundation.errors import UserInputError, cli_message
-from trainers.evaluation.options import (ApiEvalOptions, DeepseekOptions, RRecEvalOptions, RunR1Options, JudgeEvalOptions,
-                                         result_path)
+from trainers.evaluation.options import (ApiEvalOptions, DeepseekOptions, JudgeEvalOptions, RRecEvalOptions,
+                                         RunR1Options, result_path)
 
 # (options class, the original README's flag) -> the other scripts' spelling of the same setting
 ALIASES = {
@@ -90,7 +90,8 @@ def test_api_modes_of_run_r1():
     with pytest.raises(UserInputError, match="--dataset_dir is required"):
         _parse(DeepseekOptions, []).validate()
     with pytest.raises(UserInputError, match="only used with --candidate_mode json"):
-        _parse(DeepseekOptions, ["--dataset_dir", "d", "--candidate_mode", "random", "--reference_json", "r"]).validate()
+        _parse(DeepseekOptions, ["--dataset_dir", "d", "--candidate_mode", "random", "--reference_json", "r"]
+               ).validate()
 
 
 def test_public_settings_hold_no_key():
