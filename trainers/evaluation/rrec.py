@@ -163,15 +163,47 @@ def rrec_metrics(samples: Sequence[dict], K_eval: int | None, full_ranking: bool
     return rows
 
 
-class RRecRanker(Ranker):
+class FullCatalogueRanker(Ranker):
+    """A ranker whose samples may also hold the full-catalogue rank (RRec, the sequential baselines): the candidate
+    and full-catalogue rows (rrec_metrics), full_ranking_metrics in the result JSON, the second table. Subclasses set
+    `full_ranking` and `fresh_flag` (what starts a result file afresh)."""
+
+    full_ranking = False
+    fresh_flag = "--overwrite_output_dir"
+
+    def check_saved(self, job, samples) -> None:
+        """A run that adds the full-catalogue rank cannot resume samples saved without it."""
+        if self.full_ranking and any("full_rank" not in s for s in samples.values()):
+            raise UserInputError(f"{job.result_file}: earlier samples were made without --full_ranking; pass "
+                                 f"{self.fresh_flag}")
+
+    def metrics(self, samples, K_eval: int) -> dict[str, dict]:
+        return rrec_metrics(samples, K_eval, self.full_ranking, name=self.name)
+
+    def extra_results(self, rows: dict[str, dict]) -> dict:
+        return {"full_ranking_metrics": rows[f"{self.name} (full catalogue)"]} if self.full_ranking else {}
+
+    def full_catalogue_table(self, job, rows: dict[str, dict], title: str) -> list[str]:
+        """The full-catalogue table printed after the candidate one (nothing without full_ranking)."""
+        from trainers.evaluation.metrics import format_metrics_table
+
+        if not self.full_ranking:
+            return []
+        row = f"{self.name} (full catalogue)"
+        return [title, format_metrics_table({row: rows[row]}, sorted(set(eval_ks(job.K_eval)) | set(FULL_RANKING_KS)))]
+
+
+class RRecRanker(FullCatalogueRanker):
     """An RRec model as trainers/evaluation/runner.py's ranker (compare_model/rrec.py): every process loads the model
     and takes part in the item table (each encodes a share of the items), then ranks its share of the examples."""
 
     name = "rrec"
+    fresh_flag = "--no_resume"
 
     def __init__(self, opts, dataset, ckpt, base: str | None, settings, category: str) -> None:
         self.opts, self.dataset, self.ckpt, self.base = opts, dataset, ckpt, base
         self.settings, self.category = settings, category
+        self.full_ranking = opts.full_ranking
 
     def load(self, mine, state) -> tuple:
         """(model, prompter) of this process, also when it has no examples of its own (the item table needs it)."""
@@ -207,41 +239,10 @@ class RRecRanker(Ranker):
                        full_ranking=o.full_ranking, on_sample=on_sample, progress=show,
                        save_prompts=o.save_prompts, rank_repeat_targets=o.rank_repeat_targets)
 
-    def check_saved(self, job, samples) -> None:
-        check_full_ranks(job, samples, self.opts.full_ranking, "made", "rerun with --no_resume")
-
-    def metrics(self, samples, K_eval: int) -> dict[str, dict]:
-        return rrec_metrics(samples, K_eval, self.opts.full_ranking, name=self.name)
-
-    def extra_results(self, rows: dict[str, dict]) -> dict:
-        return full_ranking_results(rows, self.name, self.opts.full_ranking)
-
     def describe(self, job, samples) -> str:
         o = self.opts
         return (f"{o.split}: {len(samples)} samples, K={o.K}, candidates from "
                 f"{o.reference_json or 'seeded sampling'}; model {self.ckpt} ({job.meta['checkpoint_kind']})")
 
     def report(self, job, rows: dict[str, dict], samples) -> list[str]:
-        return full_ranking_report(rows, self.name, job.K_eval, self.opts.full_ranking, "full catalogue (history "
-                                                                                        "masked):")
-
-
-def check_full_ranks(job, samples, full_ranking: bool, made: str, fix: str) -> None:
-    """A run that adds the full-catalogue rank cannot resume samples saved without it."""
-    if full_ranking and any("full_rank" not in s for s in samples.values()):
-        raise UserInputError(f"{job.result_file}: earlier samples were {made} without --full_ranking; {fix}")
-
-
-def full_ranking_results(rows: dict[str, dict], name: str, full_ranking: bool) -> dict:
-    """The result JSON's full_ranking_metrics (rows from rrec_metrics)."""
-    return {"full_ranking_metrics": rows[f"{name} (full catalogue)"]} if full_ranking else {}
-
-
-def full_ranking_report(rows: dict[str, dict], name: str, K_eval: int, full_ranking: bool, title: str) -> list[str]:
-    """The full-catalogue table printed after the candidate one."""
-    from trainers.evaluation.metrics import format_metrics_table
-
-    if not full_ranking:
-        return []
-    return [title, format_metrics_table({f"{name} (full catalogue)": rows[f"{name} (full catalogue)"]},
-                                        sorted(set(eval_ks(K_eval)) | set(FULL_RANKING_KS)))]
+        return self.full_catalogue_table(job, rows, "full catalogue (history masked):")

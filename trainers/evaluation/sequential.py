@@ -14,9 +14,7 @@ import torch
 
 from trainers.data.sequences import left_padded
 from trainers.evaluation.metrics import ranking_from_scores, target_rank
-from trainers.evaluation.rrec import (catalogue_ranks, check_full_ranks, full_ranking_report, full_ranking_results,
-                                      masked_scores, rrec_metrics)
-from trainers.evaluation.runner import Ranker
+from trainers.evaluation.rrec import FullCatalogueRanker, catalogue_ranks, masked_scores
 
 
 @torch.no_grad()
@@ -67,7 +65,7 @@ def rank_with_sequential(model, items: Sequence[tuple[dict, list[int]]], batch_s
 
 
 
-class SequentialRanker(Ranker):
+class SequentialRanker(FullCatalogueRanker):
     """A trained SASRec/GRU4Rec model as trainers/evaluation/runner.py's ranker (compare_model/sasrec.py, after
     training): it ranks the examples' stored histories, and with full_ranking the whole catalogue too. `cfg`:
     the run's settings (model, eval_batch_size, full_ranking, rank_repeat_targets, no_progress, split, K,
@@ -75,7 +73,7 @@ class SequentialRanker(Ranker):
 
     def __init__(self, model, cfg, dataset, meta: dict) -> None:
         self.model, self.cfg, self.dataset, self.meta = model, cfg, dataset, meta
-        self.name = cfg.model
+        self.name, self.full_ranking = cfg.model, cfg.full_ranking
 
     def load(self, mine, state):
         return self.model  # trained before the runner starts
@@ -86,23 +84,14 @@ class SequentialRanker(Ranker):
                              rank_repeat_targets=c.rank_repeat_targets, on_sample=on_sample,
                              progress=not c.no_progress, desc=f"{c.model} {c.split}")
 
-    def check_saved(self, job, samples) -> None:
-        check_full_ranks(job, samples, self.cfg.full_ranking, "ranked", "pass --overwrite_output_dir")
-
-    def metrics(self, samples, K_eval: int) -> dict[str, dict]:
-        return rrec_metrics(samples, K_eval, self.cfg.full_ranking, name=self.name)
-
-    def extra_results(self, rows: dict[str, dict]) -> dict:
-        return full_ranking_results(rows, self.name, self.cfg.full_ranking)
-
     def describe(self, job, samples) -> str:
         c, t = self.cfg, self.meta["training"]
         return (f"{c.split}: {len(samples)} samples, K={c.K}, candidates from {c.reference_json or 'seeded sampling'}; "
                 f"{c.model} from {t['checkpoint']} (epoch {t['best_epoch']} of {t['epochs']})")
 
     def report(self, job, rows: dict[str, dict], samples) -> list[str]:
-        lines = full_ranking_report(rows, self.name, job.K_eval, self.cfg.full_ranking,
-                                    f"full catalogue ({self.dataset.n_items} items, pad and history masked):")
+        lines = self.full_catalogue_table(job, rows, f"full catalogue ({self.dataset.n_items} items, pad and "
+                                                     "history masked):")
         cold = self.meta.get("cold_targets")
         if cold:
             lines.append(f"{cold} of {len(samples)} targets never occur in the train split: their item vectors are "

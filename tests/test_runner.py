@@ -1,5 +1,5 @@
-"""trainers/evaluation/runner.py on a fake method (tests/trainers/evaluation/runner_worker.py: a deterministic scorer
-over the real items of a synthetic processed dataset): the result JSON, resuming a killed run, two processes merging
+"""trainers/evaluation/runner.py on a fake method (tests/fixtures/fake_ranker.py: a deterministic scorer over the
+real items of a synthetic processed dataset): the result JSON, resuming a killed run, two processes merging
 to the one-process result, the sanity rows, and a reference's candidates ranked identically."""
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainers.evaluation.runner_worker import K, K_EVAL, NUM_SAMPLES, SEED, Killed, ScoreByIdRanker, make_job
+from tests.fixtures.fake_ranker import K, K_EVAL, NUM_SAMPLES, SEED, Killed, ScoreByIdRanker, make_job
 from trainers.evaluation.metrics import eval_ks, metrics_from_ranks
 from trainers.evaluation.protocol import SANITY_ROWS, build_eval_items, sanity_results
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 
 
 class OneProcess:
@@ -137,7 +137,7 @@ def test_two_processes_merge_to_the_one_process_result(whole, data_dir, tmp_path
     full, _, _ = whole
     out = tmp_path / "two"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(_free_port()), str(REPO / "tests/trainers/evaluation/runner_worker.py"), str(data_dir),
+                        str(_free_port()), str(REPO / "tests/fixtures/fake_ranker.py"), str(data_dir),
                         str(out)], cwd=REPO, env={**train_env(), "PYTHONPATH": str(REPO)}, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -148,3 +148,23 @@ def test_two_processes_merge_to_the_one_process_result(whole, data_dir, tmp_path
     assert all(shares) and not set(shares[0]) & set(shares[1])  # both took part, no item twice
     assert sorted(shares[0] + shares[1]) == sorted(s["interaction_id"] for s in full["samples"])
     assert not list(out.glob("*.partial*"))  # every process's partial log merged and dropped
+
+
+def test_saved_samples_the_ranker_cannot_continue_stop_the_run_before_its_model_loads(dataset, tmp_path):
+    from foundation.errors import UserInputError
+    from trainers.evaluation.runner import run_evaluation
+
+    with pytest.raises(Killed):
+        run_evaluation(make_job(dataset, tmp_path), ScoreByIdRanker(fail_after=3), OneProcess())
+    saved = (tmp_path / "results.json.partial.jsonl").read_text()
+
+    class Refusing(ScoreByIdRanker):
+        def check_saved(self, job, samples):
+            if samples:
+                raise UserInputError(f"{job.result_file}: {len(samples)} saved samples this ranker cannot continue")
+
+    refusing = Refusing()
+    with pytest.raises(UserInputError, match="3 saved samples"):
+        run_evaluation(make_job(dataset, tmp_path), refusing, OneProcess())
+    assert refusing.loads == 0 and refusing.ranked == []
+    assert (tmp_path / "results.json.partial.jsonl").read_text() == saved  # nothing lost
