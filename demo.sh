@@ -22,7 +22,7 @@ echo "== 3/8 train (PL-PPO, tiny model, CPU)"
 output_dir=$OUT/train bash train.sh --overwrite_output_dir
 echo "== 4/8 evaluate the untrained and the trained judge on the same candidates"
 EVAL=(--dataset_path "$DATA" --dataset_type other --num_samples "$NUM_SAMPLES" --K 20 --K_eval 10
-      --max_len_per_item 1 --user_window_size 3 --scoring shared --overwrite_output_dir)
+      --max_len_per_item 1 --user_window_size 3 --scoring auto --overwrite_output_dir)
 "$PYTHON" test.py --model_name_or_path demo/tiny-qwen "${EVAL[@]}" --output_dir "$OUT/test_untrained"
 "$PYTHON" test.py --model_name_or_path demo/tiny-qwen --resume_from last --checkpoint_dir "$OUT/train" \
     "${EVAL[@]}" --output_dir "$OUT/test_trained"

@@ -32,26 +32,23 @@ The key comes from --api_key or DEEPSEEK_API_KEY and is never written to any fil
 """
 from __future__ import annotations
 
-import argparse
+from foundation.config import build_parser as options_parser
+from foundation.config import config_from_args
+from trainers.evaluation.options import DeepseekOptions
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from trainers.cli import add_client_args, add_dataset_eval_args
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataset_eval_args(p, output_default="outputs/deepseek")
-    p.add_argument("--test_only", action="store_true",
-                   help="skip the validation pass the seed ran first; evaluate the test split only")
-    add_client_args(p, model_default="deepseek-chat", model_flag="--model_name", concurrency=8)
-    return p
+def build_parser():
+    """The flags: one per DeepseekOptions field (trainers/evaluation/options.py)."""
+    return options_parser(DeepseekOptions, description=__doc__)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from trainers.cli import api_script_errors, run_dataset_eval
+    opts = config_from_args(DeepseekOptions, build_parser().parse_args(argv), validate=False)
+    with opts.script_errors():
+        opts.validate()
+        from trainers.evaluation.api import run_api_evaluation
 
-    args = build_parser().parse_args(argv)
-    with api_script_errors(args):
-        run_dataset_eval(args, "compare_model/deepseek.py", with_valid_pass=not args.test_only)
+        run_api_evaluation(opts, "compare_model/deepseek.py", with_valid_pass=not opts.test_only)
 
 
 if __name__ == "__main__":

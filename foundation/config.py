@@ -8,7 +8,8 @@
     parser = build_parser(MyConfig, description=...)
     cfg = config_from_args(MyConfig, parser.parse_args(argv))      # validated
 
-Booleans that default to True become --flag / --no-flag, the others plain switches; `aliases` add other spellings of a flag (e.g. the original README's names);
+Booleans that default to True or None become --flag / --no-flag, the others plain switches; `aliases` add other
+spellings of a flag (e.g. the original README's names);
 `choices` are checked by argparse. A number's domain is part of its option (`min=`, `max=`: seeds 0..SEED_MAX,
 counts >= 0 or >= 1), checked at parse time (one line naming the flag, exit 2) and again when a config is built
 from a dict; scripts with hand-written argparse use the same checks as `type=` (int_range, seed_int, ...).
@@ -123,10 +124,14 @@ positive_int = int_range(1)  # counts of at least one (batch sizes, window sizes
 
 
 def check_domains(cfg: Any) -> None:
-    """UserInputError (one line naming the flag) for a field outside its option's min/max: a config built from a
-    dict (in-process callers) gets the same checks as the command line."""
+    """UserInputError (one line naming the flag) for a field outside its option's min/max or choices: a config built
+    from a dict (in-process callers, settings read back from a checkpoint) gets the same checks as the command
+    line."""
     for f in dataclasses.fields(cfg):
         value, lo, hi = getattr(cfg, f.name), f.metadata.get("min"), f.metadata.get("max")
+        choices = f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise UserInputError(f"--{f.name} {value!r}: must be one of {'|'.join(map(str, choices))}")
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         problem = _domain_problem(value, lo, hi)
@@ -150,8 +155,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         tp = _scalar_type(hints[f.name])
         names = [f"--{f.name}", *meta.get("aliases", ())]
         kw: dict[str, Any] = {"dest": f.name, "default": default, "help": meta["help"]}
-        if tp is bool:  # default True: --flag / --no-flag; default False: a plain switch
-            action = argparse.BooleanOptionalAction if default else "store_true"
+        if tp is bool:  # default True or None (unset: decided later): --flag / --no-flag; False: a plain switch
+            action = argparse.BooleanOptionalAction if default is None or default else "store_true"
             target.add_argument(*names, action=action, **kw)
             continue
         if meta.get("choices"):
@@ -299,12 +304,14 @@ class RunConfig(ModelConfig):
         return [k for k in self.to_dict() if k not in self.OPERATIONAL]
 
 
-def add_model_loading_args(group, device_help: str = "auto|cpu|cuda|cuda:N (several processes: one GPU each)") -> None:
-    """The flags every evaluation script loads a model with (test.py, compare_model/rrec.py)."""
-    group.add_argument("--device", default="auto", help=device_help)
-    group.add_argument("--dtype", default="auto", help="weights: auto (bf16 on GPU, fp32 on CPU)|bf16|fp16|fp32")
-    group.add_argument("--attn_implementation", default="auto",
-                       help="auto|prefix_split|flex_attention|sdpa|eager|flash_attention_2 (auto: prefix_split with "
-                            "--scoring shared, else FlashAttention-2 when installed, else sdpa)")
-    group.add_argument("--trust_remote_code", action="store_true",
-                       help="allow custom model/tokenizer code shipped with the checkpoint")
+@dataclass
+class ModelLoadingOptions(TrainerConfig):
+    """The settings every evaluation script loads a model with (test.py, compare_model/rrec.py)."""
+
+    device: str = option("auto", "auto|cpu|cuda|cuda:N (several processes: one GPU each)", group="model")
+    dtype: str = option("auto", "weights: auto (bf16 on GPU, fp32 on CPU)|bf16|fp16|fp32", group="model")
+    attn_implementation: str = option("auto", "auto|prefix_split|flex_attention|sdpa|eager|flash_attention_2 (auto: "
+                                              "prefix_split with --scoring shared, else FlashAttention-2 when "
+                                              "installed, else sdpa)", group="model")
+    trust_remote_code: bool = option(False, "allow custom model/tokenizer code shipped with the checkpoint",
+                                     group="model")

@@ -12,11 +12,40 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, NoReturn
+from typing import Any, Iterator, Mapping, NoReturn
 
 
 class UserInputError(ValueError):
     """Bad input detected inside library code; scripts turn it into `die`."""
+
+
+class SettingError(UserInputError):
+    """A setting a library was given is unusable, worded the way the library knows it, without the command line:
+    str() is 'max_len_per_item 0: must be >= 1' (`setting`, the value as `shown`, the `problem`). The script that
+    took the value from a flag names the flag: `flag_message` (and `exit_on_user_error`, which every script's main
+    body runs in) print '--max_len_per_item 0: must be >= 1', the flag being --<setting> unless the script maps the
+    setting to another spelling. Prompters and models raise subclasses (prompters.abstract_prompter.PromptError,
+    models.abstract_models.ModelSettingError). Without a setting the message is the problem alone."""
+
+    def __init__(self, setting: str | None, shown: Any, problem: str) -> None:
+        self.setting, self.shown, self.problem = setting, shown, problem
+        super().__init__(self.worded(setting))
+
+    def worded(self, name: str | None) -> str:
+        if name is None:
+            return self.problem
+        return f"{name} {self.shown}: {self.problem}" if self.shown not in (None, "") else f"{name}: {self.problem}"
+
+    def flag_message(self, flags: Mapping[str, str] | None = None) -> str:
+        """The one line a script prints: the setting as its flag (`flags` maps a setting to a script's spelling)."""
+        if self.setting is None:
+            return self.problem
+        return self.worded((flags or {}).get(self.setting, f"--{self.setting}"))
+
+
+def cli_message(e: BaseException, flags: Mapping[str, str] | None = None) -> str:
+    """What a script prints for a bad-input error: a SettingError with its flag, any other one as it is."""
+    return e.flag_message(flags) if isinstance(e, SettingError) else str(e)
 
 
 class OutputError(Exception):
@@ -96,9 +125,10 @@ def _signals_as_errors() -> Iterator[None]:
 
 
 @contextmanager
-def exit_on_user_error(*secrets: str | None) -> Iterator[None]:
+def exit_on_user_error(*secrets: str | None, flags: Mapping[str, str] | None = None) -> Iterator[None]:
     """A script's main body, its one top-level handler, each case one line (with `secrets`, an API key, redacted):
-    - UserInputError (bad input): exit 2;
+    - UserInputError (bad input): exit 2; a library's SettingError names the flag (--<setting>, or the spelling
+      `flags` maps the setting to);
     - OutputError, or any other OSError that reaches here (a write refused: disk full, no permission, ...): the path
       and the reason, exit 1;
     - Ctrl-C (SIGINT) or SIGTERM: 'interrupted', exit 130 / 143 (128 + the signal). What the script saved so far
@@ -118,7 +148,7 @@ def exit_on_user_error(*secrets: str | None) -> Iterator[None]:
             _configure_threads()
             yield
     except UserInputError as e:
-        fail(str(e), 2)
+        fail(cli_message(e, flags), 2)
     except OutputError as e:
         fail(str(e), 1)
     except Exception as e:  # noqa: BLE001 - only OS errors (also ones a library wrapped) become the line

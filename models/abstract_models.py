@@ -23,7 +23,7 @@ import torch
 from paths import (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, HEADS_FILE, TOKENIZER_FILES,  # noqa: F401 (re-exported)
                    WEIGHT_FILES, resolve_model_path)
 from foundation.distributed import resolve_device  # noqa: F401 (re-exported: models load on it)
-from foundation.errors import UserInputError
+from foundation.errors import SettingError, UserInputError
 from foundation.files import read_json
 
 ATTN_IMPLEMENTATIONS = ("auto", "prefix_split", "flash_attention_2", "sdpa", "flex_attention", "eager")
@@ -41,7 +41,7 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if dtype not in table:
-        raise UserInputError(f"--dtype {dtype!r}: must be auto|bf16|fp16|fp32")
+        raise SettingError("dtype", repr(dtype), "must be auto|bf16|fp16|fp32")
     return table[dtype]
 
 
@@ -73,21 +73,21 @@ def resolve_attn_implementation(requested: str | None, device: torch.device, dty
         _announce(impl, why)
         requested = impl
     if requested not in ATTN_IMPLEMENTATIONS:
-        raise UserInputError(f"--attn_implementation {requested!r}: must be {'|'.join(ATTN_IMPLEMENTATIONS)}")
+        raise SettingError("attn_implementation", repr(requested), f"must be {'|'.join(ATTN_IMPLEMENTATIONS)}")
     if softcap and requested in ("prefix_split", "sdpa"):
-        raise UserInputError(f"--attn_implementation {requested}: this model caps its attention logits "
-                             f"(attn_logit_softcapping={softcap:g}), which SDPA-based kernels do not apply; use eager "
-                             "(or flex_attention on CUDA)")
+        raise SettingError("attn_implementation", requested, f"this model caps its attention logits "
+                           f"(attn_logit_softcapping={softcap:g}), which SDPA-based kernels do not apply; use eager "
+                           "(or flex_attention on CUDA)")
     if requested == "flash_attention_2":
         if packed_mask:
-            raise UserInputError("--attn_implementation flash_attention_2 cannot run --scoring shared (FA2 takes no "
-                                 "4D block mask); use prefix_split, flex_attention or sdpa, or --scoring naive")
+            raise SettingError("attn_implementation", requested, "cannot run shared-prefix scoring (FA2 takes no 4D "
+                               "block mask); use prefix_split, flex_attention or sdpa, or naive scoring")
         if not flash_attn_usable(device, dtype):
-            raise UserInputError("--attn_implementation flash_attention_2 needs CUDA, bf16/fp16 and the flash-attn "
-                                 "package (pip install -r requirements-gpu.txt); use sdpa")
+            raise SettingError("attn_implementation", requested, "needs CUDA, bf16/fp16 and the flash-attn package "
+                               "(pip install -r requirements-gpu.txt); use sdpa")
     if requested == "flex_attention" and packed_mask and device.type != "cuda":
-        raise UserInputError("--attn_implementation flex_attention with --scoring shared needs CUDA (inductor's CPU "
-                             "flex kernel does not compile the packed block mask); use prefix_split")
+        raise SettingError("attn_implementation", requested, "with shared-prefix scoring needs CUDA (inductor's CPU "
+                           "flex kernel does not compile the packed block mask); use prefix_split")
     if requested == "prefix_split":
         from models.packed_attention import register_prefix_split
 
@@ -318,7 +318,7 @@ def adapter_key_problems(peft_model, adapter_dir: str | Path, adapter_name: str 
 # ---------------------------------------------------------------------------------------------- LoRA
 @dataclass
 class LoraSettings:
-    """peft LoraConfig fields our flags set (--lora_r, --lora_alpha, --lora_dropout, --lora_target_modules)."""
+    """peft LoraConfig fields the lora_r, lora_alpha, lora_dropout and lora_target_modules settings set."""
 
     r: int = 8
     alpha: float = 16.0
@@ -330,11 +330,11 @@ class LoraSettings:
     def from_flags(cls, r: int, alpha: float, dropout: float, target_modules: str) -> "LoraSettings":
         mods = [m.strip() for m in str(target_modules).split(",") if m.strip()]
         if r < 1:
-            raise UserInputError(f"--lora_r {r}: must be >= 1")
+            raise SettingError("lora_r", r, "must be >= 1")
         if not 0 <= dropout < 1:
-            raise UserInputError(f"--lora_dropout {dropout}: must be in [0, 1)")
+            raise SettingError("lora_dropout", dropout, "must be in [0, 1)")
         if not mods:
-            raise UserInputError("--lora_target_modules: give at least one module name, e.g. q_proj,v_proj")
+            raise SettingError("lora_target_modules", None, "give at least one module name, e.g. q_proj,v_proj")
         return cls(r=int(r), alpha=float(alpha), dropout=float(dropout), target_modules=mods)
 
 
@@ -345,8 +345,8 @@ def apply_lora(lm, settings: LoraSettings):
     present = {n.rsplit(".", 1)[-1] for n, _ in lm.named_modules()}
     missing = [m for m in settings.target_modules if m not in present]
     if missing:
-        raise UserInputError(f"--lora_target_modules: {missing} are not module names of this model "
-                             f"(e.g. {sorted(x for x in present if x.endswith('proj'))[:8]})")
+        raise SettingError("lora_target_modules", None, f"{missing} are not module names of this model "
+                           f"(e.g. {sorted(x for x in present if x.endswith('proj'))[:8]})")
     cfg = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                      target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(lm, cfg)

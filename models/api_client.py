@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from foundation.errors import UserInputError, redact, redact_json
+from foundation.errors import SettingError, UserInputError, redact, redact_json
 from foundation.files import atomic_write_text, loads_json, parse_json_lines, read_answer_rows
 
 DEFAULT_API_BASE = "https://api.deepseek.com"
@@ -171,15 +171,16 @@ class ChatClient:
         import openai
 
         if max_retries < 0:
-            raise UserInputError(f"--max_retries {max_retries}: must be >= 0")
+            raise SettingError("max_retries", max_retries, "must be >= 0")
         if not (timeout > 0 and math.isfinite(timeout)):
-            raise UserInputError(f"--timeout {timeout}: must be a positive number of seconds")
-        if not (backoff_base >= 0 and backoff_max >= 0 and math.isfinite(backoff_base) and math.isfinite(backoff_max)):
-            raise UserInputError("--backoff_base/--backoff_max: must be >= 0 seconds")
+            raise SettingError("timeout", timeout, "must be a positive number of seconds")
+        for name, seconds in (("backoff_base", backoff_base), ("backoff_max", backoff_max)):
+            if not (seconds >= 0 and math.isfinite(seconds)):
+                raise SettingError(name, seconds, "must be >= 0 seconds")
         if temperature is not None and not (0 <= temperature < math.inf):
-            raise UserInputError(f"--temperature {temperature}: must be a number >= 0")
+            raise SettingError("temperature", temperature, "must be a number >= 0")
         if max_tokens is not None and max_tokens < 1:
-            raise UserInputError(f"--max_tokens {max_tokens}: must be >= 1")
+            raise SettingError("max_tokens", max_tokens, "must be >= 1")
         self.api_key = resolve_api_key(api_key, key_env)
         self.api_base = api_base
         self.model = model
@@ -346,7 +347,7 @@ def run_jobs(
     from foundation.files import append_jsonl
 
     if concurrency < 1:
-        raise UserInputError(f"--concurrency {concurrency}: must be >= 1")
+        raise SettingError("concurrency", concurrency, "must be >= 1")
     ids = [str(j.id) for j in jobs]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from foundation.errors import UserInputError
+from foundation.errors import SettingError
 
 # A token outside the top-k / top-p set gets this logit: probability exactly 0 in fp32, log-prob finite.
 _EXCLUDED_LOGIT = -1e4
@@ -48,12 +48,13 @@ class SamplingSettings:
         return (p / q).argmax(-1)
 
     def validate(self) -> "SamplingSettings":
+        """The settings as a run records them (gen_temperature, gen_top_k, gen_top_p) name what is wrong."""
         if not self.temperature > 0:
-            raise UserInputError(f"--gen_temperature {self.temperature}: must be > 0")
+            raise SettingError("gen_temperature", self.temperature, "must be > 0")
         if self.top_k < 0:
-            raise UserInputError(f"--gen_top_k {self.top_k}: must be >= 0 (0 = off)")
+            raise SettingError("gen_top_k", self.top_k, "must be >= 0 (0 = off)")
         if not 0 < self.top_p <= 1:
-            raise UserInputError(f"--gen_top_p {self.top_p}: must be in (0, 1]")
+            raise SettingError("gen_top_p", self.top_p, "must be in (0, 1]")
         return self
 
 

@@ -24,7 +24,7 @@ from models.abstract_models import (
 )
 from prompters.rendering import generation_prompt
 from foundation.config import HelpFormatter, finite_float, positive_int, seed_int
-from foundation.errors import UserInputError
+from foundation.errors import SettingError, UserInputError
 
 
 class LocalGenerator:
@@ -116,13 +116,13 @@ def run_prompt_file(model_path: str, input_file: str, output_file: str, device: 
     from foundation.files import append_jsonl, read_jsonl
 
     if batch_size < 1:
-        raise UserInputError(f"--batch_size {batch_size}: must be >= 1")
+        raise SettingError("batch_size", batch_size, "must be >= 1")
     if max_new_tokens < 1:
-        raise UserInputError(f"--max_new_tokens {max_new_tokens}: must be >= 1")
+        raise SettingError("max_new_tokens", max_new_tokens, "must be >= 1")
     if temperature < 0:
-        raise UserInputError(f"--temperature {temperature}: must be >= 0")
+        raise SettingError("temperature", temperature, "must be >= 0")
     if not 0 < top_p <= 1:
-        raise UserInputError(f"--top_p {top_p}: must be in (0, 1]")
+        raise SettingError("top_p", top_p, "must be in (0, 1]")
     rows = read_jsonl(input_file, flag="--input_file")
     for r in rows:
         if "id" not in r:

@@ -30,7 +30,7 @@ from models.abstract_models import (AbstractRecModel, LoraSettings, apply_lora, 
 from prompters import prompts
 from prompters.binary_prompter import UserPrompt
 from foundation.config import SCORING_MODES  # noqa: F401 (re-exported: auto|naive|shared)
-from foundation.errors import UserInputError
+from foundation.errors import SettingError, UserInputError
 from models.judge_types import SamplingSettings, ScoreOutput  # noqa: F401 (re-exported: the judge's value types)
 from models.shared_prefix import generate_shared_prefix, score_shared_prefix
 
@@ -102,7 +102,7 @@ def check_resolved_scoring(scoring: str) -> None:
         raise ValueError("scoring 'auto' reached a forward: resolve it with models.qwen_models.resolve_scoring "
                          "before loading the model (it decides the attention kernel too)")
     if scoring not in RESOLVED_SCORING:
-        raise UserInputError(f"--scoring {scoring!r}: must be one of {'|'.join(SCORING_MODES)}")
+        raise SettingError("scoring", repr(scoring), f"must be one of {'|'.join(SCORING_MODES)}")
 
 
 @functools.lru_cache(maxsize=None)

@@ -40,10 +40,10 @@ from models.abstract_models import (
 )
 from prompters import prompts
 from prompters.rrec_prompter import DEFAULT_USER_WINDOW, check_model_type, model_type_of
-from foundation.errors import UserInputError
+from foundation.errors import SettingError, UserInputError
 from foundation.files import atomic_write_text, read_json
+from models.resolution import RREC_CONFIG_FILE  # noqa: F401 (one home: what a model directory holds)
 
-RREC_CONFIG_FILE = "rrec_config.json"
 SIMILARITY_TYPES = ("dot", "cosine", "L2")
 UPSTREAM_MAX_NEW_TOKENS = 640
 
@@ -91,18 +91,18 @@ class RRecSettings:
     def validate(self) -> "RRecSettings":
         check_model_type(self.model_type)
         if self.similarity_type not in SIMILARITY_TYPES:
-            raise UserInputError(f"--similarity_type {self.similarity_type!r}: must be one of "
-                                 f"{'|'.join(SIMILARITY_TYPES)}")
+            raise SettingError("similarity_type", repr(self.similarity_type),
+                               f"must be one of {'|'.join(SIMILARITY_TYPES)}")
         if not self.similarity_temperature > 0:
-            raise UserInputError(f"--similarity_temperature {self.similarity_temperature}: must be > 0")
+            raise SettingError("similarity_temperature", self.similarity_temperature, "must be > 0")
         if self.user_window_size < 1:
-            raise UserInputError(f"--user_window_size {self.user_window_size}: must be >= 1")
+            raise SettingError("user_window_size", self.user_window_size, "must be >= 1")
         if self.max_new_tokens < 0:
-            raise UserInputError(f"--max_new_tokens {self.max_new_tokens}: must be >= 0")
+            raise SettingError("max_new_tokens", self.max_new_tokens, "must be >= 0")
         if self.repetition_penalty is not None and not self.repetition_penalty > 0:
-            raise UserInputError(f"--repetition_penalty {self.repetition_penalty}: must be > 0")
+            raise SettingError("repetition_penalty", self.repetition_penalty, "must be > 0")
         if not isinstance(self.item_rating_stats, bool):
-            raise UserInputError(f"item_rating_stats {self.item_rating_stats!r}: must be true or false")
+            raise SettingError("item_rating_stats", repr(self.item_rating_stats), "must be true or false")
         return self
 
     def similarity(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

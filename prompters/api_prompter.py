@@ -10,9 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from prompters import prompts
-from prompters.binary_prompter import _fmt_rating, item_raw_text, read_template
-from prompters.rendering import safe_item_rows
-from foundation.errors import UserInputError
+from prompters.abstract_prompter import AbstractPrompter, PromptError, item_raw_text, read_template
 
 PLACEHOLDERS = {"history", "candidates", "n"}
 
@@ -22,29 +20,24 @@ def load_api_template(dataset_type: str = "other", template_file: str | None = N
     tmpl, source, names = read_template(dataset_type, template_file, prompts.API_RANKING_PROMPT_TMPL_MOVIES,
                                         prompts.API_RANKING_PROMPT_TMPL)
     if not {"history", "candidates"} <= names or names - PLACEHOLDERS:
-        raise UserInputError(f"{source}: template must use {{history}} and {{candidates}} (optionally {{n}}) "
-                             f"and nothing else; found {sorted(names)}")
+        raise PromptError(*source, "template must use {history} and {candidates} (optionally {n}) and nothing else; "
+                                   f"found {sorted(names)}")
     return tmpl
 
 
-class ApiRankingPrompter:
-    """(example, candidates) -> chat messages asking for a ranking of the numbered candidates."""
+class ApiRankingPrompter(AbstractPrompter):
+    """(example, candidates) -> chat messages asking for a ranking of the numbered candidates. No tokenizer: the
+    item rows are made safe for the common chat families' special tokens."""
 
     def __init__(self, item_rows: Sequence[dict], user_window_size: int = 10, max_len_per_item: int = 0,
                  dataset_type: str = "other", template_file: str | None = None,
                  system_prompt: str | None = None) -> None:
-        if user_window_size < 1:
-            raise UserInputError(f"--user_window_size {user_window_size}: must be >= 1")
+        super().__init__(item_rows, None, user_window_size)
         if max_len_per_item < 0:
-            raise UserInputError(f"--max_len_per_item {max_len_per_item}: must be >= 0 (0 = titles only)")
-        self.item_rows = safe_item_rows(item_rows)  # chat-family special-token strings in item text neutralised
-        self.user_window_size = user_window_size
+            raise PromptError("max_len_per_item", max_len_per_item, "must be >= 0 (0 = titles only)")
         self.max_len_per_item = max_len_per_item
         self.template = load_api_template(dataset_type, template_file)
         self.system_prompt = system_prompt
-
-    def title(self, item_id: int) -> str:
-        return str(self.item_rows[int(item_id)]["title"])
 
     def item_text(self, item_id: int) -> str:
         """' - ' + description/features cut to max_len_per_item words, or '' (titles only / no text)."""
@@ -52,14 +45,6 @@ class ApiRankingPrompter:
             return ""
         words = item_raw_text(self.item_rows[int(item_id)]).split()
         return " - " + " ".join(words[: self.max_len_per_item]) if words else ""
-
-    def history_text(self, example: dict) -> str:
-        ids = list(example["history_item_id"])[-self.user_window_size:]
-        ratings = list(example["history_rating"])[-self.user_window_size:]
-        lines = [prompts.HISTORY_ITEM_TMPL.format(index=n, title=self.title(i), rating=_fmt_rating(r),
-                                                  text=self.item_text(int(i)))
-                 for n, (i, r) in enumerate(zip(ids, ratings), 1)]
-        return "\n".join(lines) if lines else "(no earlier purchases)"
 
     def candidates_text(self, candidates: Sequence[int]) -> str:
         return "\n".join(prompts.API_CANDIDATE_ITEM_TMPL.format(index=n, title=self.title(c), text=self.item_text(int(c)))

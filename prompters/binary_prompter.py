@@ -8,14 +8,13 @@ shared path reuses the prefix; both see the same token ids by construction.
 """
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 from prompters import prompts
-from prompters.rendering import generation_prompt, safe_item_rows
-from foundation.errors import UserInputError
+from prompters.abstract_prompter import (AbstractPrompter, PromptError, format_rating, item_raw_text,  # noqa: F401
+                                         read_template)
+from prompters.rendering import generation_prompt
 
 _SENTINEL = "\u2063CANDIDATE\u2063"  # invisible separator: never occurs in item text
 
@@ -50,45 +49,23 @@ class UserPrompt:
         return P * (P + 1) // 2 * (1 if shared else self.K) + own
 
 
-def read_template(dataset_type: str, template_file: str | None, movies_tmpl: str,
-                  other_tmpl: str) -> tuple[str, str, set[str]]:
-    """(template, source flag for messages, its placeholder names): the text of --prompt_template FILE, else
-    movies_tmpl/other_tmpl by --dataset_type. Shared by every prompter that takes these two flags; each
-    checks the placeholders it needs itself."""
-    if template_file:
-        p = Path(template_file)
-        if not p.is_file():
-            raise UserInputError(f"--prompt_template {template_file}: file not found")
-        tmpl = p.read_text(encoding="utf-8")
-        source = f"--prompt_template {template_file}"
-    else:
-        if dataset_type not in ("movies", "other"):
-            raise UserInputError(f"--dataset_type {dataset_type!r}: must be movies|other")
-        tmpl = movies_tmpl if dataset_type == "movies" else other_tmpl
-        source = f"--dataset_type {dataset_type}"
-    try:
-        names = {f[1] for f in string.Formatter().parse(tmpl) if f[1] is not None}
-    except ValueError as e:
-        raise UserInputError(f"{source}: invalid template ({e}); escape literal braces as {{{{ }}}}")
-    return tmpl, source, names
-
-
 def load_template(dataset_type: str, template_file: str | None = None) -> str:
     """The binary template for --dataset_type, or the text of --prompt_template FILE (validated)."""
     tmpl, source, names = read_template(dataset_type, template_file, prompts.BINARY_PROMPT_TMPL_MOVIES,
                                         prompts.BINARY_PROMPT_TMPL_OTHER)
     missing = {"history", "candidate"} - names
     if missing:
-        raise UserInputError(f"{source}: template lacks placeholder(s) {sorted('{' + m + '}' for m in missing)}")
+        raise PromptError(*source, f"template lacks placeholder(s) {sorted('{' + m + '}' for m in missing)}")
     unknown = names - {"history", "candidate", "answer_instruction"}
     if unknown:
-        raise UserInputError(f"{source}: unknown placeholder(s) {sorted(unknown)}; allowed: history, candidate, answer_instruction")
+        raise PromptError(*source, f"unknown placeholder(s) {sorted(unknown)}; allowed: history, candidate, "
+                                   "answer_instruction")
     if tmpl.index("{history}") > tmpl.index("{candidate}"):
-        raise UserInputError(f"{source}: {{history}} must come before {{candidate}} (the history is the shared prefix)")
+        raise PromptError(*source, "{history} must come before {candidate} (the history is the shared prefix)")
     return tmpl
 
 
-class BinaryPrompter:
+class BinaryPrompter(AbstractPrompter):
     """Builds UserPrompt token ids for (example, candidates) through the tokenizer's chat template."""
 
     def __init__(
@@ -102,13 +79,9 @@ class BinaryPrompter:
         reasoning: bool = False,
     ) -> None:
         if max_len_per_item < 1:
-            raise UserInputError(f"--max_len_per_item {max_len_per_item}: must be >= 1")
-        if user_window_size < 1:
-            raise UserInputError(f"--user_window_size {user_window_size}: must be >= 1")
-        self.tokenizer = tokenizer
-        self.item_rows = safe_item_rows(item_rows, tokenizer)  # special-token strings in item text neutralised
+            raise PromptError("max_len_per_item", max_len_per_item, "must be >= 1")
+        super().__init__(item_rows, tokenizer, user_window_size)
         self.max_len_per_item = max_len_per_item
-        self.user_window_size = user_window_size
         self.reasoning = reasoning
         self.template = load_template(dataset_type, template_file)
         instruction = prompts.REASONING_ANSWER_INSTRUCTION if reasoning else prompts.DIRECT_ANSWER_INSTRUCTION
@@ -116,8 +89,8 @@ class BinaryPrompter:
         # Render once with placeholders, then split: chat framing is identical for all users.
         chat = self._apply_chat(user_msg)
         if chat.count(_SENTINEL) != 1 or chat.split(_SENTINEL)[0].count("{history}") != 1:
-            raise UserInputError(f"{getattr(tokenizer, 'name_or_path', '') or 'the tokenizer'}: its chat template "
-                                 "does not keep the user message (damaged chat_template.jinja?)")
+            raise PromptError(None, None, f"{getattr(tokenizer, 'name_or_path', '') or 'the tokenizer'}: its chat "
+                                          "template does not keep the user message (damaged chat_template.jinja?)")
         before, after = chat.split(_SENTINEL)
         head, tail = before.split("{history}")
         self._head, self._mid = head, tail
@@ -127,9 +100,6 @@ class BinaryPrompter:
 
     def _apply_chat(self, user_msg: str) -> str:
         return generation_prompt(self.tokenizer, [{"role": "user", "content": user_msg}])
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def item_text(self, item_id: int) -> str:
         """Description/features of an item truncated to max_len_per_item tokens ('' if none)."""
@@ -141,17 +111,8 @@ class BinaryPrompter:
             self._item_text_cache[item_id] = text
         return self._item_text_cache[item_id]
 
-    def history_text(self, history_item_ids: Sequence[int], history_ratings: Sequence[float]) -> str:
-        ids = list(history_item_ids)[-self.user_window_size:]
-        ratings = list(history_ratings)[-self.user_window_size:]
-        lines = []
-        for n, (iid, r) in enumerate(zip(ids, ratings), 1):
-            title = self.item_rows[int(iid)]["title"]
-            lines.append(prompts.HISTORY_ITEM_TMPL.format(index=n, title=title, rating=_fmt_rating(r), text=self.item_text(int(iid))))
-        return "\n".join(lines) if lines else "(no earlier purchases)"
-
     def prefix_ids(self, example: dict) -> list[int]:
-        text = self._head + self.history_text(example["history_item_id"], example["history_rating"]) + self._mid
+        text = self._head + self.history_text(example) + self._mid
         return self.encode(text)
 
     def suffix_ids(self, item_id: int) -> list[int]:
@@ -177,19 +138,5 @@ class BinaryPrompter:
         instruction = prompts.REASONING_ANSWER_INSTRUCTION if self.reasoning else prompts.DIRECT_ANSWER_INSTRUCTION
         title = self.item_rows[int(item_id)]["title"]
         cand = prompts.CANDIDATE_ITEM_TMPL.format(title=title, text=self.item_text(int(item_id)))
-        hist = self.history_text(example["history_item_id"], example["history_rating"])
+        hist = self.history_text(example)
         return self.template.format(history=hist, candidate=cand, answer_instruction=instruction)
-
-
-def item_raw_text(row: dict) -> str:
-    """An item's description then features as one string ('' if none), before any truncation."""
-    parts = list(row.get("description") or []) + list(row.get("features") or [])
-    return " ".join(str(p) for p in parts if p).strip()
-
-
-def _fmt_rating(r) -> str:
-    try:
-        f = float(r)
-    except (TypeError, ValueError):
-        return str(r)
-    return str(int(f)) if f.is_integer() else f"{f:.1f}"

@@ -1,4 +1,5 @@
-"""What every prompter shares: item text made safe to put into a prompt, and the one call of a chat template.
+"""Item text made safe to put into a prompt, and the one call of a chat template (every prompter uses both,
+through prompters/abstract_prompter.py).
 
 Special-token strings in item text. A title or description holding a tokenizer's special-token string (e.g.
 `<|im_end|>` for Qwen) would be encoded as that special token once the prompt is tokenised: the model would see

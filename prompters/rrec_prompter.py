@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Sequence
 
 from prompters import prompts
-from prompters.rendering import generation_prompt, render_chat, safe_item_rows
-from foundation.errors import UserInputError
+from prompters.abstract_prompter import AbstractPrompter, PromptError
+from prompters.rendering import generation_prompt, render_chat
 
 MODEL_TYPES = ("qwen", "gemma")
 END_OF_TURN = {"qwen": "<|im_end|>", "gemma": "<end_of_turn>"}
@@ -92,7 +92,7 @@ def format_description(description: Sequence[str] | str | None, max_words: int =
 
 def check_model_type(model_type: str) -> str:
     if model_type not in MODEL_TYPES:
-        raise UserInputError(f"--model_type {model_type!r}: must be one of {'|'.join(MODEL_TYPES)}")
+        raise PromptError("model_type", repr(model_type), f"must be one of {'|'.join(MODEL_TYPES)}")
     return model_type
 
 
@@ -101,20 +101,16 @@ def model_type_of(model_family: str | None) -> str:
     return "gemma" if str(model_family or "").lower().startswith("gemma") else "qwen"
 
 
-class RRecPrompter:
+class RRecPrompter(AbstractPrompter):
     """Renders users and items of one processed dataset into RRec's chat prompts (text and token ids)."""
 
     def __init__(self, tokenizer, item_rows: Sequence[dict], category: str,
                  user_window_size: int = DEFAULT_USER_WINDOW, model_type: str = "qwen",
                  emb_token: str = prompts.RREC_EMB_TOKEN, emb_end_token: str = prompts.RREC_EMB_END_TOKEN,
                  item_rating_stats: bool = True) -> None:
-        if user_window_size < 1:
-            raise UserInputError(f"--user_window_size {user_window_size}: must be >= 1")
-        self.tokenizer = tokenizer
-        self.item_rows = safe_item_rows(item_rows, tokenizer)  # special-token strings in item text neutralised
+        super().__init__(item_rows, tokenizer, user_window_size)
         self.category = category
         self.category_plural, self.category_singular = category_names(category)
-        self.user_window_size = user_window_size
         self.model_type = check_model_type(model_type)
         self.emb_token, self.emb_end_token = emb_token, emb_end_token
         self.item_rating_stats = bool(item_rating_stats)
@@ -124,14 +120,15 @@ class RRecPrompter:
 
     # ---- text --------------------------------------------------------------------------------
     def history_text(self, example: dict) -> str:
-        w = self.user_window_size
-        ids = list(example["history_item_id"])[-w:]
-        ratings = list(example["history_rating"])[-w:]
-        stamps = list(example["history_timestamp"])[-w:]
+        """Upstream's time-ago history lines (the rating as stored)."""
         target_ts = int(example["timestamp"])
         return "\n".join(prompts.RREC_HISTORY_LINE_TMPL.format(
             ago=format_time_ago(target_ts - int(ts)), title=self.item_rows[int(iid)]["title"], rating=r)
-            for iid, r, ts in zip(ids, ratings, stamps))
+            for iid, r, ts in self.history_window(example, "history_item_id", "history_rating", "history_timestamp"))
+
+    def item_text(self, item_id: int) -> str:
+        """Upstream's description: the list reversed, cut to DESCRIPTION_MAX_WORDS words."""
+        return format_description(self.item_rows[int(item_id)].get("description"))
 
     def user_message(self, example: dict) -> str:
         """The user turn (no chat framing)."""
@@ -146,7 +143,7 @@ class RRecPrompter:
         return template.format(
             category_singular=self.category_singular, emb=self.emb_token, emb_end=self.emb_end_token,
             title=row.get("title"), average_rating=row.get("average_rating"), rating_number=row.get("rating_number"),
-            description=format_description(row.get("description")))
+            description=self.item_text(item_id))
 
     def complete_reasoning(self, generated_text: str) -> str:
         """The assistant content a user vector is read after: the reasoning up to and including its first
@@ -178,11 +175,7 @@ class RRecPrompter:
     def item_prompt(self, item_id: int) -> str:
         return self.chat(self.item_message(item_id), self.emb_token)
 
-    # ---- token ids ---------------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        # The chat template already holds any BOS the model wants (Gemma's does).
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
+    # ---- token ids (encode: AbstractPrompter's; the chat template already holds any BOS, as Gemma's does) -----
     def user_ids(self, example: dict) -> list[int]:
         return self.encode(self.user_prompt(example))
 

@@ -19,51 +19,39 @@ The key comes from --api_key or DEEPSEEK_API_KEY and is never written to any fil
 """
 from __future__ import annotations
 
-import argparse
-import os
-
-from foundation.config import HelpFormatter
+from foundation.config import build_parser as options_parser
+from foundation.config import config_from_args
 from foundation.errors import UserInputError
+from trainers.evaluation.options import GetResponseOptions
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from trainers.cli import add_client_args, add_prompt_file_args
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--input_file", default="sft_train/prompts.jsonl", help="prompt JSONL (default: %(default)s)")
-    p.add_argument("--output_file", default="sft_train/responses.jsonl", help="response JSONL (default: %(default)s)")
-    p.add_argument("--prompt_id_min", type=int, default=None, help="first prompt id to ask (inclusive)")
-    p.add_argument("--prompt_id_max", type=int, default=None, help="last prompt id to ask (inclusive)")
-    add_prompt_file_args(p)
-    add_client_args(p, model_default="deepseek-reasoner", model_flag="--model", concurrency=8)
-    return p
+def build_parser():
+    """The flags: one per GetResponseOptions field (trainers/evaluation/options.py)."""
+    return options_parser(GetResponseOptions, description=__doc__)
 
 
 def main(argv: list[str] | None = None) -> None:
     from models.api_client import prompt_jobs_from_jsonl, resolve_api_key
-    from trainers.cli import answer_jobs, api_script_errors
+    from trainers.evaluation.api import answer_prompt_jobs
 
-    args = build_parser().parse_args(argv)
-    with api_script_errors(args):
-        resolve_api_key(args.api_key)
-        if args.prompt_id_min is not None and args.prompt_id_max is not None and args.prompt_id_min > args.prompt_id_max:
-            raise UserInputError(f"--prompt_id_min {args.prompt_id_min} > --prompt_id_max {args.prompt_id_max}")
-        if os.path.abspath(args.input_file) == os.path.abspath(args.output_file):
-            raise UserInputError("--output_file must differ from --input_file")
-        jobs = prompt_jobs_from_jsonl(args.input_file, args.prompt_id_min, args.prompt_id_max,
-                                      skip_bad_lines=args.skip_bad_lines, system_prompt=args.system_prompt,
+    opts = config_from_args(GetResponseOptions, build_parser().parse_args(argv), validate=False)
+    with opts.script_errors():
+        resolve_api_key(opts.api_key)
+        opts.validate()
+        jobs = prompt_jobs_from_jsonl(opts.input_file, opts.prompt_id_min, opts.prompt_id_max,
+                                      skip_bad_lines=opts.skip_bad_lines, system_prompt=opts.system_prompt,
                                       required_fields=("label",))
         if not jobs:
-            raise UserInputError(f"--input_file {args.input_file}: no prompts with ids in "
-                                 f"[{args.prompt_id_min}, {args.prompt_id_max}]")
+            raise UserInputError(f"--input_file {opts.input_file}: no prompts with ids in "
+                                 f"[{opts.prompt_id_min}, {opts.prompt_id_max}]")
         for j in jobs:
             # The row keeps the prompt as text when the input had one, else the messages.
             j.extra.setdefault("prompt", j.messages[-1]["content"])
-        rows = answer_jobs(args, jobs, args.model, content_key="response")
+        rows = answer_prompt_jobs(opts, jobs, opts.output_file, opts.model_name, content_key="response")
     wanted = {str(j.id) for j in jobs}
     n_err = sum(1 for k, r in rows.items() if k in wanted and r.get("error"))
     print(f"{len(wanted) - n_err} of {len(wanted)} prompts answered ({n_err} failed; rerun to retry them) "
-          f"-> {args.output_file}")
+          f"-> {opts.output_file}")
 
 
 if __name__ == "__main__":

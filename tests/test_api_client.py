@@ -9,7 +9,7 @@ import pytest
 
 from models.api_client import ApiJob, ChatClient, load_done, resolve_api_key, run_jobs
 from fixtures.loopback_server import LoopbackAPI
-from trainers.cli import public_args
+from trainers.evaluation.options import ApiClientOptions
 from foundation.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,11 +106,11 @@ def test_key_from_env_and_missing_key(monkeypatch):
         ChatClient(api_base="http://127.0.0.1:9/v1", api_key=None)
 
 
-def test_public_args_drops_the_key():
-    import argparse
-
-    ns = argparse.Namespace(api_key=KEY, model_name="m", max_tokens=5)
-    assert public_args(ns) == {"model_name": "m", "max_tokens": 5}
+def test_public_settings_drop_the_key():
+    opts = ApiClientOptions(api_key=KEY, model_name="m", max_tokens=5)
+    public = opts.public_dict()
+    assert "api_key" not in public and KEY not in str(public)
+    assert public["model_name"] == "m" and public["max_tokens"] == 5 and public["concurrency"] == 8
 
 
 def test_run_jobs_concurrent_resume_and_errors(tmp_path):

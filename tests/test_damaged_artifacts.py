@@ -162,8 +162,8 @@ def test_every_file_of_a_checkpoint_deleted_truncated_or_emptied_is_named(ppo_ru
     """train.py (resume: every file) and test.py (evaluation: the training state may have been deleted to save
     space) refuse a checkpoint whose files no longer match the manifest its COMPLETE marker holds; 'auto' falls
     back to the newest intact checkpoint with a warning."""
-    import test as test_script
     from foundation.checkpoints import TRAINING_STATE_FILES, resolve_checkpoint
+    from models.resolution import judge_dir_files
     from trainers.ppo_trainer import judge_checkpoint_files
 
     manifest = json.loads((ppo_run / "checkpoint-2" / "COMPLETE").read_text())["files"]
@@ -175,7 +175,7 @@ def test_every_file_of_a_checkpoint_deleted_truncated_or_emptied_is_named(ppo_ru
     for rel, how in _damaged_copies(ppo_run, run, manifest, under="checkpoint-2"):
         optional = how == "delete" and any(Path(rel).match(p) for p in TRAINING_STATE_FILES)
         for who, required, training in (("train", judge_checkpoint_files(), True),
-                                        ("test", test_script.judge_dir_files(), False)):
+                                        ("test", judge_dir_files(), False)):
             try:
                 got = resolve_checkpoint(str(ck), run, required, training=training)
                 if not (who == "test" and optional and got == ck):
@@ -192,7 +192,7 @@ def test_every_file_of_a_checkpoint_deleted_truncated_or_emptied_is_named(ppo_ru
     shutil.copytree(ppo_run / "final", final)
     _damage(final / "chat_template.jinja", "truncate")
     with pytest.raises(UserInputError, match="chat_template.jinja has"):
-        resolve_checkpoint(str(final), tmp_path, test_script.judge_dir_files())
+        resolve_checkpoint(str(final), tmp_path, judge_dir_files())
 
 
 def test_manifest_is_written_last_and_old_markers_still_work(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trainers.evaluation.judge import JudgeRankSettings as S
 from trainers.evaluation.judge import evaluate_split, rank_examples
 from trainers.evaluation.metrics import (
     metrics_from_ranks,
@@ -20,7 +21,7 @@ from trainers.evaluation.metrics import (
     target_rank,
 )
 from trainers.evaluation.protocol import SANITY_ROWS, build_eval_items, sanity_rows
-from foundation.errors import UserInputError
+from foundation.errors import UserInputError, cli_message
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +115,8 @@ def test_rank_examples_greedy_and_rollout(judge, dataset):
     items = build_eval_items(dataset, "test", 4, K, seed=3)
     prompter = _prompter(judge, dataset)
     seen = []
-    greedy = rank_examples(judge, prompter, items, mode="greedy", batch_size=4, on_sample=seen.append, progress=False)
+    greedy = rank_examples(judge, prompter, items, S(mode="greedy", batch_size=4, progress=False),
+                           on_sample=seen.append)
     assert seen == greedy and len(greedy) == 4
     for s, (ex, cands) in zip(greedy, items):
         assert s["interaction_id"] == ex["interaction_id"] and s["candidates"] == cands and s["outputs"] == {}
@@ -124,52 +126,54 @@ def test_rank_examples_greedy_and_rollout(judge, dataset):
         assert s["target_rank"] == target_rank(s["scores"], cands.index(ex["item_id"]))
         assert s["target_rank"] == rank_from_ranking(s["ranking"], ex["item_id"])
     # batch size does not change scores (beyond float noise)
-    one = rank_examples(judge, prompter, items[:2], mode="greedy", batch_size=1, progress=False)
+    one = rank_examples(judge, prompter, items[:2], S(mode="greedy", batch_size=1, progress=False))
     np.testing.assert_allclose([s["scores"] for s in one], [s["scores"] for s in greedy[:2]], atol=1e-4)
 
     # rollout: seeded per interaction id, so it repeats and does not depend on batching or on the other items
-    r1 = rank_examples(judge, prompter, items, mode="rollout", temperature=0.01, seed=5, batch_size=4, progress=False)
-    r2 = rank_examples(judge, prompter, items[2:], mode="rollout", temperature=0.01, seed=5, batch_size=1,
-                       progress=False)
+    r1 = rank_examples(judge, prompter, items, S(mode="rollout", temperature=0.01, seed=5, batch_size=4,
+                                                 progress=False))
+    r2 = rank_examples(judge, prompter, items[2:], S(mode="rollout", temperature=0.01, seed=5, batch_size=1,
+                                                     progress=False))
     assert [s["ranking"] for s in r1[2:]] == [s["ranking"] for s in r2]
     for s in r1:
         assert s["target_rank"] == rank_from_ranking(s["ranking"], s["target_item_id"])
     # at τ = 1000 the PL sample is (nearly) uniform: rankings must differ from greedy somewhere
-    hot = rank_examples(judge, prompter, items, mode="rollout", temperature=1000.0, seed=5, progress=False)
+    hot = rank_examples(judge, prompter, items, S(mode="rollout", temperature=1000.0, seed=5, progress=False))
     assert any(h["ranking"] != g["ranking"] for h, g in zip(hot, greedy))
-    with pytest.raises(UserInputError, match="--mode"):
-        rank_examples(judge, prompter, items, mode="beam", progress=False)
+    with pytest.raises(UserInputError, match="^mode 'beam': must be one of greedy|rollout") as e:
+        rank_examples(judge, prompter, items, S(mode="beam", progress=False))
+    assert cli_message(e.value).startswith("--mode 'beam'")  # the script names the flag
 
 
 def test_rank_examples_reasoning_outputs(judge, dataset, capsys):
     items = build_eval_items(dataset, "test", 2, 3, seed=3)
     prompter = _prompter(judge, dataset, reasoning=True)
-    all_ = rank_examples(judge, prompter, items, max_new_tokens=3, gen_mode="all", progress=True, print_every_text=1)
+    all_ = rank_examples(judge, prompter, items, S(max_new_tokens=3, gen_mode="all", progress=True, print_every_text=1))
     for s in all_:
         assert [r["item_id"] for r in s["outputs"]["reasoning"]] == s["candidates"]
         assert all(0 <= r["n_tokens"] <= 3 and isinstance(r["text"], str) for r in s["outputs"]["reasoning"])
-    top = rank_examples(judge, prompter, items, max_new_tokens=3, gen_mode="top1", progress=False)
+    top = rank_examples(judge, prompter, items, S(max_new_tokens=3, gen_mode="top1", progress=False))
     for s in top:
         assert [r["item_id"] for r in s["outputs"]["reasoning"]] == [s["ranking"][0]]
     # greedy decoding in greedy mode: the same texts and scores again
     np.testing.assert_allclose([s["scores"] for s in top], [s["scores"] for s in all_], atol=1e-5)
     assert "reasoning for" in capsys.readouterr().out  # print_every_text=1 shows every sample
     with pytest.raises(ValueError, match="reasoning"):
-        rank_examples(judge, _prompter(judge, dataset), items, max_new_tokens=3, progress=False)
+        rank_examples(judge, _prompter(judge, dataset), items, S(max_new_tokens=3, progress=False))
 
 
 def test_sanity_rows_and_evaluate_split(judge, dataset):
     prompter = _prompter(judge, dataset)
-    samples, metrics = evaluate_split(judge, prompter, dataset, "valid", 5, K, 3, seed=2, progress=False,
-                                      batch_size=5)
+    samples, metrics = evaluate_split(judge, prompter, dataset, "valid", 5, K, 3, seed=2,
+                                      settings=S(progress=False, batch_size=5))
     assert metrics["n"] == 5 and "NDCG@3" in metrics and "NDCG@10" in metrics
     assert metrics == metrics_from_ranks([s["target_rank"] for s in samples], (1, 3, 5, 10))
     rows = sanity_rows(samples, dataset, seed=2)
     assert rows == sanity_rows(samples, dataset, seed=2)
     assert set(rows) == set(SANITY_ROWS) and all(m["n"] == 5 for m in rows.values())
     # DDP validation: rank 1 of 2 takes every second item of the same seeded list
-    shard, m = evaluate_split(judge, prompter, dataset, "valid", 4, K, 3, seed=2, rank=1, world_size=2,
-                              progress=False)
+    shard, m = evaluate_split(judge, prompter, dataset, "valid", 4, K, 3, seed=2, settings=S(progress=False),
+                              rank=1, world_size=2)
     assert [s["interaction_id"] for s in shard] == [s["interaction_id"] for s in samples[1:4:2]] and m["n"] == 2
 
 
@@ -256,6 +260,8 @@ def test_resume_from_last_checkpoint(judge, tiny_model, data_dir, tmp_path):
     ({"--max_len_per_item": "0"}, "--max_len_per_item"),
     ({"--K": "500"}, "--K"),
     ({"--mode": "beam"}, "--mode"),
+    ({"--temperature": "0"}, "--temperature 0.0: must be > 0"),
+    ({"--gen_top_p": "2"}, "--gen_top_p 2.0: must be in (0, 1]"),
     ({"--model_name_or_path": "NOTOK"}, "tokenizer"),
     ({"--resume_from": "INCOMPLETE"}, "--resume_from"),
     ({"--resume_from": "last"}, "no complete checkpoint"),

@@ -129,22 +129,28 @@ def test_test_sh_leaves_prompt_settings_to_the_checkpoint(tmp_path):
 def test_test_py_takes_unset_prompt_settings_from_the_checkpoint(tmp_path, capsys):
     """What test.sh relies on: an unset prompt setting comes from the checkpoint's training args (train.py's
     args.json, or final/'s training_args.json); an explicit different value wins with a warning on stderr."""
+    from foundation.config import config_from_args
     from tests.fixtures.scripts import load_script
+    from trainers.evaluation.options import JudgeEvalOptions
 
     test_py = load_script("test.py")
+
+    def options(argv):
+        return config_from_args(JudgeEvalOptions, test_py.build_parser().parse_args(argv), validate=False)
+
     for name in ("args.json", "training_args.json"):
         ckpt = tmp_path / name.split(".")[0]
         ckpt.mkdir()
         (ckpt / name).write_text('{"max_len_per_item": 1, "user_window_size": 3, "dataset_type": "movies"}')
-        args = test_py.build_parser().parse_args(["--user_window_size", "5"])
-        used = test_py.apply_trained_settings(args, str(ckpt))
-        assert (args.max_len_per_item, args.dataset_type, args.user_window_size) == (1, "movies", 5)
+        opts = options(["--user_window_size", "5"])
+        used = opts.apply_trained_settings(str(ckpt))
+        assert (opts.max_len_per_item, opts.dataset_type, opts.user_window_size) == (1, "movies", 5)
         assert used == {"max_len_per_item": 1, "dataset_type": "movies"}
         err = capsys.readouterr().err
         assert "--user_window_size 5 differs from the checkpoint's training setting 3" in err
-    args = test_py.build_parser().parse_args([])
-    test_py.apply_trained_settings(args, None)  # no checkpoint: test.py's own defaults
-    assert (args.max_len_per_item, args.user_window_size) == (64, 10)
+    opts = options([])
+    opts.apply_trained_settings(None)  # no checkpoint: test.py's own defaults
+    assert (opts.max_len_per_item, opts.user_window_size) == (64, 10)
 
 
 @pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="not a git checkout")

@@ -7,7 +7,7 @@ and no modules import each other in a loop (a circle), inside a layer either.
     3 data         trainers/data/*
     4 rl           trainers/rl/*
     5 evaluation   trainers/evaluation/*
-    6 trainers     trainers/*.py (the trainers and the scripts' shared argparse pieces)
+    6 trainers     trainers/*.py (the trainers and their utilities, trainers/utils.py)
     7 fixtures     fixtures/* (the demo's and the tests' offline stand-ins)
     8 scripts      train.py, test.py, preprocess.py, compare_model/, sft_train/, tools/
 

@@ -38,14 +38,14 @@ def _evaluate(model_dir, data, template):
     from models.qwen_models import BinaryJudge
     from prompters.binary_prompter import BinaryPrompter
     from trainers.data.dataset import load_processed_dataset
-    from trainers.evaluation.judge import evaluate_split
+    from trainers.evaluation.judge import JudgeRankSettings, evaluate_split
 
     ds = load_processed_dataset(data)
     judge = BinaryJudge.load(str(model_dir), device="cpu")
     prompter = BinaryPrompter(judge.tokenizer, ds.item_rows, "other", max_len_per_item=1, user_window_size=3,
                               template_file=str(template))
-    samples, _ = evaluate_split(judge, prompter, ds, "test", None, K_TEST, 10, EVAL_SEED, batch_size=16,
-                                scoring="shared", progress=False)
+    samples, _ = evaluate_split(judge, prompter, ds, "test", None, K_TEST, 10, EVAL_SEED,
+                                JudgeRankSettings(batch_size=16, scoring="shared", progress=False))
     return samples, ds
 
 

@@ -8,7 +8,7 @@ import torch
 
 from foundation.errors import UserInputError
 from foundation.seeding import derived_seed
-from trainers.ppo_trainer import lr_lambda_factory, sample_step_indices, step_candidate_seed
+from trainers.utils import lr_lambda_factory, sample_step_indices, step_candidate_seed
 from trainers.rl.advantages import normalize_advantages
 from trainers.rl.kl import kl_penalty
 from trainers.rl.losses import clipped_surrogate, clipped_value_loss

@@ -1,10 +1,11 @@
 """Binary prompter: shared prefix, windowing, truncation, template validation; candidate sampler."""
 import pytest
 
+from prompters.abstract_prompter import PromptError
 from prompters.binary_prompter import BinaryPrompter, load_template
 from tests.fixtures.assets import build_tiny_tokenizer
 from trainers.data.candidates import sample_candidates
-from foundation.errors import UserInputError
+from foundation.errors import UserInputError, cli_message
 
 ITEMS = [{"title": "pad_title", "description": [], "features": []}] + [
     {"title": f"Racing Turbo {i}", "description": ["fast cars " * 40], "features": [f"feature {i}"]}
@@ -53,15 +54,19 @@ def test_prompt_template_file(tmp_path, tok):
     p = BinaryPrompter(tok, ITEMS, template_file=str(f))
     assert "History:" in tok.decode(p.build(EXAMPLE, [9]).prefix_ids)
     f.write_text("Item: {candidate}")
-    with pytest.raises(UserInputError, match=r"--prompt_template .*lacks placeholder.*\{history\}"):
+    # the prompter names the setting; the script names the flag (foundation.errors.cli_message)
+    with pytest.raises(PromptError, match=r"^prompt_template .*lacks placeholder.*\{history\}") as e:
         load_template("other", str(f))
+    assert cli_message(e.value).startswith(f"--prompt_template {f}: template lacks placeholder")
     f.write_text("{candidate} then {history}")
     with pytest.raises(UserInputError, match="must come before"):
         load_template("other", str(f))
-    with pytest.raises(UserInputError, match="--dataset_type"):
+    with pytest.raises(PromptError, match="^dataset_type 'books': must be movies|other") as e:
         load_template("books")
-    with pytest.raises(UserInputError, match="--user_window_size"):
+    assert cli_message(e.value) == "--dataset_type 'books': must be movies|other"
+    with pytest.raises(PromptError, match="^user_window_size 0: must be >= 1") as e:
         BinaryPrompter(tok, ITEMS, user_window_size=0)
+    assert cli_message(e.value, {"user_window_size": "--window"}) == "--window 0: must be >= 1"
 
 
 def test_candidates_contain_target_exclude_history_and_are_seeded():

@@ -67,13 +67,13 @@ def test_reasoning_span_holds_exactly_the_sampled_ids(judge_and_batch):
 
 
 def test_evaluation_samples_like_training_by_default():
-    import test as test_script
+    from trainers.evaluation.options import JudgeEvalOptions
     from trainers.ppo_trainer import PPOConfig
 
     cfg = PPOConfig()
     for key in ("gen_temperature", "gen_top_k", "gen_top_p", "max_new_tokens", "max_len_per_item",
                 "user_window_size", "dataset_type"):
-        assert test_script.TRAINED_SETTINGS[key] == getattr(cfg, key), key
+        assert JudgeEvalOptions.TRAINED_SETTINGS[key] == getattr(cfg, key), key
 
 
 def test_reasoning_logprobs_follow_the_models_logit_softcapping(ppo_assets):

@@ -165,7 +165,7 @@ def test_flash_attention_2_never_gets_the_block_mask(tiny_dir):
     from models.abstract_models import resolve_attn_implementation
     from foundation.errors import UserInputError
 
-    with pytest.raises(UserInputError, match="flash_attention_2 cannot run --scoring shared"):
+    with pytest.raises(UserInputError, match="flash_attention_2: cannot run shared-prefix scoring"):
         resolve_attn_implementation("flash_attention_2", torch.device("cpu"), torch.bfloat16, packed_mask=True)
     assert resolve_attn_implementation("auto", torch.device("cpu"), torch.float32, packed_mask=True) == "prefix_split"
     judge = get_judge(tiny_dir, "sdpa")
@@ -350,7 +350,7 @@ def test_attention_softcap_model_gets_a_kernel_that_applies_it(gemma2_dir):
     assert resolve_attn_implementation("auto", cpu, torch.float32, packed_mask=True, softcap=2.0) == "eager"
     assert resolve_attn_implementation("auto", cpu, torch.float32, softcap=2.0) == "eager"
     for impl in ("prefix_split", "sdpa"):
-        with pytest.raises(UserInputError, match=f"--attn_implementation {impl}: .*attn_logit_softcapping=2"):
+        with pytest.raises(UserInputError, match=f"attn_implementation {impl}: .*attn_logit_softcapping=2"):
             BinaryJudge.load(str(gemma2_dir), device="cpu", dtype="fp32", attn_implementation=impl, packed_mask=True)
     judge = BinaryJudge.load(str(gemma2_dir), device="cpu", dtype="fp32", packed_mask=True).eval()
     assert judge.attn_implementation == "eager"

@@ -19,51 +19,37 @@ appended as answers arrive; a rerun resumes (answered ids skipped, failed ones a
 """
 from __future__ import annotations
 
-import argparse
-
-from foundation.errors import UserInputError
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from trainers.cli import add_client_args, add_dataset_eval_args
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("prompt-file mode")
-    g.add_argument("--input_file", default=None, help="prompt JSONL to answer (prompt-file mode)")
-    g.add_argument("--output_file", default=None, help="answer JSONL (appended, resumable; prompt-file mode)")
-    g.add_argument("--skip_bad_lines", action="store_true", help="skip malformed input lines instead of failing")
-    add_dataset_eval_args(p, output_default="outputs/r1", required=False)
-    add_client_args(p, model_default="deepseek-reasoner", model_flag="--model_name", concurrency=8)
-    return p
+from foundation.config import build_parser as options_parser
+from foundation.config import config_from_args
+from trainers.evaluation.options import RunR1Options
 
 
-def answer_prompt_file(args: argparse.Namespace) -> None:
+def build_parser():
+    """The flags: one per RunR1Options field (trainers/evaluation/options.py)."""
+    return options_parser(RunR1Options, description=__doc__)
+
+
+def answer_prompt_file(opts: RunR1Options) -> None:
     from models.api_client import prompt_jobs_from_jsonl, resolve_api_key
-    from trainers.cli import answer_jobs
+    from trainers.evaluation.api import answer_prompt_jobs
 
-    resolve_api_key(args.api_key)
-    jobs = prompt_jobs_from_jsonl(args.input_file, skip_bad_lines=args.skip_bad_lines, system_prompt=args.system_prompt)
-    rows = answer_jobs(args, jobs, args.model_name)
+    resolve_api_key(opts.api_key)
+    jobs = prompt_jobs_from_jsonl(opts.input_file, skip_bad_lines=opts.skip_bad_lines, system_prompt=opts.system_prompt)
+    rows = answer_prompt_jobs(opts, jobs, opts.output_file, opts.model_name)
     n_err = sum(1 for r in rows.values() if r.get("error"))
-    print(f"{len(rows) - n_err} answered, {n_err} failed -> {args.output_file}")
+    print(f"{len(rows) - n_err} answered, {n_err} failed -> {opts.output_file}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    from trainers.cli import api_script_errors, run_dataset_eval
+    opts = config_from_args(RunR1Options, build_parser().parse_args(argv), validate=False)
+    with opts.script_errors():
+        opts.validate()  # one of the two modes
+        if opts.dataset_dir:
+            from trainers.evaluation.api import run_api_evaluation
 
-    args = build_parser().parse_args(argv)
-    with api_script_errors(args):
-        prompt_mode = args.input_file is not None or args.output_file is not None
-        if args.dataset_dir and prompt_mode:
-            raise UserInputError("--dataset_dir (dataset evaluation) and --input_file/--output_file (prompt file) "
-                                 "are two modes; give one")
-        if args.dataset_dir:
-            run_dataset_eval(args, "tools/run_r1.py", with_valid_pass=False)
-        elif args.input_file and args.output_file:
-            answer_prompt_file(args)
+            run_api_evaluation(opts, "tools/run_r1.py", with_valid_pass=False)
         else:
-            raise UserInputError("give --dataset_dir (evaluate a dataset's test split) or --input_file and "
-                                 "--output_file (answer a prompt file)")
+            answer_prompt_file(opts)
 
 
 if __name__ == "__main__":

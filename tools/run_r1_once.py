@@ -5,45 +5,39 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
 
-from foundation.config import HelpFormatter
+from foundation.config import build_parser as options_parser
+from foundation.config import config_from_args
 from foundation.errors import UserInputError, die
+from trainers.evaluation.options import RunR1OnceOptions
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from trainers.cli import add_client_args
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="the prompt text")
-    src.add_argument("--prompt_file", help="a file holding the prompt text")
-    p.add_argument("--system_prompt", default=None, help="optional system message")
-    add_client_args(p, model_default="deepseek-reasoner", model_flag="--model_name", concurrency=1)
-    return p
+def build_parser():
+    """The flags: one per RunR1OnceOptions field (trainers/evaluation/options.py)."""
+    return options_parser(RunR1OnceOptions, description=__doc__)
 
 
 def main(argv: list[str] | None = None) -> None:
     from models.api_client import AUTH_STATUS, resolve_api_key
-    from trainers.cli import api_script_errors, client_from_args
 
-    args = build_parser().parse_args(argv)
-    with api_script_errors(args):
-        resolve_api_key(args.api_key)
-        if args.prompt_file:
-            if not os.path.isfile(args.prompt_file):
-                raise UserInputError(f"--prompt_file {args.prompt_file}: file not found")
-            with open(args.prompt_file, encoding="utf-8") as f:
+    opts = config_from_args(RunR1OnceOptions, build_parser().parse_args(argv), validate=False)
+    with opts.script_errors():
+        opts.validate()
+        resolve_api_key(opts.api_key)
+        if opts.prompt_file:
+            if not os.path.isfile(opts.prompt_file):
+                raise UserInputError(f"--prompt_file {opts.prompt_file}: file not found")
+            with open(opts.prompt_file, encoding="utf-8") as f:
                 prompt = f.read()
         else:
-            prompt = args.prompt
+            prompt = opts.prompt
         if not prompt.strip():
             raise UserInputError("the prompt is empty")
         messages = [{"role": "user", "content": prompt}]
-        if args.system_prompt:
-            messages.insert(0, {"role": "system", "content": args.system_prompt})
-        client = client_from_args(args, args.model_name)
+        if opts.system_prompt:
+            messages.insert(0, {"role": "system", "content": opts.system_prompt})
+        client = opts.client()
         res = client.chat(messages)
         client.close()
     if res.error:  # a rejected key is bad input (exit 2, as in every API script); anything else a failed request

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,26 +31,24 @@ import torch
 from tqdm.auto import tqdm
 
 from models.abstract_models import LoraSettings, check_model_dir, disable_dropout, load_causal_lm
-from models.rrec_models import RREC_CONFIG_FILE, RRecModel
-from paths import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, TOKENIZER_FILES, WEIGHT_FILES
+from models.resolution import ITEM_TABLE_FILE, RREC_FINAL_DIR as FINAL_DIR, rrec_checkpoint_files
+from models.rrec_models import RRecModel
 from prompters.rrec_prompter import RRecPrompter, category_from_dataset_dir
 from trainers.data.dataset import load_processed_dataset
 from trainers.evaluation.protocol import build_eval_items
 from trainers.evaluation.rrec import compute_item_table, rank_with_rrec, rrec_metrics
-from foundation.checkpoints import (TRAINER_STATE, apply_base_lrs, check_optimizer_state_fits,
-                                             checkpoint_dirs, checkpoint_problem, finish_resume, load_torch_state,
+from foundation.checkpoints import (apply_base_lrs, check_optimizer_state_fits,
+                                             finish_resume, load_torch_state,
                                              open_resume, prepare_output_dir, run_files, save_torch,
                                              write_checkpoint, write_final_model)
 from foundation.config import SEED_MAX, RunConfig, option, require
 from foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
                                              is_sharded, log_metrics, mean_over_processes, shard, step_resources)
 from foundation.errors import UserInputError
-from foundation.files import atomic_write_json, read_json, require_dir
+from foundation.files import atomic_write_json, read_json
 from foundation.seeding import numpy_rng
 from trainers.rl.advantages import ADVANTAGE_TYPES
 
-FINAL_DIR = "final_checkpoint"  # upstream's name for the trained (best) model
-ITEM_TABLE_FILE = "item_table.pt"
 OPTIMIZERS = ("adamw", "paged_adamw_8bit")
 # How RecPO's losses weight a mini-batch's rollouts by advantage (trainers/recpo_trainer.py, docs/rrec.md):
 # "upstream" = what upstream's code computes (every rollout weighted by the sum of the mini-batch's advantages),
@@ -242,50 +239,6 @@ def upstream_eval_steps(n_train: int, train_batch_size: int) -> int:
     """Upstream's evaluation interval: floor(n_train / (3 * train_batch_size) / 8), at least 1 (about 1/24
     epoch on one process; upstream ignores the process count)."""
     return max(1, int((n_train / (train_batch_size * 3)) // 8))
-
-
-def rrec_checkpoint_files() -> list[tuple[str, ...]]:
-    """What a complete train_rrec.py checkpoint holds (any one of each group)."""
-    return [("config.json", ADAPTER_CONFIG_FILE), tuple(WEIGHT_FILES) + tuple(ADAPTER_WEIGHT_FILES),
-            tuple(TOKENIZER_FILES), (RREC_CONFIG_FILE,), ("optimizer.pt",), ("scheduler.pt",), (ITEM_TABLE_FILE,),
-            ("trainer_state.json",), ("args.json",)]
-
-
-def resolve_trained_model(spec: str, flag: str = "--checkpoint_path") -> Path:
-    """The model directory an RRec evaluation reads from `spec`: a run directory's final_checkpoint; without one,
-    its best usable checkpoint-N so far (ours record best_step, HF's trainer_state.json best_model_checkpoint), else
-    the newest usable one; or a model / adapter / checkpoint directory itself. Anything incomplete or damaged (no
-    COMPLETE marker, its manifest no longer matching its files) is refused or skipped, never half-loaded."""
-    from paths import resolve_model_path
-
-    p = Path(spec) if Path(spec).exists() else Path(resolve_model_path(spec, flag=flag))
-    require_dir(p, flag)
-    ckpts = checkpoint_dirs(p, complete_only=False)
-    if not (p / FINAL_DIR).is_dir() and ckpts and not (p / "config.json").is_file() \
-            and not (p / ADAPTER_CONFIG_FILE).is_file():
-        newest = next((d for _, d in reversed(ckpts) if checkpoint_problem(d) is None), None)
-        if newest is None:
-            raise UserInputError(f"{flag} {spec}: no {FINAL_DIR} and no complete checkpoint-N (interrupted saves "
-                                 "only); point it at a checkpoint directory")
-        try:
-            state = read_json(newest / TRAINER_STATE)
-            state = state if isinstance(state, dict) else {}
-        except (OSError, ValueError):
-            state = {}
-        best = state.get("best_step")
-        recorded = state.get("best_model_checkpoint")
-        best_dir = p / f"checkpoint-{best}" if type(best) is int else (
-            p / Path(recorded).name if isinstance(recorded, str) and recorded else None)
-        chosen = best_dir if best_dir is not None and checkpoint_problem(best_dir) is None else newest
-        print(f"{flag} {spec}: no {FINAL_DIR}; evaluating {chosen.name} "
-              f"({'the best by valid NDCG@10 so far' if chosen == best_dir else 'the newest'})", file=sys.stderr)
-        return chosen
-    chosen = p / FINAL_DIR if (p / FINAL_DIR).is_dir() else p
-    problem = checkpoint_problem(chosen)
-    if problem:
-        raise UserInputError(f"{flag} {spec}: damaged or incomplete checkpoint {chosen} ({problem}); pick another "
-                             "one or the run directory")
-    return chosen
 
 
 def output_dir_artifacts(out: Path) -> list[Path]:

@@ -26,7 +26,6 @@ write a complete checkpoint and exit 0; --resume_from auto (what train.sh passes
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from paths import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, HEADS_FILE, TOKENIZ
 from prompters.binary_prompter import BinaryPrompter, load_template
 from trainers.data.candidates import sample_candidates
 from trainers.data.dataset import check_dataset_type, load_processed_dataset
-from trainers.evaluation.judge import rank_examples
+from trainers.evaluation.judge import JudgeRankSettings, rank_examples
 from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, ndcg_at, ndcg_reward, target_rank
 from trainers.evaluation.protocol import build_eval_items
 from foundation.checkpoints import (apply_base_lrs, capture_rng_state, check_optimizer_state_fits,
@@ -60,15 +59,15 @@ from foundation.distributed import (StopRequest, TrainerProcess, any_process, co
 from foundation.errors import UserInputError
 from foundation.files import append_jsonl, atomic_write_json, atomic_write_text
 from foundation.plotting import plot_training
-from foundation.seeding import derived_seed, numpy_rng
+from foundation.seeding import derived_seed
 from trainers.rl.advantages import (ADVANTAGE_ESTIMATORS, estimator_uses_critic, get_advantage_estimator,
                                     normalize_advantages)
 from trainers.rl.diagnostics import StepStats, explained_variance, pl_entropy_mc, pl_first_position_entropy
 from trainers.rl.kl import approx_kl_k3, kl_penalty
 from trainers.rl.losses import clipped_surrogate, clipped_value_loss
 from trainers.rl.pl import gumbel_topk_sample, pl_log_prob
+from trainers.utils import SCHEDULERS, lr_lambda_factory, param_checksum, sample_step_indices, step_candidate_seed
 
-SCHEDULERS = ("constant", "cosine")
 FINAL_DIR = "final"
 SHARDED_STATE_DIR = "accelerate_state"  # FSDP/DeepSpeed optimizer and model shards (accelerator.save_state)
 
@@ -209,44 +208,6 @@ class PPOConfig(RunConfig):
 
 
 # ---------------------------------------------------------------------------------------------- pieces
-def lr_lambda_factory(warmup_steps: int, total_steps: int, kind: str):
-    """Multiplier of the base lr at scheduler step t: linear warmup, then constant or cosine to 0."""
-    if kind not in SCHEDULERS:
-        raise UserInputError(f"--lr_scheduler {kind!r}: must be one of {'|'.join(SCHEDULERS)}")
-
-    def f(t: int) -> float:
-        if warmup_steps > 0 and t < warmup_steps:
-            return (t + 1) / warmup_steps
-        if kind == "constant":
-            return 1.0
-        span = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (t - warmup_steps) / span)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return f
-
-
-def step_candidate_seed(seed: int, step: int) -> int:
-    """The candidate-sampling seed of a training step: candidates vary across steps, replay on resume."""
-    return derived_seed(seed, step, 3)
-
-
-def sample_step_indices(n: int, global_batch: int, seed: int, step: int) -> list[int]:
-    """The training-example indices of one step for all processes together (each takes a shard), so the users
-    of a step do not depend on how many processes share them."""
-    rng = numpy_rng(seed, step, 17)
-    return [int(i) for i in rng.choice(n, size=min(global_batch, n), replace=False)]
-
-
-def param_checksum(module: torch.nn.Module) -> str:
-    """SHA-256 over all parameters' bytes in name order: equal iff the weights are bit-identical."""
-    h = hashlib.sha256()
-    for name, p in sorted(module.named_parameters(), key=lambda x: x[0]):
-        h.update(name.encode())
-        h.update(p.detach().cpu().float().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 @dataclass
 class Rollout:
     """One step's experience on this process: who was ranked, how, and what it earned."""
@@ -605,9 +566,9 @@ class PPOTrainer(TrainerProcess):
         per = math.ceil(len(items) / self.world)
         padded = mine + [mine[-1] if mine else items[0]] * (per - len(mine))
         with self.acc.autocast():
-            samples = rank_examples(self.judge, self.prompter, padded, scoring=c.scoring, batch_size=c.batch_size,
-                                    max_new_tokens=c.max_new_tokens, seed=c.seed, K_eval=c.K_eval, progress=False,
-                                    sampling=self.sampling, forward=self.model)
+            samples = rank_examples(self.judge, self.prompter, padded, JudgeRankSettings(
+                scoring=c.scoring, batch_size=c.batch_size, max_new_tokens=c.max_new_tokens, seed=c.seed,
+                progress=False, sampling=self.sampling), forward=self.model)
         restore_rng_state(rng)
         ranks = [s["target_rank"] for s in samples[:len(mine)]]
         all_ranks = [x for part in gather_objects(self.acc, ranks) for x in part]

@@ -455,50 +455,16 @@ def run_sequential(cfg: SequentialConfig, script: str = "compare_model/sasrec.py
 
 def rank_and_write(cfg: SequentialConfig, dataset, items: list, model: SequentialRecommender, result_file: Path,
                    meta: dict) -> dict:
-    """Rank the items into the result JSON (resuming what an earlier run left), with the sanity rows; print the
-    table."""
-    from accelerate import PartialState
+    """Rank the items into the result JSON through the evaluation runner (trainers/evaluation/runner.py: resuming
+    what an earlier run left, with the sanity rows), print the table."""
+    from trainers.evaluation.runner import EvalJob, launch_state, run_evaluation
+    from trainers.evaluation.sequential import SequentialRanker
 
-    from trainers.evaluation.metrics import eval_ks, format_metrics_table
-    from trainers.evaluation.protocol import sanity_results
-    from trainers.evaluation.results import check_resume_settings, sharded_results
-    from trainers.evaluation.rrec import FULL_RANKING_KS, rrec_metrics
-    from trainers.evaluation.sequential import rank_with_sequential
-
-    flag = "--output_file" if cfg.output_file else "--output_dir"
-
-    def check_saved(writer) -> None:
-        if cfg.full_ranking and any("full_rank" not in s for s in writer.samples.values()):
-            raise UserInputError(f"{result_file}: earlier samples were ranked without --full_ranking; pass "
-                                 "--overwrite_output_dir")
-
-    check_resume_settings(result_file, meta, RESULT_KEYS + tuple(cfg.trajectory_settings()), flag=flag)
-    state = PartialState(cpu=next(model.parameters()).device.type == "cpu")
     pop = dataset.popularity
-    cold = sum(1 for ex, _ in items if pop[int(ex["item_id"])] == 0)
-    meta["cold_targets"] = cold
-    with sharded_results(state, result_file, meta, items, cfg.overwrite_output_dir, cfg.eval_batch_size,
-                         flag=flag, check_saved=check_saved, fresh_flag="--overwrite_output_dir") as (writer, order,
-                                                                                                     todo, _):
-        rank_with_sequential(model, todo, batch_size=cfg.eval_batch_size, full_ranking=cfg.full_ranking,
-                             rank_repeat_targets=cfg.rank_repeat_targets, on_sample=writer.add,
-                             progress=not cfg.no_progress, desc=f"{cfg.model} {cfg.split}")
-        samples = writer.ordered_samples(order)
-        check_saved(writer)
-        rows = rrec_metrics(samples, cfg.K_eval, cfg.full_ranking, name=cfg.model)
-        extra = sanity_results(samples, dataset, cfg.seed, eval_ks(cfg.K_eval))
-        if cfg.full_ranking:
-            extra["full_ranking_metrics"] = rows[f"{cfg.model} (full catalogue)"]
-        data = writer.finalize(rows[cfg.model], extra=extra, order=order)
-    print(f"{cfg.split}: {len(samples)} samples, K={cfg.K}, candidates from "
-          f"{cfg.reference_json or 'seeded sampling'}; {cfg.model} from {meta['training']['checkpoint']} (epoch "
-          f"{meta['training']['best_epoch']} of {meta['training']['epochs']})")
-    print(format_metrics_table({cfg.model: rows[cfg.model], **extra["sanity_rows"]}, eval_ks(cfg.K_eval)))
-    if cfg.full_ranking:
-        print(f"full catalogue ({dataset.n_items} items, pad and history masked):")
-        print(format_metrics_table({f"{cfg.model} (full catalogue)": rows[f"{cfg.model} (full catalogue)"]},
-                                   sorted(set(eval_ks(cfg.K_eval)) | set(FULL_RANKING_KS))))
-    if cold:
-        print(f"{cold} of {len(samples)} targets never occur in the train split: their item vectors are untrained")
-    print(f"wrote {result_file}")
-    return data
+    meta["cold_targets"] = sum(1 for ex, _ in items if pop[int(ex["item_id"])] == 0)
+    job = EvalJob(dataset=dataset, split=cfg.split, items=items, result_file=result_file, meta=meta, seed=cfg.seed,
+                  K_eval=cfg.K_eval, fresh=cfg.overwrite_output_dir,
+                  resume_keys=RESULT_KEYS + tuple(cfg.trajectory_settings()),
+                  output_flag="--output_file" if cfg.output_file else "--output_dir", flush_every=cfg.eval_batch_size)
+    state = launch_state(cpu=next(model.parameters()).device.type == "cpu")
+    return run_evaluation(job, SequentialRanker(model, cfg, dataset, meta), state)

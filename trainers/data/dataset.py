@@ -17,10 +17,10 @@ import numpy as np
 
 from foundation.errors import UserInputError
 from foundation.files import read_json, require_dir
+from prompters.abstract_prompter import DATASET_TYPES, check_dataset_type  # noqa: F401 (one home: the prompts)
 
 SPLITS = ("train", "valid", "test")
 LAYOUTS = ("ours", "upstream", "by item_id")  # pad item first / pad item last / any other row order
-DATASET_TYPES = ("movies", "other")
 
 
 @dataclass
@@ -329,9 +329,3 @@ def item_info_by_id(info, where: str = "item_info"):
         return info.select([int(i) for i in np.argsort(ids)]), "by item_id"
     raise UserInputError(f"{where}: item_info item_id column is not 0..{n - 1} (duplicates or gaps); the item ids "
                          "of the examples cannot be mapped to items")
-
-
-def check_dataset_type(value: str) -> str:
-    if value not in DATASET_TYPES:
-        raise UserInputError(f"--dataset_type {value!r}: must be one of {'|'.join(DATASET_TYPES)}")
-    return value

@@ -1,1 +1,2 @@
-"""The evaluation layer: metrics, the candidate protocol, result files and every evaluator (judge, RRec, API)."""
+"""The evaluation layer: metrics, the candidate protocol, result files, the one evaluation runner and every ranker
+(judge, RRec, API, sequential), and the evaluation scripts' options."""

@@ -15,8 +15,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, ranking_from_scores, target_rank
 from foundation.errors import UserInputError
+from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, ranking_from_scores, target_rank
+from trainers.evaluation.runner import Ranker
 
 FULL_RANKING_KS = (5, 10, 20)  # the paper's full-catalogue cut-offs
 
@@ -160,3 +161,88 @@ def rrec_metrics(samples: Sequence[dict], K_eval: int | None, full_ranking: bool
         ranks = [math.inf if s["full_rank"] is None else s["full_rank"] for s in samples if "full_rank" in s]
         rows[f"{name} (full catalogue)"] = metrics_from_ranks(ranks, ks)
     return rows
+
+
+class FullCatalogueRanker(Ranker):
+    """A ranker whose samples may also hold the full-catalogue rank (RRec, the sequential baselines): the candidate
+    and full-catalogue rows (rrec_metrics), full_ranking_metrics in the result JSON, the second table. Subclasses set
+    `full_ranking` and `fresh_flag` (what starts a result file afresh)."""
+
+    full_ranking = False
+    fresh_flag = "--overwrite_output_dir"
+
+    def check_saved(self, job, samples) -> None:
+        """A run that adds the full-catalogue rank cannot resume samples saved without it."""
+        if self.full_ranking and any("full_rank" not in s for s in samples.values()):
+            raise UserInputError(f"{job.result_file}: earlier samples were made without --full_ranking; pass "
+                                 f"{self.fresh_flag}")
+
+    def metrics(self, samples, K_eval: int) -> dict[str, dict]:
+        return rrec_metrics(samples, K_eval, self.full_ranking, name=self.name)
+
+    def extra_results(self, rows: dict[str, dict]) -> dict:
+        return {"full_ranking_metrics": rows[f"{self.name} (full catalogue)"]} if self.full_ranking else {}
+
+    def full_catalogue_table(self, job, rows: dict[str, dict], title: str) -> list[str]:
+        """The full-catalogue table printed after the candidate one (nothing without full_ranking)."""
+        from trainers.evaluation.metrics import format_metrics_table
+
+        if not self.full_ranking:
+            return []
+        row = f"{self.name} (full catalogue)"
+        return [title, format_metrics_table({row: rows[row]}, sorted(set(eval_ks(job.K_eval)) | set(FULL_RANKING_KS)))]
+
+
+class RRecRanker(FullCatalogueRanker):
+    """An RRec model as trainers/evaluation/runner.py's ranker (compare_model/rrec.py): every process loads the model
+    and takes part in the item table (each encodes a share of the items), then ranks its share of the examples."""
+
+    name = "rrec"
+    fresh_flag = "--no_resume"
+
+    def __init__(self, opts, dataset, ckpt, base: str | None, settings, category: str) -> None:
+        self.opts, self.dataset, self.ckpt, self.base = opts, dataset, ckpt, base
+        self.settings, self.category = settings, category
+        self.full_ranking = opts.full_ranking
+
+    def load(self, mine, state) -> tuple:
+        """(model, prompter) of this process, also when it has no examples of its own (the item table needs it)."""
+        from dataclasses import asdict
+
+        from models.rrec_models import RRecModel
+        from prompters.rrec_prompter import RRecPrompter
+        from trainers.evaluation.runner import process_device
+
+        o, st = self.opts, self.settings
+        model = RRecModel.load(str(self.ckpt), device=process_device(state, o.device), dtype=o.dtype,
+                               attn_implementation=o.attn_implementation, base_model=self.base,
+                               forward_batch_size=o.item_batch_size, trust_remote_code=o.trust_remote_code,
+                               settings=asdict(st), merge_adapter=True, flag="--checkpoint_path")
+        model.eval()
+        prompter = RRecPrompter(model.tokenizer, self.dataset.item_rows, self.category,
+                                user_window_size=st.user_window_size, model_type=st.model_type,
+                                emb_token=st.emb_token, emb_end_token=st.emb_end_token,
+                                item_rating_stats=st.item_rating_stats)
+        return model, prompter
+
+    def rank(self, loaded, mine, on_sample, state) -> None:
+        """This process's share: compute (its share of) the item table, rank its examples."""
+        from foundation.distributed import gather_objects
+
+        model, prompter = loaded
+        o, rank, world = self.opts, state.process_index, state.num_processes
+        show = not o.no_progress and rank == 0
+        table = compute_item_table(model, prompter, self.dataset.n_items, batch_size=o.item_batch_size,
+                                   progress=show, rank=rank, world=world,
+                                   gather=lambda obj: gather_objects(state, obj))
+        rank_with_rrec(model, prompter, mine, table, self.settings.max_new_tokens, batch_size=o.batch_size,
+                       full_ranking=o.full_ranking, on_sample=on_sample, progress=show,
+                       save_prompts=o.save_prompts, rank_repeat_targets=o.rank_repeat_targets)
+
+    def describe(self, job, samples) -> str:
+        o = self.opts
+        return (f"{o.split}: {len(samples)} samples, K={o.K}, candidates from "
+                f"{o.reference_json or 'seeded sampling'}; model {self.ckpt} ({job.meta['checkpoint_kind']})")
+
+    def report(self, job, rows: dict[str, dict], samples) -> list[str]:
+        return self.full_catalogue_table(job, rows, "full catalogue (history masked):")

@@ -14,7 +14,7 @@ import torch
 
 from trainers.data.sequences import left_padded
 from trainers.evaluation.metrics import ranking_from_scores, target_rank
-from trainers.evaluation.rrec import catalogue_ranks, masked_scores
+from trainers.evaluation.rrec import FullCatalogueRanker, catalogue_ranks, masked_scores
 
 
 @torch.no_grad()
@@ -63,3 +63,37 @@ def rank_with_sequential(model, items: Sequence[tuple[dict, list[int]]], batch_s
             model.train()
     return out
 
+
+
+class SequentialRanker(FullCatalogueRanker):
+    """A trained SASRec/GRU4Rec model as trainers/evaluation/runner.py's ranker (compare_model/sasrec.py, after
+    training): it ranks the examples' stored histories, and with full_ranking the whole catalogue too. `cfg`:
+    the run's settings (model, eval_batch_size, full_ranking, rank_repeat_targets, no_progress, split, K,
+    reference_json); `meta`: the result JSON's meta, with the training's record and the cold-target count."""
+
+    def __init__(self, model, cfg, dataset, meta: dict) -> None:
+        self.model, self.cfg, self.dataset, self.meta = model, cfg, dataset, meta
+        self.name, self.full_ranking = cfg.model, cfg.full_ranking
+
+    def load(self, mine, state):
+        return self.model  # trained before the runner starts
+
+    def rank(self, model, mine, on_sample, state) -> None:
+        c = self.cfg
+        rank_with_sequential(model, mine, batch_size=c.eval_batch_size, full_ranking=c.full_ranking,
+                             rank_repeat_targets=c.rank_repeat_targets, on_sample=on_sample,
+                             progress=not c.no_progress, desc=f"{c.model} {c.split}")
+
+    def describe(self, job, samples) -> str:
+        c, t = self.cfg, self.meta["training"]
+        return (f"{c.split}: {len(samples)} samples, K={c.K}, candidates from {c.reference_json or 'seeded sampling'}; "
+                f"{c.model} from {t['checkpoint']} (epoch {t['best_epoch']} of {t['epochs']})")
+
+    def report(self, job, rows: dict[str, dict], samples) -> list[str]:
+        lines = self.full_catalogue_table(job, rows, f"full catalogue ({self.dataset.n_items} items, pad and "
+                                                     "history masked):")
+        cold = self.meta.get("cold_targets")
+        if cold:
+            lines.append(f"{cold} of {len(samples)} targets never occur in the train split: their item vectors are "
+                         "untrained")
+        return lines
