@@ -31,10 +31,11 @@ def test_gpu_perf_smoke_runs_every_stage(tmp_path):
     for tag, fused in (("bs4", None), ("bs16_fused", True)):
         step = json.loads((out / f"step_{tag}.json").read_text())
         assert step["optimizer"]["fused"] == fused and step["s_per_step"] > 0
-        phases = step["phase_s"]  # CPU: host clock
-        for p in ("rollout_scoring", "ppo_forward", "ppo_backward_with_recompute", "optimizer_step"):
-            assert phases[p] > 0, p
-        assert phases["update (total)"] >= phases["ppo_forward"] + phases["optimizer_step"]
+        phases = step["phase_s"]  # train.py's time_*_s keys (CPU: host clock)
+        assert set(phases) == {"data", "rollout_scoring", "update_forward", "update_backward", "optimizer"}
+        assert all(v > 0 for v in phases.values())
+        assert sum(phases.values()) <= step["train_py_record"]["step_seconds"] <= step["s_per_step"]
+        assert summary[f"step_{tag}"]["phases_s"] == phases
         assert step["train_py_record"]["tokens"] > 0  # what train.py logs, copied as it is
     assert summary["step_bs16_fused"]["tokens"] > summary["step_bs4"]["tokens"]  # more users per step
     decode = summary["decode_tiny_u2_k5"]

@@ -35,7 +35,7 @@ def test_train_step_logs_its_phases(ppo_assets, tmp_path):  # noqa: F811
     for step in (1, 2):
         rec, _ = tr.training_step(step)
         phases = {k: v for k, v in rec.items() if k.startswith("time_")}
-        assert set(phases) == {f"time_{p}_s" for p in ("generation", "rollout_scoring", "reference",
+        assert set(phases) == {f"time_{p}_s" for p in ("data", "generation", "rollout_scoring", "reference",
                                                        "update_forward", "update_backward", "optimizer")}
         assert all(v > 0 for v in phases.values())
         assert sum(phases.values()) <= rec["step_seconds"]  # the step's phases, not an earlier step's too

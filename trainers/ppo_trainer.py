@@ -477,10 +477,11 @@ class PPOTrainer(TrainerProcess):
     @torch.no_grad()
     def make_experience(self, step: int) -> Rollout:
         c, dev = self.cfg, self.acc.device
-        examples, cands, prompts = self._step_examples(step)
+        timer = self.step_timer
+        with timer.phase("data"):
+            examples, cands, prompts = self._step_examples(step)
         self.model.eval()
         token_lengths = None
-        timer = self.step_timer
         with self.acc.autocast():
             if c.reasoning:
                 # generation samples from the global torch RNG: seed it per (step, process) so a resume replays it
