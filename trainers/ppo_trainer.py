@@ -46,7 +46,8 @@ from prompters.binary_prompter import BinaryPrompter, load_template
 from trainers.data.candidates import sample_candidates
 from trainers.data.dataset import check_dataset_type, load_processed_dataset
 from trainers.evaluation.judge import rank_examples
-from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, ndcg_at, ndcg_reward, target_rank
+from trainers.evaluation.metrics import (eval_ks, metrics_from_ranks, ndcg_at_tensor, ndcg_reward,
+                                         target_rank_tensor)
 from trainers.evaluation.protocol import build_eval_items
 from foundation.checkpoints import (apply_base_lrs, capture_rng_state, check_optimizer_state_fits,
                                              finish_resume, load_torch_state, open_resume, prepare_output_dir,
@@ -70,7 +71,7 @@ from trainers.rl.kl import approx_kl_k3, kl_penalty
 from trainers.rl.losses import clipped_surrogate, clipped_value_loss
 from trainers.rl.micro_batches import (MicroBatch, fixed_micro_batches, from_index_groups, micro_batch_loss_factor,
                                        token_budget_micro_batches)
-from trainers.rl.pl import gumbel_topk_sample, pl_log_prob
+from trainers.rl.pl import gumbel_topk_from_uniform, pl_log_prob
 
 SCHEDULERS = ("constant", "cosine")
 FINAL_DIR = "final"
@@ -493,12 +494,14 @@ class PPOTrainer(TrainerProcess):
             with timer.phase("rollout_scoring"):
                 out = self._score(prompts, with_values=c.uses_critic)
         M = c.rankings_per_user
-        # Gumbel noise seeded per (step, user): the rankings of a user do not depend on the process layout.
-        rankings = torch.stack([
-            gumbel_topk_sample(out.scores[b].float().unsqueeze(0).expand(M, -1), c.temperature,
-                               generator=torch.Generator().manual_seed(
-                                   derived_seed(c.seed, step, int(ex["interaction_id"]), 1)))
-            for b, ex in enumerate(examples)]).to(dev)  # [B, M, K]
+        # Gumbel noise seeded per (step, user): the rankings of a user do not depend on the process layout. Drawn on
+        # the host per user, copied to the device once, all users sorted in one call.
+        K = out.scores.shape[-1]
+        uniform = torch.stack([
+            torch.rand((M, K), dtype=torch.float64, generator=torch.Generator().manual_seed(
+                derived_seed(c.seed, step, int(ex["interaction_id"]), 1))) for ex in examples]).to(dev)
+        rankings = gumbel_topk_from_uniform(out.scores.float().unsqueeze(1).expand(-1, M, -1), uniform,
+                                            c.temperature)  # [B, M, K]
         old_pl_logp, old_token_logp = self._policy_logp_parts(out, rankings)
         old_logp = old_pl_logp if old_token_logp is None else old_pl_logp + old_token_logp
         target_idx = torch.tensor([cs.index(int(ex["item_id"])) for ex, cs in zip(examples, cands)], device=dev)
@@ -589,14 +592,15 @@ class PPOTrainer(TrainerProcess):
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
-    def update(self, r: Rollout) -> dict[str, float]:
+    def update(self, r: Rollout, stats: StepStats | None = None) -> dict[str, float]:
         """--ppo_epochs optimiser steps over the rollout, each over all its users (micro_batches splits them);
         returns the step's losses and diagnostics (docs/training.md): means over the step's users (grad norms: over
-        the optimiser steps) and maxima, read from the device once for the whole update (no other host read: the
-        micro-batches are slices, not index tensors built on the host)."""
+        the optimiser steps) and maxima, with whatever `stats` already held (the rollout's), read from the device
+        once for the whole update (no other host read: the micro-batches are slices, not index tensors built on the
+        host)."""
         self.model.train()
         micro = self.micro_batches(r.prompts)
-        stats = StepStats()
+        stats = stats if stats is not None else StepStats()
         for _epoch in range(self.cfg.ppo_epochs):
             self.accumulate_gradients(r, micro, stats)
             self.optimizer_step(stats)
@@ -611,21 +615,21 @@ class PPOTrainer(TrainerProcess):
         lr = self.scheduler.get_last_lr()
         rollout = self.make_experience(step)
         c = self.cfg
-        # What the rollout says about the policy before the update (PL entropies) and about the critic
-        rollout_stats = StepStats()
-        rollout_stats.mean("reward", rollout.rewards.mean())
-        rollout_stats.mean("pl_entropy_mc", pl_entropy_mc(rollout.old_pl_logp))
-        rollout_stats.mean("pl_entropy_top1", pl_first_position_entropy(rollout.scores, c.temperature))
+        # What the rollout says about the policy before the update (PL entropies, greedy NDCG) and about the critic:
+        # on the device, read with the update's losses in one go
+        step_stats = StepStats()
+        step_stats.mean("reward", rollout.rewards.mean())
+        step_stats.mean("ndcg", ndcg_at_tensor(target_rank_tensor(rollout.scores, rollout.target_index),
+                                               c.K_eval).double().mean())
+        step_stats.mean("pl_entropy_mc", pl_entropy_mc(rollout.old_pl_logp))
+        step_stats.mean("pl_entropy_top1", pl_first_position_entropy(rollout.scores, c.temperature))
         if rollout.old_values is not None:
-            rollout_stats.mean("value_mean", rollout.old_values.mean())
+            step_stats.mean("value_mean", rollout.old_values.mean())
         explained = None
         if rollout.old_values is not None:  # of each ranking's reward by V (what the baseline removes), global batch
             explained = explained_variance(rollout.rewards, rollout.old_values.unsqueeze(1),
                                            all_reduce_sum=self._all_reduce_sum if self.world > 1 else None)
-        stats = self.update(rollout)
-        greedy = float(np.mean([ndcg_at(target_rank(s.tolist(), int(t)), c.K_eval)
-                                for s, t in zip(rollout.scores.cpu(), rollout.target_index.cpu())]))
-        local = {**rollout_stats.read(), "ndcg": greedy, **stats}
+        local = self.update(rollout, step_stats)
         maxima = {k: local.pop(k) for k in [k for k in local if k.endswith("_max")]}
         mean = mean_over_processes(self.acc, local)
         mean.update(max_over_processes(self.acc, maxima))
