@@ -9,10 +9,13 @@ One training step reads as: make_experience(step) -> Rollout -> update(rollout) 
     token log-probs under the sampling distribution), reward R = NDCG@K_eval of the target, advantage A from the
     estimator (trainers/rl/advantages.py: R - V, leave-one-out or group-normalised; then normalised over the global
     batch), optional reference log-probs for the KL penalty.
-  update: --ppo_epochs passes; each accumulates --gradient_accumulation_steps micro-batches of --batch_size
-    users (HF's meaning: one optimiser step sees batch_size x accumulation x processes users) through
-    accelerator.accumulate; clipped PL surrogate + clipped value loss (+ KL), gradient clipping, AdamW. The RL
-    diagnostics (trainers/rl/diagnostics.py, docs/training.md) stay on the device until the step's one read.
+  update: --ppo_epochs optimiser steps, each over all the step's users (HF's meaning: one optimiser step sees
+    batch_size x accumulation x processes users), split into micro-batches of --batch_size users or, with
+    --max_tokens_per_micro_batch, by a token budget (trainers/rl/micro_batches.py: the gradient is the full-batch
+    mean however they are split) and accumulated through accelerator.accumulate; clipped PL surrogate + clipped
+    value loss (+ KL), gradient clipping, AdamW (fused on CUDA). The RL diagnostics (trainers/rl/diagnostics.py,
+    docs/training.md), the rollout's included, stay on the device until the step's one read; the phases of the
+    step are timed without a sync (foundation/step_timing.py, the time_*_s keys).
 
 Distribution and precision belong to accelerate: DDP by default under `accelerate launch`/torchrun, FSDP or
 DeepSpeed ZeRO through the config files in configs/accelerate/; fp32 master weights with bf16 autocast on CUDA
@@ -264,6 +267,16 @@ def adamw_kernel_kwargs(implementation: str, device: torch.device | str) -> dict
     return {}
 
 
+def check_token_budget_distribution(budget: int, accelerator) -> None:
+    """--max_tokens_per_micro_batch splits each process's users by their lengths, so processes may run different
+    numbers of forwards: refused under FSDP (every forward gathers the weights, all processes must take part) and
+    DeepSpeed (its engine steps after a fixed count of micro-batches)."""
+    if is_sharded(accelerator):
+        kind = "DeepSpeed" if uses_deepspeed(accelerator) else "FSDP"
+        raise UserInputError(f"--max_tokens_per_micro_batch {budget}: not under {kind} (every process must run the "
+                             "same number of forwards); use --batch_size")
+
+
 def param_checksum(module: torch.nn.Module) -> str:
     """SHA-256 over all parameters' bytes in name order: equal iff the weights are bit-identical."""
     h = hashlib.sha256()
@@ -367,9 +380,7 @@ class PPOTrainer(TrainerProcess):
         self.model_flops = ModelFlops.of(self.judge.lm)  # counted before sharding hides weights
         self.peak_tflops = peak_tflops(accelerator.device)
         if cfg.max_tokens_per_micro_batch > 0:
-            if uses_deepspeed(accelerator):  # its engine steps after a fixed count of micro-batches
-                raise UserInputError(f"--max_tokens_per_micro_batch {cfg.max_tokens_per_micro_batch}: DeepSpeed "
-                                     "accumulates a fixed number of micro-batches; use --batch_size under DeepSpeed")
+            check_token_budget_distribution(cfg.max_tokens_per_micro_batch, accelerator)
             for j in (self.judge, self.ref_judge):  # every shared-prefix forward packs what an update micro-batch does
                 if j is not None:
                     j.shared_tokens_per_forward = cfg.max_tokens_per_micro_batch

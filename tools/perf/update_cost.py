@@ -11,7 +11,7 @@ runs one step, then counts one `training_step` and the `update` of the next roll
 PYTHONPATH=tree; the counter (foundation/op_count.py) is always this checkout's.
 
     python tools/perf/update_cost.py --vs /path/to/main --users 4 16 --json_out update_cost.json
-    python tools/perf/update_cost.py --users 16 --micro_batch_users 4 --time_updates 5     # one timed process
+    python tools/perf/update_cost.py --users 16 --micro_batch_users 4 --time_updates 5 --time_only
 """
 from __future__ import annotations
 
@@ -79,6 +79,22 @@ def _trainer(a: argparse.Namespace, users: int, out: Path):
     tr = PPOTrainer(cfg, build_accelerator(cfg, cfg.gradient_accumulation_steps))
     tr.prepare_output_dir()
     return tr
+
+
+def time_updates(a: argparse.Namespace) -> None:
+    """--time_only: build, one warm step, one rollout, then --time_updates updates of it; prints seconds per update
+    (a process to time from outside: its wall time is mostly the updates)."""
+    users = a.users[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = _trainer(a, users, Path(tmp) / "run")
+        tr.training_step(1)
+        rollout = tr.make_experience(2)
+        t0 = time.perf_counter()
+        for _ in range(a.time_updates):
+            tr.update(rollout)
+        dt = (time.perf_counter() - t0) / max(1, a.time_updates)
+    print(json.dumps({"users": users, "micro_batch_users": a.micro_batch_users,
+                      "max_tokens_per_micro_batch": a.max_tokens_per_micro_batch, "seconds_per_update": dt}))
 
 
 def worker(a: argparse.Namespace) -> dict:
@@ -169,6 +185,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None, help="processed dataset dir (default: the demo data)")
     ap.add_argument("--assets", default="/tmp/update_cost_assets", help="where the demo assets are built")
     ap.add_argument("--time_updates", type=int, default=0, help="then time this many updates of one rollout")
+    ap.add_argument("--time_only", action="store_true",
+                    help="count nothing: time --time_updates updates at the first --users in this process (for "
+                         "timing whole processes from outside, e.g. /usr/bin/time)")
     ap.add_argument("--json_out", default=None, help="also write the results here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -181,6 +200,9 @@ def main(argv=None) -> int:
     if a.model is None or a.data is None:
         data, model = demo_assets(Path(a.assets))
         a.data, a.model = a.data or str(data), a.model or str(model)
+    if a.time_only:
+        time_updates(a)
+        return 0
     res = {}
     passed = [*(argv if argv is not None else sys.argv[1:]), "--model", a.model, "--data", a.data]
     for name, tree in (("this", HERE), ("vs", Path(a.vs) if a.vs else None)):
