@@ -1,5 +1,5 @@
 """tools/perf/: the device script runs every stage in its --smoke mode on a CPU and writes every result file, and the
-CPU op counter compares trees side by side."""
+CPU op counter and the whole-step counter (update_cost.py) compare trees side by side."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.fixtures.ppo_train import ppo_assets  # noqa: F401 (session fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,5 +63,24 @@ def test_count_ops_table(tmp_path):
         assert by["1"][key] == by["3"][key] > 0, key  # this checkout: nothing grows with the users
     assert "| step: 1 scoring + 2 training passes, 36 layers |" in r.stdout
     bad = subprocess.run([sys.executable, "tools/perf/count_ops.py", "--vs", str(tmp_path)], cwd=REPO, text=True,
+                         capture_output=True, env=_env(), timeout=60)
+    assert bad.returncode == 2 and "--vs" in bad.stderr
+
+
+def test_update_cost_counts_reads_that_do_not_grow_with_users(ppo_assets, tmp_path):
+    """tools/perf/update_cost.py on train.py's own trainer: the update reads the device at most once per optimiser
+    step and makes no tensor from host data; the whole step's reads do not grow with the users."""
+    data, model = ppo_assets
+    js = tmp_path / "uc.json"
+    r = subprocess.run([sys.executable, "tools/perf/update_cost.py", "--users", "1", "3", "--K", "3",
+                        "--max_len_per_item", "4", "--model", str(model), "--data", str(data), "--json_out", str(js)],
+                       cwd=REPO, text=True, capture_output=True, env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    by = json.loads(js.read_text())["results"]["this"]["by_users"]
+    for u in ("1", "3"):
+        assert by[u]["update_syncs"] <= by[u]["optimizer_steps"] == 2 and by[u]["update_host_tensors"] == 0
+    assert by["1"]["step_syncs"] == by["3"]["step_syncs"] > 0
+    assert "| whole step: host reads of device data |" in r.stdout
+    bad = subprocess.run([sys.executable, "tools/perf/update_cost.py", "--vs", str(tmp_path)], cwd=REPO, text=True,
                          capture_output=True, env=_env(), timeout=60)
     assert bad.returncode == 2 and "--vs" in bad.stderr
