@@ -11,12 +11,17 @@ sync debug mode: a block that passes it has no device-to-host read (so it can be
 
     with no_host_sync():
         decode_step()
+
+    with count_host_syncs() as syncs:     # the same reads, counted instead of refused
+        trainer.update(rollout)
+    syncs.total, syncs.sites
 """
 from __future__ import annotations
 
 import collections
 import contextlib
-from typing import Iterator
+import functools
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -77,28 +82,99 @@ class OpCounter(TorchDispatchMode):
         return self.total - self.views
 
 
+_READ_METHODS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__array__")
+
+
+@contextlib.contextmanager
+def _patched_reads(on_read: Callable[[str, Any], None], depth: list[int] | None = None) -> Iterator[None]:
+    """Call on_read(name, tensor) at every Tensor value read (_READ_METHODS) inside the block, and
+    on_read("cuda.synchronize", None) at torch.cuda.synchronize; then do the read. depth[0] is raised while a read
+    runs (the scalar op it dispatches inside is part of it)."""
+    saved = {n: getattr(torch.Tensor, n) for n in _READ_METHODS}
+    saved_sync = torch.cuda.synchronize
+    depth = depth if depth is not None else [0]
+
+    def wrap(name, f):
+        @functools.wraps(f)
+        def read(self, *a, **k):
+            on_read(name, self)
+            depth[0] += 1
+            try:
+                return f(self, *a, **k)
+            finally:
+                depth[0] -= 1
+        return read
+
+    def sync(*a, **k):
+        on_read("cuda.synchronize", None)
+        return saved_sync(*a, **k)
+
+    try:
+        for n, f in saved.items():
+            setattr(torch.Tensor, n, wrap(n, f))
+        torch.cuda.synchronize = sync
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.Tensor, n, f)
+        torch.cuda.synchronize = saved_sync
+
+
 @contextlib.contextmanager
 def no_host_sync(counter: OpCounter | None = None) -> Iterator[OpCounter]:
     """Fail (HostSyncError) on any host read of device data inside the block: the sync ops of the dispatcher, and
     the Tensor methods that read values without dispatching one (tolist, numpy, bool/int/float/index of a tensor)
     and torch.cuda.synchronize."""
-    def refuse(name):
-        def f(*a, **k):
-            raise HostSyncError(f"host sync inside the block: Tensor.{name}")
-        return f
+    def refuse(name, _tensor):
+        raise HostSyncError(f"host sync inside the block: {'torch.' if '.' in name else 'Tensor.'}{name}")
 
-    names = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__array__")
-    saved = {n: getattr(torch.Tensor, n) for n in names}
-    saved_sync = torch.cuda.synchronize
     counter = counter or OpCounter()
     counter.forbid_sync = True
-    try:
-        for n in names:
-            setattr(torch.Tensor, n, refuse(n))
-        torch.cuda.synchronize = refuse("cuda.synchronize")
-        with counter:
-            yield counter
-    finally:
-        for n, f in saved.items():
-            setattr(torch.Tensor, n, f)
-        torch.cuda.synchronize = saved_sync
+    with _patched_reads(refuse), counter:
+        yield counter
+
+
+class HostSyncCount(TorchDispatchMode):
+    """Host reads of device data inside a count_host_syncs block, counted (not refused): `total`, and `sites` by
+    what read (a Tensor method, torch.cuda.synchronize, or a dispatcher sync op reached without one, e.g. a boolean
+    index). A read through a Tensor method counts once, although it dispatches a scalar read inside.
+
+    `host_tensors` counts the tensors made from host data inside the block (torch.tensor, as_tensor, from_numpy:
+    aten::lift_fresh). Made for a CUDA device, each is a copy from pageable host memory, which waits for the
+    stream (a sync the CPU run cannot see); on a CPU they are counted whether or not they would go to a device."""
+
+    def __init__(self, ignore: Callable[[torch.Tensor], bool] | None = None) -> None:
+        super().__init__()
+        self.sites: collections.Counter = collections.Counter()
+        self.host_tensors = 0
+        self.ignore = ignore
+        self.depth = [0]  # > 0 inside a counted Tensor read
+
+    @property
+    def total(self) -> int:
+        return sum(self.sites.values())
+
+    def ignored(self, t: Any) -> bool:
+        return isinstance(t, torch.Tensor) and self.ignore is not None and bool(self.ignore(t))
+
+    def on_read(self, name: str, tensor: Any) -> None:
+        if not self.ignored(tensor):
+            self.sites[name] += 1
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.depth[0] and _is_sync(func, args, kwargs) and not self.ignored(args[0] if args else None):
+            self.sites[str(func.overloadpacket)] += 1
+        if func._schema.name == "aten::lift_fresh":
+            self.host_tensors += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def count_host_syncs(ignore: Callable[[torch.Tensor], bool] | None = None) -> Iterator[HostSyncCount]:
+    """Count the host reads of device data inside the block (what no_host_sync refuses), see HostSyncCount.
+
+    ignore(tensor) -> True leaves a read of that tensor out: one that lives on the host on every device (the step
+    counters of torch's for-each AdamW) costs no sync on a GPU, and on a CPU nothing else tells it apart."""
+    count = HostSyncCount(ignore)
+    with _patched_reads(count.on_read, count.depth), count:
+        yield count

@@ -1,6 +1,7 @@
 """Model FLOPs and the GPU's peak: the one home of MFU for tools/benchmark.py and the trainers' metrics.jsonl.
 
-Model FLOPs count what the computation must do, not what the kernels execute (that is HFU): per token 2 FLOPs
+Model FLOPs count what the computation must do, not what the kernels execute (HFU adds what they redo: the
+forward that gradient checkpointing reruns in the backward): per token 2 FLOPs
 per non-embedding weight for a forward and, for a training pass, another 2 per weight for the input gradients and
 2 per *trainable* weight for the weight gradients (a LoRA run computes no gradients of its frozen base); per
 attended (query, key) pair 4 x layers x heads x head dim for a forward (QK^T and AV), 3x that when trained. The embedding
@@ -68,3 +69,12 @@ class ModelFlops:
         per_token = 2.0 * self.non_embedding + ((2.0 * self.non_embedding + 2.0 * self.trainable) if train else 0.0)
         per_pair = 4.0 * self.layers * self.attn_dim * (3.0 if train else 1.0)
         return per_token * tokens + per_pair * pairs
+
+    def of_step(self, tokens: int, pairs: int, forwards: int, train_passes: int,
+                recompute: bool = False) -> tuple[float, float]:
+        """(model FLOPs, hardware FLOPs) of a training step that runs `forwards` no-grad passes (rollout scoring, the
+        reference, reasoning generation counted as one forward over the final sequences) and `train_passes` training
+        passes over the same `tokens` and `pairs`. Model FLOPs (MFU) are the work the step must do; hardware FLOPs
+        (HFU) add the forward that gradient checkpointing reruns in every training pass's backward."""
+        model = self.of_pass(tokens, pairs) * forwards + self.of_pass(tokens, pairs, train=True) * train_passes
+        return model, model + (self.of_pass(tokens, pairs) * train_passes if recompute else 0.0)

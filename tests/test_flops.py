@@ -85,3 +85,13 @@ def test_zero3_partitioned_weights_count_in_full():
         p.data = torch.empty(0)
         p.ds_numel = n
     assert param_counts(lm) == before
+
+
+def test_step_flops_model_and_hardware():
+    """A step of 2 forwards and 3 training passes: model FLOPs 2 x forward + 3 x training pass; checkpointing
+    reruns each training pass's forward, which only the hardware count (HFU) includes."""
+    fl = ModelFlops.of(_qwen2(True))
+    fwd, train = fl.of_pass(100, 40), fl.of_pass(100, 40, train=True)
+    assert fl.of_step(100, 40, forwards=2, train_passes=3) == (2 * fwd + 3 * train, 2 * fwd + 3 * train)
+    model, hw = fl.of_step(100, 40, forwards=2, train_passes=3, recompute=True)
+    assert model == 2 * fwd + 3 * train and hw == model + 3 * fwd

@@ -82,6 +82,22 @@ def test_nan_target_score_is_last():
     assert target_rank([0.1, float("nan"), 0.3], 1) == 3
 
 
+def test_target_rank_on_the_device_equals_target_rank():
+    """The trainer's greedy NDCG ranks a batch on the device (no read per user): the same ranks, ties against the
+    target, NaN target last, NaN elsewhere never ahead."""
+    from trainers.evaluation.metrics import target_rank_tensor
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (50, 7), generator=g).float()  # many ties
+    scores[3, 2] = float("nan")
+    scores[4, 0] = float("nan")
+    targets = torch.randint(0, 7, (50,), generator=g)
+    targets[3] = 2
+    got = target_rank_tensor(scores, targets)
+    assert got.tolist() == [target_rank(scores[i].tolist(), int(targets[i])) for i in range(50)]
+    assert got[3] == 7
+
+
 def test_ranking_from_scores_puts_target_last_among_ties():
     cands = [11, 12, 13, 14, 15]
     scores = [0.2, 0.9, 0.9, 0.9, 0.1]
@@ -151,6 +167,17 @@ def test_gumbel_sample_is_seeded():
     b = gumbel_topk_sample(s, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
     assert sorted(a[0].tolist()) == list(range(8))
+
+
+def test_gumbel_rankings_of_several_users_in_one_call_equal_one_call_per_user():
+    from trainers.rl.pl import gumbel_topk_from_uniform
+
+    s = torch.randn(6, 3, 9)  # users x rankings x candidates
+    one_by_one = torch.stack([gumbel_topk_sample(s[b], 0.7, generator=torch.Generator().manual_seed(b))
+                              for b in range(6)])
+    u = torch.stack([torch.rand((3, 9), generator=torch.Generator().manual_seed(b), dtype=torch.float64)
+                     for b in range(6)])
+    assert torch.equal(gumbel_topk_from_uniform(s, u, 0.7), one_by_one)
 
 
 def test_ndcg_reward_equals_eval_metric():

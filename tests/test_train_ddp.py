@@ -48,6 +48,16 @@ def test_two_processes_equal_one_process_and_stay_in_sync(assets, tmp_path):
     assert sorted(p.name for p in (ddp / "checkpoint-2").glob("rng_state_rank*.pt")) == [
         "rng_state_rank0.pt", "rng_state_rank1.pt"]
 
+    # A token budget no two users fit: every process accumulates one micro-batch per user (gradients synced at the
+    # last); the step is still the full-batch mean of all 4 users.
+    budget = tmp_path / "budget"
+    r = run_train(train_cmd(data, model, budget, "--max_steps", "1", "--batch_size", "2",
+                            "--max_tokens_per_micro_batch", "1", *common, nproc=2))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (budget / "param_checksum_rank0.txt").read_text() == (budget / "param_checksum_rank1.txt").read_text()
+    for key in ("reward", "ndcg", "value_loss", "policy_loss", "grad_norm"):
+        assert _records(budget)[0][key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
+
 
 def _changed_fraction(out, model) -> float:
     after, before = load_weights(out / "checkpoint-20"), load_weights(model)

@@ -9,10 +9,13 @@ One training step reads as: make_experience(step) -> Rollout -> update(rollout) 
     token log-probs under the sampling distribution), reward R = NDCG@K_eval of the target, advantage A from the
     estimator (trainers/rl/advantages.py: R - V, leave-one-out or group-normalised; then normalised over the global
     batch), optional reference log-probs for the KL penalty.
-  update: --ppo_epochs passes; each accumulates --gradient_accumulation_steps micro-batches of --batch_size
-    users (HF's meaning: one optimiser step sees batch_size x accumulation x processes users) through
-    accelerator.accumulate; clipped PL surrogate + clipped value loss (+ KL), gradient clipping, AdamW. The RL
-    diagnostics (trainers/rl/diagnostics.py, docs/training.md) stay on the device until the step's one read.
+  update: --ppo_epochs optimiser steps, each over all the step's users (HF's meaning: one optimiser step sees
+    batch_size x accumulation x processes users), split into micro-batches of --batch_size users or, with
+    --max_tokens_per_micro_batch, by a token budget (trainers/rl/micro_batches.py: the gradient is the full-batch
+    mean however they are split) and accumulated through accelerator.accumulate; clipped PL surrogate + clipped
+    value loss (+ KL), gradient clipping, AdamW (fused on CUDA). The RL diagnostics (trainers/rl/diagnostics.py,
+    docs/training.md), the rollout's included, stay on the device until the step's one read; the phases of the
+    step are timed without a sync (foundation/step_timing.py, the time_*_s keys).
 
 Distribution and precision belong to accelerate: DDP by default under `accelerate launch`/torchrun, FSDP or
 DeepSpeed ZeRO through the config files in configs/accelerate/; fp32 master weights with bf16 autocast on CUDA
@@ -39,12 +42,14 @@ from tqdm.auto import tqdm
 from models.abstract_models import LoraSettings, check_model_dir, disable_dropout
 from models.flops import ModelFlops, peak_tflops
 from models.qwen_models import BinaryJudge, SamplingSettings
+from models.shared_prefix import user_chunks
 from paths import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, HEADS_FILE, TOKENIZER_FILES, WEIGHT_FILES
 from prompters.binary_prompter import BinaryPrompter, load_template
 from trainers.data.candidates import sample_candidates
 from trainers.data.dataset import check_dataset_type, load_processed_dataset
 from trainers.evaluation.judge import JudgeRankSettings, rank_examples
-from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, ndcg_at, ndcg_reward, target_rank
+from trainers.evaluation.metrics import (eval_ks, metrics_from_ranks, ndcg_at_tensor, ndcg_reward,
+                                         target_rank_tensor)
 from trainers.evaluation.protocol import build_eval_items
 from foundation.checkpoints import (apply_base_lrs, capture_rng_state, check_optimizer_state_fits,
                                              finish_resume, load_torch_state, open_resume, prepare_output_dir,
@@ -60,12 +65,15 @@ from foundation.errors import UserInputError
 from foundation.files import append_jsonl, atomic_write_json, atomic_write_text
 from foundation.plotting import plot_training
 from foundation.seeding import derived_seed
+from foundation.step_timing import PhaseTimer
 from trainers.rl.advantages import (ADVANTAGE_ESTIMATORS, estimator_uses_critic, get_advantage_estimator,
                                     normalize_advantages)
 from trainers.rl.diagnostics import StepStats, explained_variance, pl_entropy_mc, pl_first_position_entropy
 from trainers.rl.kl import approx_kl_k3, kl_penalty
 from trainers.rl.losses import clipped_surrogate, clipped_value_loss
-from trainers.rl.pl import gumbel_topk_sample, pl_log_prob
+from trainers.rl.micro_batches import (MicroBatch, fixed_micro_batches, from_index_groups, micro_batch_loss_factor,
+                                       token_budget_micro_batches)
+from trainers.rl.pl import gumbel_topk_from_uniform, pl_log_prob
 from trainers.utils import SCHEDULERS, lr_lambda_factory, param_checksum, sample_step_indices, step_candidate_seed
 
 FINAL_DIR = "final"
@@ -161,6 +169,17 @@ class PPOConfig(RunConfig):
                                                 "{output_dir}/param_checksum_rank{R}.txt, a checksum of its weights "
                                                 "(checks that DDP processes hold identical weights)",
                                          group="logging and checkpoints")
+    # throughput of the update (issue 26; docs/performance.md)
+    max_tokens_per_micro_batch: int = option(
+        0, "0: micro-batches of --batch_size users (today's split); N > 0: every optimiser step still sees all "
+           "--batch_size x --gradient_accumulation_steps users of the step, split into micro-batches of up to N "
+           "tokens (packed users, counted as a forward counts them; one user always fits), and every shared-prefix "
+           "forward of the run packs up to N tokens, so the update reuses the rollout's layouts. The gradient is the "
+           "full-batch mean however the users are split", group="optimisation", min=0)
+    adamw_implementation: str = option(
+        "auto", "AdamW kernels: auto = fused on CUDA (one kernel for all weights), torch's default elsewhere (a "
+                "CPU's fused kernel rounds differently from the for-each one, so CPU results stay as they were); "
+                "fused|foreach force one", group="optimisation", choices=("auto", "fused", "foreach"))
 
     @property
     def reasoning(self) -> bool:
@@ -208,6 +227,26 @@ class PPOConfig(RunConfig):
 
 
 # ---------------------------------------------------------------------------------------------- pieces
+def adamw_kernel_kwargs(implementation: str, device: torch.device | str) -> dict[str, bool]:
+    """torch.optim.AdamW's kernel arguments for --adamw_implementation: auto = fused on CUDA, torch's own default
+    elsewhere (on a CPU the fused kernel's rounding differs from the for-each one by ~1 ulp per step)."""
+    if implementation == "fused" or (implementation == "auto" and torch.device(device).type == "cuda"):
+        return {"fused": True}
+    if implementation == "foreach":
+        return {"foreach": True}
+    return {}
+
+
+def check_token_budget_distribution(budget: int, accelerator) -> None:
+    """--max_tokens_per_micro_batch splits each process's users by their lengths, so processes may run different
+    numbers of forwards: refused under FSDP (every forward gathers the weights, all processes must take part) and
+    DeepSpeed (its engine steps after a fixed count of micro-batches)."""
+    if is_sharded(accelerator):
+        kind = "DeepSpeed" if uses_deepspeed(accelerator) else "FSDP"
+        raise UserInputError(f"--max_tokens_per_micro_batch {budget}: not under {kind} (every process must run the "
+                             "same number of forwards); use --batch_size")
+
+
 @dataclass
 class Rollout:
     """One step's experience on this process: who was ranked, how, and what it earned."""
@@ -276,7 +315,9 @@ class PPOTrainer(TrainerProcess):
         disable_dropout(self.judge)
         self.ref_judge = None
         if cfg.kl_coef > 0 and not cfg.use_lora:  # frozen initial model (LoRA: the base with adapters disabled)
-            self.ref_judge = BinaryJudge.load(str(base), device="cpu", dtype=weights_dtype,
+            # forwards only: held in the compute dtype (bf16 under bf16 autocast), not as fp32 master weights
+            ref_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, weights_dtype)
+            self.ref_judge = BinaryJudge.load(str(base), device="cpu", dtype=ref_dtype,
                                               attn_implementation=self.judge.attn_implementation,
                                               packed_mask=cfg.scoring == "shared",
                                               trust_remote_code=cfg.trust_remote_code, load_heads=False,
@@ -295,9 +336,16 @@ class PPOTrainer(TrainerProcess):
         else:  # rloo/grpo: the value head stays as loaded (it is saved, so checkpoints keep one layout), untrained
             self.judge.value_head.requires_grad_(False)
         self.base_lrs = [g["lr"] for g in groups]
-        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay,
+                                      **adamw_kernel_kwargs(cfg.adamw_implementation, accelerator.device))
         self.model_flops = ModelFlops.of(self.judge.lm)  # counted before sharding hides weights
         self.peak_tflops = peak_tflops(accelerator.device)
+        if cfg.max_tokens_per_micro_batch > 0:
+            check_token_budget_distribution(cfg.max_tokens_per_micro_batch, accelerator)
+            for j in (self.judge, self.ref_judge):  # every shared-prefix forward packs what an update micro-batch does
+                if j is not None:
+                    j.shared_tokens_per_forward = cfg.max_tokens_per_micro_batch
+        self.step_timer = PhaseTimer(accelerator.device)  # per-phase seconds of a step (metrics.jsonl time_*_s)
         configure_deepspeed(accelerator, cfg.batch_size, cfg.max_grad_norm)  # no-op unless DeepSpeed
         self.model, self.optimizer = accelerator.prepare(self.judge, optimizer)
         self.judge = accelerator.unwrap_model(self.model)
@@ -390,35 +438,42 @@ class PPOTrainer(TrainerProcess):
     def _reference_logp(self, prompts, rankings: torch.Tensor) -> torch.Tensor | None:
         if self.cfg.kl_coef <= 0:
             return None
-        if self.ref_judge is not None:
-            out = self.ref_judge(prompts, scoring=self.cfg.scoring, with_token_logprobs=self.cfg.reasoning,
-                                 sampling=self.sampling)
-        else:  # LoRA: the reference policy is the base model, i.e. the same weights with the adapters switched off
-            with self.judge.lm.disable_adapter():
-                out = self._score(prompts, with_values=False)
-        return self._policy_logp(out, rankings)
+        with self.step_timer.phase("reference"):
+            if self.ref_judge is not None:
+                out = self.ref_judge(prompts, scoring=self.cfg.scoring, with_token_logprobs=self.cfg.reasoning,
+                                     sampling=self.sampling)
+            else:  # LoRA: the reference policy is the base model, i.e. the same weights with the adapters switched off
+                with self.judge.lm.disable_adapter():
+                    out = self._score(prompts, with_values=False)
+            return self._policy_logp(out, rankings)
 
     @torch.no_grad()
     def make_experience(self, step: int) -> Rollout:
         c, dev = self.cfg, self.acc.device
-        examples, cands, prompts = self._step_examples(step)
+        timer = self.step_timer
+        with timer.phase("data"):
+            examples, cands, prompts = self._step_examples(step)
         self.model.eval()
         token_lengths = None
         with self.acc.autocast():
             if c.reasoning:
                 # generation samples from the global torch RNG: seed it per (step, process) so a resume replays it
                 torch.manual_seed(derived_seed(c.seed, step, self.rank, 2))
-                prompts = self.judge.generate_reasoning(prompts, c.max_new_tokens, do_sample=True,
-                                                        sampling=self.sampling, scoring=c.scoring)
+                with timer.phase("generation"):
+                    prompts = self.judge.generate_reasoning(prompts, c.max_new_tokens, do_sample=True,
+                                                            sampling=self.sampling, scoring=c.scoring)
                 token_lengths = [[int(e - s) for s, e in p.reasoning_spans] for p in prompts]
-            out = self._score(prompts, with_values=c.uses_critic)
+            with timer.phase("rollout_scoring"):
+                out = self._score(prompts, with_values=c.uses_critic)
         M = c.rankings_per_user
-        # Gumbel noise seeded per (step, user): the rankings of a user do not depend on the process layout.
-        rankings = torch.stack([
-            gumbel_topk_sample(out.scores[b].float().unsqueeze(0).expand(M, -1), c.temperature,
-                               generator=torch.Generator().manual_seed(
-                                   derived_seed(c.seed, step, int(ex["interaction_id"]), 1)))
-            for b, ex in enumerate(examples)]).to(dev)  # [B, M, K]
+        # Gumbel noise seeded per (step, user): the rankings of a user do not depend on the process layout. Drawn on
+        # the host per user, copied to the device once, all users sorted in one call.
+        K = out.scores.shape[-1]
+        uniform = torch.stack([
+            torch.rand((M, K), dtype=torch.float64, generator=torch.Generator().manual_seed(
+                derived_seed(c.seed, step, int(ex["interaction_id"]), 1))) for ex in examples]).to(dev)
+        rankings = gumbel_topk_from_uniform(out.scores.float().unsqueeze(1).expand(-1, M, -1), uniform,
+                                            c.temperature)  # [B, M, K]
         old_pl_logp, old_token_logp = self._policy_logp_parts(out, rankings)
         old_logp = old_pl_logp if old_token_logp is None else old_pl_logp + old_token_logp
         target_idx = torch.tensor([cs.index(int(ex["item_id"])) for ex, cs in zip(examples, cands)], device=dev)
@@ -448,51 +503,79 @@ class PPOTrainer(TrainerProcess):
         cn = self.acc.clip_grad_norm_(self.critic_params, limit) if self.critic_params else None
         return gn, cn
 
-    def update(self, r: Rollout) -> dict[str, float]:
-        """--ppo_epochs passes over the rollout; returns the step's losses and diagnostics (docs/training.md): means
-        over the micro-batches (grad norms: over the optimiser steps) and maxima, read from the device once."""
+    def micro_batches(self, prompts: Sequence) -> list[MicroBatch]:
+        """The step's users split for the update: --batch_size users each, or with --max_tokens_per_micro_batch the
+        shared path's own forward chunks under that budget (the rollout's scoring pass built and cached exactly
+        these layouts), and for naive scoring consecutive users up to that many tokens."""
         c = self.cfg
-        self.model.train()
-        bs = c.batch_size
-        micro = [list(range(i, min(i + bs, len(r.prompts)))) for i in range(0, len(r.prompts), bs)]
-        stats = StepStats()
-        for _epoch in range(c.ppo_epochs):
-            for mb in micro:
-                ix = torch.tensor(mb, device=self.acc.device)
-                with self.acc.accumulate(self.model):
-                    new = self._score([r.prompts[i] for i in mb], with_values=c.uses_critic)
-                    new_pl, new_tok = self._policy_logp_parts(new, r.rankings[ix])
+        if c.max_tokens_per_micro_batch <= 0:
+            return fixed_micro_batches(len(prompts), c.batch_size)
+        if c.scoring == "shared":
+            return from_index_groups(user_chunks(self.judge, prompts, "packed"))
+        return token_budget_micro_batches([p.n_tokens(shared=False) for p in prompts], c.max_tokens_per_micro_batch)
+
+    def accumulate_gradients(self, r: Rollout, micro: Sequence[MicroBatch], stats: StepStats) -> None:
+        """Forward and backward of every micro-batch of one optimiser step, leaving in .grad the gradient of the mean
+        loss over all the rollout's users (however `micro` splits them); the diagnostics go to `stats` on the
+        device. accelerate syncs gradients across processes at the last micro-batch only."""
+        c, n, timer = self.cfg, len(r.prompts), self.step_timer
+        self.acc.gradient_accumulation_steps = len(micro)  # accelerate's accumulate()/backward count these
+        self.acc.step = 0
+        equal = len({b - a for a, b in micro}) == 1  # then a plain mean over micro-batches is the mean over users
+        for a, b in micro:
+            with self.acc.accumulate(self.model):
+                with timer.phase("update_forward"):
+                    new = self._score(r.prompts[a:b], with_values=c.uses_critic)
+                    new_pl, new_tok = self._policy_logp_parts(new, r.rankings[a:b])
                     new_logp = new_pl if new_tok is None else new_pl + new_tok
-                    old_logp = r.old_logp[ix]
-                    pol, clipfrac = clipped_surrogate(new_logp, old_logp, r.advantages[ix], c.clip_eps)
+                    old_logp = r.old_logp[a:b]
+                    pol, clipfrac = clipped_surrogate(new_logp, old_logp, r.advantages[a:b], c.clip_eps)
                     loss = pol
-                    stats.mean("policy_loss", pol)
+                    users = 1.0 if equal else float(b - a)  # diagnostics: means over the step's users
+                    stats.mean("policy_loss", pol, users)
                     if c.uses_critic:
-                        vloss = clipped_value_loss(new.values.float(), r.old_values[ix], r.returns[ix], c.clip_eps)
+                        vloss = clipped_value_loss(new.values.float(), r.old_values[a:b], r.returns[a:b], c.clip_eps)
                         loss = loss + c.vf_coef * vloss
-                        stats.mean("value_loss", vloss)
+                        stats.mean("value_loss", vloss, users)
                     if r.ref_logp is not None:
-                        kl = kl_penalty(new_logp, r.ref_logp[ix])
+                        kl = kl_penalty(new_logp, r.ref_logp[a:b])
                         loss = loss + c.kl_coef * kl
-                        stats.mean("kl_ref", kl)
-                    self.acc.backward(loss)
-                    if self.acc.sync_gradients:
-                        actor_norm, critic_norm = self._clip_gradients()
-                        stats.mean("grad_norm", actor_norm)
-                        stats.max("grad_norm_max", actor_norm)
-                        if critic_norm is not None:
-                            stats.mean("grad_norm_critic", critic_norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                # rollout policy -> current policy, on the rollout's samples (before this micro-batch's step)
-                ratio = torch.exp((new_logp - old_logp).detach().float())
-                stats.mean("clipfrac", clipfrac)
-                stats.mean("approx_kl", approx_kl_k3(old_logp, new_logp))
-                if new_tok is not None:
-                    stats.mean("approx_kl_ranking", approx_kl_k3(r.old_pl_logp[ix], new_pl))
-                    stats.mean("approx_kl_reasoning", approx_kl_k3(r.old_token_logp[ix], new_tok))
-                stats.mean("ratio_mean", ratio.mean())
-                stats.max("ratio_max", ratio)
+                        stats.mean("kl_ref", kl, users)
+                with timer.phase("update_backward"):
+                    self.acc.backward(loss * micro_batch_loss_factor((a, b), n, len(micro)))
+            # rollout policy -> current policy, on the rollout's samples (before this optimiser step)
+            ratio = torch.exp((new_logp - old_logp).detach().float())
+            stats.mean("clipfrac", clipfrac, users)
+            stats.mean("approx_kl", approx_kl_k3(old_logp, new_logp), users)
+            if new_tok is not None:
+                stats.mean("approx_kl_ranking", approx_kl_k3(r.old_pl_logp[a:b], new_pl), users)
+                stats.mean("approx_kl_reasoning", approx_kl_k3(r.old_token_logp[a:b], new_tok), users)
+            stats.mean("ratio_mean", ratio.mean(), users)
+            stats.max("ratio_max", ratio)
+
+    def optimizer_step(self, stats: StepStats) -> None:
+        """Clip (the pre-clip norms go to `stats`), step, zero the gradients."""
+        with self.step_timer.phase("optimizer"):
+            actor_norm, critic_norm = self._clip_gradients()
+            stats.mean("grad_norm", actor_norm)
+            stats.max("grad_norm_max", actor_norm)
+            if critic_norm is not None:
+                stats.mean("grad_norm_critic", critic_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def update(self, r: Rollout, stats: StepStats | None = None) -> dict[str, float]:
+        """--ppo_epochs optimiser steps over the rollout, each over all its users (micro_batches splits them);
+        returns the step's losses and diagnostics (docs/training.md): means over the step's users (grad norms: over
+        the optimiser steps) and maxima, with whatever `stats` already held (the rollout's), read from the device
+        once for the whole update (no other host read: the micro-batches are slices, not index tensors built on the
+        host)."""
+        self.model.train()
+        micro = self.micro_batches(r.prompts)
+        stats = stats if stats is not None else StepStats()
+        for _epoch in range(self.cfg.ppo_epochs):
+            self.accumulate_gradients(r, micro, stats)
+            self.optimizer_step(stats)
         self.scheduler.step()
         self.model.eval()
         return stats.read()
@@ -500,24 +583,25 @@ class PPOTrainer(TrainerProcess):
     # ---- one step, logged --------------------------------------------------------------------
     def training_step(self, step: int) -> tuple[dict[str, Any], Rollout]:
         t0 = time.time()
+        self.step_timer.reset()
         lr = self.scheduler.get_last_lr()
         rollout = self.make_experience(step)
         c = self.cfg
-        # What the rollout says about the policy before the update (PL entropies) and about the critic
-        rollout_stats = StepStats()
-        rollout_stats.mean("reward", rollout.rewards.mean())
-        rollout_stats.mean("pl_entropy_mc", pl_entropy_mc(rollout.old_pl_logp))
-        rollout_stats.mean("pl_entropy_top1", pl_first_position_entropy(rollout.scores, c.temperature))
+        # What the rollout says about the policy before the update (PL entropies, greedy NDCG) and about the critic:
+        # on the device, read with the update's losses in one go
+        step_stats = StepStats()
+        step_stats.mean("reward", rollout.rewards.mean())
+        step_stats.mean("ndcg", ndcg_at_tensor(target_rank_tensor(rollout.scores, rollout.target_index),
+                                               c.K_eval).double().mean())
+        step_stats.mean("pl_entropy_mc", pl_entropy_mc(rollout.old_pl_logp))
+        step_stats.mean("pl_entropy_top1", pl_first_position_entropy(rollout.scores, c.temperature))
         if rollout.old_values is not None:
-            rollout_stats.mean("value_mean", rollout.old_values.mean())
+            step_stats.mean("value_mean", rollout.old_values.mean())
         explained = None
         if rollout.old_values is not None:  # of each ranking's reward by V (what the baseline removes), global batch
             explained = explained_variance(rollout.rewards, rollout.old_values.unsqueeze(1),
                                            all_reduce_sum=self._all_reduce_sum if self.world > 1 else None)
-        stats = self.update(rollout)
-        greedy = float(np.mean([ndcg_at(target_rank(s.tolist(), int(t)), c.K_eval)
-                                for s, t in zip(rollout.scores.cpu(), rollout.target_index.cpu())]))
-        local = {**rollout_stats.read(), "ndcg": greedy, **stats}
+        local = self.update(rollout, step_stats)
         maxima = {k: local.pop(k) for k in [k for k in local if k.endswith("_max")]}
         mean = mean_over_processes(self.acc, local)
         mean.update(max_over_processes(self.acc, maxima))
@@ -529,20 +613,23 @@ class PPOTrainer(TrainerProcess):
         tokens = sum(p.n_tokens(shared) for p in rollout.prompts)
         pairs = sum(p.n_attended_pairs(shared) for p in rollout.prompts)
         # Model FLOPs (models/flops.py): the scoring forwards, reasoning generation counted as one more forward over
-        # the final sequences, and ppo_epochs training passes; checkpointing's recompute is not model work.
-        flops = (self.model_flops.of_pass(tokens, pairs) * (scoring_forwards + (1 if c.reasoning else 0))
-                 + self.model_flops.of_pass(tokens, pairs, train=True) * c.ppo_epochs)
+        # the final sequences, and ppo_epochs training passes; hardware FLOPs add checkpointing's recompute.
+        flops, hw_flops = self.model_flops.of_step(tokens, pairs, scoring_forwards + (1 if c.reasoning else 0),
+                                                   c.ppo_epochs, recompute=c.gradient_checkpointing)
         passes = scoring_forwards + c.ppo_epochs
-        tokens, flops = self.acc.reduce(torch.tensor([tokens * passes, flops], dtype=torch.float64,
-                                                     device=self.acc.device), reduction="sum").tolist()
+        tokens, flops, hw_flops = self.acc.reduce(torch.tensor([tokens * passes, flops, hw_flops], dtype=torch.float64,
+                                                               device=self.acc.device), reduction="sum").tolist()
+        # this process's phases (the GPU timeline on CUDA: the events are complete, the step has read its results)
+        phases = {f"time_{k}_s": v for k, v in self.step_timer.read().items()}
         res = step_resources(self.acc.device, t0)
         dt = max(res["step_seconds"], 1e-9)
         lrs = {"lr_actor": lr[0], **({"lr_critic": lr[1]} if c.uses_critic else {})}
         rec = {"step": step, **mean, **lrs,
-               "samples_per_s": len(rollout.prompts) * self.world / dt, **res,
+               "samples_per_s": len(rollout.prompts) * self.world / dt, **res, **phases,
                "tokens": int(tokens), "tokens_per_s": tokens / dt, "tflops_per_s": flops / dt / 1e12}
-        if self.peak_tflops:  # all processes' model FLOPs against all their GPUs' dense bf16 peak
+        if self.peak_tflops:  # all processes' FLOPs against all their GPUs' dense bf16 peak
             rec["mfu"] = rec["tflops_per_s"] / (self.peak_tflops * self.world)
+            rec["hfu"] = hw_flops / dt / 1e12 / (self.peak_tflops * self.world)
         return rec, rollout
 
     # ---- validation, examples, checkpoints -----------------------------------------------------

@@ -4,8 +4,9 @@
 #   env        the card, torch/transformers versions, bf16 GEMM TFLOP/s and copy bandwidth   -> env.json
 #   assets     demo data + a random Qwen2.5-3B-shaped model (bf16 safetensors) in WORK
 #   step_bs4   train.py's step as shipped (K=20, 4 users, 2 PPO epochs, --scoring shared, checkpointing, fp32 master
-#              weights under bf16 autocast): per-phase times, GPU busy fraction, MFU     -> step_bs4.json
-#   step_bs16_fused  the same with 16 users per step and fused AdamW                     -> step_bs16_fused.json
+#              weights under bf16 autocast, fused AdamW: --adamw_implementation auto on CUDA): train.py's
+#              per-phase times (time_*_s), GPU busy fraction, MFU/HFU                    -> step_bs4.json
+#   step_bs16_fused  the same with 16 users per step (fused AdamW named explicitly)      -> step_bs16_fused.json
 #   decode     reasoning generation: shared-prefix decoder eager vs CUDA graph vs HF generate -> decode_*.json
 #   flex       flex_attention compile (first call) and timing beside prefix_split, score + train -> flex.json
 #   summary    the headline figures of every JSON                                         -> summary.json

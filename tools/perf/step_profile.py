@@ -1,14 +1,16 @@
 """Where the time of one train.py PL-PPO step goes (a stage of tools/perf/gpu_perf.sh; runs on CPU too).
 
 Builds the trainer exactly as train.py does (trainers.ppo_trainer.PPOTrainer, the flags below plus any train.py
-flags after --), runs --warmup steps, then --steps timed steps of `training_step` (no checkpoint is written) with
-CUDA events (the host clock on CPU) around every phase: data and prompts, reasoning generation, rollout scoring,
-the reference forward, PPO forwards, backwards (with checkpointing's recompute), gradient clipping and the optimiser
-step; then, on CUDA, one step under torch.profiler for the GPU's busy fraction (union of kernel intervals / step
-wall) and kernel time by category. What train.py itself logs for a step (step_seconds, tokens, MFU, and per-phase
-keys when it logs them) is copied as it is; a key it does not log is simply absent.
+flags after --), runs --warmup steps, then --steps timed steps of `training_step` (no checkpoint is written) and
+reports what train.py logs for them (medians): step_seconds, tokens, MFU/HFU and the per-phase times `time_*_s`
+(data, generation, rollout scoring, reference, update forwards, update backwards with checkpointing's recompute,
+optimiser = clipping + AdamW + zero_grad; CUDA events on the GPU's timeline, the host clock on CPU) as `phase_s`, the
+host's own time in each phase beside them on CUDA (`phase_host_s`: launching, Python, syncs: what the GPU may be
+waiting on), the wall time per step with a final synchronize; then, on CUDA, one step under torch.profiler for the
+GPU's busy fraction (union of kernel intervals / step wall) and kernel time by category.
 
-Writes OUT/step_<tag>.json (OUT: --out, else $OUT, else /tmp). --fused_adamw makes every torch.optim.AdamW fused.
+Writes OUT/step_<tag>.json (OUT: --out, else $OUT, else /tmp). --fused_adamw is train.py's --adamw_implementation
+fused (the default `auto` is already fused on CUDA).
 
     python tools/perf/step_profile.py --model DIR --data DIR --batch_size 16 --fused_adamw --tag bs16_fused
 """
@@ -32,24 +34,6 @@ CATEGORIES = [("attention", ("flash", "fmha", "attention", "sdpa", "efficient"))
               ("norm_reduce", ("reduce", "norm", "sum", "mean", "softmax", "logsumexp"))]
 
 
-class _Timer:
-    """A CUDA event pair on CUDA (GPU-timeline duration, no added sync: read after the step's own), host clock else."""
-
-    def __init__(self, cuda: bool) -> None:
-        self.cuda = cuda
-        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if cuda else None
-        self.host = [0.0, 0.0]
-
-    def mark(self, i: int) -> None:
-        self.host[i] = time.perf_counter()
-        if self.cuda:
-            self.events[i].record()
-
-    def seconds(self) -> tuple[float, float]:
-        host = self.host[1] - self.host[0]
-        return (self.events[0].elapsed_time(self.events[1]) / 1e3 if self.cuda else host), host
-
-
 def _category(name: str) -> str:
     n = name.lower()
     return next((c for c, keys in CATEGORIES if any(k in n for k in keys)), "elementwise_other")
@@ -64,17 +48,9 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
     return total / 1e6  # profiler times are in microseconds
 
 
-def _use_fused_adamw() -> None:
-    """Every AdamW built from now on is the fused one (one kernel for all parameters), whatever the caller asks."""
-    base = torch.optim.AdamW
-
-    class FusedAdamW(base):
-        def __init__(self, *a, **k):
-            k.pop("foreach", None)
-            k["fused"] = True
-            super().__init__(*a, **k)
-
-    torch.optim.AdamW = FusedAdamW
+def phases_of(record: dict) -> dict[str, float]:
+    """train.py's per-phase keys of a metrics.jsonl record, by phase name (time_update_forward_s -> update_forward)."""
+    return {k[len("time_"):-len("_s")]: v for k, v in record.items() if k.startswith("time_") and k.endswith("_s")}
 
 
 def main(argv=None) -> int:
@@ -107,8 +83,6 @@ def main(argv=None) -> int:
 
 
 def run(a: argparse.Namespace, extra: list[str], res: dict) -> None:
-    if a.fused_adamw:
-        _use_fused_adamw()
     from foundation.distributed import build_accelerator
     from trainers.ppo_trainer import PPOTrainer, parse_config
 
@@ -117,7 +91,8 @@ def run(a: argparse.Namespace, extra: list[str], res: dict) -> None:
              "--ppo_epochs", str(a.ppo_epochs), "--scoring", "shared", "--gradient_checkpointing",
              "--max_len_per_item", "64", "--user_window_size", "10", "--lr_actor", "1e-6", "--max_steps", "100000",
              "--save_every", "100000", "--print_every", "0", "--eval_every", "0", "--no_plot",
-             "--output_dir", f"/tmp/step_profile_{a.tag}", "--overwrite_output_dir", *extra]
+             "--output_dir", f"/tmp/step_profile_{a.tag}", "--overwrite_output_dir",
+             *(["--adamw_implementation", "fused"] if a.fused_adamw else []), *extra]
     cfg = parse_config(flags)
     cfg.validate()
     t0 = time.perf_counter()
@@ -127,65 +102,27 @@ def run(a: argparse.Namespace, extra: list[str], res: dict) -> None:
     cuda = tr.acc.device.type == "cuda"
     res["device"] = torch.cuda.get_device_name(tr.acc.device) if cuda else "cpu"
     res["optimizer"] = {k: tr.optimizer.param_groups[0].get(k) for k in ("fused", "foreach")}
-    marks: list[tuple[str, _Timer]] = []
-
-    def timed(obj, name: str, label) -> bool:
-        """Wrap obj.name so every call is timed under label (a str, or a function of the call's grad mode)."""
-        f = getattr(obj, name, None)
-        if f is None:
-            res.setdefault("not_timed", []).append(name)
-            return False
-
-        def g(*x, **k):
-            t = _Timer(cuda)
-            t.mark(0)
-            r = f(*x, **k)
-            t.mark(1)
-            marks.append((label if isinstance(label, str) else label(), t))
-            return r
-
-        setattr(obj, name, g)
-        return True
-
-    timed(tr, "_step_examples", "data_and_prompts")
-    timed(tr.judge, "generate_reasoning", "generation")
-    timed(tr, "_score", lambda: "ppo_forward" if torch.is_grad_enabled() else "rollout_scoring")
-    timed(tr, "_reference_logp", "reference")
-    timed(tr.acc, "backward", "ppo_backward_with_recompute")
-    timed(tr, "_clip_gradients", "grad_clip")
-    timed(tr.optimizer, "step", "optimizer_step")
-    timed(tr.optimizer, "zero_grad", "zero_grad")
-    timed(tr, "make_experience", "make_experience (total)")
-    timed(tr, "update", "update (total)")
     for s in range(1, a.warmup + 1):
         tr.training_step(s)
     if cuda:
         torch.cuda.synchronize()
-    phase_dev, phase_host, walls, recs = (collections.defaultdict(list), collections.defaultdict(list), [], [])
+    walls, recs, host = [], [], collections.defaultdict(list)
     for s in range(a.warmup + 1, a.warmup + a.steps + 1):
-        marks.clear()
         t0 = time.perf_counter()
         rec, _ = tr.training_step(s)
         if cuda:
             torch.cuda.synchronize()
         walls.append(time.perf_counter() - t0)
         recs.append(rec)
-        dev, host = collections.defaultdict(float), collections.defaultdict(float)
-        for label, t in marks:
-            d, h = t.seconds()
-            dev[label] += d
-            host[label] += h
-        for k in dev:
-            phase_dev[k].append(dev[k])
-            phase_host[k].append(host[k])
+        for k, v in tr.step_timer.read(host=True).items():
+            host[k].append(v)
     med = statistics.median
     res["s_per_step"] = med(walls)
-    res["phase_device_s" if cuda else "phase_s"] = {k: med(v) for k, v in phase_dev.items()}
-    if cuda:  # the host's own time in each phase (launching, Python, syncs): what the GPU may be waiting on
-        res["phase_host_s"] = {k: med(v) for k, v in phase_host.items()}
     numeric = {k for r in recs for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     res["train_py_record"] = {k: med(r[k] for r in recs if k in r) for k in sorted(numeric)}
+    res["phase_s"] = phases_of(res["train_py_record"])
     if cuda:
+        res["phase_host_s"] = {k: med(v) for k, v in host.items()}
         res["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
     if cuda and not a.no_profile:
         from torch.profiler import ProfilerActivity, profile

@@ -1,6 +1,7 @@
 """The headline figures of a tools/perf/gpu_perf.sh run: reads every stage's JSON in OUT, prints one line per
 figure and writes OUT/summary.json. A stage that did not finish is listed as missing, a key a stage did not write
-(e.g. a per-phase time train.py does not log) is left out.
+is left out. A step's phases are train.py's own `time_*_s` keys (GPU timeline on CUDA), its host time per phase
+beside them on CUDA.
 
     python tools/perf/summarize.py OUT
 """
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 STEP_KEYS = ("s_per_step", "peak_mem_gb", "load_s", "oom")
-RECORD_KEYS = ("step_seconds", "tokens", "tokens_per_s", "tflops_per_s", "mfu")
+RECORD_KEYS = ("step_seconds", "tokens", "tokens_per_s", "tflops_per_s", "mfu", "hfu")
 DECODE_KEYS = ("eager_generate_s", "graph_generate_s", "hf_generate_s", "graph_vs_eager", "graph_vs_hf_generate",
                "eager_vs_hf_generate", "eager_step_ms", "graph_step_ms", "step_graph_vs_eager", "tokens_equal_greedy",
                "tokens_equal_sampled_same_seed")
@@ -38,7 +39,9 @@ def summarize(out: Path) -> dict:
             continue
         row = {k: s[k] for k in STEP_KEYS if k in s}
         row.update({k: s["train_py_record"][k] for k in RECORD_KEYS if k in s.get("train_py_record", {})})
-        row["phases_s"] = s.get("phase_device_s") or s.get("phase_s")
+        row["phases_s"] = s.get("phase_s")
+        if "phase_host_s" in s:
+            row["phases_host_s"] = s["phase_host_s"]
         if "profile" in s:
             row["gpu_busy_fraction"] = s["profile"]["gpu_busy_fraction"]
         res[f"step_{tag}"] = row

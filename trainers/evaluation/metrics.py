@@ -54,6 +54,17 @@ def ndcg_at(rank: int, k: int) -> float:
     return 1.0 / math.log2(rank + 1) if rank <= k else 0.0
 
 
+def target_rank_tensor(scores, target_index):
+    """target_rank for a batch on the device, without reading it: scores [B, K], target_index [B] -> 1-based ranks
+    [B] (int64). Ties go against the target; a NaN target score is the last rank, as in target_rank."""
+    import torch
+
+    s = scores.double()
+    t = s.gather(-1, target_index.unsqueeze(-1))
+    ahead = (s >= t).sum(-1) - 1  # the target itself is >= itself, unless NaN (then nothing is ahead)
+    return torch.where(torch.isnan(t.squeeze(-1)), torch.full_like(ahead, s.shape[-1]), 1 + ahead)
+
+
 def ndcg_at_tensor(rank, k: int):
     """NDCG@k for a tensor of 1-based ranks (the PPO reward): same formula as ndcg_at, float32 out."""
     import torch

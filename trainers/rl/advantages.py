@@ -20,17 +20,20 @@ def normalize_advantages(adv: torch.Tensor, eps: float = 1e-8,
     stop learning."""
     x = adv.double()
     # Two passes (mean, then squared deviations) so constant advantages give exactly 0, not rounding noise.
-    stats = torch.stack([x.sum(), torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)])
-    if all_reduce_sum is not None:
-        stats = all_reduce_sum(stats)
-    if stats[1] < 2:
-        raise ValueError(f"advantage normalisation over {int(stats[1])} sample(s) gives 0 for every sample; "
+    if all_reduce_sum is None:  # the count is known on the host: no read of the device
+        total, n = x.sum(), float(x.numel())
+    else:
+        stats = all_reduce_sum(torch.stack([x.sum(), torch.tensor(float(x.numel()), dtype=torch.float64,
+                                                                  device=x.device)]))
+        total, n = stats[0], float(stats[1])
+    if n < 2:
+        raise ValueError(f"advantage normalisation over {int(n)} sample(s) gives 0 for every sample; "
                          "use a larger global batch or --no-normalize_advantage")
-    mean = stats[0] / stats[1]
+    mean = total / n
     sq = ((x - mean) ** 2).sum()
     if all_reduce_sum is not None:
         sq = all_reduce_sum(sq)
-    var = sq / stats[1]
+    var = sq / n
     return ((x - mean) / (var.sqrt() + eps)).to(adv.dtype)
 
 

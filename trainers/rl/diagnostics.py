@@ -50,13 +50,17 @@ class StepStats:
 
     def __init__(self) -> None:
         self._sums: dict[str, torch.Tensor] = {}
-        self._counts: dict[str, int] = {}
+        self._counts: dict[str, float] = {}
         self._maxes: dict[str, torch.Tensor] = {}
 
-    def mean(self, name: str, value: torch.Tensor) -> None:
+    def mean(self, name: str, value: torch.Tensor, weight: float = 1.0) -> None:
+        """Add value to the weighted mean `name` (weight: e.g. the users of a micro-batch, so that unequal
+        micro-batches give the mean over users)."""
         v = value.detach().float().reshape(())
+        if weight != 1.0:
+            v = v * weight
         self._sums[name] = self._sums[name] + v if name in self._sums else v
-        self._counts[name] = self._counts.get(name, 0) + 1
+        self._counts[name] = self._counts.get(name, 0) + weight
 
     def max(self, name: str, value: torch.Tensor) -> None:
         v = value.detach().float().max().reshape(())

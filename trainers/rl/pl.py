@@ -12,6 +12,12 @@ def gumbel_topk_sample(scores: torch.Tensor, temperature: float = 1.0, generator
     scores: [..., K]. Returns indices [..., K], best first.
     """
     u = torch.rand(scores.shape, generator=generator, dtype=torch.float64, device="cpu").to(scores.device)
+    return gumbel_topk_from_uniform(scores, u, temperature)
+
+
+def gumbel_topk_from_uniform(scores: torch.Tensor, u: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """gumbel_topk_sample with its uniform draws u (float64, scores' shape) given: several users' draws, each from
+    its own seeded generator on the host, then go to the device in one copy and are sorted in one call."""
     # Parenthesised: -log(u) must be clamped, not log(u) (a clamped negative gave NaN noise -> identity order).
     gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
     return torch.argsort(scores.detach().double() / temperature + gumbel, dim=-1, descending=True)
