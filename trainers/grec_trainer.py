@@ -398,7 +398,8 @@ class GRecTrainer(BaseTrainer):
         return evaluated or bool(self.cfg.save_steps and step % self.cfg.save_steps == 0)
 
     def progress_postfix(self, record: dict[str, Any]) -> dict[str, str]:
-        return {"loss": f"{record.get('loss', float('nan')):.3f}", "reward": f"{record.get('reward', float('nan')):.3f}"}
+        nan = float("nan")
+        return {"loss": f"{record.get('loss', nan):.3f}", "reward": f"{record.get('reward', nan):.3f}"}
 
     def finish(self, step: int, early_stopped: bool) -> Path | None:
         """{output_dir}/final_checkpoint: the best checkpoint's model (or the last one)."""

@@ -15,10 +15,16 @@ best epoch; --patience validations without a strictly better value stop training
 
 {output_dir}: checkpoint-{step}/ after every epoch (model.pt, optimizer.pt, trainer_state.json, args.json, RNG
 state, COMPLETE; foundation/checkpoints.py writes them atomically; the newest and the best are kept),
-metrics.jsonl (one record per epoch), args.json, and the result JSON. A rerun of the same command continues from
-the newest complete checkpoint (every epoch's randomness is drawn from (--seed, epoch), so a killed and resumed
+metrics.jsonl (one record per epoch: step, epoch, loss, lr, the validation metrics, best_epoch, epoch_seconds and
+wall_time_s, the keys every trainer shares), args.json, and the result JSON. A rerun of the same command continues
+from the newest complete checkpoint (every epoch's randomness is drawn from (--seed, epoch), so a killed and resumed
 run ends with the same model and the same result JSON as an uninterrupted one) and, once training is finished,
 only ranks what the result JSON still lacks. SIGTERM/SIGINT finish the epoch, save and exit.
+
+Its epoch loop is its own, not trainers/base_trainer.py's: one process without accelerate, a "step" of the loop
+is a whole epoch whose record also carries the best epoch so far, a signal during the last epoch still ends in
+ranking, and the run continues by rerunning the same command (no --resume_from); fitting it to the base loop
+would take hooks only it uses. It shares the pieces: StopRequest, foundation/checkpoints, the metrics key names.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ from foundation.errors import UserInputError
 from foundation.files import RunLock, append_jsonl, check_output_path
 from foundation.seeding import derived_seed, numpy_rng
 from models.sequential import MODELS, SequentialRecommender, bce_loss, sampled_softmax_loss
+from trainers.base_trainer import WALL_TIME
 from trainers.configs.sequential import PAPER_HIDDEN, SequentialConfig
 
 SPARSE_DENSITY = 0.01  # below it SASRec's paper setting is dropout 0.5 (Amazon, Steam), above 0.2 (MovieLens-1M)
@@ -180,6 +187,7 @@ class SequentialTrainer:
                     self.early_stopped = stop_early
                     record.update({"best_epoch": self.best_epoch, "epoch_seconds": time.time() - started})
                     self.wall_time += time.time() - started
+                    record[WALL_TIME] = self.wall_time  # the key every trainer logs (trainers/base_trainer.py)
                     append_jsonl(self.metrics_file, [record])  # before the checkpoint: a resume cuts it back
                     self.save_checkpoint()
                     bar.update(1)
