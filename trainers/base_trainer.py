@@ -1,5 +1,6 @@
-"""The one training loop: the lifecycle of a run that PL-PPO (trainers/ppo_trainer.py), RecPO
-(trainers/grec_trainer.py + recpo_trainer.py) and the sequential baselines (trainers/sequential_trainer.py) share.
+"""The one training loop: the lifecycle of a run that PL-PPO (trainers/ppo_trainer.py) and RecPO
+(trainers/grec_trainer.py + recpo_trainer.py) share. SFT (on transformers' Trainer) and the SASRec/GRU4Rec epochs
+keep their own loops and share the pieces and the metrics key names (docs/training.md says why).
 
 A trainer builds its model, optimiser and data in __init__ (checking every input before anything in --output_dir
 is touched) and sets `start_step` (0, or the resumed checkpoint's step), `max_steps` and `state` (the resumed

@@ -1,7 +1,8 @@
-"""RRec's base trainer (docs/rrec.md): settings, model, data order, the item table, evaluation with best-
+"""RRec's base trainer (docs/rrec.md): model, data order, the item table, evaluation with best-
 checkpoint selection and early stopping, checkpoints, logs. The RL step lives in trainers/recpo_trainer.py.
 
-A plain torch loop on accelerate (one process, or one per GPU with DDP under `accelerate launch`/torchrun).
+A plain torch loop on accelerate (one process, or one per GPU with DDP under `accelerate launch`/torchrun): the
+lifecycle is trainers/base_trainer.py's, the settings trainers/configs/rrec.py's.
 Upstream's behaviour by default, setting by setting (README "RRec" lists each with its flag):
   LoRA r=4, alpha 128, dropout 0.05 on q/k/v/o/gate/up/down (every dropout then set to 0, as upstream's
   disable_dropout does), fp32 master weights with bf16 autocast on CUDA (--pure_bf16: bf16 weights), lr 1e-5

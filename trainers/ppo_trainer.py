@@ -1,6 +1,7 @@
 """PL-PPO training of the binary judge (DESIGN.md section 5), on accelerate.
 
-One training step reads as: make_experience(step) -> Rollout -> update(rollout) -> one metrics.jsonl record.
+One training step reads as: make_experience(step) -> Rollout -> update(rollout) -> one metrics.jsonl record; the
+lifecycle around the steps is trainers/base_trainer.py's, the settings trainers/configs/ppo.py's.
 
   make_experience: every process takes its share of the step's users (batch_size x gradient_accumulation_steps
     per process, drawn from one global seeded draw), K candidates each, binary prompts; under no_grad: optional

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from foundation.config import TrainerConfig, option, require
+from foundation.config import SEED_MAX, TrainerConfig, option, require
 
 G_MODEL = "model (left unset: the paper's value for --model)"
 G_TRAIN, G_DATA, G_VALID, G_RUN = ("training", "data and candidates (compare_model/rrec.py's flags)",
@@ -52,7 +52,7 @@ class SequentialConfig(TrainerConfig):
                              group=G_TRAIN)
     seed: int = option(42, "seed of the initialisation, the data order, negatives and dropout, and of the examples "
                            "and candidates (test.py's rule: the same seed gives test.py's candidates)",
-                       group=G_TRAIN)
+                       group=G_TRAIN, min=0, max=SEED_MAX)
     # data and candidates
     dataset_dir: str = option("demo/data/Video_Games_5_2021-1-2023-12", "processed dataset (ours or upstream "
                                                                          "R2ec's layout)", group=G_DATA,
