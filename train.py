@@ -8,12 +8,15 @@ Preemptible jobs:  python train.py ... --resume_from auto   (continues from the 
 from __future__ import annotations
 
 from foundation.errors import exit_on_user_error
-from trainers.ppo_trainer import build_parser, parse_config, run_training  # noqa: F401 (build_parser: --help tests)
+from trainers.configs.ppo import build_parser, parse_config  # noqa: F401 (build_parser: --help tests); torch-free
 
 
 def main(argv: list[str] | None = None) -> dict | None:
     with exit_on_user_error():  # one line from the main process, exit status 2 on every process
-        return run_training(parse_config(argv))
+        cfg = parse_config(argv)
+        from trainers.ppo_trainer import run_training  # torch, transformers: after the flags are parsed
+
+        return run_training(cfg)
 
 
 if __name__ == "__main__":

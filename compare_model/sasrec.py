@@ -33,23 +33,23 @@ from __future__ import annotations
 
 import argparse
 
+from foundation.config import build_parser as config_parser
+from foundation.config import config_from_args
 from foundation.errors import exit_on_user_error
+from trainers.configs.sequential import SequentialConfig  # torch-free: --help never imports the trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from foundation.config import build_parser as config_parser
-    from trainers.sequential_trainer import SequentialConfig
-
     return config_parser(SequentialConfig, description=__doc__)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    from foundation.config import config_from_args
-    from trainers.sequential_trainer import SequentialConfig, run_sequential
-
     args = build_parser().parse_args(argv)
     with exit_on_user_error():
-        return run_sequential(config_from_args(SequentialConfig, args, validate=False))
+        cfg = config_from_args(SequentialConfig, args, validate=False)
+        from trainers.sequential_trainer import run_sequential  # torch: after the flags are parsed
+
+        return run_sequential(cfg)
 
 
 if __name__ == "__main__":

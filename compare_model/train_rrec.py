@@ -12,27 +12,25 @@ import argparse
 from typing import Any, Sequence
 
 from foundation.errors import exit_on_user_error
-from trainers.grec_trainer import RRecTrainingArguments
+from trainers.configs import rrec as config  # torch-free: --help never imports the trainer
+from trainers.configs.rrec import RRecTrainingArguments
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from foundation.config import build_parser as config_parser
-
-    return config_parser(RRecTrainingArguments, description=__doc__.split("\n\n")[0])
+    return config.build_parser(description=__doc__.split("\n\n")[0])
 
 
 def parse_config(argv: Sequence[str] | None = None) -> RRecTrainingArguments:
     """Flags -> settings (validated later, inside the run, so errors are one line)."""
-    from foundation.config import config_from_args
-
-    return config_from_args(RRecTrainingArguments, build_parser().parse_args(argv), validate=False)
+    return config.parse_config(argv, description=__doc__.split("\n\n")[0])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     with exit_on_user_error():  # one line from the main process, exit status 2 on every process
-        from trainers.recpo_trainer import run_training
+        cfg = parse_config(argv)
+        from trainers.recpo_trainer import run_training  # torch, transformers: after the flags are parsed
 
-        return run_training(parse_config(argv))
+        return run_training(cfg)
 
 
 if __name__ == "__main__":

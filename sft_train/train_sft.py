@@ -15,7 +15,7 @@ import argparse
 from foundation.config import build_parser as config_parser
 from foundation.config import config_from_args
 from foundation.errors import exit_on_user_error
-from trainers.sft_trainer import SFTConfig, train_sft
+from trainers.configs.sft import SFTConfig  # torch-free: --help never imports the trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_user_error():
-        out = train_sft(config_from_args(SFTConfig, args))
+        cfg = config_from_args(SFTConfig, args)
+        from trainers.sft_trainer import train_sft  # torch, transformers: after the flags are parsed
+
+        out = train_sft(cfg)
     print(f"saved SFT model to {out} (use it as --model_name_or_path for train.py)")
 
 

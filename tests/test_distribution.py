@@ -21,7 +21,7 @@ N_STEPS = 6
 FAST = ["--K", "4", "--K_eval", "3", "--max_len_per_item", "4", "--user_window_size", "3", "--lr_actor", "1e-3",
         "--lr_critic", "1e-3", "--num_valid_samples", "6", "--print_every", "0", "--seed", "3", "--batch_size", "2",
         "--save_every", "2"]
-VOLATILE = {"wall_time", "samples_per_s", "step_seconds", "tokens_per_s", "tflops_per_s", "mfu", "hfu"}  # + time_*_s
+VOLATILE = {"wall_time_s", "samples_per_s", "step_seconds", "tokens_per_s", "tflops_per_s", "mfu", "hfu"}  # + time_*_s
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import torch
 
 from compare_model.train_rrec import parse_config
 from models.rrec_models import RRecSettings
-from trainers.recpo_trainer import RecPOTrainer, mini_batches, rec_loss, relabel_mask, token_loss
+from trainers.recpo_trainer import RecPORollout, RecPOTrainer, mini_batches, rec_loss, relabel_mask, token_loss
 from trainers.rl.advantages import group_advantages
 
 EPS_LOW, EPS_HIGH = 0.2, 0.28
@@ -100,6 +100,14 @@ def make_process(seed: int, B: int, G: int, H: int = 6):
     return p
 
 
+def rollout_of(proc) -> RecPORollout:
+    """A process's tensors as the RecPORollout our update reads."""
+    B, G = proc.B, proc.G
+    return RecPORollout(examples=[{}] * B, seqs=proc.seqs, starts=proc.starts, generated_tokens=[0] * (B * G),
+                        targets=proc.targets, item_seqs=proc.item_seqs, rewards=proc.rewards.reshape(-1),
+                        reward_parts={}, advantages=proc.adv.view(B, G), relabel=proc.relabel.view(B, G))
+
+
 class StandInModel:
     """model(ids, mask, lp_mask) -> (vectors, flat token log-probs) read from a process's leaf tensors."""
 
@@ -156,8 +164,7 @@ def ours_step(proc, mini_batch_size, broadcast, other=None):
     losses = []
     for ci, rows in enumerate(mini_batches(proc.B * proc.G, cfg.mini_batch_size, cfg.train_batch_size)):
         acc.rows = rows
-        out = RecPOTrainer._mini_batch_loss(fake, ci, rows, proc.seqs, proc.starts, proc.item_seqs, proc.targets,
-                                            proc.adv, proc.adv * proc.relabel, {}, {})
+        out = RecPOTrainer._mini_batch_loss(fake, ci, rows, rollout_of(proc), {}, {})
         losses += [out["rec_loss"], out["token_loss"]]
     return losses
 

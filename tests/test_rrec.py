@@ -72,11 +72,11 @@ def resumed(trained, tiny_model, dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("rrec_resumed") / "run"
     original = RecPOTrainer.training_step
 
-    def step_then_sigterm(self, step, examples):
-        stats = original(self, step, examples)
+    def step_then_sigterm(self, step):
+        out = original(self, step)
         if step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
-        return stats
+        return out
 
     mp = pytest.MonkeyPatch()
     mp.setattr(RecPOTrainer, "training_step", step_then_sigterm)
@@ -546,12 +546,17 @@ def test_recpo_training_run(trained):
 
     run, result = trained
     recs = _metrics(run)
-    assert [(r["step"], "split" in r) for r in recs] == [(0, True), (1, False), (2, False), (2, True), (3, False)]
+    # one record per step (the base trainer's): step 0 is the untrained model's evaluation, step 2's record holds
+    # its training numbers and its evaluation
+    assert [(r["step"], "loss" in r, "valid/NDCG@10" in r) for r in recs] == \
+        [(0, False, True), (1, True, False), (2, True, True), (3, True, False)]
     for r in recs:
+        assert r["wall_time_s"] >= 0
         if "loss" in r:
             assert all(math.isfinite(r[k]) for k in ("loss", "token_loss", "rec_loss", "reward", "grad_norm"))
             assert 0.0 <= r["reward"] <= 1.0 and r["generated_tokens"] <= 6 and r["lr"] == 5e-3
-        else:
+            assert r["step_seconds"] > 0
+        if "valid/NDCG@10" in r:
             assert {"valid/NDCG@10", "valid_full/NDCG@10", "valid_full/HR@20"} <= set(r) and r["valid_full/n"] == 4
     # a checkpoint at every evaluation and at the end; the best (the only evaluation after the start) is final
     assert result["best_step"] == 2 and result["final"] == run / "final_checkpoint"
@@ -697,9 +702,13 @@ def test_gathered_negatives_line_up_users_with_their_targets(monkeypatch):
     monkeypatch.setattr(recpo, "rec_loss", recording_rec_loss)
     seqs = [[1, 2, 9], [1, 2, 8], [3, 4, 9], [3, 4, 7]]  # user 0's two rollouts, user 1's two
     item_seqs = [[5, 6], [5, 6]]  # both users bought item 12: the same prompt twice
-    weights = torch.tensor([0.0, 0.0, 1.5, 0.0])
-    recpo.RecPOTrainer._mini_batch_loss(fake, 1, rows, seqs, [2] * 4, item_seqs, [12, 12], torch.ones(4), weights,
-                                        {}, {})
+    # rec weights (advantage x relabel mask) 0, 0, 1.5, 0: only user 1's first rollout is relabelled
+    rollout = recpo.RecPORollout(examples=[{}, {}], seqs=seqs, starts=[2] * 4, generated_tokens=[1] * 4,
+                                 targets=[12, 12], item_seqs=item_seqs, rewards=torch.zeros(4), reward_parts={},
+                                 advantages=torch.tensor([[1.0, 1.0], [1.5, 1.0]]),
+                                 relabel=torch.tensor([[False, False], [True, False]]))
+    assert rollout.rec_weights.tolist() == [0.0, 0.0, 1.5, 0.0]
+    recpo.RecPOTrainer._mini_batch_loss(fake, 1, rows, rollout, {}, {})
     s = seen["scores"]
     assert s.shape == (4, 4)  # (2 processes x 2 rollouts) x (2 processes x 2 targets)
     assert seen["labels"] == [1, 1, 3, 3]  # process 0's user 1 -> its column 1; ours -> column B + 1 = 3

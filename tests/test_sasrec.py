@@ -102,6 +102,7 @@ def test_learns_the_planted_successor_pattern(model, sasrec_run, data_dir, tmp_p
     assert all(s["full_rank"] is not None and 1 <= s["full_rank"] <= N_ITEMS for s in data["samples"])
     assert data["full_ranking_metrics"]["NDCG@10"] > 0.5  # the pattern holds against the whole catalogue too
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all({"step", "lr", "wall_time_s"} <= set(r) for r in log)  # the keys every trainer logs
     best = max(log, key=lambda r: r["valid/NDCG@10"])  # the first of the best, as strict improvement keeps it
     assert data["meta"]["training"]["best_epoch"] == best["epoch"] and log[-1]["epoch"] - best["epoch"] <= 5
 
@@ -217,7 +218,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(data_dir, tmp_path, 
     assert again["meta"]["training"]["best_epoch"] == whole["meta"]["training"]["best_epoch"]
 
     def log(run):
-        return [{k: v for k, v in json.loads(line).items() if not k.endswith("seconds")}
+        return [{k: v for k, v in json.loads(line).items() if not k.endswith("seconds") and k != "wall_time_s"}
                 for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
     assert log("resumed") == log("whole") and len(log("whole")) == 6
     kept = sorted(p.name for p in (tmp_path / "whole").glob("checkpoint-*"))
@@ -240,6 +241,14 @@ def test_upstream_layout_gives_the_same_result(data_dir, tmp_path, capsys):
     assert "upstream R2ec item_info layout" in capsys.readouterr().err
     assert theirs["meta"]["dataset_layout"] == "upstream" and ours["meta"]["dataset_layout"] == "ours"
     assert theirs["samples"] == ours["samples"] and theirs["sanity_ranks"] == ours["sanity_ranks"]
+
+
+def test_the_config_offers_every_model():
+    """--model's choices (trainers/configs/sequential.py, torch-free) are the models models/sequential.py builds."""
+    from models.sequential import MODELS
+    from trainers.configs.sequential import MODEL_NAMES, PAPER_HIDDEN, PAPER_LOSS
+
+    assert set(MODEL_NAMES) == set(MODELS) == set(PAPER_LOSS) == set(PAPER_HIDDEN)
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec"])

@@ -441,6 +441,9 @@ def test_full_chain(tiny, dataset_dir, tmp_path, capsys):
                                "--save_steps", "1", "--logging_steps", "1", "--device", "cpu"])
     logs = read_jsonl(sft_out / "metrics.jsonl")
     assert [l["step"] for l in logs if "loss" in l] == [1, 2] and all(math.isfinite(l["loss"]) for l in logs if "loss" in l)
+    # the keys every trainer's metrics.jsonl shares (trainers/base_trainer.py): HF's learning_rate is lr
+    assert all(0 <= l["lr"] <= 1e-3 and l["wall_time_s"] >= 0 and "learning_rate" not in l
+               for l in logs if "loss" in l)
     assert (sft_out / "checkpoint-2").is_dir() and (sft_out / "config.json").is_file()
     got = json.loads((sft_out / "sft_args.json").read_text())["distribution"]
     assert (got["mode"], got["processes"], got["mixed_precision"]) == ("single process", 1, "no")

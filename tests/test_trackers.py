@@ -46,7 +46,7 @@ def _check(got: dict[tuple[int, str], float], out, stdout: str) -> None:
     assert not missing, f"metrics.jsonl values the tracker lacks: {missing[:5]}"
     for k, v in want.items():
         assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
-    printed = float(stdout.split("NDCG@3 = ")[1].split()[0])
+    printed = float(stdout.split("validation at step 2: NDCG@3 of ")[1].split(" = ")[1].split()[0])
     assert got[(2, "final_validation/NDCG@3")] == pytest.approx(printed, abs=1e-4)
     assert got[(2, "final_validation/n")] == 6
 

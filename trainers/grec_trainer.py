@@ -1,7 +1,8 @@
-"""RRec's base trainer (docs/rrec.md): settings, model, data order, the item table, evaluation with best-
+"""RRec's base trainer (docs/rrec.md): model, data order, the item table, evaluation with best-
 checkpoint selection and early stopping, checkpoints, logs. The RL step lives in trainers/recpo_trainer.py.
 
-A plain torch loop on accelerate (one process, or one per GPU with DDP under `accelerate launch`/torchrun).
+A plain torch loop on accelerate (one process, or one per GPU with DDP under `accelerate launch`/torchrun): the
+lifecycle is trainers/base_trainer.py's, the settings trainers/configs/rrec.py's.
 Upstream's behaviour by default, setting by setting (README "RRec" lists each with its flag):
   LoRA r=4, alpha 128, dropout 0.05 on q/k/v/o/gate/up/down (every dropout then set to 0, as upstream's
   disable_dropout does), fp32 master weights with bf16 autocast on CUDA (--pure_bf16: bf16 weights), lr 1e-5
@@ -22,217 +23,29 @@ from __future__ import annotations
 
 import math
 import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from models.abstract_models import LoraSettings, check_model_dir, disable_dropout, load_causal_lm
 from models.resolution import ITEM_TABLE_FILE, RREC_FINAL_DIR as FINAL_DIR, rrec_checkpoint_files
 from models.rrec_models import RRecModel
 from prompters.rrec_prompter import RRecPrompter, category_from_dataset_dir
+from trainers.base_trainer import BaseTrainer
+from trainers.configs.rrec import (ADVANTAGE_BROADCASTS, OPTIMIZERS, RRecTrainingArguments,  # noqa: F401 (re-exported)
+                                   build_parser, parse_config)
 from trainers.data.dataset import load_processed_dataset
 from trainers.evaluation.protocol import build_eval_items
 from trainers.evaluation.rrec import compute_item_table, rank_with_rrec, rrec_metrics
-from foundation.checkpoints import (apply_base_lrs, check_optimizer_state_fits,
-                                             finish_resume, load_torch_state,
-                                             open_resume, prepare_output_dir, run_files, save_torch,
-                                             write_checkpoint, write_final_model)
-from foundation.config import SEED_MAX, RunConfig, option, require
-from foundation.distributed import (StopRequest, TrainerProcess, any_process, gather_objects, init_tracking,
-                                             is_sharded, log_metrics, mean_over_processes, shard, step_resources)
+from foundation.checkpoints import (apply_base_lrs, check_optimizer_state_fits, finish_resume, load_torch_state, open_resume,
+                                    prepare_output_dir, run_files, save_torch, write_checkpoint, write_final_model)
+from foundation.config import require
+from foundation.distributed import gather_objects, is_sharded, shard
 from foundation.errors import UserInputError
 from foundation.files import atomic_write_json, read_json
 from foundation.seeding import numpy_rng
-from trainers.rl.advantages import ADVANTAGE_TYPES
 
-OPTIMIZERS = ("adamw", "paged_adamw_8bit")
-# How RecPO's losses weight a mini-batch's rollouts by advantage (trainers/recpo_trainer.py, docs/rrec.md):
-# "upstream" = what upstream's code computes (every rollout weighted by the sum of the mini-batch's advantages),
-# "per_row" = the paper's equations (each rollout weighted by its own advantage).
-ADVANTAGE_BROADCASTS = ("upstream", "per_row")
-G_DATA, G_LORA, G_SIM, G_ROLL, G_RECPO, G_OPT, G_EVAL = (
-    "data and model", "LoRA", "similarity", "rollouts", "RecPO", "optimisation", "evaluation and checkpoints")
-
-
-@dataclass
-class RRecTrainingArguments(RunConfig):
-    """Every setting of an RRec run (defaults: upstream's launch_train.sh); train_rrec.py turns each into a flag.
-    The precision, LoRA and run settings are RunConfig's, with upstream's defaults redeclared here."""
-
-    OPERATIONAL = RunConfig.OPERATIONAL + ("progress", "logging_steps", "eval_batch_size", "item_emb_batch_size",
-                                           "save_total_limit")
-
-    # data and model
-    model_name_or_path: str = option("demo/tiny-qwen", "base causal LM (directory or known name, see paths.py); "
-                                     "upstream trains Qwen2.5-3B-Instruct or gemma-2-2b-it", group=G_DATA)
-    dataset_dir: str = option("demo/data/Video_Games_5_2021-1-2023-12", "processed dataset (ours or upstream "
-                              "R2ec's layout)", group=G_DATA, aliases=("--dataset_path",))
-    category: str = option("", "category for the prompts (default: from the dataset directory name)", group=G_DATA)
-    model_type: str = option("", "qwen|gemma: the family's end-of-turn stop token (default: from the model's "
-                                 "config.json)", group=G_DATA)
-    user_window_size: int = option(20, "history items in the user prompt (upstream 20)", group=G_DATA)
-    item_rating_stats: bool = option(True, "show each item's average_rating ('User Rating') and rating_number "
-                                           "('Number of Buyers') in the item prompt, as upstream does; "
-                                           "--no-item_rating_stats leaves both out: on real Amazon data they are "
-                                           "crawl-time totals that include the valid/test period, a popularity "
-                                           "signal from the future (docs/rrec.md). Recorded in the checkpoint; "
-                                           "compare_model/rrec.py evaluates with the trained setting",
-                                     group=G_DATA)
-    attn_implementation: str = option("auto", "auto|flash_attention_2|sdpa|eager (auto: FA2 on GPU when installed)",
-                                      group=G_DATA)
-    gradient_checkpointing: bool = option(True, "recompute activations in backward (upstream: on); "
-                                                "--no-gradient_checkpointing trades memory for speed", group=G_DATA)
-    # LoRA
-    use_lora: bool = option(True, "train LoRA adapters (upstream: on); --no-use_lora trains all weights",
-                            group=G_LORA)
-    lora_r: int = option(4, "LoRA rank (upstream 4)", group=G_LORA)
-    lora_alpha: float = option(128.0, "LoRA alpha (upstream 128; scale = alpha / r)", group=G_LORA)
-    lora_dropout: float = option(0.05, "LoRA dropout recorded in the adapter (upstream 0.05; inactive while "
-                                       "--disable_dropout)", group=G_LORA)
-    merge_lora: bool = option(False, "write final_checkpoint as a full model with the adapters merged in "
-                                     "(checkpoints keep the adapter)", group=G_LORA)
-    disable_dropout: bool = option(True, "set every dropout, LoRA's included, to 0 (upstream's disable_dropout)",
-                                   group=G_LORA)
-    # similarity
-    similarity_type: str = option("dot", "dot|cosine|L2 (upstream: dot on normalised vectors = cosine)",
-                                  group=G_SIM)
-    similarity_temperature: float = option(0.02, "scores are divided by it (upstream 0.02)", group=G_SIM)
-    similarity_normalization: bool = option(True, "L2-normalise user and item vectors first (upstream: on)",
-                                            group=G_SIM)
-    # rollouts
-    group_size: int = option(4, "reasoning rollouts per user, G (upstream 4; G = 1 generates greedily, as "
-                                "upstream does)", group=G_ROLL)
-    max_new_tokens: int = option(640, "reasoning length limit in training and evaluation (upstream 640)",
-                                 group=G_ROLL)
-    gen_temperature: float = option(2.0, "rollout sampling temperature (upstream 2.0)", group=G_ROLL,
-                                    aliases=("--temperature",))
-    gen_top_k: int = option(50, "rollout top-k, 0 = off (upstream 50)", group=G_ROLL, aliases=("--top_k",))
-    gen_top_p: float = option(1.0, "rollout top-p, 1 = off (upstream 1.0)", group=G_ROLL)
-    repetition_penalty: float | None = option(None, "repetition penalty of rollouts and evaluation (default: the "
-                                                    "model's generation_config.json, as upstream's vLLM gets it; "
-                                                    "1.05 for Qwen2.5-Instruct)", group=G_ROLL)
-    # RecPO
-    reward_ndcg_k: int = option(1000, "k of the NDCG part of the reward (full-catalogue rank, history masked)",
-                                group=G_RECPO)
-    reward_softmax_weight: float = option(0.05, "w: reward = (1-w)*NDCG@k + w*softmax(scores)[target]",
-                                          group=G_RECPO)
-    advantage_type: str = option("gaussian", "gaussian ((r-mean)/(std+1e-8), G=1 -> 1; upstream) | rloo (true "
-                                             "leave-one-out) | upstream_leave_one_out (upstream's r(1+1/G)-mean)",
-                                 group=G_RECPO, choices=ADVANTAGE_TYPES)
-    relabel_topk: int = option(2, "rollouts per user (largest advantage) that get the recommendation loss "
-                                  "(upstream launch script: 2)", group=G_RECPO)
-    advantage_broadcast: str = option(
-        "upstream", "how the token and recommendation losses weight rollouts by advantage. upstream: as upstream's "
-                    "code computes them (its [B,1] advantages, unsqueezed again, broadcast against the [B,L] token "
-                    "ratios and [B,1] item probabilities): every rollout is weighted by the sum of all advantages of "
-                    "its mini-batch (the gathered, relabel-masked ones for the rec loss); with one gaussian group per "
-                    "mini-batch (the default settings) the reasoning tokens get no gradient and the rec loss pulls "
-                    "all G rollouts to the target. per_row: the paper's equations, each rollout weighted by its own "
-                    "advantage (docs/rrec.md)", group=G_RECPO, choices=ADVANTAGE_BROADCASTS)
-    clip_eps_low: float = option(0.2, "surrogate ratio clip below 1", group=G_RECPO)
-    clip_eps_high: float = option(0.28, "surrogate ratio clip above 1", group=G_RECPO)
-    mini_batch_size: int = option(8, "rollouts per forward/backward in the update; upstream caps it at "
-                                     "--train_batch_size, and each mini-batch's losses are averaged over it",
-                                  group=G_RECPO)
-    gather_negs_across_processes: bool = option(True, "in-batch negatives from every process (upstream: on)",
-                                                group=G_RECPO)
-    ppo_epochs: int = option(1, "updates per rollout batch (upstream 1: the ratio is 1 and never clipped)",
-                             group=G_RECPO)
-    step_per_mini_batch: bool = option(True, "an optimiser step (with gradient clipping) after every mini-batch's "
-                                             "backward, as upstream's DeepSpeed launch does (accelerate's DeepSpeed "
-                                             "backward steps the engine at each call); --no-step_per_mini_batch "
-                                             "accumulates the mini-batches into one step per batch", group=G_RECPO)
-    token_loss_weight: float = option(1.0, "weight of the reasoning-token loss (upstream 1)", group=G_RECPO)
-    rec_loss_weight: float = option(1.0, "weight of the recommendation loss (upstream 1)", group=G_RECPO)
-    item_refresh_steps: int = option(0, "also recompute the whole item table every N steps (0 = only at "
-                                        "evaluations, as upstream)", group=G_RECPO)
-    # optimisation
-    train_batch_size: int = option(4, "users per step per process (upstream 4)", group=G_OPT)
-    learning_rate: float = option(1e-5, "learning rate (upstream 1e-5)", group=G_OPT)
-    lr_scheduler_type: str = option("constant", "transformers scheduler: constant (upstream; ignores warmup, as "
-                                                "HF's does)|constant_with_warmup|linear|cosine", group=G_OPT)
-    warmup_steps: int = option(32, "warmup steps of schedulers that warm up (upstream passes 32)", group=G_OPT)
-    weight_decay: float = option(0.0, "AdamW weight decay", group=G_OPT)
-    max_grad_norm: float = option(1.0, "gradient clipping (0 = off)", group=G_OPT)
-    optim: str = option("adamw", "adamw (torch) | paged_adamw_8bit (upstream's; needs bitsandbytes)", group=G_OPT,
-                        choices=OPTIMIZERS)
-    num_train_epochs: float = option(3.0, "passes over the train split (upstream 3)", group=G_OPT)
-    max_steps: int = option(-1, "stop after this many steps (> 0 overrides --num_train_epochs)", group=G_OPT)
-    max_train_samples: int = option(-1, "use only the first N train examples (-1 = all)", group=G_OPT)
-    seed: int = option(42, "seed of data order, rollout sampling and validation candidates", group=G_OPT,
-                       min=0, max=SEED_MAX)
-    # evaluation and checkpoints
-    eval_steps: int = option(-1, "validate (and checkpoint) every N steps; -1 = upstream's "
-                                 "floor(n_train / (3 * train_batch_size) / 8); 0 = only at the end", group=G_EVAL)
-    eval_on_start: bool = option(True, "validate the untrained model at step 0 (logged, never the best)",
-                                 group=G_EVAL)
-    num_eval_samples: int = option(-1, "validation users per evaluation (-1 = the whole valid split, upstream; 0 = "
-                                       "no evaluation, so no best model)", group=G_EVAL)
-    eval_test_split: bool = option(False, "also evaluate the test split at every evaluation and log it (upstream "
-                                          "does; never used for selection)", group=G_EVAL)
-    rank_repeat_targets: bool = option(False, "full-catalogue metrics: keep a target that is also a history item "
-                                              "rankable (upstream masks it with the rest of the history, so it "
-                                              "counts as a miss; only upstream-built data has such targets)",
-                                       group=G_EVAL)
-    eval_batch_size: int = option(32, "users per generation/forward batch in evaluation and reward scoring",
-                                  group=G_EVAL)
-    item_emb_batch_size: int = option(128, "items per forward when the item table is computed", group=G_EVAL)
-    K: int = option(20, "candidates per validation user for the candidate metrics (target + K-1 negatives)",
-                    group=G_EVAL)
-    K_eval: int | None = option(None, "extra candidate-metric cut-off (default min(10, --K))", group=G_EVAL)
-    load_best_model_at_end: bool = option(True, "final_checkpoint = the checkpoint with the best valid full-"
-                                                "catalogue NDCG@10 (upstream); --no-... keeps the last model",
-                                          group=G_EVAL)
-    early_stopping_patience: int = option(8, "stop after N evaluations without a better valid NDCG@10 (0 = "
-                                             "never; upstream 8)", group=G_EVAL)
-    save_steps: int = option(0, "extra checkpoints every N steps (0 = none; a checkpoint is written at every "
-                                "evaluation and at the end anyway)", group=G_EVAL)
-    save_total_limit: int = option(5, "keep the newest N checkpoints plus the best (0 = all; upstream 5)",
-                                   group=G_EVAL)
-    logging_steps: int = option(1, "write metrics.jsonl every N steps", group=G_EVAL)
-    output_dir: str = option("outputs/rrec", "checkpoint-N/, final_checkpoint/, metrics.jsonl, args.json",
-                             group=G_EVAL)
-    progress: bool = option(True, "show tqdm bars (--no-progress hides them)", group=G_EVAL)
-
-    def validate(self) -> None:
-        if self.K_eval is None:
-            self.K_eval = min(10, self.K)
-        self.validate_run()
-        for flag, allowed in (("model_type", ("", "qwen", "gemma")), ("similarity_type", ("dot", "cosine", "L2")),
-                              ("advantage_broadcast", ADVANTAGE_BROADCASTS)):
-            require(getattr(self, flag) in allowed, f"--{flag} {getattr(self, flag)!r}: must be one of "
-                                                    f"{'|'.join(a for a in allowed if a)}")
-        require(self.K >= 2, f"--K {self.K}: must be >= 2 (the target plus at least one negative)")
-        require(1 <= self.K_eval <= self.K, f"--K_eval {self.K_eval}: must be between 1 and --K {self.K}")
-        for flag in ("user_window_size", "group_size", "train_batch_size", "eval_batch_size", "item_emb_batch_size",
-                     "relabel_topk", "mini_batch_size", "ppo_epochs", "reward_ndcg_k", "logging_steps"):
-            require(getattr(self, flag) >= 1, f"--{flag} {getattr(self, flag)}: must be >= 1")
-        for flag in ("max_new_tokens", "gen_top_k", "warmup_steps", "weight_decay", "max_grad_norm",
-                     "item_refresh_steps", "early_stopping_patience", "save_steps", "save_total_limit",
-                     "clip_eps_low", "clip_eps_high", "token_loss_weight", "rec_loss_weight", "learning_rate"):
-            v = getattr(self, flag)
-            require(v >= 0 and math.isfinite(v), f"--{flag} {v}: must be >= 0")
-        for flag in ("gen_temperature", "similarity_temperature"):
-            v = getattr(self, flag)
-            require(v > 0 and math.isfinite(v), f"--{flag} {v}: must be a finite number > 0")
-        require(0 < self.gen_top_p <= 1, f"--gen_top_p {self.gen_top_p}: must be in (0, 1]")
-        require(0 <= self.reward_softmax_weight <= 1,
-                f"--reward_softmax_weight {self.reward_softmax_weight}: must be in [0, 1]")
-        require(self.repetition_penalty is None or self.repetition_penalty > 0,
-                f"--repetition_penalty {self.repetition_penalty}: must be > 0")
-        require(self.eval_steps >= -1, f"--eval_steps {self.eval_steps}: must be -1 (upstream's rule), 0 or > 0")
-        require(self.max_steps > 0 or self.num_train_epochs > 0, "--max_steps <= 0 needs --num_train_epochs > 0")
-        require(not (self.advantage_type == "rloo" and self.group_size < 2),
-                "--advantage_type rloo needs --group_size >= 2")
-
-    @property
-    def gradient_accumulation_steps(self) -> int:
-        """One optimiser step per training step."""
-        return 1
 
 
 def upstream_eval_steps(n_train: int, train_batch_size: int) -> int:
@@ -247,8 +60,12 @@ def output_dir_artifacts(out: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------ the trainer
-class GRecTrainer(TrainerProcess):
-    """Base RRec trainer (one instance per process). Subclasses implement training_step(step, examples)."""
+class GRecTrainer(BaseTrainer):
+    """Base RRec trainer (one instance per process): model, data order, item table, evaluation with best-checkpoint
+    selection and early stopping, checkpoints; the loop is BaseTrainer's. Subclasses (RecPOTrainer) implement
+    make_experience(step) and update(experience)."""
+
+    SCRIPT, PROGRESS_DESC, TRACKER_PROJECT = "train_rrec.py", "RecPO", "ourrec_rrec"
 
     def __init__(self, cfg: RRecTrainingArguments, accelerator) -> None:
         super().__init__(cfg, accelerator)
@@ -269,7 +86,7 @@ class GRecTrainer(TrainerProcess):
         self.resume_ckpt, self.state, self.changed = open_resume(cfg, rrec_checkpoint_files(), self.base_model_dir)
         self.train_rows = train.to_list()
         self.steps_per_epoch = len(self.train_rows) // per_step
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
+        self.max_steps = cfg.max_steps if cfg.max_steps > 0 else max(
             1, math.ceil(cfg.num_train_epochs * self.steps_per_epoch))
         self.eval_every = upstream_eval_steps(len(self.train_rows), cfg.train_batch_size) if cfg.eval_steps == -1 \
             else cfg.eval_steps
@@ -312,7 +129,7 @@ class GRecTrainer(TrainerProcess):
         raw = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
         try:  # stepped by us once per training step
             self.scheduler = get_scheduler(cfg.lr_scheduler_type, raw, num_warmup_steps=cfg.warmup_steps,
-                                           num_training_steps=self.total_steps)
+                                           num_training_steps=self.max_steps)
         except (ValueError, KeyError, TypeError) as e:
             raise UserInputError(f"--lr_scheduler_type {cfg.lr_scheduler_type!r}: {e}")
         self.item_table: torch.Tensor | None = None
@@ -377,7 +194,7 @@ class GRecTrainer(TrainerProcess):
                 progress=self.cfg.progress and self.is_main, rank=self.rank, world=self.world,
                 gather=lambda obj: gather_objects(self.acc, obj)).float()
 
-    def evaluate(self, split: str) -> dict[str, float]:
+    def evaluate_split(self, split: str) -> dict[str, float]:
         """Candidate and full-catalogue metrics of a split (each process ranks its shard; all get the result)."""
         c = self.cfg
         items = build_eval_items(self.dataset, split, c.num_eval_samples, c.K, c.seed)
@@ -392,18 +209,17 @@ class GRecTrainer(TrainerProcess):
         return {**{f"{split}/{k}": v for k, v in rows["rrec"].items()},
                 **{f"{split}_full/{k}": v for k, v in rows["rrec (full catalogue)"].items()}}
 
-    def evaluate_and_log(self, step: int) -> dict[str, Any]:
-        """Recompute the item table (upstream does at every evaluation), evaluate valid (and test), log."""
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """Recompute the item table (upstream does at every evaluation), then the valid (and test) metrics."""
         self.refresh_item_table()
-        rec: dict[str, Any] = {"step": step, "split": "valid"}
+        out: dict[str, Any] = {}
         if self.cfg.num_eval_samples == 0:
-            return rec
+            return out
         if len(self.dataset.split("valid")):
-            rec.update(self.evaluate("valid"))
+            out.update(self.evaluate_split("valid"))
         if self.cfg.eval_test_split and len(self.dataset.split("test")):
-            rec.update(self.evaluate("test"))
-        self.log(rec)
-        return rec
+            out.update(self.evaluate_split("test"))
+        return out
 
     def update_best(self, step: int, rec: dict[str, Any]) -> bool:
         """Track the best valid full-catalogue NDCG@10 (upstream's metric_for_best_model) and the early-stopping
@@ -419,10 +235,7 @@ class GRecTrainer(TrainerProcess):
         p = self.cfg.early_stopping_patience
         return bool(p) and self.evals_without_improvement >= p
 
-    # ---- logging, output dir -------------------------------------------------------------------
-    def log(self, record: dict[str, Any]) -> None:
-        log_metrics(self.acc, self.out / "metrics.jsonl", record, self.cfg.report_to != "none")
-
+    # ---- output dir ------------------------------------------------------------------------------
     def prepare_output_dir(self) -> None:
         """Every check has passed: now (and only now) --overwrite_output_dir removes the old run's files, and a
         resumed run's metrics.jsonl loses the records of steps after its checkpoint ('auto' without one: all of
@@ -443,8 +256,9 @@ class GRecTrainer(TrainerProcess):
             save_torch(self.scheduler.state_dict(), tmp / "scheduler.pt")
             save_torch(self.item_table.detach().cpu(), tmp / ITEM_TABLE_FILE)
 
-    def save_checkpoint(self, step: int, wall_time: float) -> Path:
-        state = {"step": step, "world_size": self.world, "total_steps": self.total_steps, "wall_time": wall_time,
+    def save_checkpoint(self, step: int) -> Path:
+        state = {"step": step, "world_size": self.world, "total_steps": self.max_steps,
+                 "wall_time": self.state.get("wall_time", 0.0),
                  "best_step": self.best_step, "best_metric": self.best_metric,
                  "evals_without_improvement": self.evals_without_improvement,
                  "base_model": str(self.base_model_dir), "lora": self.rrec.lora_settings_dict()}
@@ -496,67 +310,60 @@ class GRecTrainer(TrainerProcess):
                     and not (dst / f.name).exists():
                 shutil.copy2(f, dst / f.name)
 
-    # ---- the loop ----------------------------------------------------------------------------
-    def training_step(self, step: int, examples: list[dict]) -> dict[str, float]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    # ---- the lifecycle's hooks (BaseTrainer.train runs the loop) -------------------------------------
+    @property
+    def show_progress(self) -> bool:
+        return self.cfg.progress
 
-    def train(self) -> dict[str, Any]:
-        """Run to --max_steps / --num_train_epochs (or early stopping, or a signal)."""
+    def on_train_start(self) -> dict[str, Any] | None:
+        """Upstream's eval_on_start (a fresh run only; never a candidate for the best model), the item table, the
+        batch order from the step after start_step."""
+        first = None
+        if self.resume_ckpt is None and self.cfg.eval_on_start:
+            first = self.evaluate(0)
+            first = {"step": 0, **first} if first else None
+        if self.item_table is None:
+            self.refresh_item_table()
+        self._batches = self.batches()
+        return first
+
+    def next_batch(self) -> list[dict]:
+        """This process's examples of the next step."""
+        return next(self._batches)
+
+    def training_step(self, step: int) -> tuple[dict[str, Any], Any]:
         c = self.cfg
-        self.prepare_output_dir()
-        init_tracking(self.acc, "ourrec_rrec", c)
-        t0, wall0 = time.time(), float(self.state.get("wall_time", 0.0))
-        stopped_by, early, step, last = None, False, self.start_step, {}
-        bar = tqdm(total=self.total_steps, initial=self.start_step, desc="RecPO", unit="step",
-                   disable=not (c.progress and self.is_main), dynamic_ncols=True)
-        with StopRequest() as stop:
-            if self.resume_ckpt is None and c.eval_on_start:
-                self.evaluate_and_log(0)  # upstream's eval_on_start; never a candidate for the best model
-            if self.item_table is None:
-                self.refresh_item_table()
-            batches = self.batches()
-            while step < self.total_steps:
-                step += 1
-                if c.item_refresh_steps and step > 1 and (step - 1) % c.item_refresh_steps == 0:
-                    self.refresh_item_table()
-                t = time.time()
-                lr = self.scheduler.get_last_lr()[0]
-                stats = self.training_step(step, next(batches))
-                stats = mean_over_processes(self.acc, stats)
-                last = {"step": step, **stats, "lr": lr, **step_resources(self.acc.device, t),
-                        "wall_time_s": wall0 + time.time() - t0}
-                if step % c.logging_steps == 0 or step == self.total_steps:
-                    self.log(last)
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.3f}",
-                                reward=f"{stats.get('reward', float('nan')):.3f}")
-                evaluated = (self.eval_every > 0 and step % self.eval_every == 0) or \
-                    (self.eval_every == 0 and step == self.total_steps)
-                if evaluated:
-                    early = self.update_best(step, self.evaluate_and_log(step))
-                if any_process(self.acc, stop.requested):
-                    stopped_by = stop.signal_name or "a signal on another process"
-                if evaluated or step == self.total_steps or stopped_by or early or \
-                        (c.save_steps and step % c.save_steps == 0):
-                    self.save_checkpoint(step, wall0 + time.time() - t0)
-                if stopped_by or early:
-                    break
-        bar.close()
-        result = {"last": last, "step": step, "stopped_by": stopped_by, "early_stopped": early,
-                  "best_step": self.best_step, "best_metric": self.best_metric, "final": None}
-        if stopped_by:
-            if self.is_main:
-                print(f"train_rrec.py: stopped by {stopped_by} after step {step}; checkpoint-{step} is complete; "
-                      "rerun with --resume_from auto to continue")
-        else:
-            if early and self.is_main:
-                print(f"early stopping at step {step}: {self.evals_without_improvement} evaluations without a "
-                      f"better valid NDCG@10 (best {self.best_metric:.4f} at step {self.best_step})")
-            result["final"] = self.save_final(step)
-            if self.is_main:
-                print(f"final model: {self.out / FINAL_DIR} (from step "
-                      f"{self.best_step if c.load_best_model_at_end and self.best_step else step})")
-        if c.report_to != "none":
-            self.acc.end_training()
-        self.acc.wait_for_everyone()
-        return result
+        if c.item_refresh_steps and step > 1 and (step - 1) % c.item_refresh_steps == 0:
+            self.refresh_item_table()
+        return super().training_step(step)
+
+    def should_log(self, step: int) -> bool:
+        return step % self.cfg.logging_steps == 0 or step == self.max_steps
+
+    def should_evaluate(self, step: int) -> bool:
+        return (self.eval_every > 0 and step % self.eval_every == 0) or \
+            (self.eval_every == 0 and step == self.max_steps)
+
+    def should_stop_early(self, step: int, evaluation: dict[str, Any]) -> bool:
+        return self.update_best(step, evaluation)
+
+    def should_save(self, step: int, evaluated: bool) -> bool:
+        return evaluated or bool(self.cfg.save_steps and step % self.cfg.save_steps == 0)
+
+    def progress_postfix(self, record: dict[str, Any]) -> dict[str, str]:
+        nan = float("nan")
+        return {"loss": f"{record.get('loss', nan):.3f}", "reward": f"{record.get('reward', nan):.3f}"}
+
+    def finish(self, step: int, early_stopped: bool) -> Path | None:
+        """{output_dir}/final_checkpoint: the best checkpoint's model (or the last one)."""
+        if early_stopped and self.is_main:
+            print(f"early stopping at step {step}: {self.evals_without_improvement} evaluations without a "
+                  f"better valid NDCG@10 (best {self.best_metric:.4f} at step {self.best_step})")
+        final = self.save_final(step)
+        if self.is_main:
+            print(f"final model: {self.out / FINAL_DIR} (from step "
+                  f"{self.best_step if self.cfg.load_best_model_at_end and self.best_step else step})")
+        return final
+
+    def result(self) -> dict[str, Any]:
+        return {"best_step": self.best_step, "best_metric": self.best_metric}

@@ -1,6 +1,7 @@
 """PL-PPO training of the binary judge (DESIGN.md section 5), on accelerate.
 
-One training step reads as: make_experience(step) -> Rollout -> update(rollout) -> one metrics.jsonl record.
+One training step reads as: make_experience(step) -> Rollout -> update(rollout) -> one metrics.jsonl record; the
+lifecycle around the steps is trainers/base_trainer.py's, the settings trainers/configs/ppo.py's.
 
   make_experience: every process takes its share of the step's users (batch_size x gradient_accumulation_steps
     per process, drawn from one global seeded draw), K candidates each, binary prompts; under no_grad: optional
@@ -33,197 +34,49 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from models.abstract_models import LoraSettings, check_model_dir, disable_dropout
 from models.flops import ModelFlops, peak_tflops
-from models.qwen_models import BinaryJudge, SamplingSettings
+from models.qwen_models import BinaryJudge, SamplingSettings, resolve_scoring
 from models.shared_prefix import user_chunks
 from paths import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHT_FILES, HEADS_FILE, TOKENIZER_FILES, WEIGHT_FILES
-from prompters.binary_prompter import BinaryPrompter, load_template
+from prompters.binary_prompter import BinaryPrompter
+from trainers.base_trainer import BaseTrainer
+from trainers.configs.ppo import PPOConfig, build_parser, parse_config  # noqa: F401 (train.py's)
 from trainers.data.candidates import sample_candidates
-from trainers.data.dataset import check_dataset_type, load_processed_dataset
+from trainers.data.dataset import load_processed_dataset
 from trainers.evaluation.judge import JudgeRankSettings, rank_examples
 from trainers.evaluation.metrics import (eval_ks, metrics_from_ranks, ndcg_at_tensor, ndcg_reward,
                                          target_rank_tensor)
 from trainers.evaluation.protocol import build_eval_items
 from foundation.checkpoints import (apply_base_lrs, capture_rng_state, check_optimizer_state_fits,
-                                             finish_resume, load_torch_state, open_resume, prepare_output_dir,
+                                    finish_resume, load_torch_state, open_resume, prepare_output_dir,
                                     restore_rng_state, run_files, save_torch, select_param_groups,
                                     write_checkpoint, write_final_model)
-from foundation.config import SEED_MAX, RunConfig, config_from_args, option, require
-from foundation.config import build_parser as config_parser
-from foundation.distributed import (StopRequest, TrainerProcess, any_process, configure_deepspeed,
-                                    describe_distribution, gather_objects, init_tracking, is_sharded, log_metrics,
-                                    max_over_processes, mean_over_processes, run_trainer, shard, step_resources,
-                                    uses_deepspeed)
+from foundation.config import require
+from foundation.distributed import (configure_deepspeed, describe_distribution, gather_objects, is_sharded,
+                                    log_to_trackers, max_over_processes, mean_over_processes, run_trainer, shard,
+                                    step_resources, uses_deepspeed)
 from foundation.errors import UserInputError
 from foundation.files import append_jsonl, atomic_write_json, atomic_write_text
 from foundation.plotting import plot_training
 from foundation.seeding import derived_seed
 from foundation.step_timing import PhaseTimer
-from trainers.rl.advantages import (ADVANTAGE_ESTIMATORS, estimator_uses_critic, get_advantage_estimator,
-                                    normalize_advantages)
+from trainers.rl.advantages import get_advantage_estimator, normalize_advantages
 from trainers.rl.diagnostics import StepStats, explained_variance, pl_entropy_mc, pl_first_position_entropy
 from trainers.rl.kl import approx_kl_k3, kl_penalty
 from trainers.rl.losses import clipped_surrogate, clipped_value_loss
 from trainers.rl.micro_batches import (MicroBatch, fixed_micro_batches, from_index_groups, micro_batch_loss_factor,
                                        token_budget_micro_batches)
 from trainers.rl.pl import gumbel_topk_from_uniform, pl_log_prob
-from trainers.utils import SCHEDULERS, lr_lambda_factory, param_checksum, sample_step_indices, step_candidate_seed
+from trainers.utils import lr_lambda_factory, param_checksum, sample_step_indices, step_candidate_seed
 
 FINAL_DIR = "final"
 SHARDED_STATE_DIR = "accelerate_state"  # FSDP/DeepSpeed optimizer and model shards (accelerator.save_state)
-
-
-# ---------------------------------------------------------------------------------------------- config
-@dataclass
-class PPOConfig(RunConfig):
-    """Every setting of a PL-PPO run; train.py turns each field into a flag (the shared precision, LoRA and run
-    settings come from foundation/config.RunConfig)."""
-
-    OPERATIONAL = RunConfig.OPERATIONAL + ("save_every", "save_total_limit", "print_every", "eval_every",
-                                           "num_valid_samples", "eval_K", "token_log_path", "no_plot",
-                                           "write_param_checksums", "scoring_chunk_size")
-    G_DATA = "data and model"
-    # data and model
-    model_name_or_path: str = option("demo/tiny-qwen", "base model directory or known name (paths.py); a PEFT "
-                                     "adapter directory continues training that adapter", group=G_DATA)
-    dataset_path: str = option("demo/data/Video_Games_5_2021-1-2023-12",
-                               "processed DatasetDict written by preprocess.py", group=G_DATA)
-    dataset_type: str = option("other", "movies|other: which binary prompt template", group=G_DATA)
-    prompt_template: str | None = option(None, "file overriding the binary prompt template", group=G_DATA)
-    max_len_per_item: int = option(64, "tokens of item text per history/candidate item", group=G_DATA)
-    user_window_size: int = option(10, "history items shown in the prompt", group=G_DATA)
-    scoring_chunk_size: int = option(32, "prompts per forward pass in naive scoring (the shared path packs "
-                                         "users up to the same token budget)", group=G_DATA,
-                                     aliases=("--micro_batch_size",))
-    output_dir: str = option("outputs/ppo", "checkpoint-N/ directories, final/ (the finished model), "
-                                            "metrics.jsonl, training.png", group="run: output, resume, tracking")
-    # ranking and reward
-    K: int = option(20, "candidates per user (target + K-1 negatives)", group="ranking and reward")
-    K_eval: int = option(10, "NDCG cut-off of the reward and validation metric", group="ranking and reward")
-    eval_K: int = option(20, "candidates per validation example (target + eval_K-1 negatives), as test.py's --K "
-                             "(default 20): validation ranks what evaluation ranks, whatever the training --K; its "
-                             "metrics are named with both, e.g. val_NDCG@10_K20", group="ranking and reward")
-    temperature: float = option(1.0, "PL temperature τ on the scores", group="ranking and reward")
-    scoring: str = option("naive", "naive|shared: per-prompt or shared-prefix scoring", group="ranking and reward")
-    max_new_tokens: int = option(0, "reasoning tokens per candidate (0 = direct mode)", group="ranking and reward")
-    gen_temperature: float = option(1.0, "sampling temperature of reasoning generation",
-                                    group="ranking and reward")
-    gen_top_k: int = option(50, "top-k of reasoning sampling (0 = off)", group="ranking and reward")
-    gen_top_p: float = option(1.0, "top-p of reasoning sampling (1 = off)", group="ranking and reward")
-    gen_batch_size: int = option(256, "(user, candidate) rows decoded together in reasoning generation with "
-                                      "--scoring shared (memory: rows x prompt length of KV cache)",
-                                 group="ranking and reward")
-    # optimisation
-    batch_size: int = option(4, "users per process per micro-batch (one forward/backward)", group="optimisation")
-    gradient_accumulation_steps: int = option(1, "micro-batches per optimiser step (HF's meaning: a step sees "
-                                                 "batch_size x this x processes users)", group="optimisation")
-    max_steps: int = option(-1, "training steps (<= 0: from --num_train_epochs)", group="optimisation")
-    num_train_epochs: float = option(1.0, "used when --max_steps <= 0: epochs over the train split",
-                                     group="optimisation")
-    ppo_epochs: int = option(2, "optimiser updates per rollout batch", group="optimisation")
-    clip_eps: float = option(0.2, "PPO ratio clip (also the value clip)", group="optimisation")
-    rankings_per_user: int = option(4, "PL rankings sampled per user from one scoring pass: more samples, lower-"
-                                       "variance gradients at almost no extra cost", group="optimisation")
-    advantage_estimator: str = option("critic", "critic: A = R - V with the value head as the baseline (PPO, trains "
-                                                "the value head); rloo: R minus the mean reward of the user's other "
-                                                "rankings; grpo: (R - mean) / std over the user's rankings. rloo and "
-                                                "grpo need --rankings_per_user >= 2 and do not run or train the value "
-                                                "head (no value loss, --lr_critic and --vf_coef unused)",
-                                      group="optimisation")
-    kl_coef: float = option(0.0, "KL penalty to the frozen initial model (0 = none; with LoRA the reference is "
-                                 "the base model with adapters disabled)", group="optimisation")
-    vf_coef: float = option(1.0, "weight of the value loss", group="optimisation")
-    lr_actor: float = option(1e-5, "learning rate of the backbone (or the LoRA adapters)", group="optimisation")
-    lr_critic: float = option(1e-4, "learning rate of the value head", group="optimisation")
-    weight_decay: float = option(0.0, "AdamW weight decay (actor and critic)", group="optimisation")
-    warmup_steps: int = option(0, "linear learning-rate warmup steps before --lr_scheduler takes over",
-                               group="optimisation")
-    lr_scheduler: str = option("constant", "constant|cosine (after warmup)", group="optimisation")
-    max_grad_norm: float = option(1.0, "gradient clipping, actor and critic separately (<= 0: off; the pre-clip "
-                                       "norm is logged either way)", group="optimisation")
-    normalize_advantage: bool = option(True, "standardise advantages over the global batch (needs >= 2 "
-                                             "samples in it)", group="optimisation")
-    seed: int = option(42, "seed of model init, batch order, candidates and PL/reasoning sampling",
-                       group="optimisation", min=0, max=SEED_MAX)
-    # logging, validation, checkpoints
-    save_every: int = option(100, "checkpoint every N steps (and at the end)", group="logging and checkpoints")
-    save_total_limit: int = option(3, "keep the newest N checkpoints (<= 0: all)", group="logging and checkpoints")
-    print_every: int = option(50, "print example rankings every N steps (0 = never)",
-                              group="logging and checkpoints")
-    eval_every: int = option(0, "validation NDCG every N steps and at the last step (0 = only at the last step)",
-                             group="logging and checkpoints")
-    num_valid_samples: int = option(200, "validation examples (<= 0: all)", group="logging and checkpoints")
-    token_log_path: str | None = option(None, "JSONL of reasoning output lengths (default "
-                                              "{output_dir}/token_lengths.jsonl in reasoning mode)",
-                                        group="logging and checkpoints")
-    no_plot: bool = option(False, "do not write {output_dir}/training.png at the end",
-                           group="logging and checkpoints")
-    write_param_checksums: bool = option(False, "at the end every process writes "
-                                                "{output_dir}/param_checksum_rank{R}.txt, a checksum of its weights "
-                                                "(checks that DDP processes hold identical weights)",
-                                         group="logging and checkpoints")
-    # throughput of the update (issue 26; docs/performance.md)
-    max_tokens_per_micro_batch: int = option(
-        0, "0: micro-batches of --batch_size users (today's split); N > 0: every optimiser step still sees all "
-           "--batch_size x --gradient_accumulation_steps users of the step, split into micro-batches of up to N "
-           "tokens (packed users, counted as a forward counts them; one user always fits), and every shared-prefix "
-           "forward of the run packs up to N tokens, so the update reuses the rollout's layouts. The gradient is the "
-           "full-batch mean however the users are split", group="optimisation", min=0)
-    adamw_implementation: str = option(
-        "auto", "AdamW kernels: auto = fused on CUDA (one kernel for all weights), torch's default elsewhere (a "
-                "CPU's fused kernel rounds differently from the for-each one, so CPU results stay as they were); "
-                "fused|foreach force one", group="optimisation", choices=("auto", "fused", "foreach"))
-
-    @property
-    def reasoning(self) -> bool:
-        return self.max_new_tokens > 0
-
-    @property
-    def uses_critic(self) -> bool:
-        """Whether the advantage estimator needs the value head (else it is neither run nor trained)."""
-        return estimator_uses_critic(self.advantage_estimator)
-
-    def validate(self) -> None:
-        check_dataset_type(self.dataset_type)
-        self.validate_run()
-        for flag, allowed in (("scoring", ("naive", "shared")), ("lr_scheduler", SCHEDULERS)):
-            require(getattr(self, flag) in allowed, f"--{flag} {getattr(self, flag)!r}: must be one of "
-                                                    f"{'|'.join(allowed)}")
-        require(self.K >= 2, f"--K {self.K}: must be >= 2 (the target plus at least one negative)")
-        require(1 <= self.K_eval <= self.K, f"--K_eval {self.K_eval}: must be in 1..--K ({self.K})")
-        require(self.eval_K >= self.K_eval and self.eval_K >= 2,
-                f"--eval_K {self.eval_K}: must be >= 2 and >= --K_eval ({self.K_eval})")
-        require(self.advantage_estimator in ADVANTAGE_ESTIMATORS,
-                f"--advantage_estimator {self.advantage_estimator!r}: must be one of {'|'.join(ADVANTAGE_ESTIMATORS)}")
-        require(self.uses_critic or self.rankings_per_user >= 2,
-                f"--advantage_estimator {self.advantage_estimator} compares the rankings of one user: it needs "
-                f"--rankings_per_user >= 2 (got {self.rankings_per_user})")
-        for flag in ("max_len_per_item", "user_window_size", "batch_size", "ppo_epochs", "save_every",
-                     "rankings_per_user", "gradient_accumulation_steps", "scoring_chunk_size", "gen_batch_size"):
-            require(getattr(self, flag) >= 1, f"--{flag} {getattr(self, flag)}: must be >= 1")
-        for flag in ("temperature", "clip_eps", "gen_temperature"):
-            v = getattr(self, flag)
-            require(v > 0 and math.isfinite(v), f"--{flag} {v}: must be a finite number > 0")
-        for flag in ("kl_coef", "lr_actor", "lr_critic", "max_new_tokens", "warmup_steps", "eval_every",
-                     "print_every", "gen_top_k", "weight_decay", "vf_coef"):
-            v = getattr(self, flag)
-            require(v >= 0 and math.isfinite(v), f"--{flag} {v}: must be >= 0")
-        require(0 < self.gen_top_p <= 1, f"--gen_top_p {self.gen_top_p}: must be in (0, 1]")
-        require(self.max_steps > 0 or self.num_train_epochs > 0, "--max_steps <= 0 needs --num_train_epochs > 0")
-        # One user and one ranking per global batch would normalise every advantage to exactly 0.
-        require(not self.normalize_advantage or self.batch_size * self.gradient_accumulation_steps
-                * self.rankings_per_user >= 2,
-                "--normalize_advantage with one sample per batch gives every advantage 0 (the actor would not "
-                "learn); raise --batch_size or --rankings_per_user, or pass --no-normalize_advantage")
-        if self.prompt_template:
-            load_template(self.dataset_type, self.prompt_template)
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -269,14 +122,18 @@ class Rollout:
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
-class PPOTrainer(TrainerProcess):
-    """Owns the accelerator, the judge, optimiser, scheduler and logs of one run (one instance per process)."""
+class PPOTrainer(BaseTrainer):
+    """Owns the accelerator, the judge, optimiser, scheduler and logs of one run (one instance per process); the
+    lifecycle (resume, steps, validation and checkpoint cadence, signals, final model, logs) is BaseTrainer's."""
+
+    SCRIPT, PROGRESS_DESC, TRACKER_PROJECT = "train.py", "PL-PPO", "ourrec_ppo"
 
     def __init__(self, cfg: PPOConfig, accelerator) -> None:
         super().__init__(cfg, accelerator)
         self.token_log = Path(cfg.token_log_path) if cfg.token_log_path else (
             self.out / "token_lengths.jsonl" if cfg.reasoning else None)
         self.sampling = SamplingSettings(cfg.gen_temperature, cfg.gen_top_k, cfg.gen_top_p).validate()
+        self.final_validation: dict | None = None  # the last step's validation, once the run has finished
 
         # ---- every check that can fail on the inputs, before anything in --output_dir is touched ----
         self.dataset = load_processed_dataset(cfg.dataset_path)
@@ -302,6 +159,9 @@ class PPOTrainer(TrainerProcess):
         lora = LoraSettings.from_flags(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules) \
             if cfg.use_lora else None
         src = self.resume_ckpt or base
+        # --scoring auto: decided once, for this model and backend, before it loads (it picks the attention kernel)
+        cfg.scoring = resolve_scoring(cfg.scoring, str(src), cfg.attn_implementation, cfg.device,
+                                      base_model=str(base) if self.resume_ckpt is not None else None)
         self.judge = BinaryJudge.load(
             str(src), device="cpu", dtype=weights_dtype, attn_implementation=cfg.attn_implementation,
             packed_mask=cfg.scoring == "shared", trust_remote_code=cfg.trust_remote_code,
@@ -584,7 +444,7 @@ class PPOTrainer(TrainerProcess):
     def training_step(self, step: int) -> tuple[dict[str, Any], Rollout]:
         t0 = time.time()
         self.step_timer.reset()
-        lr = self.scheduler.get_last_lr()
+        lrs = self.learning_rates()  # lr (actor), lr_critic
         rollout = self.make_experience(step)
         c = self.cfg
         # What the rollout says about the policy before the update (PL entropies, greedy NDCG) and about the critic:
@@ -623,7 +483,6 @@ class PPOTrainer(TrainerProcess):
         phases = {f"time_{k}_s": v for k, v in self.step_timer.read().items()}
         res = step_resources(self.acc.device, t0)
         dt = max(res["step_seconds"], 1e-9)
-        lrs = {"lr_actor": lr[0], **({"lr_critic": lr[1]} if c.uses_critic else {})}
         rec = {"step": step, **mean, **lrs,
                "samples_per_s": len(rollout.prompts) * self.world / dt, **res, **phases,
                "tokens": int(tokens), "tokens_per_s": tokens / dt, "tflops_per_s": flops / dt / 1e12}
@@ -725,69 +584,61 @@ class PPOTrainer(TrainerProcess):
 
         return write_final_model(self.out / FINAL_DIR, write_files, self.is_main, self.acc.wait_for_everyone)
 
-    # ---- main loop ---------------------------------------------------------------------------
-    def train(self) -> dict[str, Any]:
+    # ---- the lifecycle's hooks (BaseTrainer.train runs the loop) -------------------------------------
+    def should_evaluate(self, step: int) -> bool:
         c = self.cfg
-        self.prepare_output_dir()
-        tracking = init_tracking(self.acc, "ourrec_ppo", c)
-        t_start = time.time()
-        wall_offset = float(self.state.get("wall_time", 0.0))
-        last: dict[str, Any] = {}
-        stopped_by: str | None = None
-        saved_step = self.start_step
-        bar = tqdm(total=self.max_steps, initial=self.start_step, desc="PL-PPO", unit="step",
-                   disable=not self.is_main, dynamic_ncols=True)
-        with StopRequest() as stop:
-            for step in range(self.start_step + 1, self.max_steps + 1):
-                rec, rollout = self.training_step(step)
-                if (c.eval_every > 0 and step % c.eval_every == 0) or step == self.max_steps:
-                    m = self.validate()  # the last step's is the final validation: logged, tracked, checkpointed
-                    if m is not None:
-                        rec[self.val_key] = m[f"NDCG@{c.K_eval}"]
-                        self.state["validation"] = {"step": step, "split": "valid", "K": c.eval_K, "n": m["n"],
-                                                    **{k: v for k, v in m.items() if k != "n"}}
-                rec["wall_time"] = wall_offset + time.time() - t_start
-                if c.reasoning and self.token_log is not None:
-                    self._log_tokens(step, rollout.token_lengths)
-                log_metrics(self.acc, self.out / "metrics.jsonl", rec, tracking)
-                if self.is_main:
-                    bar.update(1)
-                    bar.set_postfix(reward=f"{rec['reward']:.3f}", ndcg=f"{rec['ndcg']:.3f}",
-                                    kl=f"{rec['approx_kl']:.2g}")
-                    if c.print_every and step % c.print_every == 0:
-                        self.print_examples(step, rec, rollout, bar.write)
-                last = rec
-                if any_process(self.acc, stop.requested):
-                    stopped_by = stop.signal_name or "a signal on another process"
-                if step % c.save_every == 0 or step == self.max_steps or stopped_by:
-                    self.state["wall_time"] = rec["wall_time"]
-                    self.save_checkpoint(step)
-                    saved_step = step
-                if stopped_by:
-                    break
-        bar.close()
-        final_val = None
-        if stopped_by:
-            if self.is_main:
-                print(f"train.py: stopped by {stopped_by} after step {saved_step}; checkpoint-{saved_step} is "
-                      f"complete; rerun with --resume_from auto to continue")
-        else:
-            final_val = self.state.get("validation")
-            final_val = final_val if final_val is not None and final_val.get("step") == self.max_steps else None
-            if final_val is not None and self.is_main:
-                print(f"validation at step {self.max_steps}: NDCG@{c.K_eval} of {final_val['K']} candidates = "
-                      f"{final_val[f'NDCG@{c.K_eval}']:.4f} (n={final_val['n']}; metrics.jsonl: {self.val_key})")
-            self.save_final()
-            if self.is_main:
-                print(f"final model: {self.out / FINAL_DIR}")
-            if self.is_main and not c.no_plot and (self.out / "metrics.jsonl").exists():
-                plot_training(self.out / "metrics.jsonl", self.out / "training.png")
-        if c.write_param_checksums:
+        return (c.eval_every > 0 and step % c.eval_every == 0) or step == self.max_steps
+
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """The validation metric for the step's record; the last step's is the final validation (logged, tracked,
+        kept in the checkpoint's trainer_state.json)."""
+        c = self.cfg
+        m = self.validate()
+        if m is None:
+            return {}
+        self.state["validation"] = {"step": step, "split": "valid", "K": c.eval_K, "n": m["n"],
+                                    **{k: v for k, v in m.items() if k != "n"}}
+        return {self.val_key: m[f"NDCG@{c.K_eval}"]}
+
+    def should_save(self, step: int, evaluated: bool) -> bool:
+        return step % self.cfg.save_every == 0
+
+    def after_step(self, step: int, record: dict[str, Any], rollout: Rollout, write: Callable[[str], None]) -> None:
+        c = self.cfg
+        if c.reasoning and self.token_log is not None:
+            self._log_tokens(step, rollout.token_lengths)  # collective: every process
+        if self.is_main and c.print_every and step % c.print_every == 0:
+            self.print_examples(step, record, rollout, write)
+
+    def progress_postfix(self, record: dict[str, Any]) -> dict[str, str]:
+        return {"reward": f"{record['reward']:.3f}", "ndcg": f"{record['ndcg']:.3f}",
+                "kl": f"{record['approx_kl']:.2g}"}
+
+    def finish(self, step: int, early_stopped: bool) -> Path | None:
+        """The final validation's line, {output_dir}/final, training.png."""
+        c = self.cfg
+        final_val = self.state.get("validation")
+        final_val = final_val if final_val is not None and final_val.get("step") == self.max_steps else None
+        self.final_validation = final_val
+        if final_val is not None and self.tracking:  # the trackers' copy of the whole final validation
+            log_to_trackers(self.acc, {"step": self.max_steps, "final_validation": {
+                k: v for k, v in final_val.items() if k not in ("step", "split")}})
+        if final_val is not None and self.is_main:
+            print(f"validation at step {self.max_steps}: NDCG@{c.K_eval} of {final_val['K']} candidates = "
+                  f"{final_val[f'NDCG@{c.K_eval}']:.4f} (n={final_val['n']}; metrics.jsonl: {self.val_key})")
+        final = self.save_final()
+        if self.is_main:
+            print(f"final model: {self.out / FINAL_DIR}")
+        if self.is_main and not c.no_plot and (self.out / "metrics.jsonl").exists():
+            plot_training(self.out / "metrics.jsonl", self.out / "training.png")
+        return final
+
+    def after_train(self) -> None:
+        if self.cfg.write_param_checksums:
             atomic_write_text(self.out / f"param_checksum_rank{self.rank}.txt", param_checksum(self.judge) + "\n")
-        if tracking:
-            self.acc.end_training()
-        self.acc.wait_for_everyone()
-        return {"last": last, "final_validation": final_val, "max_steps": self.max_steps, "stopped_by": stopped_by}
+
+    def result(self) -> dict[str, Any]:
+        return {"final_validation": self.final_validation}
 
     def _log_tokens(self, step: int, lengths: list[list[int]] | None) -> None:
         gathered = gather_objects(self.acc, lengths)
@@ -816,13 +667,3 @@ def output_dir_artifacts(out: Path, token_log: Path | None) -> list[Path]:
 def run_training(cfg: PPOConfig) -> dict[str, Any]:
     """train.py's entry point: validate, lock the output dir, build, train, release (foundation run_trainer)."""
     return run_trainer(cfg, PPOTrainer)
-
-
-def build_parser():
-    """train.py's flags: one per PPOConfig field."""
-    return config_parser(PPOConfig, description="PL-PPO training of the binary judge (DESIGN.md section 5).")
-
-
-def parse_config(argv: Sequence[str] | None = None) -> PPOConfig:
-    """train.py's flags -> PPOConfig (validated later, inside run_training, so errors are one line)."""
-    return config_from_args(PPOConfig, build_parser().parse_args(argv), validate=False)

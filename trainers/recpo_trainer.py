@@ -29,6 +29,7 @@ Upstream drops the last token of each mini-batch's longest sequence; we do not.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,7 +39,8 @@ from trainers.evaluation.metrics import ndcg_at
 from trainers.evaluation.rrec import catalogue_ranks, masked_scores
 from foundation.seeding import derived_seed
 from foundation.distributed import run_trainer
-from trainers.grec_trainer import ADVANTAGE_BROADCASTS, GRecTrainer, RRecTrainingArguments
+from trainers.configs.rrec import ADVANTAGE_BROADCASTS, RRecTrainingArguments
+from trainers.grec_trainer import GRecTrainer
 from trainers.rl.advantages import group_advantages
 from trainers.rl.losses import clipped_surrogate
 
@@ -121,9 +123,37 @@ def rec_loss(scores: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, 
     return loss, clipfrac, logp.detach()
 
 
+# ------------------------------------------------------------------------------------ the experience
+@dataclass
+class RecPORollout:
+    """One step's experience on this process: B users, G consecutive rollouts each (row r belongs to user r // G),
+    their rewards and advantages, and the batch's target items (what every mini-batch's rec loss ranks)."""
+
+    examples: list[dict]  # the step's B users
+    seqs: list[list[int]]  # [B*G] user sequences: prompt, reasoning text, <answer>
+    starts: list[int]  # [B*G] where each sequence's completion (the reasoning tokens, <answer> included) starts
+    generated_tokens: list[int]  # [B*G] tokens each rollout generated
+    targets: list[int]  # [B] each user's target item id
+    item_seqs: list[list[int]]  # [B] the targets' item prompts (duplicates kept)
+    rewards: torch.Tensor  # [B*G] (1-w) NDCG@k + w softmax, at rollout time
+    reward_parts: dict[str, torch.Tensor]  # [B*G] each: "ndcg", "softmax", "rank" (recpo_reward)
+    advantages: torch.Tensor  # [B, G] per user group (--advantage_type)
+    relabel: torch.Tensor  # [B, G] bool: the rollouts that get the recommendation loss (--relabel_topk)
+
+    @property
+    def row_advantages(self) -> torch.Tensor:
+        """[B*G] each rollout's advantage (the token loss's weights)."""
+        return self.advantages.reshape(-1)
+
+    @property
+    def rec_weights(self) -> torch.Tensor:
+        """[B*G] advantage x relabel mask (the rec loss's weights)."""
+        return (self.advantages * self.relabel.float()).reshape(-1)
+
+
 # ------------------------------------------------------------------------------------ the trainer
 class RecPOTrainer(GRecTrainer):
-    """GRecTrainer + the RecPO step."""
+    """GRecTrainer + the RecPO step: make_experience (rollouts, rewards, advantages) and update (mini-batches)."""
 
     def _across_processes(self, t: torch.Tensor, keep_local: bool = True) -> torch.Tensor:
         """[n, ...] on each process -> [world*n, ...] in rank order; this process's block keeps its autograd graph
@@ -155,15 +185,16 @@ class RecPOTrainer(GRecTrainer):
             starts.append(start)
         return seqs, starts, counts
 
-    def training_step(self, step: int, examples: list[dict]) -> dict[str, float]:
+    def make_experience(self, step: int) -> RecPORollout:
+        """Steps 1-3 of the module docstring for this process's next batch: rollouts, rewards (current weights, no
+        gradient), group advantages and the relabel mask."""
         c = self.cfg
+        examples = self.next_batch()
         G, B = c.group_size, len(examples)
         dev = self.acc.device
         seqs, starts, counts = self._rollouts(step, examples)
         targets = [int(ex["item_id"]) for ex in examples]
         item_seqs = [self.prompter.item_ids(t) for t in targets]  # the batch's targets, duplicates kept
-
-        # ---- rewards and advantages (current weights, no gradient) ----
         self.rrec.eval()
         with torch.no_grad(), self.acc.autocast():
             h = self.rrec.embed_sequences(seqs, batch_size=c.eval_batch_size)
@@ -172,10 +203,15 @@ class RecPOTrainer(GRecTrainer):
         t_rep = torch.tensor(targets, device=dev).repeat_interleave(G)
         rewards, parts = recpo_reward(masked_scores(scores, hist), t_rep, c.reward_ndcg_k, c.reward_softmax_weight)
         adv = group_advantages(rewards.view(B, G), c.advantage_type)
-        relabel = relabel_mask(adv, c.relabel_topk)
-        adv_flat, weight_flat = adv.reshape(-1), (adv * relabel.float()).reshape(-1)
+        return RecPORollout(examples=examples, seqs=seqs, starts=starts, generated_tokens=counts, targets=targets,
+                            item_seqs=item_seqs, rewards=rewards, reward_parts=parts, advantages=adv,
+                            relabel=relabel_mask(adv, c.relabel_topk))
 
-        # ---- update: mini-batches of rollouts, each with the batch's target items ----
+    def update(self, r: RecPORollout) -> dict[str, float]:
+        """Step 4: --ppo_epochs passes over the rollouts in mini-batches, each a forward + backward (and with
+        --step_per_mini_batch an optimiser step); the schedule advances once. The step's losses and diagnostics."""
+        c = self.cfg
+        G, B = c.group_size, len(r.examples)
         self.model.train()
         chunks = mini_batches(B * G, c.mini_batch_size, c.train_batch_size)
         old_tok: dict[int, torch.Tensor] = {}
@@ -188,8 +224,7 @@ class RecPOTrainer(GRecTrainer):
                 last = ci == len(chunks) - 1
                 sync = last or self.world == 1 or c.step_per_mini_batch
                 with nullcontext() if sync else self.acc.no_sync(self.model):
-                    parts_mb = self._mini_batch_loss(ci, rows, seqs, starts, item_seqs, targets, adv_flat,
-                                                     weight_flat, old_tok, old_rec)
+                    parts_mb = self._mini_batch_loss(ci, rows, r, old_tok, old_rec)
                 for k in sums:
                     sums[k] += parts_mb[k] / (len(chunks) * c.ppo_epochs)
                 if c.step_per_mini_batch or last:
@@ -197,13 +232,14 @@ class RecPOTrainer(GRecTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()  # once per training step (HF Trainer's schedule counts batches, not mini-batches)
         grad_norm = sum(norms) / len(norms) if norms else 0.0
-        n_comp = [len(s) - st for s, st in zip(seqs, starts)]
+        n_comp = [len(s) - st for s, st in zip(r.seqs, r.starts)]
+        counts, parts = r.generated_tokens, r.reward_parts
         return {**sums, "grad_norm": grad_norm,
-                "reward": float(rewards.mean()),
-                "reward_std": float(rewards.view(B, G).std(1).mean()) if G > 1 else 0.0,
+                "reward": float(r.rewards.mean()),
+                "reward_std": float(r.rewards.view(B, G).std(1).mean()) if G > 1 else 0.0,
                 "reward_ndcg": float(parts["ndcg"].mean()), "reward_softmax": float(parts["softmax"].mean()),
                 "target_rank_mean": float(torch.nanmean(parts["rank"])) if parts["rank"].numel() else 0.0,
-                "advantage_mean": float(adv.mean()), "generated_tokens": sum(counts) / len(counts),
+                "advantage_mean": float(r.advantages.mean()), "generated_tokens": sum(counts) / len(counts),
                 "completion_tokens": sum(n_comp) / len(n_comp)}
 
     def _optimizer_step(self) -> float:
@@ -216,11 +252,13 @@ class RecPOTrainer(GRecTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 
-    def _mini_batch_loss(self, ci: int, rows: list[int], seqs, starts, item_seqs, targets, adv_flat, weight_flat,
-                         old_tok: dict, old_rec: dict) -> dict[str, float]:
-        """Forward + backward of one mini-batch (the losses of the module docstring); updates the item table rows
-        of the batch's targets. old_tok/old_rec hold the first epoch's log-probs per chunk."""
+    def _mini_batch_loss(self, ci: int, rows: list[int], rollout: RecPORollout, old_tok: dict, old_rec: dict
+                         ) -> dict[str, float]:
+        """Forward + backward of mini-batch ci (rollout rows `rows`; the losses of the module docstring); updates
+        the item table rows of the batch's targets. old_tok/old_rec hold the first epoch's log-probs per chunk."""
         c, dev, G = self.cfg, self.acc.device, self.cfg.group_size
+        seqs, starts, item_seqs, targets = rollout.seqs, rollout.starts, rollout.item_seqs, rollout.targets
+        adv_flat, weight_flat = rollout.row_advantages, rollout.rec_weights
         user_seqs = [seqs[r] for r in rows]
         ids, mask = pad_right(user_seqs + item_seqs, self.rrec.tokenizer.pad_token_id)
         lp_mask = torch.zeros_like(mask, dtype=torch.bool)

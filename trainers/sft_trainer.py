@@ -6,13 +6,19 @@ token ids the judge sees) followed by the response and the eos token; the loss c
 (labels -100 on the prompt). Checkpoints go to {output_dir}/checkpoint-{step} every --save_steps; the final
 model (or LoRA adapter with --use_lora; merged with --merge_lora) and tokenizer are saved with save_pretrained in
 --output_dir, which train.py/test.py accept as --model_name_or_path. Per-step logs: {output_dir}/metrics.jsonl.
+
+SFT does not run on trainers/base_trainer.py's loop: HF's Trainer is its loop (data order and sampler, gradient
+accumulation with its loss normalisation, the schedule, HF's checkpoint-N layout that --resume_from_checkpoint
+continues), and replacing it would change every SFT run's numbers and checkpoints. It shares what the RL trainers
+share: the model and LoRA settings (foundation/config.ModelConfig; SFTConfig lives in trainers/configs/sft.py, torch-
+free), the output-dir check and checkpoint resolver (foundation/checkpoints), the distribution line, and
+metrics.jsonl written through foundation.distributed.log_metrics with the shared keys (step, lr, wall_time_s).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -27,55 +33,14 @@ from models.abstract_models import (
     resolve_device,
     save_lm,
 )
+from trainers.base_trainer import LR, STEP, WALL_TIME
+from trainers.configs.sft import SFTConfig  # noqa: F401 (re-exported: its home is the torch-free config module)
 from trainers.data.sft import SFTCollator, SFTDataset, validate_sft_records
 from foundation.checkpoints import check_output_dir, resolve_checkpoint
-from foundation.config import G_LORA, G_PRECISION, SEED_MAX, ModelConfig, option, require
-from foundation.distributed import describe_distribution, distribution_line, refuse_unavailable_distribution
+from foundation.distributed import (describe_distribution, distribution_line, log_metrics,
+                                    refuse_unavailable_distribution)
 from foundation.errors import UserInputError
-from foundation.files import append_jsonl, atomic_write_json, loads_json, read_jsonl, writing
-
-
-@dataclass
-class SFTConfig(ModelConfig):
-    """Every setting of an SFT run; sft_train/train_sft.py turns each field into a flag (the model settings, LoRA
-    included, are foundation/config.ModelConfig's)."""
-
-    model_name_or_path: str = option("Qwen2.5-3B-Instruct", "model dir or a name known to paths.py")
-    data_file: str = option("sft_train/ourrec_sft_alpaca.json", "alpaca or sharegpt JSON from process_sft_data.py")
-    output_dir: str = option("outputs/sft", "checkpoints, metrics.jsonl and the final model go here")
-    num_train_epochs: float = option(2.0, "passes over --data_file")
-    max_steps: int = option(-1, "overrides --num_train_epochs when > 0")
-    learning_rate: float = option(1e-5, "peak AdamW learning rate")
-    per_device_train_batch_size: int = option(2, "examples per forward per process")
-    gradient_accumulation_steps: int = option(8, "forwards accumulated per optimizer step; effective batch = this "
-                                                 "x per-device batch x processes")
-    max_length: int = option(2048, "tokens per example (prompt cut from the left)")
-    warmup_ratio: float = option(0.05, "fraction of the total optimizer steps used for linear warmup")
-    lr_scheduler_type: str = option("cosine", "transformers scheduler name, e.g. cosine|linear|constant_with_warmup")
-    bf16: bool = option(False, "bf16 mixed precision on GPU (autocast; master weights stay fp32)")
-    seed: int = option(42, "seed of data order and initialisation", min=0, max=SEED_MAX)
-    save_steps: int = option(500, "write {output_dir}/checkpoint-{step} every N optimizer steps")
-    save_total_limit: int | None = option(None, "keep only the newest N checkpoints (default: keep all)", min=1)
-    logging_steps: int = option(10, "append a metrics.jsonl row every N optimizer steps")
-    resume_from_checkpoint: str | None = option(None, "checkpoint dir, 'last' (newest complete one in output_dir) "
-                                                      "or 'auto' (that, else a fresh start)")
-    overwrite_output_dir: bool = option(False, "train into a non-empty --output_dir without "
-                                               "--resume_from_checkpoint anyway")
-    device: str = option("auto", "auto|cpu|cuda[:N] (multi-GPU: launch with accelerate launch/torchrun)",
-                         group=G_PRECISION)
-    attn_implementation: str = option("auto", "auto|flash_attention_2|sdpa|flex_attention|eager; auto = "
-                                              "flash_attention_2 when usable, else sdpa", group=G_PRECISION)
-    lora_dropout: float = option(0.05, "LoRA dropout", group=G_LORA)
-    merge_lora: bool = option(False, "save the final model with the adapters merged in (a full model)", group=G_LORA)
-
-    def validate(self) -> None:
-        self.validate_model()
-        for flag in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps"):
-            require(getattr(self, flag) >= 1, f"--{flag} {getattr(self, flag)}: must be >= 1")
-        require(self.max_length >= 2, f"--max_length {self.max_length}: must be >= 2")
-        require(self.learning_rate > 0, f"--learning_rate {self.learning_rate}: must be > 0")
-        require(0 <= self.warmup_ratio < 1, f"--warmup_ratio {self.warmup_ratio}: must be in [0, 1)")
-        require(self.max_steps > 0 or self.num_train_epochs > 0, "--max_steps <= 0 needs --num_train_epochs > 0")
+from foundation.files import atomic_write_json, loads_json, read_jsonl, writing
 
 
 def load_records(path: str) -> list[dict]:
@@ -99,6 +64,15 @@ def load_records(path: str) -> list[dict]:
         raise UserInputError(f"--data_file {path}: no records (did process_sft_data.py keep any?)")
     validate_sft_records(recs, f"--data_file {path}")
     return recs
+
+
+def metrics_record(step: int, epoch: float | None, seconds: float, logs: dict) -> dict:
+    """One of HF Trainer's log rows as a metrics.jsonl record with the keys every trainer shares
+    (trainers/base_trainer.py): step, wall_time_s (seconds since this invocation started training), lr (HF's
+    learning_rate); HF's other keys (loss, grad_norm, epoch, and the final train_* summary) as HF names them."""
+    rec = {STEP: step, "epoch": epoch, WALL_TIME: round(seconds, 3)}
+    rec.update({LR if k == "learning_rate" else k: v for k, v in logs.items()})
+    return rec
 
 
 def train_sft(cfg: "SFTConfig") -> str:
@@ -156,9 +130,9 @@ def train_sft(cfg: "SFTConfig") -> str:
 
     class MetricsJsonl(TrainerCallback):
         def on_log(self, a, state, control, logs=None, **kw):
-            if state.is_world_process_zero and logs:
-                append_jsonl(metrics_path, [{"step": state.global_step, "epoch": state.epoch,
-                                             "wall_time": round(time.time() - t0, 3), **logs}])
+            if logs:  # written by the main process (foundation.distributed.log_metrics, the trainers' one path)
+                log_metrics(trainer.accelerator, metrics_path,
+                            metrics_record(state.global_step, state.epoch, time.time() - t0, logs), tracking=False)
 
     distribution: dict = {}
 

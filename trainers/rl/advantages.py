@@ -6,9 +6,7 @@ from typing import Callable
 
 import torch
 
-# gaussian: upstream R2ec's default (GRPO); rloo: true leave-one-out; upstream_leave_one_out: what upstream
-# calls 'leave-one-out', r(1 + 1/G) - mean, which is not RLOO (kept only to reproduce it).
-ADVANTAGE_TYPES = ("gaussian", "rloo", "upstream_leave_one_out")
+from trainers.rl.names import ADVANTAGE_TYPES  # its home is torch-free: the configs offer it as choices
 
 
 def normalize_advantages(adv: torch.Tensor, eps: float = 1e-8,
