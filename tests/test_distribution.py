@@ -67,7 +67,7 @@ def test_fsdp_shards_parameters_and_matches_ddp(assets, fsdp_run, tmp_path):
     # what each run says it got, on one line and in args.json
     said = [ln for ln in stdout.splitlines() if ln.startswith("distribution:")]
     assert len(said) == 1 and said[0].startswith("distribution: FSDP2 (fully_shard on 2 Qwen2DecoderLayer + root")
-    assert "2 processes (gloo on cpu)" in said[0] and "attention sdpa" in said[0]
+    assert "2 processes (gloo on cpu)" in said[0] and "attention prefix_split" in said[0]  # --scoring auto: shared
     assert "distribution: DDP, 2 processes (gloo on cpu)" in r.stdout
     assert json.loads((fsdp / "args.json").read_text())["distribution"]["mode"] == "FSDP2"
     assert json.loads((ddp / "args.json").read_text())["distribution"]["mode"] == "DDP"
