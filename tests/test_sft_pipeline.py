@@ -1,4 +1,4 @@
-"""The SFT chain (DESIGN.md section 7) on the synthetic dataset and the tiny model, offline on CPU:
+"""The SFT chain (docs/sft.md) on the synthetic dataset and the tiny model, offline on CPU:
 
 generate_prompts -> get_response_by_deepseek (real HTTP against fixtures/loopback_server.py, answering
 correctly / wrongly / unparseably / with an API error by prompt id) -> process_sft_data -> train_sft ->

@@ -1,5 +1,5 @@
 """Naive vs shared-prefix scoring, PL-PPO update and reasoning generation on the same inputs, every attention
-backend side by side in one run (DESIGN.md section 8).
+backend side by side in one run (docs/performance.md).
 
 Builds a random-weight Qwen2 of a chosen shape in memory and synthetic users with a realistic prompt shape (a
 history of --history_items items at ~--tokens_per_item tokens as the shared prefix, one ~--tokens_per_item-token
