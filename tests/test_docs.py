@@ -204,9 +204,9 @@ def test_readme_is_a_ten_minute_read():
 def test_path_check_finds_a_missing_path():
     files = ["tests/test_first_steps.py", "tools/perf/gpu_perf.sh", "configs/accelerate/ddp.yaml", "models/flops.py",
              "paths.py"]
-    text = ("`tests/test_launchers.py` checks it; tests/test_first_steps.py too; `../elsewhere/notes.md`; see tools/perf/ and "
-            "configs/accelerate/*.yaml, models/flops.ModelFlops, paths.py, nothere.py; outputs/x/results.json and "
-            "`configs/accelerate/<name>.yaml` are not checked; neither is train/valid/test")
+    text = ("`tests/test_launchers.py` checks it; tests/test_first_steps.py too; `../elsewhere/notes.md`; see "
+            "tools/perf/ and configs/accelerate/*.yaml, models/flops.ModelFlops, paths.py, nothere.py; "
+            "outputs/x/results.json and `configs/accelerate/<name>.yaml` are not checked; neither is train/valid/test")
     mentions = path_mentions(text, {f.split("/", 1)[0] for f in files})
     assert "outputs/x/results.json" not in mentions and "train/valid/test" not in mentions
     assert missing_paths(mentions, files) == ["tests/test_launchers.py", "../elsewhere/notes.md", "nothere.py"]
