@@ -47,8 +47,8 @@ def test_gpu_perf_smoke_runs_every_stage(tmp_path):
 
 
 def test_gpu_perf_figures_set_smoke(tmp_path):
-    """--set figures (what the earlier device script, gpu_figures, measured beside the full step): the LoRA step, the component
-    benchmark and RRec's step each write their file and the summary reports them, none missing."""
+    """--set figures (what the earlier device script, gpu_figures, measured beside the full step): the LoRA step, the
+    component benchmark and RRec's step each write their file and the summary reports them, none missing."""
     out = tmp_path / "out"
     r = subprocess.run(["bash", "tools/perf/gpu_perf.sh", "--set", "figures", "--smoke", "--out", str(out)], cwd=REPO,
                        text=True, capture_output=True, env=_env(WORK=str(tmp_path / "work")), timeout=600)

@@ -28,7 +28,8 @@
 #
 #   bash tools/perf/gpu_perf.sh [--set step|figures|tests] [--out DIR] [--smoke]   (OUT: --out, else $OUT, else
 #                                                                                    /tmp/perf_out)
-#   ONLY="decode flex" bash tools/perf/gpu_perf.sh    (a subset of the set, e.g. on a still-warm machine: assets in WORK)
+#   ONLY="decode flex" bash tools/perf/gpu_perf.sh    (a subset of the set, e.g. on a still-warm machine: assets
+#                                                     in WORK)
 # --smoke runs every stage on tiny shapes in seconds (CPU is fine: graph and flex rows are then absent, the GPU test
 # files skip).
 # The image may lack `datasets`: wheels carried in .whl/ are installed into /tmp/site (no network needed).
@@ -134,7 +135,9 @@ stage benchmark $PY tools/benchmark.py $BENCH --quiet --json_out "$OUT/benchmark
 stage rrec $PY compare_model/train_rrec.py --model_name_or_path "$RMODEL" --dataset_dir "$DATA" \
   --output_dir "$WORK/rrec" --overwrite_output_dir $RREC --eval_steps 100000 --no-eval_on_start \
   --gradient_checkpointing --no-progress
-[ -f "$WORK/rrec/metrics.jsonl" ] && case " $STAGES " in *" rrec "*) cp "$WORK/rrec/metrics.jsonl" "$OUT/rrec_metrics.jsonl" ;; esac
+case " $STAGES " in
+  *" rrec "*) [ -f "$WORK/rrec/metrics.jsonl" ] && cp "$WORK/rrec/metrics.jsonl" "$OUT/rrec_metrics.jsonl" ;;
+esac
 # --set tests
 stage gpu_tests $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py
 stage gpu_training $PY -m pytest -q -x -p no:cacheprovider tests/test_gpu_training.py
