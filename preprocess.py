@@ -1,4 +1,4 @@
-"""Amazon Reviews 2023 category -> train/valid/test/item_info DatasetDict (DESIGN.md section 2).
+"""Amazon Reviews 2023 category -> train/valid/test/item_info DatasetDict (docs/data.md).
 
 Without --raw_dir the rating CSV and metadata are downloaded (resumable) into
 {data_root_dir}/raw; with --raw_dir nothing is downloaded and the files are looked up

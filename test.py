@@ -4,7 +4,7 @@
         --resume_from outputs/ppo/checkpoint-200 --num_samples 100 --output_dir outputs/test_demo
     accelerate launch --num_processes 4 test.py ...      # sharded: each process ranks a quarter, one results.json
 
-Writes {output_dir}/results.json (DESIGN.md section 3) incrementally; rerunning with the same --output_dir
+Writes {output_dir}/results.json (docs/evaluation.md) incrementally; rerunning with the same --output_dir
 resumes and computes only the missing samples (the existing file must have been made with the same dataset,
 split, K, seed, model and scoring settings, else pass --overwrite_output_dir). Prints NDCG/HR/MRR for the
 model and the sanity rows on the same candidates.

@@ -1,4 +1,4 @@
-"""PL-PPO training of the binary judge (DESIGN.md section 5).
+"""PL-PPO training of the binary judge (docs/training.md).
 
 Single process:    python train.py --dataset_path DATA --model_name_or_path MODEL --output_dir OUT
 Several GPUs:      accelerate launch --num_processes N train.py ...        (DDP; FSDP/ZeRO: --config_file

@@ -33,7 +33,10 @@ if [[ $demo == 1 ]]; then
   d_K=10; d_batch=32; d_lr_actor=3e-4; d_lr_critic=1e-3; d_steps=200; d_mlen=1; d_win=3; d_device=cpu
   set -- --ppo_epochs 4 --scoring_chunk_size 160 --eval_every 50 --num_valid_samples 100 "$@"
 else
-  d_K=20; d_batch=4; d_lr_actor=1e-5; d_lr_critic=1e-4; d_steps=-1; d_mlen=64; d_win=10; d_device=auto
+  # The README's starting points for a real run: lr_actor 1e-6 for a full fine-tune (every weight moves), 1e-5 for
+  # LoRA adapters (they start at zero and are scaled by alpha / r), the settings of the measured H200 runs.
+  d_K=20; d_batch=4; d_lr_actor=1e-6; d_lr_critic=1e-4; d_steps=-1; d_mlen=64; d_win=10; d_device=auto
+  for a in "$@"; do if [[ $a == --use_lora ]]; then d_lr_actor=1e-5; fi; done
 fi
 dataset_path=${dataset_path:-demo/data/Video_Games_5_2021-1-2023-12}
 dataset_type=${dataset_type:-other}

@@ -19,8 +19,8 @@ when --candidate_json_path is given) ranks exactly the candidates of --candidate
 test.py or another baseline), in its order.
 
 Outputs in --output_dir: responses.jsonl (raw answers, one row per interaction id, written as they arrive) and
-results.json (the result JSON of DESIGN.md section 3, with the random/popularity/content-tfidf sanity rows; rebuilt from
-responses.jsonl on every run). Rerunning with the same --output_dir resumes: answered ids are not asked again
+results.json (the result JSON of docs/evaluation.md, with the random/popularity/content-tfidf sanity rows; rebuilt
+from responses.jsonl on every run). Rerunning with the same --output_dir resumes: answered ids are not asked again
 (failed ones are, unless --no_retry_errors); an answer saved for another prompt or other candidates is refused
 (--redo_changed asks it again). A key the API rejects (401/403) stops the run with one line, recording nothing.
 

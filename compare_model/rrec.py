@@ -1,4 +1,4 @@
-"""Evaluate an R2ec ("RRec") model on our candidate sets (DESIGN.md section 6), as upstream evaluates it.
+"""Evaluate an R2ec ("RRec") model on our candidate sets (docs/rrec.md), as upstream evaluates it.
 
 --checkpoint_path takes any of:
   a train_rrec.py output dir    its final_checkpoint/ (the best model), else the best complete checkpoint-N

@@ -1,6 +1,6 @@
 """Shared model plumbing: device/dtype/attention choice, loading full models and PEFT adapters, LoRA, saving.
 
-Precision (DESIGN.md section 5): training keeps fp32 master weights and computes in bf16 under autocast
+Precision (docs/training.md): training keeps fp32 master weights and computes in bf16 under autocast
 (accelerate's mixed precision); `load_causal_lm(..., dtype=torch.float32)` is what trainers load. Inference
 loads in bf16 on CUDA (`--dtype auto`). Pure bf16 weights in training are an explicit opt-in of each trainer.
 

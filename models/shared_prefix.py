@@ -1,4 +1,4 @@
-"""Shared-prefix scoring and generation for the binary judge (DESIGN.md section 8).
+"""Shared-prefix scoring and generation for the binary judge (docs/performance.md).
 
 The K judge prompts of one user are `prefix + suffix_k` with an identical
 prefix (chat framing + the user's history). The naive path

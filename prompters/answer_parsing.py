@@ -9,7 +9,7 @@ parse_ranking   a listwise ranking answer (API baselines): numbers, enumerations
 with a "ranking" list) also inside ```code fences```, candidate titles instead of numbers, and strips <think>
 blocks. Out-of-range numbers are ignored and repeats keep their first position. Missing candidates are
 appended in their original order ("partial"); with `target_index` given the target goes last among them
-(ties are broken against the target, DESIGN.md section 4). An answer with nothing usable is "unparseable" and
+(ties are broken against the target, docs/evaluation.md). An answer with nothing usable is "unparseable" and
 ranks every candidate in original order with the target last.
 """
 from __future__ import annotations

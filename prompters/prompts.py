@@ -1,7 +1,7 @@
 """Prompt templates. Placeholders are filled with str.format.
 
 Binary judge templates need {history} before {candidate}: the history part is
-the prefix shared by all K candidates of a user (DESIGN.md section 8).
+the prefix shared by all K candidates of a user (docs/performance.md).
 {answer_instruction} is filled with DIRECT_ANSWER_INSTRUCTION or
 REASONING_ANSWER_INSTRUCTION depending on --max_new_tokens.
 """

@@ -1,4 +1,4 @@
-"""Sample (user, candidate, Yes/No label) judge prompts for SFT into a JSONL file (DESIGN.md section 7).
+"""Sample (user, candidate, Yes/No label) judge prompts for SFT into a JSONL file (docs/sft.md).
 
 Each row: {id (0..n-1), interaction_id, user_id, item_id, target_item_id, label ("Yes"/"No"),
 prompt (the user message), messages ([{"role": "user", "content": prompt}]), text (the chat-formatted

@@ -1,4 +1,4 @@
-"""Answer SFT prompts through an OpenAI-compatible API (DeepSeek-R1 by default) (DESIGN.md section 7).
+"""Answer SFT prompts through an OpenAI-compatible API (DeepSeek-R1 by default) (docs/sft.md).
 
     DEEPSEEK_API_KEY=sk-... python sft_train/get_response_by_deepseek.py --input_file sft_train/prompts.jsonl \
         --output_file sft_train/responses.jsonl --prompt_id_min 0 --prompt_id_max 999 --concurrency 8

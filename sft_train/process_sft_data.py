@@ -1,4 +1,4 @@
-"""Filter API responses into LLaMA-Factory SFT data (DESIGN.md section 7).
+"""Filter API responses into LLaMA-Factory SFT data (docs/sft.md).
 
 Reads the response JSONL of get_response_by_deepseek.py (rows {id, prompt, label, response,
 reasoning_content, model, error?}), keeps rows whose final Yes/No (the last "Answer: Yes|No", else the

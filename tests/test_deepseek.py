@@ -97,7 +97,7 @@ def _titles() -> list[str]:
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    """A DatasetDict in preprocess.py's layout (DESIGN.md section 2): 40 items, 8 valid and 10 test examples."""
+    """A DatasetDict in preprocess.py's layout (docs/data.md): 40 items, 8 valid and 10 test examples."""
     import random
 
     from datasets import Dataset, DatasetDict

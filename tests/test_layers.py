@@ -1,4 +1,4 @@
-"""The import rule of the layers (README "Layout"): a module imports only from its own layer or lower ones,
+"""The import rule of the layers (docs/architecture.md): a module imports only from its own layer or lower ones,
 and no modules import each other in a loop (a circle), inside a layer either.
 
     0 foundation   foundation/*, paths.py           (imports nothing else of ours)

@@ -46,10 +46,33 @@ def test_gpu_perf_smoke_runs_every_stage(tmp_path):
     assert (out / "logs.tgz").is_file()
 
 
+def test_gpu_perf_figures_set_smoke(tmp_path):
+    """--set figures (what the earlier device script, gpu_figures, measured beside the full step): the LoRA step, the
+    component benchmark and RRec's step each write their file and the summary reports them, none missing."""
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", "tools/perf/gpu_perf.sh", "--set", "figures", "--smoke", "--out", str(out)], cwd=REPO,
+                       text=True, capture_output=True, env=_env(WORK=str(tmp_path / "work")), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    limits = re.search(r"set figures: stage limits: (.*) \(total (\d+) s\)", r.stdout)
+    assert limits and int(limits.group(2)) <= 480
+    assert all(f"== {s}: rc=0" in r.stdout for s in ("env", "assets", "step_lora", "benchmark", "rrec", "summary"))
+    assert "== step_bs4" not in r.stdout and "== gpu_tests" not in r.stdout  # other sets' stages
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["missing"] == []
+    lora = json.loads((out / "step_lora.json").read_text())
+    assert lora["extra_flags"][:2] == ["--use_lora", "--lora_r"] and lora["train_py_record"]["lr"] == 1e-5
+    assert summary["step_lora"]["phases_s"] == lora["phase_s"]
+    assert {(row["mode"], row["path"]) for row in summary["benchmark"]["rows"]} >= {("score", "shared:prefix_split")}
+    assert summary["rrec"]["steps"] == 2 and summary["rrec"]["s_per_step"] > 0
+
+
 def test_gpu_perf_refuses_an_unknown_flag(tmp_path):
     r = subprocess.run(["bash", "tools/perf/gpu_perf.sh", "--smok"], cwd=REPO, text=True, capture_output=True,
                        env=_env(WORK=str(tmp_path)), timeout=60)
     assert r.returncode == 2 and "--smok" in r.stderr
+    r = subprocess.run(["bash", "tools/perf/gpu_perf.sh", "--set", "figure"], cwd=REPO, text=True,
+                       capture_output=True, env=_env(WORK=str(tmp_path)), timeout=60)
+    assert r.returncode == 2 and "--set figure: unknown set" in r.stderr
 
 
 def test_count_ops_table(tmp_path):

@@ -1,4 +1,4 @@
-"""The SFT chain (DESIGN.md section 7) on the synthetic dataset and the tiny model, offline on CPU:
+"""The SFT chain (docs/sft.md) on the synthetic dataset and the tiny model, offline on CPU:
 
 generate_prompts -> get_response_by_deepseek (real HTTP against fixtures/loopback_server.py, answering
 correctly / wrongly / unparseably / with an API error by prompt id) -> process_sft_data -> train_sft ->
@@ -280,8 +280,8 @@ def _llamafactory_cli() -> str | None:
 
 @pytest.mark.skipif(_llamafactory_cli() is None, reason="LLaMA-Factory is not installed (OURREC_LLAMAFACTORY_CLI)")
 def test_llamafactory_cli_trains_with_the_shipped_yaml_on_cpu(tiny, tmp_path, capsys):
-    """The README's CPU command, `llamafactory-cli train sft_train/sft.yaml bf16=false` (+ this test's model, data
-    and length), trains a few steps on our SFT data, and its output is a train.py --model_name_or_path."""
+    """docs/distributed.md's CPU command, `llamafactory-cli train sft_train/sft.yaml bf16=false` (+ this test's model,
+    data and length), trains a few steps on our SFT data, and its output is a train.py --model_name_or_path."""
     rows = [{"id": i, "prompt": f"The user bought Racing games. Will the user like item {i}?",
              "label": "Yes" if i % 2 else "No", "response": f"Answer: {'Yes' if i % 2 else 'No'}"} for i in range(8)]
     capsys.readouterr()

@@ -1,4 +1,4 @@
-"""Shared-prefix scoring/generation must equal the naive per-prompt path (DESIGN.md section 8)."""
+"""Shared-prefix scoring/generation must equal the naive per-prompt path (docs/performance.md)."""
 from __future__ import annotations
 
 import random

@@ -1,5 +1,5 @@
 """Naive vs shared-prefix scoring, PL-PPO update and reasoning generation on the same inputs, every attention
-backend side by side in one run (DESIGN.md section 8).
+backend side by side in one run (docs/performance.md).
 
 Builds a random-weight Qwen2 of a chosen shape in memory and synthetic users with a realistic prompt shape (a
 history of --history_items items at ~--tokens_per_item tokens as the shared prefix, one ~--tokens_per_item-token
@@ -12,7 +12,7 @@ candidate block per suffix). For every K and mode it times, after --warmup untim
 * generate: --gen_tokens reasoning tokens for each of the K candidates of every user: HF generate per prompt for
   naive; the shared-prefix decode loop for shared, with each prefix stored once in static buffers under
   shared:prefix_split and the prefix KV cache repeated over the K rows (transformers' DynamicCache) under the
-  other backends (shared:sdpa); vLLM is not wired in: see the README.
+  other backends (shared:sdpa); vLLM is not wired in: see docs/performance.md.
 
 Paths: ``naive`` (every prompt in full, the model's default attention) and ``shared:<backend>`` for every packing
 backend present (prefix_split, flex_attention on CUDA, sdpa = the dense block mask). Per row: candidates/s, real
@@ -497,7 +497,7 @@ def format_table(result: dict) -> str:
 
 
 def markdown_table(result: dict) -> str:
-    """The README's table, built from a --json_out file."""
+    """docs/performance.md's tables, built from a --json_out file."""
     m = result["meta"]
     out = [f"{m['device_name']}, shape {m['shape']} ({m['params'] / 1e6:.0f}M params), {m['users']} users, "
            f"inference weights {m['dtype']}, training: {m['train_weights']} weights, autocast {m['autocast']}"
@@ -556,7 +556,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                                                     "fp32 on CPU); training keeps fp32 master weights")
     ap.add_argument("--peak_tflops", type=float, default=None, help="override the GPU's dense bf16 peak for MFU")
     ap.add_argument("--seed", type=seed_int, default=0, help="seed of the random weights and synthetic users")
-    ap.add_argument("--json_out", default=None, help="also write the figures as JSON here (the README tables)")
+    ap.add_argument("--json_out", default=None,
+                    help="also write the figures as JSON here (docs/performance.md's tables)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--markdown", default=None, metavar="JSON",
                     help="print the markdown table of an earlier --json_out file and exit (runs nothing)")

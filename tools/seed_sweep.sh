@@ -26,7 +26,7 @@ for est in $ESTIMATORS; do
     output_dir=$run/train ADVANTAGE_ESTIMATOR=$est SEED=$seed bash train.sh "$@"
     for split in valid test; do
       "$PYTHON" test.py --model_name_or_path "$BASE" --resume_from "$run/train/final" --dataset_path "$DATA" \
-        --split "$split" --num_samples "$NUM_SAMPLES" --K 20 --K_eval 10 --scoring shared --no_progress \
+        --split "$split" --num_samples "$NUM_SAMPLES" --K 20 --K_eval 10 --scoring auto --no_progress \
         --print_every_text 0 --output_dir "$run/test_$split" > "$run/test_$split.log"
     done
   done

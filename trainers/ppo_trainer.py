@@ -1,4 +1,4 @@
-"""PL-PPO training of the binary judge (DESIGN.md section 5), on accelerate.
+"""PL-PPO training of the binary judge (docs/training.md), on accelerate.
 
 One training step reads as: make_experience(step) -> Rollout -> update(rollout) -> one metrics.jsonl record; the
 lifecycle around the steps is trainers/base_trainer.py's, the settings trainers/configs/ppo.py's.

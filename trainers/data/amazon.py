@@ -1,4 +1,4 @@
-"""Amazon Reviews 2023 -> our processed DatasetDict (DESIGN.md section 2): the pipeline.
+"""Amazon Reviews 2023 -> our processed DatasetDict (docs/data.md): the pipeline.
 
 Raw files are the host's rating-only 5-core CSV (`user_id,parent_asin,rating,timestamp`, ms) or the raw
 review JSONL, plus the metadata JSONL, gzipped or not. preprocess.py is the front end; the stages live in

@@ -1,4 +1,4 @@
-"""Candidate sampling (DESIGN.md section 3): the target plus K-1 uniform negatives.
+"""Candidate sampling (docs/evaluation.md): the target plus K-1 uniform negatives.
 
 Negatives are drawn from item ids 1..n_items (pad 0 excluded), excluding the
 user's history and the target. The generator is seeded by (seed,

@@ -1,4 +1,4 @@
-"""Shared logic of the SFT pipeline (DESIGN.md section 7).
+"""Shared logic of the SFT pipeline (docs/sft.md).
 
 prompt sampling      sample_sft_prompts: (user, candidate, Yes/No label) rows rendered by BinaryPrompter
 answer parsing       parse_yes_no: the final Yes/No of a model/API response (one parser for every tool)

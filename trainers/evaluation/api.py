@@ -164,7 +164,7 @@ class ApiRanker(Ranker):
 
 
 def run_api_evaluation(opts, script: str, with_valid_pass: bool) -> dict[str, dict]:
-    """Rank the candidates of a dataset split with the API model (DESIGN.md section 6): the test split, preceded
+    """Rank the candidates of a dataset split with the API model (docs/baselines.md): the test split, preceded
     by a validation pass when with_valid_pass; json mode ranks exactly the reference's split and candidates. Every
     split's candidates and outputs are checked before the first request. Returns the metrics by split; a split in
     which every request failed is saved, then the run exits 1 (such a table ranks every target last: not a

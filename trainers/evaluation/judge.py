@@ -1,4 +1,5 @@
-"""Evaluating the binary judge (DESIGN.md sections 3-5): used by test.py and by train.py's periodic validation.
+"""Evaluating the binary judge (docs/evaluation.md, docs/training.md): used by test.py and by train.py's periodic
+validation.
 
 JudgeRankSettings -> how the judge ranks (greedy or a seeded PL sample, scoring path, reasoning, batch size)
 rank_examples     -> score (example, candidates) items with the judge; rank by those settings

@@ -1,4 +1,4 @@
-"""Ranking metrics (DESIGN.md section 4): the one implementation every script uses.
+"""Ranking metrics (docs/evaluation.md): the one implementation every script uses.
 
 Binary relevance, one relevant item per sample. Ties are broken *against* the
 target: the target's rank is 1 + number of candidates whose score is >= its

@@ -1,4 +1,4 @@
-"""The candidate protocol (DESIGN.md sections 3-4): which examples, which K candidates, and the sanity rows.
+"""The candidate protocol (docs/evaluation.md): which examples, which K candidates, and the sanity rows.
 
 build_eval_items  -> (example, candidates) pairs: seeded sampling, or copied from a reference result JSON
 sanity_ranks      -> per-sample target ranks of three non-learned rankings of the same candidates:

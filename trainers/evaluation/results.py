@@ -1,4 +1,4 @@
-"""The result JSON of DESIGN.md section 3, written incrementally and resumable.
+"""The result JSON (docs/evaluation.md), written incrementally and resumable.
 
 While a run is in progress, finished samples are appended to `{path}.partial.jsonl`
 (one durable line each); the JSON itself is rewritten atomically every

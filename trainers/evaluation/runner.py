@@ -1,5 +1,5 @@
 """The one evaluation runner: items -> resume check -> shard -> rank -> merge -> metrics + sanity rows -> finalize ->
-table, for every method that ranks the candidate protocol's items (DESIGN.md sections 3-4).
+table, for every method that ranks the candidate protocol's items (docs/evaluation.md).
 
 A method supplies a Ranker: how to load its model (once per process, before any result file is touched), how to
 rank a share of the items (each finished sample handed to the runner as it comes), and its metric rows. The

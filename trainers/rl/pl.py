@@ -1,4 +1,4 @@
-"""Plackett-Luce ranking policy over candidate scores (DESIGN.md section 5)."""
+"""Plackett-Luce ranking policy over candidate scores (docs/training.md)."""
 from __future__ import annotations
 
 import math
