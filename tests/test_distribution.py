@@ -15,13 +15,13 @@ import time
 import pytest
 import torch
 
-from tests.fixtures.ppo_train import REPO, load_weights, ppo_assets, run_train, train_cmd, train_env  # noqa: F401
+from tests.fixtures.ppo_train import (REPO, load_weights, metric_records, ppo_assets, run_train,  # noqa: F401
+                                     train_cmd, train_env)
 
 N_STEPS = 6
 FAST = ["--K", "4", "--K_eval", "3", "--max_len_per_item", "4", "--user_window_size", "3", "--lr_actor", "1e-3",
         "--lr_critic", "1e-3", "--num_valid_samples", "6", "--print_every", "0", "--seed", "3", "--batch_size", "2",
         "--save_every", "2"]
-VOLATILE = {"wall_time_s", "samples_per_s", "step_seconds", "tokens_per_s", "tflops_per_s", "mfu", "hfu"}  # + time_*_s
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +29,6 @@ def assets(ppo_assets):
     return ppo_assets
 
 
-def _records(out):
-    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if k not in VOLATILE and not k.startswith("time_")} for r in recs]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +85,7 @@ def test_fsdp_shards_parameters_and_matches_ddp(assets, fsdp_run, tmp_path):
     assert not (fsdp / "checkpoint-2" / "optimizer.pt").exists()  # optimiser state: sharded only
 
     # the same losses and weights as DDP after 2 steps (fp32)
-    rf, rd = _records(fsdp)[:2], _records(ddp)[:2]
+    rf, rd = metric_records(fsdp)[:2], metric_records(ddp)[:2]
     assert [x["step"] for x in rf] == [x["step"] for x in rd] == [1, 2]
     loss_diff = max(abs(a[k] - b[k]) for a, b in zip(rf, rd) for k in ("policy_loss", "value_loss", "reward",
                                                                         "grad_norm"))
@@ -129,7 +126,7 @@ def test_fsdp_kill_and_resume_matches_uninterrupted_run(assets, fsdp_run, tmp_pa
     a, b = load_weights(ref / f"checkpoint-{N_STEPS}"), load_weights(out / f"checkpoint-{N_STEPS}")
     assert a.keys() == b.keys() and len(a) > 5
     assert not [k for k in a if not torch.equal(a[k], b[k])], "weights differ after resume"
-    assert _records(ref) == _records(out)
+    assert metric_records(ref) == metric_records(out)
 
     # its sharded optimiser state does not fit a run without FSDP: one line, not a crash
     r = run_train(train_cmd(data, model, tmp_path / "plain", *FAST, "--max_steps", str(N_STEPS), "--resume_from",

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.fixtures.ppo_train import load_weights, ppo_assets, run_train, train_cmd  # noqa: F401 (session fixture)
+from tests.fixtures.ppo_train import load_weights, metric_records, ppo_assets, run_train, train_cmd  # noqa: F401
 
 FAST = ["--K", "4", "--K_eval", "3", "--max_len_per_item", "4", "--user_window_size", "3", "--lr_actor", "1e-3",
         "--lr_critic", "1e-3", "--num_valid_samples", "6", "--print_every", "1", "--seed", "3"]
@@ -18,8 +18,6 @@ def assets(ppo_assets):
     return ppo_assets
 
 
-def _records(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_two_processes_equal_one_process_and_stay_in_sync(assets, tmp_path):
@@ -36,9 +34,9 @@ def test_two_processes_equal_one_process_and_stay_in_sync(assets, tmp_path):
     c0 = (ddp / "param_checksum_rank0.txt").read_text().strip()
     c1 = (ddp / "param_checksum_rank1.txt").read_text().strip()
     assert c0 == c1 and len(c0) == 64  # different users on each process, identical weights: DDP synced them
-    recs = _records(ddp)
+    recs = metric_records(ddp, keep_volatile=True)
     assert [x["step"] for x in recs] == [1, 2]  # one writer (the main process), no duplicates
-    one = _records(single)[0]
+    one = metric_records(single, keep_volatile=True)[0]
     for key in ("reward", "ndcg", "value_loss", "value_mean", "grad_norm"):
         assert recs[0][key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
     final, init = load_weights(ddp / "checkpoint-2"), load_weights(model)
@@ -56,7 +54,7 @@ def test_two_processes_equal_one_process_and_stay_in_sync(assets, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (budget / "param_checksum_rank0.txt").read_text() == (budget / "param_checksum_rank1.txt").read_text()
     for key in ("reward", "ndcg", "value_loss", "policy_loss", "grad_norm"):
-        assert _records(budget)[0][key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
+        assert metric_records(budget, keep_volatile=True)[0][key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
 
 
 def _changed_fraction(out, model) -> float:

@@ -18,6 +18,7 @@ from tests.fixtures.assets import build_tiny_qwen
 from tests.fixtures.ppo_train import (
     REPO,
     load_weights,
+    metric_records,
     ppo_assets,  # noqa: F401 (session fixture)
     run_train,
     train_cmd,
@@ -31,7 +32,6 @@ FAST = ["--K", "4", "--K_eval", "3", "--batch_size", "2", "--max_len_per_item", 
         "--eval_every", "3", "--save_every", "2", "--save_total_limit", "2", "--print_every", "0",
         "--gradient_accumulation_steps", "2", "--lr_scheduler", "cosine", "--warmup_steps", "2", "--seed", "5",
         "--max_steps", str(N_STEPS)]
-VOLATILE = {"wall_time_s", "samples_per_s", "step_seconds", "tokens_per_s", "tflops_per_s", "mfu", "hfu"}  # + time_*_s
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,6 @@ def assets(ppo_assets):
     return ppo_assets
 
 
-def _records(out):
-    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if k not in VOLATILE and not k.startswith("time_")} for r in recs]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +64,7 @@ def _same_as_reference(ref, out):
     assert a.keys() == b.keys() and len(a) > 5
     diff = [k for k in a if not (a[k] == b[k]).all()]
     assert not diff, f"weights differ after resume: {diff[:5]}"
-    ra, rb = _records(ref), _records(out)
+    ra, rb = metric_records(ref), metric_records(out)
     assert [x["step"] for x in rb] == list(range(1, N_STEPS + 1))
     assert ra == rb
 
@@ -217,7 +214,7 @@ def test_kill_and_resume_matches_uninterrupted_run(assets, reference_run, tmp_pa
     assert r.returncode == 0, r.stderr[-3000:]
 
     _same_as_reference(ref, out)
-    assert any("val_NDCG@3_K20" in x for x in _records(out))
+    assert any("val_NDCG@3_K20" in x for x in metric_records(out))
     # rotation keeps the newest two complete checkpoints
     assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{N_STEPS - 2}", f"checkpoint-{N_STEPS}"]
 
@@ -237,7 +234,7 @@ def test_sigterm_saves_a_checkpoint_and_auto_resume_continues(assets, reference_
     stopped_at = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     assert 2 <= stopped_at < N_STEPS, "the run finished before the signal"
     assert (out / f"checkpoint-{stopped_at}" / "COMPLETE").is_file() and not (out / "final").exists()
-    assert [r["step"] for r in _records(out)] == list(range(1, stopped_at + 1))
+    assert [r["step"] for r in metric_records(out)] == list(range(1, stopped_at + 1))
     r = run_train(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
     _same_as_reference(reference_run, out)
@@ -264,7 +261,7 @@ def test_resume_refuses_changed_settings_and_damaged_checkpoints(assets, referen
     run_training(_args(data, model, run, *args, "--allow_changed_settings", "lr_actor,max_steps"))
     from trainers.utils import lr_lambda_factory
 
-    last = _records(run)[-1]
+    last = metric_records(run)[-1]
     schedule = lr_lambda_factory(2, N_STEPS + 1, "cosine")  # --warmup_steps 2, the new --max_steps
     assert last["step"] == N_STEPS + 1 and last["lr"] == pytest.approx(5e-4 * schedule(N_STEPS))
     assert json.loads((run / "args.json").read_text())["lr_actor"] == 5e-4
@@ -369,7 +366,7 @@ def test_train_sh_rerun_continues_instead_of_overwriting(assets, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "nothing left to train" in r.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (out / "checkpoint-2").iterdir()} == before
-    assert [x["step"] for x in _records(out)] == [1, 2]
+    assert [x["step"] for x in metric_records(out)] == [1, 2]
 
 
 def _args(data, model, out, *extra):

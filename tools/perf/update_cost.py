@@ -16,7 +16,6 @@ PYTHONPATH=tree; the counter (foundation/op_count.py) is always this checkout's.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,24 +25,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[2]  # this checkout
-
-
-def _counter_module():
-    spec = importlib.util.spec_from_file_location("_op_count", HERE / "foundation" / "op_count.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _commit(tree: Path) -> str:
-    try:
-        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+# the counter loader and the checkout's commit: one home, count_ops.py beside this script (sys.path[0])
+from count_ops import _commit, _counter_module  # noqa: E402
 
 
 def demo_assets(root: Path) -> tuple[Path, Path]:
