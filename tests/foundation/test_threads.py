@@ -7,13 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from foundation.threads import default_threads, thread_setting, usable_cores
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.fixtures.scripts import REPO
 
 
 def test_thread_setting_precedence_and_default():
