@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 import torch
 
-from tests.test_shared_prefix import _ppo_grads, make_batch
+from tests.models.test_shared_prefix import _ppo_grads, make_batch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -12,7 +12,7 @@ from fixtures.loopback_server import LoopbackAPI
 from trainers.evaluation.options import ApiClientOptions
 from foundation.errors import UserInputError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 KEY = "sk-test-SECRET123"
 MSG = [{"role": "user", "content": "hello"}]
