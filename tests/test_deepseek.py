@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import fixtures.loopback_server as lb
-from prompters.answer_parsing import fallback_ranking, parse_ranking, strip_think
 from trainers.evaluation.api import sample_from_row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,58 +22,6 @@ K = 6
 STYLES = ("good", "garbage", "titles", "fenced", "partial")
 
 # ------------------------------------------------------------------------------------------------ the parser
-
-TITLES = ["Turbo Racing Quest", "Puzzle World", "Super Mario 64", "Puzzle World Deluxe", "3 Kings"]
-
-
-@pytest.mark.parametrize("text,expected,status", [
-    ("3, 1, 2, 5, 4", [2, 0, 1, 4, 3], "ok"),
-    ("3 > 1 > 2 > 5 > 4", [2, 0, 1, 4, 3], "ok"),
-    ("3\n1\n2\n5\n4", [2, 0, 1, 4, 3], "ok"),
-    ("[3,1,2,5,4]", [2, 0, 1, 4, 3], "ok"),
-    ("My ranking: [3, 1, 2, 5, 4] because ...", [2, 0, 1, 4, 3], "ok"),
-    ('{"ranking": [5, 4, 3, 2, 1]}', [4, 3, 2, 1, 0], "ok"),
-    ('```json\n{"ranking": [2, 1, 3, 4, 5]}\n```', [1, 0, 2, 3, 4], "ok"),
-    ("```\n4, 3, 2, 1, 5\n```", [3, 2, 1, 0, 4], "ok"),
-    ("1. Candidate 3: Super Mario 64\n2. Candidate 1\n3. [5] 3 Kings\n4. 2\n5. 4", [2, 0, 4, 1, 3], "ok"),
-    ("1. Puzzle World Deluxe\n2. Puzzle World\n3. Super Mario 64\n4. 3 Kings\n5. Turbo Racing Quest",
-     [3, 1, 2, 4, 0], "ok"),
-    ("1. **Super Mario 64** (candidate 3)\n2. **3 Kings**", [2, 4, 0, 1, 3], "partial"),
-    ('["Super Mario 64", "Puzzle World", "Turbo Racing Quest", "3 Kings", "Puzzle World Deluxe"]',
-     [2, 1, 0, 4, 3], "ok"),
-    ("<think>maybe 1, 2, 3, 4, 5</think>\nRanking: 5 > 4 > 3 > 2 > 1", [4, 3, 2, 1, 0], "ok"),
-    ("The user rated 10 items, mostly 4.5 stars.\nFinal ranking: 4, 2, 1, 3, 5.", [3, 1, 0, 2, 4], "ok"),
-    ("5.\n3.\n1.\n2.\n4.", [4, 2, 0, 1, 3], "ok"),
-    ("2, 2, 1, 2", [1, 0, 2, 3, 4], "partial"),            # repeats keep the first
-    ("7, 3, 0, 1, 9", [2, 0, 1, 3, 4], "partial"),         # out of range ignored
-    ("I think Puzzle World is best, then Turbo Racing Quest.", [1, 0, 2, 3, 4], "partial"),
-])
-def test_parser_cases(text, expected, status):
-    assert parse_ranking(text, TITLES) == (expected, status)
-
-
-@pytest.mark.parametrize("text", ["no idea", "", None, "9, 8, 7", "<think>3, 1, 2</think>", "<think>1, 2, 3, 4"])
-def test_unparseable_ranks_target_last(text):
-    assert parse_ranking(text, TITLES, target_index=1) == ([0, 2, 3, 4, 1], "unparseable")
-    assert parse_ranking(text, TITLES) == ([0, 1, 2, 3, 4], "unparseable")
-
-
-def test_partial_appends_missing_in_order_target_last():
-    assert parse_ranking("4, 2", TITLES) == ([3, 1, 0, 2, 4], "partial")
-    assert parse_ranking("4, 2", TITLES, target_index=0) == ([3, 1, 2, 4, 0], "partial")
-    assert parse_ranking("4, 2", TITLES, target_index=3) == ([3, 1, 0, 2, 4], "partial")
-
-
-def test_duplicate_titles_map_to_distinct_candidates():
-    titles = ["Same Game", "Other", "Same Game"]
-    assert parse_ranking('["Same Game", "Same Game", "Other"]', titles) == ([0, 2, 1], "ok")
-
-
-def test_strip_think_and_fallback():
-    assert strip_think("a<think>x</think>b").replace(" ", "") == "ab"
-    assert strip_think("reasoning...</think>3, 1") == "3, 1"
-    assert fallback_ranking(4, 0) == [1, 2, 3, 0]
-
 
 def test_sample_from_row_scores_encode_ranking():
     ex = {"interaction_id": 5, "user_id": "u", "item_id": 30}
@@ -330,34 +277,6 @@ def test_missing_key_and_bad_flags_exit_2(data_dir, tmp_path):
     assert r.returncode == 2 and "--dataset_dir" in r.stderr and KEY not in r.stderr + r.stdout
     r = subprocess.run([sys.executable, "compare_model/deepseek.py", "--help"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "--candidate_mode" in r.stdout and "--test_only" in r.stdout
-
-
-# ---------------------------------------------------------------------------------------------- the prompter
-
-def test_api_prompter_renders_window_candidates_and_text(tmp_path):
-    from prompters.api_prompter import ApiRankingPrompter
-    from foundation.errors import UserInputError
-
-    rows = [{"title": "pad"}] + [{"title": f"Game {i}", "description": [f"desc {i} one two three"], "features": []}
-                                 for i in range(1, 8)]
-    ex = {"history_item_id": [1, 2, 3, 4], "history_rating": [5.0, 4.0, 3.5, 2.0]}
-    p = ApiRankingPrompter(rows, user_window_size=2)
-    text = p.render(ex, [7, 5, 6])
-    assert "Game 1" not in text and "Game 2" not in text  # only the last 2 history items
-    assert "1. Game 3 (rating: 3.5)\n2. Game 4 (rating: 2)" in text
-    assert "1. Game 7\n2. Game 5\n3. Game 6" in text and "following 3 candidate" in text and "desc" not in text
-    assert p.candidate_titles([7, 5]) == ["Game 7", "Game 5"]
-    p = ApiRankingPrompter(rows, user_window_size=2, max_len_per_item=2, dataset_type="movies", system_prompt="S")
-    msgs = p.messages(ex, [7])
-    assert msgs[0] == {"role": "system", "content": "S"} and "watched" in msgs[1]["content"]
-    assert "1. Game 7 - desc 7\n" in msgs[1]["content"]
-    bad = tmp_path / "t.txt"
-    bad.write_text("{history} only")
-    with pytest.raises(UserInputError, match="candidates"):
-        ApiRankingPrompter(rows, template_file=str(bad))
-    good = tmp_path / "g.txt"
-    good.write_text("H:{history}\nC:{candidates}")
-    assert ApiRankingPrompter(rows, template_file=str(good)).render(ex, [5]).startswith("H:1. Game 1")
 
 
 # ------------------------------------------------------------ run_r1's dataset mode, damaged files, secrets

@@ -7,8 +7,6 @@ import pytest
 import torch
 
 from foundation.errors import UserInputError
-from foundation.seeding import derived_seed
-from trainers.utils import lr_lambda_factory, sample_step_indices, step_candidate_seed
 from trainers.rl.advantages import normalize_advantages
 from trainers.rl.kl import kl_penalty
 from trainers.rl.losses import clipped_surrogate, clipped_value_loss
@@ -81,28 +79,6 @@ def test_kl_penalty_zero_at_reference_and_positive_elsewhere():
     # d = ref - new = [-1, 1]: e^-1 + 1 - 1 = 0.3679 ; e^1 - 1 - 1 = 0.7183
     assert kl_penalty(lp, lp + torch.tensor([-1.0, 1.0])).item() == pytest.approx(
         ((math.exp(-1) + 1 - 1) + (math.exp(1) - 1 - 1)) / 2, abs=1e-6)
-
-
-def test_lr_schedule():
-    f = lr_lambda_factory(warmup_steps=2, total_steps=10, kind="cosine")
-    assert [f(0), f(1)] == pytest.approx([0.5, 1.0])
-    assert f(2) == pytest.approx(1.0)
-    assert f(6) == pytest.approx(0.5)
-    assert f(10) == pytest.approx(0.0, abs=1e-12)
-    c = lr_lambda_factory(0, 10, "constant")
-    assert c(0) == c(9) == 1.0
-    with pytest.raises(UserInputError):
-        lr_lambda_factory(0, 10, "linear")
-
-
-def test_step_randomness_is_replayable():
-    a = sample_step_indices(1000, 8, seed=1, step=5)
-    assert a == sample_step_indices(1000, 8, seed=1, step=5) and len(set(a)) == 8
-    assert a != sample_step_indices(1000, 8, seed=1, step=6)
-    assert a != sample_step_indices(1000, 8, seed=2, step=5)
-    assert len(set(a)) == 8
-    assert step_candidate_seed(3, 7) != step_candidate_seed(3, 8)
-    assert derived_seed(1, 2, 0, 1) != derived_seed(1, 2, 1, 1)
 
 
 @pytest.mark.parametrize("log_ratio", [1.0, 25.0, 60.0])

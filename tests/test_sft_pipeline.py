@@ -66,18 +66,6 @@ def prompter(tiny, dataset_dir):
 
 
 # ---------------------------------------------------------------------------------------------- unit checks
-@pytest.mark.parametrize("text,expected", [
-    ("Answer: Yes", "Yes"), ("answer:no", "No"), ("**Answer:** Yes.", "Yes"), ("No", "No"), ("yes!", "Yes"),
-    ("The user might say yes, but overall... Answer: No", "No"),
-    ("Yes, they like racing. No doubt.\nAnswer: Yes", "Yes"),
-    ("<think>Answer: No? no...</think>\nAnswer: Yes", "Yes"), ("<think>yes yes yes", None),
-    ("reasoning</think> No", "No"), ("I cannot tell.", None), ("", None), (None, None),
-    ("Yesterday's nonsense; nobody knows", None), ("yes... actually no", "No"),
-])
-def test_parse_yes_no(text, expected):
-    assert parse_yes_no(text) == expected
-
-
 def test_match_ratio_and_negatives(prompter):
     from trainers.data.sft import sample_sft_prompts
 

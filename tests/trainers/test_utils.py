@@ -6,6 +6,7 @@ import math
 import pytest
 
 from foundation.errors import UserInputError, cli_message
+from foundation.seeding import derived_seed
 from trainers.utils import SCHEDULERS, lr_lambda_factory, param_checksum, sample_step_indices, step_candidate_seed
 
 
@@ -39,3 +40,25 @@ def test_param_checksum_sees_one_changed_bit():
     with torch.no_grad():
         b.weight[0, 0] = torch.nextafter(b.weight[0, 0], torch.tensor(math.inf))
     assert param_checksum(a) != param_checksum(b)
+
+
+def test_lr_schedule():
+    f = lr_lambda_factory(warmup_steps=2, total_steps=10, kind="cosine")
+    assert [f(0), f(1)] == pytest.approx([0.5, 1.0])
+    assert f(2) == pytest.approx(1.0)
+    assert f(6) == pytest.approx(0.5)
+    assert f(10) == pytest.approx(0.0, abs=1e-12)
+    c = lr_lambda_factory(0, 10, "constant")
+    assert c(0) == c(9) == 1.0
+    with pytest.raises(UserInputError):
+        lr_lambda_factory(0, 10, "linear")
+
+
+def test_step_randomness_is_replayable():
+    a = sample_step_indices(1000, 8, seed=1, step=5)
+    assert a == sample_step_indices(1000, 8, seed=1, step=5) and len(set(a)) == 8
+    assert a != sample_step_indices(1000, 8, seed=1, step=6)
+    assert a != sample_step_indices(1000, 8, seed=2, step=5)
+    assert len(set(a)) == 8
+    assert step_candidate_seed(3, 7) != step_candidate_seed(3, 8)
+    assert derived_seed(1, 2, 0, 1) != derived_seed(1, 2, 1, 1)
