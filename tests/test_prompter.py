@@ -1,10 +1,9 @@
-"""Binary prompter: shared prefix, windowing, truncation, template validation; candidate sampler."""
+"""Binary prompter: shared prefix, windowing, truncation, template validation."""
 import pytest
 
 from prompters.abstract_prompter import PromptError
 from prompters.binary_prompter import BinaryPrompter, load_template
 from tests.fixtures.assets import build_tiny_tokenizer
-from trainers.data.candidates import sample_candidates
 from foundation.errors import UserInputError, cli_message
 
 ITEMS = [{"title": "pad_title", "description": [], "features": []}] + [
@@ -67,20 +66,6 @@ def test_prompt_template_file(tmp_path, tok):
     with pytest.raises(PromptError, match="^user_window_size 0: must be >= 1") as e:
         BinaryPrompter(tok, ITEMS, user_window_size=0)
     assert cli_message(e.value, {"user_window_size": "--window"}) == "--window 0: must be >= 1"
-
-
-def test_candidates_contain_target_exclude_history_and_are_seeded():
-    hist = [1, 2, 3]
-    a = sample_candidates(10, hist, n_items=39, K=8, seed=0, interaction_id=5)
-    assert len(a) == 8 and len(set(a)) == 8 and 10 in a
-    assert not set(a) & {0, 1, 2, 3}
-    assert a == sample_candidates(10, hist, n_items=39, K=8, seed=0, interaction_id=5)
-    assert a != sample_candidates(10, hist, n_items=39, K=8, seed=1, interaction_id=5)
-    # dense case: every eligible item is used exactly once
-    full = sample_candidates(10, hist, n_items=39, K=36, seed=0, interaction_id=5)
-    assert sorted(full) == [i for i in range(1, 40) if i not in hist]
-    with pytest.raises(UserInputError, match="--K 37"):
-        sample_candidates(10, hist, n_items=39, K=37, seed=0, interaction_id=5)
 
 
 # ------------------------------------------------------------------ special-token strings in item text (issue 14)
