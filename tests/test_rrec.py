@@ -776,19 +776,6 @@ def test_upstream_layout_dataset_read_by_every_script(tiny_model, dataset_dir, t
     assert rows["ours"] == rows["upstream"]
 
 
-def test_item_ids_that_cannot_be_mapped_are_refused():
-    from datasets import Dataset
-
-    from trainers.data.dataset import item_info_by_id
-    from foundation.errors import UserInputError
-
-    info, layout = item_info_by_id(Dataset.from_dict({"item_id": [2, 0, 1], "title": ["b", "pad", "a"]}))
-    assert layout == "by item_id" and info["title"] == ["pad", "a", "b"]
-    for ids in ([0, 1, 1], [1, 2, 3]):
-        with pytest.raises(UserInputError, match="item_id"):
-            item_info_by_id(Dataset.from_dict({"item_id": ids, "title": ["x", "y", "z"]}))
-
-
 # ----------------------------------------------------------------------------- two processes
 def test_two_process_training(tiny_model, dataset_dir, tmp_path):
     """torchrun, 2 CPU processes (gloo): a RecPO step under DDP with in-batch negatives gathered across processes

@@ -1,8 +1,8 @@
 """compare_model/sasrec.py (SASRec, GRU4Rec; models/sequential.py, trainers/sequential_trainer.py) on a planted
 sequential pattern: every user buys items i, i+1, i+2, ... (a run through the catalogue from a random start), so
 the next item is the last one plus one. Both models must learn it clearly above the popularity and random rows
-(paired over the same examples and candidates); the training sequences hold train interactions only, in time
-order; the candidates are exactly a reference file's; a run killed while training or while ranking and rerun ends
+(paired over the same examples and candidates; the training sequences: tests/trainers/data/test_sequences.py);
+the candidates are exactly a reference file's; a run killed while training or while ranking and rerun ends
 with the same result JSON as an uninterrupted one; upstream's dataset layout (pad row last) gives the same result as
 ours; padding does not change a model's states; bad flags stop with one line and exit 2. CPU, a few seconds each."""
 from __future__ import annotations
@@ -105,29 +105,6 @@ def test_learns_the_planted_successor_pattern(model, sasrec_run, data_dir, tmp_p
     assert all({"step", "lr", "wall_time_s"} <= set(r) for r in log)  # the keys every trainer logs
     best = max(log, key=lambda r: r["valid/NDCG@10"])  # the first of the best, as strict improvement keeps it
     assert data["meta"]["training"]["best_epoch"] == best["epoch"] and log[-1]["epoch"] - best["epoch"] <= 5
-
-
-def test_training_sequences_are_the_train_split_in_time_order(data_dir):
-    """Each user's training sequence is exactly their train interactions (targets and histories, each once) in
-    time order, so no valid or test target is in it; the windows are each sequence's newest items."""
-    from trainers.data.dataset import load_processed_dataset
-    from trainers.data.sequences import last_windows, user_sequences
-
-    ds = load_processed_dataset(data_dir)
-    items, offsets = user_sequences(ds)
-    per_user: dict[str, set] = {}
-    for r in ds.split("train").to_list():
-        per_user.setdefault(r["user_id"], set()).update(zip(r["history_timestamp"], r["history_item_id"]))
-        per_user[r["user_id"]].add((r["timestamp"], r["item_id"]))
-    expected = sorted(tuple(i for _, i in sorted(v)) for v in per_user.values())
-    got = sorted(tuple(int(x) for x in items[offsets[u]:offsets[u + 1]]) for u in range(len(offsets) - 1))
-    assert got == expected and all((b - a) % N_ITEMS == 1 for seq in got for a, b in zip(seq, seq[1:]))
-    later = sum(len(ds.split(s)) for s in ("valid", "test"))
-    assert later > 0 and len(items) == sum(map(len, expected))
-    w = last_windows(items, offsets, 4, min_items=2)
-    long_enough = [seq for seq in got if len(seq) >= 2]
-    assert sorted(tuple(int(x) for x in row if x) for row in w) == sorted(seq[-4:] for seq in long_enough)
-    assert all(row[0] == 0 or min(row) > 0 for row in w.tolist())  # pads only on the left
 
 
 def test_ranks_exactly_the_reference_candidates(sasrec_run, data_dir, tmp_path, capsys):

@@ -1,8 +1,10 @@
-"""Binary prompter: shared prefix, windowing, truncation, template validation; candidate sampler."""
+"""trainers/data/candidates.py: the seeded candidate sampler."""
+from __future__ import annotations
+
 import pytest
 
-from trainers.data.candidates import sample_candidates
 from foundation.errors import UserInputError
+from trainers.data.candidates import sample_candidates
 
 
 def test_candidates_contain_target_exclude_history_and_are_seeded():
