@@ -14,7 +14,6 @@ import pytest
 
 import fixtures.loopback_server as lb
 from prompters.answer_parsing import fallback_ranking, parse_ranking, strip_think
-from trainers.evaluation.api import sample_from_row
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,15 +73,6 @@ def test_strip_think_and_fallback():
     assert strip_think("a<think>x</think>b").replace(" ", "") == "ab"
     assert strip_think("reasoning...</think>3, 1") == "3, 1"
     assert fallback_ranking(4, 0) == [1, 2, 3, 0]
-
-
-def test_sample_from_row_scores_encode_ranking():
-    ex = {"interaction_id": 5, "user_id": "u", "item_id": 30}
-    cands = [10, 20, 30, 40]
-    s = sample_from_row(ex, cands, {"content": "3, 1"}, ["a", "b", "c", "d"])
-    assert s["ranking"] == [30, 10, 20, 40] and s["target_rank"] == 1 and s["outputs"]["parse_status"] == "partial"
-    s = sample_from_row(ex, cands, {"content": None, "error": "boom"}, ["a", "b", "c", "d"])
-    assert s["ranking"][-1] == 30 and s["target_rank"] == 4 and s["outputs"]["parse_status"] == "api_error"
 
 
 # ------------------------------------------------------------------------------------ a small processed dataset
