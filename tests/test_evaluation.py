@@ -1,4 +1,4 @@
-"""trainers/evaluation.py, test.py, test.sh and tools/compare_results.py on the tiny model and synthetic data."""
+"""test.py, test.sh and tools/compare_results.py on the tiny model and synthetic data."""
 from __future__ import annotations
 
 import json
@@ -11,17 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainers.evaluation.judge import JudgeRankSettings as S
-from trainers.evaluation.judge import evaluate_split, rank_examples
 from trainers.evaluation.metrics import (
     metrics_from_ranks,
     paired_difference,
     per_sample_metric,
-    rank_from_ranking,
-    target_rank,
 )
 from trainers.evaluation.protocol import SANITY_ROWS, build_eval_items, sanity_rows
-from foundation.errors import UserInputError, cli_message
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,116 +60,6 @@ def judge(tiny_model):
     from models.qwen_models import load_judge_from_checkpoint
 
     return load_judge_from_checkpoint(str(tiny_model), device="cpu", dtype="fp32", attn_implementation="sdpa")
-
-
-def _prompter(judge, dataset, reasoning=False):
-    from prompters.binary_prompter import BinaryPrompter
-
-    return BinaryPrompter(judge.tokenizer, dataset.item_rows, "other", max_len_per_item=16, user_window_size=5,
-                          reasoning=reasoning)
-
-
-# ---- build_eval_items --------------------------------------------------------------------------------
-def test_eval_items_candidates_valid_and_deterministic(dataset):
-    items = build_eval_items(dataset, "test", 30, K, seed=7)
-    assert len(items) == 30 and len({ex["interaction_id"] for ex, _ in items}) == 30
-    for ex, cands in items:
-        assert len(cands) == K == len(set(cands))
-        assert ex["item_id"] in cands
-        assert 0 not in cands and all(1 <= c <= dataset.n_items for c in cands)
-        assert not set(ex["history_item_id"]) & (set(cands) - {ex["item_id"]})
-    again = build_eval_items(dataset, "test", 30, K, seed=7)
-    assert [(e["interaction_id"], c) for e, c in again] == [(e["interaction_id"], c) for e, c in items]
-    # a subset is a prefix of the full seeded order, with the same candidates
-    full = build_eval_items(dataset, "test", None, K, seed=7)
-    assert len(full) == len(dataset.split("test"))
-    assert [(e["interaction_id"], c) for e, c in full[:30]] == [(e["interaction_id"], c) for e, c in items]
-    # the order is shuffled (not the chronological first rows) and depends on the seed
-    other = build_eval_items(dataset, "test", 30, K, seed=8)
-    assert [e["interaction_id"] for e, _ in other] != [e["interaction_id"] for e, _ in items]
-    assert [e["interaction_id"] for e, _ in items] != list(dataset.split("test")["interaction_id"][:30])
-
-
-def test_eval_items_from_reference(dataset):
-    items = build_eval_items(dataset, "test", 10, K, seed=1)
-    ref = {"samples": [{"interaction_id": e["interaction_id"], "target_item_id": e["item_id"], "candidates": c}
-                       for e, c in reversed(items)]}
-    got = build_eval_items(dataset, "test", None, K, seed=999, reference=ref)  # seed is irrelevant with a reference
-    assert [(e["interaction_id"], c) for e, c in got] == [(e["interaction_id"], c) for e, c in reversed(items)]
-    assert len(build_eval_items(dataset, "test", 3, K, seed=0, reference=ref)) == 3
-    with pytest.raises(UserInputError, match="--K"):
-        build_eval_items(dataset, "test", None, K + 1, seed=1, reference=ref)
-    with pytest.raises(UserInputError, match="not in split"):
-        build_eval_items(dataset, "valid", None, K, seed=1, reference=ref)
-    with pytest.raises(UserInputError, match="--K"):
-        build_eval_items(dataset, "test", 5, dataset.n_items + 5, seed=1)
-
-
-# ---- rank_examples / sanity_rows ---------------------------------------------------------------------
-def test_rank_examples_greedy_and_rollout(judge, dataset):
-    items = build_eval_items(dataset, "test", 4, K, seed=3)
-    prompter = _prompter(judge, dataset)
-    seen = []
-    greedy = rank_examples(judge, prompter, items, S(mode="greedy", batch_size=4, progress=False),
-                           on_sample=seen.append)
-    assert seen == greedy and len(greedy) == 4
-    for s, (ex, cands) in zip(greedy, items):
-        assert s["interaction_id"] == ex["interaction_id"] and s["candidates"] == cands and s["outputs"] == {}
-        assert sorted(s["ranking"]) == sorted(cands)
-        by_item = dict(zip(s["candidates"], s["scores"]))
-        assert all(by_item[a] >= by_item[b] for a, b in zip(s["ranking"], s["ranking"][1:]))
-        assert s["target_rank"] == target_rank(s["scores"], cands.index(ex["item_id"]))
-        assert s["target_rank"] == rank_from_ranking(s["ranking"], ex["item_id"])
-    # batch size does not change scores (beyond float noise)
-    one = rank_examples(judge, prompter, items[:2], S(mode="greedy", batch_size=1, progress=False))
-    np.testing.assert_allclose([s["scores"] for s in one], [s["scores"] for s in greedy[:2]], atol=1e-4)
-
-    # rollout: seeded per interaction id, so it repeats and does not depend on batching or on the other items
-    r1 = rank_examples(judge, prompter, items, S(mode="rollout", temperature=0.01, seed=5, batch_size=4,
-                                                 progress=False))
-    r2 = rank_examples(judge, prompter, items[2:], S(mode="rollout", temperature=0.01, seed=5, batch_size=1,
-                                                     progress=False))
-    assert [s["ranking"] for s in r1[2:]] == [s["ranking"] for s in r2]
-    for s in r1:
-        assert s["target_rank"] == rank_from_ranking(s["ranking"], s["target_item_id"])
-    # at τ = 1000 the PL sample is (nearly) uniform: rankings must differ from greedy somewhere
-    hot = rank_examples(judge, prompter, items, S(mode="rollout", temperature=1000.0, seed=5, progress=False))
-    assert any(h["ranking"] != g["ranking"] for h, g in zip(hot, greedy))
-    with pytest.raises(UserInputError, match="^mode 'beam': must be one of greedy|rollout") as e:
-        rank_examples(judge, prompter, items, S(mode="beam", progress=False))
-    assert cli_message(e.value).startswith("--mode 'beam'")  # the script names the flag
-
-
-def test_rank_examples_reasoning_outputs(judge, dataset, capsys):
-    items = build_eval_items(dataset, "test", 2, 3, seed=3)
-    prompter = _prompter(judge, dataset, reasoning=True)
-    all_ = rank_examples(judge, prompter, items, S(max_new_tokens=3, gen_mode="all", progress=True, print_every_text=1))
-    for s in all_:
-        assert [r["item_id"] for r in s["outputs"]["reasoning"]] == s["candidates"]
-        assert all(0 <= r["n_tokens"] <= 3 and isinstance(r["text"], str) for r in s["outputs"]["reasoning"])
-    top = rank_examples(judge, prompter, items, S(max_new_tokens=3, gen_mode="top1", progress=False))
-    for s in top:
-        assert [r["item_id"] for r in s["outputs"]["reasoning"]] == [s["ranking"][0]]
-    # greedy decoding in greedy mode: the same texts and scores again
-    np.testing.assert_allclose([s["scores"] for s in top], [s["scores"] for s in all_], atol=1e-5)
-    assert "reasoning for" in capsys.readouterr().out  # print_every_text=1 shows every sample
-    with pytest.raises(ValueError, match="reasoning"):
-        rank_examples(judge, _prompter(judge, dataset), items, S(max_new_tokens=3, progress=False))
-
-
-def test_sanity_rows_and_evaluate_split(judge, dataset):
-    prompter = _prompter(judge, dataset)
-    samples, metrics = evaluate_split(judge, prompter, dataset, "valid", 5, K, 3, seed=2,
-                                      settings=S(progress=False, batch_size=5))
-    assert metrics["n"] == 5 and "NDCG@3" in metrics and "NDCG@10" in metrics
-    assert metrics == metrics_from_ranks([s["target_rank"] for s in samples], (1, 3, 5, 10))
-    rows = sanity_rows(samples, dataset, seed=2)
-    assert rows == sanity_rows(samples, dataset, seed=2)
-    assert set(rows) == set(SANITY_ROWS) and all(m["n"] == 5 for m in rows.values())
-    # DDP validation: rank 1 of 2 takes every second item of the same seeded list
-    shard, m = evaluate_split(judge, prompter, dataset, "valid", 4, K, 3, seed=2, settings=S(progress=False),
-                              rank=1, world_size=2)
-    assert [s["interaction_id"] for s in shard] == [s["interaction_id"] for s in samples[1:4:2]] and m["n"] == 2
 
 
 # ---- test.py end to end ------------------------------------------------------------------------------
@@ -381,25 +266,3 @@ def test_compare_results_several_training_seeds(full_run, tmp_path):
                         ([str(full_run), "--names", "a", "b"], "--names")):
         r = _run([sys.executable, "tools/compare_results.py", *bad])
         assert r.returncode == 2 and needle in r.stderr, r.stderr
-
-
-def test_resume_with_other_candidates_is_refused(tmp_path):
-    """test.py and compare_model/rrec.py resume through sharded_results: a saved sample whose candidates differ
-    from this run's (another dataset, K or seed) must not be mixed into the new result file."""
-    from accelerate import PartialState
-
-    from trainers.evaluation.results import ResultWriter, sharded_results
-
-    out = tmp_path / "results.json"
-    ex = {"interaction_id": 7}
-    w = ResultWriter(out, {"seed": 1}, resume=False)
-    w.add({"interaction_id": 7, "user_id": "U7", "target_item_id": 3, "candidates": [3, 1, 2], "target_rank": 1,
-           "ranking": [3, 1, 2], "scores": [0.9, 0.5, 0.1]})
-    w.write()
-    state = PartialState(cpu=True)
-    with pytest.raises(UserInputError, match="saved sample 7 has other candidates.*--no_resume"):
-        with sharded_results(state, out, {"seed": 1}, [(ex, [3, 2, 1])], False, 5, fresh_flag="--no_resume"):
-            pass
-    assert json.loads(out.read_text())["samples"][0]["candidates"] == [3, 1, 2]  # nothing was touched
-    with sharded_results(state, out, {"seed": 1}, [(ex, [3, 1, 2])], False, 5) as (writer, order, todo, _):
-        assert todo == [] and order == [7] and writer.done_ids == {7}

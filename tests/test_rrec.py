@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainers.recpo_trainer import rec_loss, recpo_reward, relabel_mask, token_loss
-from trainers.rl.advantages import group_advantages
+from trainers.recpo_trainer import rec_loss, recpo_reward, token_loss
 
 CAT = "Video_Games"
 DAY_MS, HOUR_MS, MIN_MS = 86_400_000, 3_600_000, 60_000
@@ -140,22 +139,6 @@ def test_reward_hand_computed_with_masking_ties_and_cutoff():
     assert catalogue_ranks(masked, [1, 3, 3]) == [1, 3, None]
 
 
-def test_advantages_and_relabel_hand_computed():
-    r = torch.tensor([[1.0, 0.0, 0.5], [2.0, 2.0, 2.0]])
-    g = group_advantages(r)  # gaussian: mean 0.5, unbiased std 0.5, eps 1e-8
-    assert g[0].tolist() == pytest.approx([0.5 / (0.5 + 1e-8), -0.5 / (0.5 + 1e-8), 0.0], abs=1e-7)
-    assert g[1].tolist() == [0.0, 0.0, 0.0]  # ties: nobody is reinforced
-    assert group_advantages(torch.tensor([[0.3], [0.0]])).tolist() == [[1.0], [1.0]]  # G = 1 -> 1 (upstream)
-    assert group_advantages(r, "rloo")[0].tolist() == pytest.approx([0.75, -0.75, 0.0])
-    up = group_advantages(r, "upstream_leave_one_out")
-    assert up[0].tolist() == pytest.approx([1.0 * 4 / 3 - 0.5, -0.5, 0.5 * 4 / 3 - 0.5])
-    with pytest.raises(ValueError):
-        group_advantages(torch.tensor([[1.0]]), "rloo")
-    adv = torch.tensor([[0.1, 0.9, -1.0], [2.0, 0.0, 1.0]])
-    assert relabel_mask(adv, 2).tolist() == [[True, True, False], [True, False, True]]
-    assert relabel_mask(adv, 5).all()  # k above G: every rollout
-
-
 def test_token_loss_hand_computed():
     old = torch.zeros(4)
     new = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5])).requires_grad_()  # ratios 1.5, 1.5, 0.5, 0.5
@@ -238,52 +221,6 @@ def test_upstream_eval_interval_best_model_and_early_stopping(tmp_path):
     assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == [2, 4, 5, 6, 7]
     rotate_checkpoints(tmp_path, 3, keep_step=6)
     assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == [5, 6, 7]
-
-
-def test_full_catalogue_metrics_count_a_masked_repeat_target_as_a_miss():
-    from trainers.evaluation.rrec import rrec_metrics
-
-    samples = [{"target_rank": 1, "full_rank": 1}, {"target_rank": 3, "full_rank": None},
-               {"target_rank": 2, "full_rank": 7}]
-    full = rrec_metrics(samples, 3, full_ranking=True)["rrec (full catalogue)"]
-    assert full["n"] == 3 and full["HR@5"] == pytest.approx(1 / 3) and full["HR@10"] == pytest.approx(2 / 3)
-    assert full["NDCG@10"] == pytest.approx((1.0 + 1.0 / math.log2(8)) / 3)
-    assert full["MRR"] == pytest.approx((1.0 + 1 / 7) / 3)
-
-
-def test_rank_with_rrec_masks_a_repeat_target_unless_asked():
-    """Full-catalogue ranking: the pad item and the history are masked; a target that is also a history item is
-    masked with it (upstream: a miss, full_rank None) unless rank_repeat_targets; candidate ranks never mask."""
-    from types import SimpleNamespace
-
-    from models.rrec_models import RRecSettings
-    from trainers.evaluation.rrec import rank_with_rrec
-
-    table = torch.tensor([[9.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]])  # row = item id, 0 = pad
-    user = torch.tensor([[1.0, 0.0]])  # cosine: item 1 > 4 > 3 > 2
-
-    class FakeModel(torch.nn.Module):
-        settings = RRecSettings()
-
-        def generate_reasoning(self, prompts, max_new_tokens, **kw):
-            return ["because <answer>"] * len(prompts), [2] * len(prompts)
-
-        def embed_sequences(self, seqs, batch_size=None):
-            return user.expand(len(seqs), -1)
-
-        def similarity(self, u, v):
-            return self.settings.similarity(u, v)
-
-    prompter = SimpleNamespace(user_ids=lambda ex: [1], user_sequence_ids=lambda ex, t, p: ([1, 2], 1),
-                               user_prompt=lambda ex: "prompt", complete_reasoning=lambda t: t,
-                               stop_token_ids=lambda: [0])
-    ex = {"interaction_id": 3, "user_id": "u", "item_id": 1, "history_item_id": [1, 4]}  # bought item 1 before
-    items = [(ex, [2, 1, 3])]
-    upstream = rank_with_rrec(FakeModel(), prompter, items, table, 4, full_ranking=True, progress=False)
-    kept = rank_with_rrec(FakeModel(), prompter, items, table, 4, full_ranking=True, progress=False,
-                          rank_repeat_targets=True)
-    assert upstream[0]["full_rank"] is None and kept[0]["full_rank"] == 1  # item 4 (history) and the pad masked
-    assert upstream[0]["target_rank"] == kept[0]["target_rank"] == 1 and upstream[0]["ranking"] == [1, 3, 2]
 
 
 def test_split_sizes_and_end_month_follow_upstream():

@@ -14,7 +14,7 @@ from tests.fixtures.fake_ranker import K, K_EVAL, NUM_SAMPLES, SEED, Killed, Sco
 from trainers.evaluation.metrics import eval_ks, metrics_from_ranks
 from trainers.evaluation.protocol import SANITY_ROWS, build_eval_items, sanity_results
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class OneProcess:

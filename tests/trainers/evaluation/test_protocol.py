@@ -1,19 +1,25 @@
 """The non-learned sanity rows (trainers/evaluation/protocol.py): popularity counted once per train interaction,
-ties of the sanity rows broken by a seeded random order, and the TF-IDF content row; the paired margins that
-tools/compare_results.py and the learning test print."""
+ties of the sanity rows broken by a seeded random order, and the TF-IDF content row; the evaluation items
+(build_eval_items: seeded candidates, or a reference's) on a preprocessed synthetic dataset."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from foundation.errors import UserInputError
+from tests.test_evaluation import K, data_dir, dataset  # noqa: F401 (session fixtures)
 from trainers.evaluation.metrics import (
     metrics_from_ranks,
-    paired_difference,
-    paired_margins,
-    per_sample_metric,
     target_rank,
 )
-from trainers.evaluation.protocol import SANITY_ROWS, item_tfidf, sanity_ranks, sanity_results, sanity_rows
+from trainers.evaluation.protocol import (
+    SANITY_ROWS,
+    build_eval_items,
+    item_tfidf,
+    sanity_ranks,
+    sanity_results,
+    sanity_rows,
+)
 
 EXAMPLE_KEYS = ("user_id", "item_id", "timestamp", "history_item_id", "history_timestamp", "history_rating",
                 "interaction_id")
@@ -127,15 +133,36 @@ def test_sanity_results_store_per_sample_ranks():
         assert metrics_from_ranks([by_id["1"], by_id["0"]], (1, 2)) == res["sanity_rows"][name]
 
 
-def test_paired_margins_hand_computed():
-    a, b = [1, 1, 2, 20], [2, 1, 20, 20]  # NDCG@10: a = 1, 1, .631, 0 ; b = .631, 1, 0, 0
-    d = per_sample_metric(a) - per_sample_metric(b)
-    np.testing.assert_allclose(d, [1 - 1 / np.log2(3), 0, 1 / np.log2(3), 0])
-    mean, se = paired_difference(per_sample_metric(a), per_sample_metric(b))
-    assert mean == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / 2)
-    m = paired_margins({"ours": a, "other": b}, "ours", "HR@1")
-    assert m["other"] == pytest.approx((0.25, 0.25))
-    with pytest.raises(ValueError):
-        per_sample_metric(a, "NDCG@x")
-    with pytest.raises(ValueError):
-        paired_difference([1.0], [0.0])
+def test_eval_items_candidates_valid_and_deterministic(dataset):  # noqa: F811 (fixture)
+    items = build_eval_items(dataset, "test", 30, K, seed=7)
+    assert len(items) == 30 and len({ex["interaction_id"] for ex, _ in items}) == 30
+    for ex, cands in items:
+        assert len(cands) == K == len(set(cands))
+        assert ex["item_id"] in cands
+        assert 0 not in cands and all(1 <= c <= dataset.n_items for c in cands)
+        assert not set(ex["history_item_id"]) & (set(cands) - {ex["item_id"]})
+    again = build_eval_items(dataset, "test", 30, K, seed=7)
+    assert [(e["interaction_id"], c) for e, c in again] == [(e["interaction_id"], c) for e, c in items]
+    # a subset is a prefix of the full seeded order, with the same candidates
+    full = build_eval_items(dataset, "test", None, K, seed=7)
+    assert len(full) == len(dataset.split("test"))
+    assert [(e["interaction_id"], c) for e, c in full[:30]] == [(e["interaction_id"], c) for e, c in items]
+    # the order is shuffled (not the chronological first rows) and depends on the seed
+    other = build_eval_items(dataset, "test", 30, K, seed=8)
+    assert [e["interaction_id"] for e, _ in other] != [e["interaction_id"] for e, _ in items]
+    assert [e["interaction_id"] for e, _ in items] != list(dataset.split("test")["interaction_id"][:30])
+
+
+def test_eval_items_from_reference(dataset):  # noqa: F811 (fixture)
+    items = build_eval_items(dataset, "test", 10, K, seed=1)
+    ref = {"samples": [{"interaction_id": e["interaction_id"], "target_item_id": e["item_id"], "candidates": c}
+                       for e, c in reversed(items)]}
+    got = build_eval_items(dataset, "test", None, K, seed=999, reference=ref)  # seed is irrelevant with a reference
+    assert [(e["interaction_id"], c) for e, c in got] == [(e["interaction_id"], c) for e, c in reversed(items)]
+    assert len(build_eval_items(dataset, "test", 3, K, seed=0, reference=ref)) == 3
+    with pytest.raises(UserInputError, match="--K"):
+        build_eval_items(dataset, "test", None, K + 1, seed=1, reference=ref)
+    with pytest.raises(UserInputError, match="not in split"):
+        build_eval_items(dataset, "valid", None, K, seed=1, reference=ref)
+    with pytest.raises(UserInputError, match="--K"):
+        build_eval_items(dataset, "test", 5, dataset.n_items + 5, seed=1)
