@@ -1,4 +1,5 @@
-"""compare_model/deepseek.py end to end against a real loopback OpenAI-compatible server, plus the answer parser."""
+"""compare_model/deepseek.py end to end against a real loopback OpenAI-compatible server (the answer parser's unit tests are in
+tests/prompters/test_answer_parsing.py)."""
 from __future__ import annotations
 
 import json

@@ -50,19 +50,3 @@ def test_budget_packed_micro_batch_gradient_equals_per_user_accumulation(trainer
     for other in (g_user, g_uneven):
         worst = max((g_packed[k] - other[k]).abs().max().item() for k in g_packed)
         assert worst <= 1e-5, worst
-
-
-def test_token_budget_is_refused_under_sharding():
-    """Under FSDP every process must run the same number of forwards (each gathers the weights) and DeepSpeed steps
-    after a fixed count of micro-batches; a budget splits each process's users by their lengths."""
-    from types import SimpleNamespace
-
-    from accelerate.utils import DistributedType
-
-    from foundation.errors import UserInputError
-    from trainers.ppo_trainer import check_token_budget_distribution
-
-    for kind, name in ((DistributedType.FSDP, "FSDP"), (DistributedType.DEEPSPEED, "DeepSpeed")):
-        with pytest.raises(UserInputError, match=f"--max_tokens_per_micro_batch 500: not under {name}"):
-            check_token_budget_distribution(500, SimpleNamespace(distributed_type=kind))
-    check_token_budget_distribution(500, SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))  # DDP: fine

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainers.recpo_trainer import rec_loss, recpo_reward, token_loss
 
 CAT = "Video_Games"
 DAY_MS, HOUR_MS, MIN_MS = 86_400_000, 3_600_000, 60_000
@@ -112,115 +111,6 @@ SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"  # the t
 
 
 # ----------------------------------------------------------------------------- reward, advantages, losses by hand
-def test_reward_hand_computed_with_masking_ties_and_cutoff():
-    from trainers.evaluation.rrec import masked_scores
-
-    scores = torch.tensor([[9.0, 3.0, 5.0, 1.0, 2.0],    # column 0 = pad: never ranked
-                           [0.0, 2.0, 2.0, 2.0, 7.0],    # a three-way tie
-                           [0.0, 1.0, 2.0, 3.0, 4.0]])   # target 3 is itself a history item
-    hist = [[2], [4], [2, 3]]
-    targets = torch.tensor([1, 3, 3])
-    masked = masked_scores(scores, hist)
-    r, parts = recpo_reward(masked, targets, ndcg_k=1000, softmax_weight=0.05)
-    p0 = math.exp(3) / (math.exp(3) + math.exp(1) + math.exp(2))  # item 2 (history) and the pad are out
-    assert parts["rank"][:2].tolist() == [1.0, 3.0] and math.isnan(parts["rank"][2].item())
-    assert r.tolist() == pytest.approx([0.95 + 0.05 * p0, 0.95 * 0.5 + 0.05 / 3, 0.0], rel=1e-6)
-    # unmasked, item 2 would outrank the target
-    r_unmasked, parts_unmasked = recpo_reward(masked_scores(scores, [[], [], []]), targets, 1000, 0.05)
-    assert parts_unmasked["rank"][0].item() == 2.0 and r_unmasked[0] < r[0]
-    # rank 3 is past k = 2: only the softmax part is left
-    r2, _ = recpo_reward(masked, targets, ndcg_k=2, softmax_weight=0.05)
-    assert r2[1].item() == pytest.approx(0.05 / 3, rel=1e-6)
-    # --rank_repeat_targets keeps a repeat-purchase target rankable (upstream masks it, in the reward and in
-    # evaluation: rank None, a miss)
-    from trainers.evaluation.rrec import catalogue_ranks
-
-    assert catalogue_ranks(masked_scores(scores, hist, keep=[1, 3, 3]), [1, 3, 3]) == [1, 3, 2]
-    assert catalogue_ranks(masked, [1, 3, 3]) == [1, 3, None]
-
-
-def test_token_loss_hand_computed():
-    old = torch.zeros(4)
-    new = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5])).requires_grad_()  # ratios 1.5, 1.5, 0.5, 0.5
-    adv, n_tok = torch.tensor([1.0, -1.0]), torch.tensor([1, 3])  # row 0: token 0; row 1: tokens 1-3
-    # per_row: token t of row j weighted by A_j: -min(rA, clip(r)A) = -1.28, 1.5, 0.8, 0.8; / 4 tokens / 2 rows
-    loss, frac = token_loss(new, old, adv, n_tok, 0.2, 0.28, "per_row")
-    assert loss.item() == pytest.approx((-1.28 + 1.5 + 0.8 + 0.8) / 4 / 2, rel=1e-5)
-    assert frac.item() == pytest.approx(3 / 4)  # tokens 0, 2, 3 take the clipped term
-    (grad,) = torch.autograd.grad(loss, new)
-    assert grad.tolist() == pytest.approx([0.0, 1.5 / 8, 0.0, 0.0], abs=1e-6)  # d(-rA)/dlogp = -rA if unclipped
-    # upstream: every token weighted by both advantages and summed ([B,B,L]), / 4 tokens / 2 rows
-    loss, frac = token_loss(new, old, adv, n_tok, 0.2, 0.28, "upstream")
-    per_adv = [[-1.28, -1.28, -0.5, -0.5], [1.5, 1.5, 0.8, 0.8]]  # -min(rA, clip(r)A) with A = 1, then A = -1
-    assert loss.item() == pytest.approx(sum(map(sum, per_adv)) / 4 / 2, rel=1e-5)
-    assert frac.item() == pytest.approx(4 / 8)  # A = 1: tokens 0-1 clipped; A = -1: tokens 2-3
-    (grad,) = torch.autograd.grad(loss, new)
-    assert grad.tolist() == pytest.approx([1.5 / 8, 1.5 / 8, -0.5 / 8, -0.5 / 8], abs=1e-6)
-
-
-def test_rec_loss_hand_computed():
-    scores = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], requires_grad=True)
-    labels = torch.tensor([0, 1, 0])
-    weights = torch.tensor([1.5, 0.0, -0.5])  # advantage x relabel mask: row 1 is not relabelled
-    loss, frac, logp = rec_loss(scores, labels, weights, None, 0.2, 0.28, "per_row")
-    assert loss.item() == pytest.approx(-(1.5 - 0.5) / 3)  # ratio 1: -mean(weight), rows of weight 0 included
-    assert frac.item() == 0.0
-    loss.backward()
-    p0 = torch.softmax(torch.tensor([2.0, 0.0]), 0)
-    g0 = -(1.5 / 3) * (torch.tensor([1.0, 0.0]) - p0)
-    assert scores.grad[0].tolist() == pytest.approx(g0.tolist(), abs=1e-6)
-    assert scores.grad[1].tolist() == [0.0, 0.0]
-    assert scores.grad[2].tolist() == pytest.approx([0.5 / 3 * 0.5, -0.5 / 3 * 0.5], abs=1e-6)
-    # a later epoch: row 0's ratio 1.5 is above 1 + 0.28 with a positive weight -> clipped, no gradient
-    s2 = scores.detach().clone().requires_grad_()
-    old = logp - torch.tensor([math.log(1.5), 0.0, 0.0])
-    loss2, frac2, _ = rec_loss(s2, labels, weights, old, 0.2, 0.28, "per_row")
-    assert loss2.item() == pytest.approx(-(1.28 * 1.5 - 0.5) / 3, rel=1e-5) and frac2.item() == pytest.approx(1 / 3)
-    loss2.backward()
-    assert s2.grad[0].tolist() == [0.0, 0.0]
-    # upstream: every row weighted by every row's weight ([N,N,1]): at ratio 1 each row by mean(weight) = 1/3
-    s3 = scores.detach().clone().requires_grad_()
-    loss3, _, _ = rec_loss(s3, labels, weights, None, 0.2, 0.28, "upstream")
-    assert loss3.item() == pytest.approx(-(1.5 - 0.5) / 3)  # the same value at ratio 1 ...
-    loss3.backward()
-    p1, p2 = torch.softmax(torch.tensor([0.0, 1.0]), 0), torch.softmax(torch.tensor([1.0, 1.0]), 0)
-    expected = [-(1 / 3) / 3 * (torch.tensor(onehot) - p) for onehot, p in
-                (([1.0, 0.0], p0), ([0.0, 1.0], p1), ([1.0, 0.0], p2))]
-    for row, g in enumerate(expected):  # ... another gradient: row 1 (not relabelled) is pulled to its target too
-        assert s3.grad[row].tolist() == pytest.approx(g.tolist(), abs=1e-6)
-
-
-# ----------------------------------------------------------------------------- upstream's settings and rules
-def test_upstream_eval_interval_best_model_and_early_stopping(tmp_path):
-    from types import SimpleNamespace
-
-    from foundation.checkpoints import rotate_checkpoints
-    from trainers.grec_trainer import GRecTrainer, upstream_eval_steps
-
-    # floor(n_train / (3 * batch) / 8): 3675 / 12 = 306.25 -> 306.25 // 8 = 38; tiny splits still evaluate
-    assert upstream_eval_steps(3675, 4) == 38 and upstream_eval_steps(960, 4) == 10
-    assert upstream_eval_steps(10, 4) == 1
-
-    # HF's EarlyStoppingCallback with patience 2: only a strictly better valid NDCG@10 resets the count
-    t = SimpleNamespace(best_metric=None, best_step=None, evals_without_improvement=0,
-                        cfg=SimpleNamespace(early_stopping_patience=2))
-    stops = [GRecTrainer.update_best(t, step, {"valid_full/NDCG@10": m})
-             for step, m in ((10, 0.1), (20, 0.3), (30, 0.3), (40, float("nan")), (50, 0.2))]
-    assert stops == [False, False, False, False, True]  # 0.3 again is no improvement; NaN is not counted
-    assert (t.best_step, t.best_metric, t.evals_without_improvement) == (20, 0.3, 2)
-    t.cfg.early_stopping_patience = 0  # never stop
-    assert GRecTrainer.update_best(t, 60, {"valid_full/NDCG@10": 0.0}) is False
-
-    # 5 checkpoints kept, the best among them even when it is old; interrupted saves are not counted
-    for step in range(1, 8):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "COMPLETE").write_text(str(step))
-    rotate_checkpoints(tmp_path, 5, keep_step=2)
-    assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == [2, 4, 5, 6, 7]
-    rotate_checkpoints(tmp_path, 5, keep_step=None)
-    assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == [2, 4, 5, 6, 7]
-    rotate_checkpoints(tmp_path, 3, keep_step=6)
-    assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == [5, 6, 7]
 
 
 def test_split_sizes_and_end_month_follow_upstream():
@@ -245,46 +135,6 @@ def test_split_sizes_and_end_month_follow_upstream():
     text = " ".join(out.split())
     assert "that month is included" in text and "upstream R2ec stops at the 1st day of the end month" in text
     assert "upstream R2ec: 20" in text  # --window_size
-
-
-def test_rollout_settings_and_greedy_single_rollout():
-    """Rollouts sample with upstream's settings; with G = 1 they are greedy (upstream switches sampling off)."""
-    from contextlib import nullcontext
-    from types import SimpleNamespace
-
-    from compare_model.train_rrec import parse_config
-    from trainers.recpo_trainer import RecPOTrainer
-
-    calls = []
-
-    class FakeModel:
-        settings = SimpleNamespace(max_new_tokens=640)
-
-        def generate_reasoning(self, prompts, max_new_tokens, **kw):
-            calls.append((len(prompts), max_new_tokens, kw))
-            n = len(prompts) * kw["num_return_sequences"]
-            return [f"r{i}" for i in range(n)], [1] * n
-
-    class FakePrompter:
-        def user_ids(self, ex):
-            return [1, 2]
-
-        def user_sequence_ids(self, ex, text, prompt):
-            return [1, 2, ex["i"], int(text[1:])], 2
-
-        def stop_token_ids(self):
-            return [0]
-
-    for G in (4, 1):
-        fake = SimpleNamespace(cfg=parse_config(["--group_size", str(G)]), rrec=FakeModel(),
-                               prompter=FakePrompter(), acc=SimpleNamespace(autocast=nullcontext), rank=0)
-        seqs, starts, _ = RecPOTrainer._rollouts(fake, 1, [{"i": 10}, {"i": 11}])
-        assert [s[2] for s in seqs] == [10] * G + [11] * G and starts == [2] * 2 * G  # G consecutive per user
-    (n4, t4, kw4), (n1, t1, kw1) = calls
-    assert (n4, t4, n1, t1) == (2, 640, 2, 640)
-    assert (kw4["do_sample"], kw4["temperature"], kw4["top_k"], kw4["top_p"], kw4["num_return_sequences"]) == \
-        (True, 2.0, 50, 1.0, 4)
-    assert kw1["do_sample"] is False and kw1["num_return_sequences"] == 1
 
 
 # ----------------------------------------------------------------------------- training
@@ -404,70 +254,6 @@ def test_real_step_gives_the_reasoning_no_gradient_under_upstreams_broadcast(tin
     for r in untied:
         assert max(r["token_grad_row_max/upstream"]) < 1e-6 < min(r["token_grad_row_max/per_row"])
         assert r["token_grad_norm/upstream"] < 1e-4 < r["token_grad_norm/per_row"]
-
-
-def test_gathered_negatives_line_up_users_with_their_targets(monkeypatch):
-    """The mini-batch step on process 1 of 2 (a fake accelerator stands in for process 0): users and targets of both
-    processes are stacked in rank order, process 1's rollouts keep their gradient, each row's label is its own
-    target's column (duplicates included), and every gathered target's row of the item table gets its vector."""
-    from types import SimpleNamespace
-
-    import trainers.recpo_trainer as recpo
-    from compare_model.train_rrec import parse_config
-    from models.rrec_models import RRecSettings
-
-    B, G = 2, 2
-    scale = torch.nn.Parameter(torch.ones(()))
-
-    def model(ids, mask, lp_mask):  # the vector of a sequence: its first two token ids (x a trainable scale)
-        return ids[:, :2].float() * scale, (scale * 0.0).expand(int(lp_mask[:, 1:].sum())) - 1.0
-
-    # what process 0 contributes to each gather, in the step's order: user vectors, item vectors, labels (its
-    # labels lack our offset B), advantage weights, then the item-table update's vectors and target ids
-    theirs = iter([lambda t: t + 100.0, lambda t: t + 100.0, lambda t: t - B, lambda t: t + 100.0,
-                   lambda t: t + 100.0, lambda t: t + 50])
-
-    class ProcessZero:
-        device = torch.device("cpu")
-
-        def gather(self, t):
-            return torch.cat([next(theirs)(t), t])
-
-        def backward(self, loss):
-            loss.backward()
-
-    rows = [2, 3]  # the second mini-batch: both rollouts of user 1
-    cfg = parse_config(["--group_size", str(G), "--train_batch_size", str(B)])
-    fake = SimpleNamespace(cfg=cfg, acc=ProcessZero(), world=2, rank=1, model=model, item_table=torch.zeros(80, 2),
-                           rrec=SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0),
-                                                similarity=RRecSettings(similarity_normalization=False,
-                                                                        similarity_temperature=1.0).similarity))
-    fake._across_processes = lambda t, keep_local=True: recpo.RecPOTrainer._across_processes(fake, t, keep_local)
-    fake._losses = lambda *a: recpo.RecPOTrainer._losses(fake, *a)
-    seen = {}
-
-    def recording_rec_loss(scores, labels, weights, old, *rest):
-        seen.update(scores=scores, labels=labels.tolist(), weights=weights.tolist())
-        return rec_loss(scores, labels, weights, old, *rest)
-
-    monkeypatch.setattr(recpo, "rec_loss", recording_rec_loss)
-    seqs = [[1, 2, 9], [1, 2, 8], [3, 4, 9], [3, 4, 7]]  # user 0's two rollouts, user 1's two
-    item_seqs = [[5, 6], [5, 6]]  # both users bought item 12: the same prompt twice
-    # rec weights (advantage x relabel mask) 0, 0, 1.5, 0: only user 1's first rollout is relabelled
-    rollout = recpo.RecPORollout(examples=[{}, {}], seqs=seqs, starts=[2] * 4, generated_tokens=[1] * 4,
-                                 targets=[12, 12], item_seqs=item_seqs, rewards=torch.zeros(4), reward_parts={},
-                                 advantages=torch.tensor([[1.0, 1.0], [1.5, 1.0]]),
-                                 relabel=torch.tensor([[False, False], [True, False]]))
-    assert rollout.rec_weights.tolist() == [0.0, 0.0, 1.5, 0.0]
-    recpo.RecPOTrainer._mini_batch_loss(fake, 1, rows, rollout, {}, {})
-    s = seen["scores"]
-    assert s.shape == (4, 4)  # (2 processes x 2 rollouts) x (2 processes x 2 targets)
-    assert seen["labels"] == [1, 1, 3, 3]  # process 0's user 1 -> its column 1; ours -> column B + 1 = 3
-    assert seen["weights"] == [101.5, 100.0, 1.5, 0.0]  # process 0's block first (the fake adds 100)
-    assert s[2, 2].item() == s[2, 3].item() == 3 * 5 + 4 * 6  # our user 1 against both copies of item 12
-    assert s[0, 0].item() == 103 * 105 + 104 * 106  # process 0's rows and columns are its (detached) vectors
-    assert scale.grad is not None and scale.grad.abs().item() > 0  # our block keeps the graph
-    assert fake.item_table[12].tolist() == [5.0, 6.0] and fake.item_table[62].tolist() == [105.0, 106.0]
 
 
 def test_sigterm_then_auto_resume_replays_the_run(trained, resumed, tiny_model, dataset_dir, capsys):

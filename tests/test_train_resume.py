@@ -39,8 +39,6 @@ def assets(ppo_assets):
     return ppo_assets
 
 
-
-
 @pytest.fixture(scope="module")
 def reference_run(assets, tmp_path_factory):
     """An uninterrupted N_STEPS run every resume test compares with."""
@@ -105,36 +103,6 @@ def test_validation_and_rl_diagnostics_are_logged(assets, reference_run):
         assert r["explained_variance"] <= 1
     # the policy moves during the update: some step's ratios leave 1
     assert max(r["ratio_max"] for r in recs) > 1
-
-
-def test_final_validation_with_default_eval_every_and_kl_to_the_reference(assets, tmp_path, monkeypatch):
-    """--eval_every 0 (the default): only the last step validates, and training.png draws that point; with
-    --kl_coef > 0 the KL to the reference is logged as kl_ref."""
-    from foundation import plotting
-    from trainers.ppo_trainer import run_training
-
-    data, model = assets
-    out = tmp_path / "run"
-    result = run_training(_args(data, model, out, "--max_steps", "2", "--batch_size", "2", "--num_valid_samples", "4",
-                                "--eval_K", "6", "--kl_coef", "0.1", "--ppo_epochs", "1"))
-    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [sorted(k for k in r if k.startswith("val_")) for r in recs] == [[], ["val_NDCG@3_K6"]]
-    assert result["final_validation"]["NDCG@3"] == recs[-1]["val_NDCG@3_K6"]
-    assert all(r["kl_ref"] >= 0 for r in recs)
-    drawn = []
-    import matplotlib.axes
-
-    orig = matplotlib.axes.Axes.plot
-
-    def record(ax, *a, **kw):
-        drawn.append((kw.get("label"), list(a[0]), list(a[1])))
-        return orig(ax, *a, **kw)
-
-    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
-    plotting.plot_training(out / "metrics.jsonl", tmp_path / "training.png")
-    assert ("validation NDCG@3, K=6 candidates", [2], [recs[-1]["val_NDCG@3_K6"]]) in drawn
-    assert "reward (rollout NDCG@3, K=4 training candidates)" in [label for label, _, _ in drawn]
-    assert (tmp_path / "training.png").stat().st_size > 0
 
 
 def test_kill_and_resume_matches_uninterrupted_run(assets, reference_run, tmp_path):
