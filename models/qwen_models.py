@@ -56,7 +56,7 @@ def resolve_scoring(scoring: str, model_name_or_path: str, attn_implementation: 
     - a model_type transformers does not know (custom code): whether it honours a prepared 4D mask is unknown ->
       naive;
     - otherwise shared (prefix_split under auto attention: equal to naive to ~1e-5 in fp32,
-      tests/test_shared_prefix.py).
+      tests/models/test_shared_prefix.py).
     """
     if scoring not in SCORING_MODES:
         raise UserInputError(f"{flag} {scoring!r}: must be one of {'|'.join(SCORING_MODES)}")

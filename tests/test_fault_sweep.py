@@ -3,13 +3,13 @@ few seconds each (the whole file well under a minute). Every case failed on the 
 the commit the issue was filed against); the classes' full coverage lives in the suites named per case.
 
     1 silent damage: a weight tensor missing from a model directory        (test_damaged_artifacts.py, bad_input)
-    2 silent damage: ratings outside 1..5, titles without a visible char   (test_preprocess.py)
-    3 unbounded work / secrets: redaction time, URL-encoded keys           (test_api_client.py)
+    2 silent damage: ratings outside 1..5, titles without a visible char   (trainers/data/test_amazon*.py)
+    3 unbounded work / secrets: redaction time, URL-encoded keys           (foundation/test_errors.py)
     4 operating-system errors: a refused write, a malformed lock file      (test_faults.py)
     5 signals: Ctrl-C / SIGTERM in every long-running script               (test_faults.py)
     6 pathological JSON: nesting and size limits                           (test_bad_input.py)
     7 flags: integer domains (seeds) at parse time, in every script        (test_bad_input.py)
-    8 borderline: a BOM in the rating CSV, "is a file" for a directory     (test_preprocess.py, test_bad_input.py)
+    8 borderline: a BOM in the rating CSV, "is a file" for a directory     (trainers/data/test_amazon.py, test_bad_input.py)
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""models/local_inference.py and its tools: batched generation matches one-at-a-time greedy, a SIGKILLed
-run resumes without duplicates, run_qwen_sft_once loads a checkpoint subdir, analyze_accuracy's numbers."""
+"""The local inference tools over models/local_inference.py: a SIGKILLed run resumes without duplicates,
+run_qwen_sft_once loads a checkpoint subdir, analyze_accuracy's numbers (batched generation = one-at-a-time greedy:
+tests/models/test_local_inference.py)."""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,5 @@
-"""Reasoning mode's PPO ratio: token log-probs are those of the distribution the text was sampled from
-(temperature, top-k, top-p), over exactly the sampled token ids; evaluation samples like training by default."""
+"""Reasoning mode end to end: evaluation samples like training by default, and a train.py reasoning run decodes
+with the shared-prefix KV (the token log-probs of the sampling distribution: tests/models/test_qwen_models.py)."""
 from __future__ import annotations
 
 from tests.fixtures.ppo_train import ppo_assets  # noqa: F401 (session fixture)

@@ -1,11 +1,12 @@
-"""The RRec (R2ec) baseline against upstream's behaviour (docs/rrec.md): golden prompts, reward, advantages
-and both losses by hand; the defaults = upstream's launch settings; evaluation interval, best model and early
-stopping, checkpoint rotation; split sizes and end month; rollout settings (greedy at G = 1), stopping at <answer>
-and the vector positions; token log-probs = the LM's own (Gemma-2 soft-capping); one RecPO step (a step per
-mini-batch, duplicate targets kept, fp32 LoRA) and the gathered in-batch negatives lined up across processes;
-RecPO training with LoRA, SIGTERM + auto resume replaying the uninterrupted run, changed settings refused;
-compare_model/rrec.py on our adapter, a merged model, an upstream adapter and an upstream full-weight run; an
-upstream-layout dataset read by test.py, rrec.py and deepseek.py (tiny Qwen, synthetic data, CPU)."""
+"""The RRec (R2ec) baseline end to end against upstream's behaviour (docs/rrec.md): split sizes and end month; one
+RecPO step (a step per mini-batch, duplicate targets kept, fp32 LoRA) and, under upstream's broadcast, no gradient
+for the reasoning; RecPO training with LoRA, SIGTERM + auto resume replaying the uninterrupted run, changed settings
+refused; --no-item_rating_stats from training to evaluation; compare_model/rrec.py on our adapter, a merged model,
+an upstream adapter and an upstream full-weight run; an upstream-layout dataset read by test.py, rrec.py and
+deepseek.py; two-process training (tiny Qwen, synthetic data, CPU). The unit tests sit at the modules' mirrored
+paths: tests/prompters/test_rrec_prompter.py (golden prompts), tests/models/test_rrec_models.py,
+tests/trainers/test_recpo_trainer.py (reward, losses, upstream's batch_forward), tests/trainers/test_grec_trainer.py,
+tests/trainers/evaluation/test_rrec.py, tests/trainers/rl/test_advantages.py, tests/trainers/configs/test_rrec.py."""
 from __future__ import annotations
 
 import json

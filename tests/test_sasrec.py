@@ -4,7 +4,8 @@ the next item is the last one plus one. Both models must learn it clearly above 
 (paired over the same examples and candidates; the training sequences: tests/trainers/data/test_sequences.py);
 the candidates are exactly a reference file's; a run killed while training or while ranking and rerun ends
 with the same result JSON as an uninterrupted one; upstream's dataset layout (pad row last) gives the same result as
-ours; padding does not change a model's states; bad flags stop with one line and exit 2. CPU, a few seconds each."""
+ours; bad flags stop with one line and exit 2 (the models themselves: tests/models/test_sequential.py). CPU, a few
+seconds each."""
 from __future__ import annotations
 
 import json

@@ -1,7 +1,7 @@
 """Models made elsewhere go in: a PEFT adapter in LLaMA-Factory's layout (adapter_config.json +
 adapter_model.safetensors + tokenizer, its HF checkpoint-N beside it, no heads.safetensors) and a plain full model
-directory evaluate with test.py, compare_model/rrec.py and the local inference tools; errors name the path given;
-adapters we save record a base that resolves from any working directory, so plain peft loads them."""
+directory evaluate with test.py, compare_model/rrec.py and the local inference tools; errors name the path given
+(adapters we save record a base that resolves from any working directory: tests/models/test_abstract_models.py)."""
 from __future__ import annotations
 
 import json
