@@ -29,8 +29,6 @@ def assets(ppo_assets):
     return ppo_assets
 
 
-
-
 @pytest.fixture(scope="module")
 def fsdp_run(assets, tmp_path_factory):
     """An uninterrupted N_STEPS FSDP run (constant learning rate), checkpoints every 2 steps."""

@@ -18,8 +18,6 @@ def assets(ppo_assets):
     return ppo_assets
 
 
-
-
 def test_two_processes_equal_one_process_and_stay_in_sync(assets, tmp_path):
     """Each of 2 processes takes 2 of the step's 4 users; DDP averages their gradients. The first step's losses
     equal a single process taking all 4 users, and both processes end with bit-identical weights."""

@@ -159,6 +159,23 @@ def table(res: dict, a: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+
+def run_workers(script: str, passed: list[str], vs: str | None) -> dict | None:
+    """Run `script ... --worker` once in this checkout and once in --vs (each its own process, its own code on
+    PYTHONPATH, one thread) and return {"this": json, "vs": json}; None (after printing why) if one failed."""
+    res = {}
+    for name, tree in (("this", HERE), ("vs", Path(vs) if vs else None)):
+        if tree is None:
+            continue
+        env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        p = subprocess.run([sys.executable, script, *passed, "--worker"], env=env, cwd=tree, capture_output=True,
+                           text=True)
+        if p.returncode != 0:
+            print(f"{name} ({tree}) failed:\n{p.stderr[-3000:]}", file=sys.stderr)
+            return None
+        res[name] = json.loads(p.stdout.strip().splitlines()[-1])
+    return res
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -181,18 +198,9 @@ def main(argv=None) -> int:
     if a.worker:
         print(json.dumps(worker(a)))
         return 0
-    res = {}
-    passed = [x for x in (argv if argv is not None else sys.argv[1:])]
-    for name, tree in (("this", HERE), ("vs", Path(a.vs) if a.vs else None)):
-        if tree is None:
-            continue
-        env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        p = subprocess.run([sys.executable, __file__, *passed, "--worker"], env=env, cwd=tree, capture_output=True,
-                           text=True)
-        if p.returncode != 0:
-            print(f"{name} ({tree}) failed:\n{p.stderr[-3000:]}", file=sys.stderr)
-            return 1
-        res[name] = json.loads(p.stdout.strip().splitlines()[-1])
+    res = run_workers(__file__, list(argv if argv is not None else sys.argv[1:]), a.vs)
+    if res is None:
+        return 1
     print(table(res, a))
     if a.json_out:
         args = {k: v for k, v in vars(a).items() if k not in ("worker", "vs", "json_out")}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[2]  # this checkout
 # the counter loader and the checkout's commit: one home, count_ops.py beside this script (sys.path[0])
-from count_ops import _commit, _counter_module  # noqa: E402
+from count_ops import _commit, _counter_module, run_workers  # noqa: E402
 
 
 def demo_assets(root: Path) -> tuple[Path, Path]:
@@ -186,18 +185,10 @@ def main(argv=None) -> int:
     if a.time_only:
         time_updates(a)
         return 0
-    res = {}
     passed = [*(argv if argv is not None else sys.argv[1:]), "--model", a.model, "--data", a.data]
-    for name, tree in (("this", HERE), ("vs", Path(a.vs) if a.vs else None)):
-        if tree is None:
-            continue
-        env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        p = subprocess.run([sys.executable, __file__, *passed, "--worker"], env=env, cwd=tree, capture_output=True,
-                           text=True)
-        if p.returncode != 0:
-            print(f"{name} ({tree}) failed:\n{p.stderr[-3000:]}", file=sys.stderr)
-            return 1
-        res[name] = json.loads(p.stdout.strip().splitlines()[-1])
+    res = run_workers(__file__, passed, a.vs)
+    if res is None:
+        return 1
     print(table(res, a.users))
     for name in res:
         for u in a.users:
