@@ -260,7 +260,7 @@ def test_compare_results_several_training_seeds(full_run, tmp_path):
     assert spread and f"{(m1 + 1) / 2:.4f} +- {abs(1 - m1) / np.sqrt(2):.4f}  (2 seeds: {m1:.4f}, 1.0000)" in spread[0]
     margin = [ln for ln in out.split("minus each method")[1].splitlines() if ln.strip().startswith("base ")][0]
     want, se = paired_difference(np.ones_like(base), base)
-    assert f"+0.0000 (SE 0.0000), {want:+.4f} (SE {se:.4f}) | clear in 1 of 2" in margin
+    assert f"+0.0000 (SE 0.0000), {want:+.4f} (SE {se:.4f}) | better in 1, worse in 0 of 2" in margin
     assert margin.split()[1:4] == [f"{want / 2:+.4f}", "+-", f"{want / np.sqrt(2):.4f}"]
     for bad, needle in ((["x="], "NAME=FILE1"), ([f"a={full_run}", f"a={full_run}"], "given twice"),
                         ([str(full_run), "--names", "a", "b"], "--names")):

@@ -136,12 +136,22 @@ def paired_margins(ranks: dict[str, Sequence[int]], reference: str,
             for name, r in ranks.items() if name != reference}
 
 
+def margin_verdict(margin: float, se: float) -> str:
+    """'better' / 'worse' when the reference's margin is beyond two paired SEs either way, else 'within 2 SE'
+    (a clearly negative margin is a finding too, not a 'not clear')."""
+    if margin > 2 * se:
+        return "better"
+    return "worse" if margin < -2 * se else "within 2 SE"
+
+
 def format_paired_margins(margins: dict[str, tuple[float, float]], reference: str, metric: str = "NDCG@10") -> str:
-    """One line per method: the margin, its paired SE and whether the margin exceeds two SEs."""
+    """One line per method: the margin, its paired SE and whether the reference is better or worse by more than two
+    SEs."""
     w = max([len(n) for n in margins] + [6])
-    lines = [f"{metric}: {reference} minus each method (paired over the same samples; clear = margin > 2 SE)"]
+    lines = [f"{metric}: {reference} minus each method (paired over the same samples; {reference} better/worse = "
+             f"margin beyond 2 SE)"]
     for name, (m, se) in margins.items():
-        lines.append(f"  {name.ljust(w)}  {m:+.4f}  SE {se:.4f}  {'clear' if m > 2 * se else 'NOT clear'}")
+        lines.append(f"  {name.ljust(w)}  {m:+.4f}  SE {se:.4f}  {margin_verdict(m, se)}")
     return "\n".join(lines)
 
 
@@ -179,16 +189,18 @@ def seed_paired_margins(ranks: dict[str, Sequence[Sequence[int]]], reference: st
 def format_seed_margins(margins: dict[str, list[tuple[float, float]]], reference: str,
                         metric: str = "NDCG@10") -> str:
     """One line per method: the margin's mean +- std over the reference's seeds, then each seed's margin with its
-    paired SE (clear = margin > 2 SE)."""
+    paired SE, and in how many seeds the reference is better / worse by more than two SEs."""
     w = max([len(n) for n in margins] + [6])
     n_seeds = len(next(iter(margins.values()))) if margins else 0
     lines = [f"{metric}: {reference} minus each method, {n_seeds} training seeds of {reference}: mean +- std over "
-             f"seeds | per seed: margin (paired SE over the same samples), clear = margin > 2 SE"]
+             f"seeds | per seed: margin (paired SE over the same samples) | seeds where {reference} is better / worse "
+             f"by more than 2 SE"]
     for name, per_seed in margins.items():
         mean, std = mean_and_std([m for m, _ in per_seed])
         seeds = ", ".join(f"{m:+.4f} (SE {se:.4f})" for m, se in per_seed)
-        clear = sum(m > 2 * se for m, se in per_seed)
-        lines.append(f"  {name.ljust(w)}  {mean:+.4f} +- {std:.4f} | {seeds} | clear in {clear} of {len(per_seed)}")
+        verdicts = [margin_verdict(m, se) for m, se in per_seed]
+        lines.append(f"  {name.ljust(w)}  {mean:+.4f} +- {std:.4f} | {seeds} | better in {verdicts.count('better')}, "
+                     f"worse in {verdicts.count('worse')} of {len(per_seed)}")
     return "\n".join(lines)
 
 

@@ -163,3 +163,16 @@ def test_paired_margins_hand_computed():
         per_sample_metric(a, "NDCG@x")
     with pytest.raises(ValueError):
         paired_difference([1.0], [0.0])
+
+
+def test_margins_beyond_two_se_are_named_in_both_directions():
+    """A reference clearly worse than a method is reported as such, not as 'not clear' (the seed sweep's rloo
+    beat the critic by 3.7 SE in one seed, which the earlier wording hid)."""
+    from trainers.evaluation.metrics import format_paired_margins, format_seed_margins, margin_verdict
+
+    assert [margin_verdict(m, 0.01) for m in (0.03, 0.02, 0.0, -0.02, -0.03)] == \
+        ["better", "within 2 SE", "within 2 SE", "within 2 SE", "worse"]
+    one = format_paired_margins({"a": (0.05, 0.01), "b": (-0.05, 0.01), "c": (0.01, 0.01)}, "ours")
+    assert [ln.split()[-1] for ln in one.splitlines()[1:]] == ["better", "worse", "SE"]
+    seeds = format_seed_margins({"a": [(0.05, 0.01), (-0.05, 0.01), (-0.04, 0.01), (0.0, 0.01)]}, "ours")
+    assert seeds.splitlines()[1].endswith("| better in 1, worse in 2 of 4")
