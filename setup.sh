@@ -11,9 +11,7 @@ mode="${1:-test}"
 PY="${PYTHON:-python3}"
 start=$SECONDS
 step() { printf 'setup.sh [%dm%02ds] %s\n' $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)) "$*"; }
-# --no-compile: no bytecode for every installed module up front (torch alone has thousands); Python compiles what a
-# script imports on first use and caches it.
-pip_install() { "$PY" -m pip install --progress-bar on --no-compile "$@"; }
+pip_install() { "$PY" -m pip install --progress-bar on "$@"; }
 if [ -z "${VIRTUAL_ENV:-}" ]; then
   if [ ! -x .venv/bin/python ]; then step "creating the virtual environment ./.venv"; "$PY" -m venv .venv; fi
   PY="$PWD/.venv/bin/python"
