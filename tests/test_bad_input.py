@@ -36,6 +36,9 @@ def _serve() -> None:  # pragma: no cover - runs in the server process
     import traceback
 
     os.chdir(REPO)
+    # Started as `python tests/test_bad_input.py`, so sys.path[0] is tests/, whose tests/trainers/, tests/models/, ...
+    # (the unit tests' mirrored folders) would shadow the project's packages: import from the repository root.
+    sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "tests"]
     # Import the heavy libraries once (no torch op runs here, so forking stays safe for OpenMP).
     import datasets  # noqa: F401
     import numpy  # noqa: F401
@@ -43,8 +46,8 @@ def _serve() -> None:  # pragma: no cover - runs in the server process
     import transformers  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    for mod in ("trainers.data", "trainers.evaluation", "trainers.result_json", "prompters.binary_prompter",
-                "prompters.api_prompter", "models.abstract_models", "models.api_client", "trainers.checkpointing"):
+    for mod in ("trainers.data.dataset", "trainers.evaluation.results", "prompters.binary_prompter",
+                "prompters.api_prompter", "models.abstract_models", "models.api_client", "foundation.checkpoints"):
         try:
             __import__(mod)
         except Exception:
