@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from foundation.checkpoints import load_torch_state
+
 N_ITEMS, WINDOW, K = 30, 3, 10
 FAST = ["--K", str(K), "--max_len", "12", "--patience", "5", "--device", "cpu", "--no_progress"]
 
@@ -202,7 +204,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(data_dir, tmp_path, 
     kept = sorted(p.name for p in (tmp_path / "whole").glob("checkpoint-*"))
     assert kept == sorted(p.name for p in resumed.glob("checkpoint-*"))
     for name in kept:
-        a, b = (torch.load(tmp_path / run / name / "model.pt") for run in ("whole", "resumed"))
+        a, b = (load_torch_state(tmp_path / run / name / "model.pt") for run in ("whole", "resumed"))
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 

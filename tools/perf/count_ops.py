@@ -159,7 +159,6 @@ def table(res: dict, a: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-
 def run_workers(script: str, passed: list[str], vs: str | None) -> dict | None:
     """Run `script ... --worker` once in this checkout and once in --vs (each its own process, its own code on
     PYTHONPATH, one thread) and return {"this": json, "vs": json}; None (after printing why) if one failed."""
@@ -175,6 +174,15 @@ def run_workers(script: str, passed: list[str], vs: str | None) -> dict | None:
             return None
         res[name] = json.loads(p.stdout.strip().splitlines()[-1])
     return res
+
+
+def foreign_vs(vs: str | None, marker: str) -> bool:
+    """True (after one line naming --vs) when --vs is given but is not a checkout of this project (no `marker`)."""
+    if vs is not None and not (Path(vs) / marker).is_file():
+        print(f"--vs {vs}: not a checkout of this project (no {marker})", file=sys.stderr)
+        return True
+    return False
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -192,8 +200,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json_out", default=None, help="also write the counts here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    if a.vs is not None and not (Path(a.vs) / "models" / "shared_prefix.py").is_file():
-        print(f"--vs {a.vs}: not a checkout of this project (no models/shared_prefix.py)", file=sys.stderr)
+    if foreign_vs(a.vs, "models/shared_prefix.py"):
         return 2
     if a.worker:
         print(json.dumps(worker(a)))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[2]  # this checkout
 # the counter loader and the checkout's commit: one home, count_ops.py beside this script (sys.path[0])
-from count_ops import _commit, _counter_module, run_workers  # noqa: E402
+from count_ops import _commit, _counter_module, foreign_vs, run_workers  # noqa: E402
 
 
 def demo_assets(root: Path) -> tuple[Path, Path]:
@@ -173,8 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json_out", default=None, help="also write the results here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    if a.vs is not None and not (Path(a.vs) / "trainers" / "ppo_trainer.py").is_file():
-        print(f"--vs {a.vs}: not a checkout of this project (no trainers/ppo_trainer.py)", file=sys.stderr)
+    if foreign_vs(a.vs, "trainers/ppo_trainer.py"):
         return 2
     if a.worker:
         print(json.dumps(worker(a)))
