@@ -184,6 +184,14 @@ def foreign_vs(vs: str | None, marker: str) -> bool:
     return False
 
 
+def write_json_out(a: argparse.Namespace, res: dict) -> None:
+    """--json_out: the run's flags (less the plumbing ones) and every tree's results, as one JSON file."""
+    if a.json_out:
+        args = {k: v for k, v in vars(a).items() if k not in ("worker", "vs", "json_out")}
+        Path(a.json_out).write_text(json.dumps({"args": args, "results": res}, indent=1))
+        print(f"wrote {a.json_out}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -209,10 +217,7 @@ def main(argv=None) -> int:
     if res is None:
         return 1
     print(table(res, a))
-    if a.json_out:
-        args = {k: v for k, v in vars(a).items() if k not in ("worker", "vs", "json_out")}
-        Path(a.json_out).write_text(json.dumps({"args": args, "results": res}, indent=1))
-        print(f"wrote {a.json_out}")
+    write_json_out(a, res)
     return 0
 
 

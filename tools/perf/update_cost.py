@@ -25,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[2]  # this checkout
 # the counter loader and the checkout's commit: one home, count_ops.py beside this script (sys.path[0])
-from count_ops import _commit, _counter_module, foreign_vs, run_workers  # noqa: E402
+from count_ops import _commit, _counter_module, foreign_vs, run_workers, write_json_out  # noqa: E402
 
 
 def demo_assets(root: Path) -> tuple[Path, Path]:
@@ -196,10 +196,7 @@ def main(argv=None) -> int:
             print(f"{name} ({res[name]['commit']}), {u} users: {row['tokens_per_user']:.0f} tokens per user, "
                   f"{row['layers']} layers; update reads {row['update_sync_sites']}, step reads "
                   f"{row['step_sync_sites']}{extra}")
-    if a.json_out:
-        args = {k: v for k, v in vars(a).items() if k not in ("worker", "vs", "json_out")}
-        Path(a.json_out).write_text(json.dumps({"args": args, "results": res}, indent=1))
-        print(f"wrote {a.json_out}")
+    write_json_out(a, res)
     return 0
 
 
