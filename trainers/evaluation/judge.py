@@ -20,7 +20,7 @@ from foundation.seeding import derived_seed
 from trainers.evaluation.metrics import eval_ks, metrics_from_ranks, rank_from_ranking, ranking_from_scores, target_rank
 from trainers.evaluation.options import GEN_MODES, JUDGE_MODES as MODES
 from trainers.evaluation.protocol import Item, build_eval_items
-from trainers.evaluation.runner import EvalJob, Ranker, process_device
+from trainers.evaluation.runner import Ranker, process_device
 from trainers.rl.pl import gumbel_topk_sample
 
 
@@ -221,10 +221,3 @@ class JudgeRanker(Ranker):
         settings = self.settings if state.process_index == 0 else self.settings.replace(progress=False,
                                                                                          print_every_text=0)
         rank_examples(judge, prompter, mine, settings, on_sample=on_sample)
-
-
-def judge_job(opts, dataset, items: list[Item], result_file: Path, meta: dict) -> EvalJob:
-    """test.py's evaluation job."""
-    return EvalJob(dataset=dataset, split=opts.split, items=items, result_file=result_file, meta=meta,
-                   seed=opts.seed, K_eval=opts.K_eval, fresh=opts.overwrite_output_dir,
-                   resume_keys=opts.RESUME_KEYS, flush_every=opts.batch_size)
