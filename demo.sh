@@ -14,7 +14,7 @@ OUT=${OUT:-outputs/demo}
 DATA=demo/data/Video_Games_5_2021-1-2023-12
 NUM_SAMPLES=${NUM_SAMPLES:-0}  # 0 = the whole test split
 export TOKENIZERS_PARALLELISM=false
-export ADVANTAGE_ESTIMATOR=${ADVANTAGE_ESTIMATOR:-${advantage_estimator:-rloo}}
+export advantage_estimator=${advantage_estimator:-${ADVANTAGE_ESTIMATOR:-rloo}}  # train.sh's precedence
 
 echo "== 1/8 synthetic raw data + tiny model"
 "$PYTHON" tools/make_demo.py --out_dir demo
