@@ -241,11 +241,14 @@ def check_output_dir(output_dir: str | os.PathLike, resume_from: str | None, ove
                              "continue it, --overwrite_output_dir to start afresh, or choose another --output_dir")
 
 
-def run_files(output_dir: str | os.PathLike, names: Sequence[str | os.PathLike]) -> list[Path]:
-    """What a run wrote into output_dir: its checkpoint-N and temp dirs plus the named files and dirs (relative to
-    output_dir, or absolute) that exist."""
+def run_files(output_dir: str | os.PathLike, names: Sequence[str | os.PathLike] = ()) -> list[Path]:
+    """What a training run wrote into output_dir, i.e. what --overwrite_output_dir removes: every entry matching
+    TRAINING_RUN_ENTRIES (the list the output-dir check refuses on, trackers included, so a new run's curves never
+    join an old run's), its temp dirs, plus the run's own extra files and dirs (relative to output_dir, or
+    absolute) that exist."""
     out = Path(output_dir)
-    found = list(out.glob("checkpoint-*")) + list(out.glob(".tmp-*")) + [out / n for n in names]
+    found = [p for pattern in (*TRAINING_RUN_ENTRIES, ".tmp-*") for p in sorted(out.glob(pattern))]
+    found += [out / n for n in names]
     return [p for p in dict.fromkeys(found) if p.exists()]
 
 

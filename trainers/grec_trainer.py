@@ -55,8 +55,8 @@ def upstream_eval_steps(n_train: int, train_batch_size: int) -> int:
 
 
 def output_dir_artifacts(out: Path) -> list[Path]:
-    """What a run writes into --output_dir (and --overwrite_output_dir removes)."""
-    return run_files(out, ["metrics.jsonl", "args.json", FINAL_DIR])
+    """What a run writes into --output_dir (and --overwrite_output_dir removes): a training run's entries."""
+    return run_files(out)
 
 
 # ------------------------------------------------------------------------------------ the trainer

@@ -659,9 +659,7 @@ def judge_checkpoint_files() -> list[tuple[str, ...]]:
 
 def output_dir_artifacts(out: Path, token_log: Path | None) -> list[Path]:
     """What a run writes into --output_dir (and --overwrite_output_dir may remove)."""
-    names = ["metrics.jsonl", "training.png", "token_lengths.jsonl", "args.json", FINAL_DIR,
-             *(p.name for p in out.glob("param_checksum_rank*.txt"))]
-    return run_files(out, names + ([token_log] if token_log is not None else []))
+    return run_files(out, [token_log] if token_log is not None else [])  # --token_log_path may lie elsewhere
 
 
 def run_training(cfg: PPOConfig) -> dict[str, Any]:

@@ -26,3 +26,21 @@ def test_optimizer_state_follows_param_groups_by_name(tmp_path):
     again.load_state_dict(select_param_groups(only_actor.state_dict(), again, tmp_path))
     assert critic.weight not in again.state or not again.state[critic.weight]
     torch.testing.assert_close(again.state[actor.weight]["exp_avg"], both.state[actor.weight]["exp_avg"])
+
+
+def test_run_files_are_what_the_output_dir_check_refuses_on(tmp_path):
+    """--overwrite_output_dir removes every entry the output-dir check counts as a training run's (trackers
+    included: a new run's TensorBoard curves must not join the old run's), plus the run's own extra files; other
+    scripts' outputs sharing the directory stay."""
+    from foundation.checkpoints import run_files
+
+    run_dirs = ["checkpoint-2", ".tmp-checkpoint-4", "final", "ourrec_ppo", "wandb"]
+    run_logs = ["metrics.jsonl", "trainer_state.json", "param_checksum_rank0.txt", "args.json", "training.png"]
+    for name in run_dirs + ["notes"]:
+        (tmp_path / name).mkdir()
+    for name in run_logs + ["results.json"]:
+        (tmp_path / name).write_text("x")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}_tokens.jsonl"  # --token_log_path outside the output dir
+    elsewhere.write_text("x")
+    assert {p.name for p in run_files(tmp_path)} == set(run_dirs + run_logs)
+    assert elsewhere in run_files(tmp_path, [elsewhere])
