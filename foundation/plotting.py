@@ -26,10 +26,10 @@ def validation_label(key: str) -> str:
 
 def reward_label(run_dir: Path) -> str:
     """The reward curve's label, with the cut-off and training K from the run's args.json when it is there."""
-    import json
+    from foundation.files import read_json
 
     try:
-        args = json.loads((run_dir / "args.json").read_text())
+        args = read_json(run_dir / "args.json")
         return f"reward (rollout NDCG@{int(args['K_eval'])}, K={int(args['K'])} training candidates)"
     except (OSError, ValueError, KeyError, TypeError):
         return "reward (rollout NDCG)"

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from foundation.checkpoints import (changed_settings, checkpoint_dirs, load_torch_state, prepare_output_dir,
-                                    read_saved_args, read_trainer_state, resolve_checkpoint, run_files,
+                                    read_saved_args, read_trainer_state, resolve_checkpoint, run_files, save_torch,
                                     write_checkpoint)
 from foundation.config import require
 from foundation.errors import UserInputError
@@ -213,7 +213,7 @@ class SequentialTrainer:
         order = numpy_rng(c.seed, epoch, 2).permutation(len(self.windows))
         negatives = numpy_rng(c.seed, epoch, 3)
         model.train()
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=self.device)  # on the device: one read per epoch
         for b in range(self.steps_per_epoch):
             window = self.windows[order[b * c.batch_size:(b + 1) * c.batch_size]]
             inputs, targets = window[:, :-1], window[:, 1:].copy()
@@ -229,8 +229,8 @@ class SequentialTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += loss.item()
-        return total / max(1, self.steps_per_epoch)
+            total += loss.detach()
+        return total.item() / max(1, self.steps_per_epoch)
 
     def sample_negatives(self, rng: np.random.Generator, window: np.ndarray) -> np.ndarray:
         """One uniform item per position, none of them in the user's window (redrawn until so: the paper's
@@ -279,8 +279,8 @@ class SequentialTrainer:
                  "n_items": self.n_items, "dropout": self.dropout}
 
         def write(tmp: Path) -> None:
-            torch.save(self.model.state_dict(), tmp / "model.pt")
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            save_torch(self.model.state_dict(), tmp / "model.pt")
+            save_torch(self.optimizer.state_dict(), tmp / "optimizer.pt")
 
         return write_checkpoint(self.out, self.step, write, state, self.cfg.to_dict(), rank=0, barrier=lambda: None,
                                 save_total_limit=KEEP_CHECKPOINTS, keep_step=self.best_step)
