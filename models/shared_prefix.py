@@ -358,9 +358,11 @@ def packed_inputs(judge, users: Sequence[UserPrompt], with_token_logprobs: bool)
 
 
 def _drop_old_masks() -> None:
-    for x in list(_packed_cache.values())[:-MASKS_KEPT]:
+    for key, x in list(_packed_cache.items())[:-MASKS_KEPT]:
         if x.layout is not None:
-            x.layout.masks.clear()
+            x.layout.masks.clear()  # rebuilt lazily by the layout
+        elif isinstance(x.attention_mask, torch.Tensor):
+            del _packed_cache[key]  # the dense [U, 1, T, T] mask is the entry's bulk: the entry is rebuilt on next use
 
 
 def _packed_forward(judge, users: Sequence[UserPrompt], with_token_logprobs: bool):

@@ -115,6 +115,22 @@ def test_only_recent_chunks_keep_their_masks(one_forward):
     torch.testing.assert_close(again.scores, first.scores, atol=0, rtol=0)
 
 
+def test_only_recent_chunks_keep_a_dense_mask(tiny_dir):
+    """The sdpa/eager reference path's dense [U, 1, T, T] masks are held by the MASKS_KEPT most recent chunks only
+    (older entries leave the cache), and a chunk that comes back scores the same."""
+    judge = get_judge(tiny_dir, "sdpa")
+    shared_prefix.clear_packed_cache()
+    batches = [make_batch(95 + i, judge.lm.config.vocab_size, B=2, K=3) for i in range(4)]
+    with torch.no_grad():
+        first = judge.score_candidates(batches[0], scoring="shared")
+        for b in batches[1:]:
+            judge.score_candidates(b, scoring="shared")
+        masks = [x.attention_mask for x in shared_prefix._packed_cache.values()]
+        assert len(masks) == shared_prefix.MASKS_KEPT and all(isinstance(m, torch.Tensor) for m in masks)
+        again = judge.score_candidates(batches[0], scoring="shared")
+    torch.testing.assert_close(again.scores, first.scores, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("impl", ["prefix_split", "sdpa"])
 def test_empty_candidate_is_scored_at_the_end_of_the_prefix(tiny_dir, impl):
     """A candidate with no suffix tokens scores the prompt `prefix` alone, like the naive path (it used to read the
