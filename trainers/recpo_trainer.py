@@ -42,6 +42,7 @@ from foundation.distributed import run_trainer
 from trainers.configs.rrec import ADVANTAGE_BROADCASTS, RRecTrainingArguments
 from trainers.grec_trainer import GRecTrainer
 from trainers.rl.advantages import group_advantages
+from trainers.rl.diagnostics import StepStats
 from trainers.rl.losses import clipped_surrogate
 
 
@@ -216,44 +217,42 @@ class RecPOTrainer(GRecTrainer):
         chunks = mini_batches(B * G, c.mini_batch_size, c.train_batch_size)
         old_tok: dict[int, torch.Tensor] = {}
         old_rec: dict[int, torch.Tensor] = {}
-        sums = {"loss": 0.0, "token_loss": 0.0, "rec_loss": 0.0, "token_clipfrac": 0.0, "rec_clipfrac": 0.0}
-        norms: list[float] = []
+        stats = StepStats()  # every number of the step stays on the device until one read at the end
         for epoch in range(c.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             for ci, rows in enumerate(chunks):
                 last = ci == len(chunks) - 1
                 sync = last or self.world == 1 or c.step_per_mini_batch
                 with nullcontext() if sync else self.acc.no_sync(self.model):
-                    parts_mb = self._mini_batch_loss(ci, rows, r, old_tok, old_rec)
-                for k in sums:
-                    sums[k] += parts_mb[k] / (len(chunks) * c.ppo_epochs)
+                    for k, v in self._mini_batch_loss(ci, rows, r, old_tok, old_rec).items():
+                        stats.mean(k, v)
                 if c.step_per_mini_batch or last:
-                    norms.append(self._optimizer_step())
+                    stats.mean("grad_norm", self._optimizer_step())
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()  # once per training step (HF Trainer's schedule counts batches, not mini-batches)
-        grad_norm = sum(norms) / len(norms) if norms else 0.0
+        parts = r.reward_parts
+        stats.mean("reward", r.rewards.mean())
+        stats.mean("reward_std", r.rewards.view(B, G).std(1).mean() if G > 1 else torch.zeros(()))
+        stats.mean("reward_ndcg", parts["ndcg"].mean())
+        stats.mean("reward_softmax", parts["softmax"].mean())
+        stats.mean("target_rank_mean", torch.nanmean(parts["rank"]) if parts["rank"].numel() else torch.zeros(()))
+        stats.mean("advantage_mean", r.advantages.mean())
         n_comp = [len(s) - st for s, st in zip(r.seqs, r.starts)]
-        counts, parts = r.generated_tokens, r.reward_parts
-        return {**sums, "grad_norm": grad_norm,
-                "reward": float(r.rewards.mean()),
-                "reward_std": float(r.rewards.view(B, G).std(1).mean()) if G > 1 else 0.0,
-                "reward_ndcg": float(parts["ndcg"].mean()), "reward_softmax": float(parts["softmax"].mean()),
-                "target_rank_mean": float(torch.nanmean(parts["rank"])) if parts["rank"].numel() else 0.0,
-                "advantage_mean": float(r.advantages.mean()), "generated_tokens": sum(counts) / len(counts),
+        return {**stats.read(), "generated_tokens": sum(r.generated_tokens) / len(r.generated_tokens),
                 "completion_tokens": sum(n_comp) / len(n_comp)}
 
-    def _optimizer_step(self) -> float:
+    def _optimizer_step(self) -> torch.Tensor:
         """Clip (--max_grad_norm), step, zero the gradients; returns the gradient norm before clipping (0 when
-        clipping is off)."""
-        norm = 0.0
+        clipping is off) as a device tensor (read with the step's other numbers)."""
+        norm = torch.zeros(())
         if self.cfg.max_grad_norm > 0:
-            norm = float(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm))
+            norm = torch.as_tensor(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 
     def _mini_batch_loss(self, ci: int, rows: list[int], rollout: RecPORollout, old_tok: dict, old_rec: dict
-                         ) -> dict[str, float]:
+                         ) -> dict[str, torch.Tensor]:
         """Forward + backward of mini-batch ci (rollout rows `rows`; the losses of the module docstring); updates
         the item table rows of the batch's targets. old_tok/old_rec hold the first epoch's log-probs per chunk."""
         c, dev, G = self.cfg, self.acc.device, self.cfg.group_size
@@ -286,8 +285,8 @@ class RecPOTrainer(GRecTrainer):
             all_v = self._across_processes(v.detach(), keep_local=False)
             all_t = self._across_processes(torch.tensor(targets, device=dev), keep_local=False)
             self.item_table[all_t] = all_v.float().to(self.item_table.device)
-        return {"loss": float(loss.detach()), "token_loss": float(tok.detach()), "rec_loss": float(rec.detach()),
-                "token_clipfrac": float(tok_clip), "rec_clipfrac": float(rec_clip)}
+        return {"loss": loss.detach(), "token_loss": tok.detach(), "rec_loss": rec.detach(),
+                "token_clipfrac": torch.as_tensor(tok_clip), "rec_clipfrac": torch.as_tensor(rec_clip)}
 
     def _losses(self, logps, old_logps, row_advantages, tokens_per_row, scores, labels, weights, old_rec_logp
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -169,7 +169,7 @@ def ours_step(proc, mini_batch_size, broadcast, other=None):
     for ci, rows in enumerate(mini_batches(proc.B * proc.G, cfg.mini_batch_size, cfg.train_batch_size)):
         acc.rows = rows
         out = RecPOTrainer._mini_batch_loss(fake, ci, rows, rollout_of(proc), {}, {})
-        losses += [out["rec_loss"], out["token_loss"]]
+        losses += [float(out["rec_loss"]), float(out["token_loss"])]
     return losses
 
 
