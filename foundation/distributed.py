@@ -364,6 +364,8 @@ def mean_over_processes(accelerator, stats: dict[str, float]) -> dict[str, float
 
     if not stats:
         return {}
+    if accelerator.num_processes == 1:  # the mean of one value: no copy to the device and back (a read on a GPU)
+        return {k: float(v) for k, v in stats.items()}
     t = torch.tensor([float(v) for v in stats.values()], dtype=torch.float64, device=accelerator.device)
     return dict(zip(stats, accelerator.reduce(t, reduction="mean").cpu().tolist()))
 
@@ -374,6 +376,8 @@ def max_over_processes(accelerator, stats: dict[str, float]) -> dict[str, float]
 
     if not stats:
         return {}
+    if accelerator.num_processes == 1:
+        return {k: float(v) for k, v in stats.items()}
     t = torch.tensor([float(v) for v in stats.values()], dtype=torch.float64, device=accelerator.device)
     return dict(zip(stats, accelerator.gather(t[None]).max(0).values.cpu().tolist()))
 

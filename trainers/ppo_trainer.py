@@ -67,7 +67,8 @@ from foundation.plotting import plot_training
 from foundation.seeding import derived_seed
 from foundation.step_timing import PhaseTimer
 from trainers.rl.advantages import get_advantage_estimator, normalize_advantages
-from trainers.rl.diagnostics import StepStats, explained_variance, pl_entropy_mc, pl_first_position_entropy
+from trainers.rl.diagnostics import (StepStats, explained_variance_from_sums, explained_variance_sums, pl_entropy_mc,
+                                    pl_first_position_entropy)
 from trainers.rl.kl import approx_kl_k3, kl_penalty
 from trainers.rl.losses import clipped_surrogate, clipped_value_loss
 from trainers.rl.micro_batches import (MicroBatch, fixed_micro_batches, from_index_groups, micro_batch_loss_factor,
@@ -458,15 +459,16 @@ class PPOTrainer(BaseTrainer):
         if rollout.old_values is not None:
             step_stats.mean("value_mean", rollout.old_values.mean())
         explained = None
-        if rollout.old_values is not None:  # of each ranking's reward by V (what the baseline removes), global batch
-            explained = explained_variance(rollout.rewards, rollout.old_values.unsqueeze(1),
-                                           all_reduce_sum=self._all_reduce_sum if self.world > 1 else None)
+        if rollout.old_values is not None:  # of each ranking's reward by V (what the baseline removes), global batch:
+            # its sums stay on the device and are read after the update, not before it
+            explained = explained_variance_sums(rollout.rewards, rollout.old_values.unsqueeze(1),
+                                                all_reduce_sum=self._all_reduce_sum if self.world > 1 else None)
         local = self.update(rollout, step_stats)
         maxima = {k: local.pop(k) for k in [k for k in local if k.endswith("_max")]}
         mean = mean_over_processes(self.acc, local)
         mean.update(max_over_processes(self.acc, maxima))
         if explained is not None:
-            mean["explained_variance"] = explained
+            mean["explained_variance"] = explained_variance_from_sums(explained)
         # Tokens through the model this step, all processes: the rollout pass, the PPO passes (and the reference).
         shared = c.scoring == "shared"
         scoring_forwards = 1 + (1 if rollout.ref_logp is not None else 0)
@@ -477,8 +479,10 @@ class PPOTrainer(BaseTrainer):
         flops, hw_flops = self.model_flops.of_step(tokens, pairs, scoring_forwards + (1 if c.reasoning else 0),
                                                    c.ppo_epochs, recompute=c.gradient_checkpointing)
         passes = scoring_forwards + c.ppo_epochs
-        tokens, flops, hw_flops = self.acc.reduce(torch.tensor([tokens * passes, flops, hw_flops], dtype=torch.float64,
-                                                               device=self.acc.device), reduction="sum").tolist()
+        tokens, flops, hw_flops = tokens * passes, flops, hw_flops
+        if self.world > 1:  # host numbers of every process, summed (one process: nothing to copy to the device)
+            tokens, flops, hw_flops = self.acc.reduce(torch.tensor([tokens, flops, hw_flops], dtype=torch.float64,
+                                                                   device=self.acc.device), reduction="sum").tolist()
         # this process's phases (the GPU timeline on CUDA: the events are complete, the step has read its results)
         phases = {f"time_{k}_s": v for k, v in self.step_timer.read().items()}
         res = step_resources(self.acc.device, t0)

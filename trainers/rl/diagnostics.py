@@ -3,7 +3,7 @@ accumulator that keeps per-micro-batch values on the device and reads them once 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -28,13 +28,22 @@ def explained_variance(target: torch.Tensor, prediction: torch.Tensor,
     to target's shape): 1 = the prediction explains the target, 0 = no better than the target's mean as a
     constant, < 0 = worse than that. NaN when the target is constant. all_reduce_sum sums a float64 tensor over
     processes (None: this process holds everything)."""
+    return explained_variance_from_sums(explained_variance_sums(target, prediction, all_reduce_sum))
+
+
+def explained_variance_sums(target: torch.Tensor, prediction: torch.Tensor,
+                            all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """The five sums explained_variance needs (of y, y^2, r, r^2 and the count), summed over processes, left on
+    the device: a training step reads them with its other numbers instead of stalling before its update."""
     y = target.detach().double()
     r = y - prediction.detach().double().expand_as(y)
     stats = torch.stack([y.sum(), (y * y).sum(), r.sum(), (r * r).sum(),
                          torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)])
-    if all_reduce_sum is not None:
-        stats = all_reduce_sum(stats)
-    sy, syy, sr, srr, n = stats.tolist()
+    return all_reduce_sum(stats) if all_reduce_sum is not None else stats
+
+
+def explained_variance_from_sums(sums: torch.Tensor | Sequence[float]) -> float:
+    sy, syy, sr, srr, n = sums.tolist() if isinstance(sums, torch.Tensor) else sums
     if n < 2:
         return math.nan
     var_y = syy / n - (sy / n) ** 2
