@@ -86,18 +86,13 @@ def summarize(out: Path, set_name: str = "step") -> dict:
 
 def _rrec_steps(path: Path) -> dict | None:
     """compare_model/train_rrec.py's steps: how many, the median s/step of steps 2.. and the peak GPU memory."""
+    from foundation.errors import UserInputError
+    from foundation.files import iter_jsonl
+
     try:
-        lines = path.read_text().splitlines()
-    except OSError:
+        recs = [r for r in iter_jsonl(path, skip_bad_lines=True, report=False) if "step_seconds" in r]
+    except (OSError, UserInputError):
         return None
-    recs = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and "step_seconds" in rec:
-            recs.append(rec)
     if not recs:
         return None
     steady = recs[1:] or recs
